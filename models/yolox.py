@@ -1,0 +1,142 @@
+"""YOLOX detector (ONNX, onnxruntime): letterbox, batched inference, decode, per-class NMS.
+
+The published YOLOX-Nano ONNX has a fixed batch of 1; when loaded, its three head reshapes
+``[1, 85, -1]`` become ``[0, 85, -1]`` (0 = keep the input's batch) so several frames run in one
+call, which is ~1.6x faster per frame on 2 CPU cores than one frame at a time.
+
+Example:
+    >>> det = YoloxDetector(YoloxDetectorConfig(), store)        # doctest: +SKIP
+    >>> [d] = det([frame_bgr]); d.xyxy.shape                       # doctest: +SKIP
+    (7, 4)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+from models.base import check_bgr_image
+from models.store import ModelStore
+from streaming.config import YoloxDetectorConfig
+from streaming.records import Detections
+
+log = logging.getLogger(__name__)
+
+_STRIDES = (8, 16, 32)
+_PAD_VALUE = 114
+
+
+def _with_dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Rewrite the fixed batch of 1 in head reshapes to 0 (copy from input) and free dim 0."""
+    inits = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "Reshape" or node.input[1] not in inits:
+            continue
+        shape = numpy_helper.to_array(inits[node.input[1]])
+        if shape.ndim == 1 and shape.size >= 2 and shape[0] == 1:
+            fixed = shape.copy()
+            fixed[0] = 0
+            inits[node.input[1]].CopyFrom(numpy_helper.from_array(fixed, node.input[1]))
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    del model.graph.value_info[:]  # stale batch-1 shapes; onnxruntime infers them again
+    return model
+
+
+def _grids(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Anchor-free grid offsets (A, 2) and strides (A, 1) for a square input of ``size``."""
+    cells, strides = [], []
+    for s in _STRIDES:
+        n = size // s
+        ys, xs = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+        cells.append(np.stack([xs.ravel(), ys.ravel()], axis=1))
+        strides.append(np.full((n * n, 1), s))
+    return np.concatenate(cells).astype(np.float32), np.concatenate(strides).astype(np.float32)
+
+
+def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:
+    """Resize keeping aspect into a size x size canvas (top-left aligned, pad 114); (img, scale)."""
+    h, w = image.shape[:2]
+    scale = min(size / h, size / w)
+    nh, nw = round(h * scale), round(w * scale)
+    canvas = np.full((size, size, 3), _PAD_VALUE, dtype=np.uint8)
+    canvas[:nh, :nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    return canvas, scale
+
+
+class YoloxDetector:
+    """Batched YOLOX over BGR frames; returns boxes of the configured classes in frame pixels."""
+
+    def __init__(self, cfg: YoloxDetectorConfig, store: ModelStore) -> None:
+        self.cfg = cfg
+        resolved = store.resolve(cfg.model)
+        self.model_id = resolved.model_id
+        opts = ort.SessionOptions()
+        if cfg.threads:
+            opts.intra_op_num_threads = cfg.threads
+        opts.log_severity_level = 3
+        model = _with_dynamic_batch(onnx.load(str(resolved.path)))
+        self._session = ort.InferenceSession(
+            model.SerializeToString(), opts, providers=ort.get_available_providers()
+        )
+        self._input = self._session.get_inputs()[0].name
+        self._grid, self._stride = _grids(cfg.input_size)
+        self._classes = np.asarray(cfg.classes, dtype=np.int64)
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        out: list[Detections] = []
+        for start in range(0, len(images), self.cfg.batch_size):
+            out.extend(self._run(images[start : start + self.cfg.batch_size]))
+        return out
+
+    def _run(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        size = self.cfg.input_size
+        batch = np.empty((len(images), 3, size, size), dtype=np.float32)  # (B, 3, S, S) BGR 0-255
+        scales = []
+        for i, img in enumerate(images):
+            check_bgr_image(img, f"detector input {i}")
+            boxed, scale = letterbox(img, size)
+            batch[i] = boxed.transpose(2, 0, 1)
+            scales.append(scale)
+        raw = self._session.run(None, {self._input: batch})[0]  # (B, A, 5 + C)
+        return [
+            self._decode(raw[i], scales[i], images[i].shape[:2]) for i in range(len(images))
+        ]
+
+    def _decode(self, pred: np.ndarray, scale: float, hw: tuple[int, ...]) -> Detections:
+        obj = pred[:, 4]  # (A,)
+        cls_scores = pred[:, 5:][:, self._classes] * obj[:, None]  # (A, K) for kept classes
+        best = cls_scores.argmax(axis=1)
+        score = cls_scores[np.arange(len(best)), best]
+        keep = score >= self.cfg.conf_threshold
+        if not keep.any():
+            return Detections.empty()
+        centre = (pred[keep, :2] + self._grid[keep]) * self._stride[keep]  # (n, 2) input px
+        wh = np.exp(pred[keep, 2:4]) * self._stride[keep]
+        xyxy = np.concatenate([centre - wh / 2, centre + wh / 2], axis=1) / scale
+        h, w = hw
+        xyxy[:, [0, 2]] = xyxy[:, [0, 2]].clip(0, w)
+        xyxy[:, [1, 3]] = xyxy[:, [1, 3]].clip(0, h)
+        score, cls = score[keep], self._classes[best[keep]]
+        valid = (xyxy[:, 2] - xyxy[:, 0] > 1) & (xyxy[:, 3] - xyxy[:, 1] > 1)
+        xyxy, score, cls = xyxy[valid], score[valid], cls[valid]
+        idx = self._nms(xyxy, score, cls)
+        return Detections(xyxy[idx], score[idx], cls[idx])
+
+    def _nms(self, xyxy: np.ndarray, score: np.ndarray, cls: np.ndarray) -> np.ndarray:
+        if len(score) == 0:
+            return np.zeros(0, dtype=np.int64)
+        # Offset boxes per class so one NMS call never suppresses across classes.
+        offset = cls[:, None].astype(np.float32) * 8192.0
+        boxes = xyxy + offset
+        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+        idx = cv2.dnn.NMSBoxes(
+            xywh.tolist(), score.tolist(), self.cfg.conf_threshold, self.cfg.nms_iou
+        )
+        return np.asarray(idx, dtype=np.int64).reshape(-1)

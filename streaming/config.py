@@ -1,0 +1,215 @@
+"""The one typed config tree of refind, loaded from YAML.
+
+Every section is a pydantic model with ``extra="forbid"``: a typo is an error naming the key.
+Every field has a default, bounds and a description; a plugin section is a union keyed on
+``type:``. Each component receives only its own section.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file, the key and the problem."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelStoreConfig(_Section):
+    dir: Path | None = Field(
+        None,
+        description="Directory holding model files. Default: ../shared/models when it exists, "
+        "else ~/.cache/refind/models.",
+    )
+    allow_download: bool = Field(
+        True, description="Download missing weights from their upstream release (sha256-checked)."
+    )
+
+
+class YoloxDetectorConfig(_Section):
+    type: Literal["yolox"] = "yolox"
+    model: str = Field("yolox_nano", description="Model store name of the YOLOX ONNX file.")
+    input_size: int = Field(416, ge=32, le=1920, multiple_of=32, description="Square input side.")
+    conf_threshold: float = Field(
+        0.1, ge=0.0, le=1.0, description="Lowest score kept (the tracker uses low boxes too)."
+    )
+    nms_iou: float = Field(0.45, gt=0.0, le=1.0, description="IoU above which NMS suppresses.")
+    classes: tuple[int, ...] = Field((0,), description="COCO class ids kept; 0 is person.")
+    batch_size: int = Field(4, ge=1, le=64, description="Frames per inference call.")
+    threads: int = Field(0, ge=0, le=256, description="onnxruntime intra-op threads; 0 = auto.")
+
+
+DetectorConfig = Annotated[YoloxDetectorConfig, Field(discriminator="type")]
+
+
+class TrackerConfig(_Section):
+    type: Literal["bytetrack"] = "bytetrack"
+    high_threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="Detections at or above this enter the first association."
+    )
+    low_threshold: float = Field(
+        0.1, ge=0.0, le=1.0, description="Detections between this and high_threshold only extend "
+        "existing tracks (second association)."
+    )
+    new_track_threshold: float = Field(
+        0.6, ge=0.0, le=1.0, description="Lowest score that may start a new track."
+    )
+    match_iou: float = Field(
+        0.2, ge=0.0, le=1.0, description="Lowest IoU for a first-stage match."
+    )
+    second_match_iou: float = Field(
+        0.5, ge=0.0, le=1.0, description="Lowest IoU for a second-stage (low score) match."
+    )
+    max_lost_s: float = Field(
+        3.0, gt=0.0, le=600.0, description="A track not seen for this long is ended."
+    )
+    min_hits: int = Field(
+        2, ge=1, le=100, description="Matched frames before a new track is confirmed and reported."
+    )
+    appearance_weight: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="Weight of appearance distance in the association cost (0 = motion only).",
+    )
+
+
+class CropConfig(_Section):
+    max_per_track: int = Field(5, ge=1, le=100, description="Crops kept per track.")
+    min_height_px: int = Field(48, ge=8, le=4096, description="Smaller crops are never kept.")
+    min_width_px: int = Field(16, ge=4, le=4096, description="Narrower crops are never kept.")
+    edge_margin_px: int = Field(
+        2, ge=0, le=256, description="A box closer than this to the frame edge counts as cut."
+    )
+    min_gap_s: float = Field(
+        1.0, ge=0.0, le=3600.0, description="Kept crops of one track are at least this far apart."
+    )
+    jpeg_quality: int = Field(90, ge=30, le=100, description="JPEG quality of stored crops.")
+
+
+class OpenVinoReidConfig(_Section):
+    type: Literal["openvino_reid"] = "openvino_reid"
+    model: str = Field(
+        "person-reidentification-retail-0277",
+        description="Model store name of an OMZ person ReID model (0277, 0286, 0287, 0288).",
+    )
+    batch_size: int = Field(32, ge=1, le=1024, description="Crops per inference call.")
+    threads: int = Field(0, ge=0, le=256, description="OpenVINO inference threads; 0 = auto.")
+
+
+EmbedderConfig = Annotated[OpenVinoReidConfig, Field(discriminator="type")]
+
+
+class GalleryConfig(_Section):
+    index_factory: str = Field(
+        "Flat",
+        description="FAISS index_factory string, e.g. 'Flat', 'HNSW32', 'IVF1024,Flat'. Inner "
+        "product on unit vectors (cosine).",
+    )
+    nprobe: int = Field(16, ge=1, le=65536, description="IVF lists visited per query.")
+    ef_search: int = Field(128, ge=1, le=65536, description="HNSW candidate list size per query.")
+    train_min_vectors: int = Field(
+        0, ge=0, description="IVF/PQ indexes: vectors buffered before training (0 = 40 x nlist)."
+    )
+
+
+class SqliteMetadataConfig(_Section):
+    type: Literal["sqlite"] = "sqlite"
+
+
+MetadataConfig = Annotated[SqliteMetadataConfig, Field(discriminator="type")]
+
+
+class IngestConfig(_Section):
+    sample_fps: float | None = Field(
+        None, gt=0.0, le=240.0, description="Frames per second analysed; None = every frame."
+    )
+    max_frames: int | None = Field(None, ge=1, description="Stop after this many frames.")
+    open_timeout_s: float = Field(
+        10.0, gt=0.0, le=600.0, description="Give up opening a source after this long."
+    )
+
+
+class SearchConfig(_Section):
+    overfetch: int = Field(
+        20, ge=1, le=1000, description="Crops fetched per requested tracklet before aggregation."
+    )
+    aggregation: Literal["max", "mean_top2"] = Field(
+        "mean_top2",
+        description="How a tracklet's crop scores become one score: the best, or the mean of the "
+        "best two (steadier against one lucky crop).",
+    )
+
+
+class RefindConfig(_Section):
+    data_dir: Path = Field(
+        Path(".refind"), description="Where the gallery, metadata and crops are stored."
+    )
+    models: ModelStoreConfig = ModelStoreConfig()
+    detector: DetectorConfig = YoloxDetectorConfig()
+    tracker: TrackerConfig = TrackerConfig()
+    crops: CropConfig = CropConfig()
+    embedder: EmbedderConfig = OpenVinoReidConfig()
+    gallery: GalleryConfig = GalleryConfig()
+    metadata: MetadataConfig = SqliteMetadataConfig()
+    ingest: IngestConfig = IngestConfig()
+    search: SearchConfig = SearchConfig()
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _substitute_env(text: str, source: str) -> str:
+    def repl(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise ConfigError(f"{source}: environment variable ${{{name}}} is not set")
+        return os.environ[name]
+
+    return _ENV.sub(repl, text)
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid config ({err.error_count()} problem(s))"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        got = e.get("input")
+        hint = ""
+        if e["type"] == "extra_forbidden":
+            hint = " (unknown key: check its spelling)"
+        lines.append(f"  {where}: {e['msg']}{hint}; got {got!r}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict | None, source: str = "<config>") -> RefindConfig:
+    """Validate a mapping (as read from YAML) into a RefindConfig, or raise ConfigError."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping, got {type(data).__name__}")
+    try:
+        return RefindConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: str | Path | None = None) -> RefindConfig:
+    """Load and validate a YAML config; ``None`` gives the embedded defaults."""
+    if path is None:
+        return RefindConfig()
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        text = _substitute_env(p.read_text(encoding="utf-8"), str(p))
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p}: not valid YAML: {err}") from None
+    return parse_config(data, str(p))

@@ -1,0 +1,249 @@
+"""Typed records that flow between refind's stages.
+
+camera -> Frame -> Detections -> Tracks -> Crop -> Embeddings -> gallery -> TrackletHit
+
+Every record is a frozen dataclass validated when built; array columns carry their shape and
+dtype in the docstring and units in their names (``ts_ns``, ``xyxy`` in pixels of the frame).
+A stage returns a new record and never mutates its input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def _as_boxes(xyxy: np.ndarray, name: str) -> np.ndarray:
+    boxes = np.asarray(xyxy, dtype=np.float32)
+    if boxes.size == 0:
+        return boxes.reshape(0, 4)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"{name}: xyxy must have shape (n, 4), got {boxes.shape}")
+    if not np.isfinite(boxes).all():
+        raise ValueError(f"{name}: xyxy contains NaN or inf")
+    return boxes
+
+
+def _column(values: np.ndarray, n: int, dtype: type, name: str, column: str) -> np.ndarray:
+    col = np.asarray(values, dtype=dtype).reshape(-1)
+    if col.shape[0] != n:
+        raise ValueError(f"{name}: {column} has {col.shape[0]} rows, xyxy has {n}")
+    return col
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded video frame.
+
+    image: (H, W, 3) uint8, BGR channel order (OpenCV's and the OpenVINO models' convention).
+    index: 0-based position of the frame in its source; ts_ns: capture or presentation time.
+
+    Example:
+        >>> Frame(camera="gate", index=0, ts_ns=0, image=np.zeros((4, 4, 3), np.uint8)).size_hw
+        (4, 4)
+    """
+
+    camera: str
+    index: int
+    ts_ns: int
+    image: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != np.uint8:
+            raise ValueError(
+                f"Frame image must be (H, W, 3) uint8, got {self.image.shape} {self.image.dtype}"
+            )
+        if self.index < 0:
+            raise ValueError(f"Frame index must be >= 0, got {self.index}")
+
+    @property
+    def size_hw(self) -> tuple[int, int]:
+        return int(self.image.shape[0]), int(self.image.shape[1])
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Boxes found in one frame.
+
+    xyxy: (n, 4) float32 pixels; confidence: (n,) float32 in [0, 1]; class_id: (n,) int32.
+
+    Example:
+        >>> d = Detections(xyxy=np.array([[0, 0, 10, 20]]), confidence=[0.9], class_id=[0])
+        >>> len(d)
+        1
+    """
+
+    xyxy: np.ndarray
+    confidence: np.ndarray
+    class_id: np.ndarray
+
+    def __post_init__(self) -> None:
+        boxes = _as_boxes(self.xyxy, "Detections")
+        n = boxes.shape[0]
+        object.__setattr__(self, "xyxy", boxes)
+        conf = _column(self.confidence, n, np.float32, "Detections", "confidence")
+        object.__setattr__(self, "confidence", conf)
+        object.__setattr__(
+            self, "class_id", _column(self.class_id, n, np.int32, "Detections", "class_id")
+        )
+
+    def __len__(self) -> int:
+        return int(self.xyxy.shape[0])
+
+    @classmethod
+    def empty(cls) -> Detections:
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int32))
+
+    def select(self, mask: np.ndarray) -> Detections:
+        """A new record with the rows where ``mask`` (bool (n,) or indices) is set."""
+        return Detections(self.xyxy[mask], self.confidence[mask], self.class_id[mask])
+
+
+@dataclass(frozen=True)
+class Tracks:
+    """Confirmed tracks visible in one frame of one camera.
+
+    track_id: (n,) int64, unique per camera; xyxy: (n, 4) float32 pixels (the detection matched
+    this frame, not the motion prediction); confidence: (n,) float32 of that detection.
+    """
+
+    camera: str
+    frame_index: int
+    ts_ns: int
+    track_id: np.ndarray
+    xyxy: np.ndarray
+    confidence: np.ndarray
+
+    def __post_init__(self) -> None:
+        boxes = _as_boxes(self.xyxy, "Tracks")
+        n = boxes.shape[0]
+        object.__setattr__(self, "xyxy", boxes)
+        object.__setattr__(self, "track_id", _column(self.track_id, n, np.int64, "Tracks", "track_id"))
+        object.__setattr__(
+            self, "confidence", _column(self.confidence, n, np.float32, "Tracks", "confidence")
+        )
+
+    def __len__(self) -> int:
+        return int(self.xyxy.shape[0])
+
+
+@dataclass(frozen=True)
+class Crop:
+    """A chosen image of one track at one moment, with why it was chosen.
+
+    image: (h, w, 3) uint8 BGR cut from the frame at ``xyxy``; quality: higher is better.
+    """
+
+    camera: str
+    track_id: int
+    frame_index: int
+    ts_ns: int
+    xyxy: tuple[float, float, float, float]
+    confidence: float
+    quality: float
+    image: np.ndarray = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != np.uint8:
+            raise ValueError(f"Crop image must be (h, w, 3) uint8, got {self.image.shape}")
+        if self.image.shape[0] == 0 or self.image.shape[1] == 0:
+            raise ValueError(f"Crop of track {self.track_id} has zero size")
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """L2-normalised vectors from one model.
+
+    vectors: (n, d) float32, each row of unit length; model_id names the model and its weights,
+    so that one index never mixes vectors of different models.
+    """
+
+    vectors: np.ndarray
+    model_id: str
+
+    def __post_init__(self) -> None:
+        vec = np.asarray(self.vectors, dtype=np.float32)
+        if vec.ndim != 2:
+            raise ValueError(f"Embeddings must be (n, d), got {vec.shape}")
+        if not np.isfinite(vec).all():
+            raise ValueError(f"Embeddings from {self.model_id} contain NaN or inf")
+        if not self.model_id:
+            raise ValueError("Embeddings need a model_id")
+        object.__setattr__(self, "vectors", vec)
+
+    def __len__(self) -> int:
+        return int(self.vectors.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+
+@dataclass(frozen=True)
+class CropRecord:
+    """Metadata stored beside one gallery vector (what the vector came from)."""
+
+    vector_id: int
+    camera: str
+    track_id: int
+    frame_index: int
+    ts_ns: int
+    xyxy: tuple[float, float, float, float]
+    confidence: float
+    quality: float
+    crop_path: str
+    model_id: str
+
+
+@dataclass(frozen=True)
+class ImageQuery:
+    """Find tracklets that look like the person in ``image`` ((h, w, 3) uint8 BGR)."""
+
+    image: np.ndarray = field(repr=False)
+    k: int = 10
+    cameras: tuple[str, ...] = ()
+    start_ts_ns: int | None = None
+    end_ts_ns: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != np.uint8:
+            raise ValueError(f"query image must be (h, w, 3) uint8, got {self.image.shape}")
+        if min(self.image.shape[:2]) < 2:
+            raise ValueError(f"query image is too small: {self.image.shape[1]}x{self.image.shape[0]}")
+        if not 1 <= self.k <= 1000:
+            raise ValueError(f"k must be in 1..1000, got {self.k}")
+        if (
+            self.start_ts_ns is not None
+            and self.end_ts_ns is not None
+            and self.start_ts_ns > self.end_ts_ns
+        ):
+            raise ValueError("time window is the wrong way round: start is after end")
+
+
+@dataclass(frozen=True)
+class TrackletHit:
+    """One ranked answer: a track of one camera, how well it matches, and where to look."""
+
+    camera: str
+    track_id: int
+    score: float
+    start_ts_ns: int
+    end_ts_ns: int
+    n_crops: int
+    best_frame_index: int
+    best_xyxy: tuple[float, float, float, float]
+    thumbnail: str
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "track_id": self.track_id,
+            "camera": self.camera,
+            "score": round(self.score, 6),
+            "start_ts": self.start_ts_ns / 1e9,
+            "end_ts": self.end_ts_ns / 1e9,
+            "n_crops": self.n_crops,
+            "best_frame_index": self.best_frame_index,
+            "best_xyxy": [round(v, 1) for v in self.best_xyxy],
+            "thumbnail": self.thumbnail,
+        }
