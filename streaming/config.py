@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -48,10 +48,14 @@ class YoloxDetectorConfig(_Section):
     threads: int = Field(0, ge=0, le=256, description="onnxruntime intra-op threads; 0 = auto.")
 
 
-DetectorConfig = Annotated[YoloxDetectorConfig, Field(discriminator="type")]
+# Plugin sections: each holds one type today; a second type turns these into unions
+# discriminated on `type:` (with the current type as the default tag).
+DetectorConfig = YoloxDetectorConfig
 
 
 class TrackerConfig(_Section):
+    """ByteTrack settings; defaults are the ByteTrack paper's, times in seconds not frames."""
+
     type: Literal["bytetrack"] = "bytetrack"
     high_threshold: float = Field(
         0.5, ge=0.0, le=1.0, description="Detections at or above this enter the first association."
@@ -64,20 +68,32 @@ class TrackerConfig(_Section):
         0.6, ge=0.0, le=1.0, description="Lowest score that may start a new track."
     )
     match_iou: float = Field(
-        0.2, ge=0.0, le=1.0, description="Lowest IoU for a first-stage match."
+        0.2, ge=0.0, le=1.0, description="Lowest similarity for a first-stage match: IoU with "
+        "the predicted box, times the detection score when fuse_score is set."
     )
     second_match_iou: float = Field(
         0.5, ge=0.0, le=1.0, description="Lowest IoU for a second-stage (low score) match."
     )
+    unconfirmed_match_iou: float = Field(
+        0.3, ge=0.0, le=1.0, description="Lowest similarity (as for match_iou) for matching an "
+        "unconfirmed track to a detection left after the first stage."
+    )
+    fuse_score: bool = Field(
+        True, description="Multiply IoU by the detection score in first-stage and unconfirmed "
+        "matching (ByteTrack's fuse_score), so weak boxes lose ties."
+    )
     max_lost_s: float = Field(
-        3.0, gt=0.0, le=600.0, description="A track not seen for this long is ended."
+        3.0, gt=0.0, le=600.0, description="A track not seen for longer than this (by timestamp) "
+        "is ended; until then it can be re-activated with its id."
     )
     min_hits: int = Field(
-        2, ge=1, le=100, description="Matched frames before a new track is confirmed and reported."
+        2, ge=1, le=100, description="Matches, in consecutive frames, before a new track is "
+        "confirmed, given an id and reported."
     )
     appearance_weight: float = Field(
         0.0, ge=0.0, le=1.0,
-        description="Weight of appearance distance in the association cost (0 = motion only).",
+        description="Weight of appearance (cosine) distance in the first-stage and unconfirmed "
+        "association cost when embeddings are given (0 = motion only).",
     )
 
 
@@ -104,7 +120,7 @@ class OpenVinoReidConfig(_Section):
     threads: int = Field(0, ge=0, le=256, description="OpenVINO inference threads; 0 = auto.")
 
 
-EmbedderConfig = Annotated[OpenVinoReidConfig, Field(discriminator="type")]
+EmbedderConfig = OpenVinoReidConfig
 
 
 class GalleryConfig(_Section):
@@ -118,13 +134,21 @@ class GalleryConfig(_Section):
     train_min_vectors: int = Field(
         0, ge=0, description="IVF/PQ indexes: vectors buffered before training (0 = 40 x nlist)."
     )
+    exact_filter_max: int = Field(
+        10_000,
+        ge=0,
+        le=10_000_000,
+        description="HNSW indexes: a filtered search allowing at most this many ids scores just "
+        "those vectors exactly; a wider filter walks the graph with an IDSelector and an "
+        "efSearch scaled up by 1/selectivity.",
+    )
 
 
 class SqliteMetadataConfig(_Section):
     type: Literal["sqlite"] = "sqlite"
 
 
-MetadataConfig = Annotated[SqliteMetadataConfig, Field(discriminator="type")]
+MetadataConfig = SqliteMetadataConfig
 
 
 class IngestConfig(_Section):
