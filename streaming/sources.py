@@ -73,6 +73,8 @@ class VideoSource:
         self.live = is_live_url(self.url)
         self.stats = SourceStats()
         self._fallback_fps = 25.0
+        self._count_clock = False
+        self._last_ts_ns = -1
         if not self.live:
             p = Path(self.url)
             if not p.exists():
@@ -127,6 +129,9 @@ class VideoSource:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         self._fallback_fps = float(stream.average_rate or 25)
+        # AVI stores no presentation times: FFmpeg hands B-frame streams decode-order pts.
+        self._count_clock = "avi" in container.format.name.split(",")
+        self._last_ts_ns = -1
         next_keep_ns = 0
         step_ns = int(1e9 / self.sample_fps) if self.sample_fps else 0
         corrupt_run = 0
@@ -163,8 +168,17 @@ class VideoSource:
             raise SourceError(f"{self.url!r}: read failed: {err}") from None
 
     def _timestamp_ns(self, vf: av.VideoFrame) -> int:
+        """Capture time of a frame, never going backwards within one source."""
         if self.live:
-            return time.time_ns()
-        if vf.time is None:  # no pts: count frames at the stream's nominal rate
-            return int(self.stats.decoded * 1e9 / self._fallback_fps)
-        return int(round(vf.time * 1e9))
+            ts = time.time_ns()
+        else:
+            if vf.time is not None and not self._count_clock:
+                ts = int(round(vf.time * 1e9))
+                if ts <= self._last_ts_ns:
+                    log.warning("%s: pts went backwards; timing frames by count", self.camera)
+                    self._count_clock = True
+            if vf.time is None or self._count_clock:  # frames counted at the nominal rate
+                ts = int(self.stats.decoded * 1e9 / self._fallback_fps)
+        ts = max(ts, self._last_ts_ns + 1)
+        self._last_ts_ns = ts
+        return ts
