@@ -54,18 +54,20 @@ DetectorConfig = YoloxDetectorConfig
 
 
 class TrackerConfig(_Section):
-    """ByteTrack settings; defaults are the ByteTrack paper's, times in seconds not frames."""
+    """ByteTrack settings. Thresholds are the ByteTrack paper's (high 0.6, low 0.1, new track
+    0.7; IoU gates 0.2 / 0.5 / 0.3 of its code); times are in seconds, not frames. The
+    appearance settings were chosen on PETS09-S2L1 frames 1-400 (see models/eval_mot.py)."""
 
     type: Literal["bytetrack"] = "bytetrack"
     high_threshold: float = Field(
-        0.5, ge=0.0, le=1.0, description="Detections at or above this enter the first association."
+        0.6, ge=0.0, le=1.0, description="Detections at or above this enter the first association."
     )
     low_threshold: float = Field(
         0.1, ge=0.0, le=1.0, description="Detections between this and high_threshold only extend "
         "existing tracks (second association)."
     )
     new_track_threshold: float = Field(
-        0.6, ge=0.0, le=1.0, description="Lowest score that may start a new track."
+        0.7, ge=0.0, le=1.0, description="Lowest score that may start a new track."
     )
     match_iou: float = Field(
         0.2, ge=0.0, le=1.0, description="Lowest similarity for a first-stage match: IoU with "
@@ -90,14 +92,26 @@ class TrackerConfig(_Section):
         2, ge=1, le=100, description="Matches, in consecutive frames, before a new track is "
         "confirmed, given an id and reported."
     )
+    reid_max_distance: float = Field(
+        0.4, ge=0.0, le=2.0, description="With appearance: a lost track missed by motion is "
+        "re-identified by a high-score detection at most this cosine distance from its "
+        "appearance (and within reach, see max_speed_hps)."
+    )
+    max_speed_hps: float = Field(
+        2.0, gt=0.0, le=100.0, description="With appearance: fastest motion, in box heights per "
+        "second, at which a lost track may have moved since last seen (re-identification gate)."
+    )
     appearance_weight: float = Field(
-        0.0, ge=0.0, le=1.0,
+        0.75, ge=0.0, le=1.0,
         description="Weight of appearance (cosine) distance in the first-stage and unconfirmed "
-        "association cost when embeddings are given (0 = motion only).",
+        "association cost when embeddings are given; 0 = motion only (embeddings are then "
+        "ignored and need not be computed).",
     )
 
 
 class CropConfig(_Section):
+    """Which crops of a track are kept (see streaming.crops)."""
+
     max_per_track: int = Field(5, ge=1, le=100, description="Crops kept per track.")
     min_height_px: int = Field(48, ge=8, le=4096, description="Smaller crops are never kept.")
     min_width_px: int = Field(16, ge=4, le=4096, description="Narrower crops are never kept.")
@@ -106,6 +120,14 @@ class CropConfig(_Section):
     )
     min_gap_s: float = Field(
         1.0, ge=0.0, le=3600.0, description="Kept crops of one track are at least this far apart."
+    )
+    full_quality_height_px: int = Field(
+        256, ge=8, le=4096, description="Crop height at which size stops adding quality (the "
+        "ReID input height: a taller crop is downscaled anyway)."
+    )
+    sharpness_ref: float = Field(
+        100.0, gt=0.0, le=1e6, description="Variance of the Laplacian (grey levels squared) at "
+        "which the sharpness factor of quality is 0.5."
     )
     jpeg_quality: int = Field(90, ge=30, le=100, description="JPEG quality of stored crops.")
 
@@ -131,6 +153,13 @@ class GalleryConfig(_Section):
     )
     nprobe: int = Field(16, ge=1, le=65536, description="IVF lists visited per query.")
     ef_search: int = Field(128, ge=1, le=65536, description="HNSW candidate list size per query.")
+    ef_construction: int = Field(
+        200,
+        ge=8,
+        le=4096,
+        description="HNSW candidate list size while adding (FAISS's own default is 40; higher "
+        "adds slower and gives a better graph).",
+    )
     train_min_vectors: int = Field(
         0, ge=0, description="IVF/PQ indexes: vectors buffered before training (0 = 40 x nlist)."
     )

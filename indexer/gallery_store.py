@@ -1,0 +1,344 @@
+"""The gallery on disk: SQLite metadata (the source of truth, vectors included) plus a FAISS index
+per model that is a derived, persisted view of it.
+
+Layout of ``data_dir``::
+
+    metadata.sqlite3            crops (with vectors) and tracks, WAL mode
+    gallery.lock                flock'ed by the one writer
+    index/<model>-<hash>.faiss  FAISS index of one model_id
+    index/<model>-<hash>.json   manifest: model_id, dim, index_factory, last id covered, count,
+                                size and sha256 of the .faiss file
+
+Crash safety: ``add`` commits SQLite first (one transaction), then adds to FAISS in memory.
+``save`` replaces the index file and then the manifest, each atomically (temp file, fsync,
+os.replace, fsync of the directory). On open, an index whose manifest does not match the config,
+the model, the file's sha256 or SQLite's row count is rebuilt from SQLite; otherwise only rows
+newer than the manifest's last id are added. Either way the index ends equal to SQLite.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+
+from indexer.gallery import FaissGallery
+from indexer.metadata import SqliteMetadata, TrackSummary
+from streaming.config import GalleryConfig
+from streaming.records import CropRecord, Embeddings
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = 1
+_MANIFEST_FIELDS = ("last_vector_id", "count", "removed_ids", "index_bytes", "index_sha256")
+
+
+class GalleryLockedError(RuntimeError):
+    """Another process is already writing this gallery."""
+
+
+class _StaleIndex(Exception):
+    """The saved index cannot be used as is; the message says why."""
+
+
+def index_stem(model_id: str) -> str:
+    """File name stem for ``model_id``'s index: readable part plus a hash (no collisions)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model_id).strip("._")[:80] or "model"
+    return f"{safe}-{hashlib.sha256(model_id.encode()).hexdigest()[:8]}"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old or the new file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _acquire_lock(path: Path) -> int:
+    """An fd holding an exclusive flock on ``path``; GalleryLockedError if another holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 100, 0).decode(errors="replace").strip() or "unknown holder"
+        os.close(fd)
+        raise GalleryLockedError(
+            f"gallery {path.parent} is already being written ({holder}); one writer at a time, "
+            "open it with read_only=True to search"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+    return fd
+
+
+class GalleryStore:
+    """The searchable gallery of one model: SQLite metadata plus its FAISS index.
+
+    A writer holds ``data_dir/gallery.lock``; ``read_only=True`` opens without the lock (searches
+    only; ``refresh()`` picks up rows a writer committed since).
+
+    Example:
+        >>> with GalleryStore(Path(".refind"), GalleryConfig(), "reid-0277", 256) as store:  # doctest: +SKIP
+        ...     store.add(records, embeddings)  # records[i].vector_id from store.next_vector_id()
+        ...     store.save()
+        ...     hits = store.search(query_embeddings, k_crops=50, cameras=("gate",))
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        gallery_cfg: GalleryConfig,
+        model_id: str,
+        dim: int,
+        *,
+        read_only: bool = False,
+    ) -> None:
+        if not model_id:
+            raise ValueError("GalleryStore needs a model_id")
+        self._dir = Path(data_dir)
+        self._cfg = gallery_cfg
+        self._model_id = model_id
+        self._dim = dim
+        self._read_only = read_only
+        self._stale = False
+        self._lock_fd: int | None = None
+        self._meta: SqliteMetadata | None = None
+        stem = index_stem(model_id)
+        self._index_path = self._dir / "index" / f"{stem}.faiss"
+        self._manifest_path = self._dir / "index" / f"{stem}.json"
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> None:
+        if not self._read_only:
+            self._index_path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = _acquire_lock(self._dir / "gallery.lock")
+            for tmp in self._index_path.parent.glob(".*.tmp"):  # left by a crash during save
+                tmp.unlink(missing_ok=True)
+        self._meta = SqliteMetadata(self._dir / "metadata.sqlite3", read_only=self._read_only)
+        stored_dim = self._meta.dim(self._model_id)
+        if stored_dim is not None and stored_dim != self._dim:
+            raise ValueError(
+                f"{self._dir}: model {self._model_id!r} has dim {stored_dim} vectors stored, "
+                f"asked for dim {self._dim}"
+            )
+        self._gallery = self._load_or_rebuild()
+        added = self.refresh()
+        if added:
+            log.info("%s: added %d vectors from SQLite to the %s index", self._dir, added,
+                     self._model_id)
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def metadata(self) -> SqliteMetadata:
+        """The metadata store (tracks, cameras, crops)."""
+        assert self._meta is not None
+        return self._meta
+
+    def __len__(self) -> int:
+        return len(self._gallery)
+
+    def next_vector_id(self) -> int:
+        return self.metadata.next_vector_id()
+
+    def track(self, camera: str, track_id: int) -> TrackSummary | None:
+        """Summary of one track of one camera, None if unknown."""
+        return self.metadata.track(camera, track_id)
+
+    def max_track_id(self, camera: str) -> int:
+        """Largest track id stored for ``camera`` (0 if none): offset for a new ingest's ids."""
+        return self.metadata.max_track_id(camera)
+
+    def add(self, records: list[CropRecord], embeddings: Embeddings) -> None:
+        """Store crops and their vectors: SQLite in one transaction, then the FAISS index."""
+        self._check_writable()
+        if embeddings.model_id != self._model_id:
+            raise ValueError(
+                f"embeddings of model {embeddings.model_id!r} cannot go into the gallery of "
+                f"{self._model_id!r}"
+            )
+        if len(embeddings) and embeddings.dim != self._dim:
+            raise ValueError(f"embeddings have dim {embeddings.dim}, the gallery has {self._dim}")
+        self.metadata.add(records, embeddings)
+        ids = np.array([r.vector_id for r in records], np.int64)
+        try:
+            self._gallery.add(ids, embeddings)
+        except BaseException:
+            self._stale = True  # SQLite has the rows; reopening rebuilds the index from it
+            raise
+
+    def refresh(self) -> int:
+        """Add SQLite rows of this model newer than the index; returns how many."""
+        added = 0
+        for ids, vectors in self.metadata.vectors_after(self._gallery.max_id, self._model_id):
+            self._gallery.add(ids, Embeddings(vectors, self._model_id))
+            added += len(ids)
+        return added
+
+    def save(self) -> None:
+        """Persist the FAISS index and its manifest atomically."""
+        self._check_writable()
+        data = self._gallery.to_bytes()
+        trained = self._gallery.is_trained  # buffered vectors are not in the file
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "model_id": self._model_id,
+            "dim": self._dim,
+            "index_factory": self._cfg.index_factory,
+            "last_vector_id": self._gallery.max_id if trained else -1,
+            "count": len(self._gallery) if trained else 0,
+            "removed_ids": self._gallery.removed_ids.tolist(),
+            "index_bytes": len(data),
+            "index_sha256": hashlib.sha256(data).hexdigest(),
+        }
+        _atomic_write(self._index_path, data)
+        _atomic_write(self._manifest_path, json.dumps(manifest, indent=1).encode())
+        log.debug("%s: saved %s (%d vectors)", self._dir, self._index_path.name, manifest["count"])
+
+    def search(
+        self,
+        query_vectors: Embeddings | np.ndarray,
+        k_crops: int,
+        cameras: tuple[str, ...] = (),
+        start_ts_ns: int | None = None,
+        end_ts_ns: int | None = None,
+    ) -> list[list[tuple[CropRecord, float]]]:
+        """Per query, up to ``k_crops`` (crop, cosine score) best first, within the filters."""
+        if isinstance(query_vectors, Embeddings):
+            if query_vectors.model_id != self._model_id:
+                raise ValueError(
+                    f"queries embedded by {query_vectors.model_id!r} cannot search the gallery "
+                    f"of {self._model_id!r}"
+                )
+            query_vectors = query_vectors.vectors
+        if start_ts_ns is not None and end_ts_ns is not None and start_ts_ns > end_ts_ns:
+            raise ValueError(f"time window is the wrong way round: {start_ts_ns} > {end_ts_ns}")
+        allowed = None
+        if cameras or start_ts_ns is not None or end_ts_ns is not None:
+            allowed = self.metadata.ids_matching(
+                tuple(cameras), start_ts_ns, end_ts_ns, self._model_id
+            )
+            allowed = allowed[allowed <= self._gallery.max_id]  # newer rows are not indexed yet
+        scores, ids = self._gallery.search(query_vectors, k_crops, allowed)
+        hit_ids = np.unique(ids[ids >= 0])
+        records = dict(zip(hit_ids.tolist(), self.metadata.crops(hit_ids.tolist()), strict=True))
+        return [
+            [(records[int(i)], float(s)) for s, i in zip(s_row, i_row, strict=True) if i >= 0]
+            for s_row, i_row in zip(scores, ids, strict=True)
+        ]
+
+    def close(self) -> None:
+        """Close SQLite and release the writer lock (the index is not saved: call save())."""
+        if self._meta is not None:
+            self._meta.close()
+            self._meta = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the fd releases the flock
+            self._lock_fd = None
+
+    def __enter__(self) -> GalleryStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _check_writable(self) -> None:
+        if self._read_only:
+            raise RuntimeError(f"gallery {self._dir} was opened read-only")
+        if self._stale:
+            raise RuntimeError(
+                f"gallery {self._dir}: the {self._model_id} index missed a write; reopen the "
+                "store to rebuild it from SQLite"
+            )
+
+    # -- loading ----------------------------------------------------------------------------
+
+    def _load_or_rebuild(self) -> FaissGallery:
+        try:
+            return self._load()
+        except _StaleIndex as why:
+            has_rows = self.metadata.count(self._model_id) > 0
+            (log.warning if has_rows else log.debug)(
+                "%s: rebuilding the %s index from SQLite: %s", self._dir, self._model_id, why
+            )
+            return FaissGallery(self._cfg, self._model_id, self._dim)
+
+    def _load(self) -> FaissGallery:
+        """The saved index, checked against its manifest and SQLite; _StaleIndex if unusable."""
+        manifest = self._read_manifest()
+        try:
+            data = self._index_path.read_bytes()
+        except OSError as err:
+            raise _StaleIndex(f"cannot read {self._index_path.name}: {err}") from None
+        if len(data) != manifest["index_bytes"]:
+            raise _StaleIndex(f"{self._index_path.name} has {len(data)} bytes, manifest says "
+                              f"{manifest['index_bytes']}")
+        if hashlib.sha256(data).hexdigest() != manifest["index_sha256"]:
+            raise _StaleIndex(f"{self._index_path.name} does not match its manifest's sha256")
+        try:
+            gallery = FaissGallery.from_bytes(
+                data, self._cfg, self._model_id, self._dim, manifest["removed_ids"]
+            )
+        except (ValueError, TypeError) as err:
+            raise _StaleIndex(str(err)) from None
+        last, count = manifest["last_vector_id"], manifest["count"]
+        if gallery.max_id != last or len(gallery) != count:
+            raise _StaleIndex(f"index holds {len(gallery)} vectors up to id {gallery.max_id}, "
+                              f"manifest says {count} up to {last}")
+        if self.metadata.count(self._model_id, last) != count:
+            raise _StaleIndex(f"SQLite rows up to id {last} differ from the index's {count}")
+        return gallery
+
+    def _read_manifest(self) -> dict:
+        try:
+            manifest = json.loads(self._manifest_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise _StaleIndex(f"no saved index {self._manifest_path.name}") from None
+        except (OSError, ValueError) as err:
+            raise _StaleIndex(f"unreadable manifest {self._manifest_path.name}: {err}") from None
+        expected = {
+            "format": MANIFEST_FORMAT,
+            "model_id": self._model_id,
+            "dim": self._dim,
+            "index_factory": self._cfg.index_factory,
+        }
+        for key, value in expected.items():
+            if not isinstance(manifest, dict) or manifest.get(key) != value:
+                got = manifest.get(key) if isinstance(manifest, dict) else manifest
+                raise _StaleIndex(f"manifest {key} is {got!r}, expected {value!r}")
+        missing = [k for k in _MANIFEST_FIELDS if k not in manifest]
+        if missing:
+            raise _StaleIndex(f"manifest {self._manifest_path.name} lacks {missing}")
+        return manifest

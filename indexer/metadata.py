@@ -1,0 +1,296 @@
+"""SQLite metadata: every gallery vector with where it came from, and a summary per track.
+
+SQLite is the gallery's source of truth: each crop row holds its vector as a float32 BLOB, so
+any FAISS index can be rebuilt from it. WAL mode lets readers search while one writer ingests.
+Tracks are keyed by (camera, track_id): a track id is unique within its camera only.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from streaming.records import CropRecord, Embeddings
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_IN_CHUNK = 500  # ids per "IN (...)" query, well under SQLite's variable limit
+
+# version -> statements taking the schema from version - 1 to version, run in one transaction.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        "CREATE TABLE schema_version (version INTEGER NOT NULL)",
+        "INSERT INTO schema_version (version) VALUES (0)",
+        """CREATE TABLE crops (
+            vector_id INTEGER PRIMARY KEY, camera TEXT NOT NULL, track_id INTEGER NOT NULL,
+            frame_index INTEGER NOT NULL, ts_ns INTEGER NOT NULL,
+            x1 REAL NOT NULL, y1 REAL NOT NULL, x2 REAL NOT NULL, y2 REAL NOT NULL,
+            confidence REAL NOT NULL, quality REAL NOT NULL, crop_path TEXT NOT NULL,
+            model_id TEXT NOT NULL, dim INTEGER NOT NULL, vector BLOB NOT NULL)""",
+        "CREATE INDEX crops_model_ts ON crops (model_id, ts_ns)",
+        "CREATE INDEX crops_model_camera_ts ON crops (model_id, camera, ts_ns)",
+        "CREATE INDEX crops_track ON crops (camera, track_id)",
+        """CREATE TABLE tracks (
+            camera TEXT NOT NULL, track_id INTEGER NOT NULL, start_ts_ns INTEGER NOT NULL,
+            end_ts_ns INTEGER NOT NULL, n_crops INTEGER NOT NULL, best_vector_id INTEGER NOT NULL,
+            PRIMARY KEY (camera, track_id)) WITHOUT ROWID""",
+    ),
+}
+
+_CROP_COLUMNS = (
+    "vector_id, camera, track_id, frame_index, ts_ns, x1, y1, x2, y2, confidence, quality, "
+    "crop_path, model_id"
+)
+
+# Recomputed from the crops (not incremented) so that a re-index under a second model, which
+# stores the same crops again, does not count them twice.
+_REFRESH_TRACK = """
+INSERT OR REPLACE INTO tracks (camera, track_id, start_ts_ns, end_ts_ns, n_crops, best_vector_id)
+SELECT c.camera, c.track_id, MIN(c.ts_ns), MAX(c.ts_ns), COUNT(DISTINCT c.frame_index),
+    (SELECT b.vector_id FROM crops b WHERE b.camera = c.camera AND b.track_id = c.track_id
+     ORDER BY b.quality DESC, b.vector_id LIMIT 1)
+FROM crops c WHERE c.camera = ? AND c.track_id = ? GROUP BY c.camera, c.track_id
+"""
+
+
+@dataclass(frozen=True)
+class TrackSummary:
+    """One track of one camera: its time span, crop count and best (highest quality) crop."""
+
+    camera: str
+    track_id: int
+    start_ts_ns: int
+    end_ts_ns: int
+    n_crops: int
+    best: CropRecord
+
+
+def _record(row: tuple) -> CropRecord:
+    vid, camera, track_id, frame_index, ts_ns, x1, y1, x2, y2, conf, quality, path, model = row
+    return CropRecord(
+        vector_id=vid, camera=camera, track_id=track_id, frame_index=frame_index, ts_ns=ts_ns,
+        xyxy=(x1, y1, x2, y2), confidence=conf, quality=quality, crop_path=path, model_id=model,
+    )
+
+
+def _check_batch(records: list[CropRecord], vectors: Embeddings) -> None:
+    if len(records) != len(vectors):
+        raise ValueError(f"{len(records)} records but {len(vectors)} vectors")
+    for r in records:
+        if r.model_id != vectors.model_id:
+            raise ValueError(
+                f"record {r.vector_id} has model_id {r.model_id!r}, vectors are from "
+                f"{vectors.model_id!r}"
+            )
+    ids = np.array([r.vector_id for r in records], np.int64)
+    if ids.size and (ids[0] < 0 or np.any(np.diff(ids) <= 0)):
+        raise ValueError(f"vector ids must be >= 0 and increasing, got {ids[:5].tolist()}...")
+
+
+class SqliteMetadata:
+    """Crop metadata and vectors in one SQLite file (WAL mode).
+
+    Example:
+        >>> meta = SqliteMetadata(Path(".refind/metadata.sqlite3"))  # doctest: +SKIP
+        >>> meta.add(records, embeddings)  # doctest: +SKIP
+        >>> meta.ids_matching(("gate",), None, None, embeddings.model_id)  # doctest: +SKIP
+        array([0, 4, 8])
+    """
+
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+        self.path = Path(path)
+        if read_only and not self.path.is_file():
+            raise FileNotFoundError(f"metadata database not found: {self.path}")
+        uri = f"{self.path.resolve().as_uri()}?mode={'ro' if read_only else 'rwc'}"
+        self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10.0)
+        self._read_only = read_only
+        if not read_only:
+            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                log.warning("%s: SQLite refused WAL mode (got %s)", self.path, mode)
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._migrate()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _migrate(self) -> None:
+        version = self.schema_version()
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.path}: schema version {version} is newer than this code ({SCHEMA_VERSION})"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        if self._read_only:
+            raise RuntimeError(f"{self.path}: schema version {version} needs a migration; "
+                               "open it writable once")
+        with self._transaction():
+            version = self.schema_version()  # another process may have migrated meanwhile
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[target]:
+                    self._conn.execute(statement)
+                self._conn.execute("UPDATE schema_version SET version = ?", (target,))
+                log.info("%s: schema migrated to version %d", self.path, target)
+
+    def schema_version(self) -> int:
+        """The stored schema version, 0 for an empty database."""
+        exists = self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+        ).fetchone()
+        if not exists:
+            return 0
+        return int(self._conn.execute("SELECT version FROM schema_version").fetchone()[0])
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK if the block (or the commit) raises."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._conn.execute("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+
+    def add(self, records: list[CropRecord], vectors: Embeddings) -> None:
+        """Store crops with their vectors in one transaction; ids must exceed every stored id."""
+        _check_batch(records, vectors)
+        if not records:
+            return
+        vecs = vectors.vectors.astype("<f4", copy=False)
+        rows = [
+            (r.vector_id, r.camera, int(r.track_id), int(r.frame_index), int(r.ts_ns),
+             *(float(v) for v in r.xyxy), float(r.confidence), float(r.quality), r.crop_path,
+             r.model_id, vectors.dim, vecs[i].tobytes())
+            for i, r in enumerate(records)
+        ]
+        with self._transaction():
+            last = self.next_vector_id() - 1
+            if records[0].vector_id <= last:
+                raise ValueError(
+                    f"vector id {records[0].vector_id} is not above the largest stored id {last}"
+                )
+            self._conn.executemany(
+                f"INSERT INTO crops ({_CROP_COLUMNS}, dim, vector) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            tracks = sorted({(r.camera, int(r.track_id)) for r in records})
+            self._conn.executemany(_REFRESH_TRACK, tracks)
+
+    def next_vector_id(self) -> int:
+        """The id the next stored vector should take (ids are global across models)."""
+        row = self._conn.execute("SELECT MAX(vector_id) FROM crops").fetchone()
+        return 0 if row[0] is None else int(row[0]) + 1
+
+    def max_vector_id(self, model_id: str) -> int:
+        """Largest id stored for ``model_id``, -1 when none."""
+        row = self._conn.execute(
+            "SELECT MAX(vector_id) FROM crops WHERE model_id = ?", (model_id,)
+        ).fetchone()
+        return -1 if row[0] is None else int(row[0])
+
+    def count(self, model_id: str, max_vector_id: int | None = None) -> int:
+        """Vectors stored for ``model_id`` (only those with id <= ``max_vector_id`` if given)."""
+        limit = (1 << 63) - 1 if max_vector_id is None else max_vector_id
+        return int(self._conn.execute(
+            "SELECT COUNT(*) FROM crops WHERE model_id = ? AND vector_id <= ?", (model_id, limit)
+        ).fetchone()[0])
+
+    def dim(self, model_id: str) -> int | None:
+        """Dimension of ``model_id``'s stored vectors, None when it has none."""
+        row = self._conn.execute(
+            "SELECT dim FROM crops WHERE model_id = ? LIMIT 1", (model_id,)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def crops(self, vector_ids: Iterable[int]) -> list[CropRecord]:
+        """The records of ``vector_ids``, in that order; KeyError names any that are missing."""
+        wanted = [int(v) for v in vector_ids]
+        found: dict[int, CropRecord] = {}
+        unique = sorted(set(wanted))
+        for start in range(0, len(unique), _IN_CHUNK):
+            chunk = unique[start : start + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for row in self._conn.execute(
+                f"SELECT {_CROP_COLUMNS} FROM crops WHERE vector_id IN ({marks})", chunk
+            ):
+                found[row[0]] = _record(row)
+        missing = [v for v in unique if v not in found]
+        if missing:
+            raise KeyError(f"vector ids not in metadata: {missing[:10]}")
+        return [found[v] for v in wanted]
+
+    def vectors_after(
+        self, vector_id: int, model_id: str, chunk_size: int = 4096
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids (n,) int64, vectors (n, d) float32) chunks of ``model_id`` with id > vector_id."""
+        last = vector_id
+        while True:
+            rows = self._conn.execute(
+                "SELECT vector_id, dim, vector FROM crops WHERE model_id = ? AND vector_id > ? "
+                "ORDER BY vector_id LIMIT ?",
+                (model_id, last, chunk_size),
+            ).fetchall()
+            if not rows:
+                return
+            dims = {r[1] for r in rows}
+            if len(dims) != 1:
+                raise ValueError(f"model {model_id!r} has vectors of several dims: {sorted(dims)}")
+            ids = np.array([r[0] for r in rows], np.int64)
+            vecs = np.frombuffer(b"".join(r[2] for r in rows), "<f4").reshape(len(rows), -1)
+            yield ids, vecs.astype(np.float32)
+            last = int(ids[-1])
+
+    def ids_matching(
+        self,
+        cameras: tuple[str, ...],
+        start_ts_ns: int | None,
+        end_ts_ns: int | None,
+        model_id: str,
+    ) -> np.ndarray:
+        """Sorted (n,) int64 ids of ``model_id`` from ``cameras`` (all if empty) in the window."""
+        where, args = ["model_id = ?"], [model_id]
+        if cameras:
+            where.append(f"camera IN ({','.join('?' * len(cameras))})")
+            args.extend(cameras)
+        if start_ts_ns is not None:
+            where.append("ts_ns >= ?")
+            args.append(int(start_ts_ns))
+        if end_ts_ns is not None:
+            where.append("ts_ns <= ?")
+            args.append(int(end_ts_ns))
+        sql = f"SELECT vector_id FROM crops WHERE {' AND '.join(where)} ORDER BY vector_id"
+        return np.fromiter((r[0] for r in self._conn.execute(sql, args)), np.int64)
+
+    def track(self, camera: str, track_id: int) -> TrackSummary | None:
+        """The summary of one track, None if it has no crops."""
+        row = self._conn.execute(
+            "SELECT start_ts_ns, end_ts_ns, n_crops, best_vector_id FROM tracks "
+            "WHERE camera = ? AND track_id = ?",
+            (camera, int(track_id)),
+        ).fetchone()
+        if row is None:
+            return None
+        best = self.crops([row[3]])[0]
+        return TrackSummary(camera, int(track_id), row[0], row[1], row[2], best)
+
+    def max_track_id(self, camera: str) -> int:
+        """Largest track id stored for ``camera``, 0 when none (trackers number from 1)."""
+        row = self._conn.execute(
+            "SELECT MAX(track_id) FROM tracks WHERE camera = ?", (camera,)
+        ).fetchone()
+        return 0 if row[0] is None else int(row[0])
+
+    def cameras(self) -> list[str]:
+        """Cameras with at least one stored track, sorted."""
+        return [r[0] for r in self._conn.execute("SELECT DISTINCT camera FROM tracks ORDER BY 1")]
