@@ -45,28 +45,47 @@ def _with_dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
             inits[node.input[1]].CopyFrom(numpy_helper.from_array(fixed, node.input[1]))
     for value in (*model.graph.input, *model.graph.output):
         value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    # The network is fully convolutional and the head's reshapes keep -1 for anchors, so any
+    # input height and width that are multiples of 32 run; anchor grids are built per shape.
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "height", "width"
+    model.graph.output[0].type.tensor_type.shape.dim[1].dim_param = "anchors"
     del model.graph.value_info[:]  # stale batch-1 shapes; onnxruntime infers them again
     return model
 
 
-def _grids(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Anchor-free grid offsets (A, 2) and strides (A, 1) for a square input of ``size``."""
+def _grids(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Anchor-free grid offsets (A, 2) and strides (A, 1) for an input of height x width."""
     cells, strides = [], []
     for s in _STRIDES:
-        n = size // s
-        ys, xs = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+        ny, nx = height // s, width // s
+        ys, xs = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
         cells.append(np.stack([xs.ravel(), ys.ravel()], axis=1))
-        strides.append(np.full((n * n, 1), s))
+        strides.append(np.full((ny * nx, 1), s))
     return np.concatenate(cells).astype(np.float32), np.concatenate(strides).astype(np.float32)
 
 
-def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:
-    """Resize keeping aspect into a size x size canvas (top-left aligned, pad 114); (img, scale)."""
+def input_shape(hw: tuple[int, ...], max_side: int) -> tuple[int, int, float]:
+    """Network input (height, width) for a frame, and the frame's scale into it.
+
+    A frame whose longer side fits in ``max_side`` runs at its native scale (never upscaled,
+    never blurred by a downscale); a larger one is scaled down to ``max_side``. The canvas is
+    rounded up to a multiple of the largest stride.
+    """
+    h, w = hw[:2]
+    scale = min(1.0, max_side / max(h, w))
+    step = _STRIDES[-1]
+    return -(-round(h * scale) // step) * step, -(-round(w * scale) // step) * step, scale
+
+
+def letterbox(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """Resize keeping aspect into the input canvas (top-left aligned, pad 114); (img, scale)."""
     h, w = image.shape[:2]
-    scale = min(size / h, size / w)
+    ch, cw, scale = input_shape(image.shape, max_side)
     nh, nw = round(h * scale), round(w * scale)
-    canvas = np.full((size, size, 3), _PAD_VALUE, dtype=np.uint8)
-    canvas[:nh, :nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    canvas = np.full((ch, cw, 3), _PAD_VALUE, dtype=np.uint8)
+    resized = image if scale == 1.0 else cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+    canvas[:nh, :nw] = resized
     return canvas, scale
 
 
@@ -86,30 +105,42 @@ class YoloxDetector:
             model.SerializeToString(), opts, providers=ort.get_available_providers()
         )
         self._input = self._session.get_inputs()[0].name
-        self._grid, self._stride = _grids(cfg.input_size)
+        self._grids: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._classes = np.asarray(cfg.classes, dtype=np.int64)
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        out: list[Detections] = []
-        for start in range(0, len(images), self.cfg.batch_size):
-            out.extend(self._run(images[start : start + self.cfg.batch_size]))
-        return out
-
-    def _run(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        size = self.cfg.input_size
-        batch = np.empty((len(images), 3, size, size), dtype=np.float32)  # (B, 3, S, S) BGR 0-255
-        scales = []
+        """Detections for each image, in order; frames of one input shape share a batch."""
+        by_shape: dict[tuple[int, int, float], list[int]] = {}
         for i, img in enumerate(images):
             check_bgr_image(img, f"detector input {i}")
-            boxed, scale = letterbox(img, size)
-            batch[i] = boxed.transpose(2, 0, 1)
-            scales.append(scale)
+            by_shape.setdefault(input_shape(img.shape, self.cfg.input_size), []).append(i)
+        out: list[Detections | None] = [None] * len(images)
+        for (ch, cw, scale), idx in by_shape.items():
+            for start in range(0, len(idx), self.cfg.batch_size):
+                chunk = idx[start : start + self.cfg.batch_size]
+                for i, dets in zip(chunk, self._run([images[i] for i in chunk], ch, cw, scale)):
+                    out[i] = dets
+        return out  # type: ignore[return-value]
+
+    def _run(
+        self, images: Sequence[np.ndarray], ch: int, cw: int, scale: float
+    ) -> list[Detections]:
+        batch = np.empty((len(images), 3, ch, cw), dtype=np.float32)  # (B, 3, H, W) BGR 0-255
+        for i, img in enumerate(images):
+            batch[i] = letterbox(img, self.cfg.input_size)[0].transpose(2, 0, 1)
         raw = self._session.run(None, {self._input: batch})[0]  # (B, A, 5 + C)
+        if (ch, cw) not in self._grids:
+            self._grids[(ch, cw)] = _grids(ch, cw)
+        grid, stride = self._grids[(ch, cw)]
         return [
-            self._decode(raw[i], scales[i], images[i].shape[:2]) for i in range(len(images))
+            self._decode(raw[i], grid, stride, scale, img.shape[:2])
+            for i, img in enumerate(images)
         ]
 
-    def _decode(self, pred: np.ndarray, scale: float, hw: tuple[int, ...]) -> Detections:
+    def _decode(
+        self, pred: np.ndarray, grid: np.ndarray, stride: np.ndarray, scale: float,
+        hw: tuple[int, ...],
+    ) -> Detections:
         obj = pred[:, 4]  # (A,)
         cls_scores = pred[:, 5:][:, self._classes] * obj[:, None]  # (A, K) for kept classes
         best = cls_scores.argmax(axis=1)
@@ -117,8 +148,8 @@ class YoloxDetector:
         keep = score >= self.cfg.conf_threshold
         if not keep.any():
             return Detections.empty()
-        centre = (pred[keep, :2] + self._grid[keep]) * self._stride[keep]  # (n, 2) input px
-        wh = np.exp(pred[keep, 2:4]) * self._stride[keep]
+        centre = (pred[keep, :2] + grid[keep]) * stride[keep]  # (n, 2) input px
+        wh = np.exp(pred[keep, 2:4]) * stride[keep]
         xyxy = np.concatenate([centre - wh / 2, centre + wh / 2], axis=1) / scale
         h, w = hw
         xyxy[:, [0, 2]] = xyxy[:, [0, 2]].clip(0, w)

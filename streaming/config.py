@@ -38,7 +38,11 @@ class ModelStoreConfig(_Section):
 class YoloxDetectorConfig(_Section):
     type: Literal["yolox"] = "yolox"
     model: str = Field("yolox_nano", description="Model store name of the YOLOX ONNX file.")
-    input_size: int = Field(416, ge=32, le=1920, multiple_of=32, description="Square input side.")
+    input_size: int = Field(
+        416, ge=32, le=1920, multiple_of=32,
+        description="Longest side of the network input. Frames whose longer side fits run at "
+        "native scale (padded to a multiple of 32); larger frames are scaled down to it.",
+    )
     conf_threshold: float = Field(
         0.1, ge=0.0, le=1.0, description="Lowest score kept (the tracker uses low boxes too)."
     )

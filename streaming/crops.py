@@ -1,0 +1,138 @@
+"""Keep the few best crops of each track, spread over its life, for embedding and display.
+
+A candidate is refused when it is smaller than ``min_height_px`` x ``min_width_px`` or its box
+comes within ``edge_margin_px`` of the frame edge (a person cut by the edge is a poor ReID query
+and pollutes the gallery). Otherwise its quality in (0, 1] is the product of three factors:
+
+- size: height / ``full_quality_height_px``, capped at 1 (a taller crop has more detail, up to the
+  ReID input height);
+- confidence: the detection score (occluded or odd boxes score lower);
+- sharpness: variance of the Laplacian of the grey crop, v / (v + ``sharpness_ref``), so motion
+  blur and defocus rank below a sharp view of the same person.
+
+Kept crops of one track are at least ``min_gap_s`` apart in time: a candidate too close to kept
+crops replaces them only if it beats all of them; otherwise a candidate replaces the weakest kept
+crop when the track already has ``max_per_track``. Only the pixels of accepted candidates are
+copied; no frame is held.
+
+Example:
+    >>> selector = CropSelector(CropConfig())
+    >>> selector.update(frame, tracks)                                  # doctest: +SKIP
+    >>> crops = selector.finish(tracker.pop_ended())                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+
+from streaming.config import CropConfig
+from streaming.records import Crop, Frame, Tracks
+
+log = logging.getLogger(__name__)
+
+
+def sharpness(image: np.ndarray) -> float:
+    """Variance of the Laplacian of ``image`` ((h, w, 3) uint8 BGR) in grey levels squared."""
+    grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    return float(cv2.Laplacian(grey, cv2.CV_64F).var())
+
+
+def pixel_box(xyxy: np.ndarray, hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Box rounded outwards to whole pixels and clipped to a frame of size ``hw``."""
+    h, w = hw
+    x1 = int(np.clip(np.floor(xyxy[0]), 0, w))
+    y1 = int(np.clip(np.floor(xyxy[1]), 0, h))
+    x2 = int(np.clip(np.ceil(xyxy[2]), 0, w))
+    y2 = int(np.clip(np.ceil(xyxy[3]), 0, h))
+    return x1, y1, x2, y2
+
+
+class CropSelector:
+    """Chooses up to ``max_per_track`` crops per track from the frames it is shown.
+
+    Example:
+        >>> selector = CropSelector(CropConfig())
+        >>> image = np.random.default_rng(0).integers(0, 256, (360, 480, 3), dtype=np.uint8)
+        >>> frame = Frame("gate", 0, 0, image)
+        >>> tracks = Tracks("gate", 0, 0, [7], [[200, 100, 240, 200]], [0.9])
+        >>> selector.update(frame, tracks)
+        >>> [(c.track_id, c.image.shape) for c in selector.finish([7])]
+        [(7, (100, 40, 3))]
+    """
+
+    def __init__(self, cfg: CropConfig) -> None:
+        self.cfg = cfg
+        self._kept: dict[int, list[Crop]] = {}
+
+    def update(self, frame: Frame, tracks: Tracks) -> None:
+        """Consider every track box of ``frame`` as a candidate crop."""
+        if tracks.frame_index != frame.index or tracks.camera != frame.camera:
+            raise ValueError(
+                f"tracks of {tracks.camera}#{tracks.frame_index} given with frame "
+                f"{frame.camera}#{frame.index}"
+            )
+        for tid, box, conf in zip(tracks.track_id, tracks.xyxy, tracks.confidence, strict=True):
+            self._consider(frame, int(tid), box, float(conf))
+
+    def finish(self, track_ids: list[int]) -> list[Crop]:
+        """Chosen crops of ended tracks (each track's best first), forgetting those tracks."""
+        out: list[Crop] = []
+        for tid in track_ids:
+            kept = self._kept.pop(int(tid), [])
+            out.extend(sorted(kept, key=lambda c: -c.quality))
+        return out
+
+    def flush(self) -> list[Crop]:
+        """Finish every track still held (end of stream)."""
+        return self.finish(sorted(self._kept))
+
+    def quality(self, image: np.ndarray, confidence: float) -> float:
+        """Quality in (0, 1] of a crop image ((h, w, 3) uint8) with its detection score."""
+        size = min(1.0, image.shape[0] / self.cfg.full_quality_height_px)
+        sharp = sharpness(image)
+        return size * confidence * sharp / (sharp + self.cfg.sharpness_ref)
+
+    def _refused(self, box: tuple[int, int, int, int], hw: tuple[int, int]) -> str | None:
+        x1, y1, x2, y2 = box
+        m = self.cfg.edge_margin_px
+        if y2 - y1 < self.cfg.min_height_px or x2 - x1 < self.cfg.min_width_px:
+            return "too small"
+        if x1 < m or y1 < m or x2 > hw[1] - m or y2 > hw[0] - m:
+            return "cut by the frame edge"
+        return None
+
+    def _consider(self, frame: Frame, tid: int, xyxy: np.ndarray, conf: float) -> None:
+        box = pixel_box(xyxy, frame.size_hw)
+        if self._refused(box, frame.size_hw):
+            return
+        x1, y1, x2, y2 = box
+        view = frame.image[y1:y2, x1:x2]  # a view: nothing copied unless kept
+        q = self.quality(view, conf)
+        kept = self._kept.setdefault(tid, [])
+        gap_ns = self.cfg.min_gap_s * 1e9
+        near = [c for c in kept if abs(c.ts_ns - frame.ts_ns) < gap_ns]
+        if near:
+            if q <= max(c.quality for c in near):
+                return
+            drop = near
+        elif len(kept) >= self.cfg.max_per_track:
+            weakest = min(kept, key=lambda c: c.quality)
+            if q <= weakest.quality:
+                return
+            drop = [weakest]
+        else:
+            drop = []
+        crop = Crop(
+            camera=frame.camera,
+            track_id=tid,
+            frame_index=frame.index,
+            ts_ns=frame.ts_ns,
+            xyxy=(float(x1), float(y1), float(x2), float(y2)),
+            confidence=conf,
+            quality=q,
+            image=view.copy(),
+        )
+        self._kept[tid] = [c for c in kept if all(c is not d for d in drop)] + [crop]

@@ -1,0 +1,386 @@
+"""ByteTrack multi-object tracker for one camera: Kalman motion, two-stage association.
+
+Each frame, in the order of the ByteTrack paper (Zhang et al., ECCV 2022):
+
+1. every live track's Kalman state is predicted to the frame's timestamp (time-aware: the step is
+   the elapsed time, so any frame rate and dropped frames work);
+2. high-score detections (>= ``high_threshold``) are matched to confirmed tracks, tracked and lost
+   alike, on IoU with the predicted box times the detection score, blended with appearance
+   distance when embeddings are given; a matched lost track is re-activated with its old id;
+3. low-score detections (``low_threshold`` .. ``high_threshold``) are matched, on IoU alone, to the
+   confirmed tracks that were being tracked and are still unmatched (occluded people keep their
+   track through low scores); confirmed tracks left unmatched become lost;
+4. with embeddings only: lost tracks that motion could not find (a person who stopped or turned
+   while hidden) are re-identified among the high-score detections left, by appearance, within
+   reach of where they were last seen;
+5. the high-score detections still left are matched to unconfirmed tracks; an unconfirmed track
+   must be matched in consecutive frames until it has ``min_hits`` matches, else it is dropped;
+6. high-score detections still left with score >= ``new_track_threshold`` start unconfirmed tracks;
+7. lost tracks unseen for more than ``max_lost_s`` seconds (by timestamp, not frame count) end.
+
+Only confirmed tracks matched in the frame are reported, with the detection's box. Public ids are
+given at confirmation, so they are 1, 2, 3, ... per camera without gaps from unconfirmed tracks.
+A track's appearance is a moving average of its high-score detections' embeddings only.
+
+Example:
+    >>> tracker = ByteTracker(TrackerConfig(), camera="gate")
+    >>> tracks = tracker.update(0, 0, detections, embeddings)             # doctest: +SKIP
+    >>> ended = tracker.pop_ended()                                       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import Enum
+
+import lap
+import numpy as np
+
+from streaming.config import TrackerConfig
+from streaming.kalman import BoxKalmanFilter, xyah_to_xyxy, xyxy_to_xyah
+from streaming.records import Detections, Tracks
+
+log = logging.getLogger(__name__)
+
+_FORBIDDEN = 1e5  # cost of a pair that must not match (above any cost limit)
+_EMBEDDING_MOMENTUM = 0.9  # BoT-SORT's exponential moving average of a track's appearance
+
+
+class _State(Enum):
+    TRACKED = "tracked"
+    LOST = "lost"
+
+
+@dataclass
+class _Track:
+    """Mutable state of one track; private to the tracker."""
+
+    mean: np.ndarray  # (8,) Kalman state, see streaming.kalman
+    cov: np.ndarray  # (8, 8)
+    state_ts_ns: int  # time the Kalman state refers to
+    last_seen_ns: int  # time of the last matched detection
+    xyxy: np.ndarray  # (4,) last matched detection
+    score: float
+    hits: int = 1
+    state: _State = _State.TRACKED
+    track_id: int = 0  # public id, 0 until confirmed
+    embedding: np.ndarray | None = None  # (d,) unit vector
+
+    @property
+    def confirmed(self) -> bool:
+        return self.track_id > 0
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in ``a`` (n, 4) xyxy with every box in ``b`` (m, 4): (n, m) float64."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])  # (n, m, 2)
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(axis=2)  # (n, m)
+    area_a = (a[:, 2:] - a[:, :2]).clip(0).prod(axis=1)
+    area_b = (b[:, 2:] - b[:, :2]).clip(0).prod(axis=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def assign(cost: np.ndarray, max_cost: float) -> tuple[list[tuple[int, int]], list[int], list[int]]:
+    """Minimum-cost matching keeping pairs with cost <= max_cost: (pairs, free rows, free cols)."""
+    n, m = cost.shape
+    if n == 0 or m == 0:
+        return [], list(range(n)), list(range(m))
+    _, row_to_col, col_to_row = lap.lapjv(cost, extend_cost=True, cost_limit=max_cost + 1e-9)
+    pairs = [(int(r), int(c)) for r, c in enumerate(row_to_col) if c >= 0]
+    return (
+        pairs,
+        [r for r in range(n) if row_to_col[r] < 0],
+        [c for c in range(m) if col_to_row[c] < 0],
+    )
+
+
+@dataclass(frozen=True)
+class _Input:
+    """One frame's inputs, passed between association stages."""
+
+    ts_ns: int
+    dets: Detections
+    emb: np.ndarray | None  # (n, d) unit vectors, or None when appearance is off
+
+
+class ByteTracker:
+    """ByteTrack for one camera; feed it every analysed frame in time order.
+
+    Example:
+        >>> tracker = ByteTracker(TrackerConfig(appearance_weight=0.0), camera="gate")
+        >>> box = Detections(np.array([[10, 10, 30, 60]]), np.array([0.9]), np.array([0]))
+        >>> [len(tracker.update(i, i * 100_000_000, box)) for i in range(3)]
+        [0, 1, 1]
+        >>> tracker.flush()
+        [1]
+    """
+
+    def __init__(self, cfg: TrackerConfig, camera: str) -> None:
+        self.cfg = cfg
+        self.camera = camera
+        self._kf = BoxKalmanFilter()
+        self._tracks: list[_Track] = []
+        self._next_id = 1
+        self._ended: list[int] = []
+        self._last_ts_ns: int | None = None
+
+    def update(
+        self,
+        frame_index: int,
+        ts_ns: int,
+        detections: Detections,
+        embeddings: np.ndarray | None = None,
+    ) -> Tracks:
+        """Advance to one frame; returns the confirmed tracks matched in it.
+
+        ``embeddings``: optional (n, d) float32 unit vectors, one per detection (rows below
+        ``high_threshold`` are never read), used when ``cfg.appearance_weight`` > 0.
+        """
+        self._check_inputs(ts_ns, detections, embeddings)
+        use_appearance = embeddings is not None and self.cfg.appearance_weight > 0
+        frame = _Input(ts_ns, detections, embeddings if use_appearance else None)
+        self._predict(ts_ns)
+        score = detections.confidence
+        high = np.flatnonzero(score >= self.cfg.high_threshold)
+        low = np.flatnonzero((score >= self.cfg.low_threshold) & (score < self.cfg.high_threshold))
+
+        matched, high, unmatched = self._first_stage(frame, high)
+        matched += self._second_stage(frame, low, unmatched)
+        if frame.emb is not None:
+            found, high = self._reid_stage(frame, high)
+            matched += found
+        found, high = self._unconfirmed_stage(frame, high)
+        matched += found + self._births(frame, high)
+        self._expire(ts_ns)
+        return self._report(frame_index, ts_ns, [t for t in matched if t.confirmed])
+
+    def pop_ended(self) -> list[int]:
+        """Ids of confirmed tracks that ended since the last call, in the order they ended."""
+        ended, self._ended = self._ended, []
+        return ended
+
+    def flush(self) -> list[int]:
+        """End every track (end of stream): ids not yet popped plus every live confirmed track."""
+        ended = self.pop_ended() + [t.track_id for t in self._tracks if t.confirmed]
+        self._tracks = []
+        return ended
+
+    def _check_inputs(
+        self, ts_ns: int, detections: Detections, embeddings: np.ndarray | None
+    ) -> None:
+        if self._last_ts_ns is not None and ts_ns < self._last_ts_ns:
+            raise ValueError(
+                f"camera {self.camera}: ts_ns went backwards ({ts_ns} < {self._last_ts_ns})"
+            )
+        if embeddings is not None and (embeddings.ndim != 2 or len(embeddings) != len(detections)):
+            raise ValueError(
+                f"camera {self.camera}: embeddings of shape {embeddings.shape} for "
+                f"{len(detections)} detections; expected ({len(detections)}, d)"
+            )
+        self._last_ts_ns = ts_ns
+
+    def _predict(self, ts_ns: int) -> None:
+        """Move every track's Kalman state to ``ts_ns``."""
+        if not self._tracks:
+            return
+        mean = np.stack([t.mean for t in self._tracks])  # (n, 8)
+        cov = np.stack([t.cov for t in self._tracks])  # (n, 8, 8)
+        lost = np.array([t.state is _State.LOST for t in self._tracks])
+        mean[lost, 7] = 0.0  # ByteTrack: a lost box keeps its height
+        dt_s = np.array([(ts_ns - t.state_ts_ns) / 1e9 for t in self._tracks])
+        mean, cov = self._kf.predict(mean, cov, dt_s)
+        for t, m, c in zip(self._tracks, mean, cov, strict=True):
+            t.mean, t.cov, t.state_ts_ns = m, c, ts_ns
+
+    def _first_stage(
+        self, frame: _Input, high: np.ndarray
+    ) -> tuple[list[_Track], np.ndarray, list[_Track]]:
+        """High-score boxes vs confirmed tracks (tracked and lost): (matched, boxes left,
+        confirmed tracks left)."""
+        confirmed = [t for t in self._tracks if t.confirmed]
+        pairs, free_tracks, free = self._match(
+            confirmed, frame, high, self.cfg.match_iou, fuse=True
+        )
+        matched = self._apply(pairs, confirmed, frame, high, learn=True)
+        return matched, high[free], [confirmed[i] for i in free_tracks]
+
+    def _second_stage(
+        self, frame: _Input, low: np.ndarray, unmatched: list[_Track]
+    ) -> list[_Track]:
+        """Low-score boxes vs tracks tracked until now, on IoU alone; the rest become lost."""
+        tracked = [t for t in unmatched if t.state is _State.TRACKED]
+        pairs, free_tracks, _ = self._match(
+            tracked, frame, low, self.cfg.second_match_iou, fuse=False, appearance=False
+        )
+        for i in free_tracks:
+            tracked[i].state = _State.LOST
+        # a low-score box is often occluded: it moves the track but does not teach appearance
+        return self._apply(pairs, tracked, frame, low, learn=False)
+
+    def _reid_stage(self, frame: _Input, high: np.ndarray) -> tuple[list[_Track], np.ndarray]:
+        """Lost tracks that motion missed vs high-score boxes left, by appearance within reach
+        of where they were last seen (at most ``max_speed_hps`` box heights per second)."""
+        assert frame.emb is not None
+        lost = [t for t in self._tracks if t.state is _State.LOST and t.embedding is not None]
+        if not lost or len(high) == 0:
+            return [], high
+        last = np.stack([t.xyxy for t in lost]).astype(np.float64)  # (T, 4)
+        boxes = frame.dets.xyxy[high].astype(np.float64)  # (D, 4)
+        height = last[:, 3] - last[:, 1]  # (T,)
+        away_s = np.array([(frame.ts_ns - t.last_seen_ns) / 1e9 for t in lost])
+        reach = height * (0.5 + self.cfg.max_speed_hps * away_s)  # (T,) pixels
+        centre_t = (last[:, :2] + last[:, 2:]) / 2
+        centre_d = (boxes[:, :2] + boxes[:, 2:]) / 2
+        dist_px = np.linalg.norm(centre_t[:, None] - centre_d[None], axis=2)  # (T, D)
+        size_ratio = (boxes[None, :, 3] - boxes[None, :, 1]) / np.maximum(height[:, None], 1e-6)
+        cost = 1.0 - np.stack([t.embedding for t in lost]) @ frame.emb[high].T  # (T, D)
+        allowed = (dist_px <= reach[:, None]) & (size_ratio > 0.5) & (size_ratio < 2.0)
+        cost = np.where(allowed, cost, _FORBIDDEN)
+        pairs, _, free = assign(cost, max_cost=self.cfg.reid_max_distance)
+        return self._apply(pairs, lost, frame, high, learn=True), high[free]
+
+    def _unconfirmed_stage(
+        self, frame: _Input, high: np.ndarray
+    ) -> tuple[list[_Track], np.ndarray]:
+        """High-score boxes left vs unconfirmed tracks; an unconfirmed track left unmatched is
+        dropped (it must be matched in consecutive frames until confirmed)."""
+        tentative = [t for t in self._tracks if not t.confirmed]
+        pairs, free_tracks, free = self._match(
+            tentative, frame, high, self.cfg.unconfirmed_match_iou, fuse=True
+        )
+        dropped = {id(tentative[i]) for i in free_tracks}
+        self._tracks = [t for t in self._tracks if id(t) not in dropped]
+        return self._apply(pairs, tentative, frame, high, learn=True), high[free]
+
+    def _match(
+        self,
+        tracks: list[_Track],
+        frame: _Input,
+        rows: np.ndarray,
+        min_similarity: float,
+        fuse: bool,
+        appearance: bool = True,
+    ) -> tuple[list[tuple[int, int]], list[int], list[int]]:
+        """Match ``tracks`` to detections ``rows`` on IoU with the predicted boxes (times the
+        score when fusing, blended with appearance when given): (pairs (track, position in
+        rows), free tracks, free positions in rows)."""
+        if not tracks or len(rows) == 0:
+            return [], list(range(len(tracks))), list(range(len(rows)))
+        predicted = xyah_to_xyxy(np.stack([t.mean for t in tracks]))  # (T, 4)
+        similarity = iou_matrix(predicted, frame.dets.xyxy[rows])  # (T, D)
+        if fuse and self.cfg.fuse_score:
+            similarity = similarity * frame.dets.confidence[rows][None, :]
+        cost = 1.0 - similarity
+        if appearance and frame.emb is not None:
+            cost = self._with_appearance(cost, tracks, frame.emb[rows])
+        cost[similarity < min_similarity] = _FORBIDDEN  # motion gate: appearance never overrides
+        return assign(cost, max_cost=1.0 - min_similarity)
+
+    def _with_appearance(
+        self, motion_cost: np.ndarray, tracks: list[_Track], det_emb: np.ndarray
+    ) -> np.ndarray:
+        """Blend motion cost with cosine distance where the track has an appearance yet."""
+        w = self.cfg.appearance_weight
+        cost = motion_cost.copy()
+        for i, t in enumerate(tracks):
+            if t.embedding is not None:
+                dist = np.clip(1.0 - det_emb @ t.embedding, 0.0, 1.0)  # (D,)
+                cost[i] = (1 - w) * motion_cost[i] + w * dist
+        return cost
+
+    def _apply(
+        self,
+        pairs: list[tuple[int, int]],
+        tracks: list[_Track],
+        frame: _Input,
+        rows: np.ndarray,
+        learn: bool,
+    ) -> list[_Track]:
+        """Correct matched tracks with their detections (and appearance if ``learn``)."""
+        if not pairs:
+            return []
+        chosen = [tracks[i] for i, _ in pairs]
+        det_rows = rows[[j for _, j in pairs]]
+        boxes = frame.dets.xyxy[det_rows]
+        mean, cov = self._kf.update(
+            np.stack([t.mean for t in chosen]),
+            np.stack([t.cov for t in chosen]),
+            xyxy_to_xyah(boxes),
+        )
+        for k, t in enumerate(chosen):
+            t.mean, t.cov = mean[k], cov[k]
+            t.xyxy, t.score = boxes[k], float(frame.dets.confidence[det_rows[k]])
+            t.last_seen_ns, t.state = frame.ts_ns, _State.TRACKED
+            t.hits += 1
+            if learn and frame.emb is not None:
+                t.embedding = _blend(t.embedding, frame.emb[det_rows[k]])
+            if not t.confirmed and t.hits >= self.cfg.min_hits:
+                self._confirm(t)
+        return chosen
+
+    def _births(self, frame: _Input, rows: np.ndarray) -> list[_Track]:
+        """Start tracks from unmatched confident detections; returns those confirmed at once."""
+        rows = rows[frame.dets.confidence[rows] >= self.cfg.new_track_threshold]
+        if len(rows) == 0:
+            return []
+        mean, cov = self._kf.initiate(xyxy_to_xyah(frame.dets.xyxy[rows]))
+        born = []
+        for k, r in enumerate(rows):
+            t = _Track(
+                mean=mean[k],
+                cov=cov[k],
+                state_ts_ns=frame.ts_ns,
+                last_seen_ns=frame.ts_ns,
+                xyxy=frame.dets.xyxy[r],
+                score=float(frame.dets.confidence[r]),
+                embedding=None if frame.emb is None else _blend(None, frame.emb[r]),
+            )
+            if self.cfg.min_hits <= 1:
+                self._confirm(t)
+            born.append(t)
+        self._tracks.extend(born)
+        return [t for t in born if t.confirmed]
+
+    def _confirm(self, track: _Track) -> None:
+        track.track_id = self._next_id
+        self._next_id += 1
+        log.debug("camera %s: track %d confirmed", self.camera, track.track_id)
+
+    def _expire(self, ts_ns: int) -> None:
+        """End lost tracks unseen for longer than max_lost_s."""
+        limit_ns = self.cfg.max_lost_s * 1e9
+        keep = []
+        for t in self._tracks:
+            if t.state is _State.LOST and ts_ns - t.last_seen_ns > limit_ns:
+                log.debug("camera %s: track %d ended", self.camera, t.track_id)
+                self._ended.append(t.track_id)
+            else:
+                keep.append(t)
+        self._tracks = keep
+
+    def _report(self, frame_index: int, ts_ns: int, tracks: list[_Track]) -> Tracks:
+        tracks = sorted(tracks, key=lambda t: t.track_id)
+        return Tracks(
+            camera=self.camera,
+            frame_index=frame_index,
+            ts_ns=ts_ns,
+            track_id=np.array([t.track_id for t in tracks], dtype=np.int64),
+            xyxy=np.array([t.xyxy for t in tracks], dtype=np.float32).reshape(-1, 4),
+            confidence=np.array([t.score for t in tracks], dtype=np.float32),
+        )
+
+
+def _blend(current: np.ndarray | None, new: np.ndarray) -> np.ndarray:
+    """Exponential moving average of unit vectors, renormalised."""
+    new = np.asarray(new, dtype=np.float32)
+    mixed = (
+        new if current is None else _EMBEDDING_MOMENTUM * current + (1 - _EMBEDDING_MOMENTUM) * new
+    )
+    return mixed / max(float(np.linalg.norm(mixed)), 1e-12)

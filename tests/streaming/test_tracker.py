@@ -1,0 +1,253 @@
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from streaming.config import TrackerConfig
+from streaming.kalman import BoxKalmanFilter, xyah_to_xyxy, xyxy_to_xyah
+from streaming.records import Detections, Tracks
+from streaming.tracker import ByteTracker, assign, iou_matrix
+
+FPS = 10
+
+
+def box(cx: float, cy: float, w: float = 20, h: float = 50) -> list[float]:
+    return [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+
+
+def dets(boxes: list[list[float]], scores: list[float] | None = None) -> Detections:
+    if not boxes:
+        return Detections.empty()
+    scores = [0.9] * len(boxes) if scores is None else scores
+    return Detections(np.array(boxes), np.array(scores), np.zeros(len(boxes)))
+
+
+def run(
+    tracker: ByteTracker,
+    frames: list[Detections],
+    fps: float = FPS,
+    embeddings: list[np.ndarray] | None = None,
+    start: int = 0,
+) -> list[Tracks]:
+    """Feed ``frames`` as frame indices start, start + 1, ... at ``fps``."""
+    out = []
+    for k, d in enumerate(frames):
+        i = start + k
+        emb = None if embeddings is None else embeddings[k]
+        out.append(tracker.update(i, round(i * 1e9 / fps), d, emb))
+    return out
+
+
+def ids_of(tracks: list[Tracks]) -> set[int]:
+    return {int(t) for tr in tracks for t in tr.track_id}
+
+
+def motion_only(**kw: object) -> TrackerConfig:
+    return TrackerConfig(appearance_weight=0.0, **kw)
+
+
+@pytest.mark.parametrize("min_hits", [1, 2, 3])
+def test_track_is_reported_from_its_min_hits_th_frame(min_hits: int) -> None:
+    tracker = ByteTracker(motion_only(min_hits=min_hits), "cam")
+    out = run(tracker, [dets([box(100 + 3 * i, 100)]) for i in range(6)])
+    first = next(i for i, t in enumerate(out) if len(t))
+    assert first == min_hits - 1
+    assert ids_of(out) == {1}
+
+
+def test_reported_box_is_the_matched_detection_and_record_is_filled() -> None:
+    tracker = ByteTracker(motion_only(), "gate")
+    out = run(tracker, [dets([box(100 + 2 * i, 100)], [0.8]) for i in range(3)])
+    last = out[-1]
+    assert (last.camera, last.frame_index, last.ts_ns) == ("gate", 2, 200_000_000)
+    np.testing.assert_allclose(last.xyxy[0], box(104, 100))
+    assert last.confidence[0] == pytest.approx(0.8)
+    assert last.track_id.dtype == np.int64
+
+
+@pytest.mark.parametrize(
+    ("score", "why"),
+    [
+        (0.4, "low score: only extends existing tracks"),
+        (0.65, "high score but below new_track_threshold"),
+    ],
+)
+def test_lone_weak_box_never_starts_a_track(score: float, why: str) -> None:
+    tracker = ByteTracker(motion_only(), "cam")
+    out = run(tracker, [dets([box(200, 150)], [score]) for _ in range(30)])
+    assert ids_of(out) == set(), why
+    assert tracker.flush() == []
+
+
+def test_low_score_boxes_extend_a_tracked_person() -> None:
+    scores = [0.9] * 5 + [0.3] * 10  # occluded: the detector grows unsure
+    frames = [dets([box(100 + 2 * i, 100)], [s]) for i, s in enumerate(scores)]
+    out = run(ByteTracker(motion_only(), "cam"), frames)
+    assert [len(t) for t in out[1:]] == [1] * 14
+    assert ids_of(out) == {1}
+
+
+def test_two_people_crossing_keep_their_ids() -> None:
+    frames = []
+    for i in range(40):
+        a = box(60 + 6 * i, 100)  # walks right
+        b = box(300 - 6 * i, 112)  # walks left, slightly lower: they overlap when crossing
+        frames.append(dets([a, b]))
+    out = run(ByteTracker(motion_only(), "cam"), frames)
+    assert ids_of(out) == {1, 2}
+    for tid, direction in ((1, 1), (2, -1)):
+        xs = [float(t.xyxy[t.track_id == tid, 0][0]) for t in out if tid in t.track_id]
+        assert len(xs) == 39
+        assert all(direction * (b - a) > 0 for a, b in itertools.pairwise(xs))
+
+
+@pytest.mark.parametrize(("gap_frames", "same_id"), [(10, True), (25, True), (40, False)])
+def test_occlusion_shorter_than_max_lost_keeps_the_id(gap_frames: int, same_id: bool) -> None:
+    cfg = motion_only(max_lost_s=3.0)
+    frames = [
+        dets([] if 10 <= i < 10 + gap_frames else [box(100 + 2 * i, 150)])
+        for i in range(10 + gap_frames + 5)
+    ]
+    out = run(ByteTracker(cfg, "cam"), frames)
+    assert (ids_of(out) == {1}) is same_id
+
+
+@pytest.mark.parametrize("fps", [5, 10, 30])
+def test_track_ends_after_max_lost_s_of_time_at_any_frame_rate(fps: float) -> None:
+    cfg = motion_only(max_lost_s=1.0)
+    tracker = ByteTracker(cfg, "cam")
+    seen = 2 * fps  # frames with the person
+    ended_at = None
+    for i in range(seen + 3 * fps):
+        d = dets([box(100, 100)]) if i < seen else Detections.empty()
+        tracker.update(i, round(i * 1e9 / fps), d)
+        if tracker.pop_ended() == [1]:
+            ended_at = i
+            break
+    assert ended_at is not None
+    last_seen_s = (seen - 1) / fps
+    ended_s = ended_at / fps
+    assert 1.0 < ended_s - last_seen_s <= 1.0 + 1 / fps + 1e-9
+
+
+def test_ids_are_positive_increasing_and_never_reused() -> None:
+    tracker = ByteTracker(motion_only(max_lost_s=0.3), "cam")
+    seen: list[int] = []
+    for person in range(4):  # one after another, each ends before the next comes
+        start = 11 * person
+        out = run(tracker, [dets([box(50 + 80 * person, 100)]) for _ in range(5)], start=start)
+        out += run(tracker, [Detections.empty() for _ in range(6)], start=start + 5)
+        seen.extend(sorted(ids_of(out)))
+        assert tracker.pop_ended() == [seen[-1]]
+    assert seen == [1, 2, 3, 4]
+
+
+def test_flush_ends_every_confirmed_track_once() -> None:
+    tracker = ByteTracker(motion_only(), "cam")
+    run(tracker, [dets([box(100, 100), box(300, 100)]) for _ in range(3)])
+    assert sorted(tracker.flush()) == [1, 2]
+    assert tracker.flush() == []
+    assert tracker.pop_ended() == []
+
+
+def unit(v: list[float]) -> np.ndarray:
+    a = np.asarray(v, dtype=np.float32)
+    return a / np.linalg.norm(a)
+
+
+@pytest.mark.parametrize(("appearance_weight", "same_id"), [(0.75, True), (0.0, False)])
+def test_appearance_re_identifies_a_lost_person_motion_cannot_find(
+    appearance_weight: float, same_id: bool
+) -> None:
+    """Walks right, stops behind a pillar, comes out 60 px back: IoU with the prediction is 0."""
+    cfg = TrackerConfig(appearance_weight=appearance_weight)
+    look = unit([1, 0, 0, 0])
+    positions = [100 + 5 * i for i in range(10)] + [None] * 5 + [85 + 5 * i for i in range(5)]
+    frames, embs = [], []
+    for x in positions:
+        frames.append(dets([] if x is None else [box(x, 100)]))
+        embs.append(np.zeros((0, 4), np.float32) if x is None else look[None])
+    out = run(ByteTracker(cfg, "cam"), frames, embeddings=embs)
+    assert (ids_of(out) == {1}) is same_id
+
+
+def test_appearance_keeps_ids_when_two_people_swap_places() -> None:
+    """Two people side by side step into each other's place: motion alone would keep the
+    boxes; appearance follows the people."""
+    cfg = TrackerConfig(appearance_weight=0.75)
+    red, blue = unit([1, 0, 0, 0]), unit([0, 1, 0, 0])
+    frames, embs = [], []
+    for i in range(12):
+        left, right = box(100, 100), box(112, 100)
+        swapped = i >= 6
+        frames.append(dets([left, right]))
+        embs.append(np.stack([blue, red] if swapped else [red, blue]))
+    out = run(ByteTracker(cfg, "cam"), frames, embeddings=embs)
+    first_red = int(out[2].track_id[np.argmin(out[2].xyxy[:, 0])])
+    last = out[-1]
+    assert int(last.track_id[np.argmax(last.xyxy[:, 0])]) == first_red
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda t: t.update(1, 50, dets([box(0, 0)])), "backwards"),
+        (lambda t: t.update(1, 200, dets([box(0, 0)]), np.zeros((2, 4))), "embeddings"),
+    ],
+)
+def test_bad_input_is_refused(call: object, message: str) -> None:
+    tracker = ByteTracker(TrackerConfig(), "cam")
+    tracker.update(0, 100, Detections.empty())
+    with pytest.raises(ValueError, match=message):
+        call(tracker)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        ([0, 0, 10, 10], [0, 0, 10, 10], 1.0),
+        ([0, 0, 10, 10], [5, 0, 15, 10], 1 / 3),
+        ([0, 0, 10, 10], [20, 20, 30, 30], 0.0),
+    ],
+)
+def test_iou_matrix(a: list[float], b: list[float], expected: float) -> None:
+    assert iou_matrix(np.array([a]), np.array([b]))[0, 0] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("cost", "limit", "pairs"),
+    [
+        ([[0.1, 0.9], [0.9, 0.2]], 0.5, [(0, 0), (1, 1)]),
+        ([[0.1, 0.9], [0.9, 0.7]], 0.5, [(0, 0)]),
+        ([[0.6, 0.1], [0.1, 0.6]], 0.5, [(0, 1), (1, 0)]),
+    ],
+)
+def test_assign_keeps_pairs_under_the_cost_limit(
+    cost: list[list[float]], limit: float, pairs: list[tuple[int, int]]
+) -> None:
+    got, _, _ = assign(np.array(cost), limit)
+    assert sorted(got) == pairs
+
+
+def test_kalman_learns_velocity_in_pixels_per_second() -> None:
+    kf = BoxKalmanFilter()
+    mean, cov = kf.initiate(xyxy_to_xyah(np.array([box(100, 100)])))
+    for i in range(1, 30):  # 40 px/s to the right, seen at 10 fps
+        mean, cov = kf.predict(mean, cov, np.array([0.1]))
+        mean, cov = kf.update(mean, cov, xyxy_to_xyah(np.array([box(100 + 4 * i, 100)])))
+    assert mean[0, 4] == pytest.approx(40.0, rel=0.05)
+    ahead, _ = kf.predict(mean, cov, np.array([1.0]))
+    assert xyah_to_xyxy(ahead)[0, 0] == pytest.approx(box(100 + 4 * 29 + 40, 100)[0], abs=2.0)
+
+
+def test_kalman_prediction_depends_on_elapsed_time_only() -> None:
+    kf = BoxKalmanFilter()
+    mean, cov = kf.initiate(xyxy_to_xyah(np.array([box(100, 100)])))
+    mean[0, 4] = 30.0
+    once = kf.predict(mean, cov, np.array([0.4]))
+    twice = kf.predict(*kf.predict(mean, cov, np.array([0.2])), np.array([0.2]))
+    np.testing.assert_allclose(once[0], twice[0])
+    # process noise adds linearly with time; the velocity term's propagation differs slightly
+    np.testing.assert_allclose(np.diag(once[1][0])[4:], np.diag(twice[1][0])[4:])
