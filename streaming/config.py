@@ -10,10 +10,18 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -178,10 +186,39 @@ class GalleryConfig(_Section):
 
 
 class SqliteMetadataConfig(_Section):
+    """Track metadata only in the gallery's embedded SQLite file (no server)."""
+
     type: Literal["sqlite"] = "sqlite"
 
 
-MetadataConfig = SqliteMetadataConfig
+class RedisMetadataConfig(_Section):
+    """Camera registry and status, track metadata and id mappings in Redis (shared by all
+    nodes); the gallery's SQLite file still holds each shard's vectors."""
+
+    type: Literal["redis"] = "redis"
+    url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis URL; put a password in ${REDIS_PASSWORD}-style placeholders.",
+    )
+    key_prefix: str = Field("refind", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Key namespace.")
+    socket_timeout_s: float = Field(2.0, gt=0.0, le=60.0, description="Per-command timeout.")
+
+
+def _type_tag(default: str):
+    """Discriminator for a `type:`-keyed plugin section whose `type` may be left out."""
+
+    def tag(value: object) -> str:
+        if isinstance(value, dict):
+            return str(value.get("type", default))
+        return str(getattr(value, "type", default))
+
+    return Discriminator(tag)
+
+
+MetadataConfig = Annotated[
+    Annotated[SqliteMetadataConfig, Tag("sqlite")] | Annotated[RedisMetadataConfig, Tag("redis")],
+    _type_tag("sqlite"),
+]
 
 
 class IngestConfig(_Section):
@@ -205,6 +242,99 @@ class SearchConfig(_Section):
     )
 
 
+class CameraConfig(_Section):
+    """One camera (or a file played as one)."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Unique camera name.")
+    url: str = Field(..., min_length=1, description="rtsp://, http(s)://, udp:// URL or a file.")
+    sample_fps: float | None = Field(
+        5.0, gt=0.0, le=240.0, description="Frames per second analysed; None = every frame."
+    )
+    realtime: bool = Field(
+        False, description="Files only: play at the file's own rate, like a live camera."
+    )
+    loop: bool = Field(False, description="Files only: start again at the end.")
+    rtsp_transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport.")
+
+
+class ReconnectConfig(_Section):
+    initial_backoff_s: float = Field(0.5, gt=0.0, le=60.0, description="First retry delay.")
+    max_backoff_s: float = Field(30.0, gt=0.0, le=3600.0, description="Cap of the retry delay.")
+    jitter: float = Field(
+        0.2, ge=0.0, le=1.0, description="Each delay is scaled by a random factor in 1 +- jitter."
+    )
+    stall_timeout_s: float = Field(
+        10.0, gt=0.0, le=600.0, description="A stream with no frame for this long is reconnected."
+    )
+
+
+class LiveConfig(_Section):
+    queue_frames: int = Field(
+        4, ge=1, le=1000, description="Frames waiting per camera; when full the oldest is dropped."
+    )
+    adaptive_rate: bool = Field(
+        True, description="Lower a camera's sample rate while its frames are being dropped."
+    )
+    min_fps: float = Field(1.0, gt=0.0, le=240.0, description="Lowest adaptive sample rate.")
+    max_in_flight: int = Field(
+        4, ge=1, le=256, description="Detector batches in flight per camera (ray.wait bound)."
+    )
+    reconnect: ReconnectConfig = ReconnectConfig()
+
+
+class KafkaConfig(_Section):
+    enabled: bool = Field(False, description="Publish events to Kafka.")
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="host:port[,host:port...]")
+    topic_prefix: str = Field(
+        "refind", pattern=r"^[A-Za-z0-9_.-]{1,100}$", description="Topic names start with this."
+    )
+    publish_detections: bool = Field(
+        True, description="Also publish per-frame detections (the busiest topic)."
+    )
+    linger_ms: int = Field(20, ge=0, le=10_000, description="Producer batching delay.")
+    delivery_timeout_s: float = Field(
+        600.0, gt=0.0, le=86_400.0,
+        description="How long an accepted event is retried (broker down) before it counts as lost.",
+    )
+    buffer_mb: int = Field(64, ge=1, le=4096, description="Producer memory for unsent events.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = Field(None, description="Use a ${ENV} placeholder.")
+    sasl_password: str | None = Field(None, description="Use a ${ENV} placeholder.")
+
+
+class RayConfig(_Section):
+    address: str | None = Field(
+        None, description="Ray cluster: None starts a local Ray; 'auto' or 'ray://head:10001'."
+    )
+    num_cpus: int | None = Field(None, ge=1, le=4096, description="Local Ray only: CPUs to use.")
+    namespace: str = Field("refind", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    detector_actors: int = Field(1, ge=1, le=1024, description="Detector pool size.")
+    embedder_actors: int = Field(1, ge=1, le=1024, description="Embedder pool size.")
+    index_writers: int = Field(
+        1, ge=1, le=1024, description="Gallery shards; cameras are assigned by hash of name."
+    )
+    detector_num_gpus: float = Field(0.0, ge=0.0, le=8.0, description="GPUs per detector actor.")
+    embedder_num_gpus: float = Field(0.0, ge=0.0, le=8.0, description="GPUs per embedder actor.")
+    detector_num_cpus: float = Field(1.0, ge=0.0, le=256.0, description="CPUs per detector actor.")
+    embedder_num_cpus: float = Field(0.5, ge=0.0, le=256.0, description="CPUs per embedder actor.")
+    max_restarts: int = Field(-1, ge=-1, le=1000, description="Actor restarts; -1 = unlimited.")
+
+
+class BlobStoreConfig(_Section):
+    url: str | None = Field(
+        None, description="Where crops go: None = <data_dir>/crops; else an fsspec URL (s3://...)."
+    )
+
+
+class ServeConfig(_Section):
+    host: str = Field("127.0.0.1", description="Address of the health and metrics endpoint.")
+    port: int = Field(8080, ge=0, le=65535, description="Port; 0 picks a free one.")
+    save_interval_s: float = Field(
+        5.0, gt=0.0, le=3600.0, description="Index writers persist their shard this often."
+    )
+
+
 class RefindConfig(_Section):
     data_dir: Path = Field(
         Path(".refind"), description="Where the gallery, metadata and crops are stored."
@@ -218,6 +348,20 @@ class RefindConfig(_Section):
     metadata: MetadataConfig = SqliteMetadataConfig()
     ingest: IngestConfig = IngestConfig()
     search: SearchConfig = SearchConfig()
+    cameras: tuple[CameraConfig, ...] = Field((), description="Live cameras for `refind serve`.")
+    live: LiveConfig = LiveConfig()
+    kafka: KafkaConfig = KafkaConfig()
+    ray: RayConfig = RayConfig()
+    blobs: BlobStoreConfig = BlobStoreConfig()
+    serve: ServeConfig = ServeConfig()
+
+    @model_validator(mode="after")
+    def _unique_camera_names(self) -> RefindConfig:
+        names = [c.name for c in self.cameras]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"camera names must be unique; repeated: {', '.join(dupes)}")
+        return self
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
