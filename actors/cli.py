@@ -80,6 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--model", help="embedder model name (default: the config's)")
     _add_common(r, data_dir=False)
 
+    p = sub.add_parser("serve", help="run live cameras on Ray with Kafka events and metrics")
+    p.add_argument("--data-dir", type=Path, help="gallery, metadata and crops directory")
+    p.add_argument("--config", type=Path, required=True, help="YAML config with cameras")
+    p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+
+    p = sub.add_parser("events", help="read refind's Kafka events")
+    evs = p.add_subparsers(dest="events_command", required=True)
+    t = evs.add_parser("tail", help="print events of a topic as JSON lines (a consumer group)")
+    t.add_argument("--topic", required=True, help="e.g. refind.tracks, refind.camera-status")
+    t.add_argument("--group", help="consumer group id (default: a new one, from the beginning)")
+    t.add_argument("--max", type=int, help="stop after this many events")
+    t.add_argument("--timeout", type=float, help="stop after this many seconds without events")
+    _add_common(t, data_dir=False)
+
     p = sub.add_parser("demo", help="ingest a real clip, search it by photo, write a contact sheet")
     p.add_argument("--video", type=Path, help="clip to use (default: PETS09-S2L1 or a sample)")
     p.add_argument("--out", type=Path, default=Path("refind-demo"), help="demo output directory")
@@ -100,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ingest": commands.ingest,
         "search": commands.search,
         "demo": commands.demo,
+        "serve": commands.serve,
+        "events": commands.events,
         "eval": commands.evaluate,
     }
     try:

@@ -16,6 +16,7 @@ from indexer.blobs import CropStore, CropStoreError
 from indexer.gallery_store import GalleryLockedError, GalleryStore
 from indexer.ingest import IngestPipeline, build_embedder, crop_box
 from indexer.search import QueryError, SearchEngine, read_query_image
+from indexer.shards import ShardedGallery
 from models.base import ModelInputError, ReidEmbedder
 from models.store import ModelStore, ModelStoreError
 from streaming.config import ConfigError, IngestConfig, RefindConfig
@@ -113,7 +114,7 @@ def search(args: argparse.Namespace, cfg: RefindConfig) -> list[dict[str, object
         end_ts_ns=None if args.until is None else int(args.until * 1e9),
     )
     embedder = build_embedder(cfg, ModelStore.from_config(cfg.models))
-    with open_gallery(cfg, embedder, write=False) as gallery:
+    with ShardedGallery.open(cfg.data_dir, cfg.gallery, embedder.model_id, embedder.dim) as gallery:
         if len(gallery) == 0:
             raise QueryError(f"the gallery in {cfg.data_dir} is empty: run `refind ingest` first")
         hits = SearchEngine(cfg.search, embedder, gallery).search_image(query)
@@ -158,3 +159,17 @@ def demo(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
     from actors.demo import run_demo
 
     return run_demo(cfg, video=args.video, out_dir=args.out, k=args.k, quiet=args.json)
+
+
+def serve(args: argparse.Namespace, cfg: RefindConfig) -> None:
+    from actors.serve import run_serve
+
+    if not cfg.cameras:
+        raise ConfigError(f"{args.config}: no cameras configured (add a `cameras:` list)")
+    run_serve(cfg)
+
+
+def events(args: argparse.Namespace, cfg: RefindConfig) -> None:
+    from streaming.bus import tail_events
+
+    tail_events(cfg.kafka, args.topic, args.group, args.max, args.timeout)

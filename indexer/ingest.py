@@ -32,7 +32,7 @@ from models.store import ModelStore
 from models.yolox import YoloxDetector
 from streaming.config import RefindConfig
 from streaming.crops import CropSelector
-from streaming.records import Crop, CropRecord, Frame
+from streaming.records import Crop, CropRecord, Embeddings, Frame
 from streaming.sources import VideoSource
 from streaming.tracker import ByteTracker
 
@@ -190,28 +190,43 @@ class IngestPipeline:
         t0 = time.perf_counter()
         embeddings = self.embedder([c.image for c in crops])
         t1 = time.perf_counter()
-        first_id = gallery.next_vector_id()
-        records = []
-        for i, c in enumerate(crops):
-            track_id = c.track_id + id_offset
-            records.append(
-                CropRecord(
-                    vector_id=first_id + i,
-                    camera=c.camera,
-                    track_id=track_id,
-                    frame_index=c.frame_index,
-                    ts_ns=c.ts_ns,
-                    xyxy=tuple(float(v) for v in c.xyxy),  # type: ignore[arg-type]
-                    confidence=float(c.confidence),
-                    quality=float(c.quality),
-                    crop_path=store.put(c.camera, track_id, c.frame_index, c.image),
-                    model_id=embeddings.model_id,
-                )
-            )
-        gallery.add(records, embeddings)
+        records = store_crops(crops, embeddings, gallery, store, id_offset)
         timers["embed"] += t1 - t0
         timers["store"] += time.perf_counter() - t1
         return len(records)
+
+
+def store_crops(
+    crops: list[Crop],
+    embeddings: Embeddings,
+    gallery: GalleryStore,
+    store: CropStore,
+    id_offset: int = 0,
+) -> list[CropRecord]:
+    """Write crops as JPEG, then their vectors and metadata in one gallery transaction.
+
+    ``id_offset`` is added to the tracker's ids, so a camera ingested twice never reuses ids.
+    """
+    first_id = gallery.next_vector_id()
+    records = []
+    for i, c in enumerate(crops):
+        track_id = c.track_id + id_offset
+        records.append(
+            CropRecord(
+                vector_id=first_id + i,
+                camera=c.camera,
+                track_id=track_id,
+                frame_index=c.frame_index,
+                ts_ns=c.ts_ns,
+                xyxy=tuple(float(v) for v in c.xyxy),  # type: ignore[arg-type]
+                confidence=float(c.confidence),
+                quality=float(c.quality),
+                crop_path=store.put(c.camera, track_id, c.frame_index, c.image),
+                model_id=embeddings.model_id,
+            )
+        )
+    gallery.add(records, embeddings)
+    return records
 
 
 def crop_box(image: np.ndarray, xyxy: tuple[float, float, float, float]) -> np.ndarray:

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from indexer.gallery_store import GalleryStore
+from indexer.shards import ShardedGallery
 from models.base import ReidEmbedder
 from streaming.config import SearchConfig
 from streaming.records import CropRecord, ImageQuery, TrackletHit
@@ -66,7 +67,9 @@ def _aggregate(scores: list[float], how: str) -> float:
 class SearchEngine:
     """Answers image queries against one gallery with one embedder (the gallery's model)."""
 
-    def __init__(self, cfg: SearchConfig, embedder: ReidEmbedder, gallery: GalleryStore) -> None:
+    def __init__(
+        self, cfg: SearchConfig, embedder: ReidEmbedder, gallery: GalleryStore | ShardedGallery
+    ) -> None:
         if embedder.model_id != gallery.model_id:
             raise QueryError(
                 f"embedder {embedder.model_id} cannot search a gallery of {gallery.model_id}"

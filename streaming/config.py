@@ -115,9 +115,15 @@ class TrackerConfig(_Section):
     )
     appearance_weight: float = Field(
         0.75, ge=0.0, le=1.0,
-        description="Weight of appearance (cosine) distance in the first-stage and unconfirmed "
-        "association cost when embeddings are given; 0 = motion only (embeddings are then "
-        "ignored and need not be computed).",
+        description="Weight of appearance (cosine) distance in the association cost where the "
+        "track and the detection both have an appearance; 0 = motion only (the appearance "
+        "callback is then never called).",
+    )
+    appearance_refresh_s: float = Field(
+        1.0, gt=0.0, le=3600.0,
+        description="With appearance: a confirmed track's appearance is re-learned from its "
+        "motion-matched detection when older than this (appearance changes slowly, so a "
+        "track is not embedded every frame).",
     )
 
 
@@ -140,6 +146,10 @@ class CropConfig(_Section):
     sharpness_ref: float = Field(
         100.0, gt=0.0, le=1e6, description="Variance of the Laplacian (grey levels squared) at "
         "which the sharpness factor of quality is 0.5."
+    )
+    early_after_s: float = Field(
+        0.5, ge=0.0, le=3600.0, description="Live video: a track's best crop so far is stored "
+        "this long after its first candidate, so a person is searchable before the track ends.",
     )
     jpeg_quality: int = Field(90, ge=30, le=100, description="JPEG quality of stored crops.")
 

@@ -66,6 +66,8 @@ class CropSelector:
     def __init__(self, cfg: CropConfig) -> None:
         self.cfg = cfg
         self._kept: dict[int, list[Crop]] = {}
+        self._first_ts: dict[int, int] = {}
+        self._published: dict[int, set[int]] = {}
 
     def update(self, frame: Frame, tracks: Tracks) -> None:
         """Consider every track box of ``frame`` as a candidate crop."""
@@ -78,11 +80,31 @@ class CropSelector:
             self._consider(frame, int(tid), box, float(conf))
 
     def finish(self, track_ids: list[int]) -> list[Crop]:
-        """Chosen crops of ended tracks (each track's best first), forgetting those tracks."""
+        """Chosen crops of ended tracks (each track's best first), forgetting those tracks.
+
+        Crops already handed out by ``early`` are not handed out again.
+        """
         out: list[Crop] = []
         for tid in track_ids:
             kept = self._kept.pop(int(tid), [])
-            out.extend(sorted(kept, key=lambda c: -c.quality))
+            self._first_ts.pop(int(tid), None)
+            done = self._published.pop(int(tid), set())
+            fresh = (c for c in kept if c.frame_index not in done)
+            out.extend(sorted(fresh, key=lambda c: -c.quality))
+        return out
+
+    def early(self, now_ts_ns: int, after_s: float) -> list[Crop]:
+        """For live video: the best crop so far of each track first seen ``after_s`` ago that
+        has not had one yet, so a person is searchable before their track ends."""
+        out = []
+        for tid, kept in self._kept.items():
+            if tid in self._published or not kept:
+                continue
+            if now_ts_ns - self._first_ts[tid] < after_s * 1e9:
+                continue
+            best = max(kept, key=lambda c: c.quality)
+            self._published[tid] = {best.frame_index}
+            out.append(best)
         return out
 
     def flush(self) -> list[Crop]:
@@ -111,6 +133,7 @@ class CropSelector:
         x1, y1, x2, y2 = box
         view = frame.image[y1:y2, x1:x2]  # a view: nothing copied unless kept
         q = self.quality(view, conf)
+        self._first_ts.setdefault(tid, frame.ts_ns)
         kept = self._kept.setdefault(tid, [])
         gap_ns = self.cfg.min_gap_s * 1e9
         near = [c for c in kept if abs(c.ts_ns - frame.ts_ns) < gap_ns]

@@ -37,7 +37,8 @@ class Frame:
     """One decoded video frame.
 
     image: (H, W, 3) uint8, BGR channel order (OpenCV's and the OpenVINO models' convention).
-    index: 0-based position of the frame in its source; ts_ns: capture or presentation time.
+    index: 0-based position of the frame in its source; ts_ns: capture or presentation time;
+    received_ns: wall-clock time the frame was decoded here (for freshness), 0 if unknown.
 
     Example:
         >>> Frame(camera="gate", index=0, ts_ns=0, image=np.zeros((4, 4, 3), np.uint8)).size_hw
@@ -48,6 +49,7 @@ class Frame:
     index: int
     ts_ns: int
     image: np.ndarray
+    received_ns: int = 0
 
     def __post_init__(self) -> None:
         if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != np.uint8:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.cameras"]
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = (REPO / "../shared").resolve()
 MODELS_DIR = SHARED / "models"

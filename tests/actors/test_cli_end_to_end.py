@@ -60,7 +60,7 @@ def _query_crop(tmp: Path, gt_frame: int, identity: int) -> Path:
             if i == gt_frame - 1:
                 image = f.to_ndarray(format="bgr24")
                 break
-    x1, y1, x2, y2 = (int(round(v)) for v in _gt_boxes(gt_frame)[identity])
+    x1, y1, x2, y2 = (round(v) for v in _gt_boxes(gt_frame)[identity])
     path = tmp / f"query_{identity}.jpg"
     cv2.imwrite(str(path), image[y1:y2, x1:x2])
     return path

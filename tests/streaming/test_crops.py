@@ -152,3 +152,18 @@ def test_pixel_box_rounds_outwards_and_clips(
     xyxy: list[float], expected: tuple[int, int, int, int]
 ) -> None:
     assert pixel_box(np.array(xyxy), (H, W)) == expected
+
+
+def test_early_hands_out_the_best_crop_once_and_finish_skips_it() -> None:
+    rng = np.random.default_rng(1)
+    selector = CropSelector(CropConfig(min_gap_s=0.0))
+    for i in range(5):
+        image = rng.integers(0, 256, (360, 480, 3), dtype=np.uint8)
+        ts = i * 100_000_000
+        tracks = Tracks("c", i, ts, [1], [[100, 50, 160, 250]], [0.5 + i / 10])
+        selector.update(Frame("c", i, ts, image), tracks)
+    assert selector.early(now_ts_ns=200_000_000, after_s=0.5) == []  # too young
+    [first] = selector.early(now_ts_ns=500_000_000, after_s=0.5)
+    assert selector.early(now_ts_ns=900_000_000, after_s=0.5) == []  # only once per track
+    rest = selector.finish([1])
+    assert first.frame_index not in {c.frame_index for c in rest}

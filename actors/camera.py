@@ -1,0 +1,354 @@
+"""Camera actor: one live camera from frames to stored, searchable tracklets.
+
+Per camera: LiveCamera (decode, sample, drop-oldest queue, reconnect) -> detector pool (batched
+across cameras; at most ``live.max_in_flight`` frames in flight, bounded with ``ray.wait``) ->
+ByteTracker -> CropSelector -> embedder pool -> the camera's index writer. Track, crop,
+detection and camera-status events go to Kafka when enabled; camera status and track metadata go
+to Redis when it is the metadata store. The actor runs its loop in a thread, so ``status()`` and
+``stop()`` answer at once; Ray restarts a dead actor, which resumes with fresh track ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import ray
+
+from actors.pools import Pool
+from streaming.config import CameraConfig, RefindConfig
+from streaming.crops import CropSelector
+from streaming.records import Crop, CropRecord, Detections, Frame, Tracks
+from streaming.tracker import ByteTracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent and items handled per stage, for utilisation figures."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    items: dict[str, int] = field(default_factory=dict)
+
+    def add(self, stage: str, seconds: float, items: int = 1) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+        self.items[stage] = self.items.get(stage, 0) + items
+
+
+@dataclass
+class CameraReport:
+    """What a camera actor has done so far (returned by ``status``)."""
+
+    camera: str
+    state: str
+    message: str
+    frames_in: int
+    frames_dropped: int
+    frames_processed: int
+    reconnects: int
+    rate_fps: float
+    tracks_started: int
+    crops_stored: int
+    events_published: int
+    freshness_s: list[float]
+    stage_seconds: dict[str, float]
+    error: str | None = None
+
+
+class _Outputs:
+    """Kafka events and Redis metadata of one camera; both optional, both fault-tolerant."""
+
+    def __init__(self, cfg: RefindConfig, camera: str) -> None:
+        self.camera = camera
+        self.bus: Any = None
+        self.redis: Any = None
+        self.published = 0
+        if cfg.kafka.enabled:
+            from streaming.bus import EventBus
+
+            self.bus = EventBus(cfg.kafka)
+        if cfg.metadata.type == "redis":
+            from indexer.redis_meta import RedisMetadata
+
+            self.redis = RedisMetadata(cfg.metadata)
+        self.publish_detections = cfg.kafka.publish_detections
+
+    def publish(self, event: Any) -> None:
+        if self.bus is not None:
+            self.bus.publish(event)
+            self.published += 1
+
+    def redis_call(self, method: str, *args: Any, **kwargs: Any) -> None:
+        """A Redis write; while Redis is down it is logged and skipped (the gallery keeps the
+        crops, and the next update of the same track rewrites its metadata)."""
+        if self.redis is None:
+            return
+        from indexer.redis_meta import MetadataUnavailable
+
+        try:
+            getattr(self.redis, method)(*args, **kwargs)
+        except MetadataUnavailable as err:
+            log.warning("%s: redis %s skipped: %s", self.camera, method, err)
+
+    def close(self) -> None:
+        if self.bus is not None:
+            self.bus.flush(timeout_s=10)
+            self.bus.close()
+
+
+@ray.remote
+class CameraActor:
+    def __init__(
+        self,
+        cfg: RefindConfig,
+        camera: CameraConfig,
+        detectors: list[Any],
+        embedders: list[Any],
+        writer: Any,
+        shard: int,
+    ) -> None:
+        from streaming.live import LiveCamera
+
+        self._cfg = cfg
+        self._cam = camera
+        self._detectors = Pool(detectors)
+        self._embedders = Pool(embedders)
+        self._writer = writer
+        self._shard = shard
+        self._tracker = ByteTracker(cfg.tracker, camera.name)
+        self._selector = CropSelector(cfg.crops)
+        self._id_offset = ray.get(writer.max_track_id.remote(camera.name))
+        self._out = _Outputs(cfg, camera.name)
+        self._live = LiveCamera(camera, cfg.live, on_status=self._on_status)
+        self._times = StageTimes()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._processed = 0
+        self._tracks: dict[int, dict[str, Any]] = {}
+        self._tracks_started = 0
+        self._crops_stored = 0
+        self._freshness: deque[float] = deque(maxlen=10_000)
+        self._received: dict[int, int] = {}  # frame index -> wall-clock receive time (bounded)
+        self._error: str | None = None
+        self._out.redis_call("register_camera", camera.name, camera.url)
+        self._live.start()
+        self._thread = threading.Thread(target=self._run, name=f"camera-{camera.name}", daemon=True)
+        self._thread.start()
+
+    # -- public, answered while the loop runs ------------------------------------------------
+
+    def status(self) -> CameraReport:
+        s = self._live.status()
+        with self._lock:
+            return CameraReport(
+                camera=self._cam.name,
+                state=str(getattr(s.state, "value", s.state)),
+                message=s.message,
+                frames_in=s.frames_in,
+                frames_dropped=s.frames_dropped,
+                frames_processed=self._processed,
+                reconnects=s.reconnects,
+                rate_fps=s.rate_fps,
+                tracks_started=self._tracks_started,
+                crops_stored=self._crops_stored,
+                events_published=self._out.published,
+                freshness_s=list(self._freshness),
+                stage_seconds=dict(self._times.seconds),
+                error=self._error,
+            )
+
+    def stop(self) -> CameraReport:
+        """Stop reading, store what the open tracks hold, flush events; the final report."""
+        self._stop.set()
+        self._live.stop(timeout=5)
+        self._thread.join(timeout=30)
+        self._finish_all()
+        self._out.close()
+        return self.status()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        pending: deque[tuple[Frame, Any]] = deque()
+        try:
+            while not self._stop.is_set() and not (self._live.done and not pending):
+                frame = self._live.get(timeout=0.1)
+                if frame is not None:
+                    image_ref = ray.put(frame.image)  # put once; the detector reads it zero-copy
+                    pending.append((frame, self._detectors.pick().detect.remote(image_ref)))
+                self._drain(pending, block=len(pending) >= self._cfg.live.max_in_flight)
+            self._drain(pending, block=True, everything=True)
+        except Exception as err:  # reported in status; Ray restarts the actor if it dies
+            log.exception("%s: camera loop failed", self._cam.name)
+            self._error = f"{type(err).__name__}: {err}"
+
+    def _drain(self, pending: deque[tuple[Frame, Any]], block: bool, everything: bool = False):
+        """Process finished detections in frame order; wait for the oldest when ``block``."""
+        while pending:
+            frame, ref = pending[0]
+            ready, _ = ray.wait([ref], timeout=None if (block or everything) else 0)
+            if not ready:
+                return
+            pending.popleft()
+            self._process(frame, ray.get(ref))
+            block = False
+
+    def _process(self, frame: Frame, dets: Detections) -> None:
+        t0 = time.perf_counter()
+        appearance = self._appearance(frame, dets) if self._cfg.tracker.appearance_weight else None
+        tracks = self._tracker.update(frame.index, frame.ts_ns, dets, appearance)
+        self._selector.update(frame, tracks)
+        self._times.add("track", time.perf_counter() - t0)
+        self._track_events(frame, tracks, dets)
+        ended = self._tracker.pop_ended()
+        crops = self._selector.early(frame.ts_ns, self._cfg.crops.early_after_s)
+        crops += self._selector.finish(ended)
+        if crops:
+            self._store(crops)
+        for tid in ended:
+            self._end_track(tid)
+        with self._lock:
+            self._processed += 1
+
+    def _appearance(self, frame: Frame, dets: Detections):
+        from indexer.ingest import crop_box
+
+        def embed(indices: np.ndarray) -> np.ndarray:
+            crops = [crop_box(frame.image, tuple(dets.xyxy[i])) for i in indices]
+            t0 = time.perf_counter()
+            emb = ray.get(self._embedders.pick().embed.remote(crops))
+            self._times.add("appearance", time.perf_counter() - t0, len(crops))
+            return emb.vectors
+
+        return embed
+
+    def _store(self, crops: list[Crop]) -> None:
+        t0 = time.perf_counter()
+        embeddings = ray.get(self._embedders.pick().embed.remote([c.image for c in crops]))
+        t1 = time.perf_counter()
+        records: list[CropRecord] = ray.get(
+            self._writer.add.remote(crops, embeddings, self._id_offset)
+        )
+        now = time.time_ns()
+        self._times.add("embed", t1 - t0, len(crops))
+        self._times.add("write", time.perf_counter() - t1, len(crops))
+        with self._lock:
+            self._crops_stored += len(records)
+        for rec in records:
+            self._crop_event(rec)
+            tid = rec.track_id - self._id_offset
+            info = self._tracks.get(tid)
+            if info is None:
+                continue
+            info["n_crops"] += 1
+            info["best"] = info["best"] or rec.crop_path
+            info["vector_ids"].append(rec.vector_id)
+            if info["n_crops"] == 1 and self._received.get(rec.frame_index):
+                # the tracklet became searchable now: freshness from its crop's capture
+                self._freshness.append((now - self._received[rec.frame_index]) / 1e9)
+            self._upsert_track(tid, info, "active")
+
+    # -- events and metadata ----------------------------------------------------------------
+
+    def _track_events(self, frame: Frame, tracks: Tracks, dets: Detections) -> None:
+        from streaming.events import DetectionEvent, TrackEvent
+
+        if self._out.publish_detections and self._out.bus is not None and len(dets):
+            self._out.publish(
+                DetectionEvent(
+                    camera=self._cam.name, ts_ns=frame.ts_ns, frame_index=frame.index,
+                    boxes=dets.xyxy.round(1).tolist(), confidences=dets.confidence.round(3).tolist(),
+                )
+            )
+        self._received[frame.index] = frame.received_ns
+        if len(self._received) > 2000:  # keep the last ~1000 frames' receive times
+            for k in list(self._received)[:1000]:
+                del self._received[k]
+        for tid, box in zip(tracks.track_id.tolist(), tracks.xyxy.tolist(), strict=True):
+            info = self._tracks.get(tid)
+            started = info is None
+            if info is None:
+                info = {"first_ts": frame.ts_ns, "n_crops": 0, "best": None, "vector_ids": []}
+                self._tracks[tid] = info
+                with self._lock:
+                    self._tracks_started += 1
+            info["last_ts"] = frame.ts_ns
+            info["box"] = box
+            if started:
+                self._out.publish(self._track_event(TrackEvent, tid, info, "start"))
+                self._upsert_track(tid, info, "active")
+
+    def _end_track(self, tid: int) -> None:
+        from streaming.events import TrackEvent
+
+        info = self._tracks.pop(tid, None)
+        if info is not None:
+            self._out.publish(self._track_event(TrackEvent, tid, info, "end"))
+            self._upsert_track(tid, info, "ended")
+
+    def _track_event(self, cls: Any, tid: int, info: dict[str, Any], phase: str) -> Any:
+        return cls(
+            camera=self._cam.name,
+            ts_ns=info["last_ts"],
+            phase=phase,
+            track_id=tid + self._id_offset,
+            first_ts_ns=info["first_ts"],
+            last_ts_ns=info["last_ts"],
+            last_box=[round(v, 1) for v in info["box"]],
+            n_crops=info["n_crops"],
+            best_crop=info["best"],
+            vector_ids=list(info.get("vector_ids", [])),
+            model_id=self._cfg.embedder.model,
+        )
+
+    def _crop_event(self, rec: CropRecord) -> None:
+        from streaming.events import CropEvent
+
+        self._out.publish(
+            CropEvent(
+                camera=rec.camera, ts_ns=rec.ts_ns, vector_id=rec.vector_id,
+                track_id=rec.track_id, crop_path=rec.crop_path, box=list(rec.xyxy),
+                quality=rec.quality, model_id=rec.model_id,
+            )
+        )
+
+    def _upsert_track(self, tid: int, info: dict[str, Any], state: str) -> None:
+        self._out.redis_call(
+            "upsert_track", self._cam.name, tid + self._id_offset, info["first_ts"],
+            info["last_ts"], info["n_crops"], info["best"], state,
+        )
+        if info["vector_ids"]:
+            self._out.redis_call(
+                "map_vectors", info["vector_ids"], self._cam.name, tid + self._id_offset, self._shard
+            )
+
+    def _on_status(self, status: Any) -> None:
+        from streaming.events import CameraStatusEvent
+
+        state = str(getattr(status.state, "value", status.state))
+        self._out.redis_call(
+            "set_camera_status", self._cam.name, state, status.message,
+            {"frames_in": status.frames_in, "frames_dropped": status.frames_dropped,
+             "reconnects": status.reconnects},
+        )
+        self._out.publish(
+            CameraStatusEvent(
+                camera=self._cam.name, ts_ns=time.time_ns(), state=state, message=status.message,
+                frames_in=status.frames_in, frames_dropped=status.frames_dropped,
+                reconnects=status.reconnects,
+            )
+        )
+
+    def _finish_all(self) -> None:
+        ended = self._tracker.flush()
+        crops = self._selector.flush()
+        if crops:
+            self._store(crops)
+        for tid in ended:
+            self._end_track(tid)

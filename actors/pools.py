@@ -1,0 +1,133 @@
+"""Ray actors around the model runners: detector and embedder pools that batch across cameras.
+
+Each actor holds one plain model runner (``models/``) and gathers concurrent requests from all
+cameras into one batch (up to the model's batch size, waiting at most ``max_wait_ms`` for more),
+so N cameras cost fewer model calls than N separate ones. The model call runs in a thread, so
+the actor keeps accepting requests meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import ray
+
+from models.store import ModelStore
+from streaming.config import RefindConfig
+from streaming.records import Detections, Embeddings
+
+log = logging.getLogger(__name__)
+
+
+class _Batcher:
+    """Collects single requests into batches for ``run`` (a blocking batch function)."""
+
+    def __init__(self, run: Callable[[list[Any]], list[Any]], batch_size: int, max_wait_ms: float):
+        self._run = run
+        self._batch_size = batch_size
+        self._max_wait_s = max_wait_ms / 1000
+        self._queue: asyncio.Queue[tuple[Any, asyncio.Future]] | None = None
+        self.batches = 0
+        self.items = 0
+        self.busy_s = 0.0
+
+    async def submit(self, item: Any) -> Any:
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            asyncio.get_running_loop().create_task(self._loop())
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put((item, future))
+        return await future
+
+    async def _loop(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            deadline = loop.time() + self._max_wait_s
+            while len(batch) < self._batch_size:
+                remaining = deadline - loop.time()
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), max(remaining, 0)))
+                except TimeoutError:
+                    break
+            t0 = time.perf_counter()
+            try:
+                results = await loop.run_in_executor(None, self._run, [b[0] for b in batch])
+            except Exception as err:  # every waiter gets the error, the loop goes on
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(err)
+                continue
+            self.busy_s += time.perf_counter() - t0
+            self.batches += 1
+            self.items += len(batch)
+            for (_, fut), result in zip(batch, results, strict=True):
+                if not fut.done():
+                    fut.set_result(result)
+
+    def stats(self) -> dict[str, float]:
+        return {"batches": self.batches, "items": self.items, "busy_s": round(self.busy_s, 3)}
+
+
+@ray.remote
+class DetectorActor:
+    """One detector model; ``detect(image)`` from any camera, batched across cameras."""
+
+    def __init__(self, cfg: RefindConfig, max_wait_ms: float = 5.0) -> None:
+        from indexer.ingest import build_detector
+
+        self._detector = build_detector(cfg, ModelStore.from_config(cfg.models))
+        self._batcher = _Batcher(self._detector, cfg.detector.batch_size, max_wait_ms)
+
+    async def detect(self, image: np.ndarray) -> Detections:
+        return await self._batcher.submit(image)
+
+    async def stats(self) -> dict[str, float]:
+        return self._batcher.stats()
+
+
+@ray.remote
+class EmbedderActor:
+    """One ReID model; ``embed(crops)`` from any camera, batched across cameras."""
+
+    def __init__(self, cfg: RefindConfig, max_wait_ms: float = 5.0) -> None:
+        from indexer.ingest import build_embedder
+
+        self._embedder = build_embedder(cfg, ModelStore.from_config(cfg.models))
+        self.model_id = self._embedder.model_id
+        self.dim = self._embedder.dim
+        self._batcher = _Batcher(self._embed_one_each, cfg.embedder.batch_size, max_wait_ms)
+
+    def _embed_one_each(self, crops: list[np.ndarray]) -> list[np.ndarray]:
+        return list(self._embedder(crops).vectors)
+
+    async def embed(self, crops: Sequence[np.ndarray]) -> Embeddings:
+        vectors = await asyncio.gather(*(self._batcher.submit(c) for c in crops))
+        stacked = np.stack(vectors) if vectors else np.zeros((0, self.dim), np.float32)
+        return Embeddings(stacked, self.model_id)
+
+    async def info(self) -> tuple[str, int]:
+        return self.model_id, self.dim
+
+    async def stats(self) -> dict[str, float]:
+        return self._batcher.stats()
+
+
+class Pool:
+    """Round-robin over a list of actor handles (the pools above)."""
+
+    def __init__(self, actors: list[Any]) -> None:
+        if not actors:
+            raise ValueError("a pool needs at least one actor")
+        self.actors = actors
+        self._next = itertools.cycle(range(len(actors)))
+
+    def pick(self) -> Any:
+        return self.actors[next(self._next)]

@@ -1,0 +1,38 @@
+"""Starting and joining Ray, the one place that knows how.
+
+Only ``actors/`` imports Ray. Locally (``ray.address: null``) a Ray instance is started with the
+configured CPUs; on a cluster (``address: auto`` or ``ray://head:10001``) the driver joins it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+from streaming.config import RayConfig
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(cfg: RayConfig) -> None:
+    """Start or join Ray as the config says (idempotent)."""
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, object] = {
+        "namespace": cfg.namespace,
+        "include_dashboard": False,
+        "log_to_driver": os.environ.get("REFIND_RAY_LOG_TO_DRIVER", "0") == "1",
+    }
+    if cfg.address:
+        ray.init(address=cfg.address, **kwargs)
+        log.info("joined Ray cluster at %s", cfg.address)
+    else:
+        ray.init(num_cpus=cfg.num_cpus, **kwargs)
+        log.info("started local Ray with %s CPUs", cfg.num_cpus or "all")
+
+
+def shutdown_ray() -> None:
+    if ray.is_initialized():
+        ray.shutdown()

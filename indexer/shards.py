@@ -1,0 +1,102 @@
+"""Gallery shards: one per index writer, searched together.
+
+Writer ``i`` of ``n`` owns ``<data_dir>/gallery`` (i = 0) or ``<data_dir>/gallery-<i>``; a camera
+always goes to the same shard (a stable hash of its name), so its track ids stay in one place.
+``ShardedGallery`` opens every shard read-only and answers searches as one gallery.
+
+Example:
+    >>> with ShardedGallery.open(Path(".refind"), GalleryConfig(), "reid@1", 256) as g:  # doctest: +SKIP
+    ...     hits = g.search(vectors, k_crops=100)
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from indexer.gallery_store import GalleryStore
+from indexer.metadata import TrackSummary
+from streaming.config import GalleryConfig
+from streaming.records import CropRecord, Embeddings
+
+
+def shard_dir(data_dir: Path, shard: int) -> Path:
+    return data_dir / ("gallery" if shard == 0 else f"gallery-{shard}")
+
+
+def shard_of(camera: str, n_shards: int) -> int:
+    """The shard a camera writes to: a stable hash of its name (same on every node and run)."""
+    return zlib.crc32(camera.encode()) % n_shards
+
+
+def existing_shards(data_dir: Path) -> list[Path]:
+    found = [p for p in sorted(data_dir.glob("gallery*")) if (p / "metadata.sqlite3").exists()]
+    return found
+
+
+class ShardedGallery:
+    """Read-only view over several gallery shards of one model, with GalleryStore's search API."""
+
+    def __init__(self, shards: Sequence[GalleryStore]) -> None:
+        if not shards:
+            raise ValueError("no gallery shard to search")
+        self.shards = list(shards)
+        self.model_id = shards[0].model_id
+        self.dim = shards[0].dim
+
+    @classmethod
+    def open(cls, data_dir: Path, cfg: GalleryConfig, model_id: str, dim: int) -> ShardedGallery:
+        dirs = existing_shards(data_dir) or [shard_dir(data_dir, 0)]
+        opened: list[GalleryStore] = []
+        try:
+            for d in dirs:
+                opened.append(GalleryStore(d, cfg, model_id, dim, read_only=True))
+        except BaseException:
+            for g in opened:
+                g.close()
+            raise
+        return cls(opened)
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.shards)
+
+    def refresh(self) -> int:
+        """Pick up rows the writers committed since the last look."""
+        return sum(s.refresh() for s in self.shards)
+
+    def search(
+        self,
+        query_vectors: Embeddings | np.ndarray,
+        k_crops: int,
+        cameras: tuple[str, ...] = (),
+        start_ts_ns: int | None = None,
+        end_ts_ns: int | None = None,
+    ) -> list[list[tuple[CropRecord, float]]]:
+        per_shard = [
+            s.search(query_vectors, k_crops, cameras, start_ts_ns, end_ts_ns) for s in self.shards
+        ]
+        merged = []
+        for rows in zip(*per_shard, strict=True):
+            hits = [hit for row in rows for hit in row]
+            hits.sort(key=lambda h: h[1], reverse=True)
+            merged.append(hits[:k_crops])
+        return merged
+
+    def track(self, camera: str, track_id: int) -> TrackSummary | None:
+        for s in self.shards:
+            if (found := s.track(camera, track_id)) is not None:
+                return found
+        return None
+
+    def close(self) -> None:
+        for s in self.shards:
+            s.close()
+
+    def __enter__(self) -> ShardedGallery:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
