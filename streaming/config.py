@@ -377,14 +377,22 @@ class RefindConfig(_Section):
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _substitute_env(text: str, source: str) -> str:
+def _substitute_env(value: object, source: str) -> object:
+    """Expand ``${VAR}`` in every string value of parsed YAML (comments are never touched)."""
+    if isinstance(value, dict):
+        return {k: _substitute_env(v, source) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute_env(v, source) for v in value]
+    if not isinstance(value, str):
+        return value
+
     def repl(match: re.Match[str]) -> str:
         name = match.group(1)
         if name not in os.environ:
             raise ConfigError(f"{source}: environment variable ${{{name}}} is not set")
         return os.environ[name]
 
-    return _ENV.sub(repl, text)
+    return _ENV.sub(repl, value)
 
 
 def _format_errors(err: ValidationError, source: str) -> str:
@@ -419,8 +427,7 @@ def load_config(path: str | Path | None = None) -> RefindConfig:
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        text = _substitute_env(p.read_text(encoding="utf-8"), str(p))
-        data = yaml.safe_load(text)
+        data = _substitute_env(yaml.safe_load(p.read_text(encoding="utf-8")), str(p))
     except yaml.YAMLError as err:
         raise ConfigError(f"{p}: not valid YAML: {err}") from None
     return parse_config(data, str(p))

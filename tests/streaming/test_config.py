@@ -10,8 +10,18 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_every_shipped_config_loads(path: Path) -> None:
+def test_every_shipped_config_loads(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    for name in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", path.read_text()):
+        monkeypatch.setenv(name, "secret")  # placeholders are for secrets
     assert isinstance(load_config(path), RefindConfig)
+
+
+def test_placeholder_in_a_comment_is_ignored(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("# url: rtsp://u:${REFIND_NOT_SET_ANYWHERE}@h/s\ndata_dir: x\n")
+    assert load_config(p).data_dir == Path("x")
 
 
 def test_default_yaml_equals_embedded_defaults() -> None:
