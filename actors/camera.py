@@ -289,6 +289,8 @@ class CameraActor:
 
         info = self._tracks.pop(tid, None)
         if info is not None:
+            span = (tid + self._id_offset, info["first_ts"], info["last_ts"])
+            self._writer.set_track_spans.remote(self._cam.name, [span])
             self._out.publish(self._track_event(TrackEvent, tid, info, "end"))
             self._upsert_track(tid, info, "ended")
 

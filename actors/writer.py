@@ -41,6 +41,9 @@ class IndexWriterActor:
             self.save()
         return records
 
+    def set_track_spans(self, camera: str, spans: list[tuple[int, int, int]]) -> None:
+        self._gallery.set_track_spans(camera, spans)
+
     def save(self) -> None:
         self._gallery.save()
         self._last_save = time.monotonic()

@@ -174,6 +174,11 @@ class GalleryStore:
         """Summary of one track of one camera, None if unknown."""
         return self.metadata.track(camera, track_id)
 
+    def set_track_spans(self, camera: str, spans: list[tuple[int, int, int]]) -> None:
+        """Record when the tracker saw tracks: (track_id, first_ts_ns, last_ts_ns)."""
+        self._check_writable()
+        self.metadata.set_track_spans(camera, spans)
+
     def max_track_id(self, camera: str) -> int:
         """Largest track id stored for ``camera`` (0 if none): offset for a new ingest's ids."""
         return self.metadata.max_track_id(camera)

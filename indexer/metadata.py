@@ -20,7 +20,7 @@ from streaming.records import CropRecord, Embeddings
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _IN_CHUNK = 500  # ids per "IN (...)" query, well under SQLite's variable limit
 
 # version -> statements taking the schema from version - 1 to version, run in one transaction.
@@ -41,6 +41,12 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             camera TEXT NOT NULL, track_id INTEGER NOT NULL, start_ts_ns INTEGER NOT NULL,
             end_ts_ns INTEGER NOT NULL, n_crops INTEGER NOT NULL, best_vector_id INTEGER NOT NULL,
             PRIMARY KEY (camera, track_id)) WITHOUT ROWID""",
+    ),
+    # When the tracker saw each track (first to last frame); crops cover only part of it.
+    2: (
+        """CREATE TABLE track_spans (
+            camera TEXT NOT NULL, track_id INTEGER NOT NULL, first_ts_ns INTEGER NOT NULL,
+            last_ts_ns INTEGER NOT NULL, PRIMARY KEY (camera, track_id)) WITHOUT ROWID""",
     ),
 }
 
@@ -272,17 +278,33 @@ class SqliteMetadata:
         sql = f"SELECT vector_id FROM crops WHERE {' AND '.join(where)} ORDER BY vector_id"
         return np.fromiter((r[0] for r in self._conn.execute(sql, args)), np.int64)
 
+    def set_track_spans(self, camera: str, spans: Iterable[tuple[int, int, int]]) -> None:
+        """Record (track_id, first_ts_ns, last_ts_ns) of tracks as the tracker saw them."""
+        with self._transaction():
+            self._conn.executemany(
+                "INSERT INTO track_spans (camera, track_id, first_ts_ns, last_ts_ns) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (camera, track_id) DO UPDATE SET "
+                "first_ts_ns = MIN(first_ts_ns, excluded.first_ts_ns), "
+                "last_ts_ns = MAX(last_ts_ns, excluded.last_ts_ns)",
+                [(camera, int(t), int(a), int(b)) for t, a, b in spans],
+            )
+
     def track(self, camera: str, track_id: int) -> TrackSummary | None:
-        """The summary of one track, None if it has no crops."""
+        """The summary of one track, None if it has no crops. Its times span what the tracker
+        saw when that was recorded (``set_track_spans``), else its crops."""
         row = self._conn.execute(
-            "SELECT start_ts_ns, end_ts_ns, n_crops, best_vector_id FROM tracks "
-            "WHERE camera = ? AND track_id = ?",
+            "SELECT t.start_ts_ns, t.end_ts_ns, t.n_crops, t.best_vector_id, s.first_ts_ns, "
+            "s.last_ts_ns FROM tracks t LEFT JOIN track_spans s "
+            "ON s.camera = t.camera AND s.track_id = t.track_id "
+            "WHERE t.camera = ? AND t.track_id = ?",
             (camera, int(track_id)),
         ).fetchone()
         if row is None:
             return None
         best = self.crops([row[3]])[0]
-        return TrackSummary(camera, int(track_id), row[0], row[1], row[2], best)
+        start = row[0] if row[4] is None else min(row[0], row[4])
+        end = row[1] if row[5] is None else max(row[1], row[5])
+        return TrackSummary(camera, int(track_id), start, end, row[2], best)
 
     def max_track_id(self, camera: str) -> int:
         """Largest track id stored for ``camera``, 0 when none (trackers number from 1)."""

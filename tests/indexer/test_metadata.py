@@ -130,3 +130,29 @@ def test_newer_schema_is_refused(tmp_path):
 
 def test_wal_mode(meta):
     assert meta._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_track_span_covers_what_the_tracker_saw(meta):
+    _add(meta, 20)
+    rec = meta.crops([0])[0]
+    before = meta.track(rec.camera, rec.track_id)
+    first, last = before.start_ts_ns - 5_000_000_000, before.end_ts_ns + 7_000_000_000
+    meta.set_track_spans(rec.camera, [(rec.track_id, first, last)])
+    after = meta.track(rec.camera, rec.track_id)
+    assert (after.start_ts_ns, after.end_ts_ns) == (first, last)
+    assert after.n_crops == before.n_crops
+    # a later, narrower span never shrinks what was recorded
+    meta.set_track_spans(rec.camera, [(rec.track_id, first + 1, last - 1)])
+    assert meta.track(rec.camera, rec.track_id).start_ts_ns == first
+
+
+def test_schema_1_database_is_migrated(tmp_path):
+    db = tmp_path / "old.sqlite3"
+    SqliteMetadata(db).close()
+    with sqlite3.connect(db) as conn:  # roll it back to version 1 as an older refind left it
+        conn.execute("DROP TABLE track_spans")
+        conn.execute("UPDATE schema_version SET version = 1")
+    meta = SqliteMetadata(db)
+    assert meta.schema_version() == SCHEMA_VERSION == 2
+    meta.set_track_spans("c", [(1, 0, 10)])
+    meta.close()
