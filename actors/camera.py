@@ -17,10 +17,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import ray
 
-from actors.pools import Pool
+from actors.pools import Pool, PoolEmbedder
+from models.appearance import BoxEmbedder
 from streaming.config import CameraConfig, RefindConfig
 from streaming.crops import CropSelector
 from streaming.records import Crop, CropRecord, Detections, Frame, Tracks
@@ -124,6 +124,11 @@ class CameraActor:
         self._tracker = ByteTracker(cfg.tracker, camera.name)
         self._selector = CropSelector(cfg.crops)
         self._id_offset = ray.get(writer.max_track_id.remote(camera.name))
+        model_id, dim = ray.get(embedders[0].info.remote())
+        self._boxes = (  # lazy appearance for the tracker, through the embedder pool
+            BoxEmbedder(PoolEmbedder(self._embedders, model_id, dim))
+            if cfg.tracker.appearance_weight > 0 else None
+        )
         self._out = _Outputs(cfg, camera.name)
         self._live = LiveCamera(camera, cfg.live, on_status=self._on_status)
         self._times = StageTimes()
@@ -201,9 +206,13 @@ class CameraActor:
 
     def _process(self, frame: Frame, dets: Detections) -> None:
         t0 = time.perf_counter()
-        appearance = self._appearance(frame, dets) if self._cfg.tracker.appearance_weight else None
+        boxes = self._boxes
+        appearance = boxes.callback(frame.image, dets) if boxes is not None else None
+        seconds_before = boxes.seconds if boxes is not None else 0.0
         tracks = self._tracker.update(frame.index, frame.ts_ns, dets, appearance)
         self._selector.update(frame, tracks)
+        if boxes is not None:
+            self._times.add("appearance", boxes.seconds - seconds_before)
         self._times.add("track", time.perf_counter() - t0)
         self._track_events(frame, tracks, dets)
         ended = self._tracker.pop_ended()
@@ -215,18 +224,6 @@ class CameraActor:
             self._end_track(tid)
         with self._lock:
             self._processed += 1
-
-    def _appearance(self, frame: Frame, dets: Detections):
-        from indexer.ingest import crop_box
-
-        def embed(indices: np.ndarray) -> np.ndarray:
-            crops = [crop_box(frame.image, tuple(dets.xyxy[i])) for i in indices]
-            t0 = time.perf_counter()
-            emb = ray.get(self._embedders.pick().embed.remote(crops))
-            self._times.add("appearance", time.perf_counter() - t0, len(crops))
-            return emb.vectors
-
-        return embed
 
     def _store(self, crops: list[Crop]) -> None:
         t0 = time.perf_counter()

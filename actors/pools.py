@@ -131,3 +131,14 @@ class Pool:
 
     def pick(self) -> Any:
         return self.actors[next(self._next)]
+
+
+class PoolEmbedder:
+    """An embedder pool seen as a plain ``ReidEmbedder`` (blocking), for code in ``indexer/``
+    and ``models/`` that takes one, such as the search engine and ``BoxEmbedder``."""
+
+    def __init__(self, pool: Pool, model_id: str, dim: int) -> None:
+        self._pool, self.model_id, self.dim = pool, model_id, dim
+
+    def __call__(self, crops: Sequence[np.ndarray]) -> Embeddings:
+        return ray.get(self._pool.pick().embed.remote(list(crops)))

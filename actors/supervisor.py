@@ -22,26 +22,16 @@ import numpy as np
 import ray
 
 from actors.camera import CameraActor, CameraReport
-from actors.pools import DetectorActor, EmbedderActor, Pool
+from actors.pools import DetectorActor, EmbedderActor, Pool, PoolEmbedder
 from actors.runtime import init_ray
 from actors.writer import IndexWriterActor
 from indexer.metadata import TrackSummary
 from indexer.search import SearchEngine
 from indexer.shards import shard_of
 from streaming.config import CameraConfig, RefindConfig
-from streaming.records import CropRecord, Embeddings, ImageQuery, TrackletHit
+from streaming.records import CropRecord, ImageQuery, TrackletHit
 
 log = logging.getLogger(__name__)
-
-
-class _PoolEmbedder:
-    """The embedder pool seen as a plain ReidEmbedder (for the search engine)."""
-
-    def __init__(self, pool: Pool, model_id: str, dim: int) -> None:
-        self._pool, self.model_id, self.dim = pool, model_id, dim
-
-    def __call__(self, crops: list[np.ndarray]) -> Embeddings:
-        return ray.get(self._pool.pick().embed.remote(list(crops)))
 
 
 class _WriterGallery:
@@ -107,7 +97,7 @@ class Supervisor:
         ray.get([w.stats.remote() for w in self.writers])  # fail now if a shard cannot open
         pool = Pool(self.embedders)
         self._engine = SearchEngine(
-            self.cfg.search, _PoolEmbedder(pool, model_id, dim),
+            self.cfg.search, PoolEmbedder(pool, model_id, dim),
             _WriterGallery(self.writers, model_id),  # type: ignore[arg-type]
         )
         for cam in self.cfg.cameras:

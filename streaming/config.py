@@ -212,6 +212,14 @@ class RedisMetadataConfig(_Section):
     )
     key_prefix: str = Field("refind", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Key namespace.")
     socket_timeout_s: float = Field(2.0, gt=0.0, le=60.0, description="Per-command timeout.")
+    retries: int = Field(
+        5, ge=0, le=100, description="Retries of a command after a connection error or timeout "
+        "(Redis restarting), with exponential backoff; then the call raises MetadataUnavailable."
+    )
+    retry_backoff_max_s: float = Field(
+        1.0, gt=0.0, le=60.0, description="Longest wait between retries (the first is 0.1 s, "
+        "doubling each time)."
+    )
 
 
 def _type_tag(default: str):
@@ -307,6 +315,13 @@ class KafkaConfig(_Section):
         description="How long an accepted event is retried (broker down) before it counts as lost.",
     )
     buffer_mb: int = Field(64, ge=1, le=4096, description="Producer memory for unsent events.")
+    topic_partitions: int = Field(
+        3, ge=1, le=10_000, description="Partitions of each topic the bus creates (it creates "
+        "missing topics when it connects; one camera's events stay in one partition)."
+    )
+    replication_factor: int = Field(
+        1, ge=1, le=16, description="Replicas of each topic the bus creates."
+    )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = Field(None, description="Use a ${ENV} placeholder.")

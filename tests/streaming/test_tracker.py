@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -24,19 +25,35 @@ def dets(boxes: list[list[float]], scores: list[float] | None = None) -> Detecti
     return Detections(np.array(boxes), np.array(scores), np.zeros(len(boxes)))
 
 
+class Looks:
+    """Appearance callback over known per-frame embeddings; records what the tracker asks."""
+
+    def __init__(self, per_frame: list[np.ndarray]) -> None:
+        self.per_frame = per_frame  # one (n_k, d) array per frame
+        self.asked: dict[int, list[int]] = {}  # frame position -> indices asked
+
+    def for_frame(self, k: int) -> Callable[[np.ndarray], np.ndarray]:
+        def appearance(indices: np.ndarray) -> np.ndarray:
+            assert k not in self.asked, f"appearance called twice in frame {k}"
+            self.asked[k] = [int(i) for i in indices]
+            return self.per_frame[k][indices]
+
+        return appearance
+
+
 def run(
     tracker: ByteTracker,
     frames: list[Detections],
     fps: float = FPS,
-    embeddings: list[np.ndarray] | None = None,
+    looks: Looks | None = None,
     start: int = 0,
 ) -> list[Tracks]:
     """Feed ``frames`` as frame indices start, start + 1, ... at ``fps``."""
     out = []
     for k, d in enumerate(frames):
         i = start + k
-        emb = None if embeddings is None else embeddings[k]
-        out.append(tracker.update(i, round(i * 1e9 / fps), d, emb))
+        appearance = None if looks is None else looks.for_frame(k)
+        out.append(tracker.update(i, round(i * 1e9 / fps), d, appearance))
     return out
 
 
@@ -157,51 +174,135 @@ def unit(v: list[float]) -> np.ndarray:
     return a / np.linalg.norm(a)
 
 
+RED, BLUE, GREEN = unit([1, 0, 0, 0]), unit([0, 1, 0, 0]), unit([0, 0, 1, 0])
+
+
+def walk(
+    paths: list[list[float | None]], looks: list[np.ndarray], scores: list[float] | None = None
+) -> tuple[list[Detections], Looks]:
+    """Frames of people moving along x ``paths`` (None: unseen) at y 100, each with its look."""
+    frames, embs = [], []
+    for k in range(len(paths[0])):
+        seen = [p for p in range(len(paths)) if paths[p][k] is not None]
+        frames.append(
+            dets(
+                [box(paths[p][k], 100) for p in seen],  # type: ignore[arg-type]
+                None if scores is None else [scores[p] for p in seen],
+            )
+        )
+        embs.append(np.stack([looks[p] for p in seen]) if seen else np.zeros((0, 4), np.float32))
+    return frames, Looks(embs)
+
+
+def steady(x0: float, n: int, step: float = 5.0) -> list[float | None]:
+    return [x0 + step * i for i in range(n)]
+
+
+ALONE = [steady(100, 30)]
+FAR_APART = [steady(100, 12), steady(400, 12)]
+SIDE_BY_SIDE = [steady(100, 12), steady(112, 12)]  # each box is a candidate of both tracks
+
+
+@pytest.mark.parametrize(
+    ("paths", "refresh_s", "asked", "why"),
+    [
+        (ALONE, 3600.0, {2: [0]}, "learned once, on the first match after confirmation"),
+        (ALONE, 1.0, {2: [0], 12: [0], 22: [0]}, "refreshed every 1 s (10 frames at 10 fps)"),
+        (FAR_APART, 3600.0, {2: [0, 1]}, "each learned once, both in one call"),
+        (SIDE_BY_SIDE, 3600.0, {k: [0, 1] for k in range(2, 12)}, "ambiguous in every frame"),
+    ],
+)
+def test_appearance_is_asked_only_for_the_detections_that_need_it(
+    paths: list[list[float | None]], refresh_s: float, asked: dict[int, list[int]], why: str
+) -> None:
+    frames, looks = walk(paths, [RED, BLUE][: len(paths)])
+    run(ByteTracker(TrackerConfig(appearance_refresh_s=refresh_s), "cam"), frames, looks=looks)
+    assert looks.asked == asked, why
+
+
+def test_low_score_boxes_are_never_embedded() -> None:
+    """An occluded person's weak boxes extend the track but are neither asked for nor learned."""
+    frames, looks = walk([steady(100, 20)], [RED])
+    frames = [dets(d.xyxy.tolist(), [0.9 if k < 5 else 0.3]) for k, d in enumerate(frames)]
+    out = run(ByteTracker(TrackerConfig(appearance_refresh_s=0.1), "cam"), frames, looks=looks)
+    assert sorted(looks.asked) == [2, 3, 4]
+    assert ids_of(out) == {1}
+
+
+@pytest.mark.parametrize(
+    ("cfg", "with_callback"),
+    [
+        (TrackerConfig(appearance_weight=0.0), True),
+        (TrackerConfig(), False),
+    ],
+)
+def test_motion_only_never_calls_appearance_and_matches_weight_zero(
+    cfg: TrackerConfig, with_callback: bool
+) -> None:
+    paths = [steady(60, 40, 6), steady(300, 40, -6)]  # two people crossing
+    frames, looks = walk(paths, [RED, BLUE])
+    got = run(ByteTracker(cfg, "cam"), frames, looks=looks if with_callback else None)
+    want = run(ByteTracker(TrackerConfig(appearance_weight=0.0), "cam"), frames)
+    assert looks.asked == {}
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a.track_id, b.track_id)
+        np.testing.assert_array_equal(a.xyxy, b.xyxy)
+
+
 @pytest.mark.parametrize(("appearance_weight", "same_id"), [(0.75, True), (0.0, False)])
 def test_appearance_re_identifies_a_lost_person_motion_cannot_find(
     appearance_weight: float, same_id: bool
 ) -> None:
-    """Walks right, stops behind a pillar, comes out 60 px back: IoU with the prediction is 0."""
+    """Walks right, stops behind a pillar, comes out 60 px back: IoU with the prediction is 0,
+    so motion alone gives a new id; appearance, asked for the unclaimed box near the lost
+    track, gives the old one."""
     cfg = TrackerConfig(appearance_weight=appearance_weight)
-    look = unit([1, 0, 0, 0])
-    positions = [100 + 5 * i for i in range(10)] + [None] * 5 + [85 + 5 * i for i in range(5)]
-    frames, embs = [], []
-    for x in positions:
-        frames.append(dets([] if x is None else [box(x, 100)]))
-        embs.append(np.zeros((0, 4), np.float32) if x is None else look[None])
-    out = run(ByteTracker(cfg, "cam"), frames, embeddings=embs)
+    path: list[float | None] = [*steady(100, 10), *[None] * 5, *steady(85, 5)]
+    frames, looks = walk([path], [RED])
+    out = run(ByteTracker(cfg, "cam"), frames, looks=looks)
     assert (ids_of(out) == {1}) is same_id
+    if appearance_weight:
+        assert looks.asked == {2: [0], 15: [0]}  # learned, then asked when it reappears
+    else:
+        assert looks.asked == {}
+
+
+def test_a_stranger_where_a_lost_person_was_gets_a_new_id() -> None:
+    """The same scene, but someone else comes out: appearance refuses the old id."""
+    path: list[float | None] = [*steady(100, 10), *[None] * 5, *steady(85, 5)]
+    frames, looks = walk([path], [RED])
+    for k in range(15, 20):
+        looks.per_frame[k] = GREEN[None]
+    out = run(ByteTracker(TrackerConfig(), "cam"), frames, looks=looks)
+    assert ids_of(out) == {1, 2}
 
 
 def test_appearance_keeps_ids_when_two_people_swap_places() -> None:
     """Two people side by side step into each other's place: motion alone would keep the
-    boxes; appearance follows the people."""
-    cfg = TrackerConfig(appearance_weight=0.75)
-    red, blue = unit([1, 0, 0, 0]), unit([0, 1, 0, 0])
-    frames, embs = [], []
-    for i in range(12):
-        left, right = box(100, 100), box(112, 100)
-        swapped = i >= 6
-        frames.append(dets([left, right]))
-        embs.append(np.stack([blue, red] if swapped else [red, blue]))
-    out = run(ByteTracker(cfg, "cam"), frames, embeddings=embs)
+    boxes; appearance, asked because both boxes are candidates of both tracks, follows the
+    people."""
+    frames, looks = walk([[100.0] * 12, [112.0] * 12], [RED, BLUE])
+    for k in range(6, 12):
+        looks.per_frame[k] = np.stack([BLUE, RED])
+    out = run(ByteTracker(TrackerConfig(), "cam"), frames, looks=looks)
     first_red = int(out[2].track_id[np.argmin(out[2].xyxy[:, 0])])
     last = out[-1]
     assert int(last.track_id[np.argmax(last.xyxy[:, 0])]) == first_red
 
 
-@pytest.mark.parametrize(
-    ("call", "message"),
-    [
-        (lambda t: t.update(1, 50, dets([box(0, 0)])), "backwards"),
-        (lambda t: t.update(1, 200, dets([box(0, 0)]), np.zeros((2, 4))), "embeddings"),
-    ],
-)
-def test_bad_input_is_refused(call: object, message: str) -> None:
+def test_appearance_of_the_wrong_shape_is_refused() -> None:
+    tracker = ByteTracker(TrackerConfig(), "cam")
+    frames = [dets([box(100 + 5 * i, 100)]) for i in range(3)]
+    run(tracker, frames[:2])
+    with pytest.raises(ValueError, match="appearance"):
+        tracker.update(2, 200_000_000, frames[2], lambda idx: np.zeros((2, 4), np.float32))
+
+
+def test_time_going_backwards_is_refused() -> None:
     tracker = ByteTracker(TrackerConfig(), "cam")
     tracker.update(0, 100, Detections.empty())
-    with pytest.raises(ValueError, match=message):
-        call(tracker)  # type: ignore[operator]
+    with pytest.raises(ValueError, match="backwards"):
+        tracker.update(1, 50, dets([box(0, 0)]))
 
 
 @pytest.mark.parametrize(
