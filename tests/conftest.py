@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.cameras"]
+# Fixtures: live cameras (tests.cameras); real Kafka (Tansu) and Redis servers (tests.servers).
+pytest_plugins = ["tests.cameras", "tests.servers"]
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = (REPO / "../shared").resolve()
