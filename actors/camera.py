@@ -28,6 +28,8 @@ from streaming.tracker import ByteTracker
 
 log = logging.getLogger(__name__)
 
+STATUS_EVERY_S = 5.0
+
 
 @dataclass
 class StageTimes:
@@ -80,8 +82,8 @@ class _Outputs:
         self.publish_detections = cfg.kafka.publish_detections
 
     def publish(self, event: Any) -> None:
-        if self.bus is not None:
-            self.bus.publish(event)
+        """Hand an event to Kafka; ``published`` counts those the producer accepted."""
+        if self.bus is not None and self.bus.publish(event):
             self.published += 1
 
     def redis_call(self, method: str, *args: Any, **kwargs: Any) -> None:
@@ -98,8 +100,8 @@ class _Outputs:
 
     def close(self) -> None:
         if self.bus is not None:
-            self.bus.flush(timeout_s=10)
-            self.bus.close()
+            self.bus.flush(timeout_s=30)
+            self.bus.close(timeout_s=10)
 
 
 @ray.remote
@@ -125,11 +127,13 @@ class CameraActor:
         self._selector = CropSelector(cfg.crops)
         self._id_offset = ray.get(writer.max_track_id.remote(camera.name))
         model_id, dim = ray.get(embedders[0].info.remote())
+        self._model_id = model_id
         self._boxes = (  # lazy appearance for the tracker, through the embedder pool
             BoxEmbedder(PoolEmbedder(self._embedders, model_id, dim))
             if cfg.tracker.appearance_weight > 0 else None
         )
         self._out = _Outputs(cfg, camera.name)
+        self._status_at = time.monotonic()
         self._live = LiveCamera(camera, cfg.live, on_status=self._on_status)
         self._times = StageTimes()
         self._stop = threading.Event()
@@ -188,6 +192,8 @@ class CameraActor:
                     image_ref = ray.put(frame.image)  # put once; the detector reads it zero-copy
                     pending.append((frame, self._detectors.pick().detect.remote(image_ref)))
                 self._drain(pending, block=len(pending) >= self._cfg.live.max_in_flight)
+                if time.monotonic() - self._status_at >= STATUS_EVERY_S:
+                    self._on_status(self._live.status())  # counters to Redis and Kafka
             self._drain(pending, block=True, everything=True)
         except Exception as err:  # reported in status; Ray restarts the actor if it dies
             log.exception("%s: camera loop failed", self._cam.name)
@@ -258,10 +264,7 @@ class CameraActor:
 
         if self._out.publish_detections and self._out.bus is not None and len(dets):
             self._out.publish(
-                DetectionEvent(
-                    camera=self._cam.name, ts_ns=frame.ts_ns, frame_index=frame.index,
-                    boxes=dets.xyxy.round(1).tolist(), confidences=dets.confidence.round(3).tolist(),
-                )
+                DetectionEvent.from_detections(self._cam.name, frame.index, frame.ts_ns, dets)
             )
         self._received[frame.index] = frame.received_ns
         if len(self._received) > 2000:  # keep the last ~1000 frames' receive times
@@ -299,23 +302,17 @@ class CameraActor:
             track_id=tid + self._id_offset,
             first_ts_ns=info["first_ts"],
             last_ts_ns=info["last_ts"],
-            last_box=[round(v, 1) for v in info["box"]],
+            last_box=tuple(round(v, 1) for v in info["box"]),
             n_crops=info["n_crops"],
             best_crop=info["best"],
-            vector_ids=list(info.get("vector_ids", [])),
-            model_id=self._cfg.embedder.model,
+            vector_ids=tuple(info["vector_ids"]),
+            model_id=self._model_id,
         )
 
     def _crop_event(self, rec: CropRecord) -> None:
         from streaming.events import CropEvent
 
-        self._out.publish(
-            CropEvent(
-                camera=rec.camera, ts_ns=rec.ts_ns, vector_id=rec.vector_id,
-                track_id=rec.track_id, crop_path=rec.crop_path, box=list(rec.xyxy),
-                quality=rec.quality, model_id=rec.model_id,
-            )
-        )
+        self._out.publish(CropEvent.from_record(rec))
 
     def _upsert_track(self, tid: int, info: dict[str, Any], state: str) -> None:
         self._out.redis_call(
@@ -328,17 +325,19 @@ class CameraActor:
             )
 
     def _on_status(self, status: Any) -> None:
+        """Camera state and counters to Redis and the camera-status topic (on every change of
+        state, and every STATUS_EVERY_S while the camera runs)."""
+        self._status_at = time.monotonic()
+        from indexer.redis_meta import CameraCounters
         from streaming.events import CameraStatusEvent
 
         state = str(getattr(status.state, "value", status.state))
-        self._out.redis_call(
-            "set_camera_status", self._cam.name, state, status.message,
-            {"frames_in": status.frames_in, "frames_dropped": status.frames_dropped,
-             "reconnects": status.reconnects},
-        )
+        counters = CameraCounters(status.frames_in, status.frames_dropped, status.reconnects)
+        self._out.redis_call("set_camera_status", self._cam.name, state, status.message, counters)
         self._out.publish(
             CameraStatusEvent(
-                camera=self._cam.name, ts_ns=time.time_ns(), state=state, message=status.message,
+                camera=self._cam.name, ts_ns=time.time_ns(), state=state,
+                message=status.message[:2000],
                 frames_in=status.frames_in, frames_dropped=status.frames_dropped,
                 reconnects=status.reconnects,
             )

@@ -19,6 +19,9 @@ import numpy as np
 import pytest
 
 from actors.supervisor import Supervisor, wait_until
+from streaming.bus import EventConsumer, ensure_topics
+from streaming.config import KafkaConfig, parse_config
+from streaming.events import CameraStatusEvent, CropEvent, TrackEvent, topic_for
 from tests.conftest import PETS_GT, PETS_GT_SCALE, PETS_VIDEO, need_models, need_pets
 
 pytestmark = pytest.mark.slow
@@ -27,8 +30,6 @@ INTEL = Path(__file__).resolve().parents[2] / "../shared/data/intel-sample-video
 
 
 def _config(tmp: Path, cameras: dict[str, str], kafka: str | None, redis: str | None, **live):
-    from streaming.config import parse_config
-
     data = {
         "data_dir": str(tmp / "data"),
         "cameras": [{"name": n, "url": u, "sample_fps": 5} for n, u in cameras.items()],
@@ -68,9 +69,6 @@ def _gt(frame_1based: int) -> dict[int, np.ndarray]:
 
 
 def _consume(bootstrap: str, topics: list[str], stop: threading.Event, seen: list) -> None:
-    from streaming.bus import EventConsumer
-    from streaming.config import KafkaConfig
-
     consumer = EventConsumer(KafkaConfig(enabled=True, bootstrap_servers=bootstrap), topics,
                              group_id=f"test-{uuid.uuid4().hex[:8]}")
     try:
@@ -93,13 +91,12 @@ def test_two_live_cameras_events_metadata_and_search(
 ) -> None:
     from indexer.redis_meta import RedisMetadata
     from streaming.config import RedisMetadataConfig
-    from streaming.events import topic_for
 
     pets = http_camera_factory(PETS_VIDEO)
     intel = http_camera_factory(INTEL)
     cfg = _config(tmp_path, {"pets": pets.url, "intel": intel.url}, tansu.bootstrap,
                   redis_server.url)
-    topics = [topic_for(kind, "refind") for kind in ("track", "crop", "camera_status")]
+    topics = [topic_for(kind) for kind in (TrackEvent, CropEvent, CameraStatusEvent)]
     seen: list = []
     stop = threading.Event()
     sup = Supervisor(cfg)
@@ -141,18 +138,19 @@ def test_two_live_cameras_events_metadata_and_search(
         assert cli_hits and cli_hits[0]["camera"] == "pets"
         # Redis: both cameras registered and live, tracks with metadata
         meta = RedisMetadata(RedisMetadataConfig(url=redis_server.url))
-        cams = {c["name"]: c for c in meta.cameras()}
+        cams = {c.name: c for c in meta.cameras()}
         assert set(cams) == {"pets", "intel"}
+        assert all(c.state == "live" and c.counters.frames_in > 0 for c in cams.values())
         for name in ("pets", "intel"):
             tracks = meta.tracks(name)
             assert tracks, f"no track metadata for {name} in Redis"
-            assert any(t.get("best_crop_path") or t.get("best_crop") for t in tracks)
+            assert any(t.best_crop_path for t in tracks)
         # Kafka: track and crop events for both cameras
         assert wait_until(
-            lambda: {e.camera for e in seen if e.schema.startswith("refind.crop")}
+            lambda: {e.camera for e in seen if isinstance(e, CropEvent)}
             == {"pets", "intel"}, timeout_s=30,
         ), f"{len(seen)} events seen"
-        kinds = {(e.schema.split(".")[1], e.camera) for e in seen}
+        kinds = {(e.schema_id.split(".")[1], e.camera) for e in seen}
         for cam in ("pets", "intel"):
             assert ("track", cam) in kinds and ("crop", cam) in kinds, kinds
     finally:
@@ -186,11 +184,9 @@ def test_camera_killed_and_brought_back_resumes(
 def test_kafka_restart_during_ingest_loses_no_accepted_event(
     ray_local, models_and_data, http_camera_factory, tansu, tmp_path
 ) -> None:
-    from streaming.events import topic_for
-
     cam = http_camera_factory(PETS_VIDEO)
     cfg = _config(tmp_path, {"pets": cam.url}, tansu.bootstrap, None)
-    topics = [topic_for(kind, "refind") for kind in ("track", "crop", "camera_status")]
+    topics = [topic_for(kind) for kind in (TrackEvent, CropEvent, CameraStatusEvent)]
     seen: list = []
     stop = threading.Event()
     sup = Supervisor(cfg)
@@ -208,6 +204,9 @@ def test_kafka_restart_during_ingest_loses_no_accepted_event(
         down_at = _reports(sup)["pets"].events_published
         time.sleep(4)  # ingest goes on; events wait in the producer
         tansu.start()
+        # Tansu (memory storage) re-creates topics lazily and can lose a write that races that
+        # creation; an operator creates them at once, as here (see streaming/bus.py).
+        ensure_topics(cfg.kafka)
         assert wait_until(lambda: _reports(sup)["pets"].events_published > down_at + 3, 60)
         final = sup.stop()["pets"]  # flushes the producer: every accepted event is sent
         assert final is not None and final.events_published > down_at
