@@ -170,6 +170,6 @@ def serve(args: argparse.Namespace, cfg: RefindConfig) -> None:
 
 
 def events(args: argparse.Namespace, cfg: RefindConfig) -> None:
-    from streaming.bus import tail_events
+    from streaming.consumer import tail_events
 
     tail_events(cfg.kafka, args.topic, args.group, args.max, args.timeout)

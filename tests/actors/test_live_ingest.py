@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 
 from actors.supervisor import Supervisor, wait_until
-from streaming.bus import EventConsumer, ensure_topics
+from streaming.bus import ensure_topics
 from streaming.config import KafkaConfig, parse_config
+from streaming.consumer import EventConsumer
 from streaming.events import CameraStatusEvent, CropEvent, TrackEvent, topic_for
 from tests.conftest import PETS_GT, PETS_GT_SCALE, PETS_VIDEO, need_models, need_pets
 

@@ -10,8 +10,9 @@ import uuid
 
 import pytest
 
-from streaming.bus import BusError, EventBus, EventConsumer, ensure_topics, tail_events
+from streaming.bus import BusError, EventBus, ensure_topics
 from streaming.config import KafkaConfig
+from streaming.consumer import EventConsumer, tail_events
 from streaming.events import (
     CameraStatusEvent,
     DetectionEvent,
