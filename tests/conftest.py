@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # Fixtures: live cameras (tests.cameras); real Kafka (Tansu) and Redis servers (tests.servers).
@@ -40,3 +45,41 @@ def model_store():
 def pets_video() -> Path:
     need_pets()
     return PETS_VIDEO
+
+
+@pytest.fixture(scope="session")
+def tiny_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real 2 s, 10 fps, 64x48 H.264 clip written with PyAV (frame i is grey level 10 i)."""
+    import av
+
+    path = tmp_path_factory.mktemp("video") / "tiny.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(20):
+            img = np.full((48, 64, 3), i * 10, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+@contextmanager
+def serve_directory(root: Path) -> Iterator[str]:
+    """A real HTTP server for the files in ``root`` on a free loopback port; yields its URL."""
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(root), **kw)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,13 +1,12 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
-import threading
 from pathlib import Path
 
 import pytest
 
 from models.store import ModelFile, ModelSpec, ModelStore, ModelStoreError
+from tests.conftest import serve_directory
 
 PAYLOAD = b"pretend weights\n" * 100
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -25,18 +24,8 @@ def http_server(tmp_path: Path):
     (www / "w.bin").write_bytes(PAYLOAD)
     (www / "bad.bin").write_bytes(b"tampered")
 
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, directory=str(www), **kw)
-
-        def log_message(self, *a):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serve_directory(www) as url:
+        yield url
 
 
 def test_finds_file_in_search_dir(tmp_path: Path) -> None:

@@ -86,22 +86,6 @@ def cameras() -> Iterator[Callable[..., LiveCamera]]:
         cam.stop(timeout=1.0)
 
 
-@pytest.fixture(scope="module")
-def tiny_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real 2 s, 10 fps H.264 clip written with PyAV."""
-    import av
-
-    path = tmp_path_factory.mktemp("video") / "tiny.mp4"
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(20):
-            img = np.full((48, 64, 3), i * 10, np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
 
 
 # DropOldestQueue

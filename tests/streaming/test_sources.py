@@ -1,14 +1,15 @@
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from streaming.sources import SourceError, VideoSource
+from tests.conftest import serve_directory
 
 
 def _free_port() -> int:
@@ -17,22 +18,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def tiny_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real 2 s, 10 fps H.264 clip written with PyAV."""
-    import av
-
-    path = tmp_path_factory.mktemp("video") / "tiny.mp4"
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(20):
-            img = np.full((48, 64, 3), i * 10, np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
 
 
 def test_decodes_every_frame_with_pts_times(tiny_video: Path) -> None:
@@ -100,37 +85,17 @@ def test_silent_server_times_out() -> None:
 
 def test_http_mpegts_stream(tiny_video: Path, tmp_path: Path) -> None:
     """A real MPEG-TS file served over HTTP decodes like the file."""
-    import http.server
-    import threading
-
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("Debian's ffmpeg is not installed")
     ts = tmp_path / "clip.ts"
-    r = subprocess.run(
+    subprocess.run(
         ["ffmpeg", "-loglevel", "error", "-i", str(tiny_video), "-c", "copy", "-f", "mpegts",
          str(ts)],
-        capture_output=True,
-    ) if _has_ffmpeg() else None
-    if r is None or r.returncode != 0:
-        pytest.skip("Debian's ffmpeg is not installed")
+        check=True,
+    )
 
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, directory=str(tmp_path), **kw)
-
-        def log_message(self, *a):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/clip.ts"
+    with serve_directory(tmp_path) as base:
+        url = f"{base}/clip.ts"
         frames = list(VideoSource(url, camera="c"))
         assert len(frames) == 20
         assert frames[-1].ts_ns >= frames[0].ts_ns  # wall-clock times for live URLs
-    finally:
-        server.shutdown()
-
-
-def _has_ffmpeg() -> bool:
-    import shutil
-
-    return shutil.which("ffmpeg") is not None
