@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from tqdm import tqdm
 
@@ -49,7 +48,7 @@ def run_ingest(
     total = source.frame_count_hint()
     if total and cfg.ingest.max_frames:
         total = min(total, cfg.ingest.max_frames)
-    crops = CropStore(cfg.data_dir / "crops", cfg.crops.jpeg_quality)
+    crops = CropStore.from_config(cfg)
     with (
         open_gallery(cfg, pipeline.embedder, write=True) as gallery,
         tqdm(
@@ -89,7 +88,7 @@ def ingest(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
     return result
 
 
-def format_hits(hits: list[TrackletHit], crop_root: Path) -> str:
+def format_hits(hits: list[TrackletHit], crops: CropStore) -> str:
     if not hits:
         return "no matching tracklets"
     rows = [f"{'rank':>4}  {'camera':<12} {'track':>6} {'score':>6}  {'start s':>8} "
@@ -97,7 +96,7 @@ def format_hits(hits: list[TrackletHit], crop_root: Path) -> str:
     for i, h in enumerate(hits, 1):
         rows.append(
             f"{i:>4}  {h.camera:<12} {h.track_id:>6} {h.score:>6.3f}  {h.start_ts_ns / 1e9:>8.1f} "
-            f"{h.end_ts_ns / 1e9:>8.1f} {h.n_crops:>5}  {crop_root / h.thumbnail}"
+            f"{h.end_ts_ns / 1e9:>8.1f} {h.n_crops:>5}  {crops.location(h.thumbnail)}"
         )
     return "\n".join(rows)
 
@@ -118,10 +117,10 @@ def search(args: argparse.Namespace, cfg: RefindConfig) -> list[dict[str, object
         if len(gallery) == 0:
             raise QueryError(f"the gallery in {cfg.data_dir} is empty: run `refind ingest` first")
         hits = SearchEngine(cfg.search, embedder, gallery).search_image(query)
-    crop_root = cfg.data_dir / "crops"
+    crops = CropStore.from_config(cfg)
     if not args.json:
-        print(format_hits(hits, crop_root))
-    return [h.to_json() | {"thumbnail": str(crop_root / h.thumbnail)} for h in hits]
+        print(format_hits(hits, crops))
+    return [h.to_json() | {"thumbnail": crops.location(h.thumbnail)} for h in hits]
 
 
 def evaluate(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:

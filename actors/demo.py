@@ -173,13 +173,13 @@ def run_demo(
     query_path = out_dir / "query.jpg"
     cv2.imwrite(str(query_path), pick.image)
     say(f"query: person at {[round(v) for v in pick.xyxy]} in frame {pick.frame_index} -> {query_path}")
-    crops = CropStore(cfg.data_dir / "crops", cfg.crops.jpeg_quality)
+    crops = CropStore.from_config(cfg)
     with open_gallery(cfg, pipeline.embedder, write=False) as gallery:
         hits = SearchEngine(cfg.search, pipeline.embedder, gallery).search_image(
             ImageQuery(image=pick.image, k=k)
         )
     if not quiet:
-        print(format_hits(hits, crops.root))
+        print(format_hits(hits, crops))
     sheet_path = out_dir / "contact_sheet.png"
     cv2.imwrite(str(sheet_path), contact_sheet(pick.image, hits, crops))
     say(f"contact sheet: {sheet_path}")

@@ -26,7 +26,7 @@ class IndexWriterActor:
     def __init__(self, cfg: RefindConfig, shard: int, model_id: str, dim: int) -> None:
         self._cfg = cfg
         self._gallery = GalleryStore(shard_dir(cfg.data_dir, shard), cfg.gallery, model_id, dim)
-        self._crops = CropStore(cfg.data_dir / "crops", cfg.crops.jpeg_quality)
+        self._crops = CropStore.from_config(cfg)
         self._last_save = time.monotonic()
         self._added = 0
 

@@ -1,7 +1,9 @@
-"""Crop and thumbnail storage: JPEG files under one root directory.
+"""Crop and thumbnail storage: JPEG files under one root, a directory or an fsspec URL.
 
 Paths handed out are relative to the root; ``resolve`` refuses any path that would leave it, so a
-path that arrives from a request can never read files outside the crop store.
+path that arrives from a request can never read files outside the crop store. A local root is
+written atomically (temporary file, then rename); an object store (``s3://bucket/crops``, any
+fsspec URL) writes each object in one put, which is atomic there.
 
 Example:
     >>> store = CropStore(Path("/tmp/crops"))                              # doctest: +SKIP
@@ -12,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 import tempfile
 from pathlib import Path
@@ -19,11 +22,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from streaming.config import RefindConfig
+
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 class CropStoreError(ValueError):
-    """A crop path that is invalid or points outside the store."""
+    """A crop path that is invalid, points outside the store, or cannot be read."""
 
 
 def safe_name(name: str) -> str:
@@ -32,22 +37,55 @@ def safe_name(name: str) -> str:
     return cleaned[:120]
 
 
-class CropStore:
-    """Writes crops as JPEG atomically and reads them back by relative path."""
+def _check_relative(rel: str) -> str:
+    if not rel or rel.startswith("/") or "\\" in rel or "\x00" in rel:
+        raise CropStoreError(f"invalid crop path {rel!r}")
+    norm = posixpath.normpath(rel)
+    if norm == ".." or norm.startswith("../") or norm == ".":
+        raise CropStoreError(f"crop path {rel!r} is outside the crop store")
+    return norm
 
-    def __init__(self, root: Path, jpeg_quality: int = 90) -> None:
-        self.root = root.resolve()
+
+class CropStore:
+    """Writes crops as JPEG and reads them back by relative path.
+
+    ``root`` is a directory; ``url`` (optional) an fsspec URL that replaces it as the root.
+    """
+
+    def __init__(self, root: Path, jpeg_quality: int = 90, url: str | None = None) -> None:
         self.jpeg_quality = jpeg_quality
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.url = url
+        if url:
+            import fsspec
+
+            self._fs, self._base = fsspec.core.url_to_fs(url)
+            self.root = Path(root).resolve()  # unused for object stores; kept for display
+        else:
+            self._fs = None
+            self.root = Path(root).resolve()
+            self.root.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def from_config(cls, cfg: RefindConfig) -> CropStore:
+        """The crop store of a deployment: ``blobs.url`` if set, else ``<data_dir>/crops``."""
+        return cls(cfg.data_dir / "crops", cfg.crops.jpeg_quality, cfg.blobs.url)
 
     def put(self, camera: str, track_id: int, frame_index: int, image: np.ndarray) -> str:
         """Store one crop; returns its path relative to the root."""
         rel = f"{safe_name(camera)}/{int(track_id)}/{int(frame_index):06d}.jpg"
-        target = self.root / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
         ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
         if not ok:
             raise CropStoreError(f"could not encode crop {rel} as JPEG")
+        if self._fs is not None:
+            key = f"{self._base}/{rel}"
+            try:
+                self._fs.pipe_file(key, buf.tobytes())
+            except FileNotFoundError:  # filesystems with folders (file://) need them made
+                self._fs.makedirs(posixpath.dirname(key), exist_ok=True)
+                self._fs.pipe_file(key, buf.tobytes())
+            return rel
+        target = self.root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".part-", suffix=".jpg")
         try:
             with os.fdopen(fd, "wb") as f:
@@ -59,17 +97,31 @@ class CropStore:
         return rel
 
     def resolve(self, rel: str) -> Path:
-        """Absolute path of a stored crop; refuses absolute paths and any escape from the root."""
-        if not rel or Path(rel).is_absolute():
-            raise CropStoreError(f"invalid crop path {rel!r}")
-        path = (self.root / rel).resolve()
+        """Absolute path of a stored crop (local roots); refuses any escape from the root."""
+        norm = _check_relative(rel)
+        path = (self.root / norm).resolve()
         if not path.is_relative_to(self.root):
             raise CropStoreError(f"crop path {rel!r} is outside the crop store")
         return path
 
+    def location(self, rel: str) -> str:
+        """Where a crop lives, for people and events: a local path or the object's URL."""
+        if self._fs is not None:
+            return f"{self.url.rstrip('/')}/{_check_relative(rel)}"  # type: ignore[union-attr]
+        return str(self.resolve(rel))
+
+    def read_bytes(self, rel: str) -> bytes:
+        """The stored JPEG bytes of a crop."""
+        try:
+            if self._fs is not None:
+                return self._fs.cat_file(f"{self._base}/{_check_relative(rel)}")
+            return self.resolve(rel).read_bytes()
+        except (FileNotFoundError, OSError) as err:
+            raise CropStoreError(f"crop {rel!r} is missing: {err}") from None
+
     def read(self, rel: str) -> np.ndarray:
-        path = self.resolve(rel)
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        data = self.read_bytes(rel)
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         if image is None:
-            raise CropStoreError(f"crop {rel!r} is missing or not an image")
+            raise CropStoreError(f"crop {rel!r} is not an image")
         return image

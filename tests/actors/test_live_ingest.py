@@ -123,7 +123,7 @@ def test_two_live_cameras_events_metadata_and_search(
         assert intel_hits and all(h.camera == "intel" for h in intel_hits)
         from indexer.blobs import CropStore
 
-        crop = CropStore(cfg.data_dir / "crops").read(intel_hits[0].thumbnail)
+        crop = CropStore.from_config(cfg).read(intel_hits[0].thumbnail)
         again = sup.search_image(crop, k=1)
         assert again[0].camera == "intel" and again[0].track_id == intel_hits[0].track_id
         # the command line sees the live gallery too

@@ -31,3 +31,29 @@ def test_paths_cannot_leave_the_store(tmp_path: Path, rel: str) -> None:
 )
 def test_safe_name(name: str, safe: str) -> None:
     assert safe_name(name) == safe
+
+
+def test_fsspec_url_store_round_trip(tmp_path: Path) -> None:
+    """Crops go to any fsspec URL (here fsspec's in-memory filesystem, a real implementation)."""
+    pytest.importorskip("fsspec")
+    import uuid
+
+    url = f"memory://refind-test-{uuid.uuid4().hex}/crops"
+    store = CropStore(tmp_path / "unused", url=url)
+    image = np.full((40, 20, 3), 200, np.uint8)
+    rel = store.put("cam", 3, 9, image)
+    assert store.location(rel) == f"{url}/cam/3/000009.jpg"
+    assert store.read(rel).shape == image.shape
+    with pytest.raises(CropStoreError, match="missing"):
+        store.read("cam/3/000010.jpg")
+    with pytest.raises(CropStoreError):
+        store.read("../elsewhere.jpg")
+
+
+def test_from_config_uses_blob_url(tmp_path: Path) -> None:
+    from streaming.config import parse_config
+
+    cfg = parse_config({"data_dir": str(tmp_path), "blobs": {"url": f"file://{tmp_path}/b"}})
+    store = CropStore.from_config(cfg)
+    rel = store.put("c", 1, 1, np.zeros((8, 8, 3), np.uint8))
+    assert (tmp_path / "b" / rel).is_file()
