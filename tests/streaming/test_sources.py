@@ -99,3 +99,37 @@ def test_http_mpegts_stream(tiny_video: Path, tmp_path: Path) -> None:
         frames = list(VideoSource(url, camera="c"))
         assert len(frames) == 20
         assert frames[-1].ts_ns >= frames[0].ts_ns  # wall-clock times for live URLs
+
+
+def test_udp_mpegts_stream(tiny_video: Path) -> None:
+    """A real UDP MPEG-TS stream from Debian's ffmpeg, read while it is being sent."""
+    import threading
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("Debian's ffmpeg is not installed")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    source = VideoSource(f"udp://127.0.0.1:{port}", camera="u", open_timeout_s=10,
+                         read_timeout_s=3)
+    frames: list = []
+    errors: list = []
+
+    def read() -> None:
+        try:
+            for f in source:
+                frames.append(f)
+        except Exception as err:  # the stream ends by timing out once ffmpeg stops sending
+            errors.append(err)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    time.sleep(0.5)
+    subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-re", "-stream_loop", "2", "-i", str(tiny_video),
+         "-c", "copy", "-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"],
+        check=True, timeout=30,
+    )
+    reader.join(timeout=20)
+    assert len(frames) >= 20, (len(frames), errors)
+    assert [f.index for f in frames] == list(range(len(frames)))
