@@ -183,5 +183,6 @@ def _model_ids(store_dir: Path) -> list[str]:
 
 
 def test_console_script_is_installed() -> None:
-    out = subprocess.run(["refind", "--help"], capture_output=True, text=True, check=True)
+    script = Path(sys.executable).parent / "refind"  # the venv running the tests
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True)
     assert "ingest" in out.stdout and "search" in out.stdout
