@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import ray
 
 from actors.pools import Pool, PoolEmbedder
@@ -60,6 +61,10 @@ class CameraReport:
     events_published: int
     freshness_s: list[float]
     stage_seconds: dict[str, float]
+    latency_p50_s: float | None = None
+    latency_p95_s: float | None = None
+    queue_depth: int = 0
+    in_flight: int = 0
     error: str | None = None
 
 
@@ -143,6 +148,8 @@ class CameraActor:
         self._tracks_started = 0
         self._crops_stored = 0
         self._freshness: deque[float] = deque(maxlen=10_000)
+        self._latency: deque[float] = deque(maxlen=1000)  # receive -> tracked, last frames
+        self._in_flight = 0
         self._received: dict[int, int] = {}  # frame index -> wall-clock receive time (bounded)
         self._error: str | None = None
         self._out.redis_call("register_camera", camera.name, camera.url)
@@ -155,6 +162,7 @@ class CameraActor:
     def status(self) -> CameraReport:
         s = self._live.status()
         with self._lock:
+            lat = np.quantile(self._latency, [0.5, 0.95]) if self._latency else (None, None)
             return CameraReport(
                 camera=self._cam.name,
                 state=str(getattr(s.state, "value", s.state)),
@@ -169,6 +177,10 @@ class CameraActor:
                 events_published=self._out.published,
                 freshness_s=list(self._freshness),
                 stage_seconds=dict(self._times.seconds),
+                latency_p50_s=None if lat[0] is None else float(lat[0]),
+                latency_p95_s=None if lat[1] is None else float(lat[1]),
+                queue_depth=self._live.qsize(),
+                in_flight=self._in_flight,
                 error=self._error,
             )
 
@@ -192,6 +204,7 @@ class CameraActor:
                     image_ref = ray.put(frame.image)  # put once; the detector reads it zero-copy
                     pending.append((frame, self._detectors.pick().detect.remote(image_ref)))
                 self._drain(pending, block=len(pending) >= self._cfg.live.max_in_flight)
+                self._in_flight = len(pending)
                 if time.monotonic() - self._status_at >= STATUS_EVERY_S:
                     self._on_status(self._live.status())  # counters to Redis and Kafka
             self._drain(pending, block=True, everything=True)
@@ -230,6 +243,8 @@ class CameraActor:
             self._end_track(tid)
         with self._lock:
             self._processed += 1
+            if frame.received_ns:
+                self._latency.append((time.time_ns() - frame.received_ns) / 1e9)
 
     def _store(self, crops: list[Crop]) -> None:
         t0 = time.perf_counter()

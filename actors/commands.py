@@ -22,7 +22,12 @@ from streaming.config import ConfigError, IngestConfig, RefindConfig
 from streaming.records import ImageQuery, TrackletHit
 from streaming.sources import SourceError, VideoSource
 
+class ServiceError(RuntimeError):
+    """A server refind needs (Kafka, Redis, Ray) cannot be reached; the message names it."""
+
+
 USER_ERRORS = (
+    ServiceError,
     ConfigError,
     SourceError,
     ModelStoreError,
@@ -169,6 +174,10 @@ def serve(args: argparse.Namespace, cfg: RefindConfig) -> None:
 
 
 def events(args: argparse.Namespace, cfg: RefindConfig) -> None:
+    from streaming.bus import BusError
     from streaming.consumer import tail_events
 
-    tail_events(cfg.kafka, args.topic, args.group, args.max, args.timeout)
+    try:
+        tail_events(cfg.kafka, args.topic, args.group, args.max, args.timeout)
+    except BusError as err:
+        raise ServiceError(str(err)) from None

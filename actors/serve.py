@@ -65,6 +65,11 @@ class _SnapshotCollector:
                                   labels=["camera", "quantile"])
         stage = CounterMetricFamily("refind_stage_seconds", "Seconds spent per stage",
                                     labels=["camera", "stage"])
+        latency = GaugeMetricFamily("refind_frame_latency_seconds",
+                                    "Frame received to tracked, last 1000 frames (p50, p95)",
+                                    labels=["camera", "quantile"])
+        depth = GaugeMetricFamily("refind_queue_depth", "Frames waiting per camera and stage",
+                                  labels=["camera", "stage"])
         for name, r in reports.items():
             current = r.state if isinstance(r, CameraReport) else "failed"
             for s in _STATES:
@@ -76,7 +81,12 @@ class _SnapshotCollector:
                         fresh.add_metric([name, str(q)], float(np.quantile(r.freshness_s, q)))
                 for st, sec in r.stage_seconds.items():
                     stage.add_metric([name, st], sec)
-        yield from (state, rate, fresh, stage)
+                for q, v in (("0.5", r.latency_p50_s), ("0.95", r.latency_p95_s)):
+                    if v is not None:
+                        latency.add_metric([name, q], v)
+                depth.add_metric([name, "camera_queue"], r.queue_depth)
+                depth.add_metric([name, "detector_in_flight"], r.in_flight)
+        yield from (state, rate, fresh, stage, latency, depth)
         for pool, rows in self._snap.get("pools", {}).items():
             for key in ("batches", "items", "busy_s"):
                 fam = CounterMetricFamily(f"refind_{pool}_{key}", f"{pool} pool {key}",

@@ -56,6 +56,8 @@ def test_health_metrics_and_cameras_at_run_time(ray_local, tiny_video: Path, tmp
         assert code == 200 and 'refind_camera_frames_in_total{camera="a"}' in text
         assert 'refind_camera_state{camera="a",state="live"} 1.0' in text
         assert "refind_detector_batches_total" in text
+        assert 'refind_frame_latency_seconds{camera="a",quantile="0.95"}' in text
+        assert 'refind_queue_depth{camera="a",stage="camera_queue"}' in text
         # add a camera at run time, refuse a bad one, remove one
         assert _send(f"{base}/cameras", "POST", camera | {"name": "b"})[0] == 201
         code, err = _send(f"{base}/cameras", "POST", camera | {"name": "b"})
