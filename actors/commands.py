@@ -22,6 +22,7 @@ from streaming.config import ConfigError, IngestConfig, RefindConfig
 from streaming.records import ImageQuery, TrackletHit
 from streaming.sources import SourceError, VideoSource
 
+
 class ServiceError(RuntimeError):
     """A server refind needs (Kafka, Redis, Ray) cannot be reached; the message names it."""
 
