@@ -83,8 +83,8 @@ class QueryPick:
 def pick_query(video: Path, pipeline: IngestPipeline, at: float = 0.5) -> QueryPick:
     """A clear crop of one person from the frame ``at`` of the way into the clip.
 
-    The most confident person box that is tall, not cut by the frame edge and not overlapping
-    anyone else is chosen, so the query shows one whole person.
+    The tallest confident person box that is not cut by the frame edge and overlaps nobody
+    else is chosen, so the query shows one whole person at the best resolution available.
     """
     source = VideoSource(video, camera="query")
     total = source.frame_count_hint() or 100
@@ -95,7 +95,7 @@ def pick_query(video: Path, pipeline: IngestPipeline, at: float = 0.5) -> QueryP
         [dets] = pipeline.detector([frame.image])
         h, w = frame.size_hw
         best = None
-        for i in np.argsort(-dets.confidence):
+        for i in np.argsort(-(dets.xyxy[:, 3] - dets.xyxy[:, 1])):  # tallest first
             x1, y1, x2, y2 = dets.xyxy[i]
             inside = x1 > 4 and y1 > 4 and x2 < w - 4 and y2 < h - 4
             others = np.delete(dets.xyxy, i, axis=0)

@@ -144,7 +144,7 @@ class IngestPipeline:
         selector = CropSelector(self.cfg.crops)
         id_offset = gallery.max_track_id(source.camera)
         pending: list[Crop] = []
-        track_ids: set[int] = set()
+        spans: dict[int, list[int]] = {}  # track id -> [first_ts_ns, last_ts_ns]
         start = time.perf_counter()
         frames = iter(source)
         if self.cfg.ingest.max_frames:
@@ -157,7 +157,8 @@ class IngestPipeline:
                 appearance = boxes.callback(frame.image, dets) if boxes else None
                 tracks = tracker.update(frame.index, frame.ts_ns, dets, appearance)
                 selector.update(frame, tracks)
-                track_ids.update(int(t) for t in tracks.track_id)
+                for tid in tracks.track_id.tolist():
+                    spans.setdefault(tid, [frame.ts_ns, frame.ts_ns])[1] = frame.ts_ns
                 pending.extend(selector.finish(tracker.pop_ended()))
                 report.detections += len(dets)
             timers["detect"] += t1 - t0
@@ -172,9 +173,12 @@ class IngestPipeline:
         pending.extend(selector.flush())
         report.crops += self._store(pending, gallery, crops, id_offset, timers)
         t0 = time.perf_counter()
+        gallery.set_track_spans(
+            source.camera, [(tid + id_offset, a, b) for tid, (a, b) in spans.items()]
+        )
         gallery.save()
         timers["store"] += time.perf_counter() - t0
-        report.tracks = len(track_ids)
+        report.tracks = len(spans)
         report.seconds = time.perf_counter() - start
         if boxes:
             timers["track_appearance"] = boxes.seconds  # part of "track": the lazy ReID calls
