@@ -76,12 +76,6 @@ class DropOldestQueue(Generic[T]):
             self._cond.notify_all()  # wakes a put_wait
             return item
 
-    @property
-    def done(self) -> bool:
-        """True once no frame will come any more: reader ended (stopped, file end, failed) and
-        queue drained. ``get`` then returns None at once, so a consumer loop should check this."""
-        return self._queue.closed and self._queue.qsize() == 0
-
     def qsize(self) -> int:
         with self._cond:
             return len(self._items)
