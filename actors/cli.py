@@ -1,4 +1,4 @@
-"""The ``refind`` command line: ingest, search, eval and demo.
+"""The ``refind`` command line: ingest, search, eval, forget, retention and demo.
 
 Every expected failure (bad config, dead source, missing weights, bad image) ends with one line
 ``refind: error: ...`` on stderr and exit status 2; tracebacks are for bugs only.
@@ -94,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--timeout", type=float, help="stop after this many seconds without events")
     _add_common(t, data_dir=False)
 
+    p = sub.add_parser("forget", help="delete a track's crops, vectors and metadata for good")
+    p.add_argument("--track", type=int, required=True, help="track id (within its camera)")
+    p.add_argument("--camera", required=True, help="camera of the track")
+    p.add_argument("--reason", default="", help="why, carried by the tombstone event")
+    _add_common(p)
+
+    p = sub.add_parser("retention", help="delete crops older than each camera's retention")
+    _add_common(p)
+
     p = sub.add_parser("demo", help="ingest a real clip, search it by photo, write a contact sheet")
     p.add_argument("--video", type=Path, help="clip to use (default: PETS09-S2L1 or a sample)")
     p.add_argument("--out", type=Path, default=Path("refind-demo"), help="demo output directory")
@@ -117,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve": commands.serve,
         "events": commands.events,
         "eval": commands.evaluate,
+        "forget": commands.forget,
+        "retention": commands.retention,
     }
     try:
         result = handlers[args.command](args, _config(args))

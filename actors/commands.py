@@ -174,6 +174,27 @@ def serve(args: argparse.Namespace, cfg: RefindConfig) -> None:
     run_serve(cfg)
 
 
+def forget(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
+    from indexer.forget import forget_track
+
+    report = forget_track(cfg, args.camera, args.track, reason=args.reason)
+    n = sum(len(v) for v in report.vector_ids.values())
+    if not args.json:
+        print(f"forgot track {args.track} of {args.camera!r}: {n} vectors, "
+              f"{report.crops_deleted} crop files deleted")
+    return report.to_json()
+
+
+def retention(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
+    from indexer.retention import enforce_retention
+
+    result = enforce_retention(cfg)
+    if not args.json:
+        print(f"retention removed {result['crops_removed']} vectors and "
+              f"{result['files_deleted']} crop files")
+    return result
+
+
 def events(args: argparse.Namespace, cfg: RefindConfig) -> None:
     from streaming.bus import BusError
     from streaming.consumer import tail_events

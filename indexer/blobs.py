@@ -119,6 +119,17 @@ class CropStore:
         except (FileNotFoundError, OSError) as err:
             raise CropStoreError(f"crop {rel!r} is missing: {err}") from None
 
+    def delete(self, rel: str) -> bool:
+        """Delete a stored crop; False if it was already gone."""
+        try:
+            if self._fs is not None:
+                self._fs.rm_file(f"{self._base}/{_check_relative(rel)}")
+            else:
+                self.resolve(rel).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
     def read(self, rel: str) -> np.ndarray:
         data = self.read_bytes(rel)
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)

@@ -117,6 +117,7 @@ class FaissGallery:
         *,
         index: faiss.Index | None = None,
         removed_ids: np.ndarray | tuple[int, ...] = (),
+        max_id: int = -1,
     ) -> None:
         if not model_id:
             raise ValueError("FaissGallery needs a model_id")
@@ -134,7 +135,8 @@ class FaissGallery:
             raise ValueError(f"removed_ids only apply to HNSW indexes, not {self._kind}")
         self._buf_ids: list[np.ndarray] = []
         self._buf_vecs: list[np.ndarray] = []
-        self._max_id = _max_id(self._index)
+        # removed ids leave the index, yet new ids must still exceed them: ``max_id`` remembers
+        self._max_id = max(_max_id(self._index), int(max_id))
         self._present: np.ndarray | None = None  # hnsw: sorted ids in the index, cached
 
     @property
@@ -229,8 +231,11 @@ class FaissGallery:
         model_id: str,
         dim: int,
         removed_ids: np.ndarray | tuple[int, ...] = (),
+        max_id: int = -1,
     ) -> FaissGallery:
-        """Rebuild a gallery from ``to_bytes`` output; ValueError if unreadable or of another dim."""
+        """Rebuild a gallery from ``to_bytes`` output; ValueError if unreadable or of another dim.
+
+        ``max_id``: the largest id ever added, when ids above those left were removed."""
         try:
             index = faiss.deserialize_index(np.frombuffer(data, np.uint8).copy())
         except RuntimeError as err:
@@ -242,7 +247,7 @@ class FaissGallery:
             raise ValueError(f"FAISS index metric is {index.metric_type}, expected inner product")
         if faiss.try_extract_index_ivf(index) is None and not isinstance(index, faiss.IndexIDMap2):
             raise ValueError(f"FAISS index {type(index).__name__} is neither IVF nor IndexIDMap2")
-        return cls(cfg, model_id, dim, index=index, removed_ids=removed_ids)
+        return cls(cfg, model_id, dim, index=index, removed_ids=removed_ids, max_id=max_id)
 
     # -- checks -----------------------------------------------------------------------------
 

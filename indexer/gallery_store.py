@@ -14,6 +14,12 @@ Crash safety: ``add`` commits SQLite first (one transaction), then adds to FAISS
 os.replace, fsync of the directory). On open, an index whose manifest does not match the config,
 the model, the file's sha256 or SQLite's row count is rebuilt from SQLite; otherwise only rows
 newer than the manifest's last id are added. Either way the index ends equal to SQLite.
+
+Removal (``remove_track``, ``remove_before``) deletes the rows from SQLite first (one
+transaction), then from the index in memory, then saves. A crash before the save leaves a manifest
+whose count exceeds SQLite's, so the next open rebuilds the index without the removed rows; they
+never come back. Removed ids are never handed out again (``SqliteMetadata.next_vector_id``).
+Readers that opened the index before a removal drop hits whose rows are gone.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import json
 import logging
 import os
 import re
+import time
 from pathlib import Path
 from types import TracebackType
 
@@ -183,8 +190,10 @@ class GalleryStore:
         """Largest track id stored for ``camera`` (0 if none): offset for a new ingest's ids."""
         return self.metadata.max_track_id(camera)
 
-    def add(self, records: list[CropRecord], embeddings: Embeddings) -> None:
-        """Store crops and their vectors: SQLite in one transaction, then the FAISS index."""
+    def add(self, records: list[CropRecord], embeddings: Embeddings) -> int:
+        """Store crops and their vectors: SQLite in one transaction, then the FAISS index.
+
+        Crops of forgotten tracks are skipped; returns how many crops were stored."""
         self._check_writable()
         if embeddings.model_id != self._model_id:
             raise ValueError(
@@ -193,13 +202,55 @@ class GalleryStore:
             )
         if len(embeddings) and embeddings.dim != self._dim:
             raise ValueError(f"embeddings have dim {embeddings.dim}, the gallery has {self._dim}")
-        self.metadata.add(records, embeddings)
-        ids = np.array([r.vector_id for r in records], np.int64)
+        kept = self.metadata.add(records, embeddings)
+        ids = np.array([r.vector_id for r in records], np.int64)[kept]
         try:
-            self._gallery.add(ids, embeddings)
+            self._gallery.add(ids, Embeddings(embeddings.vectors[kept], self._model_id))
         except BaseException:
             self._stale = True  # SQLite has the rows; reopening rebuilds the index from it
             raise
+        return int(ids.size)
+
+    def remove_track(self, camera: str, track_id: int, *, forget: bool = False) -> list[CropRecord]:
+        """Remove this model's crops of one track; ``forget`` also refuses its crops from now on.
+
+        Deletes from SQLite, then the index, then saves; returns the removed records (the
+        caller deletes their crop files).
+        """
+        forget_ns = time.time_ns() if forget else None
+        return self._remove(camera, track_id=track_id, forget_ns=forget_ns)
+
+    def remove_before(self, camera: str, before_ts_ns: int) -> list[CropRecord]:
+        """Remove this model's crops of ``camera`` older than ``before_ts_ns`` (retention)."""
+        return self._remove(camera, before_ts_ns=before_ts_ns)
+
+    def is_forgotten(self, camera: str, track_id: int) -> bool:
+        return self.metadata.is_forgotten(camera, track_id)
+
+    def _remove(
+        self,
+        camera: str,
+        *,
+        track_id: int | None = None,
+        before_ts_ns: int | None = None,
+        forget_ns: int | None = None,
+    ) -> list[CropRecord]:
+        self._check_writable()
+        removed = self.metadata.remove_where(
+            self._model_id, camera, track_id=track_id, before_ts_ns=before_ts_ns,
+            forget_ns=forget_ns,
+        )
+        if not removed:
+            return removed
+        try:
+            self._gallery.remove(np.array([r.vector_id for r in removed], np.int64))
+            self.save()
+        except BaseException:
+            self._stale = True  # SQLite lost the rows; reopening rebuilds the index without them
+            raise
+        log.info("%s: removed %d %s vectors of camera %s", self._dir, len(removed),
+                 self._model_id, camera)
+        return removed
 
     def refresh(self) -> int:
         """Add SQLite rows of this model newer than the index; returns how many."""
@@ -254,10 +305,11 @@ class GalleryStore:
             )
             allowed = allowed[allowed <= self._gallery.max_id]  # newer rows are not indexed yet
         scores, ids = self._gallery.search(query_vectors, k_crops, allowed)
-        hit_ids = np.unique(ids[ids >= 0])
-        records = dict(zip(hit_ids.tolist(), self.metadata.crops(hit_ids.tolist()), strict=True))
+        # a row removed by a writer since this (read-only) store loaded its index is left out
+        records = self.metadata.crops_found(np.unique(ids[ids >= 0]).tolist())
         return [
-            [(records[int(i)], float(s)) for s, i in zip(s_row, i_row, strict=True) if i >= 0]
+            [(records[int(i)], float(s)) for s, i in zip(s_row, i_row, strict=True)
+             if int(i) in records]
             for s_row, i_row in zip(scores, ids, strict=True)
         ]
 
@@ -314,7 +366,8 @@ class GalleryStore:
             raise _StaleIndex(f"{self._index_path.name} does not match its manifest's sha256")
         try:
             gallery = FaissGallery.from_bytes(
-                data, self._cfg, self._model_id, self._dim, manifest["removed_ids"]
+                data, self._cfg, self._model_id, self._dim, manifest["removed_ids"],
+                max_id=manifest["last_vector_id"],
             )
         except (ValueError, TypeError) as err:
             raise _StaleIndex(str(err)) from None

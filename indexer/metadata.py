@@ -20,7 +20,7 @@ from streaming.records import CropRecord, Embeddings
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _IN_CHUNK = 500  # ids per "IN (...)" query, well under SQLite's variable limit
 
 # version -> statements taking the schema from version - 1 to version, run in one transaction.
@@ -47,6 +47,15 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         """CREATE TABLE track_spans (
             camera TEXT NOT NULL, track_id INTEGER NOT NULL, first_ts_ns INTEGER NOT NULL,
             last_ts_ns INTEGER NOT NULL, PRIMARY KEY (camera, track_id)) WITHOUT ROWID""",
+    ),
+    # Forgetting: tracks that must never come back, and the first id never handed out, so that
+    # removing the newest rows does not let their ids be reused.
+    3: (
+        """CREATE TABLE forgotten_tracks (
+            camera TEXT NOT NULL, track_id INTEGER NOT NULL, forgotten_ns INTEGER NOT NULL,
+            PRIMARY KEY (camera, track_id)) WITHOUT ROWID""",
+        "CREATE TABLE vector_id_floor (next_vector_id INTEGER NOT NULL)",
+        "INSERT INTO vector_id_floor SELECT COALESCE(MAX(vector_id) + 1, 0) FROM crops",
     ),
 }
 
@@ -167,11 +176,16 @@ class SqliteMetadata:
                 self._conn.execute("ROLLBACK")
             raise
 
-    def add(self, records: list[CropRecord], vectors: Embeddings) -> None:
-        """Store crops with their vectors in one transaction; ids must exceed every stored id."""
+    def add(self, records: list[CropRecord], vectors: Embeddings) -> np.ndarray:
+        """Store crops with their vectors in one transaction; ids must exceed every stored id.
+
+        Crops of a forgotten track are skipped (a replayed event or a late crop never brings it
+        back). Returns the (n,) bool mask of the records stored.
+        """
         _check_batch(records, vectors)
+        kept = np.ones(len(records), bool)
         if not records:
-            return
+            return kept
         vecs = vectors.vectors.astype("<f4", copy=False)
         rows = [
             (r.vector_id, r.camera, int(r.track_id), int(r.frame_index), int(r.ts_ns),
@@ -185,18 +199,28 @@ class SqliteMetadata:
                 raise ValueError(
                     f"vector id {records[0].vector_id} is not above the largest stored id {last}"
                 )
+            forgotten = self._forgotten_among({(r.camera, int(r.track_id)) for r in records})
+            if forgotten:
+                kept = np.array([(r.camera, int(r.track_id)) not in forgotten for r in records])
+                log.warning("%s: skipped %d crops of forgotten tracks %s", self.path,
+                            int((~kept).sum()), sorted(forgotten)[:5])
             self._conn.executemany(
                 f"INSERT INTO crops ({_CROP_COLUMNS}, dim, vector) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
+                [row for row, keep in zip(rows, kept, strict=True) if keep],
             )
-            tracks = sorted({(r.camera, int(r.track_id)) for r in records})
+            tracks = sorted({(r.camera, int(r.track_id)) for r in records} - forgotten)
             self._conn.executemany(_REFRESH_TRACK, tracks)
+        return kept
 
     def next_vector_id(self) -> int:
-        """The id the next stored vector should take (ids are global across models)."""
-        row = self._conn.execute("SELECT MAX(vector_id) FROM crops").fetchone()
-        return 0 if row[0] is None else int(row[0]) + 1
+        """The id the next stored vector should take (ids are global across models and never
+        reused, not even those of removed rows)."""
+        row = self._conn.execute(
+            "SELECT MAX(COALESCE((SELECT MAX(vector_id) + 1 FROM crops), 0), "
+            "(SELECT next_vector_id FROM vector_id_floor))"
+        ).fetchone()
+        return int(row[0])
 
     def max_vector_id(self, model_id: str) -> int:
         """Largest id stored for ``model_id``, -1 when none."""
@@ -222,8 +246,17 @@ class SqliteMetadata:
     def crops(self, vector_ids: Iterable[int]) -> list[CropRecord]:
         """The records of ``vector_ids``, in that order; KeyError names any that are missing."""
         wanted = [int(v) for v in vector_ids]
-        found: dict[int, CropRecord] = {}
         unique = sorted(set(wanted))
+        found = self.crops_found(unique)
+        missing = [v for v in unique if v not in found]
+        if missing:
+            raise KeyError(f"vector ids not in metadata: {missing[:10]}")
+        return [found[v] for v in wanted]
+
+    def crops_found(self, vector_ids: Iterable[int]) -> dict[int, CropRecord]:
+        """The records of those ``vector_ids`` still stored (removed ones are left out)."""
+        unique = sorted({int(v) for v in vector_ids})
+        found: dict[int, CropRecord] = {}
         for start in range(0, len(unique), _IN_CHUNK):
             chunk = unique[start : start + _IN_CHUNK]
             marks = ",".join("?" * len(chunk))
@@ -231,10 +264,7 @@ class SqliteMetadata:
                 f"SELECT {_CROP_COLUMNS} FROM crops WHERE vector_id IN ({marks})", chunk
             ):
                 found[row[0]] = _record(row)
-        missing = [v for v in unique if v not in found]
-        if missing:
-            raise KeyError(f"vector ids not in metadata: {missing[:10]}")
-        return [found[v] for v in wanted]
+        return found
 
     def vectors_after(
         self, vector_id: int, model_id: str, chunk_size: int = 4096
@@ -312,6 +342,82 @@ class SqliteMetadata:
             "SELECT MAX(track_id) FROM tracks WHERE camera = ?", (camera,)
         ).fetchone()
         return 0 if row[0] is None else int(row[0])
+
+    def remove_where(
+        self,
+        model_id: str,
+        camera: str,
+        *,
+        track_id: int | None = None,
+        before_ts_ns: int | None = None,
+        forget_ns: int | None = None,
+    ) -> list[CropRecord]:
+        """Delete ``model_id``'s crops of ``camera`` (of one track, older than a time, or both)
+        in one transaction; returns the records removed, in id order.
+
+        Track summaries are recomputed from the crops left (of every model); a track with no
+        crop left loses its summary and span. ``forget_ns`` (needs ``track_id``) also records
+        the track as forgotten, so that ``add`` never stores it again, and drops its span.
+        """
+        if forget_ns is not None and track_id is None:
+            raise ValueError("forgetting needs a track_id")
+        where, args = ["model_id = ?", "camera = ?"], [model_id, camera]
+        if track_id is not None:
+            where.append("track_id = ?")
+            args.append(int(track_id))
+        if before_ts_ns is not None:
+            where.append("ts_ns < ?")
+            args.append(int(before_ts_ns))
+        cond = " AND ".join(where)
+        with self._transaction():
+            removed = [_record(r) for r in self._conn.execute(
+                f"SELECT {_CROP_COLUMNS} FROM crops WHERE {cond} ORDER BY vector_id", args
+            )]
+            if removed:
+                self._conn.execute(f"DELETE FROM crops WHERE {cond}", args)
+                self._conn.execute(
+                    "UPDATE vector_id_floor SET next_vector_id = MAX(next_vector_id, ?)",
+                    (removed[-1].vector_id + 1,),
+                )
+            tracks = sorted({(r.camera, int(r.track_id)) for r in removed})
+            self._conn.executemany(
+                "DELETE FROM tracks WHERE camera = ? AND track_id = ?", tracks
+            )
+            self._conn.executemany(_REFRESH_TRACK, tracks)
+            self._conn.executemany(
+                "DELETE FROM track_spans WHERE camera = ? AND track_id = ? AND NOT EXISTS "
+                "(SELECT 1 FROM tracks t WHERE t.camera = ? AND t.track_id = ?)",
+                [(c, t, c, t) for c, t in tracks],
+            )
+            if forget_ns is not None:
+                self._conn.execute(
+                    "DELETE FROM track_spans WHERE camera = ? AND track_id = ?",
+                    (camera, int(track_id)),  # type: ignore[arg-type]
+                )
+                self._conn.execute(
+                    "INSERT OR IGNORE INTO forgotten_tracks (camera, track_id, forgotten_ns) "
+                    "VALUES (?, ?, ?)",
+                    (camera, int(track_id), int(forget_ns)),  # type: ignore[arg-type]
+                )
+        return removed
+
+    def is_forgotten(self, camera: str, track_id: int) -> bool:
+        """True when the track was forgotten (its crops are refused)."""
+        return self._forgotten_among({(camera, int(track_id))}) != set()
+
+    def _forgotten_among(self, tracks: set[tuple[str, int]]) -> set[tuple[str, int]]:
+        return {
+            (c, t) for c, t in tracks
+            if self._conn.execute(
+                "SELECT 1 FROM forgotten_tracks WHERE camera = ? AND track_id = ?", (c, t)
+            ).fetchone()
+        }
+
+    def models(self) -> list[tuple[str, int]]:
+        """(model_id, dim) of every model with stored vectors, sorted."""
+        return [(m, int(d)) for m, d in self._conn.execute(
+            "SELECT model_id, MIN(dim) FROM crops GROUP BY model_id ORDER BY model_id"
+        )]
 
     def cameras(self) -> list[str]:
         """Cameras with at least one stored track, sorted."""

@@ -266,6 +266,24 @@ class RedisMetadata:
 
         return [_track(h) for h in self._call(f"tracks({camera!r})", read)]
 
+    def remove_track(self, camera: str, track_id: int,
+                     vector_ids: Mapping[int, Sequence[int]] | None = None) -> bool:
+        """Delete one track's metadata and its vector mappings (``{shard: ids}``), in one
+        transaction; True if the track was known."""
+        _check_name(camera)
+        ids = {shard: [str(int(v)) for v in vs] for shard, vs in (vector_ids or {}).items() if vs}
+
+        def write() -> bool:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.delete(f"{self._p}:track:{camera}:{track_id}")
+            pipe.zrem(f"{self._p}:tracks:{camera}", str(track_id))
+            for shard, keys in ids.items():
+                pipe.hdel(f"{self._p}:vectors:{shard}", *keys)
+            deleted, unlisted, *_ = pipe.execute()
+            return bool(deleted or unlisted)
+
+        return self._call(f"remove_track({camera!r}, {track_id})", write)
+
     # -- vector ids --------------------------------------------------------------------------
 
     def map_vectors(self, vector_ids: Sequence[int], camera: str, track_id: int,

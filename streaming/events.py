@@ -13,7 +13,9 @@ Topics (``topic_for``), one per kind, under ``KafkaConfig.topic_prefix``:
   topic; off when ``KafkaConfig.publish_detections`` is false);
 - ``<prefix>.tracks``: ``TrackEvent``, a track started, was updated, or ended;
 - ``<prefix>.crops``: ``CropEvent``, a crop was stored and its embedding added to the gallery;
-- ``<prefix>.camera-status``: ``CameraStatusEvent``, a camera's connection state and counters.
+- ``<prefix>.camera-status``: ``CameraStatusEvent``, a camera's connection state and counters;
+- ``<prefix>.forget``: ``ForgetEvent``, a tombstone: a track was forgotten (its crops, vectors
+  and metadata deleted); consumers delete what they hold of it and never store it again.
 
 Delivery guarantee (the same on every topic), as published by ``streaming.bus.EventBus``:
 
@@ -195,8 +197,30 @@ class CameraStatusEvent(BaseEvent):
     reconnects: int = Field(0, ge=0, description="Reconnections so far.")
 
 
-Event = DetectionEvent | TrackEvent | CropEvent | CameraStatusEvent
-EVENT_TYPES: tuple[type[BaseEvent], ...] = (DetectionEvent, TrackEvent, CropEvent, CameraStatusEvent)
+class ForgetEvent(BaseEvent):
+    """A tombstone: a track was forgotten; its crops, vectors and metadata are deleted.
+
+    ``ts_ns`` is when it was forgotten. ``vector_ids`` are the gallery ids removed (each within
+    its shard, of every model).
+
+    Example:
+        >>> e = ForgetEvent(camera="gate", ts_ns=0, track_id=7, vector_ids=(3, 4))
+        >>> decode(encode(e)) == e
+        True
+    """
+
+    topic_kind: ClassVar[str] = "forget"
+
+    schema_id: Literal["refind.forget.v1"] = Field("refind.forget.v1", alias="schema")
+    track_id: int = Field(..., ge=0, description="Unique within the camera.")
+    vector_ids: tuple[int, ...] = Field((), description="Gallery ids removed.")
+    reason: str = Field("", max_length=2000, description="Why, as the operator gave it.")
+
+
+Event = DetectionEvent | TrackEvent | CropEvent | CameraStatusEvent | ForgetEvent
+EVENT_TYPES: tuple[type[BaseEvent], ...] = (
+    DetectionEvent, TrackEvent, CropEvent, CameraStatusEvent, ForgetEvent,
+)
 _BY_SCHEMA: dict[str, type[BaseEvent]] = {
     t.model_fields["schema_id"].default: t for t in EVENT_TYPES
 }

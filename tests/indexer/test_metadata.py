@@ -150,9 +150,27 @@ def test_schema_1_database_is_migrated(tmp_path):
     db = tmp_path / "old.sqlite3"
     SqliteMetadata(db).close()
     with sqlite3.connect(db) as conn:  # roll it back to version 1 as an older refind left it
-        conn.execute("DROP TABLE track_spans")
+        for table in ("track_spans", "forgotten_tracks", "vector_id_floor"):
+            conn.execute(f"DROP TABLE {table}")
         conn.execute("UPDATE schema_version SET version = 1")
     meta = SqliteMetadata(db)
-    assert meta.schema_version() == SCHEMA_VERSION == 2
+    assert meta.schema_version() == SCHEMA_VERSION == 3
     meta.set_track_spans("c", [(1, 0, 10)])
+    meta.close()
+
+
+def test_schema_2_database_keeps_its_ids_when_migrated(tmp_path):
+    db = tmp_path / "old.sqlite3"
+    meta = SqliteMetadata(db)
+    _add(meta, 20)
+    meta.close()
+    with sqlite3.connect(db) as conn:  # as refind with schema 2 left it
+        conn.execute("DROP TABLE forgotten_tracks")
+        conn.execute("DROP TABLE vector_id_floor")
+        conn.execute("UPDATE schema_version SET version = 2")
+    meta = SqliteMetadata(db)
+    assert meta.schema_version() == 3 and meta.next_vector_id() == 20
+    rec = meta.crops([19])[0]
+    meta.remove_where(MODEL, rec.camera, track_id=rec.track_id)
+    assert meta.next_vector_id() == 20  # removed ids are never handed out again
     meta.close()

@@ -11,6 +11,7 @@ from streaming.events import (
     CropEvent,
     DetectionEvent,
     EventDecodeError,
+    ForgetEvent,
     TrackEvent,
     decode,
     encode,
@@ -32,6 +33,7 @@ EVENTS = [
               crop_path="crops/yard/3/2.jpg", box=(1, 2, 3, 4), quality=0.75, model_id="reid-0277"),
     CameraStatusEvent(camera="dock_1", ts_ns=3, state="reconnecting", message="EOF from RTSP",
                       frames_in=120, frames_dropped=4, reconnects=1),
+    ForgetEvent(camera="gate", ts_ns=11, track_id=3, vector_ids=(41, 42), reason="GDPR erasure"),
 ]
 
 
@@ -50,6 +52,7 @@ def test_round_trip_keeps_every_field(event):
         (TrackEvent, "refind", "refind.tracks"),
         (CropEvent, "site-1.refind", "site-1.refind.crops"),
         (CameraStatusEvent, "refind", "refind.camera-status"),
+        (ForgetEvent, "refind", "refind.forget"),
         (EVENTS[2], "refind", "refind.tracks"),
     ],
 )

@@ -1,0 +1,58 @@
+"""Retention: delete crops older than each camera's retention period, in every gallery shard.
+
+A camera's period is its ``retention_days``, else ``retention.default_days``; None keeps its
+crops forever. Rows leave SQLite and the FAISS index first (``GalleryStore.remove_before``,
+saved at once), then their crop files. Tracks with crops left keep a summary recomputed from
+them.
+
+Example:
+    >>> enforce_retention(cfg)["crops_removed"]  # doctest: +SKIP
+    120
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from indexer.blobs import CropStore
+from indexer.forget import delete_files, model_stores
+from indexer.shards import existing_shards
+from streaming.config import RefindConfig
+from streaming.records import CropRecord
+
+log = logging.getLogger(__name__)
+
+_DAY_NS = 86_400 * 1_000_000_000
+
+
+def retention_days(cfg: RefindConfig, camera: str) -> float | None:
+    """The retention period of a camera in days (None: keep forever)."""
+    for c in cfg.cameras:
+        if c.name == camera and c.retention_days is not None:
+            return c.retention_days
+    return cfg.retention.default_days
+
+
+def enforce_retention(cfg: RefindConfig, now_ns: int | None = None) -> dict[str, object]:
+    """Delete every crop older than its camera's retention period; returns what was removed."""
+    now = time.time_ns() if now_ns is None else int(now_ns)
+    crops = CropStore.from_config(cfg)
+    per_camera: dict[str, int] = {}
+    files = 0
+    for shard in existing_shards(cfg.data_dir):
+        removed: list[CropRecord] = []
+        for store in model_stores(cfg, shard):
+            for camera in store.metadata.cameras():
+                days = retention_days(cfg, camera)
+                if days is None:
+                    continue
+                gone = store.remove_before(camera, now - int(days * _DAY_NS))
+                per_camera[camera] = per_camera.get(camera, 0) + len(gone)
+                removed += gone
+        files += delete_files(crops, removed)
+    total = sum(per_camera.values())
+    if total:
+        log.info("retention removed %d vectors (%d crop files) of %s", total, files,
+                 sorted(c for c, n in per_camera.items() if n))
+    return {"now_ns": now, "crops_removed": total, "files_deleted": files, "cameras": per_camera}

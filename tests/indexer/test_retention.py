@@ -1,0 +1,53 @@
+"""Retention: only old crops of cameras with a retention period go; summaries follow."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors.cli import main
+from indexer.blobs import CropStore
+from indexer.retention import enforce_retention
+from streaming.config import CameraConfig, RefindConfig, RetentionConfig
+from tests.indexer.test_forget import N, _build, _cfg, _found, _open
+
+S = 1_000_000_000  # crop_records: crop i at i seconds; cameras gate, lobby, yard, dock
+
+
+@pytest.mark.parametrize(
+    ("gate_days", "default_days", "cut_s"),
+    [
+        (100 / 86_400, None, {"gate": 100}),  # gate keeps its last 100 s, the others forever
+        (None, 50 / 86_400, {c: 150 for c in ("gate", "lobby", "yard", "dock")}),
+        (None, None, {}),
+    ],
+)
+def test_retention_removes_only_old_crops(tmp_path, gate_days, default_days, cut_s):
+    base = _cfg(tmp_path)
+    cfg = RefindConfig(
+        data_dir=tmp_path, gallery=base.gallery,
+        cameras=(CameraConfig(name="gate", url="x.mp4", retention_days=gate_days),),
+        retention=RetentionConfig(default_days=default_days),
+    )
+    vectors, records = _build(cfg)
+    result = enforce_retention(cfg, now_ns=N * S)
+    gone = {r.vector_id for r in records if r.ts_ns < cut_s.get(r.camera, 0) * S}
+    assert result["crops_removed"] == len(gone) == result["files_deleted"]
+    crops = CropStore.from_config(cfg)
+    for r in records:
+        assert crops.resolve(r.crop_path).exists() == (r.vector_id not in gone)
+    next(tmp_path.glob("gallery/index/*.faiss")).unlink()  # rebuilt from SQLite: still gone
+    with _open(cfg, read_only=True) as store:
+        assert len(store) == N - len(gone)
+        assert not _found(store, vectors) & gone
+        if "gate" in cut_s:
+            assert store.track("gate", 1) is None  # crops 0..16 s: all gone
+            kept = store.track("gate", 6)  # crops 100..116 s: kept whole unless cut at 150 s
+            assert (kept is None) == (cut_s["gate"] > 116)
+        assert not store.metadata.is_forgotten("gate", 1)  # retention is not forgetting
+
+
+def test_cli_retention(tmp_path, capsys):
+    cfg = _cfg(tmp_path)
+    _build(cfg)
+    assert main(["retention", "--data-dir", str(tmp_path), "--json"]) == 0
+    assert '"crops_removed": 0' in capsys.readouterr().out
