@@ -8,8 +8,9 @@ import pytest
 
 from streaming.config import TrackerConfig
 from streaming.kalman import BoxKalmanFilter, xyah_to_xyxy, xyxy_to_xyah
+from streaming.matching import assign, iou_matrix
 from streaming.records import Detections, Tracks
-from streaming.tracker import ByteTracker, assign, iou_matrix
+from streaming.tracker import ByteTracker
 
 FPS = 10
 
