@@ -190,10 +190,10 @@ class GalleryStore:
         """Largest track id stored for ``camera`` (0 if none): offset for a new ingest's ids."""
         return self.metadata.max_track_id(camera)
 
-    def add(self, records: list[CropRecord], embeddings: Embeddings) -> int:
+    def add(self, records: list[CropRecord], embeddings: Embeddings) -> list[CropRecord]:
         """Store crops and their vectors: SQLite in one transaction, then the FAISS index.
 
-        Crops of forgotten tracks are skipped; returns how many crops were stored."""
+        Crops of forgotten tracks are skipped; returns the records that were stored."""
         self._check_writable()
         if embeddings.model_id != self._model_id:
             raise ValueError(
@@ -209,7 +209,7 @@ class GalleryStore:
         except BaseException:
             self._stale = True  # SQLite has the rows; reopening rebuilds the index from it
             raise
-        return int(ids.size)
+        return [r for r, k in zip(records, kept, strict=True) if k]
 
     def remove_track(self, camera: str, track_id: int, *, forget: bool = False) -> list[CropRecord]:
         """Remove this model's crops of one track; ``forget`` also refuses its crops from now on.

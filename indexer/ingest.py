@@ -215,6 +215,8 @@ def store_crops(
     """Write crops as JPEG, then their vectors and metadata in one gallery transaction.
 
     ``id_offset`` is added to the tracker's ids, so a camera ingested twice never reuses ids.
+    Returns the records stored: crops of a forgotten track are refused by the gallery, and
+    their JPEGs deleted again.
     """
     first_id = gallery.next_vector_id()
     records = []
@@ -234,8 +236,13 @@ def store_crops(
                 model_id=embeddings.model_id,
             )
         )
-    gallery.add(records, embeddings)
-    return records
+    stored = gallery.add(records, embeddings)
+    if len(stored) < len(records):
+        kept = {r.vector_id for r in stored}
+        for r in records:
+            if r.vector_id not in kept:
+                store.delete(r.crop_path)
+    return stored
 
 
 def crop_box(image: np.ndarray, xyxy: tuple[float, float, float, float]) -> np.ndarray:

@@ -103,7 +103,7 @@ def test_forgotten_track_is_never_stored_again(tmp_path):
             dataclasses.replace(crop_records(np.array([first + 1]))[0], camera="gate",
                                 track_id=99),
         ]
-        assert store.add(late, Embeddings(vectors[:2], MODEL)) == 1
+        assert len(store.add(late, Embeddings(vectors[:2], MODEL))) == 1
         store.save()
         assert store.track(*GONE) is None and store.track("gate", 99).n_crops == 1
         assert _found(store, vectors[:2]) >= {first + 1}
