@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, required=True, help="YAML config with cameras")
     p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
 
+    p = sub.add_parser("api", help="serve the HTTP search API (API keys, scopes, audit log)")
+    p.add_argument("--data-dir", type=Path, help="gallery, metadata and crops directory")
+    p.add_argument("--config", type=Path, required=True, help="YAML config with an api: section")
+    p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+
     p = sub.add_parser("events", help="read refind's Kafka events")
     evs = p.add_subparsers(dest="events_command", required=True)
     t = evs.add_parser("tail", help="print events of a topic as JSON lines (a consumer group)")
@@ -124,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "search": commands.search,
         "demo": commands.demo,
         "serve": commands.serve,
+        "api": commands.api,
         "events": commands.events,
         "eval": commands.evaluate,
         "forget": commands.forget,

@@ -195,6 +195,14 @@ def retention(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
     return result
 
 
+def api(args: argparse.Namespace, cfg: RefindConfig) -> None:
+    try:
+        from actors.api import serve_api
+    except ImportError as err:  # fastapi lives in the optional `api` extra
+        raise ServiceError(f"the HTTP API needs `pip install -e '.[api]'`: {err}") from None
+    serve_api(cfg)
+
+
 def events(args: argparse.Namespace, cfg: RefindConfig) -> None:
     from streaming.bus import BusError
     from streaming.consumer import tail_events

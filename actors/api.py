@@ -1,0 +1,314 @@
+"""The HTTP search API: find a person by photo, look at tracks and crops, over a live gallery.
+
+Endpoints (``api.host``:``api.port``; every ``/v1`` call needs an ``X-API-Key`` header):
+- ``POST /v1/search/image``: multipart ``image`` plus optional form fields ``k``, ``cameras``
+  (comma list), ``since``/``until`` (seconds) and ``box`` (``x1,y1,x2,y2``); returns ranked
+  ``hits`` (each with ``thumbnail_url`` and ``reason``) and ``took_ms``. Audited.
+- ``GET /v1/tracks/{camera}/{track_id}``: a track's span and its stored crops.
+- ``GET /v1/crops/{path}``: one stored crop, ``image/jpeg``.
+- ``GET /v1/cameras``: cameras with stored tracks that the key may see.
+- ``GET /healthz``, ``GET /metrics`` (Prometheus text), ``GET /openapi.json``: no key needed.
+
+A key's cameras bound everything it does: a search runs only over them (inside the FAISS
+filter, so k hits still come back), and naming any other camera is 403. Refusals are 4xx with
+``{"error": "..."}``; a search that fails leaves nothing behind but its audit line.
+
+Example:
+    >>> app = create_app(load_config("configs/api.yaml"))                     # doctest: +SKIP
+    >>> uvicorn.run(app, host="127.0.0.1", port=8090)                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import posixpath
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import Depends, FastAPI, File, Form, Path, Request, Security, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyHeader
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from actors.api_guard import ApiError, AuditLog, KeyRing, Principal, RequestMetrics, UploadLimit
+from indexer.blobs import CropStore, CropStoreError, safe_name
+from indexer.ingest import crop_box
+from indexer.live_search import GalleryUnavailable, LiveSearch
+from indexer.search import QueryError, decode_query_image
+from streaming.config import ConfigError, RefindConfig
+from streaming.records import CropRecord, ImageQuery, TrackletHit
+
+log = logging.getLogger(__name__)
+
+SEARCH_PATH = "/v1/search/image"
+MAX_SECONDS = 4e9  # timestamps are int64 nanoseconds (up to 9.2e9 s): year 2096 is plenty
+FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and the small text fields
+
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key of api.keys")
+
+
+def _principal(request: Request, key: Annotated[str | None, Security(_api_key)]) -> Principal:
+    keys: KeyRing = request.app.state.keys
+    return keys.authenticate(key)
+
+
+Caller = Annotated[Principal, Depends(_principal)]
+
+
+def _check_startable(cfg: RefindConfig) -> None:
+    if not cfg.api.keys and not cfg.api.allow_anonymous:
+        raise ConfigError(
+            "api.keys is empty, so the API refuses to start: add a key (name, key_sha256 = "
+            "sha256 hex of the key, cameras) or set api.allow_anonymous: true (every caller "
+            "then sees every camera; for loopback development only)"
+        )
+
+
+# ---- form parsing: each field's own error message ------------------------------------------
+
+
+def _parse_k(text: str | None) -> int:
+    if text is None or text.strip() == "":
+        return 10
+    try:
+        k = int(text.strip())
+    except ValueError:
+        raise ApiError(400, f"k must be an integer in 1..1000, got {text!r}") from None
+    if not 1 <= k <= 1000:
+        raise ApiError(400, f"k must be in 1..1000, got {k}")
+    return k
+
+
+def _parse_seconds(text: str | None, name: str) -> int | None:
+    """Seconds as given -> nanoseconds, or None when the field is absent or empty."""
+    if text is None or text.strip() == "":
+        return None
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ApiError(400, f"{name} must be a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or not 0.0 <= value <= MAX_SECONDS:
+        raise ApiError(400, f"{name} must be seconds in 0..{MAX_SECONDS:.0e}, got {text!r}")
+    return int(value * 1e9)
+
+
+def _parse_box(text: str | None) -> tuple[float, float, float, float] | None:
+    if text is None or text.strip() == "":
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ApiError(400, f"box must be x1,y1,x2,y2 in pixels, got {text!r}") from None
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise ApiError(400, f"box must be four finite numbers x1,y1,x2,y2, got {text!r}")
+    x1, y1, x2, y2 = values
+    if x2 <= x1 or y2 <= y1:
+        raise ApiError(400, f"box {text!r} has zero or negative size")
+    return x1, y1, x2, y2
+
+
+def _parse_cameras(text: str | None) -> tuple[str, ...]:
+    if text is None:
+        return ()
+    return tuple(dict.fromkeys(c.strip() for c in text.split(",") if c.strip()))
+
+
+# ---- response pieces -----------------------------------------------------------------------
+
+
+def crop_url(rel: str) -> str:
+    return "/v1/crops/" + quote(rel, safe="/")
+
+
+def reason(hit: TrackletHit, aggregation: str) -> str:
+    how = "its best crop" if aggregation == "max" else "mean of its best two matching crops"
+    return (f"appearance similarity {hit.score:.2f} ({how}) over a track of {hit.n_crops} "
+            f"stored crop{'s' if hit.n_crops != 1 else ''}")
+
+
+def _crop_json(r: CropRecord) -> dict[str, object]:
+    return {
+        "frame_index": r.frame_index, "ts": r.ts_ns / 1e9,
+        "xyxy": [round(v, 1) for v in r.xyxy], "quality": round(r.quality, 4),
+        "confidence": round(r.confidence, 4), "url": crop_url(r.crop_path),
+    }
+
+
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, err: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "X-API-Key"} if err.status == 401 else None
+        return _error(err.status, err.message, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}"
+                 for e in err.errors()]
+        return _error(422, "; ".join(parts))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        return _error(err.status_code, str(err.detail), err.headers)
+
+    @app.exception_handler(GalleryUnavailable)
+    async def no_gallery(request: Request, err: GalleryUnavailable) -> JSONResponse:
+        return _error(503, str(err))
+
+
+# ---- the app -------------------------------------------------------------------------------
+
+
+def create_app(
+    cfg: RefindConfig, engine_factory: Callable[[RefindConfig], LiveSearch] = LiveSearch.from_config
+) -> FastAPI:
+    """The API over ``cfg.data_dir``'s gallery; raises ConfigError when no key is configured."""
+    _check_startable(cfg)
+    keys = KeyRing.from_config(cfg.api)
+    audit = AuditLog(cfg.api.audit_log or cfg.data_dir / "audit.jsonl")
+    crops = CropStore.from_config(cfg)
+    live = engine_factory(cfg)
+    max_image_bytes = int(cfg.api.max_upload_mb * 2**20)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        live.close()
+
+    app = FastAPI(title="refind", version="1", lifespan=lifespan,
+                  description="Find a person across camera streams by photo.")
+    app.state.keys = keys
+    _install_error_handlers(app)
+    registry = CollectorRegistry()
+    app.add_middleware(UploadLimit, path=SEARCH_PATH, max_bytes=max_image_bytes + FORM_OVERHEAD_BYTES)
+    app.add_middleware(RequestMetrics, registry=registry, fixed_paths=(SEARCH_PATH,))
+
+    def known_cameras(cameras: tuple[str, ...]) -> None:
+        known = live.cameras()
+        unknown = [c for c in cameras if c not in known]
+        if unknown:
+            raise ApiError(404, f"unknown camera(s) {', '.join(unknown)}; known: "
+                                f"{', '.join(known) or '(none yet)'}")
+
+    def build_query(
+        who: Principal, image: UploadFile | None, k: str | None, cameras: str | None,
+        since: str | None, until: str | None, box: str | None, entry: dict[str, object],
+    ) -> ImageQuery:
+        """The query a form describes (noted in ``entry`` for the audit); raises on bad input."""
+        entry["query"] = {"k": k, "cameras": cameras, "since": since, "until": until, "box": box}
+        requested = _parse_cameras(cameras)
+        who.check_cameras(requested, "search")
+        k_value, box_xyxy = _parse_k(k), _parse_box(box)
+        start, end = _parse_seconds(since, "since"), _parse_seconds(until, "until")
+        if start is not None and end is not None and start > end:
+            raise ApiError(400, f"since ({since}) is after until ({until})")
+        if image is None:
+            raise ApiError(400, "multipart field `image` (the query photo) is required")
+        data = image.file.read(max_image_bytes + 1)
+        entry["image"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        if len(data) > max_image_bytes:
+            raise ApiError(413, f"image is over api.max_upload_mb ({cfg.api.max_upload_mb} MiB)")
+        known_cameras(requested)
+        pixels = decode_query_image(data, "uploaded image")
+        if box_xyxy is not None:
+            pixels = crop_box(pixels, box_xyxy)
+        scope = requested or (tuple(sorted(who.cameras)) if who.cameras is not None else ())
+        return ImageQuery(image=pixels, k=k_value, cameras=scope, start_ts_ns=start,
+                          end_ts_ns=end)
+
+    @app.post(SEARCH_PATH, summary="Rank tracklets like the person in a photo")
+    def search_image(
+        who: Caller,
+        image: Annotated[UploadFile | None, File(description="JPEG/PNG/BMP/WebP photo")] = None,
+        k: Annotated[str | None, Form(description="Tracklets returned, 1..1000")] = None,
+        cameras: Annotated[str | None, Form(description="Comma list; default every camera")] = None,
+        since: Annotated[str | None, Form(description="Earliest time, seconds")] = None,
+        until: Annotated[str | None, Form(description="Latest time, seconds")] = None,
+        box: Annotated[str | None, Form(description="x1,y1,x2,y2: the person in the photo")] = None,
+    ) -> dict[str, object]:
+        entry: dict[str, object] = {"key": who.name, "endpoint": SEARCH_PATH}
+        try:
+            try:
+                query = build_query(who, image, k, cameras, since, until, box, entry)
+            except (QueryError, ValueError) as err:
+                raise ApiError(400, str(err)) from None
+            result = live.search(query)
+        except (ApiError, GalleryUnavailable) as err:
+            status = err.status if isinstance(err, ApiError) else 503
+            audit.write({**entry, "status": status, "error": str(err)})
+            raise
+        audit.write({**entry, "status": 200,
+                     "tracks": [[h.camera, h.track_id] for h in result.hits]})
+        hits = [h.to_json() | {"thumbnail_url": crop_url(h.thumbnail),
+                               "reason": reason(h, cfg.search.aggregation)}
+                for h in result.hits]
+        return {"hits": hits, "took_ms": result.took_ms}
+
+    @app.get("/v1/tracks/{camera}/{track_id}", summary="A track's time span and stored crops")
+    def track(
+        who: Caller, camera: str, track_id: Annotated[int, Path(ge=0, le=2**62)]
+    ) -> dict[str, object]:
+        who.check_cameras([camera], "view")
+        found = live.track(camera, track_id)
+        if found is None:
+            raise ApiError(404, f"camera {camera!r} has no track {track_id}")
+        summary, records = found
+        return {
+            "camera": summary.camera, "track_id": summary.track_id,
+            "start_ts": summary.start_ts_ns / 1e9, "end_ts": summary.end_ts_ns / 1e9,
+            "n_crops": summary.n_crops, "best": _crop_json(summary.best),
+            "crops": [_crop_json(r) for r in records],
+        }
+
+    @app.get("/v1/crops/{path:path}", summary="One stored crop (JPEG)",
+             response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
+    def crop(who: Caller, path: str) -> Response:
+        try:
+            crops.location(path)  # refuses absolute paths, backslashes, NUL and any '..' escape
+        except CropStoreError as err:
+            raise ApiError(400, str(err)) from None
+        norm = posixpath.normpath(path)
+        folder = norm.split("/", 1)[0]
+        if who.cameras is not None and folder not in {safe_name(c) for c in who.cameras}:
+            raise ApiError(403, f"key {who.name!r} may not view crops of {folder!r}")
+        if not norm.endswith(".jpg"):
+            raise ApiError(404, f"no crop at {path!r}")
+        try:
+            data = crops.read_bytes(norm)
+        except CropStoreError:
+            raise ApiError(404, f"no crop at {path!r}") from None
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private"})
+
+    @app.get("/v1/cameras", summary="Cameras with stored tracks that this key may see")
+    def list_cameras(who: Caller) -> dict[str, object]:
+        return {"cameras": [c for c in live.cameras() if who.sees(c)]}
+
+    @app.get("/healthz", summary="Liveness and what is searchable now")
+    def healthz() -> dict[str, object]:
+        return {"status": "ok", **live.stats()}
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def serve_api(cfg: RefindConfig) -> None:
+    """Run the API with uvicorn on ``api.host``:``api.port`` until interrupted."""
+    import uvicorn
+
+    app = create_app(cfg)
+    if cfg.api.allow_anonymous and cfg.api.host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning("api.allow_anonymous on %s: anyone who can reach it sees every camera",
+                    cfg.api.host)
+    uvicorn.run(app, host=cfg.api.host, port=cfg.api.port, log_level="info")

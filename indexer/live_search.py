@@ -1,0 +1,177 @@
+"""Search a gallery that another process is still writing: one embedder, shards re-read per query.
+
+``LiveSearch`` holds the query embedder (loaded once) and a read-only ``ShardedGallery``. Before
+every query it picks up rows the writers committed since the last one (``refresh``), and reopens
+the shards when a new one has appeared. It is safe to call from many threads: the embedder and
+the gallery are each used by one thread at a time (the gallery by its own thread, since its
+SQLite connections belong to the thread that opened them), so one query's embedding overlaps
+another's FAISS search.
+
+Example:
+    >>> live = LiveSearch.from_config(load_config(None))                       # doctest: +SKIP
+    >>> result = live.search(ImageQuery(image=photo, k=5))                     # doctest: +SKIP
+    >>> result.hits[0].track_id, result.took_ms["embed"]                       # doctest: +SKIP
+    (3, 11.2)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from indexer.ingest import build_embedder
+from indexer.metadata import TrackSummary
+from indexer.search import SearchEngine
+from indexer.shards import ShardedGallery, existing_shards
+from models.base import ReidEmbedder
+from models.store import ModelStore
+from streaming.config import GalleryConfig, RefindConfig, SearchConfig
+from streaming.records import CropRecord, ImageQuery, TrackletHit
+
+T = TypeVar("T")
+
+
+class GalleryUnavailable(RuntimeError):
+    """No gallery has been written under the data directory yet."""
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Ranked tracklets of one query and the milliseconds each step took."""
+
+    hits: list[TrackletHit]
+    took_ms: dict[str, float] = field(default_factory=dict)
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1e3, 2)
+
+
+class LiveSearch:
+    """Image search, track and camera look-ups over the shards under ``data_dir``."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        gallery_cfg: GalleryConfig,
+        search_cfg: SearchConfig,
+        embedder: ReidEmbedder,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.gallery_cfg = gallery_cfg
+        self.search_cfg = search_cfg
+        self.embedder = embedder
+        self._embed_lock = threading.Lock()
+        # every gallery call runs on this one thread: SQLite connections are bound to theirs
+        self._gallery_thread = ThreadPoolExecutor(1, thread_name_prefix="live-gallery")
+        self._gallery: ShardedGallery | None = None
+        self._shard_dirs: list[Path] = []
+
+    @classmethod
+    def from_config(cls, cfg: RefindConfig) -> LiveSearch:
+        """Load the configured embedder (weights checked) for ``cfg.data_dir``'s gallery."""
+        embedder = build_embedder(cfg, ModelStore.from_config(cfg.models))
+        return cls(cfg.data_dir, cfg.gallery, cfg.search, embedder)
+
+    @property
+    def model_id(self) -> str:
+        return self.embedder.model_id
+
+    def _on_gallery_thread(self, fn: Callable[[], T]) -> T:
+        return self._gallery_thread.submit(fn).result()
+
+    def _current(self) -> ShardedGallery:
+        """The gallery with every committed row (call on the gallery thread)."""
+        dirs = existing_shards(self.data_dir)
+        if not dirs:
+            raise GalleryUnavailable(
+                f"no gallery in {self.data_dir} yet: run `refind ingest` or `refind serve` first"
+            )
+        if self._gallery is None or dirs != self._shard_dirs:
+            if self._gallery is not None:
+                self._gallery.close()
+                self._gallery = None
+            self._gallery = ShardedGallery.open(
+                self.data_dir, self.gallery_cfg, self.embedder.model_id, self.embedder.dim
+            )
+            self._shard_dirs = dirs
+        else:
+            self._gallery.refresh()
+        return self._gallery
+
+    def search(self, query: ImageQuery) -> SearchResult:
+        """Rank tracklets like the person in ``query.image``, within its filters."""
+        t0 = time.perf_counter()
+        with self._embed_lock:
+            vector = self.embedder([query.image]).vectors  # (1, D)
+        embed_ms = _ms(t0)
+
+        def run() -> SearchResult:
+            t = time.perf_counter()
+            gallery = self._current()
+            refresh_ms = _ms(t)
+            t = time.perf_counter()
+            hits = SearchEngine(self.search_cfg, self.embedder, gallery).search_vector(vector, query)
+            took = {"embed": embed_ms, "refresh": refresh_ms, "search": _ms(t), "total": _ms(t0)}
+            return SearchResult(hits, took)
+
+        return self._on_gallery_thread(run)
+
+    def track(self, camera: str, track_id: int) -> tuple[TrackSummary, list[CropRecord]] | None:
+        """A track's summary and its stored crops (time order), None if it is unknown."""
+
+        def run() -> tuple[TrackSummary, list[CropRecord]] | None:
+            gallery = self._current()
+            summary = gallery.track(camera, track_id)
+            if summary is None:
+                return None
+            crops: list[CropRecord] = []
+            for shard in gallery.shards:
+                # the track's time span narrows the look-up to its own crops and its neighbours'
+                ids = shard.metadata.ids_matching(
+                    (camera,), summary.start_ts_ns, summary.end_ts_ns, self.model_id
+                )
+                found = shard.metadata.crops_found(ids.tolist())
+                crops.extend(r for r in found.values() if r.track_id == track_id)
+            crops.sort(key=lambda r: (r.ts_ns, r.vector_id))
+            return summary, crops
+
+        return self._on_gallery_thread(run)
+
+    def cameras(self) -> list[str]:
+        """Cameras with at least one stored track, sorted."""
+
+        def run() -> list[str]:
+            gallery = self._current()
+            return sorted({c for shard in gallery.shards for c in shard.metadata.cameras()})
+
+        return self._on_gallery_thread(run)
+
+    def stats(self) -> dict[str, object]:
+        """What the health check reports: shards and vectors searchable now."""
+
+        def run() -> dict[str, object]:
+            try:
+                gallery = self._current()
+            except GalleryUnavailable:
+                return {"model_id": self.model_id, "shards": 0, "vectors": 0}
+            return {"model_id": self.model_id, "shards": len(gallery.shards),
+                    "vectors": len(gallery)}
+
+        return self._on_gallery_thread(run)
+
+    def close(self) -> None:
+        """Close the shards and stop the gallery thread."""
+
+        def run() -> None:
+            if self._gallery is not None:
+                self._gallery.close()
+                self._gallery = None
+
+        self._on_gallery_thread(run)
+        self._gallery_thread.shutdown()
