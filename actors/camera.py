@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,16 +32,23 @@ log = logging.getLogger(__name__)
 STATUS_EVERY_S = 5.0
 
 
-@dataclass
 class StageTimes:
-    """Seconds spent and items handled per stage, for utilisation figures."""
+    """Seconds spent and items handled per stage, for utilisation figures (thread-safe: the
+    camera loop adds while ``status`` reads)."""
 
-    seconds: dict[str, float] = field(default_factory=dict)
-    items: dict[str, int] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.seconds: dict[str, float] = {}
+        self.items: dict[str, int] = {}
 
     def add(self, stage: str, seconds: float, items: int = 1) -> None:
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
-        self.items[stage] = self.items.get(stage, 0) + items
+        with self._lock:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+            self.items[stage] = self.items.get(stage, 0) + items
+
+    def snapshot(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self.seconds)
 
 
 @dataclass
@@ -176,7 +183,7 @@ class CameraActor:
                 crops_stored=self._crops_stored,
                 events_published=self._out.published,
                 freshness_s=list(self._freshness),
-                stage_seconds=dict(self._times.seconds),
+                stage_seconds=self._times.snapshot(),
                 latency_p50_s=None if lat[0] is None else float(lat[0]),
                 latency_p95_s=None if lat[1] is None else float(lat[1]),
                 queue_depth=self._live.qsize(),

@@ -107,13 +107,14 @@ class EventConsumer:
 
 
 def tail_events(cfg: KafkaConfig, topic: str, group: str | None, max_events: int | None = None,
-                timeout_s: float | None = None, out: TextIO = sys.stdout) -> int:
+                timeout_s: float | None = None, out: TextIO | None = None) -> int:
     """Print one JSON line per event of ``topic`` (a kind like ``tracks`` or a full name).
 
     Stops after ``max_events`` events, or after ``timeout_s`` seconds without a new event, or
     never; returns the number printed. ``group`` None reads from the beginning without
     committing; a group resumes where it stopped.
     """
+    out = out or sys.stdout  # looked up now: sys.stdout may have been replaced since import
     name = resolve_topic(topic, cfg.topic_prefix)
     printed = 0
     last = time.monotonic()
