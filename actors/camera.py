@@ -24,6 +24,12 @@ from actors.pools import Pool, PoolEmbedder
 from models.appearance import BoxEmbedder
 from streaming.config import CameraConfig, RefindConfig
 from streaming.crops import CropSelector
+from streaming.events import (
+    CameraStatusEvent,
+    CropEvent,
+    DetectionEvent,
+    TrackEvent,
+)
 from streaming.records import Crop, CropRecord, Detections, Frame, Tracks
 from streaming.tracker import ByteTracker
 
@@ -33,18 +39,16 @@ STATUS_EVERY_S = 5.0
 
 
 class StageTimes:
-    """Seconds spent and items handled per stage, for utilisation figures (thread-safe: the
+    """Seconds spent per stage, for utilisation figures (thread-safe: the
     camera loop adds while ``status`` reads)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.seconds: dict[str, float] = {}
-        self.items: dict[str, int] = {}
 
-    def add(self, stage: str, seconds: float, items: int = 1) -> None:
+    def add(self, stage: str, seconds: float) -> None:
         with self._lock:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
-            self.items[stage] = self.items.get(stage, 0) + items
 
     def snapshot(self) -> dict[str, float]:
         with self._lock:
@@ -261,8 +265,8 @@ class CameraActor:
             self._writer.add.remote(crops, embeddings, self._id_offset)
         )
         now = time.time_ns()
-        self._times.add("embed", t1 - t0, len(crops))
-        self._times.add("write", time.perf_counter() - t1, len(crops))
+        self._times.add("embed", t1 - t0)
+        self._times.add("write", time.perf_counter() - t1)
         with self._lock:
             self._crops_stored += len(records)
         for rec in records:
@@ -282,8 +286,6 @@ class CameraActor:
     # -- events and metadata ----------------------------------------------------------------
 
     def _track_events(self, frame: Frame, tracks: Tracks, dets: Detections) -> None:
-        from streaming.events import DetectionEvent, TrackEvent
-
         if self._out.publish_detections and self._out.bus is not None and len(dets):
             self._out.publish(
                 DetectionEvent.from_detections(self._cam.name, frame.index, frame.ts_ns, dets)
@@ -303,21 +305,19 @@ class CameraActor:
             info["last_ts"] = frame.ts_ns
             info["box"] = box
             if started:
-                self._out.publish(self._track_event(TrackEvent, tid, info, "start"))
+                self._out.publish(self._track_event(tid, info, "start"))
                 self._upsert_track(tid, info, "active")
 
     def _end_track(self, tid: int) -> None:
-        from streaming.events import TrackEvent
-
         info = self._tracks.pop(tid, None)
         if info is not None:
             span = (tid + self._id_offset, info["first_ts"], info["last_ts"])
             self._writer.set_track_spans.remote(self._cam.name, [span])
-            self._out.publish(self._track_event(TrackEvent, tid, info, "end"))
+            self._out.publish(self._track_event(tid, info, "end"))
             self._upsert_track(tid, info, "ended")
 
-    def _track_event(self, cls: Any, tid: int, info: dict[str, Any], phase: str) -> Any:
-        return cls(
+    def _track_event(self, tid: int, info: dict[str, Any], phase: str) -> TrackEvent:
+        return TrackEvent(
             camera=self._cam.name,
             ts_ns=info["last_ts"],
             phase=phase,
@@ -332,8 +332,6 @@ class CameraActor:
         )
 
     def _crop_event(self, rec: CropRecord) -> None:
-        from streaming.events import CropEvent
-
         self._out.publish(CropEvent.from_record(rec))
 
     def _upsert_track(self, tid: int, info: dict[str, Any], state: str) -> None:
@@ -350,8 +348,7 @@ class CameraActor:
         """Camera state and counters to Redis and the camera-status topic (on every change of
         state, and every STATUS_EVERY_S while the camera runs)."""
         self._status_at = time.monotonic()
-        from indexer.redis_meta import CameraCounters
-        from streaming.events import CameraStatusEvent
+        from indexer.redis_meta import CameraCounters  # redis is an optional extra
 
         state = str(getattr(status.state, "value", status.state))
         counters = CameraCounters(status.frames_in, status.frames_dropped, status.reconnects)

@@ -41,10 +41,9 @@ USER_ERRORS = (
 )
 
 
-def open_gallery(cfg: RefindConfig, embedder: ReidEmbedder, *, write: bool) -> GalleryStore:
-    return GalleryStore(
-        cfg.data_dir / "gallery", cfg.gallery, embedder.model_id, embedder.dim, read_only=not write
-    )
+def open_gallery(cfg: RefindConfig, embedder: ReidEmbedder) -> GalleryStore:
+    """The gallery an ingest writes (shard 0, the single-writer layout)."""
+    return GalleryStore(cfg.data_dir / "gallery", cfg.gallery, embedder.model_id, embedder.dim)
 
 
 def run_ingest(
@@ -56,7 +55,7 @@ def run_ingest(
         total = min(total, cfg.ingest.max_frames)
     crops = CropStore.from_config(cfg)
     with (
-        open_gallery(cfg, pipeline.embedder, write=True) as gallery,
+        open_gallery(cfg, pipeline.embedder) as gallery,
         tqdm(
             total=total, unit="frame", desc=f"ingest {source.camera}", disable=quiet,
             file=sys.stderr,

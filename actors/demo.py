@@ -16,10 +16,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from actors.commands import format_hits, open_gallery, run_ingest
+from actors.commands import format_hits, run_ingest
 from indexer.blobs import CropStore
 from indexer.ingest import IngestPipeline, crop_box
 from indexer.search import SearchEngine
+from indexer.shards import ShardedGallery
 from models.store import ModelFile, ModelSpec, ModelStore
 from streaming.config import RefindConfig
 from streaming.records import ImageQuery, TrackletHit
@@ -174,7 +175,8 @@ def run_demo(
     cv2.imwrite(str(query_path), pick.image)
     say(f"query: person at {[round(v) for v in pick.xyxy]} in frame {pick.frame_index} -> {query_path}")
     crops = CropStore.from_config(cfg)
-    with open_gallery(cfg, pipeline.embedder, write=False) as gallery:
+    emb = pipeline.embedder
+    with ShardedGallery.open(cfg.data_dir, cfg.gallery, emb.model_id, emb.dim) as gallery:
         hits = SearchEngine(cfg.search, pipeline.embedder, gallery).search_image(
             ImageQuery(image=pick.image, k=k)
         )

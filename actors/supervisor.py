@@ -27,7 +27,7 @@ from actors.runtime import init_ray
 from actors.writer import IndexWriterActor
 from indexer.metadata import TrackSummary
 from indexer.search import SearchEngine
-from indexer.shards import shard_of
+from indexer.shards import merge_shard_hits, shard_of
 from streaming.config import CameraConfig, RefindConfig
 from streaming.records import CropRecord, ImageQuery, TrackletHit
 
@@ -48,11 +48,7 @@ class _WriterGallery:
             w.search.remote(vectors, k_crops, cameras, start_ts_ns, end_ts_ns)
             for w in self._writers
         ]
-        merged = []
-        for rows in zip(*ray.get(refs), strict=True):
-            hits = sorted((h for row in rows for h in row), key=lambda h: h[1], reverse=True)
-            merged.append(hits[:k_crops])
-        return merged
+        return merge_shard_hits(ray.get(refs), k_crops)
 
     def track(self, camera: str, track_id: int) -> TrackSummary | None:
         for found in ray.get([w.track.remote(camera, track_id) for w in self._writers]):

@@ -46,7 +46,7 @@ def whole_ingest(pipeline: IngestPipeline, cfg: RefindConfig, video: Path) -> di
     with tempfile.TemporaryDirectory() as tmp:
         run_cfg = cfg.model_copy(update={"data_dir": Path(tmp)})
         crops = CropStore(Path(tmp) / "crops")
-        with open_gallery(run_cfg, pipeline.embedder, write=True) as gallery:
+        with open_gallery(run_cfg, pipeline.embedder) as gallery:
             report = pipeline.run(VideoSource(video, camera="bench"), gallery, crops)
     return report.to_json()
 

@@ -30,8 +30,9 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+from actors.runtime import init_ray, shutdown_ray  # noqa: E402
 from actors.supervisor import Supervisor  # noqa: E402
-from streaming.config import parse_config  # noqa: E402
+from streaming.config import RayConfig, parse_config  # noqa: E402
 
 PETS = REPO / "../shared/data/pets09-s2l1/vtest.avi"
 
@@ -113,9 +114,7 @@ def main() -> None:
     args = parser.parse_args()
     if not PETS.is_file():
         raise SystemExit(f"PETS clip not found: {PETS}")
-    import ray
-
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    init_ray(RayConfig(num_cpus=os.cpu_count()))
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         clip = make_720p_clip(Path(tmp))
@@ -130,7 +129,7 @@ def main() -> None:
     at_best = next((r for r in results if r["cameras"] == best), None)
     print(json.dumps({
         "benchmark": "live_streams",
-        "stream": "1280x720 H.264, 10 fps source, analysed at %g fps" % args.fps,
+        "stream": f"1280x720 H.264, 10 fps source, analysed at {args.fps:g} fps",
         "max_sustained_cameras": best,
         "target_cameras": 4,
         "freshness_p95_s_at_max": at_best["freshness_s"]["p95"] if at_best else None,
@@ -139,7 +138,7 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
     }, indent=2))
-    ray.shutdown()
+    shutdown_ray()
 
 
 if __name__ == "__main__":

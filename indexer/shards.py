@@ -32,6 +32,17 @@ def shard_of(camera: str, n_shards: int) -> int:
     return zlib.crc32(camera.encode()) % n_shards
 
 
+def merge_shard_hits(
+    per_shard: Sequence[list[list[tuple[CropRecord, float]]]], k_crops: int
+) -> list[list[tuple[CropRecord, float]]]:
+    """Per query, the ``k_crops`` best hits over all shards' answers, best first."""
+    merged = []
+    for rows in zip(*per_shard, strict=True):
+        hits = sorted((hit for row in rows for hit in row), key=lambda h: h[1], reverse=True)
+        merged.append(hits[:k_crops])
+    return merged
+
+
 def existing_shards(data_dir: Path) -> list[Path]:
     found = [p for p in sorted(data_dir.glob("gallery*")) if (p / "metadata.sqlite3").exists()]
     return found
@@ -78,12 +89,7 @@ class ShardedGallery:
         per_shard = [
             s.search(query_vectors, k_crops, cameras, start_ts_ns, end_ts_ns) for s in self.shards
         ]
-        merged = []
-        for rows in zip(*per_shard, strict=True):
-            hits = [hit for row in rows for hit in row]
-            hits.sort(key=lambda h: h[1], reverse=True)
-            merged.append(hits[:k_crops])
-        return merged
+        return merge_shard_hits(per_shard, k_crops)
 
     def track(self, camera: str, track_id: int) -> TrackSummary | None:
         for s in self.shards:
