@@ -7,7 +7,8 @@ A model runner is a plain class: ``__init__`` loads, ``__call__`` runs one batch
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -35,6 +36,123 @@ class ReidEmbedder(Protocol):
     dim: int
 
     def __call__(self, crops: Sequence[np.ndarray]) -> Embeddings: ...
+
+
+# The six query tasks of an instruction-editable (IRM-style) ReID model.
+Task = Literal[
+    "reid",  # a person photo, clothes as they are
+    "clothes_change",  # a person photo + "ignore clothes": body, hair, build
+    "clothes_template",  # a garment photo (optionally + a person photo): people wearing it
+    "attribute_text",  # a person photo + attribute text ("now wearing a black jacket")
+    "visible_infrared",  # an infrared / greyscale query against colour footage, or the reverse
+    "text",  # text alone ("young man, white t-shirt, blue jeans, backpack")
+]
+TASKS: tuple[str, ...] = (
+    "reid", "clothes_change", "clothes_template", "attribute_text", "visible_infrared", "text",
+)
+
+
+@runtime_checkable
+class InstructableEmbedder(ReidEmbedder, Protocol):
+    """A ReID embedder whose queries may carry an instruction (Instruct-ReID's IRM).
+
+    ``__call__`` encodes gallery crops once, with no task; ``embed_query`` encodes a query for one
+    task into the same space, so a task acts on the query side only.
+    """
+
+    def embed_query(
+        self,
+        crops: Sequence[np.ndarray],
+        task: Task = "reid",
+        instruction: str | np.ndarray | None = None,
+    ) -> Embeddings:
+        """(n,) query crops + one instruction (text, or a BGR image for clothes templates)."""
+        ...
+
+    def embed_text(self, texts: Sequence[str]) -> Embeddings:
+        """Text-only queries (task "text") into the gallery space."""
+        ...
+
+
+@runtime_checkable
+class TextEncoder(Protocol):
+    """Maps sentences to unit vectors, (n, dim) float32."""
+
+    model_id: str
+    dim: int
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+ATTRIBUTE_NAMES: tuple[str, ...] = (
+    "is_male", "has_bag", "has_backpack", "has_hat",
+    "has_longsleeves", "has_longpants", "has_longhair", "has_coat_jacket",
+)
+
+
+@dataclass(frozen=True)
+class PersonAttributes:
+    """Attributes of n person crops.
+
+    probs: (n, 8) float32 in [0, 1], columns in ``ATTRIBUTE_NAMES`` order; top_bgr, bottom_bgr:
+    (n, 3) uint8 clothing colours sampled where the model points; top_colour, bottom_colour: the
+    colour names of those samples (``models.colours.COLOUR_NAMES``).
+    """
+
+    probs: np.ndarray
+    top_bgr: np.ndarray
+    bottom_bgr: np.ndarray
+    top_colour: tuple[str, ...]
+    bottom_colour: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return int(self.probs.shape[0])
+
+
+@runtime_checkable
+class AttributeModel(Protocol):
+    """Person attributes and clothing colours for a batch of BGR crops."""
+
+    model_id: str
+
+    def __call__(self, crops: Sequence[np.ndarray]) -> PersonAttributes: ...
+
+
+@dataclass(frozen=True)
+class Region:
+    """One candidate person for a re-ranker: its crop and where it stood in its frame.
+
+    crop: (h, w, 3) uint8 BGR; xyxy: the box in frame pixels; frame_wh: the frame's size, so
+    positions ("leftmost", "near the edge") can be judged; group: regions with the same group
+    come from the same frame (relations such as "next to" hold only within a group).
+    """
+
+    crop: np.ndarray = field(repr=False)
+    xyxy: tuple[float, float, float, float]
+    frame_wh: tuple[int, int]
+    group: int = 0
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    """Scores for n regions against one expression.
+
+    scores: (n,) float32 in [0, 1]; selected: (n,) bool, possibly all False (nobody matches) or
+    several True; reasons: one short human-readable reason per region.
+    """
+
+    scores: np.ndarray
+    selected: np.ndarray
+    reasons: tuple[str, ...]
+
+
+@runtime_checkable
+class Reranker(Protocol):
+    """Scores candidate people against a referring expression (RexSeek-style)."""
+
+    name: str
+
+    def __call__(self, expression: str, regions: Sequence[Region]) -> RerankResult: ...
 
 
 def check_bgr_image(image: np.ndarray, what: str) -> None:
