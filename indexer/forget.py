@@ -4,7 +4,8 @@
 track's rows from SQLite and its vectors from the FAISS index (``GalleryStore.remove_track``,
 saved at once), records the track in ``forgotten_tracks`` so that a replayed event or a late crop
 is refused, then deletes the crop files, the Redis track metadata (when metadata is in Redis) and
-publishes a ``ForgetEvent`` tombstone on ``<prefix>.forget`` (when Kafka is enabled). SQLite goes
+writes a ``ForgetEvent`` tombstone to the local journal and on ``<prefix>.forget`` (when Kafka is
+enabled). Every index version's shards are reached (``indexer.versions``). SQLite goes
 first: a crash part way leaves at most orphan files, never a row that points at nothing.
 
 Example:
@@ -24,8 +25,9 @@ from typing import TYPE_CHECKING
 
 from indexer.blobs import CropStore
 from indexer.gallery_store import GalleryStore
+from indexer.journal import EventJournal, journal_dir
 from indexer.metadata import SqliteMetadata
-from indexer.shards import existing_shards
+from indexer.versions import all_version_shards
 from streaming.bus import EventBus
 from streaming.config import RefindConfig
 from streaming.events import ForgetEvent
@@ -110,7 +112,7 @@ def forget_track(
     ``bus``/``redis``: open clients to use; by default they are made from ``cfg`` when Kafka is
     enabled and metadata is in Redis. Forgetting a forgotten track again deletes what is left.
     """
-    shards = existing_shards(cfg.data_dir)
+    shards = all_version_shards(cfg.data_dir)  # every index version holds the crop
     known = {s: _known(s, camera, track_id) for s in shards}
     if not any(has or gone for has, gone in known.values()):
         raise UnknownTrackError(
@@ -124,8 +126,9 @@ def forget_track(
         removed: list[CropRecord] = []
         for store in model_stores(cfg, shard):
             removed += store.remove_track(camera, track_id, forget=True)
-        if removed:
-            vector_ids[shard_number(shard)] = tuple(sorted(r.vector_id for r in removed))
+        if removed:  # a crop keeps its id in every version: one list per shard number
+            n = shard_number(shard)
+            vector_ids[n] = tuple(sorted({*vector_ids.get(n, ()), *(r.vector_id for r in removed)}))
         deleted += delete_files(crops, removed)
     redis_removed = _forget_in_redis(cfg, camera, track_id, vector_ids, redis)
     published = _publish(cfg, camera, track_id, vector_ids, reason, bus)
@@ -150,12 +153,14 @@ def _forget_in_redis(cfg: RefindConfig, camera: str, track_id: int,
 
 def _publish(cfg: RefindConfig, camera: str, track_id: int,
              vector_ids: dict[int, tuple[int, ...]], reason: str, bus: EventBus | None) -> bool:
-    if bus is None and not cfg.kafka.enabled:
-        return False
     event = ForgetEvent(
         camera=camera, ts_ns=time.time_ns(), track_id=track_id,
         vector_ids=tuple(sorted(v for ids in vector_ids.values() for v in ids)), reason=reason,
     )
+    # the local journal too: a rebuild from it must keep the track forgotten
+    EventJournal(journal_dir(cfg.data_dir)).append([event])
+    if bus is None and not cfg.kafka.enabled:
+        return False
     own = bus is None
     client = EventBus(cfg.kafka) if own else bus
     try:

@@ -5,9 +5,10 @@ indexes keep ids themselves; every other kind is wrapped in ``IndexIDMap2`` (whi
 ``reconstruct`` by id). Indexes that need training (IVF, PQ, SQ) buffer vectors, answer searches
 exactly over the buffer, and train once enough have arrived.
 
-Filters are applied inside the search with an ``IDSelectorBatch`` in the kind's own search
-parameters, with the search effort (nprobe, efSearch) scaled by 1/selectivity so that a narrow
-filter still fills k; rows that still come back short are completed exhaustively.
+Filters are applied inside the search with an ``IDSelectorBitmap`` (``IDSelectorBatch`` for ids
+far apart) in the kind's own search parameters, with the search effort (nprobe, efSearch) scaled
+by 1/selectivity so that a narrow filter still fills k; rows that still come back short are
+completed exhaustively.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 _DEFAULT_TRAIN_NON_IVF = 40 * 256  # PQ/SQ without IVF: 40 points per PQ centroid (256 of them)
 _EXACT_CHUNK = 65_536  # vectors reconstructed at a time by the exact path
+_BITMAP_MAX_BITS = 1 << 24  # filters over ids below this use a bitmap selector (2 MiB at most)
 
 
 def _unwrap(index: faiss.Index) -> faiss.Index:
@@ -211,8 +213,11 @@ class FaissGallery:
             raise ValueError(f"k must be >= 1, got {k}")
         allowed = None
         if allowed_ids is not None:
-            allowed = np.unique(np.asarray(allowed_ids, np.int64).reshape(-1))
-            allowed = np.setdiff1d(allowed, self._removed, assume_unique=True)
+            allowed = np.asarray(allowed_ids, np.int64).reshape(-1)
+            if allowed.size > 1 and not (np.diff(allowed) > 0).all():  # sorted unique: as is
+                allowed = np.unique(allowed)
+            if self._removed.size:
+                allowed = np.setdiff1d(allowed, self._removed, assume_unique=True)
         if not self.is_trained:
             return self._search_buffer(q, k, allowed)
         if allowed is not None and allowed.size == 0:
@@ -373,6 +378,13 @@ class FaissGallery:
 
     def _selector(self, allowed: np.ndarray | None) -> list[faiss.IDSelector]:
         """[selector, *objects it points to] (kept alive by the caller), or [] for no filter."""
+        if allowed is not None and allowed.size and allowed[0] >= 0 and allowed[-1] < max(
+            _BITMAP_MAX_BITS, 64 * allowed.size
+        ):  # one bit per id up to the largest: built and probed faster than a hash set
+            bits = np.zeros(int(allowed[-1]) + 1, bool)
+            bits[allowed] = True
+            bitmap = np.packbits(bits, bitorder="little")
+            return [faiss.IDSelectorBitmap(bitmap.size, faiss.swig_ptr(bitmap)), bitmap]
         if allowed is not None:
             return [faiss.IDSelectorBatch(allowed)]
         if self._removed.size:

@@ -37,8 +37,10 @@ from types import TracebackType
 import numpy as np
 
 from indexer.gallery import FaissGallery
+from indexer.journal import EventJournal
 from indexer.metadata import SqliteMetadata, TrackSummary
 from streaming.config import GalleryConfig
+from streaming.events import CropEvent, TrackEvent
 from streaming.records import CropRecord, Embeddings
 
 log = logging.getLogger(__name__)
@@ -101,7 +103,8 @@ class GalleryStore:
     """The searchable gallery of one model: SQLite metadata plus its FAISS index.
 
     A writer holds ``data_dir/gallery.lock``; ``read_only=True`` opens without the lock (searches
-    only; ``refresh()`` picks up rows a writer committed since).
+    only; ``refresh()`` picks up rows a writer committed since). With a ``journal``, every crop
+    added and every track span is also appended to it as an event, before SQLite commits.
 
     Example:
         >>> with GalleryStore(Path(".refind"), GalleryConfig(), "reid-0277", 256) as store:  # doctest: +SKIP
@@ -118,6 +121,7 @@ class GalleryStore:
         dim: int,
         *,
         read_only: bool = False,
+        journal: EventJournal | None = None,
     ) -> None:
         if not model_id:
             raise ValueError("GalleryStore needs a model_id")
@@ -126,6 +130,7 @@ class GalleryStore:
         self._model_id = model_id
         self._dim = dim
         self._read_only = read_only
+        self._journal = journal  # the durable record of what is stored (indexer.journal)
         self._stale = False
         self._lock_fd: int | None = None
         self._meta: SqliteMetadata | None = None
@@ -184,6 +189,12 @@ class GalleryStore:
     def set_track_spans(self, camera: str, spans: list[tuple[int, int, int]]) -> None:
         """Record when the tracker saw tracks: (track_id, first_ts_ns, last_ts_ns)."""
         self._check_writable()
+        if self._journal is not None:
+            self._journal.append([
+                TrackEvent(camera=camera, ts_ns=b, phase="end", track_id=t, first_ts_ns=a,
+                           last_ts_ns=b, last_box=(0.0, 0.0, 0.0, 0.0))
+                for t, a, b in spans
+            ])
         self.metadata.set_track_spans(camera, spans)
 
     def max_track_id(self, camera: str) -> int:
@@ -202,6 +213,8 @@ class GalleryStore:
             )
         if len(embeddings) and embeddings.dim != self._dim:
             raise ValueError(f"embeddings have dim {embeddings.dim}, the gallery has {self._dim}")
+        if self._journal is not None:  # the record first: it may hold more than SQLite, not less
+            self._journal.append([CropEvent.from_record(r) for r in records])
         kept = self.metadata.add(records, embeddings)
         ids = np.array([r.vector_id for r in records], np.int64)[kept]
         try:
@@ -287,8 +300,10 @@ class GalleryStore:
         cameras: tuple[str, ...] = (),
         start_ts_ns: int | None = None,
         end_ts_ns: int | None = None,
+        min_track_s: float | None = None,
     ) -> list[list[tuple[CropRecord, float]]]:
-        """Per query, up to ``k_crops`` (crop, cosine score) best first, within the filters."""
+        """Per query, up to ``k_crops`` (crop, cosine score) best first, within the filters
+        (``min_track_s``: only crops of tracks seen at least that long)."""
         if isinstance(query_vectors, Embeddings):
             if query_vectors.model_id != self._model_id:
                 raise ValueError(
@@ -299,9 +314,10 @@ class GalleryStore:
         if start_ts_ns is not None and end_ts_ns is not None and start_ts_ns > end_ts_ns:
             raise ValueError(f"time window is the wrong way round: {start_ts_ns} > {end_ts_ns}")
         allowed = None
-        if cameras or start_ts_ns is not None or end_ts_ns is not None:
+        min_track_ns = int(min_track_s * 1e9) if min_track_s else None
+        if cameras or start_ts_ns is not None or end_ts_ns is not None or min_track_ns:
             allowed = self.metadata.ids_matching(
-                tuple(cameras), start_ts_ns, end_ts_ns, self._model_id
+                tuple(cameras), start_ts_ns, end_ts_ns, self._model_id, min_track_ns
             )
             allowed = allowed[allowed <= self._gallery.max_id]  # newer rows are not indexed yet
         scores, ids = self._gallery.search(query_vectors, k_crops, allowed)
@@ -312,6 +328,27 @@ class GalleryStore:
              if int(i) in records]
             for s_row, i_row in zip(scores, ids, strict=True)
         ]
+
+    def recent_tracks(
+        self,
+        limit: int,
+        cameras: tuple[str, ...] = (),
+        start_ts_ns: int | None = None,
+        end_ts_ns: int | None = None,
+        min_track_s: float | None = None,
+    ) -> list[tuple[int, TrackSummary]]:
+        """(last crop ts_ns in the filters, summary) of at most ``limit`` tracks with crops of
+        this model within the filters, most recently seen first."""
+        min_track_ns = int(min_track_s * 1e9) if min_track_s else None
+        found = self.metadata.recent_tracks(
+            tuple(cameras), start_ts_ns, end_ts_ns, self._model_id, min_track_ns, limit
+        )
+        out = []
+        for camera, track_id, last_ts in found:
+            summary = self.metadata.track(camera, track_id)
+            if summary is not None:  # removed by a writer meanwhile
+                out.append((last_ts, summary))
+        return out
 
     def close(self) -> None:
         """Close SQLite and release the writer lock (the index is not saved: call save())."""

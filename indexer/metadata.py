@@ -95,6 +95,41 @@ def _record(row: tuple) -> CropRecord:
     )
 
 
+# A track's span as ``SqliteMetadata.track`` reports it: its crops, widened by the tracker's span.
+_TRACK_SPAN_NS = (
+    "(MAX(t.end_ts_ns, COALESCE(s.last_ts_ns, t.end_ts_ns)) "
+    "- MIN(t.start_ts_ns, COALESCE(s.first_ts_ns, t.start_ts_ns)))"
+)
+
+
+def _crop_filter(
+    cameras: tuple[str, ...],
+    start_ts_ns: int | None,
+    end_ts_ns: int | None,
+    model_id: str,
+    min_track_ns: int | None,
+) -> tuple[str, list[object]]:
+    """SQL condition on ``crops`` rows for the search filters, and its arguments."""
+    where, args = ["model_id = ?"], [model_id]
+    if cameras:
+        where.append(f"camera IN ({','.join('?' * len(cameras))})")
+        args.extend(cameras)
+    if start_ts_ns is not None:
+        where.append("ts_ns >= ?")
+        args.append(int(start_ts_ns))
+    if end_ts_ns is not None:
+        where.append("ts_ns <= ?")
+        args.append(int(end_ts_ns))
+    if min_track_ns is not None and min_track_ns > 0:
+        where.append(
+            "EXISTS (SELECT 1 FROM tracks t LEFT JOIN track_spans s ON s.camera = t.camera "
+            "AND s.track_id = t.track_id WHERE t.camera = crops.camera AND t.track_id = "
+            f"crops.track_id AND {_TRACK_SPAN_NS} >= ?)"
+        )
+        args.append(int(min_track_ns))
+    return " AND ".join(where), args
+
+
 def _check_batch(records: list[CropRecord], vectors: Embeddings) -> None:
     if len(records) != len(vectors):
         raise ValueError(f"{len(records)} records but {len(vectors)} vectors")
@@ -107,6 +142,14 @@ def _check_batch(records: list[CropRecord], vectors: Embeddings) -> None:
     ids = np.array([r.vector_id for r in records], np.int64)
     if ids.size and (ids[0] < 0 or np.any(np.diff(ids) <= 0)):
         raise ValueError(f"vector ids must be >= 0 and increasing, got {ids[:5].tolist()}...")
+
+
+def _check_batch_models(records: list[CropRecord], vectors: Embeddings) -> None:
+    if len(records) != len(vectors):
+        raise ValueError(f"{len(records)} records but {len(vectors)} vectors")
+    bad = [r.vector_id for r in records if r.model_id != vectors.model_id]
+    if bad:
+        raise ValueError(f"records {bad[:5]} are not of model {vectors.model_id!r}")
 
 
 class SqliteMetadata:
@@ -293,20 +336,31 @@ class SqliteMetadata:
         start_ts_ns: int | None,
         end_ts_ns: int | None,
         model_id: str,
+        min_track_ns: int | None = None,
     ) -> np.ndarray:
-        """Sorted (n,) int64 ids of ``model_id`` from ``cameras`` (all if empty) in the window."""
-        where, args = ["model_id = ?"], [model_id]
-        if cameras:
-            where.append(f"camera IN ({','.join('?' * len(cameras))})")
-            args.extend(cameras)
-        if start_ts_ns is not None:
-            where.append("ts_ns >= ?")
-            args.append(int(start_ts_ns))
-        if end_ts_ns is not None:
-            where.append("ts_ns <= ?")
-            args.append(int(end_ts_ns))
-        sql = f"SELECT vector_id FROM crops WHERE {' AND '.join(where)} ORDER BY vector_id"
-        return np.fromiter((r[0] for r in self._conn.execute(sql, args)), np.int64)
+        """Sorted (n,) int64 ids of ``model_id`` from ``cameras`` (all if empty) in the window,
+        of tracks spanning at least ``min_track_ns`` (as ``track`` reports their span)."""
+        where, args = _crop_filter(cameras, start_ts_ns, end_ts_ns, model_id, min_track_ns)
+        # One string of ids parsed in C: ~3x faster than a Python step per row (100k+ rows).
+        sql = f"SELECT group_concat(vector_id) FROM crops WHERE {where}"
+        text = self._conn.execute(sql, args).fetchone()[0] or ""
+        return np.sort(np.fromstring(text, np.int64, sep=","))
+
+    def recent_tracks(
+        self,
+        cameras: tuple[str, ...],
+        start_ts_ns: int | None,
+        end_ts_ns: int | None,
+        model_id: str,
+        min_track_ns: int | None = None,
+        limit: int = 1000,
+    ) -> list[tuple[str, int, int]]:
+        """(camera, track_id, last crop ts_ns) of tracks with crops within the filters (as
+        ``ids_matching``), most recently seen first, at most ``limit``."""
+        where, args = _crop_filter(cameras, start_ts_ns, end_ts_ns, model_id, min_track_ns)
+        sql = (f"SELECT camera, track_id, MAX(ts_ns) AS last FROM crops WHERE {where} "
+               "GROUP BY camera, track_id ORDER BY last DESC, camera, track_id LIMIT ?")
+        return [(c, int(t), int(ts)) for c, t, ts in self._conn.execute(sql, [*args, int(limit)])]
 
     def set_track_spans(self, camera: str, spans: Iterable[tuple[int, int, int]]) -> None:
         """Record (track_id, first_ts_ns, last_ts_ns) of tracks as the tracker saw them."""
@@ -422,3 +476,99 @@ class SqliteMetadata:
     def cameras(self) -> list[str]:
         """Cameras with at least one stored track, sorted."""
         return [r[0] for r in self._conn.execute("SELECT DISTINCT camera FROM tracks ORDER BY 1")]
+
+    # -- copies: re-index and rebuild write rows under ids chosen elsewhere ------------------
+
+    def add_copies(self, records: list[CropRecord], vectors: Embeddings) -> int:
+        """Store rows whose ids were chosen elsewhere (a re-index keeps each crop's id); one
+        transaction, ids already stored or of forgotten tracks are skipped. Returns rows added.
+
+        Idempotent: committing the same batch twice stores it once (``vector_id`` is the key).
+        """
+        _check_batch_models(records, vectors)
+        if not records:
+            return 0
+        vecs = vectors.vectors.astype("<f4", copy=False)
+        with self._transaction():
+            forgotten = self._forgotten_among({(r.camera, int(r.track_id)) for r in records})
+            rows = [
+                (r.vector_id, r.camera, int(r.track_id), int(r.frame_index), int(r.ts_ns),
+                 *(float(v) for v in r.xyxy), float(r.confidence), float(r.quality), r.crop_path,
+                 r.model_id, vectors.dim, vecs[i].tobytes())
+                for i, r in enumerate(records) if (r.camera, int(r.track_id)) not in forgotten
+            ]
+            before = self._conn.total_changes
+            self._conn.executemany(
+                f"INSERT OR IGNORE INTO crops ({_CROP_COLUMNS}, dim, vector) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            added = self._conn.total_changes - before
+            tracks = sorted({(r.camera, int(r.track_id)) for r in records} - forgotten)
+            self._conn.executemany(_REFRESH_TRACK, tracks)
+        return added
+
+    def vector_ids(self, model_id: str) -> np.ndarray:
+        """Sorted (n,) int64 ids of every row of ``model_id``."""
+        return np.fromiter((r[0] for r in self._conn.execute(
+            "SELECT vector_id FROM crops WHERE model_id = ? ORDER BY vector_id", (model_id,)
+        )), np.int64)
+
+    def remove_ids(self, vector_ids: Iterable[int]) -> int:
+        """Delete rows by id (one transaction), recompute their tracks; returns rows deleted."""
+        ids = sorted({int(v) for v in vector_ids})
+        if not ids:
+            return 0
+        with self._transaction():
+            tracks: set[tuple[str, int]] = set()
+            for start in range(0, len(ids), _IN_CHUNK):
+                chunk = ids[start : start + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                tracks |= set(self._conn.execute(
+                    f"SELECT camera, track_id FROM crops WHERE vector_id IN ({marks})", chunk
+                ).fetchall())
+                self._conn.execute(f"DELETE FROM crops WHERE vector_id IN ({marks})", chunk)
+            self._conn.execute(
+                "UPDATE vector_id_floor SET next_vector_id = MAX(next_vector_id, ?)", (ids[-1] + 1,)
+            )
+            self._conn.executemany("DELETE FROM tracks WHERE camera = ? AND track_id = ?",
+                                   sorted(tracks))
+            self._conn.executemany(_REFRESH_TRACK, sorted(tracks))
+        return len(ids)
+
+    def raise_id_floor(self, next_vector_id: int) -> None:
+        """Never hand out ids below ``next_vector_id`` (a copy keeps its source's id space)."""
+        with self._transaction():
+            self._conn.execute(
+                "UPDATE vector_id_floor SET next_vector_id = MAX(next_vector_id, ?)",
+                (int(next_vector_id),),
+            )
+
+    def track_spans(self) -> list[tuple[str, int, int, int]]:
+        """Every recorded (camera, track_id, first_ts_ns, last_ts_ns)."""
+        return [tuple(r) for r in self._conn.execute(  # type: ignore[misc]
+            "SELECT camera, track_id, first_ts_ns, last_ts_ns FROM track_spans ORDER BY 1, 2"
+        )]
+
+    def forgotten(self) -> list[tuple[str, int, int]]:
+        """Every forgotten (camera, track_id, forgotten_ns)."""
+        return [tuple(r) for r in self._conn.execute(  # type: ignore[misc]
+            "SELECT camera, track_id, forgotten_ns FROM forgotten_tracks ORDER BY 1, 2"
+        )]
+
+    def mark_forgotten(self, tracks: Iterable[tuple[str, int, int]]) -> int:
+        """Record (camera, track_id, forgotten_ns) as forgotten and delete their rows and spans;
+        returns the rows deleted. Used when copying a gallery: its tombstones come along."""
+        tracks = [(c, int(t), int(ns)) for c, t, ns in tracks]
+        ids = [r[0] for c, t, _ in tracks for r in self._conn.execute(
+            "SELECT vector_id FROM crops WHERE camera = ? AND track_id = ?", (c, t)
+        )]
+        removed = self.remove_ids(ids)
+        with self._transaction():
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO forgotten_tracks (camera, track_id, forgotten_ns) "
+                "VALUES (?, ?, ?)", tracks,
+            )
+            self._conn.executemany("DELETE FROM track_spans WHERE camera = ? AND track_id = ?",
+                                   [(c, t) for c, t, _ in tracks])
+        return removed

@@ -17,7 +17,7 @@ import time
 
 from indexer.blobs import CropStore
 from indexer.forget import delete_files, model_stores
-from indexer.shards import existing_shards
+from indexer.versions import all_version_shards
 from streaming.config import RefindConfig
 from streaming.records import CropRecord
 
@@ -40,7 +40,7 @@ def enforce_retention(cfg: RefindConfig, now_ns: int | None = None) -> dict[str,
     crops = CropStore.from_config(cfg)
     per_camera: dict[str, int] = {}
     files = 0
-    for shard in existing_shards(cfg.data_dir):
+    for shard in all_version_shards(cfg.data_dir):  # every index version
         removed: list[CropRecord] = []
         for store in model_stores(cfg, shard):
             for camera in store.metadata.cameras():

@@ -85,11 +85,27 @@ class ShardedGallery:
         cameras: tuple[str, ...] = (),
         start_ts_ns: int | None = None,
         end_ts_ns: int | None = None,
+        min_track_s: float | None = None,
     ) -> list[list[tuple[CropRecord, float]]]:
         per_shard = [
-            s.search(query_vectors, k_crops, cameras, start_ts_ns, end_ts_ns) for s in self.shards
+            s.search(query_vectors, k_crops, cameras, start_ts_ns, end_ts_ns, min_track_s)
+            for s in self.shards
         ]
         return merge_shard_hits(per_shard, k_crops)
+
+    def recent_tracks(
+        self,
+        limit: int,
+        cameras: tuple[str, ...] = (),
+        start_ts_ns: int | None = None,
+        end_ts_ns: int | None = None,
+        min_track_s: float | None = None,
+    ) -> list[tuple[int, TrackSummary]]:
+        """The ``limit`` most recently seen tracks over all shards (``GalleryStore``'s)."""
+        found = [t for s in self.shards
+                 for t in s.recent_tracks(limit, cameras, start_ts_ns, end_ts_ns, min_track_s)]
+        found.sort(key=lambda t: (-t[0], t[1].camera, t[1].track_id))
+        return found[:limit]
 
     def track(self, camera: str, track_id: int) -> TrackSummary | None:
         for s in self.shards:
