@@ -2,8 +2,14 @@
 
 Endpoints (``api.host``:``api.port``; every ``/v1`` call needs an ``X-API-Key`` header):
 - ``POST /v1/search/image``: multipart ``image`` plus optional form fields ``k``, ``cameras``
-  (comma list), ``since``/``until`` (seconds) and ``box`` (``x1,y1,x2,y2``); returns ranked
-  ``hits`` (each with ``thumbnail_url`` and ``reason``) and ``took_ms``. Audited.
+  (comma list), ``since``/``until`` (seconds), ``box`` (``x1,y1,x2,y2``), ``min_track_s``,
+  ``instruction`` (text) or an ``instruction_image`` file (a garment), ``task`` and ``rerank``;
+  returns ranked ``hits`` (each with ``thumbnail_url``, ``reason`` and ``reasons``), ``message``
+  and ``took_ms``. Audited.
+- ``POST /v1/search/text``: JSON ``{text, k, cameras, since, until, min_track_s, rerank}``; the
+  text's own filters ("on camera 2 after 14:00") are read by ``indexer.query_plan`` (explicit
+  fields win) and the key's scope applies to them too. Returns ``hits``, ``plan`` (what was
+  read), ``message`` (e.g. "no tracklet matches ...") and ``took_ms``. Audited.
 - ``GET /v1/tracks/{camera}/{track_id}``: a track's span and its stored crops.
 - ``GET /v1/crops/{path}``: one stored crop, ``image/jpeg``.
 - ``GET /v1/cameras``: cameras with stored tracks that the key may see.
@@ -26,7 +32,8 @@ import math
 import posixpath
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Literal
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, File, Form, Path, Request, Security, UploadFile
@@ -34,19 +41,33 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import UploadFile as StarletteUpload
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.api_guard import ApiError, AuditLog, KeyRing, Principal, RequestMetrics, UploadLimit
 from indexer.blobs import CropStore, CropStoreError, safe_name
 from indexer.ingest import crop_box
-from indexer.live_search import GalleryUnavailable, LiveSearch
+from indexer.live_search import GalleryUnavailable, LiveSearch, SearchResult
+from indexer.query_plan import (
+    MAX_MIN_TRACK_S,
+    QueryPlan,
+    UnknownCamera,
+    check_query_text,
+    plan_query,
+    resolve_timezone,
+)
+from indexer.rerank import RERANKERS, RerankerError
 from indexer.search import QueryError, decode_query_image
+from models.base import ModelInputError
 from streaming.config import ConfigError, RefindConfig
-from streaming.records import CropRecord, ImageQuery, TrackletHit
+from streaming.records import CropRecord, ImageQuery, TextQuery, TrackletHit
 
 log = logging.getLogger(__name__)
 
 SEARCH_PATH = "/v1/search/image"
+TEXT_PATH = "/v1/search/text"
+MAX_TEXT_BODY_BYTES = 64 * 1024  # a 1000-character query and its filters fit many times over
 MAX_SECONDS = 4e9  # timestamps are int64 nanoseconds (up to 9.2e9 s): year 2096 is plenty
 FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and the small text fields
 
@@ -119,6 +140,50 @@ def _parse_cameras(text: str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(c.strip() for c in text.split(",") if c.strip()))
 
 
+def _parse_min_track(text: str | None) -> float | None:
+    if text is None or text.strip() == "":
+        return None
+    try:
+        value = float(text.strip())
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not 0.0 <= value <= MAX_MIN_TRACK_S:
+        raise ApiError(400, f"min_track_s must be seconds in 0..{MAX_MIN_TRACK_S:.0f}, "
+                            f"got {text!r}")
+    return value
+
+
+def _parse_rerank(text: str | None) -> str | None:
+    if text is None or text.strip() == "":
+        return None
+    if text.strip() not in RERANKERS:
+        raise ApiError(400, f"unknown rerank {text!r}; valid: {', '.join(RERANKERS)}")
+    return text.strip()
+
+
+Reranker = Literal["none", "attributes", "refer", "mllm"]
+
+
+class TextSearch(BaseModel):
+    """The body of ``POST /v1/search/text``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(..., description="Who to find, with optional filters in words: 'woman "
+                      "with a backpack, red top, on camera 2, after 14:00' (1..1000 characters)")
+    k: int = Field(10, ge=1, le=1000, description="Tracklets returned")
+    cameras: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=list, max_length=256, description="Only these cameras (replace any "
+        "the text names); default: the text's, else every camera the key sees")
+    since: float | None = Field(None, ge=0.0, le=MAX_SECONDS, allow_inf_nan=False,
+                                description="Earliest time, epoch seconds (replaces the text's)")
+    until: float | None = Field(None, ge=0.0, le=MAX_SECONDS, allow_inf_nan=False,
+                                description="Latest time, epoch seconds (replaces the text's)")
+    min_track_s: float | None = Field(None, ge=0.0, le=MAX_MIN_TRACK_S, allow_inf_nan=False,
+                                      description="Only tracks seen at least this long")
+    rerank: Reranker | None = Field(None, description="Re-ranker; default search.rerank")
+
+
 # ---- response pieces -----------------------------------------------------------------------
 
 
@@ -127,6 +192,8 @@ def crop_url(rel: str) -> str:
 
 
 def reason(hit: TrackletHit, aggregation: str) -> str:
+    if hit.reasons:  # re-ranked: the re-ranker's words
+        return "; ".join(hit.reasons)
     how = "its best crop" if aggregation == "max" else "mean of its best two matching crops"
     return (f"appearance similarity {hit.score:.2f} ({how}) over a track of {hit.n_crops} "
             f"stored crop{'s' if hit.n_crops != 1 else ''}")
@@ -190,7 +257,8 @@ def create_app(
     _install_error_handlers(app)
     registry = CollectorRegistry()
     app.add_middleware(UploadLimit, path=SEARCH_PATH, max_bytes=max_image_bytes + FORM_OVERHEAD_BYTES)
-    app.add_middleware(RequestMetrics, registry=registry, fixed_paths=(SEARCH_PATH,))
+    app.add_middleware(UploadLimit, path=TEXT_PATH, max_bytes=MAX_TEXT_BODY_BYTES)
+    app.add_middleware(RequestMetrics, registry=registry, fixed_paths=(SEARCH_PATH, TEXT_PATH))
 
     def known_cameras(cameras: tuple[str, ...]) -> None:
         known = live.cameras()
@@ -199,12 +267,43 @@ def create_app(
             raise ApiError(404, f"unknown camera(s) {', '.join(unknown)}; known: "
                                 f"{', '.join(known) or '(none yet)'}")
 
+    def read_upload(upload: UploadFile, what: str, entry_key: str,
+                    entry: dict[str, object]) -> bytes:
+        data = upload.file.read(max_image_bytes + 1)
+        entry[entry_key] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        if len(data) > max_image_bytes:
+            raise ApiError(413, f"{what} is over api.max_upload_mb ({cfg.api.max_upload_mb} MiB)")
+        return data
+
+    def instruction_fields(
+        more: Mapping[str, object], entry: dict[str, object]
+    ) -> dict[str, object]:
+        """min_track_s, instruction (text or image), task and rerank of an image search form."""
+        text = more.get("instruction")
+        instruction = check_query_text(text, "instruction") if isinstance(text, str) and \
+            text.strip() else None
+        task = more.get("task")
+        upload = more.get("instruction_image")
+        image = None
+        if isinstance(upload, StarletteUpload):  # what FastAPI hands over for a file field
+            data = read_upload(upload, "instruction_image", "instruction_image", entry)
+            image = decode_query_image(data, "instruction_image")
+        return {
+            "min_track_s": _parse_min_track(more.get("min_track_s")),  # type: ignore[arg-type]
+            "instruction": instruction, "instruction_image": image,
+            "task": task.strip() if isinstance(task, str) and task.strip() else None,
+            "rerank": _parse_rerank(more.get("rerank")),  # type: ignore[arg-type]
+        }
+
     def build_query(
         who: Principal, image: UploadFile | None, k: str | None, cameras: str | None,
         since: str | None, until: str | None, box: str | None, entry: dict[str, object],
+        more: Mapping[str, object] | None = None,
     ) -> ImageQuery:
         """The query a form describes (noted in ``entry`` for the audit); raises on bad input."""
-        entry["query"] = {"k": k, "cameras": cameras, "since": since, "until": until, "box": box}
+        more = more or {}
+        entry["query"] = {"k": k, "cameras": cameras, "since": since, "until": until, "box": box,
+                          **{n: v for n, v in more.items() if isinstance(v, str)}}
         requested = _parse_cameras(cameras)
         who.check_cameras(requested, "search")
         k_value, box_xyxy = _parse_k(k), _parse_box(box)
@@ -213,17 +312,79 @@ def create_app(
             raise ApiError(400, f"since ({since}) is after until ({until})")
         if image is None:
             raise ApiError(400, "multipart field `image` (the query photo) is required")
-        data = image.file.read(max_image_bytes + 1)
-        entry["image"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-        if len(data) > max_image_bytes:
-            raise ApiError(413, f"image is over api.max_upload_mb ({cfg.api.max_upload_mb} MiB)")
+        data = read_upload(image, "image", "image", entry)
+        extra = instruction_fields(more, entry)
         known_cameras(requested)
         pixels = decode_query_image(data, "uploaded image")
         if box_xyxy is not None:
             pixels = crop_box(pixels, box_xyxy)
         scope = requested or (tuple(sorted(who.cameras)) if who.cameras is not None else ())
         return ImageQuery(image=pixels, k=k_value, cameras=scope, start_ts_ns=start,
-                          end_ts_ns=end)
+                          end_ts_ns=end, **extra)  # type: ignore[arg-type]
+
+    def run_search(fn: Callable[[], SearchResult]) -> SearchResult:
+        """Run a search; what the query asks that the models refuse is a 4xx."""
+        try:
+            return fn()
+        except (QueryError, ModelInputError, RerankerError) as err:
+            raise ApiError(400, str(err)) from None
+        except ImportError as err:  # a re-ranker or model whose code is not installed
+            raise ApiError(501, f"not available on this server: {err}") from None
+
+    def respond(result: SearchResult) -> dict[str, object]:
+        hits = [h.to_json() | {"thumbnail_url": crop_url(h.thumbnail),
+                               "reason": reason(h, cfg.search.aggregation)}
+                for h in result.hits]
+        return {"hits": hits, "message": result.message, **result.details,
+                "took_ms": result.took_ms}
+
+    def build_text_query(
+        who: Principal, body: TextSearch, entry: dict[str, object]
+    ) -> tuple[QueryPlan, TextQuery]:
+        """The plan and query of a text search body; raises on bad input."""
+        explicit = tuple(dict.fromkeys(c.strip() for c in body.cameras if c.strip()))
+        who.check_cameras(explicit, "search")
+        start = None if body.since is None else int(body.since * 1e9)
+        end = None if body.until is None else int(body.until * 1e9)
+        if start is not None and end is not None and start > end:
+            raise ApiError(400, f"since ({body.since}) is after until ({body.until})")
+        known_cameras(explicit)
+        tz = resolve_timezone(cfg.search.timezone)
+        try:
+            plan = plan_query(body.text, now=datetime.now(tz), known_cameras=live.cameras(),
+                              tz=tz, cameras=explicit, start_ts_ns=start, end_ts_ns=end,
+                              min_track_s=body.min_track_s)
+        except UnknownCamera as err:
+            # to a scoped key, a camera it cannot see and one that does not exist look alike
+            who.check_cameras([err.name], "search")
+            raise ApiError(404, str(err)) from None
+        entry["plan"] = plan.to_json()
+        who.check_cameras(plan.text_cameras, "search")
+        if not plan.text:
+            raise ApiError(400, f"the query has only filters ({', '.join(plan.parsed)}): "
+                                "describe the person too")
+        scope = plan.cameras or (tuple(sorted(who.cameras)) if who.cameras is not None else ())
+        return plan, TextQuery(text=plan.text, k=body.k, cameras=scope,
+                               start_ts_ns=plan.start_ts_ns, end_ts_ns=plan.end_ts_ns,
+                               min_track_s=plan.min_track_s, rerank=body.rerank)
+
+    @app.post(TEXT_PATH, summary="Rank tracklets of a described person; filters in words too")
+    def search_text(who: Caller, body: TextSearch) -> dict[str, object]:
+        query_json = body.model_dump() | {"text": body.text[:1000], "text_chars": len(body.text)}
+        entry: dict[str, object] = {"key": who.name, "endpoint": TEXT_PATH, "query": query_json}
+        try:
+            try:
+                plan, query = build_text_query(who, body, entry)
+            except (QueryError, ValueError) as err:
+                raise ApiError(400, str(err)) from None
+            result = run_search(lambda: live.search_text(query))
+        except (ApiError, GalleryUnavailable) as err:
+            status = err.status if isinstance(err, ApiError) else 503
+            audit.write({**entry, "status": status, "error": str(err)})
+            raise
+        audit.write({**entry, "status": 200, "message": result.message,
+                     "tracks": [[h.camera, h.track_id] for h in result.hits]})
+        return respond(result) | {"plan": plan.to_json()}
 
     @app.post(SEARCH_PATH, summary="Rank tracklets like the person in a photo")
     def search_image(
@@ -234,24 +395,34 @@ def create_app(
         since: Annotated[str | None, Form(description="Earliest time, seconds")] = None,
         until: Annotated[str | None, Form(description="Latest time, seconds")] = None,
         box: Annotated[str | None, Form(description="x1,y1,x2,y2: the person in the photo")] = None,
+        min_track_s: Annotated[str | None, Form(description="Only tracks seen this long, s")] = None,
+        instruction: Annotated[str | None, Form(
+            description="Instruction for an instructable (IRM) model: 'ignore clothes', 'now "
+            "wearing a black jacket', 'infrared'")] = None,
+        instruction_image: Annotated[UploadFile | None, File(
+            description="A garment photo: people wearing it (task clothes_template)")] = None,
+        task: Annotated[str | None, Form(description="IRM task; default read from the "
+                                         "instruction (models.base.TASKS)")] = None,
+        rerank: Annotated[str | None, Form(description="none, attributes, refer or mllm; "
+                                           "default search.image_rerank")] = None,
     ) -> dict[str, object]:
         entry: dict[str, object] = {"key": who.name, "endpoint": SEARCH_PATH}
+        more = {"min_track_s": min_track_s, "instruction": instruction,
+                "instruction_image": instruction_image, "task": task, "rerank": rerank}
         try:
             try:
-                query = build_query(who, image, k, cameras, since, until, box, entry)
+                query = build_query(who, image, k, cameras, since, until, box, entry,
+                                    {n: v for n, v in more.items() if v is not None})
             except (QueryError, ValueError) as err:
                 raise ApiError(400, str(err)) from None
-            result = live.search(query)
+            result = run_search(lambda: live.search(query))
         except (ApiError, GalleryUnavailable) as err:
             status = err.status if isinstance(err, ApiError) else 503
             audit.write({**entry, "status": status, "error": str(err)})
             raise
-        audit.write({**entry, "status": 200,
+        audit.write({**entry, "status": 200, "message": result.message,
                      "tracks": [[h.camera, h.track_id] for h in result.hits]})
-        hits = [h.to_json() | {"thumbnail_url": crop_url(h.thumbnail),
-                               "reason": reason(h, cfg.search.aggregation)}
-                for h in result.hits]
-        return {"hits": hits, "took_ms": result.took_ms}
+        return respond(result)
 
     @app.get("/v1/tracks/{camera}/{track_id}", summary="A track's time span and stored crops")
     def track(

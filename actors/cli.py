@@ -1,4 +1,5 @@
-"""The ``refind`` command line: ingest, search, eval, forget, retention and demo.
+"""The ``refind`` command line: ingest, search, eval, forget, retention, reindex, versions,
+rebuild and demo.
 
 Every expected failure (bad config, dead source, missing weights, bad image) ends with one line
 ``refind: error: ...`` on stderr and exit status 2; tracebacks are for bugs only.
@@ -13,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from models.base import TASKS  # numpy only: no model code is loaded while parsing
 from streaming.config import ConfigError, RefindConfig, load_config
 
 log = logging.getLogger("refind")
@@ -36,6 +38,16 @@ def _box(text: str) -> tuple[float, float, float, float]:
     return x1, y1, x2, y2
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
 def _add_common(p: argparse.ArgumentParser, data_dir: bool = True) -> None:
     p.add_argument("--config", type=Path, help="YAML config (default: embedded defaults)")
     if data_dir:
@@ -57,13 +69,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
     _add_common(p)
 
-    p = sub.add_parser("search", help="find tracklets of the person in a photo")
-    p.add_argument("--image", type=Path, required=True, help="photo of the person")
+    p = sub.add_parser("search", help="find tracklets of the person in a photo or a description")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--image", type=Path, help="photo of the person")
+    what.add_argument("--text", help='description, filters in words allowed: "woman with a '
+                      'backpack, red top, on camera 2, after 14:00"')
     p.add_argument("--box", type=_box, help="x1,y1,x2,y2: use this part of the photo")
+    p.add_argument("--instruction", help="with --image: TEXT, or the path of a garment photo; "
+                   "needs an instructable (IRM) embedder")
+    p.add_argument("--task", choices=[t for t in TASKS if t != "text"],
+                   help="with --image: IRM task (default: read from the instruction)")
     p.add_argument("--k", type=int, default=10, help="tracklets to return (1-1000)")
     p.add_argument("--camera", action="append", default=[], help="only this camera (repeatable)")
     p.add_argument("--since", type=float, help="only crops at or after this time (s)")
     p.add_argument("--until", type=float, help="only crops at or before this time (s)")
+    p.add_argument("--min-track-s", type=float, help="only tracks seen at least this long (s)")
+    p.add_argument("--rerank", choices=("none", "attributes", "refer", "mllm"),
+                   help="re-ranker (default: search.rerank for text, search.image_rerank)")
     _add_common(p)
 
     p = sub.add_parser("eval", help="evaluate tracking or ReID on labelled data")
@@ -78,7 +100,33 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--query", type=Path, required=True, help="folder of identity sub-folders")
     r.add_argument("--gallery", type=Path, required=True, help="folder of identity sub-folders")
     r.add_argument("--model", help="embedder model name (default: the config's)")
+    r.add_argument("--task", choices=TASKS, help="IRM query task (default: plain ReID); "
+                   "a plain model embeds the queries as they are")
+    r.add_argument("--instruction", help="TEXT, or the path of an image (a garment template); "
+                   "only for instructable (IRM) models")
     _add_common(r, data_dir=False)
+    x = ev.add_parser("text", help="text-to-image retrieval: mAP and rank-1/5/10 of captions")
+    x.add_argument("--queries", type=Path, required=True,
+                   help='JSON lines {"text": ..., "identity": ...}')
+    x.add_argument("--gallery", type=Path, required=True, help="folder of identity sub-folders")
+    x.add_argument("--model", help="instructable (IRM) model name (default: the config's)")
+    x.add_argument("--tau", type=float, default=0.5, help="agreement threshold of mAP_tau")
+    _add_common(x, data_dir=False)
+    x = ev.add_parser("irm", help="all six IRM tasks on sets from scripts/build_irm_eval.py")
+    x.add_argument("--sets", type=Path, required=True, help="folder with one folder per task")
+    x.add_argument("--model", help="embedder model name (default: the config's)")
+    x.add_argument("--tau", type=float, default=0.5, help="agreement threshold of mAP_tau")
+    _add_common(x, data_dir=False)
+    x = ev.add_parser("refer", help="referring re-rankers: recall, precision, DensityF1, "
+                      "rejection rate (HumanRef)")
+    x.add_argument("--annotations", type=Path, required=True,
+                   help='JSON lines {"image", "boxes", "expression", "targets"}')
+    x.add_argument("--rerank", choices=("none", "attributes", "refer", "mllm"),
+                   help="one re-ranker (default: none, attributes, refer, and mllm with a dir)")
+    x.add_argument("--mllm-dir", type=Path, help="local Qwen2.5-VL model directory")
+    x.add_argument("--boxes", choices=("gt", "detector"), default="gt",
+                   help="candidates: the annotation's boxes or YOLOX person detections")
+    _add_common(x, data_dir=False)
 
     p = sub.add_parser("serve", help="run live cameras on Ray with Kafka events and metrics")
     p.add_argument("--data-dir", type=Path, help="gallery, metadata and crops directory")
@@ -108,6 +156,57 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("retention", help="delete crops older than each camera's retention")
     _add_common(p)
 
+    p = sub.add_parser("reindex", help="re-embed every stored crop with another model on Ray, "
+                       "then switch searches to it")
+    p.add_argument("--model", help="embedder model name, e.g. person-reidentification-retail-0288 "
+                   "(default: the config's embedder section)")
+    p.add_argument("--since", type=float, help="only crops at or after this time (s)")
+    p.add_argument("--camera", action="append", default=[], help="only this camera (repeatable)")
+    p.add_argument("--batch-size", type=_positive, default=64, help="crops per embedding batch")
+    p.add_argument("--workers", type=_positive, default=1, help="embedding actors")
+    p.add_argument("--no-switch", action="store_true", help="build, but leave the alias as is")
+    p.add_argument("--skip-unreadable", action="store_true",
+                   help="switch even if some crops could not be read (they are left out)")
+    _add_common(p)
+
+    p = sub.add_parser("versions", help="list index versions, switch the serving one, delete")
+    vs = p.add_subparsers(dest="versions_command", required=True)
+    _add_common(vs.add_parser("list", help="versions, their state and root; * serves"))
+    for name, what in (("use", "serve this version (rollback)"),
+                       ("delete", "delete a version that does not serve")):
+        v = vs.add_parser(name, help=what)
+        v.add_argument("version", help="model_id or model name of the version")
+        _add_common(v)
+
+    p = sub.add_parser("rebuild", help="rebuild the serving gallery and metadata from the crop "
+                       "store and the events")
+    p.add_argument("--from-kafka", action="store_true",
+                   help="read the events from Kafka (kafka: in --config), not data_dir/events")
+    p.add_argument("--idle", type=float, default=5.0,
+                   help="with --from-kafka: stop reading after this many seconds without events")
+    _add_common(p)
+
+    p = sub.add_parser("train", help="train refind's own models")
+    tr = p.add_subparsers(dest="train_command", required=True)
+    t = tr.add_parser("irm", help="the instruction-editable ReID head (models/train_irm.py)")
+    t.add_argument("--out", type=Path, required=True, help="run folder: weights, report, cache")
+    t.add_argument("--cache", type=Path, help="feature cache (default OUT/cache.npz; built if "
+                   "missing, which needs OpenVINO)")
+    t.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    t.add_argument("--minutes", type=float, default=22.0, help="time budget of the head training")
+    t.add_argument("--steps", type=int, default=2400, help="training steps (the LR schedule)")
+    t.add_argument("--seed", type=int, default=0, help="seed of sampling and initialisation")
+    t.add_argument("--threads", type=int, default=2, help="CPU threads (1 on a busy machine)")
+    _add_common(t, data_dir=False)
+    t = tr.add_parser("refer", help="the referring re-ranker (models/train_refer.py)")
+    t.add_argument("--annotations", type=Path, required=True,
+                   help="TRAIN JSON lines from scripts/build_refer_sets.py")
+    t.add_argument("--out", type=Path, required=True, help="folder for weights and report")
+    t.add_argument("--epochs", type=int, default=15, help="passes over the TRAIN expressions")
+    t.add_argument("--seed", type=int, default=0, help="seed of sampling and initialisation")
+    t.add_argument("--threads", type=int, default=1, help="CPU threads")
+    _add_common(t, data_dir=False)
+
     p = sub.add_parser("demo", help="ingest a real clip, search it by photo, write a contact sheet")
     p.add_argument("--video", type=Path, help="clip to use (default: PETS09-S2L1 or a sample)")
     p.add_argument("--out", type=Path, default=Path("refind-demo"), help="demo output directory")
@@ -134,6 +233,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "eval": commands.evaluate,
         "forget": commands.forget,
         "retention": commands.retention,
+        "train": commands.train,
+        "reindex": commands.reindex,
+        "versions": commands.versions,
+        "rebuild": commands.rebuild,
     }
     try:
         result = handlers[args.command](args, _config(args))

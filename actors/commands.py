@@ -7,20 +7,31 @@ Each handler takes the parsed arguments and the validated config and returns a J
 from __future__ import annotations
 
 import argparse
+import logging
+import re
 import sys
+from datetime import datetime
+from pathlib import Path
 
 from tqdm import tqdm
 
 from indexer.blobs import CropStore, CropStoreError
 from indexer.gallery_store import GalleryLockedError, GalleryStore
 from indexer.ingest import IngestPipeline, build_embedder, crop_box
+from indexer.journal import EventJournal, journal_dir
+from indexer.query_plan import QueryPlan, check_query_text, plan_query, resolve_timezone
+from indexer.rerank import RerankerPool
 from indexer.search import QueryError, SearchEngine, read_query_image
 from indexer.shards import ShardedGallery
+from indexer.versions import serving_version
 from models.base import ModelInputError, ReidEmbedder
 from models.store import ModelStore, ModelStoreError
 from streaming.config import ConfigError, IngestConfig, RefindConfig
-from streaming.records import ImageQuery, TrackletHit
+from streaming.records import ImageQuery, TextQuery, TrackletHit
 from streaming.sources import SourceError, VideoSource
+
+CAMERA_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # as in CameraConfig and the event schemas
+log = logging.getLogger(__name__)
 
 
 class ServiceError(RuntimeError):
@@ -41,21 +52,28 @@ USER_ERRORS = (
 )
 
 
-def open_gallery(cfg: RefindConfig, embedder: ReidEmbedder) -> GalleryStore:
-    """The gallery an ingest writes (shard 0, the single-writer layout)."""
-    return GalleryStore(cfg.data_dir / "gallery", cfg.gallery, embedder.model_id, embedder.dim)
+def open_gallery(
+    cfg: RefindConfig, embedder: ReidEmbedder, root: Path | None = None
+) -> GalleryStore:
+    """The gallery an ingest writes (shard 0 of the serving version, the single-writer layout),
+    journaling what it stores under ``data_dir/events`` (the durable record)."""
+    root = cfg.data_dir if root is None else root
+    return GalleryStore(root / "gallery", cfg.gallery, embedder.model_id, embedder.dim,
+                        journal=EventJournal(journal_dir(cfg.data_dir)))
 
 
 def run_ingest(
-    cfg: RefindConfig, source: VideoSource, pipeline: IngestPipeline, quiet: bool = False
+    cfg: RefindConfig, source: VideoSource, pipeline: IngestPipeline, quiet: bool = False,
+    root: Path | None = None,
 ) -> dict[str, object]:
-    """Ingest one source into ``cfg.data_dir`` with a progress bar; returns the report."""
+    """Ingest one source into ``cfg.data_dir`` (the gallery under ``root``, default data_dir)
+    with a progress bar; returns the report."""
     total = source.frame_count_hint()
     if total and cfg.ingest.max_frames:
         total = min(total, cfg.ingest.max_frames)
     crops = CropStore.from_config(cfg)
     with (
-        open_gallery(cfg, pipeline.embedder) as gallery,
+        open_gallery(cfg, pipeline.embedder, root) as gallery,
         tqdm(
             total=total, unit="frame", desc=f"ingest {source.camera}", disable=quiet,
             file=sys.stderr,
@@ -81,9 +99,12 @@ def ingest(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
         sample_fps=cfg.ingest.sample_fps,
         open_timeout_s=cfg.ingest.open_timeout_s,
     )
+    if not CAMERA_NAME.fullmatch(args.camera):
+        raise ValueError(f"camera name {args.camera!r} must be 1-64 of A-Z a-z 0-9 _ . -")
     source.open().close()  # fail fast, before loading models, on a dead URL or a bad file
-    pipeline = IngestPipeline.from_config(cfg)
-    result = run_ingest(cfg, source, pipeline, quiet=args.json)
+    serving = serving_version(cfg)  # new crops go to the version that serves, with its model
+    pipeline = IngestPipeline.from_config(serving.cfg)
+    result = run_ingest(serving.cfg, source, pipeline, quiet=args.json, root=serving.root)
     if not args.json:
         print(
             f"ingested {result['frames']} frames of {args.camera!r} in {result['seconds']} s "
@@ -103,32 +124,85 @@ def format_hits(hits: list[TrackletHit], crops: CropStore) -> str:
             f"{i:>4}  {h.camera:<12} {h.track_id:>6} {h.score:>6.3f}  {h.start_ts_ns / 1e9:>8.1f} "
             f"{h.end_ts_ns / 1e9:>8.1f} {h.n_crops:>5}  {crops.location(h.thumbnail)}"
         )
+        if h.reasons:
+            rows.append(f"{'':>6}{'; '.join(h.reasons)}")
     return "\n".join(rows)
 
 
-def search(args: argparse.Namespace, cfg: RefindConfig) -> list[dict[str, object]]:
+def _image_query(args: argparse.Namespace) -> ImageQuery:
+    if args.text is not None or args.image is None:
+        raise QueryError("give --image PATH or --text TEXT")
     image = read_query_image(args.image)
     if args.box is not None:
         image = crop_box(image, args.box)
-    query = ImageQuery(
-        image=image,
-        k=args.k,
-        cameras=tuple(args.camera),
+    instruction, instruction_image = args.instruction, None
+    if instruction is not None and Path(instruction).is_file():  # a garment photo
+        instruction, instruction_image = None, read_query_image(Path(instruction))
+    elif instruction is not None:
+        instruction = check_query_text(instruction, "--instruction")
+    return ImageQuery(
+        image=image, k=args.k, cameras=tuple(args.camera),
         start_ts_ns=None if args.since is None else int(args.since * 1e9),
         end_ts_ns=None if args.until is None else int(args.until * 1e9),
+        min_track_s=args.min_track_s, instruction=instruction,
+        instruction_image=instruction_image, task=args.task, rerank=args.rerank,
     )
-    embedder = build_embedder(cfg, ModelStore.from_config(cfg.models))
-    with ShardedGallery.open(cfg.data_dir, cfg.gallery, embedder.model_id, embedder.dim) as gallery:
+
+
+def _text_query(
+    args: argparse.Namespace, cfg: RefindConfig, gallery: ShardedGallery
+) -> tuple[QueryPlan, TextQuery]:
+    if args.instruction is not None or args.task is not None or args.box is not None:
+        raise QueryError("--instruction, --task and --box go with --image, not --text")
+    known = sorted({c for shard in gallery.shards for c in shard.metadata.cameras()})
+    unknown = [c for c in args.camera if c not in known]
+    if unknown:
+        raise QueryError(f"unknown camera(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    tz = resolve_timezone(cfg.search.timezone)
+    plan = plan_query(
+        args.text, now=datetime.now(tz), known_cameras=known, tz=tz, cameras=args.camera,
+        start_ts_ns=None if args.since is None else int(args.since * 1e9),
+        end_ts_ns=None if args.until is None else int(args.until * 1e9),
+        min_track_s=args.min_track_s,
+    )
+    if not plan.text:
+        raise QueryError(f"the query has only filters ({', '.join(plan.parsed)}): describe the "
+                         "person too")
+    return plan, TextQuery(
+        text=plan.text, k=args.k, cameras=plan.cameras, start_ts_ns=plan.start_ts_ns,
+        end_ts_ns=plan.end_ts_ns, min_track_s=plan.min_track_s, rerank=args.rerank,
+    )
+
+
+def search(args: argparse.Namespace, cfg: RefindConfig) -> list[dict[str, object]]:
+    """``refind search --image P [--instruction I] | --text T``: one engine for both."""
+    query = _image_query(args) if args.text is None else None  # bad input fails before loading
+    serving = serving_version(cfg)
+    store = ModelStore.from_config(cfg.models)
+    embedder = build_embedder(serving.cfg, store)
+    crops = CropStore.from_config(cfg)
+    with ShardedGallery.open(serving.root, cfg.gallery, embedder.model_id, embedder.dim) as gallery:
         if len(gallery) == 0:
             raise QueryError(f"the gallery in {cfg.data_dir} is empty: run `refind ingest` first")
-        hits = SearchEngine(cfg.search, embedder, gallery).search_image(query)
-    crops = CropStore.from_config(cfg)
-    if not args.json:
-        print(format_hits(hits, crops))
-    return [h.to_json() | {"thumbnail": crops.location(h.thumbnail)} for h in hits]
+        engine = SearchEngine(cfg.search, embedder, gallery, crops,
+                              RerankerPool(store, cfg.search.match_threshold))
+        if query is not None:
+            ranked = engine.rank_image(query)
+        else:
+            plan, text_query = _text_query(args, cfg, gallery)
+            if plan.parsed:
+                log.info("read from the text: %s", "; ".join(plan.parsed))
+            ranked = engine.search_text(text_query)
+    if ranked.message:  # "no tracklet matches ...": a clear line, exit 0, an empty list
+        print(ranked.message, file=sys.stderr if args.json else sys.stdout)
+    if not args.json and (ranked.hits or not ranked.message):
+        print(format_hits(ranked.hits, crops))
+    return [h.to_json() | {"thumbnail": crops.location(h.thumbnail)} for h in ranked.hits]
 
 
 def evaluate(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
+    if args.eval_command == "refer":
+        return evaluate_refer(args, cfg)
     if args.eval_command == "mot":
         from models.eval_mot import evaluate_mot
 
@@ -140,7 +214,7 @@ def evaluate(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
             max_frames=args.max_frames,
         )
         keys = ("HOTA", "IDF1", "MOTA", "IDSW", "fps")
-    else:
+    elif args.eval_command == "reid" and args.task is None and args.instruction is None:
         from models.eval_reid import evaluate_reid
 
         if args.model:
@@ -150,9 +224,65 @@ def evaluate(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
         embedder = build_embedder(cfg, ModelStore.from_config(cfg.models))
         result = evaluate_reid(args.query, args.gallery, embedder)
         keys = ("mAP", "rank1", "rank5", "rank10")
-    if not args.json:
+    else:
+        result, keys = _evaluate_irm(args, cfg)
+    if not args.json and keys:
         print("  ".join(f"{k} {_fmt(result[k])}" for k in keys if k in result))
     return result
+
+
+def _eval_embedder(args: argparse.Namespace, cfg: RefindConfig) -> ReidEmbedder:
+    """The embedder ``--model`` names: a model store name, or an IRM ``.safetensors`` file."""
+    store = ModelStore.from_config(cfg.models)
+    if args.model and args.model.endswith(".safetensors"):
+        if not Path(args.model).is_file():
+            raise FileNotFoundError(f"IRM weights {args.model} not found")
+        from models.irm import IrmEmbedder
+
+        return IrmEmbedder.from_pretrained(Path(args.model), store)
+    if args.model:
+        cfg = cfg.model_copy(
+            update={"embedder": cfg.embedder.model_copy(update={"model": args.model})}
+        )
+    return build_embedder(cfg, store)
+
+
+def _evaluate_irm(
+    args: argparse.Namespace, cfg: RefindConfig
+) -> tuple[dict[str, object], tuple[str, ...]]:
+    """``eval reid --task/--instruction``, ``eval text`` and ``eval irm`` (models/eval_irm.py)."""
+    from models import eval_irm
+
+    if args.eval_command == "text":
+        eval_irm.read_jsonl(args.queries, ("text", "identity"))  # bad input fails before loading
+        if not args.gallery.is_dir():
+            raise FileNotFoundError(f"gallery folder {args.gallery} not found")
+    if args.eval_command == "irm" and not args.sets.is_dir():
+        raise FileNotFoundError(f"sets folder {args.sets} not found")
+    embedder = _eval_embedder(args, cfg)
+    if args.eval_command == "reid":
+        instruction = args.instruction
+        if instruction is not None and Path(instruction).is_file():
+            instruction = read_query_image(Path(instruction))  # an image instruction
+        result = eval_irm.evaluate_instructed(
+            args.query, args.gallery, embedder, args.task or "reid", instruction
+        )
+        return result, ("task", "mAP", "rank1", "rank5", "rank10")
+    from models.attributes import OpenVinoAttributes
+
+    if args.eval_command == "text" and not eval_irm.is_instructable(embedder):
+        raise ValueError(
+            f"model {embedder.model_id} cannot embed text: text queries need an instructable "
+            "(IRM) model; choose one with --model"
+        )
+    attributes = OpenVinoAttributes(ModelStore.from_config(cfg.models))
+    if args.eval_command == "text":
+        result = eval_irm.evaluate_text(args.queries, args.gallery, embedder, args.tau, attributes)
+        return result, ("mAP", "rank1", "rank5", "rank10", "chance_rank5", "mAP_tau")
+    results = eval_irm.evaluate_irm(args.sets, embedder, attributes, args.tau)
+    if not args.json:
+        print(eval_irm.format_table(results))
+    return results, ()  # type: ignore[return-value]
 
 
 def _fmt(value: object) -> str:
@@ -165,11 +295,25 @@ def demo(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
     return run_demo(cfg, video=args.video, out_dir=args.out, k=args.k, quiet=args.json)
 
 
+def _model_of(cfg: RefindConfig) -> tuple[object, object]:
+    section = cfg.embedder.model_dump()
+    return section.get("type"), section.get("model")
+
+
 def serve(args: argparse.Namespace, cfg: RefindConfig) -> None:
     from actors.serve import run_serve
 
     if not cfg.cameras:
         raise ConfigError(f"{args.config}: no cameras configured (add a `cameras:` list)")
+    serving = serving_version(cfg)
+    if serving.root != cfg.data_dir or (
+        serving.model_id is not None and _model_of(serving.cfg) != _model_of(cfg)
+    ):  # the live writers write data_dir's gallery with the config's embedder
+        raise ConfigError(
+            f"the serving index version is {serving.model_id} in {serving.root}, but `refind "
+            f"serve` writes {cfg.data_dir}/gallery* with the config's embedder; switch back "
+            "with `refind versions use MODEL` first"
+        )
     run_serve(cfg)
 
 
@@ -210,3 +354,117 @@ def events(args: argparse.Namespace, cfg: RefindConfig) -> None:
         tail_events(cfg.kafka, args.topic, args.group, args.max, args.timeout)
     except BusError as err:
         raise ServiceError(str(err)) from None
+
+
+def reindex(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
+    from actors.reindex import run_reindex
+
+    result = run_reindex(
+        cfg, args.model, since_ns=None if args.since is None else int(args.since * 1e9),
+        cameras=tuple(args.camera), batch_size=args.batch_size, workers=args.workers,
+        switch=not args.no_switch, skip_unreadable=args.skip_unreadable, quiet=args.json,
+    )
+    if not args.json:
+        print(f"re-indexed {result['added']} crops into {result['target']} in "
+              f"{result['seconds']} s ({result['crops_per_s']} crops/s); it holds "
+              f"{result['crops']} crops; "
+              + ("now serving" if result["switched"] else f"{result['source']} still serves"))
+    return result
+
+
+def versions(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
+    from indexer.versions import delete_version, read_registry, use_version
+
+    if args.versions_command == "use":
+        v = use_version(cfg.data_dir, args.version)
+        if not args.json:
+            print(f"serving version is now {v.model_id}")
+    elif args.versions_command == "delete":
+        v = delete_version(cfg.data_dir, args.version)
+        if not args.json:
+            print(f"deleted version {v.model_id} ({v.root})")
+    registry = read_registry(cfg.data_dir)
+    listing = registry.to_json() if registry else {"serving": None, "versions": {}}
+    if args.versions_command == "list" and not args.json:
+        if registry is None:
+            print(f"no index versions in {cfg.data_dir}: the config's embedder serves the gallery")
+        for model_id, v in sorted(registry.versions.items() if registry else []):
+            mark = "*" if model_id == registry.serving else " "  # type: ignore[union-attr]
+            print(f"{mark} {model_id:<52} {v.state:<9} {v.root}")
+    return listing
+
+
+def rebuild(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
+    from indexer.rebuild import rebuild_gallery
+
+    result = rebuild_gallery(cfg, from_kafka=args.from_kafka, idle_s=args.idle, quiet=args.json)
+    if not args.json:
+        print(f"rebuilt {result['model_id']} from the durable record: {result['crops']} crops "
+              f"({result['skipped_missing']} missing files, {result['skipped_forgotten']} of "
+              f"forgotten tracks) in {result['root']}")
+    return result
+
+
+def train(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
+    """``refind train irm``: build the feature cache if missing, train, report."""
+    if args.train_command == "refer":
+        return train_refer(args, cfg)
+    from models.train_irm import TrainOptions
+    from models.train_irm import train as train_irm
+
+    opts = TrainOptions(
+        out=args.out, cache=args.cache, device=args.device, minutes=args.minutes,
+        max_steps=args.steps, seed=args.seed, threads=args.threads, progress=not args.json,
+    )  # fmt: skip
+    report = train_irm(opts, ModelStore.from_config(cfg.models))
+    if not args.json:
+        print(f"irm: {report['steps']} steps in {report['train_seconds']} s (cache "
+              f"{report['cache_seconds']} s); held-out plain ReID mAP "
+              f"{report['best_heldout_irm_mAP']:.4f} (teacher {report['heldout_teacher_mAP']:.4f})"
+              f" at step {report['best_step']}; weights {args.out / 'irm.safetensors'}")
+    return {k: v for k, v in report.items() if k != "history"}
+
+
+def evaluate_refer(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
+    """``refind eval refer``: HumanRef metrics of each re-ranker option (models/eval_refer.py)."""
+    from indexer.ingest import build_detector
+    from indexer.rerank import build_reranker
+    from models import eval_refer
+    from models.mllm_refer import MllmReranker
+
+    items = eval_refer.read_annotations(args.annotations)  # bad input fails before models load
+    names = [args.rerank] if args.rerank else ["none", "attributes", "refer"]
+    if args.mllm_dir and "mllm" not in names and not args.rerank:
+        names.append("mllm")
+    store = ModelStore.from_config(cfg.models)
+    rerankers = {}
+    for name in names:
+        if name == "mllm" and args.mllm_dir:
+            rerankers[name] = MllmReranker(args.mllm_dir)
+        else:
+            rerankers[name] = build_reranker(name, store) or eval_refer.KeepAll()
+    candidates = None
+    if args.boxes == "detector":
+        candidates = eval_refer.detector_candidates(build_detector(cfg, store))
+    results = eval_refer.evaluate_refer(items, rerankers, candidates, progress=not args.json)
+    if not args.json:
+        print(f"{args.annotations}: {len(items)} expressions, candidates = {args.boxes} boxes")
+        print(eval_refer.format_table(results))
+    return {"boxes": args.boxes, "results": results}
+
+
+def train_refer(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
+    """``refind train refer``: train the referring re-ranker on a TRAIN annotation file."""
+    from models.attributes import OpenVinoAttributes
+    from models.train_refer import TrainOptions
+    from models.train_refer import train_refer as run
+
+    opts = TrainOptions(epochs=args.epochs, seed=args.seed, threads=args.threads)
+    attributes = OpenVinoAttributes(ModelStore.from_config(cfg.models), threads=args.threads)
+    report = run(args.annotations, args.out, attributes, opts, progress=not args.json)
+    if not args.json:
+        held = report["holdout"]
+        print(f"refer: {report['train_expressions']} expressions, {opts.epochs} epochs in "
+              f"{report['seconds']} s; held-out TRAIN frames: DensityF1 {held['density_f1']:.3f}, "
+              f"rejection {held['rejection_rate']:.3f}; weights {report['weights']}")
+    return report

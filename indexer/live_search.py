@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -24,16 +25,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from indexer.blobs import CropStore
 from indexer.ingest import build_embedder
 from indexer.metadata import TrackSummary
-from indexer.search import SearchEngine
+from indexer.rerank import RerankerPool
+from indexer.search import Ranked, SearchEngine, embed_image_query
 from indexer.shards import ShardedGallery, existing_shards
+from indexer.versions import registry_stamp, serving_version
 from models.base import ReidEmbedder
 from models.store import ModelStore
 from streaming.config import GalleryConfig, RefindConfig, SearchConfig
-from streaming.records import CropRecord, ImageQuery, TrackletHit
+from streaming.records import CropRecord, ImageQuery, TextQuery, TrackletHit
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class GalleryUnavailable(RuntimeError):
@@ -46,6 +51,15 @@ class SearchResult:
 
     hits: list[TrackletHit]
     took_ms: dict[str, float] = field(default_factory=dict)
+    message: str | None = None  # "no tracklet matches ...", or a bounded text scan
+    details: dict[str, object] = field(default_factory=dict)  # reranker, task, scanned_tracks
+
+
+def _result(ranked: Ranked, took: dict[str, float]) -> SearchResult:
+    details: dict[str, object] = {"reranker": ranked.reranker, "task": ranked.task}
+    if ranked.scanned_tracks is not None:
+        details |= {"scanned_tracks": ranked.scanned_tracks, "scan_bounded": ranked.scan_bounded}
+    return SearchResult(ranked.hits, took, ranked.message, details)
 
 
 def _ms(since: float) -> float:
@@ -61,11 +75,19 @@ class LiveSearch:
         gallery_cfg: GalleryConfig,
         search_cfg: SearchConfig,
         embedder: ReidEmbedder,
+        cfg: RefindConfig | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        # with the deployment's config, searches follow the serving alias (indexer.versions)
+        self._cfg = cfg
+        self._stamp = registry_stamp(self.data_dir) if cfg is not None else None
+        self._root = serving_version(cfg).root if cfg is not None else self.data_dir
         self.gallery_cfg = gallery_cfg
         self.search_cfg = search_cfg
         self.embedder = embedder
+        # re-rankers (loaded on first use) read candidates' crops; both need the full config
+        self._crops = CropStore.from_config(cfg) if cfg is not None else None
+        self._rerankers: RerankerPool | None = None
         self._embed_lock = threading.Lock()
         # every gallery call runs on this one thread: SQLite connections are bound to theirs
         self._gallery_thread = ThreadPoolExecutor(1, thread_name_prefix="live-gallery")
@@ -75,8 +97,9 @@ class LiveSearch:
     @classmethod
     def from_config(cls, cfg: RefindConfig) -> LiveSearch:
         """Load the configured embedder (weights checked) for ``cfg.data_dir``'s gallery."""
-        embedder = build_embedder(cfg, ModelStore.from_config(cfg.models))
-        return cls(cfg.data_dir, cfg.gallery, cfg.search, embedder)
+        serving = serving_version(cfg)
+        embedder = build_embedder(serving.cfg, ModelStore.from_config(cfg.models))
+        return cls(cfg.data_dir, cfg.gallery, cfg.search, embedder, cfg)
 
     @property
     def model_id(self) -> str:
@@ -85,9 +108,34 @@ class LiveSearch:
     def _on_gallery_thread(self, fn: Callable[[], T]) -> T:
         return self._gallery_thread.submit(fn).result()
 
+    def _follow_alias(self) -> None:
+        """Switch embedder and root when the serving alias has changed (gallery thread).
+
+        One stat per query; on a change the new embedder is loaded before anything is swapped,
+        so a query in flight is answered by the old version or the new one, never fails."""
+        if self._cfg is None:
+            return
+        stamp = registry_stamp(self.data_dir)
+        if stamp == self._stamp:
+            return
+        serving = serving_version(self._cfg)
+        if serving.root != self._root or serving.model_id != self.embedder.model_id:
+            embedder = self.embedder
+            if serving.model_id is not None and serving.model_id != embedder.model_id:
+                embedder = build_embedder(serving.cfg, ModelStore.from_config(self._cfg.models))
+            with self._embed_lock:
+                self.embedder = embedder
+            self._root = serving.root
+            if self._gallery is not None:
+                self._gallery.close()
+                self._gallery = None
+            log.info("searches now use version %s in %s", embedder.model_id, serving.root)
+        self._stamp = stamp
+
     def _current(self) -> ShardedGallery:
         """The gallery with every committed row (call on the gallery thread)."""
-        dirs = existing_shards(self.data_dir)
+        self._follow_alias()
+        dirs = existing_shards(self._root)
         if not dirs:
             raise GalleryUnavailable(
                 f"no gallery in {self.data_dir} yet: run `refind ingest` or `refind serve` first"
@@ -97,7 +145,7 @@ class LiveSearch:
                 self._gallery.close()
                 self._gallery = None
             self._gallery = ShardedGallery.open(
-                self.data_dir, self.gallery_cfg, self.embedder.model_id, self.embedder.dim
+                self._root, self.gallery_cfg, self.embedder.model_id, self.embedder.dim
             )
             self._shard_dirs = dirs
         else:
@@ -108,17 +156,45 @@ class LiveSearch:
         """Rank tracklets like the person in ``query.image``, within its filters."""
         t0 = time.perf_counter()
         with self._embed_lock:
-            vector = self.embedder([query.image]).vectors  # (1, D)
+            embedder = self.embedder
+            vector, task = embed_image_query(embedder, query)  # (1, D); QueryError on bad input
         embed_ms = _ms(t0)
+
+        def run() -> SearchResult:
+            nonlocal vector
+            t = time.perf_counter()
+            gallery = self._current()
+            refresh_ms = _ms(t)
+            if gallery.model_id != embedder.model_id:  # the alias switched meanwhile: re-embed
+                with self._embed_lock:
+                    vector, _ = embed_image_query(self.embedder, query)
+            t = time.perf_counter()
+            ranked = self._engine(gallery).rank_vector(vector, query, task)
+            took = {"embed": embed_ms, "refresh": refresh_ms, "search": _ms(t), "total": _ms(t0)}
+            return _result(ranked, took)
+
+        return self._on_gallery_thread(run)
+
+    def _engine(self, gallery: ShardedGallery) -> SearchEngine:
+        if self._rerankers is None and self._cfg is not None:
+            self._rerankers = RerankerPool(ModelStore.from_config(self._cfg.models),
+                                           self.search_cfg.match_threshold)
+        return SearchEngine(self.search_cfg, self.embedder, gallery, self._crops, self._rerankers)
+
+    def search_text(self, query: TextQuery) -> SearchResult:
+        """Rank tracklets of the person ``query.text`` describes, within its filters (the
+        whole query on the gallery thread: the re-ranker reads crops and runs a model)."""
+        t0 = time.perf_counter()
 
         def run() -> SearchResult:
             t = time.perf_counter()
             gallery = self._current()
             refresh_ms = _ms(t)
             t = time.perf_counter()
-            hits = SearchEngine(self.search_cfg, self.embedder, gallery).search_vector(vector, query)
-            took = {"embed": embed_ms, "refresh": refresh_ms, "search": _ms(t), "total": _ms(t0)}
-            return SearchResult(hits, took)
+            with self._embed_lock:  # an instructable embedder embeds the text
+                ranked = self._engine(gallery).search_text(query)
+            took = {"refresh": refresh_ms, "search": _ms(t), "total": _ms(t0)}
+            return _result(ranked, took)
 
         return self._on_gallery_thread(run)
 

@@ -1,7 +1,15 @@
-"""Image search: embed the query person, search crops, aggregate crop hits into ranked tracklets.
+"""Image and text search: embed the query, search crops, aggregate crop hits into ranked
+tracklets, optionally re-rank the best ones against the query's words (``indexer.rerank``).
 
-Filters (cameras, time window) are applied inside the FAISS search, so a narrow filter still
-returns k tracklets when they exist, at any gallery size.
+Filters (cameras, time window, minimum track length) are applied inside the FAISS search, so a
+narrow filter still returns k tracklets when they exist, at any gallery size.
+
+Text and instructions: with an instructable (IRM-style) embedder, text is embedded by
+``embed_text`` and an image plus instruction by ``embed_query`` with a task read from the
+instruction (``choose_task``). A plain ReID model cannot embed text, so a text query takes the
+"first text path": the ``search.text_scan_tracks`` most recent tracks within the filters, each
+scored on its best crop by the re-ranker (the attribute verifier unless another is chosen); the
+answer says when that scan was bounded. An instruction on a plain model is a ``QueryError``.
 
 Example:
     >>> engine = SearchEngine(cfg.search, embedder, gallery)                 # doctest: +SKIP
@@ -12,17 +20,23 @@ Example:
 from __future__ import annotations
 
 import logging
+import re
 from collections import defaultdict
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from indexer.blobs import CropStore
 from indexer.gallery_store import GalleryStore
+from indexer.metadata import TrackSummary
+from indexer.rerank import RerankerPool, checkable, rerank_hits
 from indexer.shards import ShardedGallery
-from models.base import ReidEmbedder
+from models.base import TASKS, InstructableEmbedder, ReidEmbedder
+from models.text_attributes import parse_attributes
 from streaming.config import SearchConfig
-from streaming.records import CropRecord, ImageQuery, TrackletHit
+from streaming.records import CropRecord, ImageQuery, TextQuery, TrackletHit
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +71,78 @@ def read_query_image(path: str | Path) -> np.ndarray:
     return decode_query_image(p.read_bytes(), f"query image {p}")
 
 
+# Instruction wording -> IRM task, first match wins; any other instruction text is attribute_text.
+_TASK_WORDS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("visible_infrared", re.compile(
+        r"infra-?red|\bir\b|thermal|night[- ]?vision|gr[ae]y-?scale|black[- ]and[- ]white|"
+        r"monochrome", re.I)),
+    ("clothes_change", re.compile(
+        r"ignor\w*\s+(?:the\s+|their\s+|his\s+|her\s+)?(?:cloth|outfit|dress)|"
+        r"regardless\s+of\s+(?:the\s+|what\s+)?(?:cloth|wear|outfit)|"
+        r"chang\w*\s+(?:\w+\s+)?(?:cloth|outfit)|different\s+(?:cloth|outfit)|"
+        r"any\s+(?:cloth|outfit)|cloth\w*[- ]chang", re.I)),
+)
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """The answer to one query: hits best first, and what the operator should know.
+
+    message: why there are no hits ("no tracklet matches ...") or that a text scan was bounded;
+    reranker: the re-ranker applied ("none" if none); task: the embedder task used;
+    scanned_tracks / scan_bounded: a text query on a plain ReID model scored that many tracks,
+    and stopped at ``search.text_scan_tracks``.
+    """
+
+    hits: list[TrackletHit]
+    message: str | None = None
+    reranker: str = "none"
+    task: str | None = None
+    scanned_tracks: int | None = None
+    scan_bounded: bool = False
+
+
+def choose_task(instruction: str | None, has_image: bool, task: str | None) -> str:
+    """The IRM task of an image query: ``task`` if given, else read from the instruction."""
+    if task is not None:
+        if task not in TASKS or task == "text":
+            valid = ", ".join(t for t in TASKS if t != "text")
+            raise QueryError(f"unknown image query task {task!r}; valid: {valid}")
+        return task
+    if has_image:
+        return "clothes_template"
+    if not instruction or not instruction.strip():
+        return "reid"
+    for name, pattern in _TASK_WORDS:
+        if pattern.search(instruction):
+            return name
+    return "attribute_text"
+
+
+def embed_image_query(embedder: ReidEmbedder, query: ImageQuery) -> tuple[np.ndarray, str]:
+    """(1, D) query vector of ``query`` and the task it was embedded for."""
+    has_image = query.instruction_image is not None
+    task = choose_task(query.instruction, has_image, query.task)
+    if isinstance(embedder, InstructableEmbedder):
+        instruction = query.instruction_image if has_image else query.instruction
+        return embedder.embed_query([query.image], task, instruction or None).vectors, task
+    if task != "reid" or has_image or (query.instruction and query.instruction.strip()):
+        raise QueryError(
+            f"model {embedder.model_id} does not take instructions (task {task}); configure "
+            "embedder type irm (an instructable model) to search with an instruction"
+        )
+    return embedder([query.image]).vectors, task  # (1, D)
+
+
+def _hit(summary: TrackSummary) -> TrackletHit:
+    best = summary.best
+    return TrackletHit(
+        camera=summary.camera, track_id=summary.track_id, score=0.0,
+        start_ts_ns=summary.start_ts_ns, end_ts_ns=summary.end_ts_ns, n_crops=summary.n_crops,
+        best_frame_index=best.frame_index, best_xyxy=best.xyxy, thumbnail=best.crop_path,
+    )
+
+
 def _aggregate(scores: list[float], how: str) -> float:
     best = sorted(scores, reverse=True)
     if how == "max" or len(best) == 1:
@@ -68,7 +154,12 @@ class SearchEngine:
     """Answers image queries against one gallery with one embedder (the gallery's model)."""
 
     def __init__(
-        self, cfg: SearchConfig, embedder: ReidEmbedder, gallery: GalleryStore | ShardedGallery
+        self,
+        cfg: SearchConfig,
+        embedder: ReidEmbedder,
+        gallery: GalleryStore | ShardedGallery,
+        crops: CropStore | None = None,
+        rerankers: RerankerPool | None = None,
     ) -> None:
         if embedder.model_id != gallery.model_id:
             raise QueryError(
@@ -77,35 +168,110 @@ class SearchEngine:
         self.cfg = cfg
         self.embedder = embedder
         self.gallery = gallery
+        self.crops = crops  # re-rankers read candidates' crops from it
+        self.rerankers = rerankers
 
     def search_image(self, query: ImageQuery) -> list[TrackletHit]:
-        vector = self.embedder([query.image]).vectors  # (1, D)
-        return self.search_vector(vector, query)
+        return self.rank_image(query).hits
 
-    def search_vector(self, vector: np.ndarray, query: ImageQuery) -> list[TrackletHit]:
-        k_crops = query.k * self.cfg.overfetch
+    def rank_image(self, query: ImageQuery) -> Ranked:
+        """Rank tracklets like the person in ``query.image`` (with its instruction, if any)."""
+        vector, task = embed_image_query(self.embedder, query)
+        return self.rank_vector(vector, query, task)
+
+    def search_vector(
+        self, vector: np.ndarray, query: ImageQuery | TextQuery, k: int | None = None
+    ) -> list[TrackletHit]:
+        """The best ``k`` (default ``query.k``) tracklets for a query vector, in its filters."""
+        k = query.k if k is None else k
         [hits] = self.gallery.search(
             vector,
-            k_crops,
+            k * self.cfg.overfetch,
             cameras=query.cameras,
             start_ts_ns=query.start_ts_ns,
             end_ts_ns=query.end_ts_ns,
+            min_track_s=query.min_track_s,
         )
-        return self._tracklets(hits)[: query.k]
+        return self._tracklets(hits, k)
 
-    def _tracklets(self, hits: list[tuple[CropRecord, float]]) -> list[TrackletHit]:
+    def rank_vector(self, vector: np.ndarray, query: ImageQuery, task: str | None = None) -> Ranked:
+        """Image search; re-ranked against the instruction's words when it has some and
+        ``query.rerank`` (default ``search.image_rerank``) names a re-ranker."""
+        name = query.rerank or self.cfg.image_rerank
+        if name == "none" or not (query.instruction and query.instruction.strip()):
+            return Ranked(self.search_vector(vector, query), task=task)
+        hits = self.search_vector(vector, query, max(query.k, self.cfg.rerank_top))
+        return replace(self._rerank(name, query.instruction, hits, query.k, True), task=task)
+
+    def search_text(self, query: TextQuery) -> Ranked:
+        """Rank tracklets of the person ``query.text`` describes (module docstring)."""
+        name = query.rerank or self.cfg.rerank
+        if isinstance(self.embedder, InstructableEmbedder):
+            vector = self.embedder.embed_text([query.text]).vectors  # (1, D)
+            if name == "none":
+                return Ranked(self.search_vector(vector, query), task="text")
+            hits = self.search_vector(vector, query, max(query.k, self.cfg.rerank_top))
+            return replace(self._rerank(name, query.text, hits, query.k, True), task="text")
+        name = "attributes" if name == "none" else name  # the only way to read the text here
+        if name == "attributes" and not checkable(parse_attributes(query.text)):
+            raise QueryError(
+                f"model {self.embedder.model_id} cannot embed text, and {query.text!r} names "
+                "nothing the attribute model can check: name a top or bottom colour, a bag, "
+                "backpack or hat, long or short hair or sleeves, a man or a woman (or configure "
+                "embedder type irm)"
+            )
+        cap = self.cfg.text_scan_tracks
+        found = self.gallery.recent_tracks(
+            cap + 1, query.cameras, query.start_ts_ns, query.end_ts_ns, query.min_track_s
+        )
+        bounded = len(found) > cap
+        candidates = [_hit(summary) for _, summary in found[:cap]]
+        ranked = self._rerank(name, query.text, candidates, query.k, False)
+        message = ranked.message
+        if not candidates:
+            message = "no track has crops within the filters"
+        if bounded:
+            note = (f"scanned only the {cap} most recent tracks within the filters "
+                    f"(search.text_scan_tracks, model {self.embedder.model_id} cannot embed "
+                    "text): narrow the time window or cameras to reach older ones")
+            message = f"{message}; {note}" if message else note
+        return replace(ranked, message=message, scanned_tracks=len(candidates),
+                       scan_bounded=bounded)
+
+    def _rerank(
+        self, name: str, text: str, hits: list[TrackletHit], k: int, with_retrieval: bool
+    ) -> Ranked:
+        if self.rerankers is None or self.crops is None:
+            raise QueryError(f"re-ranker {name!r} needs the crop store and the model store: "
+                             "build the SearchEngine with crops= and rerankers=")
+        reranker = self.rerankers.get(name)
+        if reranker is None:
+            return Ranked(hits[:k])
+        done = rerank_hits(reranker, text, hits, self.crops, weight=self.cfg.rerank_weight,
+                           with_retrieval=with_retrieval)
+        return Ranked(done.hits[:k], done.message, reranker.name)
+
+    def _tracklets(
+        self, hits: list[tuple[CropRecord, float]], k: int | None = None
+    ) -> list[TrackletHit]:
+        """The best ``k`` tracklets (all if None) of the crop hits, best first."""
         groups: dict[tuple[str, int], list[tuple[CropRecord, float]]] = defaultdict(list)
         for record, score in hits:
             groups[(record.camera, record.track_id)].append((record, score))
+        ranked = sorted(
+            ((_aggregate([s for _, s in m], self.cfg.aggregation), key, m)
+             for key, m in groups.items()),
+            key=lambda g: g[0], reverse=True,
+        )
         out = []
-        for (camera, track_id), members in groups.items():
+        for score, (camera, track_id), members in ranked[:k]:  # summaries of the kept ones only
             best_record, _ = max(members, key=lambda m: m[1])
             summary = self.gallery.track(camera, track_id)
             out.append(
                 TrackletHit(
                     camera=camera,
                     track_id=track_id,
-                    score=_aggregate([s for _, s in members], self.cfg.aggregation),
+                    score=score,
                     start_ts_ns=summary.start_ts_ns if summary else best_record.ts_ns,
                     end_ts_ns=summary.end_ts_ns if summary else best_record.ts_ns,
                     n_crops=summary.n_crops if summary else len(members),
@@ -114,5 +280,4 @@ class SearchEngine:
                     thumbnail=best_record.crop_path,
                 )
             )
-        out.sort(key=lambda h: h.score, reverse=True)
         return out

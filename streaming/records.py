@@ -207,14 +207,55 @@ class ImageQuery:
     cameras: tuple[str, ...] = ()
     start_ts_ns: int | None = None
     end_ts_ns: int | None = None
+    min_track_s: float | None = None
+    # An instruction for an instructable (IRM-style) embedder: text ("ignore clothes", "now
+    # wearing a black jacket") or a garment photo ((h, w, 3) uint8 BGR); task overrides the
+    # task the search would pick from the instruction (models.base.TASKS).
+    instruction: str | None = None
+    instruction_image: np.ndarray | None = field(default=None, repr=False)
+    task: str | None = None
+    rerank: str | None = None  # None = search.image_rerank
 
     def __post_init__(self) -> None:
         if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != np.uint8:
             raise ValueError(f"query image must be (h, w, 3) uint8, got {self.image.shape}")
+        if self.min_track_s is not None and self.min_track_s < 0:
+            raise ValueError(f"min_track_s must be >= 0, got {self.min_track_s}")
         if min(self.image.shape[:2]) < 2:
             raise ValueError(f"query image is too small: {self.image.shape[1]}x{self.image.shape[0]}")
         if not 1 <= self.k <= 1000:
             raise ValueError(f"k must be in 1..1000, got {self.k}")
+        if (
+            self.start_ts_ns is not None
+            and self.end_ts_ns is not None
+            and self.start_ts_ns > self.end_ts_ns
+        ):
+            raise ValueError("time window is the wrong way round: start is after end")
+
+
+@dataclass(frozen=True)
+class TextQuery:
+    """Find tracklets of a described person ("woman, red top, backpack"), within filters.
+
+    ``text`` is the description alone (``indexer.query_plan`` takes the filters out of an
+    operator's sentence); rerank None = search.rerank.
+    """
+
+    text: str
+    k: int = 10
+    cameras: tuple[str, ...] = ()
+    start_ts_ns: int | None = None
+    end_ts_ns: int | None = None
+    min_track_s: float | None = None
+    rerank: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.text.strip():
+            raise ValueError("query text is empty: describe the person")
+        if not 1 <= self.k <= 1000:
+            raise ValueError(f"k must be in 1..1000, got {self.k}")
+        if self.min_track_s is not None and self.min_track_s < 0:
+            raise ValueError(f"min_track_s must be >= 0, got {self.min_track_s}")
         if (
             self.start_ts_ns is not None
             and self.end_ts_ns is not None
@@ -236,6 +277,7 @@ class TrackletHit:
     best_frame_index: int
     best_xyxy: tuple[float, float, float, float]
     thumbnail: str
+    reasons: tuple[str, ...] = ()  # why it ranks here, e.g. ("backpack 0.93", "red top")
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -248,4 +290,5 @@ class TrackletHit:
             "best_frame_index": self.best_frame_index,
             "best_xyxy": [round(v, 1) for v in self.best_xyxy],
             "thumbnail": self.thumbnail,
+            "reasons": list(self.reasons),
         }

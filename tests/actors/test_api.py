@@ -412,13 +412,20 @@ _texts = st.one_of(st.none(), st.text(_printable, max_size=30), st.sampled_from(
     image=st.one_of(st.none(), st.binary(max_size=3000), st.just(b"photo")),
     k=_texts, cameras=_texts, since=_texts, until=_texts, box=_texts,
     crop=st.text(_printable, max_size=40),
+    instruction=st.one_of(st.none(), st.text(_printable, max_size=30), st.just("ignore clothes")),
+    task=st.one_of(st.none(), st.sampled_from(["reid", "clothes_change", "text", "x"])),
+    rerank=st.one_of(st.none(), st.sampled_from(["none", "attributes", "x"])),
+    min_track_s=_texts,
 )
 def test_fuzzed_requests_never_get_a_5xx(
     client: httpx.Client, photo: bytes, image: bytes | None, k: str | None,
     cameras: str | None, since: str | None, until: str | None, box: str | None, crop: str,
+    instruction: str | None, task: str | None, rerank: str | None, min_track_s: str | None,
 ) -> None:
     form = {n: v for n, v in
-            {"k": k, "cameras": cameras, "since": since, "until": until, "box": box}.items()
+            {"k": k, "cameras": cameras, "since": since, "until": until, "box": box,
+             "instruction": instruction, "task": task, "rerank": rerank,
+             "min_track_s": min_track_s}.items()
             if v is not None}
     r = _search(client, photo if image == b"photo" else image, **form)
     assert r.status_code < 500, r.text
