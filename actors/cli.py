@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--annotations", type=Path, required=True,
                    help="TRAIN JSON lines from scripts/build_refer_sets.py")
     t.add_argument("--out", type=Path, required=True, help="folder for weights and report")
-    t.add_argument("--epochs", type=int, default=15, help="passes over the TRAIN expressions")
+    t.add_argument("--epochs", type=int, default=25, help="passes over the TRAIN expressions")
     t.add_argument("--seed", type=int, default=0, help="seed of sampling and initialisation")
     t.add_argument("--threads", type=int, default=1, help="CPU threads")
     _add_common(t, data_dir=False)

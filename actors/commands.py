@@ -295,26 +295,13 @@ def demo(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
     return run_demo(cfg, video=args.video, out_dir=args.out, k=args.k, quiet=args.json)
 
 
-def _model_of(cfg: RefindConfig) -> tuple[object, object]:
-    section = cfg.embedder.model_dump()
-    return section.get("type"), section.get("model")
-
-
 def serve(args: argparse.Namespace, cfg: RefindConfig) -> None:
     from actors.serve import run_serve
 
     if not cfg.cameras:
         raise ConfigError(f"{args.config}: no cameras configured (add a `cameras:` list)")
-    serving = serving_version(cfg)
-    if serving.root != cfg.data_dir or (
-        serving.model_id is not None and _model_of(serving.cfg) != _model_of(cfg)
-    ):  # the live writers write data_dir's gallery with the config's embedder
-        raise ConfigError(
-            f"the serving index version is {serving.model_id} in {serving.root}, but `refind "
-            f"serve` writes {cfg.data_dir}/gallery* with the config's embedder; switch back "
-            "with `refind versions use MODEL` first"
-        )
-    run_serve(cfg)
+    serving_version(cfg)  # an unreadable versions.json fails here, before Ray starts
+    run_serve(cfg)  # live ingestion writes the serving version and follows its alias
 
 
 def forget(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:

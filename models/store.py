@@ -121,6 +121,22 @@ REGISTRY: dict[str, ModelSpec] = {
 }
 
 
+# Weights trained by refind itself ship inside the package (models/weights/, each with a model
+# card); the store finds them there after every other place.
+PACKAGED_DIR = Path(__file__).resolve().parent / "weights"
+REGISTRY["irm-pets-v1"] = ModelSpec(
+    "irm-pets-v1",
+    (ModelFile("irm-pets-v1.safetensors", "0" * 64, None),),
+    "Apache-2.0 (refind; trained on PETS09-S2L1 and the Intel sample clip, see its model card)",
+)
+REGISTRY["refer-pets-v1"] = ModelSpec(
+    "refer-pets-v1",
+    (ModelFile("refer-pets-v1.safetensors",
+               "912332785d9ad3d719c5ed64d4b72f9069e60a2628a73bd087a93f6c5c2ab67b", None),),
+    "Apache-2.0 (refind; referring re-ranker trained on PETS09-S2L1 frames 1-400, see its card)",
+)
+
+
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -179,7 +195,7 @@ class ModelStore:
 
     def _resolve_file(self, spec: ModelSpec, mf: ModelFile) -> Path:
         problems: list[str] = []
-        for root in [*self.search_dirs, self.cache_dir]:
+        for root in [*self.search_dirs, self.cache_dir, PACKAGED_DIR]:
             candidate = root / mf.relpath
             if not candidate.is_file():
                 continue
