@@ -6,6 +6,12 @@ ByteTracker -> CropSelector -> embedder pool -> the camera's index writer. Track
 detection and camera-status events go to Kafka when enabled; camera status and track metadata go
 to Redis when it is the metadata store. The actor runs its loop in a thread, so ``status()`` and
 ``stop()`` answer at once; Ray restarts a dead actor, which resumes with fresh track ids.
+
+When the serving index version changes, the supervisor hands the camera the new version's
+embedder pool (``set_embedders``); the loop takes it between two frames and forgets the tracks'
+appearance learned with the old model. A writer refuses embeddings of a model other than its
+version's (``StaleModelError``): the camera then re-embeds the crops with its current pool, or
+waits for the new one, so every crop is stored once, by the model of the version it lands in.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import numpy as np
 import ray
 
 from actors.pools import Pool, PoolEmbedder
+from actors.writer import StaleModelError
 from models.appearance import BoxEmbedder
 from streaming.config import CameraConfig, RefindConfig
 from streaming.crops import CropSelector
@@ -36,6 +43,7 @@ from streaming.tracker import ByteTracker
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 5.0
+STALE_WAIT_S = 120.0  # longest a crop batch waits for the writer and the pool to agree on a model
 
 
 class StageTimes:
@@ -76,6 +84,7 @@ class CameraReport:
     latency_p95_s: float | None = None
     queue_depth: int = 0
     in_flight: int = 0
+    model_id: str = ""  # the embedder model this camera's crops are embedded with now
     error: str | None = None
 
 
@@ -144,10 +153,10 @@ class CameraActor:
         self._id_offset = ray.get(writer.max_track_id.remote(camera.name))
         model_id, dim = ray.get(embedders[0].info.remote())
         self._model_id = model_id
-        self._boxes = (  # lazy appearance for the tracker, through the embedder pool
-            BoxEmbedder(PoolEmbedder(self._embedders, model_id, dim))
-            if cfg.tracker.appearance_weight > 0 else None
-        )
+        self._boxes = self._box_embedder(model_id, dim)
+        # a new version's pool, handed over by set_embedders and taken by the loop thread
+        self._next_pool: tuple[list[Any], str, int] | None = None
+        self._pool_changed = threading.Event()
         self._out = _Outputs(cfg, camera.name)
         self._status_at = time.monotonic()
         self._live = LiveCamera(camera, cfg.live, on_status=self._on_status)
@@ -168,7 +177,36 @@ class CameraActor:
         self._thread = threading.Thread(target=self._run, name=f"camera-{camera.name}", daemon=True)
         self._thread.start()
 
+    def _box_embedder(self, model_id: str, dim: int) -> BoxEmbedder | None:
+        """Lazy appearance for the tracker, through the embedder pool."""
+        if self._cfg.tracker.appearance_weight <= 0:
+            return None
+        return BoxEmbedder(PoolEmbedder(self._embedders, model_id, dim))
+
     # -- public, answered while the loop runs ------------------------------------------------
+
+    def set_embedders(self, embedders: list[Any], model_id: str, dim: int) -> None:
+        """Embed with this pool (model ``model_id``) from the next frame on."""
+        with self._lock:
+            self._next_pool = (list(embedders), model_id, dim)
+        self._pool_changed.set()
+
+    def _take_pool(self) -> None:
+        """Switch to a pool handed over by ``set_embedders`` (on the thread that embeds)."""
+        with self._lock:
+            handed, self._next_pool = self._next_pool, None
+            self._pool_changed.clear()
+        if handed is None:
+            return
+        embedders, model_id, dim = handed
+        old = self._model_id
+        self._embedders = Pool(embedders)
+        self._model_id = model_id
+        self._boxes = self._box_embedder(model_id, dim)
+        if model_id != old:  # one model's appearance cannot be compared with another's
+            for track in self._tracker._tracks:  # no public reset in ByteTracker yet
+                track.embedding = None
+        log.info("%s: embedding with %s now", self._cam.name, model_id)
 
     def status(self) -> CameraReport:
         s = self._live.status()
@@ -192,6 +230,7 @@ class CameraActor:
                 latency_p95_s=None if lat[1] is None else float(lat[1]),
                 queue_depth=self._live.qsize(),
                 in_flight=self._in_flight,
+                model_id=self._model_id,
                 error=self._error,
             )
 
@@ -210,6 +249,7 @@ class CameraActor:
         pending: deque[tuple[Frame, Any]] = deque()
         try:
             while not self._stop.is_set() and not (self._live.done and not pending):
+                self._take_pool()
                 frame = self._live.get(timeout=0.1)
                 if frame is not None:
                     image_ref = ray.put(frame.image)  # put once; the detector reads it zero-copy
@@ -258,15 +298,8 @@ class CameraActor:
                 self._latency.append((time.time_ns() - frame.received_ns) / 1e9)
 
     def _store(self, crops: list[Crop]) -> None:
-        t0 = time.perf_counter()
-        embeddings = ray.get(self._embedders.pick().embed.remote([c.image for c in crops]))
-        t1 = time.perf_counter()
-        records: list[CropRecord] = ray.get(
-            self._writer.add.remote(crops, embeddings, self._id_offset)
-        )
+        records = self._embed_and_write(crops)
         now = time.time_ns()
-        self._times.add("embed", t1 - t0)
-        self._times.add("write", time.perf_counter() - t1)
         with self._lock:
             self._crops_stored += len(records)
         for rec in records:
@@ -282,6 +315,34 @@ class CameraActor:
                 # the tracklet became searchable now: freshness from its crop's capture
                 self._freshness.append((now - self._received[rec.frame_index]) / 1e9)
             self._upsert_track(tid, info, "active")
+
+    def _embed_and_write(self, crops: list[Crop]) -> list[CropRecord]:
+        """Embed ``crops`` and store them; around a version switch, re-embed them when the pool
+        changed model, and wait (at most STALE_WAIT_S) while the writer still writes another
+        model's version."""
+        images = [c.image for c in crops]
+        embeddings = None
+        deadline = time.monotonic() + STALE_WAIT_S
+        while True:
+            self._take_pool()
+            if embeddings is None or embeddings.model_id != self._model_id:
+                t0 = time.perf_counter()
+                embeddings = ray.get(self._embedders.pick().embed.remote(images))
+                self._times.add("embed", time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            try:
+                records: list[CropRecord] = ray.get(
+                    self._writer.add.remote(crops, embeddings, self._id_offset)
+                )
+            except StaleModelError as err:
+                if time.monotonic() > deadline:
+                    raise
+                log.debug("%s: %s; waiting for the switch", self._cam.name, err)
+                self._pool_changed.wait(0.2)  # the supervisor switches the pool and the writer
+                continue
+            finally:
+                self._times.add("write", time.perf_counter() - t0)
+            return records
 
     # -- events and metadata ----------------------------------------------------------------
 

@@ -1,10 +1,13 @@
 """``refind serve``: run the live system, with health, metrics and camera control over HTTP.
 
 Endpoints (``serve.host``:``serve.port``):
-- ``GET /healthz``: 200 with every camera's state while the system runs; 503 when a camera
-  actor does not answer.
+- ``GET /healthz``: 200 with every camera's state and the index version live ingestion writes
+  (``model_id``, ``alias_switches``) while the system runs; 503 when a camera actor does not
+  answer or a switch to a new serving version failed (``alias_error``).
 - ``GET /metrics``: Prometheus text: per camera frames in / dropped / processed, reconnects,
-  state, sample rate, tracks, crops, events, freshness; per pool batches and busy seconds.
+  state, sample rate, tracks, crops, events, freshness; per pool batches and busy seconds; the
+  model of the version written (``refind_serving_model_info``) and the alias switches followed
+  (``refind_alias_switches_total``).
 - ``GET /cameras``: camera reports as JSON. ``POST /cameras`` with a camera's config as JSON
   adds it; ``DELETE /cameras/NAME`` removes it.
 """
@@ -29,6 +32,9 @@ from actors.supervisor import Supervisor
 from streaming.config import CameraConfig, RefindConfig
 
 log = logging.getLogger(__name__)
+
+ALIAS_POLL_S = 1.0  # how often the serving alias is checked (one stat of versions.json)
+CHECK_EVERY_S = 2.0  # how often camera and writer actors are checked
 
 _STATES = ("connecting", "live", "reconnecting", "stopped", "failed")
 
@@ -87,6 +93,17 @@ class _SnapshotCollector:
                 depth.add_metric([name, "camera_queue"], r.queue_depth)
                 depth.add_metric([name, "detector_in_flight"], r.in_flight)
         yield from (state, rate, fresh, stage, latency, depth)
+        version = self._snap.get("version", {})
+        if version.get("model_id"):
+            info = GaugeMetricFamily("refind_serving_model_info",
+                                     "1 for the embedder model of the index version written",
+                                     labels=["model_id"])
+            info.add_metric([version["model_id"]], 1.0)
+            yield info
+        switches = CounterMetricFamily("refind_alias_switches",
+                                       "Serving alias switches live ingestion has followed")
+        switches.add_metric([], version.get("alias_switches", 0))
+        yield switches
         for pool, rows in self._snap.get("pools", {}).items():
             for key in ("batches", "items", "busy_s"):
                 fam = CounterMetricFamily(f"refind_{pool}_{key}", f"{pool} pool {key}",
@@ -125,8 +142,10 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path == "/healthz":
             broken = [n for n, r in cams.items() if not isinstance(r, CameraReport)]
             states = {n: (r.state if isinstance(r, CameraReport) else r) for n, r in cams.items()}
-            self._json(503 if broken else 200, {"status": "degraded" if broken else "ok",
-                                                "cameras": states})
+            version = snap.get("version", {})
+            bad = bool(broken or version.get("alias_error"))
+            self._json(503 if bad else 200, {"status": "degraded" if bad else "ok",
+                                             "cameras": states, **version})
         elif self.path == "/metrics":
             self._send(200, render_metrics(snap), "text/plain; version=0.0.4")
         elif self.path == "/cameras":
@@ -179,7 +198,8 @@ class _Server(ThreadingHTTPServer):
         with self._lock:
             if time.monotonic() - self._at > max_age_s:
                 self._snap = {"cameras": self.supervisor.status(),
-                              "pools": self.supervisor.pool_stats()}
+                              "pools": self.supervisor.pool_stats(),
+                              "version": self.supervisor.version_info()}
                 self._at = time.monotonic()
             return self._snap
 
@@ -206,13 +226,22 @@ def run_serve(cfg: RefindConfig, stop: threading.Event | None = None) -> None:
     server = start_http(supervisor, cfg.serve.host, cfg.serve.port)
     print(f"refind serving {len(supervisor.cameras())} cameras; health and metrics on "
           f"http://{cfg.serve.host}:{server.server_address[1]}/healthz and /metrics", flush=True)
-    last_save = time.monotonic()
     try:
-        while not stop.wait(2.0):
-            supervisor.check()
-            if time.monotonic() - last_save >= cfg.serve.save_interval_s:
-                supervisor.save()
-                last_save = time.monotonic()
+        supervise(supervisor, cfg, stop)
     finally:
         server.shutdown()
         supervisor.stop()
+
+
+def supervise(supervisor: Supervisor, cfg: RefindConfig, stop: threading.Event) -> None:
+    """The serve loop until ``stop``: follow the serving alias, check actors, save shards."""
+    last_check = last_save = time.monotonic()
+    while not stop.wait(ALIAS_POLL_S):
+        supervisor.follow_alias()
+        now = time.monotonic()
+        if now - last_check >= CHECK_EVERY_S:
+            supervisor.check()
+            last_check = now
+        if now - last_save >= cfg.serve.save_interval_s:
+            supervisor.save()
+            last_save = time.monotonic()

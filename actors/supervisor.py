@@ -7,6 +7,13 @@ process dies (``max_restarts``); the supervisor also replaces a camera whose loo
 adds or removes cameras at run time. The same code runs on a laptop and on a cluster: only
 ``ray.address`` and the actor counts and resources change.
 
+Live ingestion follows the serving alias (``indexer/versions.py``): the embedders load the
+serving version's model and the writers write its shards. ``follow_alias`` (polled about once a
+second: one ``stat`` of ``versions.json``) notices a switch and moves live ingestion over without
+stopping a camera: it starts the new version's embedder pool, hands it to the cameras, switches
+the writers (each catches up the crops its old version got since the re-index, then raises the
+new version's id floor; see ``actors/writer.py``) and retires the old pool a few seconds later.
+
 Example:
     >>> sup = Supervisor(load_config("configs/live-local.yaml")); sup.start()   # doctest: +SKIP
     >>> sup.search_image(photo, k=5)                                            # doctest: +SKIP
@@ -15,7 +22,10 @@ Example:
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,13 +35,29 @@ from actors.camera import CameraActor, CameraReport
 from actors.pools import DetectorActor, EmbedderActor, Pool, PoolEmbedder
 from actors.runtime import init_ray
 from actors.writer import IndexWriterActor
+from indexer.gallery_store import GalleryLockedError
 from indexer.metadata import TrackSummary
 from indexer.search import SearchEngine
 from indexer.shards import merge_shard_hits, shard_of
+from indexer.versions import Serving, VersionError, registry_stamp, serving_version
 from streaming.config import CameraConfig, RefindConfig
 from streaming.records import CropRecord, ImageQuery, TrackletHit
 
 log = logging.getLogger(__name__)
+
+RETIRE_AFTER_S = 10.0  # an old embedder pool outlives a switch by this much (calls in flight)
+RETRY_AFTER_S = 5.0  # a switch that failed is tried again after this long
+
+_SWITCH_ERRORS = (ray.exceptions.RayError, VersionError, GalleryLockedError, OSError, ValueError)
+
+
+@dataclass(frozen=True)
+class LiveVersion:
+    """The index version live ingestion writes: its model and where its shards live."""
+
+    model_id: str
+    dim: int
+    root: Path
 
 
 class _WriterGallery:
@@ -43,9 +69,10 @@ class _WriterGallery:
     def search(
         self, vectors: np.ndarray, k_crops: int, cameras: tuple[str, ...] = (),
         start_ts_ns: int | None = None, end_ts_ns: int | None = None,
+        min_track_s: float | None = None,
     ) -> list[list[tuple[CropRecord, float]]]:
         refs = [
-            w.search.remote(vectors, k_crops, cameras, start_ts_ns, end_ts_ns)
+            w.search.remote(vectors, k_crops, cameras, start_ts_ns, end_ts_ns, min_track_s)
             for w in self._writers
         ]
         return merge_shard_hits(ray.get(refs), k_crops)
@@ -68,50 +95,196 @@ class Supervisor:
         self.embedders: list[Any] = []
         self.writers: list[Any] = []
         self._engine: SearchEngine | None = None
+        self._lock = threading.RLock()  # the actor graph: HTTP threads and the serve loop
+        self.live: LiveVersion | None = None
+        self.alias_switches = 0
+        self.alias_error: str | None = None
+        self._stamp: tuple[int, int, int] | None = None
+        self._wanted: Serving | None = None  # a serving version live ingestion has yet to reach
+        self._next_pool: tuple[list[Any], str, int] | None = None  # its pool, once started
+        self._retry_at = 0.0
+        self._retiring: list[tuple[float, list[Any]]] = []
 
     def start(self) -> None:
+        """Start the actors for the serving version (with its embedder) and every camera."""
         init_ray(self.cfg.ray)
         rc = self.cfg.ray
-        opts = {"max_restarts": rc.max_restarts, "max_task_retries": 0}
+        self._stamp = registry_stamp(self.cfg.data_dir)
+        serving = serving_version(self.cfg)
         self.detectors = [
             DetectorActor.options(
-                num_cpus=rc.detector_num_cpus, num_gpus=rc.detector_num_gpus, **opts
+                num_cpus=rc.detector_num_cpus, num_gpus=rc.detector_num_gpus, **self._opts()
             ).remote(self.cfg)
             for _ in range(rc.detector_actors)
         ]
-        self.embedders = [
-            EmbedderActor.options(
-                num_cpus=rc.embedder_num_cpus, num_gpus=rc.embedder_num_gpus, **opts
-            ).remote(self.cfg)
-            for _ in range(rc.embedder_actors)
-        ]
-        model_id, dim = ray.get(self.embedders[0].info.remote())
+        self.embedders, model_id, dim = self._start_embedders(serving)
         self.writers = [
-            IndexWriterActor.options(num_cpus=0, **opts).remote(self.cfg, i, model_id, dim)
+            IndexWriterActor.options(num_cpus=0, **self._opts()).remote(
+                self.cfg, i, str(serving.root), model_id, dim)
             for i in range(rc.index_writers)
         ]
         ray.get([w.stats.remote() for w in self.writers])  # fail now if a shard cannot open
-        pool = Pool(self.embedders)
-        self._engine = SearchEngine(
-            self.cfg.search, PoolEmbedder(pool, model_id, dim),
-            _WriterGallery(self.writers, model_id),  # type: ignore[arg-type]
-        )
+        self._use(LiveVersion(model_id, dim, Path(serving.root)))
         for cam in self.cfg.cameras:
             self.add_camera(cam)
-        log.info("refind started: %d cameras, model %s", len(self._cameras), model_id)
+        log.info("refind started: %d cameras, version %s in %s", len(self._cameras), model_id,
+                 serving.root)
+
+    def _opts(self) -> dict[str, Any]:
+        return {"max_restarts": self.cfg.ray.max_restarts, "max_task_retries": 0}
+
+    def _start_embedders(self, serving: Serving) -> tuple[list[Any], str, int]:
+        """A pool of the serving version's embedder, loaded; (actors, model_id, dim)."""
+        rc = self.cfg.ray
+        actors = [
+            EmbedderActor.options(
+                num_cpus=rc.embedder_num_cpus, num_gpus=rc.embedder_num_gpus, **self._opts()
+            ).remote(serving.cfg)
+            for _ in range(rc.embedder_actors)
+        ]
+        try:
+            infos = ray.get([a.info.remote() for a in actors])
+            model_id, dim = infos[0]
+            if serving.model_id is not None and model_id != serving.model_id:
+                raise VersionError(
+                    f"the serving version is {serving.model_id}, but its embedder section "
+                    f"loads {model_id} here (other weights in {self.cfg.models.dir}?)"
+                )
+        except BaseException:
+            for a in actors:
+                ray.kill(a)
+            raise
+        return actors, model_id, dim
+
+    def _use(self, live: LiveVersion) -> None:
+        """Searches through the actors answer from ``live`` with the current pool."""
+        self.live = live
+        self._engine = SearchEngine(
+            self.cfg.search, PoolEmbedder(Pool(self.embedders), live.model_id, live.dim),
+            _WriterGallery(self.writers, live.model_id),  # type: ignore[arg-type]
+        )
+
+    # -- the serving alias ------------------------------------------------------------------
+
+    def follow_alias(self) -> bool:
+        """Move live ingestion to the serving version if the alias changed (one ``stat`` when it
+        did not); True when a switch completed in this call. A failed switch is logged, shown in
+        ``alias_error`` and tried again RETRY_AFTER_S later; ingestion goes on meanwhile."""
+        with self._lock:
+            self._retire_due()
+            stamp = registry_stamp(self.cfg.data_dir)
+            if stamp != self._stamp:
+                try:
+                    serving = serving_version(self.cfg)
+                except VersionError as err:
+                    self.alias_error = str(err)
+                    log.error("cannot read the serving version: %s", err)
+                    return False
+                self._stamp = stamp
+                assert self.live is not None
+                here = Path(serving.root) == self.live.root and serving.model_id in (
+                    None, self.live.model_id)
+                self._wanted = None if here else serving
+                self._retry_at = 0.0
+                if here:  # switched back before a failed switch completed
+                    self.alias_error = None
+                    self._drop_next_pool()
+            if self._wanted is None or time.monotonic() < self._retry_at:
+                return False
+            try:
+                self._switch(self._wanted)
+            except _SWITCH_ERRORS as err:
+                self.alias_error = f"switch to {self._wanted.model_id} failed: {err}"
+                self._retry_at = time.monotonic() + RETRY_AFTER_S
+                log.error("live ingestion stays on %s: %s", self.live and self.live.model_id,
+                          self.alias_error)
+                return False
+            self._wanted = None
+            self.alias_error = None
+            self.alias_switches += 1
+            return True
+
+    def _switch(self, serving: Serving) -> None:
+        """Start the new pool, hand it to the cameras, switch the writers, retire the old pool."""
+        assert self.live is not None
+        t0 = time.perf_counter()
+        if self._next_pool is None or self._next_pool[1] != serving.model_id:
+            if self._next_pool is not None:
+                self._retiring.append((time.monotonic(), self._next_pool[0]))
+            self._next_pool = self._start_embedders(serving)
+        embedders, model_id, dim = self._next_pool
+        for name, (_, actor) in list(self._cameras.items()):
+            try:  # a camera that cannot answer is replaced by check(), with the new pool
+                ray.get(actor.set_embedders.remote(embedders, model_id, dim), timeout=30)
+            except (ray.exceptions.RayError, TimeoutError) as err:
+                log.warning("camera %s did not take the new pool: %s", name, err)
+        reports = ray.get([w.switch.remote(str(serving.root), model_id, dim, embedders)
+                           for w in self.writers])
+        self._retiring.append((time.monotonic() + RETIRE_AFTER_S, self.embedders))
+        self.embedders, self._next_pool = embedders, None
+        self._use(LiveVersion(model_id, dim, Path(serving.root)))
+        log.info("live ingestion switched to %s in %s in %.1f s (%d crops caught up)",
+                 model_id, serving.root, time.perf_counter() - t0,
+                 sum(r["caught_up"] for r in reports))
+
+    def _drop_next_pool(self) -> None:
+        """Give the cameras the live pool back and retire a pool started for a switch that did
+        not complete."""
+        if self._next_pool is None:
+            return
+        assert self.live is not None
+        for name, (_, actor) in list(self._cameras.items()):
+            try:
+                ray.get(actor.set_embedders.remote(self.embedders, self.live.model_id,
+                                                   self.live.dim), timeout=30)
+            except (ray.exceptions.RayError, TimeoutError) as err:
+                log.warning("camera %s did not take the pool back: %s", name, err)
+        self._retiring.append((time.monotonic() + RETIRE_AFTER_S, self._next_pool[0]))
+        self._next_pool = None
+
+    def _check_writers(self) -> None:
+        """Move a writer that Ray restarted (it reopens its first version) back to the live one."""
+        assert self.live is not None
+        live = (str(self.live.root), self.live.model_id)
+        for i, (w, at) in enumerate(zip(self.writers, ray.get(
+                [w.version.remote() for w in self.writers], timeout=60), strict=True)):
+            if tuple(at) != live and self._wanted is None:
+                log.warning("index writer %d writes %s, not %s: switching it back", i, at, live)
+                ray.get(w.switch.remote(live[0], self.live.model_id, self.live.dim,
+                                        self.embedders))
+
+    def _retire_due(self, everything: bool = False) -> None:
+        now = time.monotonic()
+        keep = []
+        for at, actors in self._retiring:
+            if everything or at <= now:
+                for a in actors:
+                    ray.kill(a)
+            else:
+                keep.append((at, actors))
+        self._retiring = keep
+
+    def version_info(self) -> dict[str, Any]:
+        """What live ingestion writes, for /healthz and /metrics."""
+        live = self.live
+        return {"model_id": live.model_id if live else None,
+                "root": str(live.root) if live else None,
+                "alias_switches": self.alias_switches, "alias_error": self.alias_error}
 
     # -- cameras ----------------------------------------------------------------------------
 
     def add_camera(self, cam: CameraConfig) -> None:
-        if cam.name in self._cameras:
-            raise ValueError(f"camera {cam.name!r} already exists")
-        self._cameras[cam.name] = (cam, self._spawn(cam))
+        with self._lock:
+            if cam.name in self._cameras:
+                raise ValueError(f"camera {cam.name!r} already exists")
+            self._cameras[cam.name] = (cam, self._spawn(cam))
 
     def remove_camera(self, name: str) -> CameraReport | None:
         """Stop a camera (its open tracks are stored, its events flushed); its final report."""
-        if name not in self._cameras:
-            raise KeyError(f"no camera {name!r}; cameras: {', '.join(sorted(self._cameras))}")
-        _, actor = self._cameras.pop(name)
+        with self._lock:
+            if name not in self._cameras:
+                raise KeyError(f"no camera {name!r}; cameras: {', '.join(sorted(self._cameras))}")
+            _, actor = self._cameras.pop(name)
         return self._stop_actor(actor)
 
     def cameras(self) -> list[str]:
@@ -138,7 +311,7 @@ class Supervisor:
     def status(self, timeout_s: float = 10.0) -> dict[str, CameraReport | str]:
         """Each camera's report, or the error that kept it from answering."""
         out: dict[str, CameraReport | str] = {}
-        refs = {name: actor.status.remote() for name, (_, actor) in self._cameras.items()}
+        refs = {name: actor.status.remote() for name, (_, actor) in list(self._cameras.items())}
         for name, ref in refs.items():
             try:
                 out[name] = ray.get(ref, timeout=timeout_s)
@@ -148,16 +321,22 @@ class Supervisor:
 
     def check(self) -> list[str]:
         """Replace cameras whose actor is gone or whose loop failed; returns their names."""
+        with self._lock:
+            try:
+                self._check_writers()
+            except _SWITCH_ERRORS as err:
+                log.warning("index writers: %s", err)
         replaced = []
         for name, report in self.status().items():
             failed = isinstance(report, str) or report.error is not None
-            if failed and name in self._cameras:
-                cam, actor = self._cameras[name]
-                log.warning("camera %s failed (%s); replacing its actor", name, report)
-                ray.kill(actor)
-                self._cameras[name] = (cam, self._spawn(cam))
-                self._restarts[name] = self._restarts.get(name, 0) + 1
-                replaced.append(name)
+            with self._lock:
+                if failed and name in self._cameras:
+                    cam, actor = self._cameras[name]
+                    log.warning("camera %s failed (%s); replacing its actor", name, report)
+                    ray.kill(actor)
+                    self._cameras[name] = (cam, self._spawn(cam))
+                    self._restarts[name] = self._restarts.get(name, 0) + 1
+                    replaced.append(name)
         return replaced
 
     def pool_stats(self) -> dict[str, list[dict[str, float]]]:
@@ -182,14 +361,18 @@ class Supervisor:
     def stop(self) -> dict[str, CameraReport | None]:
         """Stop every camera, then close the shards and end the pools; final camera reports."""
         finals = {name: self.remove_camera(name) for name in list(self._cameras)}
-        for w in self.writers:
-            try:
-                ray.get(w.close.remote(), timeout=60)
-            except ray.exceptions.RayError as err:
-                log.warning("index writer did not close cleanly: %s", err)
-        for a in [*self.detectors, *self.embedders, *self.writers]:
-            ray.kill(a)
-        self.detectors, self.embedders, self.writers = [], [], []
+        with self._lock:
+            for w in self.writers:
+                try:
+                    ray.get(w.close.remote(), timeout=60)
+                except ray.exceptions.RayError as err:
+                    log.warning("index writer did not close cleanly: %s", err)
+            self._retire_due(everything=True)
+            pending = self._next_pool[0] if self._next_pool else []
+            for a in [*self.detectors, *self.embedders, *self.writers, *pending]:
+                ray.kill(a)
+            self.detectors, self.embedders, self.writers = [], [], []
+            self._next_pool = None
         return finals
 
 

@@ -1,45 +1,160 @@
-"""Index writer actor: owns one gallery shard (SQLite + FAISS) and the crops written to it."""
+"""Index writer actor: owns one gallery shard (SQLite + FAISS) of the version live cameras feed.
+
+A writer writes shard ``shard`` of one index version (``indexer/versions.py``) and takes only
+embeddings of that version's model: others are refused with ``StaleModelError`` before anything
+is stored, and the camera re-embeds or waits (``actors/camera.py``). ``switch`` moves the writer
+to another version when the serving alias changes:
+
+1. open the new version's shard (its writer lock; if that fails, the old one stays open);
+2. catch up: crops the old version holds past the new one's newest row (stored after the
+   re-index's last pass, until this call) are read from the crop store, embedded by the new
+   version's embedder pool and copied into the new version under their own vector ids;
+3. raise the new version's id floor above every id the old one handed out, then close the old.
+
+The actor runs one call at a time, so no crop reaches the old version after step 1 and none gets
+an id in the new one before step 3: a crop is stored exactly once per version, and an id the new
+version hands out can never name a crop of the old one (ids stay collision-free across versions).
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import ray
 
+from actors.pools import Pool, PoolEmbedder
 from indexer.blobs import CropStore
 from indexer.gallery_store import GalleryStore
 from indexer.ingest import store_crops
 from indexer.metadata import TrackSummary
+from indexer.reindex import EmbedCrops
 from indexer.shards import shard_dir
 from streaming.config import RefindConfig
 from streaming.records import Crop, CropRecord, Embeddings
 
 log = logging.getLogger(__name__)
 
+CATCH_UP_BATCH = 64
+
+
+class StaleModelError(ValueError):
+    """Embeddings of a model other than the one of the version this writer writes."""
+
 
 @ray.remote
 class IndexWriterActor:
-    """Adds crops to shard ``shard`` and answers searches on it with the freshest index."""
+    """Adds crops to shard ``shard`` of the version under ``root`` and answers searches on it.
 
-    def __init__(self, cfg: RefindConfig, shard: int, model_id: str, dim: int) -> None:
+    Example:
+        >>> w = IndexWriterActor.remote(cfg, 0, str(cfg.data_dir), "reid-0277@ab", 256)  # doctest: +SKIP
+        >>> ray.get(w.switch.remote(str(new_root), "reid-0288@cd", 256, embedders))       # doctest: +SKIP
+        {'model_id': 'reid-0288@cd', 'caught_up': 12, 'failed': 0, 'id_floor': 4711}
+    """
+
+    def __init__(self, cfg: RefindConfig, shard: int, root: str, model_id: str, dim: int) -> None:
         self._cfg = cfg
-        self._gallery = GalleryStore(shard_dir(cfg.data_dir, shard), cfg.gallery, model_id, dim)
+        self._shard = shard
+        self._root = Path(root)
+        self._gallery = GalleryStore(shard_dir(self._root, shard), cfg.gallery, model_id, dim)
         self._crops = CropStore.from_config(cfg)
         self._last_save = time.monotonic()
         self._added = 0
+        self._caught_up = 0
 
     def max_track_id(self, camera: str) -> int:
         return self._gallery.max_track_id(camera)
 
+    def version(self) -> tuple[str, str]:
+        """(root, model_id) of the version this writer writes."""
+        return str(self._root), self._gallery.model_id
+
     def add(self, crops: list[Crop], embeddings: Embeddings, id_offset: int) -> list[CropRecord]:
         """Store crops and vectors (one transaction); the shard is saved every few seconds."""
+        if embeddings.model_id != self._gallery.model_id:  # before any JPEG is written
+            raise StaleModelError(
+                f"shard {self._shard} writes version {self._gallery.model_id}; embeddings of "
+                f"{embeddings.model_id} are refused (re-embed with the serving model)"
+            )
         records = store_crops(crops, embeddings, self._gallery, self._crops, id_offset)
         self._added += len(records)
         if time.monotonic() - self._last_save >= self._cfg.serve.save_interval_s:
             self.save()
         return records
+
+    def switch(self, root: str, model_id: str, dim: int, embedders: list[Any]) -> dict[str, Any]:
+        """Write the version under ``root`` (model ``model_id``) from now on; ``embedders`` is
+        that model's pool, for the catch-up. Idempotent: a writer already there only reports."""
+        old = self._gallery
+        if Path(root) == self._root and model_id == old.model_id:
+            return self._switch_report(0, 0)
+        new = GalleryStore(shard_dir(Path(root), self._shard), self._cfg.gallery, model_id, dim)
+        try:
+            old.save()
+            copied, failed = self._catch_up(old, new, embedders)
+            if copied and new.refresh() < copied:
+                # a copy fell at or below the FAISS view's newest id (removed rows): reopening
+                # without a save rebuilds the view from SQLite
+                log.warning("shard %d: rebuilding the %s FAISS view after the catch-up",
+                            self._shard, model_id)
+                new.close()
+                new = GalleryStore(shard_dir(Path(root), self._shard), self._cfg.gallery,
+                                   model_id, dim)
+            new.metadata.raise_id_floor(old.next_vector_id())  # ids above all of the old's
+            new.save()
+        except BaseException:
+            new.close()
+            raise
+        old.close()
+        self._gallery, self._root = new, Path(root)
+        self._caught_up += copied
+        self._last_save = time.monotonic()
+        log.info("shard %d now writes %s in %s (%d crops caught up, %d unreadable)",
+                 self._shard, model_id, root, copied, failed)
+        return self._switch_report(copied, failed)
+
+    def _switch_report(self, copied: int, failed: int) -> dict[str, Any]:
+        return {"model_id": self._gallery.model_id, "root": str(self._root), "caught_up": copied,
+                "failed": failed, "id_floor": self._gallery.next_vector_id()}
+
+    def _catch_up(
+        self, old: GalleryStore, new: GalleryStore, embedders: list[Any]
+    ) -> tuple[int, int]:
+        """Copy the old version's crops newer than the new one's newest row, re-embedded by
+        ``embedders``, with their track spans; returns (crops copied, crops unreadable)."""
+        src, dst = old.metadata, new.metadata
+        newest = max(dst.max_vector_id(new.model_id), -1)
+        ids = src.vector_ids(old.model_id)  # sorted; the new version holds none above newest
+        todo = ids[ids > newest]
+        copied = failed = 0
+        if len(todo):
+            embed = EmbedCrops(self._cfg, PoolEmbedder(Pool(embedders), new.model_id, new.dim))
+            for start in range(0, len(todo), CATCH_UP_BATCH):
+                found = src.crops_found(todo[start : start + CATCH_UP_BATCH].tolist())
+                recs = [found[v] for v in sorted(found)]
+                out = embed({"shard": np.asarray([""] * len(recs), dtype=object),
+                             "vector_id": np.asarray([r.vector_id for r in recs], np.int64),
+                             "crop_path": np.asarray([r.crop_path for r in recs], dtype=object)})
+                ok = out["ok"]
+                for rec, err in zip(recs, out["error"], strict=True):
+                    if err:
+                        log.warning("shard %d catch-up: crop %d skipped: %s", self._shard,
+                                    rec.vector_id, err)
+                good = [replace(r, model_id=new.model_id)
+                        for r, k in zip(recs, ok, strict=True) if k]
+                copied += dst.add_copies(good, Embeddings(out["vector"][ok], new.model_id))
+                failed += int((~ok).sum())
+        spans: dict[str, list[tuple[int, int, int]]] = {}
+        for camera, track_id, first, last in src.track_spans():
+            spans.setdefault(camera, []).append((track_id, first, last))
+        for camera, rows in spans.items():
+            new.set_track_spans(camera, rows)
+        dst.mark_forgotten(src.forgotten())
+        return copied, failed
 
     def set_track_spans(self, camera: str, spans: list[tuple[int, int, int]]) -> None:
         self._gallery.set_track_spans(camera, spans)
@@ -55,14 +170,17 @@ class IndexWriterActor:
         cameras: tuple[str, ...] = (),
         start_ts_ns: int | None = None,
         end_ts_ns: int | None = None,
+        min_track_s: float | None = None,
     ) -> list[list[tuple[CropRecord, float]]]:
-        return self._gallery.search(vectors, k_crops, cameras, start_ts_ns, end_ts_ns)
+        return self._gallery.search(vectors, k_crops, cameras, start_ts_ns, end_ts_ns,
+                                    min_track_s)
 
     def track(self, camera: str, track_id: int) -> TrackSummary | None:
         return self._gallery.track(camera, track_id)
 
-    def stats(self) -> dict[str, int]:
-        return {"vectors": len(self._gallery), "added": self._added}
+    def stats(self) -> dict[str, Any]:
+        return {"vectors": len(self._gallery), "added": self._added,
+                "caught_up": self._caught_up}
 
     def close(self) -> None:
         self._gallery.save()
