@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "missing, which needs OpenVINO)")
     t.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     t.add_argument("--minutes", type=float, default=22.0, help="time budget of the head training")
-    t.add_argument("--steps", type=int, default=2400, help="training steps (the LR schedule)")
+    t.add_argument("--steps", type=int, default=800, help="training steps (the LR schedule)")
     t.add_argument("--seed", type=int, default=0, help="seed of sampling and initialisation")
     t.add_argument("--threads", type=int, default=2, help="CPU threads (1 on a busy machine)")
     _add_common(t, data_dir=False)

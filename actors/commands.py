@@ -233,17 +233,11 @@ def evaluate(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
 
 def _eval_embedder(args: argparse.Namespace, cfg: RefindConfig) -> ReidEmbedder:
     """The embedder ``--model`` names: a model store name, or an IRM ``.safetensors`` file."""
-    store = ModelStore.from_config(cfg.models)
-    if args.model and args.model.endswith(".safetensors"):
-        if not Path(args.model).is_file():
-            raise FileNotFoundError(f"IRM weights {args.model} not found")
-        from models.irm import IrmEmbedder
+    from indexer.versions import with_model
 
-        return IrmEmbedder.from_pretrained(Path(args.model), store)
+    store = ModelStore.from_config(cfg.models)
     if args.model:
-        cfg = cfg.model_copy(
-            update={"embedder": cfg.embedder.model_copy(update={"model": args.model})}
-        )
+        cfg = with_model(cfg, args.model)
     return build_embedder(cfg, store)
 
 

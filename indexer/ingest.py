@@ -76,6 +76,10 @@ def build_detector(cfg: RefindConfig, store: ModelStore) -> Detector:
 
 
 def build_embedder(cfg: RefindConfig, store: ModelStore) -> ReidEmbedder:
+    if cfg.embedder.type == "irm":
+        from models.irm import IrmEmbedder  # torch and transformers load only when chosen
+
+        return IrmEmbedder.from_config(cfg.embedder, store)
     return OpenVinoReidEmbedder(cfg.embedder, store)
 
 

@@ -109,7 +109,11 @@ def with_embedder(cfg: RefindConfig, section: dict[str, Any] | EmbedderConfig) -
 
 
 def with_model(cfg: RefindConfig, name: str) -> RefindConfig:
-    """``cfg`` whose embedder (same type) loads model ``name`` from the model store."""
+    """``cfg`` whose embedder loads model ``name``: an IRM head (a model store name ``irm-*`` or a
+    ``.safetensors`` file) selects the IRM embedder; any other name replaces the model of the
+    configured embedder type (an OMZ ReID model for ``openvino_reid``)."""
+    if name.endswith(".safetensors") or name.startswith("irm-"):
+        return with_embedder(cfg, {"type": "irm", "weights": name})
     data = cfg.embedder.model_dump()
     if "model" not in data:
         raise VersionError(f"embedder type {data.get('type')!r} has no model name to replace; "

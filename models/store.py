@@ -126,7 +126,13 @@ REGISTRY: dict[str, ModelSpec] = {
 PACKAGED_DIR = Path(__file__).resolve().parent / "weights"
 REGISTRY["irm-pets-v1"] = ModelSpec(
     "irm-pets-v1",
-    (ModelFile("irm-pets-v1.safetensors", "0" * 64, None),),
+    (
+        ModelFile(
+            "irm-pets-v1.safetensors",
+            "e4b3182541a049b3c7bae0572902884a8c2423cf2b8a25159e5baba792ac3f14",
+            None,
+        ),
+    ),
     "Apache-2.0 (refind; trained on PETS09-S2L1 and the Intel sample clip, see its model card)",
 )
 REGISTRY["refer-pets-v1"] = ModelSpec(

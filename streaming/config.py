@@ -164,7 +164,25 @@ class OpenVinoReidConfig(_Section):
     threads: int = Field(0, ge=0, le=256, description="OpenVINO inference threads; 0 = auto.")
 
 
-EmbedderConfig = OpenVinoReidConfig
+class IrmEmbedderConfig(_Section):
+    """The instruction-editable ReID model (models/irm.py): 512-d vectors, queries may carry an
+    instruction (text or a garment photo). Its weights were trained on one backbone's features."""
+
+    type: Literal["irm"] = "irm"
+    weights: str = Field(
+        "irm-pets-v1", description="Model store name (or path of a .safetensors file) of the head."
+    )
+    backbone: str = Field(
+        "person-reidentification-retail-0277",
+        description="Model store name of the frozen backbone; must be the one the head was "
+        "trained on.",
+    )
+    batch_size: int = Field(32, ge=1, le=1024, description="Crops per inference call.")
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
+        description="auto = a CUDA GPU when torch sees one, else the CPU (OpenVINO).",
+    )
+    threads: int = Field(0, ge=0, le=256, description="OpenVINO backbone threads; 0 = auto.")
 
 
 class GalleryConfig(_Section):
@@ -238,6 +256,11 @@ MetadataConfig = Annotated[
     _type_tag("sqlite"),
 ]
 
+EmbedderConfig = Annotated[
+    Annotated[OpenVinoReidConfig, Tag("openvino_reid")] | Annotated[IrmEmbedderConfig, Tag("irm")],
+    _type_tag("openvino_reid"),
+]
+
 
 class IngestConfig(_Section):
     sample_fps: float | None = Field(
@@ -258,6 +281,46 @@ class SearchConfig(_Section):
         description="How a tracklet's crop scores become one score: the best, or the mean of the "
         "best two (steadier against one lucky crop).",
     )
+    # Text queries are checked by the attribute verifier by default: on a plain ReID model it is
+    # the only way to read a description, and on an instructable one it explains each hit and
+    # says "nobody matches". Image queries are ranked by appearance alone unless asked.
+    rerank: Literal["none", "attributes", "refer", "mllm"] = Field(
+        "attributes", description="Re-ranker of text queries (indexer.rerank.RERANKERS)."
+    )
+    image_rerank: Literal["none", "attributes", "refer", "mllm"] = Field(
+        "none", description="Re-ranker of image queries (applied when they carry text)."
+    )
+    rerank_top: int = Field(
+        50, ge=1, le=1000, description="Best tracklets handed to the re-ranker per query."
+    )
+    rerank_weight: float = Field(
+        0.5, ge=0.0, le=1.0, description="Share of the re-ranker's score in a hit's score; the "
+        "rest is the retrieval (appearance) score.",
+    )
+    match_threshold: float = Field(
+        0.6, ge=0.0, le=1.0, description="Re-ranker score a tracklet needs to be returned; when "
+        "none reaches it the answer is 'no tracklet matches'.",
+    )
+    text_scan_tracks: int = Field(
+        2000, ge=1, le=100_000, description="Plain ReID models cannot embed text: a text query "
+        "then scores the best crop of at most this many most recent tracks within its filters.",
+    )
+    timezone: str = Field(
+        "UTC", min_length=1, max_length=64,
+        description="Time zone of clock times in queries ('after 14:00'), an IANA name.",
+    )
+
+    @model_validator(mode="after")
+    def _known_timezone(self) -> SearchConfig:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        if self.timezone.upper() != "UTC":
+            try:
+                ZoneInfo(self.timezone)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"search.timezone {self.timezone!r} is no IANA time zone "
+                                 "(e.g. UTC, Europe/Paris)") from None
+        return self
 
 
 class CameraConfig(_Section):
@@ -473,10 +536,23 @@ def _substitute_env(value: object, source: str) -> object:
     return _ENV.sub(repl, value)
 
 
+def _plugin_tags() -> frozenset[str]:
+    """The ``type:`` tags of plugin sections; pydantic puts them in error paths of unions."""
+    tags = set()
+    for cls in _Section.__subclasses__():
+        field = cls.model_fields.get("type")
+        if field is not None and isinstance(field.default, str):
+            tags.add(field.default)
+    return frozenset(tags)
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid config ({err.error_count()} problem(s))"]
+    tags = _plugin_tags()
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        # "embedder.openvino_reid.batch_size" names the key as the user wrote it: embedder.batch_size
+        loc = [p for i, p in enumerate(e["loc"]) if not (i > 0 and p in tags)]
+        where = ".".join(str(p) for p in loc) or "(top level)"
         got = e.get("input")
         hint = ""
         if e["type"] == "extra_forbidden":
