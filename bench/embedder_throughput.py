@@ -186,6 +186,27 @@ def time_openvino(crops: list, batches: list[int], iters: int, warmup: int, thre
     return out
 
 
+def time_irm_cpu(crops: list, batches: list[int], iters: int, warmup: int, threads: int,
+                 weights: Path | None) -> dict:
+    """The IRM embedder as ingest runs it on CPU: OpenVINO backbone + OpenVINO-compiled head."""
+    from models.irm import IrmEmbedder
+    from models.store import ModelStore
+    from streaming.config import ModelStoreConfig
+
+    store = ModelStore.from_config(ModelStoreConfig())
+    path = weights or store.resolve("irm-pets-v1").path
+    out = {}
+    for b in batches:
+        emb = IrmEmbedder.from_pretrained(path, store, device="cpu", batch_size=b, threads=threads)
+        chunk = batch_of(crops, b)
+        out[str(b)] = {
+            "e2e_crops_per_s": round(rate(lambda c=chunk, e=emb: e(c), b, iters, warmup,
+                                          lambda: None), 1),
+        }
+        log.info("irm (cpu, openvino) batch %d: %s", b, out[str(b)])
+    return out
+
+
 def irm_head(weights: Path | None, device: torch.device) -> tuple[torch.nn.Module, bool]:
     """The IRM head from ``weights``, or an untrained one (same cost) when none is given."""
     from models import irm
@@ -271,6 +292,11 @@ def main(argv: list[str] | None = None) -> None:
             results["openvino_reid"] = time_openvino(crops, batches, iters, warmup, args.threads)
         except ImportError as err:
             results["openvino_reid"] = {"available": False, "reason": f"not available: {err}"}
+        try:
+            results["irm_openvino_cpu"] = time_irm_cpu(crops, batches, iters, warmup,
+                                                       args.threads, args.irm_weights)
+        except ImportError as err:
+            results["irm_openvino_cpu"] = {"available": False, "reason": f"not available: {err}"}
     results["torch_0277"] = time_torch(TorchRunner(net, device, args.fp16), crops, batches,
                                        iters, warmup, sync)
     try:

@@ -9,11 +9,19 @@ storage path (GalleryStore: SQLite rows + FAISS index) and searched through
 query at a time, as an operator's search is. Built galleries are cached (``--cache``).
 
 Recall@10 compares each approximate index's top-10 crops with exact search (``Flat``), over
-the whole gallery and inside filters (one camera of 8; a 10 % time window). Prints one JSON
-object and writes it to ``bench/results/search_latency-<date>.json``.
+the whole gallery and inside filters (one camera of 8; a 10 % time window; minimum track
+lengths). Prints one JSON object and writes it to ``bench/results/search_latency-<date>.json``.
+
+Re-ranking runs on real pixels: a pool of PETS person crops (cut once from vtest.avi with the
+ground-truth boxes, into the cache) is handed out round-robin to the synthetic tracks, and the
+re-ranker (``indexer.rerank.build_reranker``) reads and scores each candidate's crop as a text
+query's re-rank does. ``--only rerank,min_track`` measures just those sections (re-rank of the
+top ``search.rerank_top`` tracklets with warm and cold attribute caches, the text path, and
+searches under a minimum track length) and merges them into the day's result file.
 
     python bench/search_latency.py [--sizes 10k,100k,1M] [--dim 256] [--rebuild]
-        [--rerank none|attributes|refer] [--text-encoder minilm|irm]
+        [--rerank none|attributes|refer[,...]] [--text-encoder minilm|irm]
+        [--only rerank,min_track]
 """
 
 from __future__ import annotations
@@ -43,10 +51,11 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from indexer.blobs import CropStore  # noqa: E402
 from indexer.gallery_store import GalleryStore  # noqa: E402
 from indexer.search import SearchEngine  # noqa: E402
 from streaming.config import GalleryConfig, SearchConfig  # noqa: E402
-from streaming.records import CropRecord, Embeddings, ImageQuery  # noqa: E402
+from streaming.records import CropRecord, Embeddings, ImageQuery, TrackletHit  # noqa: E402
 
 log = logging.getLogger("search_latency")
 
@@ -292,7 +301,9 @@ FILTERS = (
     Filter("time_window_10pct", start_ts_ns=T0_NS + int(0.45 * SPAN_NS),
            end_ts_ns=T0_NS + int(0.55 * SPAN_NS)),
     Filter("min_track_1_5s", min_track_s=1.5),  # tracks of 9+ crops: ~57 % of crops
+    Filter("min_track_2_2s", min_track_s=2.2),  # tracks of 12 crops: ~11 % of tracks, ~17 % of crops
 )
+MIN_TRACK_FILTERS = tuple(f for f in FILTERS if f.min_track_s)
 
 
 def exact_top(syn: Synthetic, keep: np.ndarray, k: int = K) -> np.ndarray:
@@ -327,7 +338,6 @@ def found_ids(store: GalleryStore, syn: Synthetic, flt: Filter, k: int = K) -> n
 PARAM = {"ivf": "nprobe", "hnsw": "ef_search"}
 CURVE = {"ivf": (4, 8, 16, 32, 64, 128, 256), "hnsw": (16, 32, 64, 128, 256, 512)}
 MIN_RECALL = 0.95
-MIN_TRACK_MAX_N = 100_000  # the min-track filter is timed per query only up to this size
 
 
 def set_search(store: GalleryStore, **update: int) -> None:
@@ -398,10 +408,6 @@ def measure_filters(
     for flt in FILTERS:
         if not flt.supported():
             out[flt.name] = {"skipped": "GalleryStore.search has no min_track_s filter yet"}
-            continue
-        if flt.min_track_s and len(syn.vectors) > MIN_TRACK_MAX_N:
-            out[flt.name] = {"skipped": f"above {MIN_TRACK_MAX_N} rows the SQL of this filter takes "
-                             "seconds per query; see filter_ids_ms"}
             continue
         found = found_ids(store, syn, flt)
         keys[flt.name] = tracklet_keys(engine, syn, flt)
@@ -512,20 +518,99 @@ def text_embedder(kind: str) -> tuple[Callable[[int], object], dict]:
                 "timed as text-embed + the same gallery search (IRM's embed_text will replace it)"}
 
 
-def reranker(kind: str) -> tuple[Callable[[list], list], dict]:
-    """The re-rank stage: identity for 'none'; else indexer.rerank, imported only when asked."""
+PETS = REPO / "../shared/data/pets09-s2l1"
+GT_SCALE = 0.625  # gt.txt is drawn on 768x576; vtest.avi is 480x360
+POOL_SIZE = 200
+
+
+def crop_pool(cache: Path, n: int = POOL_SIZE) -> CropStore:
+    """A crop store holding ``n`` real PETS person crops (``pool/0/<i>.jpg``), cut from
+    vtest.avi with its ground-truth boxes (every 10th frame, boxes at least 48 px high) the
+    first time and kept in the cache."""
+    store = CropStore(cache / "crop-pool")
+    done = store.root / "pool.json"
+    if done.is_file() and json.loads(done.read_text())["n"] == n:
+        return store
+    from streaming.mot import load_mot
+    from streaming.sources import VideoSource
+
+    gt = load_mot(PETS / "gt.txt", scale=GT_SCALE)
+    height = gt.xyxy[:, 3] - gt.xyxy[:, 1]
+    rows = np.flatnonzero((gt.frame % 10 == 1) & (height >= 48))[:n]
+    if len(rows) < n:
+        raise RuntimeError(f"{PETS / 'gt.txt'} gives only {len(rows)} crops of the {n} wanted")
+    wanted: dict[int, list[int]] = {}
+    for r in rows:
+        wanted.setdefault(int(gt.frame[r]) - 1, []).append(int(r))  # MOT frame N = index N - 1
+    made = 0
+    for frame in VideoSource(PETS / "vtest.avi", camera="pool"):
+        for r in wanted.pop(frame.index, []):
+            h, w = frame.image.shape[:2]
+            x1, y1, x2, y2 = np.round(gt.xyxy[r]).astype(int)
+            crop = frame.image[max(y1, 0) : min(y2, h), max(x1, 0) : min(x2, w)]
+            store.put("pool", 0, made, crop)
+            made += 1
+        if not wanted:
+            break
+    done.write_text(json.dumps({"n": made, "source": "pets09-s2l1 vtest.avi + gt.txt",
+                                "gt_scale": GT_SCALE}))
+    return store
+
+
+@dataclass
+class PoolReranker:
+    """A re-ranker from ``indexer.rerank.build_reranker`` over the crop pool: each synthetic
+    track shows pool crop ``(track_id + 31 * camera) % n`` (round-robin within a camera)."""
+
+    reranker: object
+    crops: CropStore
+    n_pool: int
+    weight: float
+
+    def thumbnail(self, hit: TrackletHit) -> str:
+        i = (hit.track_id + 31 * CAMERAS.index(hit.camera)) % self.n_pool
+        return f"pool/0/{i:06d}.jpg"
+
+    def __call__(self, text: str, hits: list[TrackletHit]) -> list[TrackletHit]:
+        """The re-ranked, selected hits, as ``SearchEngine._rerank`` computes them."""
+        from indexer.rerank import rerank_hits
+
+        hits = [dataclasses.replace(h, thumbnail=self.thumbnail(h)) for h in hits]
+        return rerank_hits(self.reranker, text, hits, self.crops, weight=self.weight,  # type: ignore[arg-type]
+                           with_retrieval=True).hits
+
+    def forget(self) -> None:
+        """Empty the re-ranker's caches (crop attributes; refer's text tokens)."""
+        for holder in (self.reranker, getattr(self.reranker, "text", None)):
+            cache = getattr(holder, "_cache", None)
+            if cache is not None:
+                cache.clear()
+
+
+def build_pool_reranker(kind: str, cache: Path) -> PoolReranker:
+    from indexer.rerank import build_reranker
+    from models.store import ModelStore
+    from streaming.config import RefindConfig
+
+    cfg = RefindConfig()
+    built = build_reranker(kind, ModelStore.from_config(cfg.models), cfg.search.match_threshold)
+    if built is None:
+        raise ValueError(f"re-ranker {kind!r} builds nothing to time")
+    crops = crop_pool(cache)
+    return PoolReranker(built, crops, POOL_SIZE, cfg.search.rerank_weight)
+
+
+def reranker(kind: str, cache: Path) -> tuple[Callable[[list], list], dict]:
+    """The re-rank stage of the full run: identity for 'none'; else ``build_pool_reranker``
+    scoring the hits against the first of ``TEXTS``."""
     if kind == "none":
         return (lambda hits: hits), {"kind": "none"}
-    try:
-        rerank = importlib.import_module("indexer.rerank")
-        build = rerank.build_reranker  # expected: build_reranker(kind) -> (hits) -> hits
-    except (ImportError, AttributeError) as err:
-        return (lambda hits: hits), {"kind": kind, "skipped": f"indexer.rerank not available "
-                                     f"yet ({type(err).__name__}: {err}); re-rank timed as none"}
-    return build(kind), {"kind": kind}
+    pool = build_pool_reranker(kind, cache)
+    return (lambda hits: pool(TEXTS[0], hits)), {"kind": kind, "text": TEXTS[0],
+                                                  "crop_pool": POOL_SIZE}
 
 
-def build_stages(n_embed: int, text_kind: str, rerank_kind: str) -> Stages:
+def build_stages(n_embed: int, text_kind: str, rerank_kind: str, cache: Path) -> Stages:
     ms: dict[str, list[float]] = {}
     info: dict[str, dict] = {}
     embed, info["image"] = image_embedder()
@@ -537,7 +622,7 @@ def build_stages(n_embed: int, text_kind: str, rerank_kind: str) -> Stages:
         info["text"] = {"skipped": f"{type(err).__name__}: {err}"}
     for modality, values in ms.items():
         info[modality]["ms"] = percentiles(values)
-    rerank, rerank_info = reranker(rerank_kind)
+    rerank, rerank_info = reranker(rerank_kind, cache)
     return Stages(ms, info, rerank, rerank_info)
 
 
@@ -572,7 +657,7 @@ def filter_ids_ms(root: Path) -> dict[str, float]:
     """Milliseconds SQLite takes to list each filter's allowed ids (best of 2; once if slow)."""
     from indexer.metadata import SqliteMetadata
 
-    meta = SqliteMetadata(root / "gallery-Flat" / "metadata.sqlite3", read_only=True)
+    meta = SqliteMetadata(root / "gallery-Flat" / "metadata.sqlite3")  # migrates a cached one
     out = {}
     try:
         for flt in FILTERS[1:]:
@@ -610,6 +695,160 @@ def run_size(name: str, args: argparse.Namespace, stages: Stages) -> dict:
     return out
 
 
+# -- sections measured apart (--only): re-rank and the minimum track length ------------------
+
+
+def chosen_index(n: int) -> str:
+    """The index a deployment of ``n`` crops would use: IVF where it can be trained, else Flat."""
+    return next((f for f in factories(n) if f.startswith("IVF")), "Flat")
+
+
+def load_avg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def time_cold(fn: Callable[[int], object], forget: Callable[[], None], n: int,
+              desc: str) -> list[float]:
+    """Milliseconds of ``fn(i)`` for i in range(n), each after ``forget()`` (not timed)."""
+    out = []
+    for i in tqdm(range(n), desc=desc, leave=False):
+        forget()
+        t0 = time.perf_counter()
+        fn(i)
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def measure_rerank(
+    root: Path, syn: Synthetic, pools: dict[str, PoolReranker],
+    text_embed: Callable[[int], object] | None, n_time: int,
+) -> dict:
+    """Per re-ranker: the top ``rerank_top`` tracklets of each query re-ranked against a text,
+    with warm and cold caches; and the text path (text embed + search + re-rank)."""
+    factory = chosen_index(len(syn.vectors))
+    store, _ = open_index(root, GalleryConfig(index_factory=factory), syn.vectors.shape[1])
+    try:
+        cfg = SearchConfig()
+        engine = SearchEngine(cfg, _VectorOnly(MODEL), store)
+        top = cfg.rerank_top
+        query = ImageQuery(image=_NO_IMAGE, k=top)
+
+        def search(i: int) -> list[TrackletHit]:
+            return engine.search_vector(syn.queries[i : i + 1], query, top)
+
+        candidates = [search(i) for i in range(n_time)]
+        out: dict = {"index": factory, "rerank_top": top, "load_avg_before": load_avg(),
+                     "candidates_mean": round(float(np.mean([len(c) for c in candidates])), 1)}
+        for kind, pool in pools.items():
+            def rerank(i: int, p: PoolReranker = pool) -> list[TrackletHit]:
+                return p(TEXTS[i % len(TEXTS)], candidates[i])
+
+            def text_path(i: int, p: PoolReranker = pool) -> list[TrackletHit]:
+                text_embed(i)  # type: ignore[misc]
+                return p(TEXTS[i % len(TEXTS)], search(i))
+
+            pool.forget()
+            row: dict = {"cold_ms": percentiles(time_cold(rerank, pool.forget, n_time,
+                                                          f"{kind} cold"))}
+            row["warm_ms"] = percentiles(time_each(rerank, n_time, f"{kind} warm", n_time))
+            row["kept_mean"] = round(float(np.mean([len(rerank(i)) for i in range(n_time)])), 1)
+            if text_embed is not None:
+                row["text_path_warm_ms"] = percentiles(
+                    time_each(text_path, n_time, f"{kind} text", 0))
+                row["text_path_cold_ms"] = percentiles(
+                    time_cold(text_path, pool.forget, n_time, f"{kind} text cold"))
+            out[kind] = row
+        out["search_top_ms"] = percentiles(time_each(search, n_time, "search top"))
+        out["load_avg_after"] = load_avg()
+        return out
+    finally:
+        store.close()
+
+
+def measure_min_track(root: Path, syn: Synthetic, n_time: int) -> dict:
+    """Searches under each minimum track length (and none) through the engine, on the size's
+    chosen index: latency, recall@10 vs exact, and the allowed ids checked against the mask."""
+    from indexer.metadata import SqliteMetadata
+
+    factory = chosen_index(len(syn.vectors))
+    store, _ = open_index(root, GalleryConfig(index_factory=factory), syn.vectors.shape[1])
+    try:
+        out: dict = {"index": factory, "load_avg_before": load_avg(),
+                     "filter_ids_ms": filter_ids_ms(root), "filters": {}}
+        meta = SqliteMetadata(root / "gallery-Flat" / "metadata.sqlite3", read_only=True)
+        try:
+            for flt in MIN_TRACK_FILTERS:
+                ids = meta.ids_matching((), None, None, MODEL, int(flt.min_track_s * 1e9))
+                if not np.array_equal(ids, np.flatnonzero(flt.mask(syn))):
+                    raise AssertionError(f"{flt.name}: allowed ids differ from the synthetic mask")
+        finally:
+            meta.close()
+        out["allowed_ids_equal_mask"] = True
+        engine = SearchEngine(SearchConfig(), _VectorOnly(MODEL), store)
+        for flt in (FILTERS[0], *MIN_TRACK_FILTERS):
+            search = flt.searcher(engine)
+            ms = time_each(lambda i, f=search: f(syn.queries[i : i + 1]), n_time,
+                           f"search {flt.name}")
+            found = found_ids(store, syn, flt)
+            out["filters"][flt.name] = {
+                "allowed_share": round(float(flt.mask(syn).mean()), 4),
+                "search_ms": percentiles(ms),
+                "recall_at_10": recall(found, exact_top(syn, flt.mask(syn))),
+                "tracklets_filled_k": round(float(np.mean(
+                    [len(search(q[None])) == K for q in syn.queries[:n_time]])), 4),
+            }
+        out["load_avg_after"] = load_avg()
+        return out
+    finally:
+        store.close()
+
+
+def run_sections(args: argparse.Namespace) -> dict:
+    """The --only sections for every size: {"rerank": {size: ...}, "min_track_filter": ...}."""
+    out: dict = {}
+    pools: dict[str, PoolReranker] = {}
+    text_embed, text_info = None, {}
+    if "rerank" in args.only:
+        pools = {kind: build_pool_reranker(kind, args.cache) for kind in args.rerank
+                 if kind != "none"}
+        try:
+            text_embed, text_info = text_embedder(args.text_encoder)
+        except Exception as err:  # the re-rank alone is still timed
+            text_info = {"skipped": f"{type(err).__name__}: {err}"}
+        out["rerank"] = {"kinds": list(pools), "texts": list(TEXTS), "crop_pool": {
+            "n": POOL_SIZE, "source": "PETS09-S2L1 vtest.avi, gt.txt boxes x0.625, every 10th "
+            "frame, >= 48 px high; round-robin over the synthetic tracks"},
+            "text_encoder": text_info, "queries": args.rerank_queries, "sizes": {}}
+    if "min_track" in args.only:
+        out["min_track_filter"] = {"queries": args.queries, "sizes": {}}
+    for name in args.sizes:
+        n = SIZES[name]
+        root = args.cache / f"n{n}-d{args.dim}"
+        syn, _ = prepare(root, n, args.dim, args.queries, args.rebuild)
+        if "min_track" in args.only:
+            log.info("%s: min track", name)
+            out["min_track_filter"]["sizes"][name] = measure_min_track(root, syn, args.queries)
+        if "rerank" in args.only:
+            log.info("%s: rerank", name)
+            out["rerank"]["sizes"][name] = measure_rerank(
+                root, syn, pools, text_embed, args.rerank_queries)
+    return out
+
+
+def merge_sections(path: Path, new: dict, machine_info: dict) -> dict:
+    """The result file at ``path`` with ``new``'s sections merged in, size by size; the
+    re-rank stage of the full run stays under rerank.full_run_stage."""
+    result = json.loads(path.read_text()) if path.is_file() else {
+        "benchmark": "search_latency", "date": dt.date.today().isoformat()}
+    for section, value in new.items():
+        old = result.get(section, {})
+        if "sizes" not in old:  # the full run's {"kind": ...} of its re-rank stage, or nothing
+            old = {"full_run_stage": old} if section == "rerank" else {}
+        result[section] = old | value | {"sizes": old.get("sizes", {}) | value["sizes"],
+                                         "machine": machine_info}
+    return result
+
+
 def targets(result: dict) -> dict:
     """Issue 5's targets at 1M: p95 total < 50 ms (no MLLM), recall@10 >= 0.95 of exact."""
     big = result["sizes"].get("1M")
@@ -631,13 +870,21 @@ def targets(result: dict) -> dict:
     return out
 
 
+SECTIONS = ("rerank", "min_track")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="10k,100k,1M", help=f"comma list of {list(SIZES)}")
     p.add_argument("--dim", type=int, default=256, choices=(256, 512))
     p.add_argument("--index", default="", help="FAISS factories separated by | (default: by size)")
     p.add_argument("--queries", type=int, default=200, help="queries per measurement")
-    p.add_argument("--rerank", default="none", choices=("none", "attributes", "refer"))
+    p.add_argument("--rerank", default="none",
+                   help="re-ranker(s) from none, attributes, refer (comma list; the full run's "
+                   "stage uses the first)")
+    p.add_argument("--rerank-queries", type=int, default=50, help="queries per re-rank timing")
+    p.add_argument("--only", default="", help="comma list of sections measured alone and merged "
+                   f"into the day's file: {', '.join(SECTIONS)}")
     p.add_argument("--text-encoder", default="minilm", choices=("minilm", "irm"))
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="built galleries")
     p.add_argument("--rebuild", action="store_true", help="rebuild cached galleries")
@@ -647,6 +894,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown size {unknown}; choose from {list(SIZES)}")
     args.sizes = args.sizes.split(",")
+    args.rerank = args.rerank.split(",")
+    args.only = [x for x in args.only.split(",") if x]
+    for values, valid, what in ((args.rerank, ("none", "attributes", "refer"), "re-ranker"),
+                                (args.only, SECTIONS, "section")):
+        bad = [v for v in values if v not in valid]
+        if bad:
+            p.error(f"unknown {what} {bad}; choose from {list(valid)}")
     args.index = [f.strip() for f in args.index.split("|") if f.strip()]
     return args
 
@@ -656,6 +910,16 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     args = parse_args(argv)
     t0 = time.perf_counter()
+    if args.only:
+        info = machine() | {"run_s": None, "sizes": args.sizes}
+        new = run_sections(args)
+        info["run_s"], info["load_avg_at_end"] = round(time.perf_counter() - t0, 1), load_avg()
+        path = args.out / f"search_latency-{dt.date.today().isoformat()}.json"
+        result = merge_sections(path, new, info)
+        print(json.dumps({k: result[k] for k in new}, indent=1))
+        args.out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        return
     result: dict = {"benchmark": "search_latency", "date": dt.date.today().isoformat(),
                     "machine": machine(), "k": K, "min_recall": MIN_RECALL,
                     "search_config": SearchConfig().model_dump(), "dim": args.dim,
@@ -663,7 +927,7 @@ def main(argv: list[str] | None = None) -> None:
                                   "cos_same_person": COS_SAME_PERSON,
                                   "crops_per_identity": CROPS_PER_IDENTITY,
                                   "cameras": len(CAMERAS), "days": SPAN_NS / 86_400e9}}
-    stages = build_stages(50, args.text_encoder, args.rerank)
+    stages = build_stages(50, args.text_encoder, args.rerank[0], args.cache)
     result["embed"], result["rerank"] = stages.embed_info, stages.rerank_info
     result["sizes"] = {name: run_size(name, args, stages) for name in args.sizes}
     result["targets_1M"] = targets(result)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import sqlite3
 
 import numpy as np
 import pytest
 
-from indexer.metadata import SCHEMA_VERSION, SqliteMetadata
-from streaming.records import Embeddings
+from indexer.metadata import SCHEMA_VERSION, SqliteMetadata, _crop_filter
+from streaming.records import CropRecord, Embeddings
 from tests.indexer.conftest import CAMERAS, DIM, MODEL, crop_records
 
 
@@ -146,15 +147,28 @@ def test_track_span_covers_what_the_tracker_saw(meta):
     assert meta.track(rec.camera, rec.track_id).start_ts_ns == first
 
 
+def _undo_schema_4(conn: sqlite3.Connection) -> None:
+    """Take a database back to schema 3 (no track span column, its triggers or indexes)."""
+    for trigger in ("tracks_span_insert", "tracks_span_update", "track_spans_insert",
+                    "track_spans_update", "track_spans_delete"):
+        conn.execute(f"DROP TRIGGER {trigger}")
+    conn.execute("DROP INDEX tracks_span")
+    conn.execute("DROP INDEX crops_track_model_ts")
+    conn.execute("ALTER TABLE tracks DROP COLUMN span_ns")
+    conn.execute("CREATE INDEX crops_track ON crops (camera, track_id)")
+    conn.execute("UPDATE schema_version SET version = 3")
+
+
 def test_schema_1_database_is_migrated(tmp_path):
     db = tmp_path / "old.sqlite3"
     SqliteMetadata(db).close()
     with sqlite3.connect(db) as conn:  # roll it back to version 1 as an older refind left it
+        _undo_schema_4(conn)
         for table in ("track_spans", "forgotten_tracks", "vector_id_floor"):
             conn.execute(f"DROP TABLE {table}")
         conn.execute("UPDATE schema_version SET version = 1")
     meta = SqliteMetadata(db)
-    assert meta.schema_version() == SCHEMA_VERSION == 3
+    assert meta.schema_version() == SCHEMA_VERSION == 4
     meta.set_track_spans("c", [(1, 0, 10)])
     meta.close()
 
@@ -165,12 +179,138 @@ def test_schema_2_database_keeps_its_ids_when_migrated(tmp_path):
     _add(meta, 20)
     meta.close()
     with sqlite3.connect(db) as conn:  # as refind with schema 2 left it
+        _undo_schema_4(conn)
         conn.execute("DROP TABLE forgotten_tracks")
         conn.execute("DROP TABLE vector_id_floor")
         conn.execute("UPDATE schema_version SET version = 2")
     meta = SqliteMetadata(db)
-    assert meta.schema_version() == 3 and meta.next_vector_id() == 20
+    assert meta.schema_version() == SCHEMA_VERSION and meta.next_vector_id() == 20
     rec = meta.crops([19])[0]
     meta.remove_where(MODEL, rec.camera, track_id=rec.track_id)
     assert meta.next_vector_id() == 20  # removed ids are never handed out again
     meta.close()
+
+
+# -- the minimum-track-length filter -----------------------------------------------------------
+
+S = 1_000_000_000
+
+
+def _reference_filter(cameras, start_ts_ns, end_ts_ns, model_id, min_track_ns):
+    """The filter as schema 3 wrote it (a correlated EXISTS per crop row): the reference."""
+    where, args = ["model_id = ?"], [model_id]
+    if cameras:
+        where.append(f"camera IN ({','.join('?' * len(cameras))})")
+        args.extend(cameras)
+    if start_ts_ns is not None:
+        where.append("ts_ns >= ?")
+        args.append(int(start_ts_ns))
+    if end_ts_ns is not None:
+        where.append("ts_ns <= ?")
+        args.append(int(end_ts_ns))
+    if min_track_ns is not None and min_track_ns > 0:
+        where.append(
+            "EXISTS (SELECT 1 FROM tracks t LEFT JOIN track_spans s ON s.camera = t.camera "
+            "AND s.track_id = t.track_id WHERE t.camera = crops.camera AND t.track_id = "
+            "crops.track_id AND (MAX(t.end_ts_ns, COALESCE(s.last_ts_ns, t.end_ts_ns)) "
+            "- MIN(t.start_ts_ns, COALESCE(s.first_ts_ns, t.start_ts_ns))) >= ?)"
+        )
+        args.append(int(min_track_ns))
+    return " AND ".join(where), args
+
+
+def _reference(meta, *filters):
+    where, args = _reference_filter(*filters)
+    ids = [r[0] for r in meta._conn.execute(
+        f"SELECT vector_id FROM crops WHERE {where} ORDER BY vector_id", args)]
+    tracks = [tuple(r) for r in meta._conn.execute(
+        f"SELECT camera, track_id, MAX(ts_ns) AS last FROM crops WHERE {where} "
+        "GROUP BY camera, track_id ORDER BY last DESC, camera, track_id LIMIT 1000", args)]
+    return ids, tracks
+
+
+def _varied_gallery(meta: SqliteMetadata, n: int = 600, seed: int = 3) -> None:
+    """Tracks of 1-30 crops at random times, two models, tracker spans that widen a track
+    (before, after, both, disjoint) or not, then removals and a forgotten track."""
+    rng = np.random.default_rng(seed)
+    cam = rng.integers(0, len(CAMERAS), n)
+    track = rng.integers(1, 25, n)
+    ts = rng.integers(0, 120 * S, n)
+    records = [
+        CropRecord(vector_id=i, camera=CAMERAS[cam[i]], track_id=int(track[i]), frame_index=i,
+                   ts_ns=int(ts[i]), xyxy=(1.0, 2.0, 30.0, 90.0), confidence=0.9,
+                   quality=float(i % 5), crop_path=f"crops/{i}.jpg", model_id=MODEL)
+        for i in range(n)
+    ]
+    meta.add(records, Embeddings(np.ones((n, DIM)), MODEL))
+    second = [dataclasses.replace(r, vector_id=n + j, model_id="m2")
+              for j, r in enumerate(records[::3])]
+    meta.add(second, Embeddings(np.ones((len(second), 4)), "m2"))
+    for camera in CAMERAS:
+        spans = []
+        for t in range(1, 25, 2):
+            summary = meta.track(camera, t)
+            if summary is None:
+                continue
+            a, b = summary.start_ts_ns, summary.end_ts_ns
+            spans.append([(t, a - 30 * S, b), (t, a, b + 40 * S), (t, a - 5 * S, b + 5 * S),
+                          (t, b + 50 * S, b + 60 * S), (t, a + S, a + S)][t % 5])
+        spans.append((99, 0, 200 * S))  # a span with no crops: no track, never eligible
+        meta.set_track_spans(camera, spans)
+    meta.set_track_spans(CAMERAS[0], [(3, -50 * S, 0)])  # a later, wider span of one track
+    meta.remove_where(MODEL, CAMERAS[1], track_id=5)  # m2 crops of the track remain
+    meta.remove_where(MODEL, CAMERAS[2], track_id=7, forget_ns=1)  # its span goes too
+    meta.remove_where(MODEL, CAMERAS[3], before_ts_ns=20 * S)
+
+
+_FILTERS = list(itertools.product(
+    [(), ("gate",), ("lobby", "dock")],  # cameras
+    [(None, None), (30 * S, None), (None, 70 * S), (30 * S, 70 * S)],  # window
+    [MODEL, "m2"],
+    [None, 0, 1, 20 * S, 60 * S, 90 * S, 150 * S, 10**18],  # minimum track length, ns
+))
+
+
+def _assert_same_as_reference(meta: SqliteMetadata) -> None:
+    eligible = 0
+    for cameras, (start, end), model_id, min_ns in _FILTERS:
+        ids, tracks = _reference(meta, cameras, start, end, model_id, min_ns)
+        got = meta.ids_matching(cameras, start, end, model_id, min_ns)
+        assert got.tolist() == ids, (cameras, start, end, model_id, min_ns)
+        assert meta.recent_tracks(cameras, start, end, model_id, min_ns) == tracks, (
+            cameras, start, end, model_id, min_ns)
+        eligible += bool(min_ns) and len(ids) > 0
+    assert eligible > 50  # the table is not vacuous: most minimum lengths keep some crops
+
+
+def test_min_track_filter_gives_what_the_per_crop_query_gave(meta):
+    _varied_gallery(meta)
+    _assert_same_as_reference(meta)
+    # the spans matter: some tracks pass only because the tracker saw them longer
+    widened = [(c, t) for c, t, *_ in meta.track_spans()
+               if (s := meta.track(c, t)) and s.end_ts_ns - s.start_ts_ns >= 60 * S
+               and not meta._conn.execute(
+                   "SELECT MAX(ts_ns) - MIN(ts_ns) >= ? FROM crops WHERE camera = ? AND "
+                   "track_id = ?", (60 * S, c, t)).fetchone()[0]]
+    assert len(widened) >= 5
+
+
+def test_min_track_filter_after_migrating_a_schema_3_gallery(tmp_path):
+    db = tmp_path / "old.sqlite3"
+    meta = SqliteMetadata(db)
+    _varied_gallery(meta)
+    meta.close()
+    with sqlite3.connect(db) as conn:  # as refind with schema 3 left it: spans, no span_ns
+        _undo_schema_4(conn)
+    meta = SqliteMetadata(db)
+    assert meta.schema_version() == SCHEMA_VERSION
+    _assert_same_as_reference(meta)
+    meta.close()
+
+
+def test_min_track_filter_reads_tracks_first(meta):
+    _varied_gallery(meta, n=50)
+    source, args = _crop_filter(("gate",), 0, 10 * S, MODEL, 5 * S)
+    plan = " | ".join(r[3] for r in meta._conn.execute(
+        f"EXPLAIN QUERY PLAN SELECT crops.vector_id FROM {source}", args))
+    assert "crops_track_model_ts" in plan and "SCAN crops" not in plan, plan

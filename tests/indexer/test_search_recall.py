@@ -124,3 +124,29 @@ def test_summaries_are_read_for_the_returned_tracklets_only(store, people, monke
     hits = engine.search_vector(people["queries"][:1], query)
     assert hits == every[:3]
     assert looked_up == [(h.camera, h.track_id) for h in hits]
+
+
+@pytest.mark.parametrize("min_track_s", [1.0, 3.0])
+def test_min_track_search_equals_exact_search_of_the_long_tracks(tmp_path, people, min_track_s):
+    """Crops 1.4 s long everywhere; every third track's tracker span widened to 3.4 s: a 3 s
+    minimum keeps those tracks alone, and the search equals exact search over their crops."""
+    n = 4_000
+    records = _records(n, people["camera"])
+    store = GalleryStore(tmp_path, GalleryConfig(index_factory="Flat"), MODEL, DIM)
+    try:
+        store.add(records, Embeddings(people["vectors"][:n], MODEL))
+        for camera in {r.camera for r in records}:
+            store.set_track_spans(camera, [
+                (r.track_id, r.ts_ns - 2 * 10**9, r.ts_ns + 14 * 10**8)
+                for r in records if r.camera == camera and r.frame_index == 0
+                and r.track_id % 3 == 0])
+        long = np.array([r.track_id % 3 == 0 or min_track_s <= 1.4 for r in records])
+        allowed = np.flatnonzero(long)
+        scores = people["queries"][:20] @ people["vectors"][allowed].T
+        truth = allowed[np.argsort(-scores, axis=1)[:, :K]]
+        hits = store.search(people["queries"][:20], K, min_track_s=min_track_s)
+        found = np.array([[r.vector_id for r, _ in h] for h in hits])
+        assert np.isin(found, allowed).all()
+        assert _recall(found, truth) == 1.0
+    finally:
+        store.close()
