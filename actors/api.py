@@ -33,7 +33,7 @@ import posixpath
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, File, Form, Path, Request, Security, UploadFile
@@ -62,6 +62,8 @@ from indexer.search import QueryError, decode_query_image
 from models.base import ModelInputError
 from streaming.config import ConfigError, RefindConfig
 from streaming.records import CropRecord, ImageQuery, TextQuery, TrackletHit
+
+Q = TypeVar("Q", ImageQuery, TextQuery)
 
 log = logging.getLogger(__name__)
 
@@ -368,23 +370,39 @@ def create_app(
                                start_ts_ns=plan.start_ts_ns, end_ts_ns=plan.end_ts_ns,
                                min_track_s=plan.min_track_s, rerank=body.rerank)
 
-    @app.post(TEXT_PATH, summary="Rank tracklets of a described person; filters in words too")
-    def search_text(who: Caller, body: TextSearch) -> dict[str, object]:
-        query_json = body.model_dump() | {"text": body.text[:1000], "text_chars": len(body.text)}
-        entry: dict[str, object] = {"key": who.name, "endpoint": TEXT_PATH, "query": query_json}
+    def audited_search(
+        entry: dict[str, object],
+        make_query: Callable[[], Q],
+        search: Callable[[Q], SearchResult],
+    ) -> SearchResult:
+        """Build a query (bad input: 400), run it, and audit the outcome: hits or the error."""
         try:
             try:
-                plan, query = build_text_query(who, body, entry)
+                query = make_query()
             except (QueryError, ValueError) as err:
                 raise ApiError(400, str(err)) from None
-            result = run_search(lambda: live.search_text(query))
+            result = run_search(lambda: search(query))
         except (ApiError, GalleryUnavailable) as err:
             status = err.status if isinstance(err, ApiError) else 503
             audit.write({**entry, "status": status, "error": str(err)})
             raise
         audit.write({**entry, "status": 200, "message": result.message,
                      "tracks": [[h.camera, h.track_id] for h in result.hits]})
-        return respond(result) | {"plan": plan.to_json()}
+        return result
+
+    @app.post(TEXT_PATH, summary="Rank tracklets of a described person; filters in words too")
+    def search_text(who: Caller, body: TextSearch) -> dict[str, object]:
+        query_json = body.model_dump() | {"text": body.text[:1000], "text_chars": len(body.text)}
+        entry: dict[str, object] = {"key": who.name, "endpoint": TEXT_PATH, "query": query_json}
+        plans = []
+
+        def make_query() -> TextQuery:
+            plan, query = build_text_query(who, body, entry)
+            plans.append(plan)
+            return query
+
+        result = audited_search(entry, make_query, live.search_text)
+        return respond(result) | {"plan": plans[0].to_json()}
 
     @app.post(SEARCH_PATH, summary="Rank tracklets like the person in a photo")
     def search_image(
@@ -409,19 +427,12 @@ def create_app(
         entry: dict[str, object] = {"key": who.name, "endpoint": SEARCH_PATH}
         more = {"min_track_s": min_track_s, "instruction": instruction,
                 "instruction_image": instruction_image, "task": task, "rerank": rerank}
-        try:
-            try:
-                query = build_query(who, image, k, cameras, since, until, box, entry,
-                                    {n: v for n, v in more.items() if v is not None})
-            except (QueryError, ValueError) as err:
-                raise ApiError(400, str(err)) from None
-            result = run_search(lambda: live.search(query))
-        except (ApiError, GalleryUnavailable) as err:
-            status = err.status if isinstance(err, ApiError) else 503
-            audit.write({**entry, "status": status, "error": str(err)})
-            raise
-        audit.write({**entry, "status": 200, "message": result.message,
-                     "tracks": [[h.camera, h.track_id] for h in result.hits]})
+        result = audited_search(
+            entry,
+            lambda: build_query(who, image, k, cameras, since, until, box, entry,
+                                {n: v for n, v in more.items() if v is not None}),
+            live.search,
+        )
         return respond(result)
 
     @app.get("/v1/tracks/{camera}/{track_id}", summary="A track's time span and stored crops")
