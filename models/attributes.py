@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 import openvino as ov
 
-from models.base import ModelInputError, PersonAttributes, check_bgr_image
+from models.base import PersonAttributes, crops_to_batch
 from models.colours import name_colour, sample_colour
+from models.openvino_util import compile_cpu, read_dynamic_batch
 from models.store import ModelStore
 
 MODEL_NAME = "person-attributes-recognition-crossroad-0230"
@@ -40,14 +40,8 @@ class OpenVinoAttributes:
         self.model_id = resolved.model_id
         self.batch_size = batch_size
         core = ov.Core()
-        net = core.read_model(str(resolved.path))
-        shape = net.inputs[0].get_partial_shape()
-        self._h, self._w = int(shape[2].get_length()), int(shape[3].get_length())  # 160, 80
-        net.reshape({net.inputs[0].get_any_name(): ov.PartialShape([-1, 3, self._h, self._w])})
-        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
-        self._compiled = core.compile_model(net, "CPU", config)
+        net, (self._h, self._w) = read_dynamic_batch(core, resolved.path)  # 160, 80
+        self._compiled = compile_cpu(core, net, threads)
         self._request = self._compiled.create_infer_request()
         # Outputs by shape: (B, 8, 1, 1) attributes, then two (B, 2, 1, 1) points: top, bottom.
         outs = list(self._compiled.outputs)
@@ -78,14 +72,7 @@ class OpenVinoAttributes:
     def _run(
         self, crops: Sequence[np.ndarray], offset: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        batch = np.empty((len(crops), 3, self._h, self._w), np.float32)  # (B, 3, 160, 80)
-        for i, crop in enumerate(crops):
-            check_bgr_image(crop, f"attribute crop {offset + i}")
-            if min(crop.shape[:2]) < 2:
-                raise ModelInputError(f"attribute crop {offset + i} is too small: {crop.shape}")
-            batch[i] = cv2.resize(crop, (self._w, self._h), interpolation=cv2.INTER_LINEAR).transpose(
-                2, 0, 1
-            )
+        batch = crops_to_batch(crops, (self._h, self._w), "attribute crop", offset)  # (B, 3, 160, 80)
         out = self._request.infer({0: batch})
         probs = np.asarray(out[self._attr_out], np.float32).reshape(len(crops), 8)  # (B, 8)
         top_xy = np.asarray(out[self._top_out], np.float32).reshape(len(crops), 2)  # (B, 2)

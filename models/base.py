@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+import cv2
 import numpy as np
 
 from streaming.records import Detections, Embeddings
@@ -163,3 +164,22 @@ def check_bgr_image(image: np.ndarray, what: str) -> None:
         raise ModelInputError(f"{what} must be (H, W, 3) uint8 BGR, got {image.shape} {image.dtype}")
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ModelInputError(f"{what} has zero size: {image.shape[1]}x{image.shape[0]}")
+
+
+def crops_to_batch(
+    crops: Sequence[np.ndarray], hw: tuple[int, int], what: str, offset: int = 0
+) -> np.ndarray:
+    """Person crops -> (B, 3, h, w) float32 BGR 0-255, the input of the OMZ crop models.
+
+    Each crop is checked (``check_bgr_image``, at least 2x2 px) and named ``f"{what} {offset + i}"``
+    in errors.
+    """
+    h, w = hw
+    batch = np.empty((len(crops), 3, h, w), np.float32)  # (B, 3, h, w)
+    for i, crop in enumerate(crops):
+        name = f"{what} {offset + i}"
+        check_bgr_image(crop, name)
+        if min(crop.shape[:2]) < 2:
+            raise ModelInputError(f"{name} is too small: {crop.shape[1]}x{crop.shape[0]}")
+        batch[i] = cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
+    return batch

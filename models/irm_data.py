@@ -31,22 +31,21 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 
 from models.base import TASKS
 from models.irm_captions import aggregate_attributes, describe, instruction_for
 from models.pets_reid import (
-    FLAG,
     FRAME,
     ID,
     PetsReidOptions,
     _pixel_box,
+    decode_mot_frames,
     read_mot_gt,
     scaled_xyxy,
     usable_boxes,
@@ -121,8 +120,7 @@ def load_pets_crops(
     Boxes are kept by ``models.pets_reid.usable_boxes`` (considered, not cut by the frame edge,
     at most 30 % covered by another person, at least ``min_height`` px tall).
     """
-    rows, plans = _pets_plans(set(ids), every_n_frames, min_height, Path(video), Path(gt))
-    del rows
+    plans = _pets_plans(set(ids), every_n_frames, min_height, Path(video), Path(gt))
     return [
         IdentityCrop(img, f"pets:{pid}", "pets09-s2l1", frame - 1, "pets-gt")
         for (pid, frame, _), img in zip(plans, cut_crops(Path(video), plans), strict=True)
@@ -131,18 +129,17 @@ def load_pets_crops(
 
 def _pets_plans(
     ids: set[int], stride: int, min_height: float, video: Path, gt: Path
-) -> tuple[np.ndarray, list[tuple[int, int, tuple[int, int, int, int]]]]:
+) -> list[tuple[int, int, tuple[int, int, int, int]]]:
     opts = PetsReidOptions(stride=stride, min_height_px=min_height)
     rows = read_mot_gt(gt)
     wh = video_size(video)
     keep = usable_boxes(rows, wh, opts) & np.isin(rows[:, ID].astype(int), list(ids))
-    keep &= rows[:, FLAG] != 0
     xyxy = scaled_xyxy(rows[keep], opts.gt_scale)
     plans = [
         (int(r[ID]), int(r[FRAME]), _pixel_box(b, wh))
         for r, b in zip(rows[keep], xyxy, strict=True)
     ]
-    return rows, sorted(plans, key=lambda p: (p[1], p[0]))
+    return sorted(plans, key=lambda p: (p[1], p[0]))
 
 
 def cut_crops(
@@ -155,21 +152,13 @@ def cut_crops(
     for k, (_, frame, _) in enumerate(plans):
         by_frame.setdefault(frame, []).append(k)
     out: list[np.ndarray | None] = [None] * len(plans)
-    for index, image in _decode(video, max(by_frame, default=0)):
-        for k in by_frame.pop(index + 1, []):
+    for mot_frame, image in decode_mot_frames(video, max(by_frame, default=0)):
+        for k in by_frame.pop(mot_frame, []):
             x1, y1, x2, y2 = plans[k][2]
             out[k] = np.ascontiguousarray(image[y1:y2, x1:x2])
     if by_frame:
         raise ValueError(f"{video} ended before ground-truth frame {min(by_frame)}")
     return out  # type: ignore[return-value]
-
-
-def _decode(video: Path, last_mot_frame: int) -> Iterator[tuple[int, np.ndarray]]:
-    with av.open(str(video)) as container:
-        for index, frame in enumerate(container.decode(video=0)):
-            if index + 1 > last_mot_frame:
-                break
-            yield index, frame.to_ndarray(format="bgr24")
 
 
 def load_tracklet_crops(

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -190,20 +191,26 @@ def video_size(video: Path) -> tuple[int, int]:
         return int(stream.codec_context.width), int(stream.codec_context.height)
 
 
+def decode_mot_frames(video: Path, last_mot_frame: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(1-based MOT frame, (H, W, 3) uint8 BGR image) of ``video`` up to ``last_mot_frame``.
+
+    MOT ground-truth frame N is decoded frame N-1.
+    """
+    with av.open(str(video)) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            if index + 1 > last_mot_frame:
+                break
+            yield index + 1, frame.to_ndarray(format="bgr24")
+
+
 def write_crops(video: Path, plans: list[CropPlan], out: Path, jpeg_quality: int) -> None:
     """Decode ``video`` once and write each planned crop to ``out/<role>/<id>/f<frame>.jpg``."""
     by_frame: dict[int, list[CropPlan]] = {}
     for p in plans:
         by_frame.setdefault(p.frame, []).append(p)
-    last = max(by_frame, default=0)
-    with av.open(str(video)) as container:
-        for index, frame in enumerate(container.decode(video=0)):
-            if index + 1 > last:
-                break
-            if index + 1 in by_frame:
-                _write_frame_crops(
-                    frame.to_ndarray(format="bgr24"), by_frame.pop(index + 1), out, jpeg_quality
-                )
+    for mot_frame, image in decode_mot_frames(video, max(by_frame, default=0)):
+        if mot_frame in by_frame:
+            _write_frame_crops(image, by_frame.pop(mot_frame), out, jpeg_quality)
     if by_frame:
         raise ValueError(
             f"{video} ended before ground-truth frame {min(by_frame)} (GT frame N = decoded frame "

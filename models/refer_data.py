@@ -39,7 +39,7 @@ import numpy as np
 
 from models.base import ATTRIBUTE_NAMES, AttributeModel
 from models.colours import COLOUR_NAMES
-from models.pets_reid import FLAG, FRAME, ID, read_mot_gt, scaled_xyxy
+from models.pets_reid import FLAG, FRAME, ID, decode_mot_frames, read_mot_gt, scaled_xyxy
 
 log = logging.getLogger(__name__)
 
@@ -392,16 +392,7 @@ def augment(labs: list[IdentityLabels], rng: np.random.Generator,
 
 def decode_frames(video: Path, frames: set[int]) -> dict[int, np.ndarray]:
     """BGR images of the given 1-based frames (GT frame N = decoded index N-1)."""
-    import av
-
-    out = {}
-    with av.open(str(video)) as container:
-        for index, frame in enumerate(container.decode(video=0)):
-            if index + 1 > max(frames):
-                break
-            if index + 1 in frames:
-                out[index + 1] = frame.to_ndarray(format="bgr24")
-    return out
+    return {f: image for f, image in decode_mot_frames(video, max(frames)) if f in frames}
 
 
 def relayout(s: Scene, rng: np.random.Generator) -> Scene:

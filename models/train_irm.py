@@ -56,10 +56,10 @@ from models.irm import (
     IrmConfig,
     IrmHead,
     QueryOut,
-    pad_states,
     resolve_device,
     save_head,
 )
+from models.minilm import pad_states
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,8 @@ def build_cache(path: Path, store: object, opts: TrainOptions) -> Path:
     """Write the training cache (see the module docstring) to ``path``; returns it."""
     from models import irm_data as d
     from models.attributes import OpenVinoAttributes
-    from models.irm import MiniLmTokens, OpenVinoBackbone
+    from models.irm import OpenVinoBackbone
+    from models.minilm import MiniLmTokens
 
     t0 = time.perf_counter()
     train_ids, heldout_ids = d.pets_identity_split()

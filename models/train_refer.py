@@ -28,9 +28,9 @@ from tqdm import tqdm
 
 from models.base import AttributeModel, PersonAttributes
 from models.eval_refer import ReferItem, _regions, read_annotations, summarise
+from models.minilm import MiniLmTokens
 from models.refer import (
     REGION_DIM,
-    MiniLmTokens,
     ReferConfig,
     ReferNet,
     appearance_features,
@@ -80,7 +80,7 @@ def item_features(items: list[ReferItem], attributes: AttributeModel,
 
 def _batch(idx: np.ndarray, items: list[ReferItem], feats: list[np.ndarray], text: MiniLmTokens,
            ) -> tuple[torch.Tensor, ...]:
-    t, t_mask = text([items[i].expression for i in idx])
+    t, t_mask = text.padded([items[i].expression for i in idx])
     n = max(len(feats[i]) for i in idx)
     regions = torch.zeros(len(idx), n, REGION_DIM)
     mask = torch.zeros(len(idx), n, dtype=torch.bool)

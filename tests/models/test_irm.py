@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from models.base import TASKS, InstructableEmbedder
-from models.irm import IrmConfig, IrmEmbedder, IrmHead, load_head, pad_states, save_head
+from models.irm import IrmConfig, IrmEmbedder, IrmHead, load_head, save_head
+from models.minilm import pad_states
 from models.train_irm import VIEWS, Cache, IdClassifier, TrainOptions, sample_batch, step_loss
 from tests.conftest import MODELS_DIR, PETS_GT, PETS_VIDEO
 

@@ -93,7 +93,7 @@ class _Attrs:
 
 
 class _Text:
-    def __call__(self, texts):
+    def padded(self, texts):
         return torch.zeros(len(texts), 4, TEXT_DIM), torch.ones(len(texts), 4, dtype=torch.bool)
 
 
