@@ -203,9 +203,8 @@ class CameraActor:
         self._embedders = Pool(embedders)
         self._model_id = model_id
         self._boxes = self._box_embedder(model_id, dim)
-        if model_id != old:  # one model's appearance cannot be compared with another's
-            for track in self._tracker._tracks:  # no public reset in ByteTracker yet
-                track.embedding = None
+        if model_id != old:
+            self._tracker.forget_appearance()
         log.info("%s: embedding with %s now", self._cam.name, model_id)
 
     def status(self) -> CameraReport:

@@ -30,13 +30,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from actors.camera import CameraReport
 from actors.supervisor import Supervisor
 from streaming.config import CameraConfig, RefindConfig
+from streaming.metrics import CAMERA_STATES
 
 log = logging.getLogger(__name__)
 
 ALIAS_POLL_S = 1.0  # how often the serving alias is checked (one stat of versions.json)
 CHECK_EVERY_S = 2.0  # how often camera and writer actors are checked
-
-_STATES = ("connecting", "live", "reconnecting", "stopped", "failed")
 
 
 class _SnapshotCollector:
@@ -78,7 +77,7 @@ class _SnapshotCollector:
                                   labels=["camera", "stage"])
         for name, r in reports.items():
             current = r.state if isinstance(r, CameraReport) else "failed"
-            for s in _STATES:
+            for s in CAMERA_STATES:
                 state.add_metric([name, s], 1.0 if s == current else 0.0)
             if isinstance(r, CameraReport):
                 rate.add_metric([name], r.rate_fps)

@@ -213,11 +213,7 @@ class Supervisor:
                 self._retiring.append((time.monotonic(), self._next_pool[0]))
             self._next_pool = self._start_embedders(serving)
         embedders, model_id, dim = self._next_pool
-        for name, (_, actor) in list(self._cameras.items()):
-            try:  # a camera that cannot answer is replaced by check(), with the new pool
-                ray.get(actor.set_embedders.remote(embedders, model_id, dim), timeout=30)
-            except (ray.exceptions.RayError, TimeoutError) as err:
-                log.warning("camera %s did not take the new pool: %s", name, err)
+        self._hand_pool(embedders, model_id, dim)
         reports = ray.get([w.switch.remote(str(serving.root), model_id, dim, embedders)
                            for w in self.writers])
         self._retiring.append((time.monotonic() + RETIRE_AFTER_S, self.embedders))
@@ -233,14 +229,17 @@ class Supervisor:
         if self._next_pool is None:
             return
         assert self.live is not None
-        for name, (_, actor) in list(self._cameras.items()):
-            try:
-                ray.get(actor.set_embedders.remote(self.embedders, self.live.model_id,
-                                                   self.live.dim), timeout=30)
-            except (ray.exceptions.RayError, TimeoutError) as err:
-                log.warning("camera %s did not take the pool back: %s", name, err)
+        self._hand_pool(self.embedders, self.live.model_id, self.live.dim)
         self._retiring.append((time.monotonic() + RETIRE_AFTER_S, self._next_pool[0]))
         self._next_pool = None
+
+    def _hand_pool(self, embedders: list[Any], model_id: str, dim: int) -> None:
+        """Every camera embeds with ``embedders`` (model ``model_id``) from its next frame on."""
+        for name, (_, actor) in list(self._cameras.items()):
+            try:  # a camera that cannot answer is replaced by check()
+                ray.get(actor.set_embedders.remote(embedders, model_id, dim), timeout=30)
+            except (ray.exceptions.RayError, TimeoutError) as err:
+                log.warning("camera %s did not take the %s pool: %s", name, model_id, err)
 
     def _check_writers(self) -> None:
         """Move a writer that Ray restarted (it reopens its first version) back to the live one."""

@@ -34,7 +34,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from streaming.config import KafkaConfig
+from streaming.config import KafkaConfig, ReconnectConfig
 from streaming.events import (
     EVENT_TYPES,
     BaseEvent,
@@ -42,6 +42,7 @@ from streaming.events import (
     encode,
     topic_for,
 )
+from streaming.flow import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ PENDING = Gauge("refind_bus_pending_events", "Accepted events not yet sent or fa
 
 _MAX_RESENDS = 5  # re-sends of one event after errors the Kafka client does not retry itself
 _CONNECT_TIMEOUT_MS = 3_000  # one connection attempt; the worker retries with backoff
-_BACKOFF_S = (0.2, 5.0)  # first and longest wait between connection attempts
+# waits between connection attempts: 0.2 s doubling up to 5 s
+_BACKOFF = ReconnectConfig(initial_backoff_s=0.2, max_backoff_s=5.0, jitter=0.0)
 _MAX_BLOCK_MS = 1_000  # longest producer.send may block (metadata unknown); then retried
 _RECHECK_S = 5.0  # stalled sends make the bus check its topics again, at most this often
 
@@ -276,12 +278,11 @@ class EventBus:
         EVENTS.labels(topic=topic, outcome=outcome).inc()
 
     def _run(self) -> None:
-        backoff = _BACKOFF_S[0]
+        backoff = Backoff(_BACKOFF)
         while not self._stop.is_set():
             if self._producer is None and not self._connect():
                 self._expire()
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, _BACKOFF_S[1])
+                self._stop.wait(backoff.next_delay())
                 continue
             self._check_topics()
             item = self._next(timeout_s=0.2)

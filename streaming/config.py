@@ -28,6 +28,10 @@ class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file, the key and the problem."""
 
 
+NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+"""Names that become keys, topics or paths (cameras, namespaces): 1-64 of A-Z a-z 0-9 _ . -"""
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -228,7 +232,7 @@ class RedisMetadataConfig(_Section):
         "redis://127.0.0.1:6379/0",
         description="Redis URL; put a password in ${REDIS_PASSWORD}-style placeholders.",
     )
-    key_prefix: str = Field("refind", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Key namespace.")
+    key_prefix: str = Field("refind", pattern=NAME_PATTERN, description="Key namespace.")
     socket_timeout_s: float = Field(2.0, gt=0.0, le=60.0, description="Per-command timeout.")
     retries: int = Field(
         5, ge=0, le=100, description="Retries of a command after a connection error or timeout "
@@ -326,7 +330,7 @@ class SearchConfig(_Section):
 class CameraConfig(_Section):
     """One camera (or a file played as one)."""
 
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Unique camera name.")
+    name: str = Field(..., pattern=NAME_PATTERN, description="Unique camera name.")
     url: str = Field(..., min_length=1, description="rtsp://, http(s)://, udp:// URL or a file.")
     sample_fps: float | None = Field(
         5.0, gt=0.0, le=240.0, description="Frames per second analysed; None = every frame."
@@ -400,7 +404,7 @@ class RayConfig(_Section):
         None, description="Ray cluster: None starts a local Ray; 'auto' or 'ray://head:10001'."
     )
     num_cpus: int | None = Field(None, ge=1, le=4096, description="Local Ray only: CPUs to use.")
-    namespace: str = Field("refind", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    namespace: str = Field("refind", pattern=NAME_PATTERN)
     detector_actors: int = Field(1, ge=1, le=1024, description="Detector pool size.")
     embedder_actors: int = Field(1, ge=1, le=1024, description="Embedder pool size.")
     index_writers: int = Field(

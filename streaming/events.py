@@ -40,6 +40,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from streaming.config import NAME_PATTERN
 from streaming.records import CropRecord, Detections
 
 CameraState = Literal["connecting", "live", "reconnecting", "stopped", "failed"]
@@ -73,7 +74,7 @@ class BaseEvent(BaseModel):
         default_factory=lambda: uuid.uuid4().hex, pattern=r"^[0-9a-f]{32}$",
         description="uuid4 hex; consumers de-duplicate on it.",
     )
-    camera: str = Field(..., pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Camera name.")
+    camera: str = Field(..., pattern=NAME_PATTERN, description="Camera name.")
     ts_ns: int = Field(..., ge=0, description="When it happened (frame time), ns.")
     emitted_ns: int = Field(
         default_factory=time.time_ns, ge=0, description="When the event was made, wall clock ns."

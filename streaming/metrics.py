@@ -13,6 +13,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import get_args
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -23,10 +25,13 @@ from prometheus_client import (
     generate_latest,
 )
 
+from streaming.events import CameraState
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
-# The states of a live camera, as streaming.live.CameraState spells them.
-CAMERA_STATES = ("connecting", "live", "reconnecting", "stopped", "failed")
+# The states of a live camera: those of the camera-status event (streaming.live.CameraState
+# has the same values).
+CAMERA_STATES: tuple[str, ...] = get_args(CameraState)
 
 # Seconds one stage takes for one item (a frame decode, a detector batch, an index write).
 STAGE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

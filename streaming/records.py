@@ -198,6 +198,18 @@ class CropRecord:
     model_id: str
 
 
+def _check_filters(
+    k: int, start_ts_ns: int | None, end_ts_ns: int | None, min_track_s: float | None
+) -> None:
+    """What ImageQuery and TextQuery share: k, the time window and the minimum track length."""
+    if not 1 <= k <= 1000:
+        raise ValueError(f"k must be in 1..1000, got {k}")
+    if min_track_s is not None and min_track_s < 0:
+        raise ValueError(f"min_track_s must be >= 0, got {min_track_s}")
+    if start_ts_ns is not None and end_ts_ns is not None and start_ts_ns > end_ts_ns:
+        raise ValueError("time window is the wrong way round: start is after end")
+
+
 @dataclass(frozen=True)
 class ImageQuery:
     """Find tracklets that look like the person in ``image`` ((h, w, 3) uint8 BGR)."""
@@ -219,18 +231,9 @@ class ImageQuery:
     def __post_init__(self) -> None:
         if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != np.uint8:
             raise ValueError(f"query image must be (h, w, 3) uint8, got {self.image.shape}")
-        if self.min_track_s is not None and self.min_track_s < 0:
-            raise ValueError(f"min_track_s must be >= 0, got {self.min_track_s}")
         if min(self.image.shape[:2]) < 2:
             raise ValueError(f"query image is too small: {self.image.shape[1]}x{self.image.shape[0]}")
-        if not 1 <= self.k <= 1000:
-            raise ValueError(f"k must be in 1..1000, got {self.k}")
-        if (
-            self.start_ts_ns is not None
-            and self.end_ts_ns is not None
-            and self.start_ts_ns > self.end_ts_ns
-        ):
-            raise ValueError("time window is the wrong way round: start is after end")
+        _check_filters(self.k, self.start_ts_ns, self.end_ts_ns, self.min_track_s)
 
 
 @dataclass(frozen=True)
@@ -252,16 +255,7 @@ class TextQuery:
     def __post_init__(self) -> None:
         if not self.text.strip():
             raise ValueError("query text is empty: describe the person")
-        if not 1 <= self.k <= 1000:
-            raise ValueError(f"k must be in 1..1000, got {self.k}")
-        if self.min_track_s is not None and self.min_track_s < 0:
-            raise ValueError(f"min_track_s must be >= 0, got {self.min_track_s}")
-        if (
-            self.start_ts_ns is not None
-            and self.end_ts_ns is not None
-            and self.start_ts_ns > self.end_ts_ns
-        ):
-            raise ValueError("time window is the wrong way round: start is after end")
+        _check_filters(self.k, self.start_ts_ns, self.end_ts_ns, self.min_track_s)
 
 
 @dataclass(frozen=True)

@@ -177,6 +177,12 @@ class ByteTracker:
         self._tracks = []
         return ended
 
+    def forget_appearance(self) -> None:
+        """Drop every track's learned appearance (after the embedder changed model: one model's
+        vectors cannot be compared with another's); tracks keep their ids and motion."""
+        for t in self._tracks:
+            t.embedding = None
+
     def _check_time(self, ts_ns: int) -> None:
         if self._last_ts_ns is not None and ts_ns < self._last_ts_ns:
             raise ValueError(

@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -29,17 +28,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers import free_port
+
 DATA = Path(__file__).resolve().parents[1] / "../shared/data"
 INTEL_VIDEO = DATA / "intel-sample-videos/one-by-one-person-detection.mp4"  # 768x432, 10 fps
 PETS_VIDEO = DATA / "pets09-s2l1/vtest.avi"  # 480x360, 10 fps
 FFMPEG = shutil.which("ffmpeg") or "/usr/bin/ffmpeg"
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def need_ffmpeg() -> None:

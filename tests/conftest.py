@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import http.server
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 
 # Fixtures: live cameras (tests.cameras); real Kafka (Tansu) and Redis servers (tests.servers).
-pytest_plugins = ["tests.cameras", "tests.servers"]
+pytest_plugins = ["tests.servers", "tests.cameras"]  # servers first: cameras imports it
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = (REPO / "../shared").resolve()
@@ -31,6 +33,24 @@ def need_models() -> None:
 def need_pets() -> None:
     if not PETS_VIDEO.is_file() or not PETS_GT.is_file():
         pytest.skip(f"PETS09-S2L1 clip and ground truth not found in {PETS_DIR}")
+
+
+def pets_gt_boxes(frame: int) -> dict[int, np.ndarray]:
+    """Considered ground-truth boxes of 1-based frame ``frame`` in video pixels, by identity."""
+    rows = np.loadtxt(PETS_GT, delimiter=",")
+    rows = rows[(rows[:, 0] == frame) & (rows[:, 6] != 0)]
+    return {
+        int(r[1]): np.array([r[2], r[3], r[2] + r[4], r[3] + r[5]]) * PETS_GT_SCALE for r in rows
+    }
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    """(status, body) of a GET, error statuses included."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
 
 
 @pytest.fixture(scope="session")

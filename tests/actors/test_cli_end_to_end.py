@@ -21,18 +21,9 @@ import numpy as np
 import pytest
 
 from actors.cli import main
-from tests.conftest import PETS_GT, PETS_GT_SCALE, REPO, need_models, need_pets
+from tests.conftest import REPO, need_models, need_pets, pets_gt_boxes
 
 pytestmark = pytest.mark.slow
-
-
-def _gt_boxes(frame: int) -> dict[int, np.ndarray]:
-    """Considered ground-truth boxes of 1-based frame ``frame`` in video pixels, by identity."""
-    rows = np.loadtxt(PETS_GT, delimiter=",")
-    rows = rows[(rows[:, 0] == frame) & (rows[:, 6] != 0)]
-    return {
-        int(r[1]): np.array([r[2], r[3], r[2] + r[4], r[3] + r[5]]) * PETS_GT_SCALE for r in rows
-    }
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -60,7 +51,7 @@ def _query_crop(tmp: Path, gt_frame: int, identity: int) -> Path:
             if i == gt_frame - 1:
                 image = f.to_ndarray(format="bgr24")
                 break
-    x1, y1, x2, y2 = (round(v) for v in _gt_boxes(gt_frame)[identity])
+    x1, y1, x2, y2 = (round(v) for v in pets_gt_boxes(gt_frame)[identity])
     path = tmp / f"query_{identity}.jpg"
     cv2.imwrite(str(path), image[y1:y2, x1:x2])
     return path
@@ -71,7 +62,7 @@ def test_ingest_then_find_person_by_photo(
 ) -> None:
     capsys.readouterr()
     gt_frame = 400
-    boxes = _gt_boxes(gt_frame)
+    boxes = pets_gt_boxes(gt_frame)
     # the tallest person not overlapping anyone: a clean query photo
     identity = max(boxes, key=lambda i: boxes[i][3] - boxes[i][1])
     query = _query_crop(tmp_path, gt_frame, identity)
@@ -84,7 +75,7 @@ def test_ingest_then_find_person_by_photo(
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     assert all(Path(h["thumbnail"]).is_file() for h in hits)
     top = hits[0]
-    truth = _gt_boxes(top["best_frame_index"] + 1).get(identity)
+    truth = pets_gt_boxes(top["best_frame_index"] + 1).get(identity)
     assert truth is not None, f"identity {identity} is not in frame {top['best_frame_index']}"
     assert _iou(truth, np.array(top["best_xyxy"])) >= 0.5, "top hit is another person"
 
@@ -92,7 +83,7 @@ def test_ingest_then_find_person_by_photo(
 def test_camera_filter_inside_search(
     ingested: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    query = _query_crop(tmp_path, 400, next(iter(_gt_boxes(400))))
+    query = _query_crop(tmp_path, 400, next(iter(pets_gt_boxes(400))))
     capsys.readouterr()
     args = ["search", "--image", str(query), "--data-dir", str(ingested), "--json"]
     assert main([*args, "--camera", "elsewhere"]) == 0
@@ -119,7 +110,7 @@ def test_bad_input_is_one_clear_error(
     ingested: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
     message: str,
 ) -> None:
-    query = _query_crop(tmp_path, 400, next(iter(_gt_boxes(400))))
+    query = _query_crop(tmp_path, 400, next(iter(pets_gt_boxes(400))))
     typo = tmp_path / "typo.yaml"
     typo.write_text("detector:\n  conf_treshold: 0.3\n")
     argv = [a.format(query=query, typo=typo) for a in argv]
@@ -163,7 +154,7 @@ def test_kill_during_ingest_leaves_a_usable_gallery(
     proc.wait()
     after = _vector_rows(data)
     assert after > before, "no batch was written before the kill"
-    query = _query_crop(tmp_path, 400, next(iter(_gt_boxes(400))))
+    query = _query_crop(tmp_path, 400, next(iter(pets_gt_boxes(400))))
     capsys.readouterr()
     assert main(["search", "--image", str(query), "--k", "50", *base]) == 0
     hits = json.loads(capsys.readouterr().out)

@@ -23,11 +23,10 @@ from streaming.bus import ensure_topics
 from streaming.config import KafkaConfig, parse_config
 from streaming.consumer import EventConsumer
 from streaming.events import CameraStatusEvent, CropEvent, TrackEvent, topic_for
-from tests.conftest import PETS_GT, PETS_GT_SCALE, PETS_VIDEO, need_models, need_pets
+from tests.cameras import INTEL_VIDEO as INTEL
+from tests.conftest import PETS_VIDEO, need_models, need_pets, pets_gt_boxes
 
 pytestmark = pytest.mark.slow
-
-INTEL = Path(__file__).resolve().parents[2] / "../shared/data/intel-sample-videos/one-by-one-person-detection.mp4"
 
 
 def _config(tmp: Path, cameras: dict[str, str], kafka: str | None, redis: str | None, **live):
@@ -60,13 +59,6 @@ def _pets_frame(index: int) -> np.ndarray:
             if i == index:
                 return f.to_ndarray(format="bgr24")
     raise AssertionError(index)
-
-
-def _gt(frame_1based: int) -> dict[int, np.ndarray]:
-    rows = np.loadtxt(PETS_GT, delimiter=",")
-    rows = rows[(rows[:, 0] == frame_1based) & (rows[:, 6] != 0)]
-    return {int(r[1]): np.array([r[2], r[3], r[2] + r[4], r[3] + r[5]]) * PETS_GT_SCALE
-            for r in rows}
 
 
 def _consume(bootstrap: str, topics: list[str], stop: threading.Event, seen: list) -> None:
@@ -112,7 +104,7 @@ def test_two_live_cameras_events_metadata_and_search(
         # a person from PETS, found by photo while ingesting (the stream plays the clip from
         # its start, so live frame i is clip frame i): a clean ground-truth crop of frame 30
         frame = _pets_frame(29)
-        boxes = _gt(30)
+        boxes = pets_gt_boxes(30)
         ident = max(boxes, key=lambda i: boxes[i][3] - boxes[i][1])
         x1, y1, x2, y2 = (int(v) for v in boxes[ident])
         hits = sup.search_image(np.ascontiguousarray(frame[y1:y2, x1:x2]), k=3)

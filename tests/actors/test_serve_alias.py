@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import cv2
@@ -28,7 +26,7 @@ from models.store import ModelStore
 from streaming.config import RefindConfig, parse_config
 from streaming.records import CropRecord, Embeddings
 from tests.actors.test_reindex import Searcher
-from tests.conftest import PETS_VIDEO, need_models, need_pets
+from tests.conftest import PETS_VIDEO, http_get, need_models, need_pets
 from tests.indexer.test_reindex import M0288, batches
 
 pytestmark = pytest.mark.slow
@@ -73,14 +71,6 @@ def _reindex(cfg: RefindConfig) -> str:
     return embedder.model_id
 
 
-def _get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=30) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-
-
 def test_live_ingestion_follows_the_alias_to_a_new_version(
     ray_local, http_camera_factory, tmp_path: Path
 ) -> None:
@@ -114,12 +104,12 @@ def test_live_ingestion_follows_the_alias_to_a_new_version(
         report = sup.status()["pets"]
         assert report.model_id == new_model and report.error is None
 
-        code, body = _get(f"{base}/metrics")
+        code, body = http_get(f"{base}/metrics")
         text = body.decode()
         assert code == 200
         assert f'refind_serving_model_info{{model_id="{new_model}"}} 1.0' in text, text[-2000:]
         assert "refind_alias_switches_total 1.0" in text
-        code, body = _get(f"{base}/healthz")
+        code, body = http_get(f"{base}/healthz")
         health = json.loads(body)
         assert code == 200 and health["model_id"] == new_model
         assert health["alias_switches"] == 1 and health["alias_error"] is None

@@ -10,14 +10,7 @@ import pytest
 
 from streaming.sources import SourceError, VideoSource
 from tests.conftest import serve_directory
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
+from tests.servers import free_port
 
 
 def test_decodes_every_frame_with_pts_times(tiny_video: Path) -> None:
@@ -60,7 +53,7 @@ def test_truncated_file_yields_what_decodes(tiny_video: Path, tmp_path: Path) ->
 
 @pytest.mark.parametrize("scheme", ["rtsp", "http"])
 def test_dead_url_fails_fast_with_its_name(scheme: str) -> None:
-    url = f"{scheme}://127.0.0.1:{_free_port()}/stream"
+    url = f"{scheme}://127.0.0.1:{free_port()}/stream"
     t0 = time.monotonic()
     with pytest.raises(SourceError, match=f"cannot open video source '{scheme}://"):
         list(VideoSource(url, camera="c", open_timeout_s=3))

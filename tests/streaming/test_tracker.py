@@ -221,6 +221,19 @@ def test_appearance_is_asked_only_for_the_detections_that_need_it(
     assert looks.asked == asked, why
 
 
+def test_forget_appearance_makes_tracks_learn_it_again() -> None:
+    """After a model switch the camera drops the tracks' appearance: the next frame asks for
+    it again, and the track keeps its id."""
+    frames, looks = walk(ALONE, [RED])
+    tracker = ByteTracker(TrackerConfig(appearance_refresh_s=3600.0), "cam")
+    before = run(tracker, frames[:5], looks=looks)
+    tracker.forget_appearance()
+    after_looks = Looks(looks.per_frame[5:])
+    after = run(tracker, frames[5:], looks=after_looks, start=5)
+    assert looks.asked == {2: [0]} and after_looks.asked == {0: [0]}
+    assert ids_of(before + after) == {1}
+
+
 def test_low_score_boxes_are_never_embedded() -> None:
     """An occluded person's weak boxes extend the track but are neither asked for nor learned."""
     frames, looks = walk([steady(100, 20)], [RED])
