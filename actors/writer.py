@@ -31,8 +31,8 @@ from actors.pools import Pool, PoolEmbedder
 from indexer.blobs import CropStore
 from indexer.gallery_store import GalleryStore
 from indexer.ingest import store_crops
-from indexer.metadata import TrackSummary
-from indexer.reindex import EmbedCrops
+from indexer.metadata import TrackSummary, spans_by_camera
+from indexer.reindex import EmbedCrops, embed_copies
 from indexer.shards import shard_dir
 from streaming.config import RefindConfig
 from streaming.records import Crop, CropRecord, Embeddings
@@ -135,24 +135,14 @@ class IndexWriterActor:
             embed = EmbedCrops(self._cfg, PoolEmbedder(Pool(embedders), new.model_id, new.dim))
             for start in range(0, len(todo), CATCH_UP_BATCH):
                 found = src.crops_found(todo[start : start + CATCH_UP_BATCH].tolist())
-                recs = [found[v] for v in sorted(found)]
-                out = embed({"shard": np.asarray([""] * len(recs), dtype=object),
-                             "vector_id": np.asarray([r.vector_id for r in recs], np.int64),
-                             "crop_path": np.asarray([r.crop_path for r in recs], dtype=object)})
-                ok = out["ok"]
-                for rec, err in zip(recs, out["error"], strict=True):
-                    if err:
-                        log.warning("shard %d catch-up: crop %d skipped: %s", self._shard,
-                                    rec.vector_id, err)
-                good = [replace(r, model_id=new.model_id)
-                        for r, k in zip(recs, ok, strict=True) if k]
-                copied += dst.add_copies(good, Embeddings(out["vector"][ok], new.model_id))
-                failed += int((~ok).sum())
-        spans: dict[str, list[tuple[int, int, int]]] = {}
-        for camera, track_id, first, last in src.track_spans():
-            spans.setdefault(camera, []).append((track_id, first, last))
-        for camera, rows in spans.items():
-            new.set_track_spans(camera, rows)
+                recs = [replace(found[v], model_id=new.model_id) for v in sorted(found)]
+                added, bad = embed_copies(embed, dst, recs)
+                for vid, err in bad.items():
+                    log.warning("shard %d catch-up: crop %d skipped: %s", self._shard, vid, err)
+                copied += added
+                failed += len(bad)
+        for camera, rows in spans_by_camera(src.track_spans()).items():
+            new.set_track_spans(camera, rows)  # through the store: the spans reach the journal
         dst.mark_forgotten(src.forgotten())
         return copied, failed
 

@@ -27,6 +27,7 @@ from indexer.blobs import CropStore
 from indexer.gallery_store import GalleryStore
 from indexer.journal import EventJournal, journal_dir
 from indexer.metadata import SqliteMetadata
+from indexer.shards import shard_number
 from indexer.versions import all_version_shards
 from streaming.bus import EventBus
 from streaming.config import RefindConfig
@@ -64,18 +65,10 @@ class ForgetReport:
         }
 
 
-def shard_number(shard: Path) -> int:
-    """0 for ``gallery``, i for ``gallery-<i>`` (see ``indexer.shards.shard_dir``)."""
-    return 0 if shard.name == "gallery" else int(shard.name.rsplit("-", 1)[1])
-
-
 def shard_models(shard: Path) -> list[tuple[str, int]]:
     """(model_id, dim) of every model with vectors in a shard."""
-    meta = SqliteMetadata(shard / "metadata.sqlite3")
-    try:
+    with SqliteMetadata(shard / "metadata.sqlite3") as meta:
         return meta.models()
-    finally:
-        meta.close()
 
 
 def model_stores(cfg: RefindConfig, shard: Path) -> Iterator[GalleryStore]:
@@ -92,11 +85,8 @@ def delete_files(crops: CropStore, records: list[CropRecord]) -> int:
 
 def _known(shard: Path, camera: str, track_id: int) -> tuple[bool, bool]:
     """(has the track, has forgotten it) in one shard."""
-    meta = SqliteMetadata(shard / "metadata.sqlite3")
-    try:
+    with SqliteMetadata(shard / "metadata.sqlite3") as meta:
         return meta.track(camera, track_id) is not None, meta.is_forgotten(camera, track_id)
-    finally:
-        meta.close()
 
 
 def forget_track(

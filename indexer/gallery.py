@@ -82,11 +82,15 @@ def _max_id(index: faiss.Index) -> int:
     return best
 
 
+def _no_hits(q: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(q, k) scores all -inf and ids all -1: the answer when nothing can match."""
+    return np.full((q, k), -np.inf, np.float32), np.full((q, k), -1, np.int64)
+
+
 def _topk(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Best k of (q, n) scores over (n,) ids, padded with -inf / -1."""
     q, n = scores.shape
-    out_s = np.full((q, k), -np.inf, np.float32)
-    out_i = np.full((q, k), -1, np.int64)
+    out_s, out_i = _no_hits(q, k)
     take = min(k, n)
     if take == 0:
         return out_s, out_i
@@ -221,7 +225,7 @@ class FaissGallery:
         if not self.is_trained:
             return self._search_buffer(q, k, allowed)
         if allowed is not None and allowed.size == 0:
-            return _topk(np.zeros((len(q), 0), np.float32), np.zeros(0, np.int64), k)
+            return _no_hits(len(q), k)
         return self._search_index(q, k, allowed)
 
     def to_bytes(self) -> bytes:
@@ -315,7 +319,7 @@ class FaissGallery:
         self, q: np.ndarray, k: int, allowed: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
         if not self._buf_ids:
-            return _topk(np.zeros((len(q), 0), np.float32), np.zeros(0, np.int64), k)
+            return _no_hits(len(q), k)
         ids, vecs = np.concatenate(self._buf_ids), np.concatenate(self._buf_vecs)
         if allowed is not None:
             keep = np.isin(ids, allowed)
@@ -339,7 +343,7 @@ class FaissGallery:
                 return self._search_exact(q, k, allowed)
         n_allowed = len(self) if allowed is None else int(allowed.size)
         if n_allowed == 0:
-            return _topk(np.zeros((len(q), 0), np.float32), np.zeros(0, np.int64), k)
+            return _no_hits(len(q), k)
         # Visit about as many allowed vectors as an unfiltered search visits vectors.
         scale = max(1.0, self._index.ntotal / n_allowed)
         sel = self._selector(allowed)
@@ -365,7 +369,7 @@ class FaissGallery:
         self, q: np.ndarray, k: int, allowed: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Score only the ``allowed`` vectors (reconstructed from an IDMap2 index)."""
-        best = _topk(np.zeros((len(q), 0), np.float32), np.zeros(0, np.int64), k)
+        best = _no_hits(len(q), k)
         for start in range(0, allowed.size, _EXACT_CHUNK):
             chunk = allowed[start : start + _EXACT_CHUNK]
             vecs = self._index.reconstruct_batch(chunk)  # (c, d)

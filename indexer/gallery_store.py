@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -63,7 +64,7 @@ def index_stem(model_id: str) -> str:
     return f"{safe}-{hashlib.sha256(model_id.encode()).hexdigest()[:8]}"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash leaves either the old or the new file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -82,21 +83,27 @@ def _atomic_write(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def _acquire_lock(path: Path) -> int:
-    """An fd holding an exclusive flock on ``path``; GalleryLockedError if another holds it."""
+def acquire_lock(path: Path, busy: Callable[[str], Exception]) -> int:
+    """An fd holding an exclusive flock on ``path`` (closing it releases the lock); raises
+    ``busy(holder)`` if another process holds it, ``holder`` being what that process wrote."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 100, 0).decode(errors="replace").strip() or "unknown holder"
         os.close(fd)
-        raise GalleryLockedError(
-            f"gallery {path.parent} is already being written ({holder}); one writer at a time, "
-            "open it with read_only=True to search"
-        ) from None
+        raise busy(holder) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
     return fd
+
+
+def lock_gallery(shard: Path) -> int:
+    """The writer lock of a gallery shard (an fd); GalleryLockedError if another holds it."""
+    return acquire_lock(shard / "gallery.lock", lambda holder: GalleryLockedError(
+        f"gallery {shard} is already being written ({holder}); one writer at a time, "
+        "open it with read_only=True to search"
+    ))
 
 
 class GalleryStore:
@@ -146,7 +153,7 @@ class GalleryStore:
     def _open(self) -> None:
         if not self._read_only:
             self._index_path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock_fd = _acquire_lock(self._dir / "gallery.lock")
+            self._lock_fd = lock_gallery(self._dir)
             for tmp in self._index_path.parent.glob(".*.tmp"):  # left by a crash during save
                 tmp.unlink(missing_ok=True)
         self._meta = SqliteMetadata(self._dir / "metadata.sqlite3", read_only=self._read_only)
@@ -289,8 +296,8 @@ class GalleryStore:
             "index_bytes": len(data),
             "index_sha256": hashlib.sha256(data).hexdigest(),
         }
-        _atomic_write(self._index_path, data)
-        _atomic_write(self._manifest_path, json.dumps(manifest, indent=1).encode())
+        atomic_write(self._index_path, data)
+        atomic_write(self._manifest_path, json.dumps(manifest, indent=1).encode())
         log.debug("%s: saved %s (%d vectors)", self._dir, self._index_path.name, manifest["count"])
 
     def search(

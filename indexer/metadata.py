@@ -168,25 +168,34 @@ def _crop_filter(
 
 
 def _check_batch(records: list[CropRecord], vectors: Embeddings) -> None:
-    if len(records) != len(vectors):
-        raise ValueError(f"{len(records)} records but {len(vectors)} vectors")
-    for r in records:
-        if r.model_id != vectors.model_id:
-            raise ValueError(
-                f"record {r.vector_id} has model_id {r.model_id!r}, vectors are from "
-                f"{vectors.model_id!r}"
-            )
-    ids = np.array([r.vector_id for r in records], np.int64)
-    if ids.size and (ids[0] < 0 or np.any(np.diff(ids) <= 0)):
-        raise ValueError(f"vector ids must be >= 0 and increasing, got {ids[:5].tolist()}...")
-
-
-def _check_batch_models(records: list[CropRecord], vectors: Embeddings) -> None:
+    """Same length, every record of the vectors' model."""
     if len(records) != len(vectors):
         raise ValueError(f"{len(records)} records but {len(vectors)} vectors")
     bad = [r.vector_id for r in records if r.model_id != vectors.model_id]
     if bad:
         raise ValueError(f"records {bad[:5]} are not of model {vectors.model_id!r}")
+
+
+def _rows(records: list[CropRecord], vectors: Embeddings) -> list[tuple]:
+    """``crops`` rows (``_CROP_COLUMNS``, dim, vector) of records and their vectors."""
+    vecs = vectors.vectors.astype("<f4", copy=False)
+    return [
+        (r.vector_id, r.camera, int(r.track_id), int(r.frame_index), int(r.ts_ns),
+         *(float(v) for v in r.xyxy), float(r.confidence), float(r.quality), r.crop_path,
+         r.model_id, vectors.dim, vecs[i].tobytes())
+        for i, r in enumerate(records)
+    ]
+
+
+def spans_by_camera(
+    spans: Iterable[tuple[str, int, int, int]],
+) -> dict[str, list[tuple[int, int, int]]]:
+    """(camera, track_id, first_ts_ns, last_ts_ns) rows grouped as ``set_track_spans`` takes
+    them: camera -> [(track_id, first_ts_ns, last_ts_ns)]."""
+    out: dict[str, list[tuple[int, int, int]]] = {}
+    for camera, track_id, first, last in spans:
+        out.setdefault(camera, []).append((track_id, first, last))
+    return out
 
 
 class SqliteMetadata:
@@ -218,6 +227,12 @@ class SqliteMetadata:
 
     def close(self) -> None:
         self._conn.close()
+
+    def __enter__(self) -> SqliteMetadata:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _migrate(self) -> None:
         version = self.schema_version()
@@ -266,16 +281,13 @@ class SqliteMetadata:
         back). Returns the (n,) bool mask of the records stored.
         """
         _check_batch(records, vectors)
+        ids = np.array([r.vector_id for r in records], np.int64)
+        if ids.size and (ids[0] < 0 or np.any(np.diff(ids) <= 0)):
+            raise ValueError(f"vector ids must be >= 0 and increasing, got {ids[:5].tolist()}...")
         kept = np.ones(len(records), bool)
         if not records:
             return kept
-        vecs = vectors.vectors.astype("<f4", copy=False)
-        rows = [
-            (r.vector_id, r.camera, int(r.track_id), int(r.frame_index), int(r.ts_ns),
-             *(float(v) for v in r.xyxy), float(r.confidence), float(r.quality), r.crop_path,
-             r.model_id, vectors.dim, vecs[i].tobytes())
-            for i, r in enumerate(records)
-        ]
+        rows = _rows(records, vectors)
         with self._transaction():
             last = self.next_vector_id() - 1
             if records[0].vector_id <= last:
@@ -470,15 +482,9 @@ class SqliteMetadata:
             )]
             if removed:
                 self._conn.execute(f"DELETE FROM crops WHERE {cond}", args)
-                self._conn.execute(
-                    "UPDATE vector_id_floor SET next_vector_id = MAX(next_vector_id, ?)",
-                    (removed[-1].vector_id + 1,),
-                )
+                self._raise_floor(removed[-1].vector_id + 1)
             tracks = sorted({(r.camera, int(r.track_id)) for r in removed})
-            self._conn.executemany(
-                "DELETE FROM tracks WHERE camera = ? AND track_id = ?", tracks
-            )
-            self._conn.executemany(_REFRESH_TRACK, tracks)
+            self._recompute_tracks(tracks)
             self._conn.executemany(
                 "DELETE FROM track_spans WHERE camera = ? AND track_id = ? AND NOT EXISTS "
                 "(SELECT 1 FROM tracks t WHERE t.camera = ? AND t.track_id = ?)",
@@ -526,18 +532,13 @@ class SqliteMetadata:
 
         Idempotent: committing the same batch twice stores it once (``vector_id`` is the key).
         """
-        _check_batch_models(records, vectors)
+        _check_batch(records, vectors)
         if not records:
             return 0
-        vecs = vectors.vectors.astype("<f4", copy=False)
         with self._transaction():
             forgotten = self._forgotten_among({(r.camera, int(r.track_id)) for r in records})
-            rows = [
-                (r.vector_id, r.camera, int(r.track_id), int(r.frame_index), int(r.ts_ns),
-                 *(float(v) for v in r.xyxy), float(r.confidence), float(r.quality), r.crop_path,
-                 r.model_id, vectors.dim, vecs[i].tobytes())
-                for i, r in enumerate(records) if (r.camera, int(r.track_id)) not in forgotten
-            ]
+            rows = [row for r, row in zip(records, _rows(records, vectors), strict=True)
+                    if (r.camera, int(r.track_id)) not in forgotten]
             before = self._conn.total_changes
             self._conn.executemany(
                 f"INSERT OR IGNORE INTO crops ({_CROP_COLUMNS}, dim, vector) "
@@ -569,21 +570,25 @@ class SqliteMetadata:
                     f"SELECT camera, track_id FROM crops WHERE vector_id IN ({marks})", chunk
                 ).fetchall())
                 self._conn.execute(f"DELETE FROM crops WHERE vector_id IN ({marks})", chunk)
-            self._conn.execute(
-                "UPDATE vector_id_floor SET next_vector_id = MAX(next_vector_id, ?)", (ids[-1] + 1,)
-            )
-            self._conn.executemany("DELETE FROM tracks WHERE camera = ? AND track_id = ?",
-                                   sorted(tracks))
-            self._conn.executemany(_REFRESH_TRACK, sorted(tracks))
+            self._raise_floor(ids[-1] + 1)
+            self._recompute_tracks(sorted(tracks))
         return len(ids)
 
     def raise_id_floor(self, next_vector_id: int) -> None:
         """Never hand out ids below ``next_vector_id`` (a copy keeps its source's id space)."""
         with self._transaction():
-            self._conn.execute(
-                "UPDATE vector_id_floor SET next_vector_id = MAX(next_vector_id, ?)",
-                (int(next_vector_id),),
-            )
+            self._raise_floor(next_vector_id)
+
+    def _raise_floor(self, next_vector_id: int) -> None:
+        """``raise_id_floor`` inside the caller's transaction."""
+        self._conn.execute("UPDATE vector_id_floor SET next_vector_id = MAX(next_vector_id, ?)",
+                           (int(next_vector_id),))
+
+    def _recompute_tracks(self, tracks: list[tuple[str, int]]) -> None:
+        """Summaries of ``tracks`` from the crops left, inside the caller's transaction; a
+        track with no crop left loses its summary."""
+        self._conn.executemany("DELETE FROM tracks WHERE camera = ? AND track_id = ?", tracks)
+        self._conn.executemany(_REFRESH_TRACK, tracks)
 
     def track_spans(self) -> list[tuple[str, int, int, int]]:
         """Every recorded (camera, track_id, first_ts_ns, last_ts_ns)."""

@@ -38,14 +38,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
-
-from indexer.gallery_store import GalleryStore, _acquire_lock, index_stem
+from indexer.gallery_store import GalleryStore, index_stem, lock_gallery
 from indexer.ingest import build_embedder
 from indexer.journal import JOURNAL_KINDS, EventJournal, journal_dir
-from indexer.metadata import SqliteMetadata
-from indexer.reindex import EmbedCrops
-from indexer.shards import existing_shards, shard_dir, shard_of
+from indexer.metadata import SqliteMetadata, spans_by_camera
+from indexer.reindex import EmbedCrops, embed_copies
+from indexer.shards import existing_shards, shard_name, shard_of
 from indexer.versions import (
     BASE_ROOT,
     Registry,
@@ -57,7 +55,7 @@ from indexer.versions import (
 from models.store import ModelStore
 from streaming.config import KafkaConfig, RefindConfig
 from streaming.events import CropEvent, Event, ForgetEvent, TrackEvent, resolve_topic
-from streaming.records import CropRecord, Embeddings
+from streaming.records import CropRecord
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +105,7 @@ def fold(events: Iterable[Event], n_shards: int) -> DurableRecord:
             continue
         seen.add(e.event_id)
         if isinstance(e, CropEvent):
-            shard = shard_dir(Path(), shard_of(e.camera, n_shards)).name
+            shard = shard_name(shard_of(e.camera, n_shards))
             record.crops.setdefault(shard, {}).setdefault(e.vector_id, e)
             record.max_vector_id = max(record.max_vector_id, e.vector_id)
         elif isinstance(e, TrackEvent) and e.phase == "end":
@@ -143,7 +141,7 @@ def rebuild_gallery(
     embedder = build_embedder(serving.cfg, ModelStore.from_config(cfg.models))
     data_dir = Path(cfg.data_dir)
     old_shards = existing_shards(serving.root)
-    locks = [_acquire_lock(s / "gallery.lock") for s in old_shards]  # no writer meanwhile
+    locks = [lock_gallery(s) for s in old_shards]  # no writer meanwhile
     try:
         start = time.perf_counter()
         record = fold(_read_events(cfg, from_kafka, idle_s), cfg.ray.index_writers)
@@ -161,19 +159,13 @@ def rebuild_gallery(
                   desc=f"rebuild {embedder.model_id.split('@')[0]}", file=sys.stderr) as bar:
             for name in sorted(set(todo) | {s.name for s in old_shards}):
                 (tmp / name).mkdir(parents=True, exist_ok=True)
-                meta = SqliteMetadata(tmp / name / "metadata.sqlite3")
-                try:
+                with SqliteMetadata(tmp / name / "metadata.sqlite3") as meta:
                     _rebuild_shard(meta, todo.get(name, []), record, embed, report, bar)
-                finally:
-                    meta.close()
         # tombstones written while we worked: their tracks must not come back
         late = fold(_read_events(cfg, from_kafka, min(idle_s, 1.0)), cfg.ray.index_writers)
         for shard in existing_shards(tmp):
-            meta = SqliteMetadata(shard / "metadata.sqlite3")
-            try:
+            with SqliteMetadata(shard / "metadata.sqlite3") as meta:
                 meta.mark_forgotten((c, t, ns) for (c, t), ns in late.forgotten.items())
-            finally:
-                meta.close()
             with GalleryStore(shard, cfg.gallery, embedder.model_id, embedder.dim) as store:
                 store.save()
         final = data_dir / "versions" / f"{stem}-rebuilt-{time.time_ns()}"
@@ -197,24 +189,17 @@ def _rebuild_shard(meta: SqliteMetadata, events: list[CropEvent], record: Durabl
     meta.mark_forgotten((c, t, ns) for (c, t), ns in record.forgotten.items())
     meta.raise_id_floor(record.max_vector_id + 1)
     for i in range(0, len(events), _BATCH):
-        chunk = events[i : i + _BATCH]
-        out = embed({"shard": np.array([""] * len(chunk)),
-                     "vector_id": np.array([e.vector_id for e in chunk], np.int64),
-                     "crop_path": np.array([e.crop_path for e in chunk])})
-        ok = out["ok"]
-        for e, err in zip(chunk, out["error"], strict=True):
-            if err:
+        chunk = [_record(e, model_id) for e in events[i : i + _BATCH]]
+        added, failed = embed_copies(embed, meta, chunk)
+        report["crops"] += added
+        for r in chunk:
+            if r.vector_id in failed:
                 report["skipped_missing"] += 1
                 if len(report["missing_examples"]) < 5:
-                    report["missing_examples"].append(f"{e.crop_path}: {err}")
-        kept = [e for e, good in zip(chunk, ok, strict=True) if good]
-        report["crops"] += meta.add_copies([_record(e, model_id) for e in kept],
-                                           Embeddings(out["vector"][ok], model_id))
+                    report["missing_examples"].append(f"{r.crop_path}: {failed[r.vector_id]}")
         bar.update(len(chunk))
-    spans: dict[str, list[tuple[int, int, int]]] = {}
-    for (camera, track_id), (a, b) in record.spans.items():
-        if (camera, track_id) not in record.forgotten:
-            spans.setdefault(camera, []).append((track_id, a, b))
+    spans = spans_by_camera((c, t, a, b) for (c, t), (a, b) in record.spans.items()
+                            if (c, t) not in record.forgotten)
     for camera, rows in spans.items():
         meta.set_track_spans(camera, rows)
 

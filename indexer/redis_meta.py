@@ -29,13 +29,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar, get_args
 
-from streaming.config import RedisMetadataConfig
+from streaming.config import NAME_PATTERN, RedisMetadataConfig
 from streaming.events import CameraState
 
 log = logging.getLogger(__name__)
 
 TrackState = Literal["active", "ended"]
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_NAME = re.compile(NAME_PATTERN)
 _T = TypeVar("_T")
 
 # KEYS: registry set, camera hash. ARGV: name, then field/value pairs.

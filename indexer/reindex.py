@@ -27,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import time
@@ -39,9 +38,9 @@ from types import TracebackType
 import numpy as np
 
 from indexer.blobs import CropStore, CropStoreError
-from indexer.gallery_store import GalleryStore
+from indexer.gallery_store import GalleryStore, acquire_lock
 from indexer.ingest import build_embedder
-from indexer.metadata import SqliteMetadata
+from indexer.metadata import SqliteMetadata, spans_by_camera
 from indexer.shards import existing_shards
 from indexer.versions import (
     BASE_ROOT,
@@ -54,7 +53,7 @@ from indexer.versions import (
 from models.base import ModelInputError, ReidEmbedder, check_bgr_image
 from models.store import ModelStore
 from streaming.config import RefindConfig
-from streaming.records import Embeddings
+from streaming.records import CropRecord, Embeddings
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +108,21 @@ class EmbedCrops:
         }
 
 
+def embed_copies(
+    embed: EmbedCrops, dst: SqliteMetadata, records: list[CropRecord]
+) -> tuple[int, dict[int, str]]:
+    """Re-embed the crops of ``records`` (already under the embedder's model_id) and store those
+    read into ``dst`` (``add_copies``, ids kept); returns (rows added, {vector_id: error} of the
+    crops that could not be read)."""
+    out = embed({"shard": np.asarray([""] * len(records), dtype=object),
+                 "vector_id": np.asarray([r.vector_id for r in records], np.int64),
+                 "crop_path": np.asarray([r.crop_path for r in records], dtype=object)})
+    ok = out["ok"]
+    failed = {r.vector_id: str(err) for r, err in zip(records, out["error"], strict=True) if err}
+    kept = [r for r, good in zip(records, ok, strict=True) if good]
+    return dst.add_copies(kept, Embeddings(out["vector"][ok], embed.embedder.model_id)), failed
+
+
 @dataclass
 class ReindexReport:
     """What a re-index did, for the CLI, the bench and logs."""
@@ -138,26 +152,11 @@ class ReindexReport:
             "switched": self.switched,
         }
 
-
     def steady_rate(self) -> float | None:
         """Crops/s after the first batch came back (start-up excluded)."""
         if self.first_batch_s is None or self.seconds <= self.first_batch_s:
             return None
         return round((self.added - self.first_batch) / (self.seconds - self.first_batch_s), 2)
-
-
-def _lock(path: Path) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 100, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise VersionError(f"another re-index into {path.parent} is running ({holder})") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
-    return fd
 
 
 def _source_version(cfg: RefindConfig, registry: Registry | None) -> Version:
@@ -166,11 +165,8 @@ def _source_version(cfg: RefindConfig, registry: Registry | None) -> Version:
         return registry.versions[registry.serving]
     models: set[tuple[str, int]] = set()
     for shard in existing_shards(cfg.data_dir):
-        meta = SqliteMetadata(shard / "metadata.sqlite3", read_only=True)
-        try:
+        with SqliteMetadata(shard / "metadata.sqlite3", read_only=True) as meta:
             models |= set(meta.models())
-        finally:
-            meta.close()
     if not models:
         raise VersionError(f"no gallery in {cfg.data_dir} to re-index: run `refind ingest` first")
     if len(models) > 1:  # several models in one root: the config's embedder says which serves
@@ -202,7 +198,12 @@ class ReindexJob:
         self.cameras = tuple(cameras)
         self.data_dir = Path(cfg.data_dir)
         self.target_dir = target.path(self.data_dir)
-        self._lock_fd: int | None = _lock(self.target_dir / "reindex.lock")
+        self.target_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd: int | None = acquire_lock(
+            self.target_dir / "reindex.lock",
+            lambda holder: VersionError(
+                f"another re-index into {self.target_dir} is running ({holder})"),
+        )
         self._src: dict[str, SqliteMetadata] = {}
         self._dst: dict[str, SqliteMetadata] = {}
         try:
@@ -302,10 +303,7 @@ class ReindexJob:
             gone = np.setdiff1d(dst.vector_ids(self.target.model_id),
                                 src.vector_ids(self.source.model_id))
             removed += dst.remove_ids(gone.tolist())
-            spans: dict[str, list[tuple[int, int, int]]] = {}
-            for camera, track_id, first, last in src.track_spans():
-                spans.setdefault(camera, []).append((track_id, first, last))
-            for camera, rows in spans.items():
+            for camera, rows in spans_by_camera(src.track_spans()).items():
                 dst.set_track_spans(camera, rows)
             dst.raise_id_floor(src.next_vector_id())
         for name in self._dst:  # the FAISS views: built from SQLite and saved

@@ -23,8 +23,18 @@ from streaming.config import GalleryConfig
 from streaming.records import CropRecord, Embeddings
 
 
+def shard_name(shard: int) -> str:
+    """The folder name of shard ``shard``: ``gallery`` for 0, else ``gallery-<shard>``."""
+    return "gallery" if shard == 0 else f"gallery-{shard}"
+
+
+def shard_number(shard: Path) -> int:
+    """The inverse of ``shard_dir``: 0 for ``gallery``, i for ``gallery-<i>``."""
+    return 0 if shard.name == "gallery" else int(shard.name.rsplit("-", 1)[1])
+
+
 def shard_dir(data_dir: Path, shard: int) -> Path:
-    return data_dir / ("gallery" if shard == 0 else f"gallery-{shard}")
+    return data_dir / shard_name(shard)
 
 
 def shard_of(camera: str, n_shards: int) -> int:
@@ -44,8 +54,8 @@ def merge_shard_hits(
 
 
 def existing_shards(data_dir: Path) -> list[Path]:
-    found = [p for p in sorted(data_dir.glob("gallery*")) if (p / "metadata.sqlite3").exists()]
-    return found
+    """The shard folders of ``data_dir`` that hold a gallery, sorted."""
+    return [p for p in sorted(data_dir.glob("gallery*")) if (p / "metadata.sqlite3").exists()]
 
 
 class ShardedGallery:

@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 from pydantic import TypeAdapter, ValidationError
 
-from indexer.gallery_store import _atomic_write, index_stem
+from indexer.gallery_store import atomic_write, index_stem
 from indexer.shards import existing_shards
 from streaming.config import EmbedderConfig, RefindConfig
 
@@ -169,7 +169,7 @@ def update_registry(
     with _locked(data_dir):
         new = change(read_registry(data_dir))
         if new is not None:
-            _atomic_write(registry_path(data_dir), json.dumps(new.to_json(), indent=1).encode())
+            atomic_write(registry_path(data_dir), json.dumps(new.to_json(), indent=1).encode())
         return new
 
 

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 from actors.cli import main
+from indexer.blobs import CropStore
 from indexer.gallery_store import GalleryStore
 from indexer.ingest import build_embedder
 from indexer.metadata import SqliteMetadata
-from indexer.reindex import EmbedCrops, ReindexJob
+from indexer.reindex import EmbedCrops, ReindexJob, embed_copies
 from indexer.versions import (
     VersionError,
     read_registry,
@@ -27,6 +28,7 @@ from indexer.versions import (
 )
 from models.store import ModelStore
 from streaming.config import RefindConfig, load_config
+from streaming.records import CropRecord, Embeddings
 from tests.conftest import MODELS_DIR, PETS_VIDEO, need_models, need_pets
 
 M0288 = "person-reidentification-retail-0288"
@@ -228,3 +230,28 @@ def test_since_and_cameras_narrow_the_crops_to_do(small_gallery: Path, tmp_path:
             "later": [r.vector_id for r in records if r.ts_ns >= 10 * 10**9]}[expected]
     assert todo == want
     assert expected != "later" or 0 < len(want) < len(records)
+
+
+class _ConstantEmbedder:
+    model_id, dim = "const@1", 4
+
+    def __call__(self, images: list[np.ndarray]) -> Embeddings:
+        return Embeddings(np.full((len(images), self.dim), 0.5, np.float32), self.model_id)
+
+
+def test_embed_copies_stores_the_crops_read_and_names_the_rest(tmp_path: Path):
+    """The catch-up and rebuild path: re-embed stored crops, keep their ids, report the missing."""
+    cfg = RefindConfig(data_dir=tmp_path)
+    crops = CropStore.from_config(cfg)
+    paths = [crops.put("cam", 1, 0, np.full((16, 8, 3), 90, np.uint8)), "cam/1/000001.jpg",
+             crops.put("cam", 1, 2, np.full((16, 8, 3), 90, np.uint8))]
+    records = [CropRecord(vector_id=10 + i, camera="cam", track_id=1, frame_index=i, ts_ns=i,
+                          xyxy=(0.0, 0.0, 8.0, 16.0), confidence=0.0, quality=0.5, crop_path=p,
+                          model_id="const@1") for i, p in enumerate(paths)]
+    meta = SqliteMetadata(tmp_path / "metadata.sqlite3")
+    try:
+        added, failed = embed_copies(EmbedCrops(cfg, _ConstantEmbedder()), meta, records)
+        assert added == 2 and list(failed) == [11] and "missing" in failed[11]
+        assert meta.vector_ids("const@1").tolist() == [10, 12]
+    finally:
+        meta.close()
