@@ -32,7 +32,6 @@ import math
 import posixpath
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from datetime import datetime
 from typing import Annotated, Literal, TypeVar
 from urllib.parse import quote
 
@@ -49,14 +48,7 @@ from actors.api_guard import ApiError, AuditLog, KeyRing, Principal, RequestMetr
 from indexer.blobs import CropStore, CropStoreError, safe_name
 from indexer.ingest import crop_box
 from indexer.live_search import GalleryUnavailable, LiveSearch, SearchResult
-from indexer.query_plan import (
-    MAX_MIN_TRACK_S,
-    QueryPlan,
-    UnknownCamera,
-    check_query_text,
-    plan_query,
-    resolve_timezone,
-)
+from indexer.query_plan import MAX_MIN_TRACK_S, UnknownCamera, check_query_text, plan_query
 from indexer.rerank import RERANKERS, RerankerError
 from indexer.search import QueryError, decode_query_image
 from models.base import ModelInputError
@@ -163,7 +155,7 @@ def _parse_rerank(text: str | None) -> str | None:
     return text.strip()
 
 
-Reranker = Literal["none", "attributes", "refer", "mllm"]
+RerankerName = Literal[tuple(RERANKERS)]  # type: ignore[valid-type]  # the registry's names
 
 
 class TextSearch(BaseModel):
@@ -183,7 +175,7 @@ class TextSearch(BaseModel):
                                 description="Latest time, epoch seconds (replaces the text's)")
     min_track_s: float | None = Field(None, ge=0.0, le=MAX_MIN_TRACK_S, allow_inf_nan=False,
                                       description="Only tracks seen at least this long")
-    rerank: Reranker | None = Field(None, description="Re-ranker; default search.rerank")
+    rerank: RerankerName | None = Field(None, description="Re-ranker; default search.rerank")
 
 
 # ---- response pieces -----------------------------------------------------------------------
@@ -262,12 +254,14 @@ def create_app(
     app.add_middleware(UploadLimit, path=TEXT_PATH, max_bytes=MAX_TEXT_BODY_BYTES)
     app.add_middleware(RequestMetrics, registry=registry, fixed_paths=(SEARCH_PATH, TEXT_PATH))
 
-    def known_cameras(cameras: tuple[str, ...]) -> None:
+    def known_cameras(cameras: tuple[str, ...]) -> list[str]:
+        """The gallery's cameras; 404 naming any of ``cameras`` that is not one of them."""
         known = live.cameras()
         unknown = [c for c in cameras if c not in known]
         if unknown:
             raise ApiError(404, f"unknown camera(s) {', '.join(unknown)}; known: "
                                 f"{', '.join(known) or '(none yet)'}")
+        return known
 
     def read_upload(upload: UploadFile, what: str, entry_key: str,
                     entry: dict[str, object]) -> bytes:
@@ -340,21 +334,18 @@ def create_app(
         return {"hits": hits, "message": result.message, **result.details,
                 "took_ms": result.took_ms}
 
-    def build_text_query(
-        who: Principal, body: TextSearch, entry: dict[str, object]
-    ) -> tuple[QueryPlan, TextQuery]:
-        """The plan and query of a text search body; raises on bad input."""
+    def build_text_query(who: Principal, body: TextSearch, entry: dict[str, object]) -> TextQuery:
+        """The query of a text search body (its plan noted in ``entry``); raises on bad input."""
         explicit = tuple(dict.fromkeys(c.strip() for c in body.cameras if c.strip()))
         who.check_cameras(explicit, "search")
         start = None if body.since is None else int(body.since * 1e9)
         end = None if body.until is None else int(body.until * 1e9)
         if start is not None and end is not None and start > end:
             raise ApiError(400, f"since ({body.since}) is after until ({body.until})")
-        known_cameras(explicit)
-        tz = resolve_timezone(cfg.search.timezone)
+        known = known_cameras(explicit)
         try:
-            plan = plan_query(body.text, now=datetime.now(tz), known_cameras=live.cameras(),
-                              tz=tz, cameras=explicit, start_ts_ns=start, end_ts_ns=end,
+            plan = plan_query(body.text, known_cameras=known, tz=cfg.search.timezone,
+                              cameras=explicit, start_ts_ns=start, end_ts_ns=end,
                               min_track_s=body.min_track_s)
         except UnknownCamera as err:
             # to a scoped key, a camera it cannot see and one that does not exist look alike
@@ -362,13 +353,8 @@ def create_app(
             raise ApiError(404, str(err)) from None
         entry["plan"] = plan.to_json()
         who.check_cameras(plan.text_cameras, "search")
-        if not plan.text:
-            raise ApiError(400, f"the query has only filters ({', '.join(plan.parsed)}): "
-                                "describe the person too")
         scope = plan.cameras or (tuple(sorted(who.cameras)) if who.cameras is not None else ())
-        return plan, TextQuery(text=plan.text, k=body.k, cameras=scope,
-                               start_ts_ns=plan.start_ts_ns, end_ts_ns=plan.end_ts_ns,
-                               min_track_s=plan.min_track_s, rerank=body.rerank)
+        return plan.text_query(body.k, cameras=scope, rerank=body.rerank)
 
     def audited_search(
         entry: dict[str, object],
@@ -394,15 +380,8 @@ def create_app(
     def search_text(who: Caller, body: TextSearch) -> dict[str, object]:
         query_json = body.model_dump() | {"text": body.text[:1000], "text_chars": len(body.text)}
         entry: dict[str, object] = {"key": who.name, "endpoint": TEXT_PATH, "query": query_json}
-        plans = []
-
-        def make_query() -> TextQuery:
-            plan, query = build_text_query(who, body, entry)
-            plans.append(plan)
-            return query
-
-        result = audited_search(entry, make_query, live.search_text)
-        return respond(result) | {"plan": plans[0].to_json()}
+        result = audited_search(entry, lambda: build_text_query(who, body, entry), live.search_text)
+        return respond(result) | {"plan": entry["plan"]}
 
     @app.post(SEARCH_PATH, summary="Rank tracklets like the person in a photo")
     def search_image(

@@ -26,11 +26,11 @@ from indexer.shards import ShardedGallery
 from indexer.versions import serving_version
 from models.base import ModelInputError, ReidEmbedder
 from models.store import ModelStore, ModelStoreError
-from streaming.config import ConfigError, IngestConfig, RefindConfig
+from streaming.config import NAME_PATTERN, ConfigError, IngestConfig, RefindConfig
 from streaming.records import ImageQuery, TextQuery, TrackletHit
 from streaming.sources import SourceError, VideoSource
 
-CAMERA_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # as in CameraConfig and the event schemas
+CAMERA_NAME = re.compile(NAME_PATTERN)  # as in CameraConfig and the event schemas
 log = logging.getLogger(__name__)
 
 
@@ -130,8 +130,6 @@ def format_hits(hits: list[TrackletHit], crops: CropStore) -> str:
 
 
 def _image_query(args: argparse.Namespace) -> ImageQuery:
-    if args.text is not None or args.image is None:
-        raise QueryError("give --image PATH or --text TEXT")
     image = read_query_image(args.image)
     if args.box is not None:
         image = crop_box(image, args.box)
@@ -165,13 +163,7 @@ def _text_query(
         end_ts_ns=None if args.until is None else int(args.until * 1e9),
         min_track_s=args.min_track_s,
     )
-    if not plan.text:
-        raise QueryError(f"the query has only filters ({', '.join(plan.parsed)}): describe the "
-                         "person too")
-    return plan, TextQuery(
-        text=plan.text, k=args.k, cameras=plan.cameras, start_ts_ns=plan.start_ts_ns,
-        end_ts_ns=plan.end_ts_ns, min_track_s=plan.min_track_s, rerank=args.rerank,
-    )
+    return plan, plan.text_query(args.k, rerank=args.rerank)
 
 
 def search(args: argparse.Namespace, cfg: RefindConfig) -> list[dict[str, object]]:
@@ -217,12 +209,7 @@ def evaluate(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
     elif args.eval_command == "reid" and args.task is None and args.instruction is None:
         from models.eval_reid import evaluate_reid
 
-        if args.model:
-            cfg = cfg.model_copy(
-                update={"embedder": cfg.embedder.model_copy(update={"model": args.model})}
-            )
-        embedder = build_embedder(cfg, ModelStore.from_config(cfg.models))
-        result = evaluate_reid(args.query, args.gallery, embedder)
+        result = evaluate_reid(args.query, args.gallery, _eval_embedder(args, cfg))
         keys = ("mAP", "rank1", "rank5", "rank10")
     else:
         result, keys = _evaluate_irm(args, cfg)

@@ -37,6 +37,7 @@ from datetime import UTC, date, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from indexer.search import QueryError
+from streaming.records import TextQuery
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,18 @@ class QueryPlan:
             "until": None if self.end_ts_ns is None else self.end_ts_ns / 1e9,
             "min_track_s": self.min_track_s, "parsed": list(self.parsed),
         }
+
+    def text_query(
+        self, k: int, cameras: tuple[str, ...] | None = None, rerank: str | None = None
+    ) -> TextQuery:
+        """The search this plan asks for (``cameras`` replaces the plan's, e.g. a key's scope);
+        QueryError when only filters are left and nobody is described."""
+        if not self.text:
+            raise QueryError(f"the query has only filters ({', '.join(self.parsed)}): describe "
+                             "the person too")
+        return TextQuery(text=self.text, k=k, cameras=self.cameras if cameras is None else cameras,
+                         start_ts_ns=self.start_ts_ns, end_ts_ns=self.end_ts_ns,
+                         min_track_s=self.min_track_s, rerank=rerank)
 
 
 def resolve_timezone(name: str) -> tzinfo:

@@ -38,6 +38,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from models.base import Region, Reranker, RerankResult
+from streaming.matching import iou_matrix
 
 log = logging.getLogger(__name__)
 
@@ -90,21 +91,10 @@ def read_annotations(path: Path) -> list[ReferItem]:
     return items
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(n, m) IoU of (n, 4) and (m, 4) xyxy boxes."""
-    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
-    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
-    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
-    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None] - inter, 1e-12)
-
-
 def _recall_precision(targets: np.ndarray, preds: np.ndarray, thr: float) -> tuple[float, float]:
     if len(preds) == 0:
         return 0.0, 0.0
-    iou = box_iou(targets, preds)  # (t, p)
+    iou = iou_matrix(np.asarray(targets).reshape(-1, 4), np.asarray(preds).reshape(-1, 4))  # (t, p)
     used: set[int] = set()
     matches = 0
     for row in iou:  # each target in turn takes its best unused prediction (HumanRef's order)

@@ -9,9 +9,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -22,7 +19,6 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the API extra is not installed (pip install -e '.[api]')")
 import httpx
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,38 +26,17 @@ from actors.api import create_app
 from actors.api_guard import ApiError, KeyRing
 from actors.cli import main
 from streaming.config import ApiConfig, ConfigError, parse_config
-from tests.conftest import (
-    MODELS_DIR,
-    PETS_GT,
-    PETS_GT_SCALE,
-    PETS_VIDEO,
-    need_models,
-    need_pets,
-)
+from tests.actors.api_server import KEYS, MAX_UPLOAD_MB, Server, api_config, key_configs
+from tests.conftest import PETS_GT, PETS_GT_SCALE, PETS_VIDEO, need_pets
 
-KEYS = {"desk": "desk-secret-1", "other": "other-secret-2", "pets-only": "pets-secret-3"}
-SCOPES = {"desk": [], "other": ["other"], "pets-only": ["pets"]}
-MAX_UPLOAD_MB = 2
 QUERY_FRAME = 120
-
-
-def _sha(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def _config(data_dir: Path, **api: object) -> dict[str, object]:
-    return {
-        "data_dir": str(data_dir),
-        "models": {"dir": str(MODELS_DIR), "allow_download": False},
-        "api": {"max_upload_mb": MAX_UPLOAD_MB, **api},
-    }
 
 
 # ---- without models: config and keys --------------------------------------------------------
 
 
 def test_api_refuses_to_start_without_keys(tmp_path: Path) -> None:
-    cfg = parse_config(_config(tmp_path))
+    cfg = parse_config(api_config(tmp_path))
     with pytest.raises(ConfigError, match="allow_anonymous"):
         create_app(cfg, engine_factory=lambda c: pytest.fail("engine built before the check"))
 
@@ -90,8 +65,7 @@ def test_bad_api_config_names_the_key(api: dict[str, object], message: str) -> N
      ("desk-secret-1 ", 401), ("wrong", 401)],
 )
 def test_key_ring(presented: str | None, expected: str | int) -> None:
-    keys = [{"name": n, "key_sha256": _sha(k), "cameras": SCOPES[n]} for n, k in KEYS.items()]
-    ring = KeyRing.from_config(ApiConfig.model_validate({"keys": keys}))
+    ring = KeyRing.from_config(ApiConfig.model_validate({"keys": key_configs()}))
     if isinstance(expected, str):
         assert ring.authenticate(presented).name == expected
     else:
@@ -119,52 +93,6 @@ def _frame(index: int) -> np.ndarray:
             if i == index:
                 return f.to_ndarray(format="bgr24")
     raise AssertionError(f"no frame {index}")
-
-
-class Server:
-    """The API app under uvicorn in a thread, on a free loopback port."""
-
-    def __init__(self, app: object) -> None:
-        # proto IPPROTO_TCP, as uvicorn's own sockets have: asyncio then sets TCP_NODELAY (else
-        # Nagle and delayed ACKs add 40 ms to every keep-alive request)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, args=([self.sock],), daemon=True)
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
-
-
-@pytest.fixture(scope="module")
-def gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    need_models()
-    need_pets()
-    data = tmp_path_factory.mktemp("api-gallery")
-    argv = ["ingest", str(PETS_VIDEO), "--camera", "pets", "--data-dir", str(data),
-            "--max-frames", "150", "--json"]
-    assert main(argv) == 0
-    return data
-
-
-@pytest.fixture(scope="module")
-def server(gallery: Path) -> Iterator[Server]:
-    keys = [{"name": n, "key_sha256": _sha(k), "cameras": SCOPES[n]} for n, k in KEYS.items()]
-    cfg = parse_config(_config(gallery, keys=keys))
-    with Server(create_app(cfg)) as s:
-        yield s
 
 
 @pytest.fixture(scope="module")

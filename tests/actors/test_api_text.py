@@ -19,31 +19,15 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.api import TEXT_PATH, create_app
-from actors.cli import main
-from streaming.config import parse_config
-from tests.actors.test_api import KEYS, MAX_UPLOAD_MB, SCOPES, Server, _config, _sha
-from tests.conftest import PETS_VIDEO, need_models, need_pets
+from actors.api import TEXT_PATH
+from tests.actors.api_server import KEYS, MAX_UPLOAD_MB, Server
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    need_models()
-    need_pets()
-    data = tmp_path_factory.mktemp("api-text-gallery")
-    argv = ["ingest", str(PETS_VIDEO), "--camera", "pets", "--data-dir", str(data),
-            "--max-frames", "150", "--json"]
-    assert main(argv) == 0
-    return data
-
-
-@pytest.fixture(scope="module")
-def client(gallery: Path) -> Iterator[httpx.Client]:
-    keys = [{"name": n, "key_sha256": _sha(k), "cameras": SCOPES[n]} for n, k in KEYS.items()]
-    cfg = parse_config(_config(gallery, keys=keys))
-    with Server(create_app(cfg)) as server, httpx.Client(base_url=server.url, timeout=60) as c:
+def client(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60) as c:
         yield c
 
 

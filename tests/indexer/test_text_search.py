@@ -73,8 +73,7 @@ def engine(cfg: RefindConfig, model_store) -> Iterator[SearchEngine]:
 
 def _query(text: str, k: int = 50) -> TextQuery:
     plan = plan_query(text, now=EPOCH_NOW, known_cameras=("pets", "gate"))
-    return TextQuery(plan.text, k, plan.cameras, plan.start_ts_ns, plan.end_ts_ns,
-                     plan.min_track_s)
+    return plan.text_query(k)
 
 
 def _span_s(hit) -> float:
