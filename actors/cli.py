@@ -193,7 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cache", type=Path, help="feature cache (default OUT/cache.npz; built if "
                    "missing, which needs OpenVINO)")
     t.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    t.add_argument("--minutes", type=float, default=22.0, help="time budget of the head training")
+    t.add_argument("--minutes", type=float, default=24.0,
+                   help="time budget of the head trainings (cross-validation folds and final)")
+    t.add_argument("--folds", type=int, default=2,
+                   help="cross-validation folds over the PETS training ids that choose the "
+                   "step counts (1: no validation, train the whole schedules)")
     t.add_argument("--steps", type=int, default=800, help="training steps (the LR schedule)")
     t.add_argument("--seed", type=int, default=0, help="seed of sampling and initialisation")
     t.add_argument("--threads", type=int, default=2, help="CPU threads (1 on a busy machine)")
@@ -206,6 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0, help="seed of sampling and initialisation")
     t.add_argument("--threads", type=int, default=1, help="CPU threads")
     _add_common(t, data_dir=False)
+
+    p = sub.add_parser("quantize", help="an INT8 copy of an OpenVINO ReID network for faster "
+                       "CPU embedding (models/quantize.py), stored as NAME-int8")
+    p.add_argument("--model", default="person-reidentification-retail-0277",
+                   help="model store name of the network")
+    p.add_argument("--video", type=Path, help="clip to cut calibration crops from (default: the "
+                   "Intel sample clip in ../shared/data; use footage like your cameras')")
+    p.add_argument("--crops", type=int, default=300, help="calibration crops")
+    _add_common(p, data_dir=False)
 
     p = sub.add_parser("demo", help="ingest a real clip, search it by photo, write a contact sheet")
     p.add_argument("--video", type=Path, help="clip to use (default: PETS09-S2L1 or a sample)")
@@ -237,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reindex": commands.reindex,
         "versions": commands.versions,
         "rebuild": commands.rebuild,
+        "quantize": commands.quantize,
     }
     try:
         result = handlers[args.command](args, _config(args))

@@ -382,15 +382,41 @@ def train(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
 
     opts = TrainOptions(
         out=args.out, cache=args.cache, device=args.device, minutes=args.minutes,
-        max_steps=args.steps, seed=args.seed, threads=args.threads, progress=not args.json,
+        max_steps=args.steps, seed=args.seed, threads=args.threads, cv_folds=args.folds,
+        progress=not args.json,
     )  # fmt: skip
     report = train_irm(opts, ModelStore.from_config(cfg.models))
     if not args.json:
-        print(f"irm: {report['steps']} steps in {report['train_seconds']} s (cache "
-              f"{report['cache_seconds']} s); held-out plain ReID mAP "
-              f"{report['best_heldout_irm_mAP']:.4f} (teacher {report['heldout_teacher_mAP']:.4f})"
-              f" at step {report['best_step']}; weights {args.out / 'irm.safetensors'}")
+        tables = (("cv_table", "plain-ReID mAP gain over the teacher"),
+                  ("instruction_cv_table", "instructed-task mAP gain over the teacher"),
+                  ("text_cv_table", "text mAP"))  # fmt: skip
+        for key, what in tables:
+            for row in report[key]:
+                per_fold = " ".join(f"{g:+.4f}" for g in row["gains"])
+                print(f"  {key.removesuffix('_table')} step {row['step']:4d}: {what} {per_fold}")
+        print(f"irm: steps chosen by {len(report['cv_folds'])}-fold cross-validation on PETS "
+              f"training ids: image {report['chosen_steps']}, instructions "
+              f"{report['chosen_instruction_steps']}, text {report['chosen_text_steps']}; whole "
+              f"run {report['total_seconds']} s (cache {report['cache_seconds']} s); weights "
+              f"{args.out / 'irm.safetensors'}")  # fmt: skip
     return {k: v for k, v in report.items() if k != "history"}
+
+
+def quantize(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
+    """``refind quantize``: calibrate and write ``<model>-int8`` into the model store cache."""
+    from models.irm_data import INTEL_VIDEO
+    from models.quantize import calibration_crops, quantize_reid
+
+    video = args.video or INTEL_VIDEO
+    if not Path(video).is_file():
+        raise FileNotFoundError(f"calibration clip {video} not found; pass --video CLIP")
+    store = ModelStore.from_config(cfg.models)
+    crops = calibration_crops(Path(video), store, args.crops, progress=not args.json)
+    xml = quantize_reid(store, args.model, crops, source=str(video))
+    resolved = store.resolve(args.model + "-int8")
+    if not args.json:
+        print(f"{resolved.model_id}: {xml} ({len(crops)} calibration crops from {video})")
+    return {"model_id": resolved.model_id, "path": str(xml), "calibration_crops": len(crops)}
 
 
 def evaluate_refer(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:

@@ -11,14 +11,16 @@ means, while a gallery is encoded once, with no task.
          image tokens; instruction tokens can change the CLS states (IRM's CLS exchange)
     id  = normalise(teacher + W_id . CLS_id)      (W_id starts at 0: the id part starts as 0277)
     clo = normalise(P . teacher + W_clo . CLS_clo) (P starts as the identity)
+          instructed photo queries add query-only residuals Q_id . CLS_id, Q_clo . CLS_clo
     gallery vector = [id, clo] / sqrt 2            (default instruction, fixed; cached)
-    query vector   = normalise([a . id, b . clo]), (a, b) = softmax(gate(instruction))
+    query vector   = normalise([a . id, b . clo]), (a, b) = softmax(gate(instruction)),
+                     except plain ReID: (0.5, 0.5) as in the gallery
 
 so "ignore clothes" can learn b ~ 0 and "this garment" a ~ 0 on the query side only. A text-only
 query has no image: the CLS states read the instruction tokens alone (no teacher residual).
 
 Example:
-    >>> emb = IrmEmbedder.from_pretrained(store.resolve("irm-pets-v1").path, store)  # doctest: +SKIP
+    >>> emb = IrmEmbedder.from_pretrained(store.resolve("irm-pets-v2").path, store)  # doctest: +SKIP
     >>> emb.embed_query([crop], task="clothes_change").vectors.shape               # doctest: +SKIP
     (1, 512)
 """
@@ -159,6 +161,10 @@ class IrmHead(nn.Module):
         # Text-only queries have no teacher to start from: their own (non-zero) output layers.
         self.text_id_out = nn.Linear(d, cfg.part_dim)
         self.text_clo_out = nn.Linear(d, cfg.part_dim)
+        # Instructed photo queries (every task but plain ReID) add their own residuals: they can
+        # be trained with the gallery's output layers frozen (models.train_irm stage 2).
+        self.query_id_out = nn.Linear(d, cfg.part_dim, bias=False)
+        self.query_clo_out = nn.Linear(d, cfg.part_dim, bias=False)
         self.gate = nn.Linear(d, 2)
         self.attributes = nn.Linear(d, cfg.n_attributes)  # attribute distillation from CLS_clo
         # The default ("reid") instruction's MiniLM states, so a gallery needs no text encoder.
@@ -167,11 +173,20 @@ class IrmHead(nn.Module):
 
     def _init_residual(self) -> None:
         """Start where the teacher is: id = teacher, clo = teacher, gate = (0.5, 0.5)."""
-        nn.init.zeros_(self.id_out.weight)
-        nn.init.zeros_(self.clo_out.weight)
+        for layer in (self.id_out, self.clo_out, self.query_id_out, self.query_clo_out):
+            nn.init.zeros_(layer.weight)
         nn.init.eye_(self.clo_teacher.weight)
         nn.init.zeros_(self.gate.weight)
         nn.init.zeros_(self.gate.bias)
+
+    def image_path_is_teacher(self) -> bool:
+        """True while every image output residual is zero: then every photo vector, gallery or
+        query with any instruction, is built from the 0277 embedding alone (both parts), and
+        instructions cannot change how a photo query ranks."""
+        residuals = (self.id_out, self.clo_out, self.query_id_out, self.query_clo_out)
+        return not any(m.weight.any() for m in residuals) and bool(
+            torch.equal(self.clo_teacher.weight, torch.eye(*self.clo_teacher.weight.shape))
+        )
 
     def set_gallery_text(self, states: torch.Tensor) -> None:
         """Fix the gallery instruction: (T, text_dim) MiniLM states of DEFAULT_INSTRUCTIONS['reid']."""
@@ -234,9 +249,14 @@ class IrmHead(nn.Module):
         return self.norm(x[:, :2])
 
     def parts(
-        self, cls: torch.Tensor, teacher: torch.Tensor | None
+        self,
+        cls: torch.Tensor,
+        teacher: torch.Tensor | None,
+        instructed: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unit id and clothes parts (B, P) each, from CLS states (B, 2, D)."""
+        """Unit id and clothes parts (B, P) each, from CLS states (B, 2, D).
+
+        instructed: (B,) bool, rows that are instructed photo queries (their own residuals)."""
         if teacher is None:  # text only
             return (
                 F.normalize(self.text_id_out(cls[:, 0]), dim=-1),
@@ -245,6 +265,10 @@ class IrmHead(nn.Module):
         t = F.normalize(teacher, dim=-1)  # (B, teacher_dim)
         id_raw = self.id_out(cls[:, 0]) + t  # (B, P) residual on the teacher
         clo_raw = self.clo_out(cls[:, 1]) + self.clo_teacher(t)
+        if instructed is not None:
+            on = instructed[:, None].to(id_raw.dtype)  # (B, 1)
+            id_raw = id_raw + on * self.query_id_out(cls[:, 0])
+            clo_raw = clo_raw + on * self.query_clo_out(cls[:, 1])
         return F.normalize(id_raw, dim=-1), F.normalize(clo_raw, dim=-1)
 
     def gallery(self, patches: torch.Tensor, teacher: torch.Tensor) -> QueryOut:
@@ -277,9 +301,12 @@ class IrmHead(nn.Module):
         image_instr = None if instruction_image is None else self.encode_image(*instruction_image)
         instr, mask = self.instruction(task_ids, text, text_mask, image_instr)
         cls = self.edit(image, instr, mask)
-        id_part, clo_part = self.parts(cls, None if patches is None else teacher)
+        plain = task_ids == TASKS.index("reid")  # (B,)
+        id_part, clo_part = self.parts(cls, None if patches is None else teacher, ~plain)
         pooled = (instr * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # (B, D)
         gate = self.gate(pooled).softmax(-1)  # (B, 2): weights of the id and clothes parts
+        # plain ReID weighs the parts as the gallery does: a photo query is its gallery vector
+        gate = torch.where(plain[:, None], 0.5, gate)
         vectors = F.normalize(
             torch.cat([gate[:, :1] * id_part, gate[:, 1:] * clo_part], dim=-1), dim=-1
         )
@@ -297,13 +324,6 @@ class Backbone(Protocol):
     def __call__(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-def pool_tokens(feature_map: np.ndarray) -> np.ndarray:
-    """(B, C, 16, 8) feature map -> (B, 32, C) tokens, 2x2 average pooled, row-major."""
-    b, c, h, w = feature_map.shape
-    pooled = feature_map.reshape(b, c, h // 2, 2, w // 2, 2).mean(axis=(3, 5))  # (B, C, 8, 4)
-    return np.ascontiguousarray(pooled.reshape(b, c, -1).transpose(0, 2, 1), dtype=np.float32)
-
-
 class OpenVinoBackbone:
     """OMZ 0277 on CPU with OpenVINO, an extra output at node 1126."""
 
@@ -314,7 +334,9 @@ class OpenVinoBackbone:
 
         self.model_id = model_id
         core = ov.Core()
-        model, _ = read_dynamic_batch(core, xml_path, INPUT_HW, extra_outputs=(BACKBONE_NODE,))
+        model, _ = read_dynamic_batch(
+            core, xml_path, INPUT_HW, extra_outputs=(BACKBONE_NODE,), pool=2
+        )  # the feature map comes out pooled to (B, 512, 8, 4)
         self._compiled = compile_cpu(core, model, threads)
         self._request = self._compiled.create_infer_request()
         outs = list(self._compiled.outputs)
@@ -323,8 +345,9 @@ class OpenVinoBackbone:
 
     def __call__(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         out = self._request.infer({0: crops_to_batch(crops, INPUT_HW, "IRM crop")})
-        feature_map = np.asarray(out[self._map_out], np.float32)  # (B, 512, 16, 8)
-        return pool_tokens(feature_map), np.asarray(out[self._emb_out], np.float32)  # (B, 256)
+        pooled = np.asarray(out[self._map_out], np.float32)  # (B, 512, 8, 4)
+        tokens = np.ascontiguousarray(pooled.reshape(*pooled.shape[:2], -1).transpose(0, 2, 1))
+        return tokens, np.asarray(out[self._emb_out], np.float32)  # (B, 32, 512), (B, 256)
 
 
 class TorchBackbone:
@@ -472,6 +495,11 @@ class IrmEmbedder:
         self.dim = head.cfg.out_dim
         self.batch_size = batch_size
         self._text = text
+        self._teacher_only = head.image_path_is_teacher()
+        self._warned = False  # the teacher-only warning, once per embedder
+        # With a teacher-only image path the gallery vector is the normalised 0277 embedding,
+        # twice, / sqrt 2 (see IrmHead.parts): computed directly, the head is not run.
+        self.teacher_shortcut = self._teacher_only
         # On CPU the gallery head runs compiled by OpenVINO: ~4x faster than eager torch here.
         self._ov_gallery = (
             compile_gallery(head) if compile_cpu and self.device.type == "cpu" else None
@@ -491,13 +519,19 @@ class IrmEmbedder:
         """Load a head written by ``save_head`` and the backbone it was trained on."""
         head, meta = load_head(Path(weights))
         trained_on = meta.get("backbone", "person-reidentification-retail-0277")
-        if backbone is not None and backbone != trained_on:
+        backbone = backbone or trained_on
+        if backbone.removesuffix("-int8") != trained_on:  # an INT8 copy is the same network
             raise ModelInputError(
                 f"IRM weights {weights} were trained on backbone {trained_on!r}, not {backbone!r}"
             )
         dev = resolve_device(device)
-        net = build_backbone(store, trained_on, dev, threads)
-        return cls(head, net, model_id or f"irm:{Path(weights).stem}", dev, batch_size)
+        if backbone != trained_on and dev.type != "cpu":
+            raise ModelInputError(f"backbone {backbone!r} is an OpenVINO CPU network; use cpu")
+        net = build_backbone(store, backbone, dev, threads)
+        model_id = model_id or f"irm:{Path(weights).stem}"
+        if backbone != trained_on:  # its vectors differ a little: never mixed with the float's
+            model_id = f"{model_id}+{net.model_id}"
+        return cls(head, net, model_id, dev, batch_size)
 
     @classmethod
     def from_config(cls, cfg: IrmEmbedderConfig, store: object) -> IrmEmbedder:
@@ -540,7 +574,10 @@ class IrmEmbedder:
         """Gallery vectors (n, 512): the default instruction, no task."""
         out = []
         for s in self._chunks(len(crops)):
-            if self._ov_gallery is not None:
+            if self.teacher_shortcut:  # the head would return [n(t), n(t)] / sqrt 2: skip it
+                t = F.normalize(self._features(crops[s])[1].float(), dim=-1)  # (b, 256)
+                out.append(torch.cat([t, t], dim=-1) / math.sqrt(2.0))
+            elif self._ov_gallery is not None:
                 patches, teacher = self.backbone(crops[s])
                 out.append(torch.from_numpy(self._ov_gallery(patches, teacher)))
             else:
@@ -572,6 +609,13 @@ class IrmEmbedder:
             check_bgr_image(instruction, "instruction image")
             image_instr = self._features([instruction])
             instruction = None
+        if task != "reid" and self._teacher_only and not self._warned:
+            self._warned = True
+            log.warning(
+                "%s: instructions do not change photo queries (its image path is the 0277 "
+                "teacher's, see its model card): this %s query ranks as plain ReID",
+                self.model_id, task,
+            )  # fmt: skip
         text = DEFAULT_INSTRUCTIONS[task] if instruction is None else instruction
         states, mask = pad_states(self.text([text]), self.head.cfg.text_dim)  # (1, T, 384)
         out = []

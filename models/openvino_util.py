@@ -13,16 +13,22 @@ def read_dynamic_batch(
     xml_path: Path,
     input_hw: tuple[int, int] | None = None,
     extra_outputs: Sequence[str] = (),
+    pool: int = 1,
 ) -> tuple[ov.Model, tuple[int, int]]:
     """An image IR reshaped to a dynamic batch ([-1, 3, h, w]) and its input (h, w).
 
     input_hw: None keeps the IR's own input size; extra_outputs: friendly names of inner nodes
-    to add as outputs (before the reshape).
+    to add as outputs (before the reshape); pool > 1: those outputs (feature maps) are average
+    pooled pool x pool inside the graph, which is cheaper than pooling their copies in numpy.
     """
     model = core.read_model(str(xml_path))
     for name in extra_outputs:
         node = next(op for op in model.get_ops() if op.get_friendly_name() == name)
-        model.add_outputs([node.output(0)])
+        out = node.output(0)
+        if pool > 1:
+            k = [pool, pool]
+            out = ov.opset13.avg_pool(out, k, [0, 0], [0, 0], k, exclude_pad=True).output(0)
+        model.add_outputs([out])
     if input_hw is None:
         shape = model.inputs[0].get_partial_shape()
         input_hw = (int(shape[2].get_length()), int(shape[3].get_length()))

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -124,12 +125,12 @@ REGISTRY: dict[str, ModelSpec] = {
 # Weights trained by refind itself ship inside the package (models/weights/, each with a model
 # card); the store finds them there after every other place.
 PACKAGED_DIR = Path(__file__).resolve().parent / "weights"
-REGISTRY["irm-pets-v1"] = ModelSpec(
-    "irm-pets-v1",
+REGISTRY["irm-pets-v2"] = ModelSpec(
+    "irm-pets-v2",
     (
         ModelFile(
-            "irm-pets-v1.safetensors",
-            "e4b3182541a049b3c7bae0572902884a8c2423cf2b8a25159e5baba792ac3f14",
+            "irm-pets-v2.safetensors",
+            "6916416b48d3233ed7a1ee6f0a64510e069ed1adfabb7d04d08fad9af45d1620",
             None,
         ),
     ),
@@ -192,12 +193,41 @@ class ModelStore:
     def resolve(self, name: str) -> ResolvedModel:
         """Return verified local paths for ``name``, downloading missing files if allowed."""
         spec = self.registry.get(name)
+        if spec is None and name.endswith("-int8") and name.removesuffix("-int8") in self.registry:
+            return self._resolve_derived(name)
         if spec is None:
             raise ModelStoreError(
                 f"unknown model {name!r}; known models: {', '.join(sorted(self.registry))}"
             )
         paths = tuple(self._resolve_file(spec, f) for f in spec.files)
         return ResolvedModel(name, paths, f"{name}@{spec.files[0].sha256[:12]}")
+
+    def _resolve_derived(self, name: str) -> ResolvedModel:
+        """An INT8 copy made here by ``refind quantize`` (models/quantize.py), checked against
+        the checksums of its manifest."""
+        from models.quantize import derived_dir
+
+        folder = derived_dir(self.cache_dir, name)
+        base = name.removesuffix("-int8")
+        try:
+            manifest = json.loads((folder / "manifest.json").read_text())
+        except (OSError, ValueError) as err:
+            raise ModelStoreError(
+                f"model {name!r} is an INT8 copy of {base!r} made on this machine, not "
+                f"downloaded: run `refind quantize --model {base} --video CLIP` ({folder}: {err})"
+            ) from None
+        paths = []
+        for fname, sha in manifest["files"].items():
+            path = folder / fname
+            digest = self._digest(path) if path.is_file() else "missing"
+            if digest != sha:
+                raise ModelStoreError(
+                    f"model {name!r}: {path} has sha256 {digest}, expected {sha}; run "
+                    f"`refind quantize --model {base}` again"
+                )
+            paths.append(path)
+        paths.sort(key=lambda p: p.suffix != ".xml")  # the .xml is the file loaded
+        return ResolvedModel(name, tuple(paths), f"{name}@{manifest['files'][paths[1].name][:12]}")
 
     def _resolve_file(self, spec: ModelSpec, mf: ModelFile) -> Path:
         problems: list[str] = []
@@ -213,9 +243,7 @@ class ModelStore:
             return self._download(mf, problems)
         where = ", ".join(str(d) for d in self.search_dirs) or "(no model directory configured)"
         reason = "; ".join(problems) if problems else "file not found"
-        fetch = (
-            f"download it from {mf.url}" if mf.url else "it has no upstream release to download"
-        )
+        fetch = f"download it from {mf.url}" if mf.url else "it has no upstream release to download"
         raise ModelStoreError(
             f"model {spec.name!r}: {mf.relpath}: {reason}. Put the file at <models dir>/"
             f"{mf.relpath} (models dir searched: {where}; set models.dir in the config or "

@@ -1,6 +1,6 @@
 """Train the IRM head (models/irm.py) on PETS09-S2L1 training identities and tracker tracklets.
 
-Two stages, one command (``refind train irm --out DIR``):
+One command (``refind train irm --out DIR``):
 
 1. **Cache** (once, CPU, OpenVINO): every training crop -- the PETS ground-truth crops of the
    training identities (``models.irm_data.pets_identity_split``) and the tracks of refind's own
@@ -8,20 +8,24 @@ Two stages, one command (``refind train irm --out DIR``):
    clothes recolourings, a texture swap, greyscale, thermal, the upper-body garment) and run once
    through the frozen backbone (32 patch tokens + the 0277 teacher embedding per view); the 0230
    attribute model describes the original; captions and instructions are written
-   (``models.irm_data``) and encoded once by all-MiniLM-L6-v2. The held-out (test) identities' original
-   crops are cached too, for validation only (never a gradient). The cache is one ``.npz`` that
+   (``models.irm_data``) and encoded once by all-MiniLM-L6-v2. The file also holds the held-out
+   (test) identities' original crops, which training never reads. The cache is one ``.npz`` that
    a machine without OpenVINO (a GPU box) can train from (``--cache PATH``).
-2. **Head training** (CPU or GPU): PK batches (identities x crops); each crop gets a task and
-   becomes a query (its task's view + instruction); galleries are the original (or flipped)
+2. **Cross-validation** (CPU or GPU) over the PETS training identities (``cv_folds``), per fold:
+   (a) the whole head (``train_head``): PK batches (identities x crops); each crop gets a task
+   and becomes a query (its task's view + instruction); galleries are the original (or flipped)
    crops plus recoloured ones, encoded without a task. Losses: multi-positive InfoNCE and IRM's
    adaptive (soft-weighted) triplet over query x gallery with per-task positives; identity
-   cross-entropy (cosine classifier, label smoothing); distillation of the id part to the
-   teacher; attribute distillation from CLS_clo. Validation: plain-ReID mAP of two PETS
-   *training* identities kept out of training (``validation_identities``), against the teacher
-   on the same crops; the best checkpoint is kept. The held-out PETS identities are the test
-   split: no step of training or selection reads them.
-3. **Text refit**: on the kept checkpoint, only the text-only output layers are refitted
-   (captions against its frozen gallery), so no image task changes (``fit_text_outputs``).
+   cross-entropy (cosine classifier, label smoothing); distillation of both parts to the
+   teacher (cosine and batch relations); a crop-vs-its-recolouring invariance term
+   (``part_masks``); attribute distillation from CLS_clo. Validated on plain-ReID mAP against
+   the teacher: this chooses the image step count (``choose_steps``).
+   (b) from that head, the instruction pathway alone (``instruction_parameters``: nothing the
+   gallery or a plain query depends on), validated on instructed-task mAP.
+   (c) the text path alone (``train_text``, ``text_parameters``), validated on text mAP.
+3. **Final**: the same three trainings on every training identity, stopped at the chosen step
+   counts; the weights are the moving average (``Ema``). The held-out PETS identities are the
+   test split: no step of training or selection reads them.
 
 Positives per task (same crop's original never counts; "recoloured" = another outfit):
 reid: same identity, original clothes; clothes_change: same identity, any clothes;
@@ -34,12 +38,14 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
 import os
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -63,7 +69,6 @@ from models.minilm import pad_states
 
 log = logging.getLogger(__name__)
 
-VAL_IDENTITIES = 2  # PETS training identities kept out of training for checkpoint selection
 VIEWS: tuple[str, ...] = (
     "orig", "flip", "recolour_a", "recolour_b", "texture", "grey", "thermal", "upper",
 )  # fmt: skip
@@ -85,7 +90,7 @@ class TrainOptions:
     out: Path
     cache: Path | None = None  # default: <out>/cache.npz (built when missing)
     device: str = "auto"
-    minutes: float = 20.0  # wall-clock budget of the head training (the cache is extra)
+    minutes: float = 24.0  # wall-clock budget of all head trainings (the cache is extra)
     max_steps: int = 800
     seed: int = 0
     ids_per_batch: int = 16
@@ -94,11 +99,21 @@ class TrainOptions:
     weight_decay: float = 0.05
     warmup_steps: int = 100
     temperature: float = 0.05
+    retrieval_weight: float = 1.0  # IRM's task-query InfoNCE + adaptive triplet
     distill_weight: float = 1.0
     id_weight: float = 0.25
     attr_weight: float = 0.1
+    part_weight: float = 0.5  # id / clothes disentangling (part_masks)
+    relation_weight: float = 1.0  # relational distillation of the id part (relation_distill)
+    clothes_distill_weight: float = 1.0  # distillation of the clothes part
+    clothes_part_weight: float = 0.0  # the outfit term of part_masks (0: the id term only)
+    ema_decay: float = 0.98  # validation and the saved weights use the weights' moving average
+    cv_folds: int = 2  # the step count is chosen by cross-validation over PETS training ids
+    instruction_steps: int = 400  # then the instruction pathway alone (instruction_parameters)
+    instruction_lr: float = 1e-3
     eval_every: int = 50
-    text_steps: int = 400  # stage 3: refit of the text-only outputs on the kept checkpoint
+    text_steps: int = 400  # stage 3: text-to-image (train_text)
+    text_lr: float = 3e-4
     pets_every_n_frames: int = 2
     intel_every_n_frames: int = 2
     threads: int = 2
@@ -235,22 +250,29 @@ class Cache:
     probs: torch.Tensor  # (n, 8)
     label: np.ndarray  # (n,) identity index
     identities: list[str]
-    val_patches: torch.Tensor
-    val_teacher: torch.Tensor
+    val_patches: torch.Tensor  # (m, V, N, 512) f16: every view of the validation crops
+    val_teacher: torch.Tensor  # (m, V, 256)
     val_label: np.ndarray
     val_frame: np.ndarray
     text_states: list[torch.Tensor]  # per text (T, 384)
     texts: list[str]
     captions: np.ndarray  # (n, 3) text index
+    val_captions: np.ndarray  # (m, 3) captions of the validation crops
     attr_texts: np.ndarray  # (n, 2)
     fixed: dict[str, list[int]]
     gallery_text: int
 
+    def instruction_states(self, task: str) -> torch.Tensor:
+        """MiniLM states (T, 384) of the task's default instruction (else its first phrasing)."""
+        text = DEFAULT_INSTRUCTIONS[task]
+        k = self.texts.index(text) if text in self.texts else self.fixed[task][0]
+        return self.text_states[k]
+
     @classmethod
-    def load(cls, path: Path, device: torch.device, val_ids: int = VAL_IDENTITIES) -> Cache:
-        """Load the cache; validation = ``val_ids`` PETS *training* identities taken out of
-        training (``validation_identities``). The held-out PETS identities in the file are the
-        test split: they are never read here (``refind eval irm`` reports on them)."""
+    def load(cls, path: Path, device: torch.device, val_names: Sequence[str] = ()) -> Cache:
+        """Load the cache; ``val_names`` (PETS *training* identities, a fold of ``cv_folds``)
+        are taken out of training and validated on. The held-out PETS identities in the file
+        are the test split: they are never read here (``refind eval irm`` reports on them)."""
         z = np.load(path, allow_pickle=False)
         if int(z["version"]) != CACHE_VERSION:
             raise ValueError(
@@ -260,42 +282,46 @@ class Cache:
         states = torch.from_numpy(z["text_states"].astype(np.float32))
         identities = [str(s) for s in z["identities"]]
         label, frame = z["label"], z["frame"]
-        held = np.isin(label, validation_identities(identities, label, val_ids))
+        unknown = set(val_names) - set(identities)
+        if unknown:
+            raise ValueError(f"validation identities not in {path}: {sorted(unknown)}")
+        held = np.isin(np.asarray(identities)[label], list(val_names))
         keep = ~held
         patches = torch.from_numpy(z["patches"])
         teacher = torch.from_numpy(z["teacher"])
-        orig = V["orig"]
         return cls(
             patches=patches[keep].to(device),
             teacher=teacher[keep].to(device),
             probs=torch.from_numpy(z["probs"][keep]).to(device),
             label=label[keep],
             identities=identities,
-            val_patches=patches[held, orig].to(device),
-            val_teacher=teacher[held, orig].to(device),
+            val_patches=patches[held].to(device),
+            val_teacher=teacher[held].to(device),
             val_label=np.asarray([identities[i] for i in label[held]]),
             val_frame=frame[held],
             text_states=[states[off[k] : off[k + 1]] for k in range(len(off) - 1)],
             texts=[str(s) for s in z["texts"]],
             captions=z["captions"][keep],
+            val_captions=z["captions"][held],
             attr_texts=z["attr_texts"][keep],
             fixed={k: list(v) for k, v in json.loads(str(z["fixed"])).items()},
             gallery_text=int(z["gallery_text"]),
         )
 
 
-def validation_identities(identities: list[str], label: np.ndarray, n: int) -> list[int]:
-    """Indices of the ``n`` PETS training identities with the most crops (ties: lower id).
+def cv_folds(identities: list[str], label: np.ndarray, k: int) -> list[list[str]]:
+    """The PETS training identities dealt into ``k`` folds (most crops first, ties by name), so
+    the folds hold about as many crops each. Tracklet identities (other clips) always train.
 
-    They are taken out of training and used for checkpoint selection, so no choice of the run
-    ever looks at the held-out PETS identities the reported figures come from.
+    Cross-validation over these chooses the step count, so no choice of the run ever looks at
+    the held-out PETS identities the reported figures come from.
     """
-    if n <= 0:
+    if k <= 1:
         return []
     counts = np.bincount(label, minlength=len(identities))
-    pets = [i for i, name in enumerate(identities) if name.startswith("pets:")]
+    pets = [i for i, name in enumerate(identities) if name.startswith("pets:") and counts[i]]
     pets.sort(key=lambda i: (-counts[i], identities[i]))
-    return pets[:n]
+    return [[identities[i] for i in pets[f::k]] for f in range(k) if pets[f::k]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,6 +395,26 @@ def task_masks(batch: Batch, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return pos, neg & ~pos
 
 
+def part_masks(batch: Batch, label: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(G, G) positive and negative masks among gallery entries for each output part.
+
+    id: a crop and its recoloured copy are positives, other people negatives (other crops of
+    the same person are ignored): the id part learns to ignore clothes colour without being
+    taught to tell the few training identities apart, which cross-validation showed does not
+    carry over to new people. clo: only the same identity in its original outfit is positive
+    and a recoloured copy is negative (weighted by ``clothes_part_weight``, 0 by default)."""
+    g = label[batch.g_crop]
+    same_id = g[:, None] == g[None, :]
+    orig = ~batch.g_recoloured
+    not_self = ~np.eye(len(g), dtype=bool)
+    same_outfit = same_id & orig[:, None] & orig[None, :]
+    same_crop = batch.g_crop[:, None] == batch.g_crop[None, :]
+    return {
+        "id": (same_crop & not_self, ~same_id),
+        "clo": (same_outfit & not_self, ~same_outfit),
+    }
+
+
 def _queries(head: IrmHead, cache: Cache, batch: Batch, device: torch.device) -> QueryOut:
     """Query vectors (B, 2P) of a batch, one head call per (task, instruction kind) group."""
     groups: dict[tuple[str, bool], list[int]] = {}
@@ -376,6 +422,7 @@ def _queries(head: IrmHead, cache: Cache, batch: Batch, device: torch.device) ->
         groups.setdefault((t, bool(img)), []).append(k)
     vectors = torch.zeros(len(batch.q_crop), head.cfg.out_dim, device=device)
     id_part = torch.zeros(len(batch.q_crop), head.cfg.part_dim, device=device)
+    clo_part = torch.zeros_like(id_part)
     for (task, img), idx in sorted(groups.items()):
         sel = torch.as_tensor(idx, device=device)
         crops, views = batch.q_crop[idx], batch.q_view[idx]
@@ -393,7 +440,8 @@ def _queries(head: IrmHead, cache: Cache, batch: Batch, device: torch.device) ->
             )
         vectors = vectors.index_copy(0, sel, out.vectors)
         id_part = id_part.index_copy(0, sel, out.id_part)
-    return QueryOut(vectors, id_part, id_part, vectors[:, :0], vectors[:, :0])
+        clo_part = clo_part.index_copy(0, sel, out.clo_part)
+    return QueryOut(vectors, id_part, clo_part, vectors[:, :0], vectors[:, :0])
 
 
 def adaptive_triplet(sim: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
@@ -405,6 +453,19 @@ def adaptive_triplet(sim: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) ->
     gap = (wp * dist).sum(1) - (wn * dist).sum(1)
     ok = pos.any(1) & neg.any(1)
     return F.softplus(gap[ok]).mean() if ok.any() else sim.sum() * 0.0
+
+
+def relation_distill(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """KL of the teacher's similarity distribution over the batch to the student's, per row
+    (self excluded): keeps the teacher's geometry of *all* people, not only the training ids."""
+    off = ~torch.eye(len(student), dtype=torch.bool, device=student.device)
+    s = (student @ student.T)[off].view(len(student), -1) / temperature  # (n, n - 1)
+    t = (teacher @ teacher.T)[off].view(len(teacher), -1) / temperature
+    return F.kl_div(
+        F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean"
+    )
 
 
 def multi_positive_nce(
@@ -455,15 +516,39 @@ def step_loss(
         ident = ident + F.cross_entropy(
             classifier(qry.id_part[image_q]), q_label[image_q], label_smoothing=0.1
         )
+    part = gal.vectors.sum() * 0.0
+    for name, (p_np, n_np) in part_masks(batch, cache.label).items():
+        x = gal.id_part if name == "id" else gal.clo_part  # (G, P)
+        w = 1.0 if name == "id" else opts.clothes_part_weight
+        part = part + w * multi_positive_nce(
+            x @ x.T,
+            torch.from_numpy(p_np).to(device),
+            torch.from_numpy(n_np).to(device),
+            opts.temperature,
+        )
     b = len(batch.q_crop)  # the first b gallery entries are the original crops
     distill = (1.0 - (gal.id_part[:b] * F.normalize(gt[:b], dim=-1)).sum(-1)).mean()
+    distill = distill + opts.relation_weight * relation_distill(
+        gal.id_part[:b], F.normalize(gt[:b], dim=-1), opts.temperature
+    )
+    # the clothes part is held to the teacher's geometry too (it overfits the few training
+    # identities otherwise: cross-validation showed its mAP falling by a third)
+    clo_t = F.normalize(gt[:b], dim=-1)
+    distill = distill + opts.clothes_distill_weight * (
+        relation_distill(gal.clo_part[:b], clo_t, opts.temperature)
+        + (1.0 - (gal.clo_part[:b] * clo_t).sum(-1)).mean()
+    )
     attr = F.binary_cross_entropy_with_logits(
         head.attributes(gal.cls[:b, 1]), cache.probs[batch.g_crop[:b]]
     )
     loss = (
-        nce + tri + opts.id_weight * ident + opts.distill_weight * distill + opts.attr_weight * attr
+        opts.retrieval_weight * (nce + tri)
+        + opts.id_weight * ident
+        + opts.distill_weight * distill
+        + opts.attr_weight * attr
+        + opts.part_weight * part
     )
-    parts = {"nce": nce, "tri": tri, "id": ident, "distill": distill, "attr": attr}
+    parts = {"nce": nce, "tri": tri, "id": ident, "distill": distill, "attr": attr, "part": part}
     return loss, {k: float(v.detach()) for k, v in parts.items()}
 
 
@@ -491,94 +576,140 @@ def heldout_map(
     return float(np.nanmean(_average_precision(q @ g.T, same & ~near, valid)))
 
 
+# Instructed tasks validated in stage 2: the query view of each (the gallery is the originals).
+VALIDATION_VIEWS = {"clothes_change": "recolour_a", "clothes_template": "upper",
+                    "visible_infrared": "grey"}  # fmt: skip
+
+
+def _in_chunks(fn, n: int, size: int = 256) -> torch.Tensor:
+    return torch.cat([fn(slice(s, min(n, s + size))) for s in range(0, n, size)])
+
+
 @torch.no_grad()
-def validate(head: IrmHead, cache: Cache, device: torch.device) -> dict[str, float]:
-    """Held-out plain-ReID mAP of the head (reid query vs gallery) and of the teacher."""
+def validate(
+    head: IrmHead, cache: Cache, device: torch.device, tasks: bool = False
+) -> dict[str, float]:
+    """mAP on the validation identities, the head against the teacher: plain ReID (a plain
+    query is its gallery vector), each part alone, and with ``tasks`` the instructed tasks of
+    ``VALIDATION_VIEWS`` (their default instruction) with ``task_gain``, their mean gain."""
     head.eval()
-    p, t = cache.val_patches.float(), cache.val_teacher
-    gal = torch.cat(
-        [head.gallery(p[s : s + 256], t[s : s + 256]).vectors for s in range(0, len(p), 256)]
-    )
-    text, mask = pad_states([cache.text_states[cache.gallery_text]], head.cfg.text_dim)
-    q = []
-    for s in range(0, len(p), 256):
-        n = len(p[s : s + 256])
-        ids = torch.zeros(n, dtype=torch.long, device=device)
-        q.append(
-            head.query(p[s : s + 256], t[s : s + 256], ids, text.to(device).expand(n, -1, -1),
-                       mask.to(device).expand(n, -1)).vectors
-        )  # fmt: skip
-    head.train()
+    orig = V["orig"]
+    p, t = cache.val_patches[:, orig].float(), cache.val_teacher[:, orig]
+    outs = [head.gallery(p[s : s + 256], t[s : s + 256]) for s in range(0, len(p), 256)]
+    gal = torch.cat([o.vectors for o in outs]).cpu().numpy()
+    id_part = torch.cat([o.id_part for o in outs]).cpu().numpy()
+    clo_part = torch.cat([o.clo_part for o in outs]).cpu().numpy()
     labels, frames = cache.val_label, cache.val_frame
     teach = F.normalize(t, dim=-1).cpu().numpy()
-    return {
-        "irm_mAP": heldout_map(torch.cat(q).cpu().numpy(), gal.cpu().numpy(), labels, frames),
-        "irm_gallery_mAP": heldout_map(gal.cpu().numpy(), gal.cpu().numpy(), labels, frames),
+    out = {
+        "irm_mAP": heldout_map(gal, gal, labels, frames),
+        "id_part_mAP": heldout_map(id_part, id_part, labels, frames),
+        "clo_part_mAP": heldout_map(clo_part, clo_part, labels, frames),
         "teacher_mAP": heldout_map(teach, teach, labels, frames),
     }
+    if tasks:
+        gains = []
+        for task, view in VALIDATION_VIEWS.items():
+            qp, qt = cache.val_patches[:, V[view]].float(), cache.val_teacher[:, V[view]]
+            text, mask = pad_states([cache.instruction_states(task)], head.cfg.text_dim)
+            text, mask = text.to(device), mask.to(device)
+
+            def query(sl: slice, task: str = task, qp=qp, qt=qt, text=text, mask=mask):
+                n = len(qp[sl])
+                ids = torch.full((n,), TASKS.index(task), dtype=torch.long, device=device)
+                return head.query(
+                    qp[sl], qt[sl], ids, text.expand(n, -1, -1), mask.expand(n, -1)
+                ).vectors
+
+            q = _in_chunks(query, len(qp)).cpu().numpy()
+            qteach = F.normalize(qt, dim=-1).cpu().numpy()
+            out[f"{task}_mAP"] = heldout_map(q, gal, labels, frames)
+            out[f"{task}_teacher_mAP"] = heldout_map(qteach, teach, labels, frames)
+            gains.append(out[f"{task}_mAP"] - out[f"{task}_teacher_mAP"])
+        out["task_gain"] = float(np.mean(gains))
+    head.train()
+    return out
 
 
-def fit_text_outputs(
-    head: IrmHead, cache: Cache, opts: TrainOptions, device: torch.device
-) -> tuple[float, float]:
-    """Refit only the text-only output layers (``text_id_out``, ``text_clo_out``: used by no
-    image query and not by the gallery) so captions land on their identity's gallery vectors.
+def text_parameters(head: IrmHead) -> list[torch.nn.Parameter]:
+    """What text-only training may change without moving any image vector: the text output
+    layers always; while every image output residual (``id_out``, ``clo_out``,
+    ``query_id_out``, ``query_clo_out``) is zero, image vectors do not depend on the CLS states,
+    so the instruction encoder and the editor train too (not the gate: it weighs the image
+    tasks' parts)."""
+    outputs = [*head.text_id_out.parameters(), *head.text_clo_out.parameters()]
+    if not head.image_path_is_teacher():
+        return outputs
+    shared = [*head.text_in.parameters(), head.task_token.weight, *head.editor.parameters(),
+              *head.norm.parameters(), head.cls]  # fmt: skip
+    return outputs + shared
 
-    Every other weight is frozen, so plain ReID and the image tasks of the kept checkpoint stay
-    exactly as they were; the caption CLS states and the gallery are computed once. Returns the
-    caption NCE loss before and after."""
+
+@torch.no_grad()
+def _gallery_of(head: IrmHead, patches: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    return _in_chunks(
+        lambda sl: head.gallery(patches[sl].float(), teacher[sl]).vectors, len(patches)
+    )
+
+
+def _text_queries(head: IrmHead, cache: Cache, texts: np.ndarray, device: torch.device):
+    text, mask = pad_states([cache.text_states[k] for k in texts], head.cfg.text_dim)
+    ids = torch.full((len(texts),), TASKS.index("text"), dtype=torch.long, device=device)
+    return head.query(None, None, ids, text.to(device), mask.to(device)).vectors
+
+
+def train_text(
+    head: IrmHead, cache: Cache, opts: TrainOptions, device: torch.device,
+    stop_at: int | None = None,
+) -> dict[str, object]:  # fmt: skip
+    """Stage 3: text-to-image on ``head`` (in place): caption queries against the frozen gallery
+    of the training crops, InfoNCE with the caption's identity as positives, only
+    ``text_parameters``. With validation identities, every ``eval_every`` steps: text mAP of
+    their captions against their crops (``text_mAP``; ``chance_mAP`` is a random ranking's)."""
     head.eval()
-    with torch.no_grad():
-        p = cache.patches[:, V["orig"]]
-        t = cache.teacher[:, V["orig"]]
-        gal = torch.cat(
-            [
-                head.gallery(p[s : s + 256].float(), t[s : s + 256]).vectors
-                for s in range(0, len(p), 256)
-            ]
-        )  # (n, 2P)
-        pairs = np.asarray([(c, k) for c in range(len(cache.captions)) for k in cache.captions[c]])
-        uniq = np.unique(pairs[:, 1])
-        cls, gates = [], []
-        for s in range(0, len(uniq), 256):
-            idx = uniq[s : s + 256]
-            text, mask = pad_states([cache.text_states[k] for k in idx], head.cfg.text_dim)
-            ids = torch.full((len(idx),), TASKS.index("text"), dtype=torch.long, device=device)
-            instr, m = head.instruction(ids, text.to(device), mask.to(device))
-            cls.append(head.edit(None, instr, m))
-            pooled = (instr * m[..., None]).sum(1) / m.sum(1, keepdim=True)
-            gates.append(head.gate(pooled).softmax(-1))
-        cls_all, gate_all = torch.cat(cls), torch.cat(gates)  # (m, 2, D), (m, 2)
-    row = {int(k): r for r, k in enumerate(uniq)}
+    gal = _gallery_of(head, cache.patches[:, V["orig"]], cache.teacher[:, V["orig"]])  # (n, 2P)
+    pairs = np.asarray([(c, k) for c in range(len(cache.captions)) for k in cache.captions[c]])
     g_label = torch.from_numpy(cache.label).to(device)
-    params = [*head.text_id_out.parameters(), *head.text_clo_out.parameters()]
-    optim = torch.optim.AdamW(params, lr=1e-3, weight_decay=opts.weight_decay)
+    params = text_parameters(head)
+    optim = torch.optim.AdamW(params, lr=opts.text_lr, weight_decay=opts.weight_decay)
     rng = np.random.default_rng(opts.seed + 1)
+    validating = len(cache.val_label) > 0
+    if validating:
+        val_gal = _gallery_of(
+            head, cache.val_patches[:, V["orig"]], cache.val_teacher[:, V["orig"]]
+        )
+        val_pairs = [(c, k) for c in range(len(cache.val_captions)) for k in cache.val_captions[c]]
+        vq_label = cache.val_label[[c for c, _ in val_pairs]]
+        v_pos = vq_label[:, None] == cache.val_label[None, :]
 
-    def loss_of(sel: np.ndarray) -> torch.Tensor:
-        r = torch.as_tensor([row[int(k)] for k in pairs[sel, 1]], device=device)
-        c, g = cls_all[r], gate_all[r]
-        q = F.normalize(
-            torch.cat(
-                [g[:, :1] * F.normalize(head.text_id_out(c[:, 0]), dim=-1),
-                 g[:, 1:] * F.normalize(head.text_clo_out(c[:, 1]), dim=-1)], dim=-1
-            ), dim=-1,
-        )  # fmt: skip
-        pos = torch.from_numpy(cache.label[pairs[sel, 0]]).to(device)[:, None] == g_label[None]
-        return multi_positive_nce(q @ gal.T, pos, torch.ones_like(pos), opts.temperature)
+    def validate_text(step: int) -> dict[str, float]:
+        with torch.no_grad():
+            q = _text_queries(head, cache, np.asarray([k for _, k in val_pairs]), device)
+        sim = (q @ val_gal.T).cpu().numpy()
+        ap = _average_precision(sim, v_pos, np.ones_like(v_pos))
+        chance = float(np.mean(v_pos.sum(1) / v_pos.shape[1]))  # AP of a random ranking, about
+        return {"step": step, "text_mAP": float(np.nanmean(ap)), "chance_mAP": chance}
 
-    probe = rng.choice(len(pairs), min(512, len(pairs)), replace=False)
-    with torch.no_grad():
-        before = float(loss_of(probe))
-    for _ in range(opts.text_steps):
-        loss = loss_of(rng.choice(len(pairs), min(128, len(pairs)), replace=False))
+    history = [validate_text(0)] if validating else []
+    last = opts.text_steps if stop_at is None else min(stop_at, opts.text_steps)
+    bar = tqdm(total=last, desc=f"irm text {opts.out.name}", unit="step", disable=not opts.progress)
+    for step in range(1, last + 1):
+        sel = pairs[rng.choice(len(pairs), min(128, len(pairs)), replace=False)]
+        q = _text_queries(head, cache, sel[:, 1], device)
+        pos = torch.from_numpy(cache.label[sel[:, 0]]).to(device)[:, None] == g_label[None]
+        loss = multi_positive_nce(q @ gal.T, pos, torch.ones_like(pos), opts.temperature)
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()
-    with torch.no_grad():
-        after = float(loss_of(probe))
-    log.info("irm text outputs: caption NCE %.3f -> %.3f", before, after)
-    return before, after
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        if validating and (step % opts.eval_every == 0 or step == last):
+            history.append(validate_text(step))
+    bar.close()
+    head.eval()
+    for p in head.parameters():
+        p.requires_grad_(True)
+    return {"steps": last, "history": history, "trained": len(params)}
 
 
 def seed_everything(seed: int) -> None:
@@ -596,29 +727,85 @@ def _lr_at(step: int, opts: TrainOptions) -> float:
     return opts.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
 
 
-def train_head(cache: Cache, opts: TrainOptions, device: torch.device) -> dict[str, object]:
-    """Train a fresh head on ``cache``; writes ``<out>/irm.safetensors`` (the best checkpoint by
-    validation plain-ReID mAP) and ``<out>/report.json``; returns the report."""
+class Ema:
+    """Exponential moving average of a head's weights (buffers are copied)."""
+
+    def __init__(self, head: IrmHead, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(head).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, head: IrmHead) -> None:
+        for avg, p in zip(self.model.parameters(), head.parameters(), strict=True):
+            if p.requires_grad:
+                avg.lerp_(p.detach(), 1.0 - self.decay)
+        for avg, buf in zip(self.model.buffers(), head.buffers(), strict=True):
+            avg.copy_(buf)
+
+
+def instruction_parameters(head: IrmHead) -> list[torch.nn.Parameter]:
+    """The parameters that no gallery vector and no plain-ReID query depends on; the rest is
+    frozen. The gallery's output layers (``id_out``, ``clo_out``, ``clo_teacher``) always
+    freeze. While ``id_out`` and ``clo_out`` are zero (stage 1 stopped at step 0) the gallery
+    is the teacher whatever the encoder and editor do, so they train too; otherwise only the
+    task tokens of the five other tasks (the reid token's gradient is zeroed), the garment-photo
+    projection, the gate and the query-only residuals train."""
+    gallery_out = {
+        id(p) for m in (head.id_out, head.clo_out, head.clo_teacher) for p in m.parameters()
+    }
+    teacher_only = not (head.id_out.weight.any() or head.clo_out.weight.any())
+    if teacher_only:
+        params = [p for p in head.parameters() if id(p) not in gallery_out]
+    else:
+        params = [head.task_token.weight, *head.image_instruction_in.parameters(),
+                  *head.gate.parameters(), head.query_id_out.weight,
+                  head.query_clo_out.weight]  # fmt: skip
+        reid = TASKS.index("reid")
+        head.task_token.weight.register_hook(lambda g: g.index_fill(0, torch.tensor([reid]), 0.0))
+    chosen = {id(p) for p in params}
+    for p in head.parameters():
+        p.requires_grad_(id(p) in chosen)
+    return params
+
+
+def train_head(
+    cache: Cache,
+    opts: TrainOptions,
+    device: torch.device,
+    stop_at: int | None = None,
+    start: IrmHead | None = None,
+) -> dict[str, object]:
+    """Train a fresh head on ``cache`` with the LR schedule of ``opts.max_steps``, stopping at
+    ``stop_at`` (default: the schedule's end or the time budget). With ``start``: instruction
+    tuning of a copy of that head (``instruction_parameters`` only, no weight decay). Writes
+    the moving average of the weights to ``<out>/irm.safetensors`` and ``<out>/report.json``;
+    returns the report, whose history has validation plain-ReID mAP every ``eval_every`` steps
+    when the cache has validation identities."""
     seed_everything(opts.seed)
-    head = IrmHead(opts.config).to(device)
-    head.set_gallery_text(cache.text_states[cache.gallery_text])
     classifier = IdClassifier(len(cache.identities), opts.config.part_dim).to(device)
-    params = [*head.parameters(), *classifier.parameters()]
-    optim = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+    if start is None:
+        head = IrmHead(opts.config).to(device)
+        head.set_gallery_text(cache.text_states[cache.gallery_text])
+        params = [*head.parameters(), *classifier.parameters()]
+        decay = opts.weight_decay
+    else:
+        head = copy.deepcopy(start).to(device).train()
+        params, decay = instruction_parameters(head), 0.0
+    optim = torch.optim.AdamW(params, lr=opts.lr, weight_decay=decay)
+    ema = Ema(head, opts.ema_decay)
     rng = np.random.default_rng(opts.seed)
-    start = time.perf_counter()
-    first = validate(head, cache, device)
-    history = [{"step": 0, **first}]
-    best = (first["irm_mAP"], 0)
-    opts.out.mkdir(parents=True, exist_ok=True)
-    weights = opts.out / "irm.safetensors"
-    meta = {"backbone": BACKBONE, "seed": str(opts.seed)}
-    save_head(head, weights, meta | {"step": "0"})
-    bar = tqdm(total=opts.max_steps, desc="irm train", unit="step", disable=not opts.progress)
-    step, stopped = 0, "max_steps"
+    began = time.perf_counter()
+    validating, tasks = len(cache.val_label) > 0, start is not None
+    history = [{"step": 0, **validate(ema.model, cache, device, tasks)}] if validating else []
+    last = opts.max_steps if stop_at is None else min(stop_at, opts.max_steps)
+    bar = tqdm(total=last, desc=f"irm train {opts.out.name}", unit="step",
+               disable=not opts.progress)  # fmt: skip
+    step, stopped = 0, "max_steps" if stop_at is None else "stop_at"
     running: dict[str, float] = {}
-    while step < opts.max_steps:
-        if time.perf_counter() - start > opts.minutes * 60:
+    while step < last:
+        if time.perf_counter() - began > opts.minutes * 60:
             stopped = "time budget"
             break
         for group in optim.param_groups:
@@ -629,48 +816,72 @@ def train_head(cache: Cache, opts: TrainOptions, device: torch.device) -> dict[s
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optim.step()
+        ema.update(head)
         step += 1
         for k, v in {"loss": float(loss.detach()), **parts}.items():
             running[k] = 0.95 * running.get(k, v) + 0.05 * v
         bar.update(1)
-        bar.set_postfix(loss=f"{running['loss']:.3f}", best=f"{best[0]:.3f}")
-        if step % opts.eval_every == 0 or step == opts.max_steps:
-            v = validate(head, cache, device)
+        bar.set_postfix(loss=f"{running['loss']:.3f}")
+        if validating and (step % opts.eval_every == 0 or step == last):
+            v = validate(ema.model, cache, device, tasks)
             history.append({"step": step, **v, **{k: round(x, 4) for k, x in running.items()}})
-            log.info("irm step %d: %s", step, history[-1])
-            # no validation identities (a cache without PETS training ids): keep the last
-            if v["irm_mAP"] > best[0] or not len(cache.val_label):
-                best = (v["irm_mAP"], step)
-                save_head(head, weights, meta | {"step": str(step)})
+            log.info("irm %s step %d: %s", opts.out.name, step, history[-1])
     bar.close()
-    save_head(head, opts.out / "irm-last.safetensors", meta | {"step": str(step)})
-    # Stage 3: the kept checkpoint's text-only outputs, refitted against its frozen gallery.
-    from models.irm import load_head
-
-    kept, kept_meta = load_head(weights)
-    kept = kept.to(device)
-    text_loss = fit_text_outputs(kept, cache, opts, device)
+    opts.out.mkdir(parents=True, exist_ok=True)
     save_head(
-        kept, weights, kept_meta | {"text_probe_loss": f"{text_loss[0]:.4f}->{text_loss[1]:.4f}"}
-    )
+        ema.model, opts.out / "irm.safetensors",
+        {"backbone": BACKBONE, "seed": str(opts.seed), "step": str(step)},
+    )  # fmt: skip
     report = {
         "steps": step,
         "stopped_by": stopped,
-        "train_seconds": round(time.perf_counter() - start, 1),
-        "best_step": best[1],
-        "best_val_irm_mAP": best[0],
-        "val_teacher_mAP": first["teacher_mAP"],
+        "train_seconds": round(time.perf_counter() - began, 1),
         "val_identities": sorted(set(cache.val_label.tolist())),
         "history": history,
         "device": str(device),
-        "options": {k: str(v) for k, v in asdict(replace(opts, config=opts.config)).items()},
     }
     (opts.out / "report.json").write_text(json.dumps(report, indent=2))
     return report
 
 
+def choose_steps(
+    histories: list[list[dict]], gain: Callable[[dict], float]
+) -> tuple[int, list[dict]]:
+    """The step with the best mean validation ``gain`` across folds (ties: the earlier step),
+    and the per-step table. Only steps every fold reached count."""
+    common = set.intersection(*({h["step"] for h in hist} for hist in histories))
+    table = []
+    for step in sorted(common):
+        rows = [next(h for h in hist if h["step"] == step) for hist in histories]
+        gains = [float(gain(r)) for r in rows]
+        table.append({"step": step, "mean_gain": float(np.mean(gains)), "gains": gains})
+    best = max(table, key=lambda r: (round(r["mean_gain"], 6), -r["step"]))
+    return int(best["step"]), table
+
+
+def plain_gain(row: dict) -> float:
+    """Validation plain-ReID mAP of the head minus the teacher's."""
+    return row["irm_mAP"] - row["teacher_mAP"]
+
+
+def task_gain(row: dict) -> float:
+    """Mean validation mAP gain over the teacher of the instructed tasks (``VALIDATION_VIEWS``)."""
+    return row["task_gain"]
+
+
 def train(opts: TrainOptions, store: object | None = None) -> dict[str, object]:
-    """The whole run: build the cache if missing (needs OpenVINO and the model store), train."""
+    """The whole run (``opts.minutes`` is shared by its trainings):
+
+    1. the cache (built if missing: needs OpenVINO and the model store);
+    2. per cross-validation fold: the whole head trained, plain-ReID mAP validated: this
+       chooses the image path's step count; then from each fold's head at that step, the
+       instruction pathway trained (``instruction_parameters``), the instructed tasks
+       validated: this chooses the instruction step count;
+    3. the final head on every training identity, stopped at those two step counts;
+    4. the text refit.
+    """
+    from models.irm import load_head
+
     torch.set_num_threads(opts.threads)
     device = resolve_device(opts.device)
     cache_path = opts.cache or opts.out / "cache.npz"
@@ -682,8 +893,77 @@ def train(opts: TrainOptions, store: object | None = None) -> dict[str, object]:
             )
         build_cache(cache_path, store, opts)
     cache_s = time.perf_counter() - t0
-    report = train_head(Cache.load(cache_path, device), opts, device)
-    report["cache_seconds"] = round(cache_s, 1)
-    report["total_seconds"] = round(time.perf_counter() - t0, 1)
+    full = Cache.load(cache_path, device)
+    folds = cv_folds(full.identities, full.label, opts.cv_folds)
+    per_run = replace(opts, minutes=opts.minutes / (2 * len(folds) + 2))
+    tuned = replace(
+        per_run, max_steps=opts.instruction_steps, lr=opts.instruction_lr, warmup_steps=0
+    )
+    image_runs: list[list[dict]] = []
+    instruction_runs: list[list[dict]] = []
+    text_runs: list[list[dict]] = []
+    for k, names in enumerate(folds):
+        log.info("irm fold %d/%d: validating on %s", k + 1, len(folds), names)
+        fold = Cache.load(cache_path, device, names)
+        out = opts.out / f"fold-{k}"
+        image_runs.append(train_head(fold, replace(per_run, out=out), device)["history"])
+        del fold
+    steps, table = choose_steps(image_runs, plain_gain) if folds else (opts.max_steps, [])
+    log.info("irm: %d image steps chosen by %d-fold cross-validation", steps, len(folds))
+    fold_heads = []
+    for k, names in enumerate(folds):
+        fold = Cache.load(cache_path, device, names)
+        out = opts.out / f"fold-{k}"
+        train_head(fold, replace(per_run, out=out / "image"), device, stop_at=steps)
+        base, _ = load_head(out / "image" / "irm.safetensors")
+        if opts.instruction_steps:
+            run = train_head(fold, replace(tuned, out=out / "instructions"), device, start=base)
+            instruction_runs.append(run["history"])
+        fold_heads.append(base)
+        del fold
+    isteps, itable = (
+        choose_steps(instruction_runs, task_gain) if instruction_runs
+        else (opts.instruction_steps, [])
+    )  # fmt: skip
+    log.info("irm: %d instruction steps chosen by cross-validation", isteps)
+    for k, (names, base) in enumerate(zip(folds, fold_heads, strict=True)):
+        fold = Cache.load(cache_path, device, names)
+        out = opts.out / f"fold-{k}"
+        if isteps:
+            train_head(fold, replace(tuned, out=out / "tuned"), device, stop_at=isteps, start=base)
+            base, _ = load_head(out / "tuned" / "irm.safetensors")
+        run = train_text(base.to(device), fold, replace(per_run, out=out / "text"), device)
+        text_runs.append(run["history"])
+        del fold
+    tsteps, ttable = (
+        choose_steps(text_runs, lambda r: r["text_mAP"]) if text_runs else (opts.text_steps, [])
+    )
+    log.info("irm: %d text steps chosen by cross-validation", tsteps)
+    report = train_head(full, per_run, device, stop_at=steps)
+    weights = opts.out / "irm.safetensors"
+    head, meta = load_head(weights)
+    if isteps:
+        report["instruction_tuning"] = train_head(
+            full, replace(tuned, out=opts.out / "instructions"), device, stop_at=isteps, start=head
+        )
+        head, _ = load_head(opts.out / "instructions" / "irm.safetensors")
+    head = head.to(device)
+    report["text"] = train_text(head, full, per_run, device, stop_at=tsteps)
+    save_head(
+        head, weights,
+        meta | {"cv_steps": str(steps), "instruction_steps": str(isteps), "text_steps": str(tsteps)},
+    )  # fmt: skip
+    report |= {
+        "cv_folds": folds,
+        "cv_table": table,
+        "chosen_steps": steps,
+        "instruction_cv_table": itable,
+        "chosen_instruction_steps": isteps,
+        "text_cv_table": ttable,
+        "chosen_text_steps": tsteps,
+        "cache_seconds": round(cache_s, 1),
+        "total_seconds": round(time.perf_counter() - t0, 1),
+        "options": {k: str(v) for k, v in asdict(opts).items()},
+    }
     (opts.out / "report.json").write_text(json.dumps(report, indent=2))
     return report

@@ -162,7 +162,8 @@ class OpenVinoReidConfig(_Section):
     type: Literal["openvino_reid"] = "openvino_reid"
     model: str = Field(
         "person-reidentification-retail-0277",
-        description="Model store name of an OMZ person ReID model (0277, 0286, 0287, 0288).",
+        description="Model store name of an OMZ person ReID model (0277, 0286, 0287, 0288), or "
+        "of its INT8 copy made by `refind quantize` (NAME-int8).",
     )
     batch_size: int = Field(32, ge=1, le=1024, description="Crops per inference call.")
     threads: int = Field(0, ge=0, le=256, description="OpenVINO inference threads; 0 = auto.")
@@ -174,12 +175,12 @@ class IrmEmbedderConfig(_Section):
 
     type: Literal["irm"] = "irm"
     weights: str = Field(
-        "irm-pets-v1", description="Model store name (or path of a .safetensors file) of the head."
+        "irm-pets-v2", description="Model store name (or path of a .safetensors file) of the head."
     )
     backbone: str = Field(
         "person-reidentification-retail-0277",
         description="Model store name of the frozen backbone; must be the one the head was "
-        "trained on.",
+        "trained on, or its INT8 copy (NAME-int8, CPU only, made by `refind quantize`).",
     )
     batch_size: int = Field(32, ge=1, le=1024, description="Crops per inference call.")
     device: str = Field(
