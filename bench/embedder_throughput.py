@@ -1,8 +1,11 @@
 """Benchmark: crops/s of the person embedders on real PETS09-S2L1 crops, CPU or GPU.
 
-Embedders: ``openvino_reid`` (OMZ 0277 with OpenVINO on CPU, what ingest uses), ``torch_0277``
-(the same IR run with torch by ``models.ov_torch``) and ``irm`` (the IRM head of ``models.irm``
-over the torch backbone; with no ``--irm-weights`` an untrained head: the timing is the same).
+Embedders: ``openvino_reid`` (OMZ 0277 with OpenVINO on CPU, what ingest uses),
+``irm_openvino_cpu`` (the IRM embedder as ingest runs it on CPU), with ``--int8`` both again on
+the INT8 copy of 0277 (``refind quantize``); ``torch_0277`` (the same IR run with torch by
+``models.ov_torch``) and ``irm`` (the IRM head of ``models.irm`` over the torch backbone; with no
+``--irm-weights`` an untrained head: the timing is the same). The CPU OpenVINO embedders are
+timed in interleaved rounds (median, min, max), since the machine is shared.
 Each is timed "model only" (a ready input batch in device memory, synchronised) and "end to end"
 (resize + normalise of the raw crops, host->device, model, embeddings back to the host);
 ``preprocess_crops_per_s`` is the resize/normalise alone. Prints one JSON object and writes it
@@ -165,45 +168,52 @@ def time_torch(runner: TorchRunner, crops: list, batches: list[int], iters: int,
     return out
 
 
-def time_openvino(crops: list, batches: list[int], iters: int, warmup: int, threads: int) -> dict:
+def cpu_embedders(b: int, threads: int, weights: Path | None, int8: bool) -> dict:
+    """The OpenVINO CPU embedders as ingest runs them, batch ``b``: 0277 alone and the IRM
+    (OpenVINO backbone + OpenVINO-compiled head), and with ``int8`` their INT8-backbone copies."""
+    from models.irm import IrmEmbedder
     from models.openvino_reid import OpenVinoReidEmbedder
     from models.store import ModelStore
     from streaming.config import ModelStoreConfig, OpenVinoReidConfig
 
     store = ModelStore.from_config(ModelStoreConfig())
+    path = weights or store.resolve("irm-pets-v2").path
     out = {}
-    for b in batches:
-        emb = OpenVinoReidEmbedder(OpenVinoReidConfig(batch_size=b, threads=threads), store)
-        chunk = batch_of(crops, b)
-        x = preprocess(chunk)
-        out[str(b)] = {
-            "model_crops_per_s": round(rate(lambda x=x, e=emb: e._request.infer({0: x}), b, iters,
-                                            warmup, lambda: None), 1),
-            "e2e_crops_per_s": round(rate(lambda c=chunk, e=emb: e(c), b, iters, warmup,
-                                          lambda: None), 1),
-        }
-        log.info("openvino_reid batch %d: %s", b, out[str(b)])
+    for suffix in ("", "_int8") if int8 else ("",):
+        model = REID + suffix.replace("_", "-")
+        cfg = OpenVinoReidConfig(model=model, batch_size=b, threads=threads)
+        out[f"openvino_reid{suffix}"] = OpenVinoReidEmbedder(cfg, store)
+        irm = IrmEmbedder.from_pretrained(path, store, model, device="cpu", batch_size=b,
+                                          threads=threads)
+        out[f"irm_openvino_cpu{suffix}"] = irm
+        if irm.teacher_shortcut:  # also time the head, as weights with a trained image path run
+            full = IrmEmbedder.from_pretrained(path, store, model, device="cpu", batch_size=b,
+                                               threads=threads)
+            full.teacher_shortcut = False
+            out[f"irm_head_openvino_cpu{suffix}"] = full
     return out
 
 
-def time_irm_cpu(crops: list, batches: list[int], iters: int, warmup: int, threads: int,
-                 weights: Path | None) -> dict:
-    """The IRM embedder as ingest runs it on CPU: OpenVINO backbone + OpenVINO-compiled head."""
-    from models.irm import IrmEmbedder
-    from models.store import ModelStore
-    from streaming.config import ModelStoreConfig
-
-    store = ModelStore.from_config(ModelStoreConfig())
-    path = weights or store.resolve("irm-pets-v1").path
-    out = {}
+def time_cpu(crops: list, batches: list[int], iters: int, warmup: int, threads: int,
+             weights: Path | None, int8: bool, rounds: int) -> dict:
+    """End-to-end crops/s of each CPU embedder: ``rounds`` rounds of ``iters`` calls, the
+    embedders taking turns within a round, so load from other work on a shared machine falls
+    on all of them alike; the median round, and the slowest and fastest."""
+    out: dict[str, dict] = {}
     for b in batches:
-        emb = IrmEmbedder.from_pretrained(path, store, device="cpu", batch_size=b, threads=threads)
         chunk = batch_of(crops, b)
-        out[str(b)] = {
-            "e2e_crops_per_s": round(rate(lambda c=chunk, e=emb: e(c), b, iters, warmup,
-                                          lambda: None), 1),
-        }
-        log.info("irm (cpu, openvino) batch %d: %s", b, out[str(b)])
+        embedders = cpu_embedders(b, threads, weights, int8)
+        per: dict[str, list[float]] = {name: [] for name in embedders}
+        for _ in range(rounds):
+            for name, emb in embedders.items():
+                per[name].append(rate(lambda c=chunk, e=emb: e(c), b, iters, warmup, lambda: None))
+        for name, rates in per.items():
+            out.setdefault(name, {})[str(b)] = {
+                "e2e_crops_per_s": round(float(np.median(rates)), 1),
+                "e2e_min_max": [round(min(rates), 1), round(max(rates), 1)],
+                "rounds": rounds,
+            }
+            log.info("%s batch %d: %s", name, b, out[name][str(b)])
     return out
 
 
@@ -234,8 +244,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--exported", type=Path, help="models.ov_torch.export folder of 0277")
     p.add_argument("--export-dir", type=Path, help="export 0277 here (needs openvino) and use it")
     p.add_argument("--irm-weights", type=Path, help="IRM head safetensors (default: untrained head)")
+    p.add_argument("--int8", action="store_true",
+                   help="CPU: also time the INT8 copy of 0277 (make it with `refind quantize`)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch and OpenVINO")
-    p.add_argument("--iters", type=int, default=None, help="timed calls per batch size")
+    p.add_argument("--iters", type=int, default=None, help="timed calls per batch size (round)")
+    p.add_argument("--rounds", type=int, default=5, help="CPU: interleaved rounds per embedder")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     return p.parse_args(argv)
@@ -289,14 +302,10 @@ def main(argv: list[str] | None = None) -> None:
         results["openvino_reid"] = {"available": False, "reason": "OpenVINO CPU path: run on CPU"}
     else:
         try:
-            results["openvino_reid"] = time_openvino(crops, batches, iters, warmup, args.threads)
+            results.update(time_cpu(crops, batches, iters, warmup, args.threads,
+                                    args.irm_weights, args.int8, args.rounds))
         except ImportError as err:
             results["openvino_reid"] = {"available": False, "reason": f"not available: {err}"}
-        try:
-            results["irm_openvino_cpu"] = time_irm_cpu(crops, batches, iters, warmup,
-                                                       args.threads, args.irm_weights)
-        except ImportError as err:
-            results["irm_openvino_cpu"] = {"available": False, "reason": f"not available: {err}"}
     results["torch_0277"] = time_torch(TorchRunner(net, device, args.fp16), crops, batches,
                                        iters, warmup, sync)
     try:
