@@ -48,6 +48,10 @@ Task = Literal[
     "visible_infrared",  # an infrared / greyscale query against colour footage, or the reverse
     "text",  # text alone ("young man, white t-shirt, blue jeans, backpack")
 ]
+# A model store name + this suffix names an INT8 copy of that network made on this machine by
+# `refind quantize` (models/quantize.py; the store resolves it, models.store.derived_dir).
+INT8_SUFFIX = "-int8"
+
 TASKS: tuple[str, ...] = (
     "reid", "clothes_change", "clothes_template", "attribute_text", "visible_infrared", "text",
 )

@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -41,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import TASKS, ModelInputError, check_bgr_image, crops_to_batch
+from models.base import INT8_SUFFIX, TASKS, ModelInputError, check_bgr_image, crops_to_batch
 from models.minilm import MiniLmTokens, pad_states
 from streaming.records import Embeddings
 
@@ -500,10 +501,13 @@ class IrmEmbedder:
         # With a teacher-only image path the gallery vector is the normalised 0277 embedding,
         # twice, / sqrt 2 (see IrmHead.parts): computed directly, the head is not run.
         self.teacher_shortcut = self._teacher_only
-        # On CPU the gallery head runs compiled by OpenVINO: ~4x faster than eager torch here.
-        self._ov_gallery = (
-            compile_gallery(head) if compile_cpu and self.device.type == "cpu" else None
-        )
+        self._compile_cpu = compile_cpu and self.device.type == "cpu"
+
+    @functools.cached_property
+    def _ov_gallery(self) -> OpenVinoGallery | None:
+        """On CPU the gallery head runs compiled by OpenVINO (~4x faster than eager torch here);
+        compiled on first use, since with the teacher shortcut it is never needed."""
+        return compile_gallery(self.head) if self._compile_cpu else None
 
     @classmethod
     def from_pretrained(
@@ -520,7 +524,7 @@ class IrmEmbedder:
         head, meta = load_head(Path(weights))
         trained_on = meta.get("backbone", "person-reidentification-retail-0277")
         backbone = backbone or trained_on
-        if backbone.removesuffix("-int8") != trained_on:  # an INT8 copy is the same network
+        if backbone.removesuffix(INT8_SUFFIX) != trained_on:  # an INT8 copy is the same network
             raise ModelInputError(
                 f"IRM weights {weights} were trained on backbone {trained_on!r}, not {backbone!r}"
             )

@@ -25,17 +25,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from models.base import ModelInputError, crops_to_batch
+from models.base import INT8_SUFFIX, ModelInputError, crops_to_batch
+from models.store import derived_dir, sha256_of
 
 log = logging.getLogger(__name__)
 
-SUFFIX = "-int8"
 MIN_CROP_HEIGHT = 48  # px: smaller people are mostly upsampling blur, poor calibration data
-
-
-def derived_dir(cache_dir: Path, name: str) -> Path:
-    """Folder of the derived model ``name`` (e.g. ``...-0277-int8``) in a store cache."""
-    return cache_dir / "derived" / name
 
 
 def calibration_crops(
@@ -79,7 +74,7 @@ def quantize_reid(store: object, name: str, crops: Sequence[np.ndarray], source:
         ) from None
     import openvino as ov
 
-    if name.endswith(SUFFIX):
+    if name.endswith(INT8_SUFFIX):
         raise ModelInputError(f"{name!r} is already an INT8 model")
     if len(crops) < 32:
         raise ModelInputError(f"{len(crops)} calibration crops: at least 32 are needed")
@@ -96,12 +91,11 @@ def quantize_reid(store: object, name: str, crops: Sequence[np.ndarray], source:
     quantized = nncf.quantize(
         model, data, subset_size=len(crops), preset=nncf.QuantizationPreset.PERFORMANCE
     )
-    out_name = name + SUFFIX
+    out_name = name + INT8_SUFFIX
     out = derived_dir(store.cache_dir, out_name)  # type: ignore[attr-defined]
     out.mkdir(parents=True, exist_ok=True)
     xml = out / f"{out_name}.xml"
     ov.save_model(quantized, str(xml), compress_to_fp16=False)
-    from models.store import sha256_of
 
     manifest = {
         "name": out_name,

@@ -21,6 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.base import INT8_SUFFIX
 from streaming.config import ModelStoreConfig
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,12 @@ REGISTRY["refer-pets-v1"] = ModelSpec(
 )
 
 
+def derived_dir(cache_dir: Path, name: str) -> Path:
+    """Folder of a model derived on this machine (an INT8 copy by `refind quantize`, named
+    NAME + ``INT8_SUFFIX``, with a checksum manifest) in a store cache."""
+    return cache_dir / "derived" / name
+
+
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -193,7 +200,8 @@ class ModelStore:
     def resolve(self, name: str) -> ResolvedModel:
         """Return verified local paths for ``name``, downloading missing files if allowed."""
         spec = self.registry.get(name)
-        if spec is None and name.endswith("-int8") and name.removesuffix("-int8") in self.registry:
+        base = name.removesuffix(INT8_SUFFIX)
+        if spec is None and name.endswith(INT8_SUFFIX) and base in self.registry:
             return self._resolve_derived(name)
         if spec is None:
             raise ModelStoreError(
@@ -205,10 +213,8 @@ class ModelStore:
     def _resolve_derived(self, name: str) -> ResolvedModel:
         """An INT8 copy made here by ``refind quantize`` (models/quantize.py), checked against
         the checksums of its manifest."""
-        from models.quantize import derived_dir
-
         folder = derived_dir(self.cache_dir, name)
-        base = name.removesuffix("-int8")
+        base = name.removesuffix(INT8_SUFFIX)
         try:
             manifest = json.loads((folder / "manifest.json").read_text())
         except (OSError, ValueError) as err:
@@ -227,7 +233,7 @@ class ModelStore:
                 )
             paths.append(path)
         paths.sort(key=lambda p: p.suffix != ".xml")  # the .xml is the file loaded
-        return ResolvedModel(name, tuple(paths), f"{name}@{manifest['files'][paths[1].name][:12]}")
+        return ResolvedModel(name, tuple(paths), f"{name}@{manifest['files'][f'{name}.bin'][:12]}")
 
     def _resolve_file(self, spec: ModelSpec, mf: ModelFile) -> Path:
         problems: list[str] = []

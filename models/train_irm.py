@@ -8,9 +8,10 @@ One command (``refind train irm --out DIR``):
    clothes recolourings, a texture swap, greyscale, thermal, the upper-body garment) and run once
    through the frozen backbone (32 patch tokens + the 0277 teacher embedding per view); the 0230
    attribute model describes the original; captions and instructions are written
-   (``models.irm_data``) and encoded once by all-MiniLM-L6-v2. The file also holds the held-out
-   (test) identities' original crops, which training never reads. The cache is one ``.npz`` that
-   a machine without OpenVINO (a GPU box) can train from (``--cache PATH``).
+   (``models.irm_data``) and encoded once by all-MiniLM-L6-v2. The held-out (test) identities
+   are not in it (caches built before this also held their original crops, never read). The
+   cache is one ``.npz`` that a machine without OpenVINO (a GPU box) can train from
+   (``--cache PATH``).
 2. **Cross-validation** (CPU or GPU) over the PETS training identities (``cv_folds``), per fold:
    (a) the whole head (``train_head``): PK batches (identities x crops); each crop gets a task
    and becomes a query (its task's view + instruction); galleries are the original (or flipped)
@@ -24,7 +25,8 @@ One command (``refind train irm --out DIR``):
    gallery or a plain query depends on), validated on instructed-task mAP.
    (c) the text path alone (``train_text``, ``text_parameters``), validated on text mAP.
 3. **Final**: the same three trainings on every training identity, stopped at the chosen step
-   counts; the weights are the moving average (``Ema``). The held-out PETS identities are the
+   counts; the head and instruction weights are their moving average (``Ema``), the text path
+   is trained in place (``train_text``). The held-out PETS identities are the
    test split: no step of training or selection reads them.
 
 Positives per task (same crop's original never counts; "recoloured" = another outfit):
@@ -167,17 +169,16 @@ def build_cache(path: Path, store: object, opts: TrainOptions) -> Path:
     from models.minilm import MiniLmTokens
 
     t0 = time.perf_counter()
-    train_ids, heldout_ids = d.pets_identity_split()
+    train_ids, _ = d.pets_identity_split()  # the held-out ids are never read here
     crops = d.load_pets_crops(train_ids, every_n_frames=opts.pets_every_n_frames)
     crops += d.load_tracklet_crops(d.INTEL_VIDEO, store, every_n_frames=opts.intel_every_n_frames)  # type: ignore[arg-type]
-    val = d.load_pets_crops(heldout_ids, every_n_frames=5)
-    log.info("irm cache: %d training crops, %d validation crops", len(crops), len(val))
+    log.info("irm cache: %d training crops", len(crops))
     resolved = store.resolve(BACKBONE)  # type: ignore[attr-defined]
     backbone = OpenVinoBackbone(resolved.path, resolved.model_id, opts.threads)
     n, nv = len(crops), len(VIEWS)
     patches = np.zeros((n, nv, opts.config.n_patches, opts.config.token_dim), np.float16)
     teacher = np.zeros((n, nv, opts.config.teacher_dim), np.float32)
-    bar = tqdm(total=n + len(val), desc="irm cache", unit="crop", disable=not opts.progress)
+    bar = tqdm(total=n, desc="irm cache", unit="crop", disable=not opts.progress)
     for start in range(0, n, 8):
         chunk = crops[start : start + 8]
         views = [
@@ -189,12 +190,6 @@ def build_cache(path: Path, store: object, opts: TrainOptions) -> Path:
         patches[start : start + len(chunk)] = p.reshape(len(chunk), nv, *p.shape[1:])
         teacher[start : start + len(chunk)] = t.reshape(len(chunk), nv, -1)
         bar.update(len(chunk))
-    val_p, val_t = [], []
-    for start in range(0, len(val), 64):
-        p, t = backbone([c.image for c in val[start : start + 64]])
-        val_p.append(p.astype(np.float16))
-        val_t.append(t)
-        bar.update(len(val[start : start + 64]))
     bar.close()
     attrs = OpenVinoAttributes(store)([c.image for c in crops])  # type: ignore[arg-type]
     labels = [c.identity for c in crops]
@@ -224,10 +219,6 @@ def build_cache(path: Path, store: object, opts: TrainOptions) -> Path:
         label=np.asarray([identities.index(lab) for lab in labels], np.int64),
         identities=np.asarray(identities),
         frame=np.asarray([c.frame_index for c in crops], np.int64),
-        val_patches=np.concatenate(val_p),
-        val_teacher=np.concatenate(val_t),
-        val_label=np.asarray([c.identity for c in val]),
-        val_frame=np.asarray([c.frame_index for c in val], np.int64),
         texts=np.asarray(texts),
         text_states=np.concatenate(states).astype(np.float16),
         text_offsets=offsets.astype(np.int64),
@@ -271,8 +262,8 @@ class Cache:
     @classmethod
     def load(cls, path: Path, device: torch.device, val_names: Sequence[str] = ()) -> Cache:
         """Load the cache; ``val_names`` (PETS *training* identities, a fold of ``cv_folds``)
-        are taken out of training and validated on. The held-out PETS identities in the file
-        are the test split: they are never read here (``refind eval irm`` reports on them)."""
+        are taken out of training and validated on. The held-out PETS identities are the test
+        split: training never reads them (``refind eval irm`` reports on them)."""
         z = np.load(path, allow_pickle=False)
         if int(z["version"]) != CACHE_VERSION:
             raise ValueError(
@@ -520,6 +511,8 @@ def step_loss(
     for name, (p_np, n_np) in part_masks(batch, cache.label).items():
         x = gal.id_part if name == "id" else gal.clo_part  # (G, P)
         w = 1.0 if name == "id" else opts.clothes_part_weight
+        if not w:
+            continue
         part = part + w * multi_positive_nce(
             x @ x.T,
             torch.from_numpy(p_np).to(device),
@@ -568,7 +561,7 @@ def _average_precision(sim: np.ndarray, pos: np.ndarray, valid: np.ndarray) -> n
 def heldout_map(
     q: np.ndarray, g: np.ndarray, labels: np.ndarray, frames: np.ndarray, gap: int = 60
 ) -> float:
-    """Plain-ReID mAP over held-out crops: each crop queries the others; same-identity crops
+    """Plain-ReID mAP over validation crops: each crop queries the others; same-identity crops
     closer than ``gap`` frames are left out (as in models/pets_reid.py)."""
     same = labels[:, None] == labels[None, :]
     near = np.abs(frames[:, None] - frames[None, :]) < gap
