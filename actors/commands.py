@@ -152,7 +152,7 @@ def _text_query(
 ) -> tuple[QueryPlan, TextQuery]:
     if args.instruction is not None or args.task is not None or args.box is not None:
         raise QueryError("--instruction, --task and --box go with --image, not --text")
-    known = sorted({c for shard in gallery.shards for c in shard.metadata.cameras()})
+    known = gallery.cameras()
     unknown = [c for c in args.camera if c not in known]
     if unknown:
         raise QueryError(f"unknown camera(s) {', '.join(unknown)}; known: {', '.join(known)}")

@@ -235,9 +235,17 @@ class Supervisor:
 
     def _hand_pool(self, embedders: list[Any], model_id: str, dim: int) -> None:
         """Every camera embeds with ``embedders`` (model ``model_id``) from its next frame on."""
-        for name, (_, actor) in list(self._cameras.items()):
+        refs = {name: actor.set_embedders.remote(embedders, model_id, dim)
+                for name, (_, actor) in list(self._cameras.items())}  # fmt: skip
+        if not refs:
+            return
+        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=30)
+        answered = set(ready)
+        for name, ref in refs.items():
             try:  # a camera that cannot answer is replaced by check()
-                ray.get(actor.set_embedders.remote(embedders, model_id, dim), timeout=30)
+                if ref not in answered:
+                    raise TimeoutError("no answer in 30 s")
+                ray.get(ref)
             except (ray.exceptions.RayError, TimeoutError) as err:
                 log.warning("camera %s did not take the %s pool: %s", name, model_id, err)
 
@@ -245,12 +253,14 @@ class Supervisor:
         """Move a writer that Ray restarted (it reopens its first version) back to the live one."""
         assert self.live is not None
         live = (str(self.live.root), self.live.model_id)
+        switches = []
         for i, (w, at) in enumerate(zip(self.writers, ray.get(
                 [w.version.remote() for w in self.writers], timeout=60), strict=True)):
             if tuple(at) != live and self._wanted is None:
                 log.warning("index writer %d writes %s, not %s: switching it back", i, at, live)
-                ray.get(w.switch.remote(live[0], self.live.model_id, self.live.dim,
-                                        self.embedders))
+                switches.append(w.switch.remote(live[0], self.live.model_id, self.live.dim,
+                                                self.embedders))
+        ray.get(switches)
 
     def _retire_due(self, everything: bool = False) -> None:
         now = time.monotonic()

@@ -127,7 +127,7 @@ class IndexWriterActor:
         """Copy the old version's crops newer than the new one's newest row, re-embedded by
         ``embedders``, with their track spans; returns (crops copied, crops unreadable)."""
         src, dst = old.metadata, new.metadata
-        newest = max(dst.max_vector_id(new.model_id), -1)
+        newest = dst.max_vector_id(new.model_id)  # -1 when it has none
         ids = src.vector_ids(old.model_id)  # sorted; the new version holds none above newest
         todo = ids[ids > newest]
         copied = failed = 0

@@ -222,11 +222,7 @@ class LiveSearch:
     def cameras(self) -> list[str]:
         """Cameras with at least one stored track, sorted."""
 
-        def run() -> list[str]:
-            gallery = self._current()
-            return sorted({c for shard in gallery.shards for c in shard.metadata.cameras()})
-
-        return self._on_gallery_thread(run)
+        return self._on_gallery_thread(lambda: self._current().cameras())
 
     def stats(self) -> dict[str, object]:
         """What the health check reports: shards and vectors searchable now."""

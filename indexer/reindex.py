@@ -270,7 +270,7 @@ class ReindexJob:
 
     def done(self) -> int:
         """Crops the target holds now (committed)."""
-        return sum(len(d.vector_ids(self.target.model_id)) for d in self._dst.values())
+        return sum(d.count(self.target.model_id) for d in self._dst.values())
 
     def commit(self, batch: dict[str, np.ndarray]) -> tuple[int, dict[tuple[str, int], str]]:
         """Store an ``EmbedCrops`` batch in the target, one transaction per shard; returns

@@ -88,6 +88,10 @@ class ShardedGallery:
         """Pick up rows the writers committed since the last look."""
         return sum(s.refresh() for s in self.shards)
 
+    def cameras(self) -> list[str]:
+        """Cameras with at least one stored track in any shard, sorted."""
+        return sorted({c for shard in self.shards for c in shard.metadata.cameras()})
+
     def search(
         self,
         query_vectors: Embeddings | np.ndarray,
