@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import os
 import platform
@@ -36,6 +35,8 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from report import write_result  # noqa: E402  (bench/report.py)
 
 from models import ov_torch  # noqa: E402
 
@@ -332,11 +333,8 @@ def main(argv: list[str] | None = None) -> None:
         "resize": RESIZE,
         "results": results,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
     suffix = "" if not gpu else f"-cuda{'-fp16' if args.fp16 else ''}"
-    (args.out / f"embedder_throughput-{result['date']}{suffix}.json").write_text(text + "\n")
+    write_result(args.out, "embedder_throughput", result, suffix)
 
 
 if __name__ == "__main__":

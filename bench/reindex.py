@@ -16,8 +16,6 @@ JSON object and writes it to bench/results/reindex-<date>.json.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import platform
 import sys
@@ -31,6 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+from report import write_result  # noqa: E402  (bench/report.py)
 
 from actors.commands import run_ingest  # noqa: E402
 from actors.reindex import run_reindex  # noqa: E402
@@ -130,10 +130,7 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
         "num_gpus_per_worker": args.num_gpus,
     }
-    text = json.dumps(out, indent=2)
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"reindex-{datetime.date.today().isoformat()}.json").write_text(text + "\n")
+    write_result(args.out, "reindex", out)
 
 
 if __name__ == "__main__":

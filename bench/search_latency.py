@@ -51,6 +51,8 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from report import write_result  # noqa: E402  (bench/report.py)
+
 from indexer.blobs import CropStore  # noqa: E402
 from indexer.gallery_store import GalleryStore  # noqa: E402
 from indexer.search import SearchEngine  # noqa: E402
@@ -932,10 +934,7 @@ def main(argv: list[str] | None = None) -> None:
     result["sizes"] = {name: run_size(name, args, stages) for name in args.sizes}
     result["targets_1M"] = targets(result)
     result["run_s"] = round(time.perf_counter() - t0, 1)
-    text = json.dumps(result, indent=1)
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"search_latency-{result['date']}.json").write_text(text + "\n")
+    write_result(args.out, "search_latency", result, indent=1)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ def quantized(tmp_path_factory):
     """0277 quantized with 48 crops from the PETS clip into a fresh store cache."""
     need_models()
     need_pets()
+    pytest.importorskip("nncf", reason="INT8 quantization needs the quantize extra (NNCF)")
     from models.quantize import calibration_crops, quantize_reid
 
     store = ModelStore([MODELS_DIR], tmp_path_factory.mktemp("cache"), allow_download=False)
@@ -85,6 +86,7 @@ def test_missing_int8_copy_says_how_to_make_it(tmp_path):
 
 def test_too_few_calibration_crops_are_refused(tmp_path):
     need_models()
+    pytest.importorskip("nncf", reason="INT8 quantization needs the quantize extra (NNCF)")
     from models.quantize import quantize_reid
 
     store = ModelStore([MODELS_DIR], tmp_path, allow_download=False)
