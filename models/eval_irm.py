@@ -16,7 +16,8 @@ text queries through ``embed_text``; the gallery always through ``__call__``. A 
 task (reported as not supported).
 
 Metrics per task: mAP and CMC rank-1/5/10 (``models.eval_reid.reid_metrics``); the expected mAP
-and rank-k of a random ranking (``chance_*``); for the tasks whose instruction is text
+and rank-k of a random ranking (``chance_*``) and the one-sided p-value of each observed rank-k
+rate under random rankings (``chance_p_rank*``); for the tasks whose instruction is text
 (attribute_text, text) also ``mAP_tau`` / ``rank1_tau`` of Instruct-ReID++: a gallery crop counts
 as a true match only when its identity is the query's AND it agrees with the instruction text
 (``models.text_attributes.agreement``: the fraction of the attributes and colours named in the
@@ -153,6 +154,27 @@ def chance_metrics(n_true: Sequence[int], n_gallery: int) -> dict[str, float]:
     return out
 
 
+def chance_p_values(
+    n_true: Sequence[int], n_gallery: int, rank_rates: dict[int, float]
+) -> dict[str, float]:
+    """One-sided p-value of each observed rank-k rate against random rankings: the probability
+    that at least as many queries hit in the top k by chance (Poisson-binomial over the queries,
+    each hitting with ``1 - C(N-R, k) / C(N, k)``)."""
+    n = n_gallery
+    out: dict[str, float] = {}
+    for k, rate in rank_rates.items():
+        probs = [1.0 - (math.comb(n - r, k) / math.comb(n, k) if k <= n else 0.0)
+                 for r in n_true if r > 0]  # fmt: skip
+        dist = np.zeros(len(probs) + 1)  # dist[j]: P(j hits among the queries so far)
+        dist[0] = 1.0
+        for p in probs:
+            dist[1:] = dist[1:] * (1 - p) + dist[:-1] * p
+            dist[0] *= 1 - p
+        hits = round(rate * len(probs))
+        out[f"chance_p_rank{k}"] = float(min(1.0, dist[hits:].sum()))
+    return out
+
+
 def tau_metrics(
     q_vecs: np.ndarray,
     q_ids: Sequence[str],
@@ -196,7 +218,10 @@ def _score(
     metrics = reid_metrics(q_vecs, q_ids, q_names, gallery.vectors, gallery.ids, gallery.names)
     g_ids = np.asarray(gallery.ids)
     n_true = [int((g_ids == q).sum()) for q in q_ids]
-    return {**metrics, **chance_metrics(n_true, len(g_ids))}
+    rates = {k: float(metrics[f"rank{k}"]) for k in RANKS}
+    return {
+        **metrics, **chance_metrics(n_true, len(g_ids)), **chance_p_values(n_true, len(g_ids), rates)
+    }
 
 
 def read_task_queries(
@@ -381,8 +406,9 @@ def evaluate_irm(
 
 def format_table(results: dict[str, dict[str, object]]) -> str:
     """The per-task figures as a fixed-width text table."""
-    cols = ("mAP", "rank1", "rank5", "rank10", "chance_mAP", "chance_rank5", "mAP_tau", "n_query")
-    lines = [f"{'task':<17}" + "".join(f"{c:>13}" for c in cols)]
+    cols = ("mAP", "rank1", "rank5", "rank10", "chance_mAP", "chance_rank5", "chance_p_rank5",
+            "mAP_tau", "n_query")
+    lines = [f"{'task':<17}" + "".join(f"{c:>15}" for c in cols)]
     for task, r in results.items():
         cells = []
         for c in cols:
@@ -391,5 +417,5 @@ def format_table(results: dict[str, dict[str, object]]) -> str:
                 "n/a" if not r.get("supported", True) or v is None
                 else f"{v:.4f}" if isinstance(v, float) else str(v)
             )  # fmt: skip
-        lines.append(f"{task:<17}" + "".join(f"{c:>13}" for c in cells))
+        lines.append(f"{task:<17}" + "".join(f"{c:>15}" for c in cells))
     return "\n".join(lines)

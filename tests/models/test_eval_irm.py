@@ -12,7 +12,14 @@ import pytest
 
 from actors.cli import main
 from models.base import TASKS, InstructableEmbedder, PersonAttributes
-from models.eval_irm import Gallery, chance_metrics, evaluate_irm, read_jsonl, tau_metrics
+from models.eval_irm import (
+    Gallery,
+    chance_metrics,
+    chance_p_values,
+    evaluate_irm,
+    read_jsonl,
+    tau_metrics,
+)
 from models.eval_reid import reid_metrics
 from models.pets_reid import PetsReidOptions
 from streaming.records import Embeddings
@@ -33,6 +40,35 @@ def test_chance_matches_random_rankings(n_true: int, n_gallery: int) -> None:
     for key in ("mAP", "rank1", "rank5", "rank10"):
         simulated = float(np.mean([r[key] for r in runs]))
         assert expected[f"chance_{key}"] == pytest.approx(simulated, abs=0.03), key
+
+
+@pytest.mark.parametrize(
+    ("n_true", "n_gallery", "rate", "p"),
+    [
+        ([1], 10, 1.0, 0.5),  # rank-5 chance of 1 match in 10 is 0.5
+        ([1], 10, 0.0, 1.0),  # nothing observed: chance always does at least as well
+        ([1, 1], 10, 1.0, 0.25),  # two independent 0.5 queries both hit
+        ([1, 1], 10, 0.5, 0.75),  # at least one of them hits
+        ([10, 1], 10, 1.0, 0.5),  # a query with every entry true always hits
+    ],
+)
+def test_chance_p_value_of_rank5(n_true, n_gallery, rate, p) -> None:
+    assert chance_p_values(n_true, n_gallery, {5: rate})["chance_p_rank5"] == pytest.approx(p)
+
+
+def test_chance_p_value_matches_random_rankings() -> None:
+    """The Poisson-binomial p-value against the share of 4000 random rankings of 12 queries
+    that reach the observed rank-5 rate."""
+    rng = np.random.default_rng(1)
+    n_true, n_gallery, observed = [1, 2, 3, 1, 2, 4, 1, 1, 2, 3, 1, 2], 30, 8 / 12
+    ids = [["+"] * r + ["-"] * (n_gallery - r) for r in n_true]
+    reached = 0
+    for _ in range(4000):
+        hits = sum("+" in list(rng.permutation(g))[:5] for g in ids)
+        reached += hits >= round(observed * len(n_true))
+    expected = chance_p_values(n_true, n_gallery, {5: observed})["chance_p_rank5"]
+    assert expected == pytest.approx(reached / 4000, abs=0.015)
+    assert 0.0 < expected < 0.2
 
 
 def _gallery_with_attributes() -> Gallery:
