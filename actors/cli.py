@@ -202,6 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0, help="seed of sampling and initialisation")
     t.add_argument("--threads", type=int, default=2, help="CPU threads (1 on a busy machine)")
     _add_common(t, data_dir=False)
+    t = tr.add_parser("probe", help="the attribute probe of an IRM model's gallery space, its "
+                      "text path (models/train_probe.py); writes the weights again with it")
+    t.add_argument("--weights", default="irm-pets-v3",
+                   help="model store name or .safetensors path of the IRM weights")
+    t.add_argument("--out", type=Path, required=True, help="the new .safetensors file")
+    t.add_argument("--folds", type=int, default=5,
+                   help="identity-grouped cross-validation folds that choose the L2 strength")
+    t.add_argument("--seed", type=int, default=0, help="seed of the augmentations and folds")
+    _add_common(t, data_dir=False)
     t = tr.add_parser("refer", help="the referring re-ranker (models/train_refer.py)")
     t.add_argument("--annotations", type=Path, required=True,
                    help="TRAIN JSON lines from scripts/build_refer_sets.py")

@@ -19,8 +19,13 @@ means, while a gallery is encoded once, with no task.
 so "ignore clothes" can learn b ~ 0 and "this garment" a ~ 0 on the query side only. A text-only
 query has no image: the CLS states read the instruction tokens alone (no teacher residual).
 
+Weights may carry an attribute probe of the gallery space (``models.attribute_probe``, fitted by
+``models.train_probe``): a text that names attributes or clothing colours is then the probe's
+query vector instead of the learned text path's, and attribute text on a photo query
+(task attribute_text) adds ``lambda x`` that vector to the photo's.
+
 Example:
-    >>> emb = IrmEmbedder.from_pretrained(store.resolve("irm-pets-v2").path, store)  # doctest: +SKIP
+    >>> emb = IrmEmbedder.from_pretrained(store.resolve("irm-pets-v3").path, store)  # doctest: +SKIP
     >>> emb.embed_query([crop], task="clothes_change").vectors.shape               # doctest: +SKIP
     (1, 512)
 """
@@ -42,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.attribute_probe import TENSOR_PREFIX as PROBE_PREFIX
+from models.attribute_probe import AttributeProbe
 from models.base import INT8_SUFFIX, TASKS, ModelInputError, check_bgr_image, crops_to_batch
 from models.minilm import MiniLmTokens, pad_states
 from streaming.records import Embeddings
@@ -385,18 +392,31 @@ def build_backbone(store: object, name: str, device: torch.device, threads: int 
 # ---- weights ----
 
 
-def save_head(head: IrmHead, path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Write the head as safetensors, its IrmConfig (JSON) and ``metadata`` in the header."""
+def save_head(
+    head: IrmHead,
+    path: Path,
+    metadata: dict[str, str] | None = None,
+    probe: AttributeProbe | None = None,
+) -> None:
+    """Write the head as safetensors, its IrmConfig (JSON) and ``metadata`` in the header; with
+    ``probe``, the attribute probe of its gallery space (the text path, models.attribute_probe)."""
     from safetensors.torch import save_file
 
     meta = {"format": FORMAT, "irm_config": json.dumps(asdict(head.cfg)), **(metadata or {})}
     tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    tensors |= probe.to_tensors() if probe is not None else {}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=meta)
 
 
 def load_head(path: Path) -> tuple[IrmHead, dict[str, str]]:
     """Read a head written by ``save_head``; raises ModelInputError for another format."""
+    head, _, meta = load_weights(path)
+    return head, meta
+
+
+def load_weights(path: Path) -> tuple[IrmHead, AttributeProbe | None, dict[str, str]]:
+    """The head, the attribute probe (None when the file has none) and the header metadata."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -406,9 +426,17 @@ def load_head(path: Path) -> tuple[IrmHead, dict[str, str]]:
         raise ModelInputError(f"{path} is not a refind IRM head (format {meta.get('format')!r})")
     head = IrmHead(IrmConfig(**json.loads(meta["irm_config"])))
     state = load_file(str(path))
+    try:
+        probe = AttributeProbe.from_tensors(state)
+    except (KeyError, ValueError) as err:
+        raise ModelInputError(f"{path}: unreadable attribute probe ({err})") from None
+    state = {k: v for k, v in state.items() if not k.startswith(PROBE_PREFIX)}
     head.gallery_text = state["gallery_text"]  # its length is set by the file
     head.load_state_dict(state)
-    return head.eval(), meta
+    if probe is not None and probe.dim != head.cfg.out_dim:
+        raise ModelInputError(f"{path}: attribute probe of {probe.dim}-d vectors, head gives "
+                              f"{head.cfg.out_dim}-d")  # fmt: skip
+    return head.eval(), probe, meta
 
 
 # ---- the embedder the pipeline uses ----
@@ -488,8 +516,14 @@ class IrmEmbedder:
         batch_size: int = 32,
         text: MiniLmTokens | None = None,
         compile_cpu: bool = True,
+        probe: AttributeProbe | None = None,
     ) -> None:
         self.device = torch.device(device)
+        if probe is not None and probe.dim != head.cfg.out_dim:
+            raise ModelInputError(
+                f"attribute probe reads {probe.dim}-d vectors; this head gives {head.cfg.out_dim}-d"
+            )
+        self.probe = probe  # text queries that name attributes or colours go through it
         self.head = head.to(self.device).eval()
         self.backbone = backbone
         self.model_id = model_id
@@ -521,7 +555,7 @@ class IrmEmbedder:
         model_id: str | None = None,
     ) -> IrmEmbedder:
         """Load a head written by ``save_head`` and the backbone it was trained on."""
-        head, meta = load_head(Path(weights))
+        head, probe, meta = load_weights(Path(weights))
         trained_on = meta.get("backbone", "person-reidentification-retail-0277")
         backbone = backbone or trained_on
         if backbone.removesuffix(INT8_SUFFIX) != trained_on:  # an INT8 copy is the same network
@@ -535,7 +569,7 @@ class IrmEmbedder:
         model_id = model_id or f"irm:{Path(weights).stem}"
         if backbone != trained_on:  # its vectors differ a little: never mixed with the float's
             model_id = f"{model_id}+{net.model_id}"
-        return cls(head, net, model_id, dev, batch_size)
+        return cls(head, net, model_id, dev, batch_size, probe=probe)
 
     @classmethod
     def from_config(cls, cfg: IrmEmbedderConfig, store: object) -> IrmEmbedder:
@@ -613,14 +647,19 @@ class IrmEmbedder:
             check_bgr_image(instruction, "instruction image")
             image_instr = self._features([instruction])
             instruction = None
-        if task != "reid" and self._teacher_only and not self._warned:
+        text = DEFAULT_INSTRUCTIONS[task] if instruction is None else instruction
+        edited = (
+            task == "attribute_text" and self.probe is not None
+            and self.probe.photo_text_weight > 0 and self.probe.query_vector(text) is not None
+        )  # fmt: skip
+        if task != "reid" and self._teacher_only and not edited and not self._warned:
             self._warned = True
             log.warning(
-                "%s: instructions do not change photo queries (its image path is the 0277 "
-                "teacher's, see its model card): this %s query ranks as plain ReID",
+                "%s: this instruction does not change photo queries (its image path is the 0277 "
+                "teacher's, see its model card; only attribute text naming attributes or colours "
+                "does): this %s query ranks as plain ReID",
                 self.model_id, task,
             )  # fmt: skip
-        text = DEFAULT_INSTRUCTIONS[task] if instruction is None else instruction
         states, mask = pad_states(self.text([text]), self.head.cfg.text_dim)  # (1, T, 384)
         out = []
         for s in self._chunks(len(crops)):
@@ -637,16 +676,33 @@ class IrmEmbedder:
                 states.to(self.device).expand(b, -1, -1), mask.to(self.device).expand(b, -1), img,
             )  # fmt: skip
             out.append(q.vectors)
-        return self._result(out)
+        result = self._result(out)
+        if edited:  # identity from the photo, clothes from the text (models.attribute_probe)
+            vectors = self.probe.compose(result.vectors, text)  # type: ignore[union-attr]
+            result = Embeddings(vectors, self.model_id)  # type: ignore[arg-type]
+        return result
 
     @torch.inference_mode()
     def embed_text(self, texts: Sequence[str]) -> Embeddings:
-        """Text-only queries (task "text") into the gallery space, (n, 512)."""
-        out = []
-        for s in self._chunks(len(texts)):
-            states, mask = pad_states(self.text(list(texts[s])), self.head.cfg.text_dim)
-            b = states.shape[0]
-            task_ids = torch.full((b,), TASKS.index("text"), dtype=torch.long, device=self.device)
+        """Text-only queries (task "text") into the gallery space, (n, 512).
+
+        A text that names attributes or clothing colours the attribute probe reads becomes the
+        probe's query vector (``models.attribute_probe``); any other text (or every text, when
+        the weights carry no probe) goes through the head's learned text path."""
+        vectors = np.zeros((len(texts), self.dim), np.float32)
+        learned = []
+        for k, text in enumerate(texts):
+            q = None if self.probe is None else self.probe.query_vector(text)
+            if q is None:
+                learned.append(k)
+            else:
+                vectors[k] = q
+        for s in self._chunks(len(learned)):
+            rows = learned[s]
+            states, mask = pad_states(self.text([texts[k] for k in rows]), self.head.cfg.text_dim)
+            task_ids = torch.full(
+                (len(rows),), TASKS.index("text"), dtype=torch.long, device=self.device
+            )
             q = self.head.query(None, None, task_ids, states.to(self.device), mask.to(self.device))
-            out.append(q.vectors)
-        return self._result(out)
+            vectors[rows] = q.vectors.float().cpu().numpy()
+        return Embeddings(vectors, self.model_id)

@@ -1,0 +1,94 @@
+"""Choosing the weight of attribute text on photo queries (models/train_probe.py) on synthetic
+people whose identity and clothes are separate pixels, and the ``refind train probe`` guard.
+
+Each synthetic crop is 8 x 4 pixels: the left half is the clothes (top rows the top colour,
+bottom rows the bottom colour), the right half the person's own two colours, which a recolouring
+leaves alone. test_irm's fake backbone reads the 2 x 2 cell colours, so a recoloured photo query
+keeps the identity half and loses the clothes half: text naming the real clothes can only help.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from actors.cli import main
+from models.base import PersonAttributes
+from models.irm import IrmEmbedder, IrmHead
+from models.train_probe import VIEWS, WEIGHT_GRID, choose_photo_text_weight
+from tests.models.test_irm import TINY, FakeBackbone, FakeText
+
+BGR = {"red": (0, 0, 220), "blue": (220, 0, 0), "green": (0, 200, 0), "yellow": (0, 220, 220),
+       "white": (235, 235, 235), "black": (15, 15, 15)}  # fmt: skip
+NAMES = tuple(BGR)
+
+
+def person(top: str, bottom: str, own: tuple[np.ndarray, np.ndarray], rng) -> np.ndarray:
+    img = np.zeros((8, 4, 3), np.float32)
+    img[:4, :2], img[4:, :2] = BGR[top], BGR[bottom]
+    img[:4, 2:], img[4:, 2:] = own
+    return np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+
+
+def synthetic_people(recolour: bool, n_ids: int = 8, per_id: int = 6, seed: int = 0):
+    """(images, groups, tops, bottoms): ``VIEWS`` per crop, in order; with ``recolour`` False
+    the "recoloured" views keep the clothes."""
+    rng = np.random.default_rng(seed)
+    images, groups, tops, bottoms = [], [], [], []
+    for k in range(n_ids):
+        own = (rng.uniform(40, 215, 3), rng.uniform(40, 215, 3))
+        top, bottom = NAMES[k % len(NAMES)], NAMES[(k * 5 + 1) % len(NAMES)]
+        for _ in range(per_id):
+            for view in range(len(VIEWS)):
+                t, b = top, bottom
+                if view and recolour:
+                    t, b = (NAMES[int(i)] for i in rng.integers(0, len(NAMES), 2))
+                images.append(person(t, b, own, rng))
+                groups.append(f"pets:{k}")
+                tops.append(t)
+                bottoms.append(b)
+    return images, groups, tops, bottoms
+
+
+def teacher_embedder() -> IrmEmbedder:
+    torch.manual_seed(0)
+    head = IrmHead(TINY)  # untrained: its image path is the (fake) teacher's
+    head.set_gallery_text(torch.randn(3, TINY.text_dim))
+    return IrmEmbedder(head.eval(), FakeBackbone(), "irm-tiny", "cpu", batch_size=8,
+                       text=FakeText(), compile_cpu=False)  # fmt: skip
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: torch's worker threads only spin on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("recolour", "helps"), [(True, True), (False, False)])
+def test_text_weight_is_chosen_where_text_helps(recolour: bool, helps: bool, one_thread) -> None:
+    images, groups, tops, bottoms = synthetic_people(recolour)
+    n = len(images)
+    attrs = PersonAttributes(np.full((n, 8), 0.5, np.float32), np.zeros((n, 3), np.uint8),
+                             np.zeros((n, 3), np.uint8), tuple(tops), tuple(bottoms))  # fmt: skip
+    embedder = teacher_embedder()
+    vectors = embedder(images).vectors
+    weight, table = choose_photo_text_weight(embedder, images, groups, vectors, attrs, l2=1e-3)
+    assert [row["weight"] for row in table] == list(WEIGHT_GRID)
+    assert table[0]["mean_gain"] == 0.0 and all(len(row["mAPs"]) == 2 for row in table)
+    best = max(row["mean_gain"] for row in table)
+    if helps:  # recoloured queries lose their clothes: the text puts them back
+        assert weight > 0 and best > 0.05, table
+    else:  # queries already wear the gallery's clothes: no weight may beat 0 by chance
+        assert weight == 0.0 or best < 0.01, table
+
+
+def test_train_probe_refuses_to_overwrite_its_input(tmp_path, capsys) -> None:
+    weights = tmp_path / "irm.safetensors"
+    weights.write_bytes(b"not read")
+    assert main(["train", "probe", "--weights", str(weights), "--out", str(weights)]) != 0
+    assert "would overwrite" in capsys.readouterr().err
+    assert weights.read_bytes() == b"not read"
