@@ -178,7 +178,7 @@ def cpu_embedders(b: int, threads: int, weights: Path | None, int8: bool) -> dic
     from streaming.config import ModelStoreConfig, OpenVinoReidConfig
 
     store = ModelStore.from_config(ModelStoreConfig())
-    path = weights or store.resolve("irm-pets-v2").path
+    path = weights or store.resolve("irm-pets-v3").path
     out = {}
     for suffix in ("", "_int8") if int8 else ("",):
         model = REID + suffix.replace("_", "-")

@@ -126,12 +126,12 @@ REGISTRY: dict[str, ModelSpec] = {
 # Weights trained by refind itself ship inside the package (models/weights/, each with a model
 # card); the store finds them there after every other place.
 PACKAGED_DIR = Path(__file__).resolve().parent / "weights"
-REGISTRY["irm-pets-v2"] = ModelSpec(
-    "irm-pets-v2",
+REGISTRY["irm-pets-v3"] = ModelSpec(
+    "irm-pets-v3",
     (
         ModelFile(
-            "irm-pets-v2.safetensors",
-            "6916416b48d3233ed7a1ee6f0a64510e069ed1adfabb7d04d08fad9af45d1620",
+            "irm-pets-v3.safetensors",
+            "fc0f3a561294663f86cc88ad9085ed5e931723def45d4da7d5c6c9ce39146893",
             None,
         ),
     ),

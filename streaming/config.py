@@ -175,7 +175,7 @@ class IrmEmbedderConfig(_Section):
 
     type: Literal["irm"] = "irm"
     weights: str = Field(
-        "irm-pets-v2", description="Model store name (or path of a .safetensors file) of the head."
+        "irm-pets-v3", description="Model store name (or path of a .safetensors file) of the head."
     )
     backbone: str = Field(
         "person-reidentification-retail-0277",

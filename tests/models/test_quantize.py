@@ -48,7 +48,7 @@ def test_irm_runs_on_the_int8_backbone_under_its_own_model_id(quantized):
     from models.irm import IrmEmbedder
 
     store, crops = quantized
-    weights = store.resolve("irm-pets-v2")
+    weights = store.resolve("irm-pets-v3")
     fp = IrmEmbedder.from_pretrained(weights.path, store, device="cpu", model_id="irm")
     q8 = IrmEmbedder.from_pretrained(
         weights.path, store, backbone=f"{REID}-int8", device="cpu", model_id="irm"
