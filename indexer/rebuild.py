@@ -146,8 +146,8 @@ def rebuild_gallery(
         start = time.perf_counter()
         record = fold(_read_events(cfg, from_kafka, idle_s), cfg.ray.index_writers)
         stem = index_stem(embedder.model_id)
+        _remove_crashed_rebuilds(data_dir, stem)
         tmp = data_dir / "versions" / f".rebuild-{stem}-{os.getpid()}"
-        remove_root(data_dir, str(tmp.relative_to(data_dir)))  # left by a crashed rebuild
         embed = EmbedCrops(serving.cfg, embedder)
         report = {"model_id": embedder.model_id, "crops": 0, "skipped_forgotten": 0,
                   "skipped_missing": 0, "missing_examples": [], "events": 0}
@@ -180,6 +180,27 @@ def rebuild_gallery(
                "seconds": round(time.perf_counter() - start, 3)}
     log.info("rebuilt %s: %s", embedder.model_id, report)
     return report
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _remove_crashed_rebuilds(data_dir: Path, stem: str) -> None:
+    """Delete the temporary folders of earlier rebuilds of ``stem`` whose process is gone (a
+    crash or a kill); a live rebuild's folder (its pid still running) is left alone."""
+    for left in (data_dir / "versions").glob(f".rebuild-{stem}-*"):
+        pid = left.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+            continue
+        log.warning("rebuild: removing %s, left by a rebuild that did not finish", left)
+        remove_root(data_dir, str(left.relative_to(data_dir)))
 
 
 def _rebuild_shard(meta: SqliteMetadata, events: list[CropEvent], record: DurableRecord,

@@ -4,6 +4,7 @@ forgetting across index versions so that a forgotten track stays gone after a re
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -112,6 +113,18 @@ def test_rebuild_from_the_journal_gives_the_same_results(small_gallery, tmp_path
     for a, b in zip(ingested, rebuilt, strict=True):
         assert a[0]["track_id"] == b[0]["track_id"]
         assert abs(a[0]["score"] - b[0]["score"]) < 0.05
+
+    # a rebuild killed half-way left its folder (its pid is gone): the next one removes it;
+    # a folder whose pid is alive (this test process: as if a rebuild were running) stays
+    stem = Path(report["root"]).name.split("-rebuilt-")[0]
+    dead = cfg.data_dir / "versions" / f".rebuild-{stem}-{2**22 + 7}"
+    live = cfg.data_dir / "versions" / f".rebuild-{stem}-{os.getppid()}"
+    for left in (dead, live):
+        (left / "gallery").mkdir(parents=True)
+        (left / "gallery" / "metadata.sqlite3").write_bytes(b"half written")
+    assert main(argv) == 0
+    assert not dead.exists() and live.exists()
+    shutil.rmtree(live)
 
     drop_views(cfg)  # every view lost: the record alone gives the same gallery again
     assert main(argv) == 0
