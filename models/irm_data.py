@@ -44,7 +44,6 @@ from models.pets_reid import (
     FRAME,
     ID,
     PetsReidOptions,
-    _pixel_box,
     decode_mot_frames,
     read_mot_gt,
     scaled_xyxy,
@@ -52,6 +51,7 @@ from models.pets_reid import (
     video_size,
 )
 from models.store import ModelStore
+from streaming.crops import pixel_box
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def _pets_plans(
     keep = usable_boxes(rows, wh, opts) & np.isin(rows[:, ID].astype(int), list(ids))
     xyxy = scaled_xyxy(rows[keep], opts.gt_scale)
     plans = [
-        (int(r[ID]), int(r[FRAME]), _pixel_box(b, wh))
+        (int(r[ID]), int(r[FRAME]), pixel_box(b, wh[::-1]))
         for r, b in zip(rows[keep], xyxy, strict=True)
     ]
     return sorted(plans, key=lambda p: (p[1], p[0]))

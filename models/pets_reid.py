@@ -40,6 +40,8 @@ import av
 import cv2
 import numpy as np
 
+from streaming.crops import pixel_box
+
 log = logging.getLogger(__name__)
 
 # MOT15 gt.txt columns used here.
@@ -174,14 +176,8 @@ def plan_crops(gt: np.ndarray, frame_wh: tuple[int, int], opts: PetsReidOptions)
             frame = int(rows[i, FRAME])
             role = "query" if frame in query else "gallery" if frame in gallery else None
             if role:
-                plans.append(CropPlan(identity, frame, _pixel_box(xyxy[i], frame_wh), role))
+                plans.append(CropPlan(identity, frame, pixel_box(xyxy[i], frame_wh[::-1]), role))
     return sorted(plans, key=lambda p: (p.frame, p.identity))
-
-
-def _pixel_box(box: np.ndarray, frame_wh: tuple[int, int]) -> tuple[int, int, int, int]:
-    x1, y1 = max(int(np.floor(box[0])), 0), max(int(np.floor(box[1])), 0)
-    x2, y2 = min(int(np.ceil(box[2])), frame_wh[0]), min(int(np.ceil(box[3])), frame_wh[1])
-    return x1, y1, x2, y2
 
 
 def video_size(video: Path) -> tuple[int, int]:
