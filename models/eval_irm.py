@@ -60,7 +60,6 @@ class Gallery:
     vectors: np.ndarray
     ids: list[str]
     names: list[str]
-    images: list[np.ndarray]
     attributes: PersonAttributes | None = None
 
 
@@ -105,7 +104,7 @@ def embed_gallery(
     images, ids, names = load_identity_folder(gallery_dir)
     vectors = embedder(images).vectors
     attrs = attributes(images) if attributes is not None else None
-    return Gallery(vectors, ids, names, images, attrs)
+    return Gallery(vectors, ids, names, attrs)
 
 
 def embed_queries(

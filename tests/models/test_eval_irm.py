@@ -77,7 +77,7 @@ def _gallery_with_attributes() -> Gallery:
         np.full((4, 8), 0.5, np.float32), np.zeros((4, 3), np.uint8), np.zeros((4, 3), np.uint8),
         ("red", "blue", "red", "green"), ("black",) * 4,
     )  # fmt: skip
-    return Gallery(vecs, ["a", "a", "a", "b"], ["1", "2", "3", "4"], [], attrs)
+    return Gallery(vecs, ["a", "a", "a", "b"], ["1", "2", "3", "4"], attrs)
 
 
 def test_tau_metrics_keep_only_hits_that_agree() -> None:
