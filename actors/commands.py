@@ -259,7 +259,8 @@ def _evaluate_irm(
     attributes = OpenVinoAttributes(ModelStore.from_config(cfg.models))
     if args.eval_command == "text":
         result = eval_irm.evaluate_text(args.queries, args.gallery, embedder, args.tau, attributes)
-        return result, ("mAP", "rank1", "rank5", "rank10", "chance_rank5", "chance_p_rank5", "mAP_tau")
+        columns = ("mAP", "rank1", "rank5", "rank10", "chance_rank5", "chance_p_rank5", "mAP_tau")
+        return result, columns
     results = eval_irm.evaluate_irm(args.sets, embedder, attributes, args.tau)
     if not args.json:
         print(eval_irm.format_table(results))
@@ -383,16 +384,17 @@ def train_probe(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object
     )  # fmt: skip
     report = fit(weights, args.out, store, seed=args.seed, folds=args.folds, progress=not args.json)
     if not args.json:
+        l2 = f"{report['l2']:g}"
         print(f"attribute probe: {report['n_crops']} crops of {report['n_identities']} "
-              f"identities; L2 {report['l2']:.0e} by {report['folds']}-fold grouped CV "
-              f"(held-out log-loss {report['cv_log_loss']}); attribute text on photos weighs "
+              f"identities; L2 {l2} by {report['folds']}-fold grouped CV (held-out log-loss "
+              f"{report['cv_log_loss'][l2]}); attribute text on photos weighs "
               f"{report['photo_text_weight']} by 2-fold CV; wrote {report['weights']} in "
               f"{report['seconds']} s")
     return report
 
 
 def train(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
-    """``refind train irm``: build the feature cache if missing, train, report."""
+    """``refind train irm|probe|refer``; irm: build the feature cache if missing, train, report."""
     if args.train_command == "refer":
         return train_refer(args, cfg)
     if args.train_command == "probe":

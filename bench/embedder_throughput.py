@@ -2,7 +2,8 @@
 
 Embedders: ``openvino_reid`` (OMZ 0277 with OpenVINO on CPU, what ingest uses),
 ``irm_openvino_cpu`` (the IRM embedder as ingest runs it on CPU), with ``--int8`` both again on
-the INT8 copy of 0277 (``refind quantize``); ``torch_0277`` (the same IR run with torch by
+the INT8 copy of 0277 (``refind quantize``), and on CPU the milliseconds per IRM text query
+through the attribute probe and through the learned text path (``irm_text_query``); ``torch_0277`` (the same IR run with torch by
 ``models.ov_torch``) and ``irm`` (the IRM head of ``models.irm`` over the torch backbone; with no
 ``--irm-weights`` an untrained head: the timing is the same). The CPU OpenVINO embedders are
 timed in interleaved rounds (median, min, max), since the machine is shared.
@@ -218,6 +219,34 @@ def time_cpu(crops: list, batches: list[int], iters: int, warmup: int, threads: 
     return out
 
 
+TEXTS = {  # a text the attribute probe reads, and one only the learned text path can embed
+    "probe": "a woman in a red top and black trousers with a backpack",
+    "learned_text_path": "someone suspicious walking alone near the gate",
+}
+
+
+def time_text(weights: Path | None, threads: int, calls: int = 50) -> dict:
+    """Milliseconds per text query of the IRM embedder (median of ``calls``), per path."""
+    from models.irm import IrmEmbedder
+    from models.store import ModelStore
+    from streaming.config import ModelStoreConfig
+
+    store = ModelStore.from_config(ModelStoreConfig())
+    path = weights or store.resolve("irm-pets-v3").path
+    emb = IrmEmbedder.from_pretrained(path, store, device="cpu", threads=threads)
+    out = {}
+    for name, text in TEXTS.items():
+        emb.embed_text([text])  # warm-up: loads MiniLM on the learned path
+        times = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            emb.embed_text([text])
+            times.append((time.perf_counter() - start) * 1e3)
+        out[name] = {"text": text, "median_ms": round(float(np.median(times)), 3),
+                     "calls": calls, "probe": emb.probe is not None}  # fmt: skip
+    return out
+
+
 def irm_head(weights: Path | None, device: torch.device) -> tuple[torch.nn.Module, bool]:
     """The IRM head from ``weights``, or an untrained one (same cost) when none is given."""
     from models import irm
@@ -307,6 +336,7 @@ def main(argv: list[str] | None = None) -> None:
                                     args.irm_weights, args.int8, args.rounds))
         except ImportError as err:
             results["openvino_reid"] = {"available": False, "reason": f"not available: {err}"}
+        results["irm_text_query"] = time_text(args.irm_weights, args.threads)
     results["torch_0277"] = time_torch(TorchRunner(net, device, args.fp16), crops, batches,
                                        iters, warmup, sync)
     try:

@@ -25,7 +25,8 @@ Not named by a text, or unknown to the parser ("someone suspicious"), a text giv
 (``query_vector`` returns None) and the caller falls back to its own text path.
 
 Example:
-    >>> probe = fit_probe(embedder(crops).vectors, attribute_model(crops), identities)  # doctest: +SKIP
+    >>> vectors, attrs = embedder(crops).vectors, attribute_model(crops)         # doctest: +SKIP
+    >>> probe, report = fit_probe(vectors, attrs, identities)                   # doctest: +SKIP
     >>> q = probe.query_vector("a woman in a red top with a backpack")          # doctest: +SKIP
     >>> scores = gallery_vectors @ q                                            # doctest: +SKIP
 """
@@ -101,14 +102,19 @@ class AttributeProbe:
         norm = float(np.linalg.norm(q))
         return None if not s.any() or norm == 0.0 else (q / norm).astype(np.float32)
 
-    def compose(self, photo: np.ndarray, text: str) -> np.ndarray | None:
+    def compose(self, photo: np.ndarray, text_vector: np.ndarray) -> np.ndarray | None:
         """A photo query edited by attribute text ("now wearing a red top"): unit rows of
-        ``photo + photo_text_weight * query_vector(text)`` for (n, D) unit photo query vectors;
-        None when the weight is 0 or the text names nothing the probe reads."""
-        q = self.query_vector(text)
-        if q is None or self.photo_text_weight <= 0.0:
+        ``photo + photo_text_weight * text_vector`` for (n, D) unit photo query vectors and the
+        text's ``query_vector`` (D,); None when the weight is 0."""
+        if self.photo_text_weight <= 0.0:
             return None
-        out = np.asarray(photo, np.float32) + self.photo_text_weight * q  # (n, D)
+        photo = np.asarray(photo, np.float32)
+        if photo.ndim != 2 or photo.shape[1] != self.dim or np.shape(text_vector) != (self.dim,):
+            raise ValueError(
+                f"compose: photo {photo.shape} and text vector {np.shape(text_vector)} must be "
+                f"(n, {self.dim}) and ({self.dim},)"
+            )
+        out = photo + self.photo_text_weight * np.asarray(text_vector, np.float32)  # (n, D)
         return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
@@ -123,10 +129,20 @@ class AttributeProbe:
         }
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> AttributeProbe | None:
-        """The probe stored by ``to_tensors`` among ``tensors``, or None when there is none."""
+    def from_tensors(
+        cls, tensors: dict[str, torch.Tensor], names: Sequence[str] | None = None
+    ) -> AttributeProbe | None:
+        """The probe stored by ``to_tensors`` among ``tensors``, or None when there is none.
+
+        names: the read-out names stored with it (None: files written before names were
+        stored, read as ``PROBE_NAMES``); a ValueError when they are not this code's."""
         if f"{TENSOR_PREFIX}weight" not in tensors:
             return None
+        if names is not None and tuple(names) != PROBE_NAMES:
+            raise ValueError(
+                f"its read-outs {list(names)[:4]}... are not this version's "
+                f"{list(PROBE_NAMES)[:4]}... (refit it with refind train probe)"
+            )
         return cls(
             weight=tensors[f"{TENSOR_PREFIX}weight"].float().numpy(),
             bias=tensors[f"{TENSOR_PREFIX}bias"].float().numpy(),
@@ -166,10 +182,20 @@ def _fit(x: torch.Tensor, y: torch.Tensor, l2: float) -> tuple[torch.Tensor, tor
     return w.detach(), b.detach()
 
 
+def _check_rows(vectors: np.ndarray, attrs: PersonAttributes, n_groups: int) -> None:
+    shape = np.shape(vectors)
+    if len(shape) != 2 or not shape[0] or shape[0] != len(attrs) or n_groups != len(attrs):
+        raise ValueError(
+            f"attribute probe: {shape} vectors, {len(attrs)} attribute rows and {n_groups} "
+            "groups must have one row per crop, at least one"
+        )
+
+
 def fit_at(vectors: np.ndarray, attrs: PersonAttributes, l2: float) -> AttributeProbe:
     """The probe fitted on all of (n, D) ``vectors`` and their attributes at L2 strength ``l2``;
     read-outs with fewer than ``MIN_POSITIVES`` positive rows get a zero weight row, so a text
     naming only them gives no query vector."""
+    _check_rows(vectors, attrs, len(attrs))
     x = torch.from_numpy(np.asarray(vectors, np.float32)).double()
     y = probe_targets(attrs)
     w, b = _fit(x, torch.from_numpy(y).double(), l2)
@@ -206,12 +232,8 @@ def fit_probe(
     Returns the probe and a report: the CV log-loss per L2, the chosen one, and the held-out
     accuracy of each read-out at that L2 (a read-out is right when its logit is on the side of
     0 its target is on of 0.5)."""
+    _check_rows(vectors, attrs, len(groups))
     vectors = np.asarray(vectors, np.float32)
-    if vectors.ndim != 2 or len(vectors) != len(attrs) or len(groups) != len(attrs):
-        raise ValueError(
-            f"fit_probe: {vectors.shape} vectors, {len(attrs)} attribute rows and {len(groups)} "
-            "groups must have one row per crop"
-        )
     x = torch.from_numpy(vectors).double()
     y = torch.from_numpy(probe_targets(attrs)).double()
     masks = [torch.from_numpy(m) for m in grouped_folds(groups, folds, seed)]
@@ -232,7 +254,7 @@ def fit_probe(
     report = {
         "n_crops": len(x), "n_identities": len(set(groups)), "folds": folds,
         "cv_log_loss": {f"{k:g}": round(v, 5) for k, v in cv.items()}, "l2": best,
-        "cv_accuracy": {n: round(float(a), 4) for n, a in zip(PROBE_NAMES, right[best], strict=True)},
-        "positives": {n: int(c) for n, c in zip(PROBE_NAMES, (y > 0.5).sum(0).tolist(), strict=True)},
+        "cv_accuracy": dict(zip(PROBE_NAMES, np.round(right[best].numpy(), 4).tolist(), strict=True)),
+        "positives": dict(zip(PROBE_NAMES, (y > 0.5).sum(0).tolist(), strict=True)),
     }  # fmt: skip
     return probe, report

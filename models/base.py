@@ -113,6 +113,25 @@ class PersonAttributes:
     def __len__(self) -> int:
         return int(self.probs.shape[0])
 
+    def take(self, rows: np.ndarray | Sequence[int]) -> PersonAttributes:
+        """The given rows (indices), in that order, as a new record."""
+        idx = np.asarray(rows, dtype=np.int64).reshape(-1)
+        return PersonAttributes(
+            self.probs[idx], self.top_bgr[idx], self.bottom_bgr[idx],
+            tuple(self.top_colour[i] for i in idx), tuple(self.bottom_colour[i] for i in idx),
+        )  # fmt: skip
+
+    @staticmethod
+    def concat(parts: Sequence[PersonAttributes]) -> PersonAttributes:
+        """The rows of ``parts`` one after another (at least one part)."""
+        return PersonAttributes(
+            probs=np.concatenate([p.probs for p in parts]),
+            top_bgr=np.concatenate([p.top_bgr for p in parts]),
+            bottom_bgr=np.concatenate([p.bottom_bgr for p in parts]),
+            top_colour=tuple(c for p in parts for c in p.top_colour),
+            bottom_colour=tuple(c for p in parts for c in p.bottom_colour),
+        )
+
 
 @runtime_checkable
 class AttributeModel(Protocol):

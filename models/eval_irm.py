@@ -23,7 +23,8 @@ as a true match only when its identity is the query's AND it agrees with the ins
 (``models.text_attributes.agreement``: the fraction of the attributes and colours named in the
 text that the 0230 attribute model confirms on that crop) at least ``tau`` (default 0.5: half of
 what the text names must be seen on the crop). Queries left with no true match are skipped and
-counted.
+counted. The text task also reports ``attribute_scan_*``: the same captions ranked by the
+attribute model's agreement with every gallery crop (no embedder), for reference.
 
 Example:
     >>> evaluate_irm(Path("/tmp/irm-eval"), embedder, attributes)["reid"]["mAP"]  # doctest: +SKIP
@@ -146,11 +147,15 @@ def chance_metrics(n_true: Sequence[int], n_gallery: int) -> dict[str, float]:
             continue
         aps.append((h_n + ((r - 1) / (n - 1) if n > 1 else 0.0) * (n - h_n)) / n)
         for k in RANKS:
-            miss = math.comb(n - r, k) / math.comb(n, k) if k <= n else 0.0
-            ranks[k].append(1.0 - miss)
+            ranks[k].append(_hit_chance(r, n, k))
     out = {"chance_mAP": float(np.mean(aps)) if aps else float("nan")}
     out |= {f"chance_rank{k}": float(np.mean(v)) if v else float("nan") for k, v in ranks.items()}
     return out
+
+
+def _hit_chance(r: int, n: int, k: int) -> float:
+    """P(a random ranking of n entries, r of them true, has a true one in its top k)."""
+    return 1.0 - (math.comb(n - r, k) / math.comb(n, k) if k <= n else 0.0)
 
 
 def chance_p_values(
@@ -159,11 +164,11 @@ def chance_p_values(
     """One-sided p-value of each observed rank-k rate against random rankings: the probability
     that at least as many queries hit in the top k by chance (Poisson-binomial over the queries,
     each hitting with ``1 - C(N-R, k) / C(N, k)``)."""
-    n = n_gallery
     out: dict[str, float] = {}
     for k, rate in rank_rates.items():
-        probs = [1.0 - (math.comb(n - r, k) / math.comb(n, k) if k <= n else 0.0)
-                 for r in n_true if r > 0]  # fmt: skip
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"rank-{k} rate {rate} is not in [0, 1]")
+        probs = [_hit_chance(r, n_gallery, k) for r in n_true if r > 0]
         dist = np.zeros(len(probs) + 1)  # dist[j]: P(j hits among the queries so far)
         dist[0] = 1.0
         for p in probs:
@@ -172,6 +177,30 @@ def chance_p_values(
         hits = round(rate * len(probs))
         out[f"chance_p_rank{k}"] = float(min(1.0, dist[hits:].sum()))
     return out
+
+
+def attribute_scan_metrics(
+    texts: Sequence[str], ids: Sequence[str], gallery: Gallery, orders: int = 20, seed: int = 0
+) -> dict[str, float]:
+    """The text task without an embedder, for reference: every gallery crop scored by the
+    attribute model's agreement with the text (what the ``attributes`` re-ranker does, decoding
+    each crop). Agreement takes few values, so ties are broken at random: the figures are the
+    mean over ``orders`` random tie orders (fixed seed)."""
+    if gallery.attributes is None:
+        raise ValueError("the attribute scan needs the gallery's attributes (an attribute model)")
+    wanted = [parse_attributes(t) for t in texts]
+    scores = np.array(
+        [[agreement(w, gallery.attributes, j) for j in range(len(gallery.ids))] for w in wanted]
+    )  # (n_query, n_gallery) in [0, 1]
+    rng = np.random.default_rng(seed)
+    names = [f"text:{k}" for k in range(len(texts))]
+    runs = []
+    for _ in range(orders):  # scores as query rows against one-hot gallery "vectors"
+        jittered = scores + 1e-3 * rng.random(scores.shape)  # agreement steps are >= 1/12
+        runs.append(reid_metrics(jittered, list(ids), names, np.eye(len(gallery.ids)),
+                                 gallery.ids, gallery.names))  # fmt: skip
+    return {f"attribute_scan_{m}": float(np.mean([r[m] for r in runs]))
+            for m in ("mAP", "rank1", "rank5")}  # fmt: skip
 
 
 def tau_metrics(
@@ -215,11 +244,17 @@ def _score(
     q_vecs: np.ndarray, q_ids: list[str], q_names: list[str], gallery: Gallery
 ) -> dict[str, float | int]:
     metrics = reid_metrics(q_vecs, q_ids, q_names, gallery.vectors, gallery.ids, gallery.names)
-    g_ids = np.asarray(gallery.ids)
-    n_true = [int((g_ids == q).sum()) for q in q_ids]
+    g_ids, g_names = np.asarray(gallery.ids), np.asarray(gallery.names)
+    # true matches as reid_metrics counts them: a gallery entry named as the query is left out
+    n_true = [
+        int(((g_ids == q) & (g_names != name)).sum())
+        for q, name in zip(q_ids, q_names, strict=True)
+    ]
     rates = {k: float(metrics[f"rank{k}"]) for k in RANKS}
     return {
-        **metrics, **chance_metrics(n_true, len(g_ids)), **chance_p_values(n_true, len(g_ids), rates)
+        **metrics,
+        **chance_metrics(n_true, len(g_ids)),
+        **chance_p_values(n_true, len(g_ids), rates),
     }
 
 
@@ -305,6 +340,7 @@ def evaluate_text(
     }  # fmt: skip
     if gallery.attributes is not None:
         result |= tau_metrics(q_vecs, ids, texts, gallery, tau)
+        result |= attribute_scan_metrics(texts, ids, gallery)
     return result
 
 
@@ -405,8 +441,17 @@ def evaluate_irm(
 
 def format_table(results: dict[str, dict[str, object]]) -> str:
     """The per-task figures as a fixed-width text table."""
-    cols = ("mAP", "rank1", "rank5", "rank10", "chance_mAP", "chance_rank5", "chance_p_rank5",
-            "mAP_tau", "n_query")
+    cols = (
+        "mAP",
+        "rank1",
+        "rank5",
+        "rank10",
+        "chance_mAP",
+        "chance_rank5",
+        "chance_p_rank5",
+        "mAP_tau",
+        "n_query",
+    )
     lines = [f"{'task':<17}" + "".join(f"{c:>15}" for c in cols)]
     for task, r in results.items():
         cells = []

@@ -402,9 +402,15 @@ def save_head(
     ``probe``, the attribute probe of its gallery space (the text path, models.attribute_probe)."""
     from safetensors.torch import save_file
 
+    if probe is not None and probe.dim != head.cfg.out_dim:
+        raise ValueError(
+            f"attribute probe reads {probe.dim}-d vectors; this head gives {head.cfg.out_dim}-d"
+        )
     meta = {"format": FORMAT, "irm_config": json.dumps(asdict(head.cfg)), **(metadata or {})}
     tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-    tensors |= probe.to_tensors() if probe is not None else {}
+    if probe is not None:
+        tensors |= probe.to_tensors()
+        meta["attribute_probe_names"] = json.dumps(list(probe.names))
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=meta)
 
@@ -427,7 +433,8 @@ def load_weights(path: Path) -> tuple[IrmHead, AttributeProbe | None, dict[str, 
     head = IrmHead(IrmConfig(**json.loads(meta["irm_config"])))
     state = load_file(str(path))
     try:
-        probe = AttributeProbe.from_tensors(state)
+        names = json.loads(meta.get("attribute_probe_names", "null"))
+        probe = AttributeProbe.from_tensors(state, names)
     except (KeyError, ValueError) as err:
         raise ModelInputError(f"{path}: unreadable attribute probe ({err})") from None
     state = {k: v for k, v in state.items() if not k.startswith(PROBE_PREFIX)}
@@ -648,18 +655,13 @@ class IrmEmbedder:
             image_instr = self._features([instruction])
             instruction = None
         text = DEFAULT_INSTRUCTIONS[task] if instruction is None else instruction
-        edited = (
-            task == "attribute_text" and self.probe is not None
-            and self.probe.photo_text_weight > 0 and self.probe.query_vector(text) is not None
-        )  # fmt: skip
-        if task != "reid" and self._teacher_only and not edited and not self._warned:
-            self._warned = True
-            log.warning(
-                "%s: this instruction does not change photo queries (its image path is the 0277 "
-                "teacher's, see its model card; only attribute text naming attributes or colours "
-                "does): this %s query ranks as plain ReID",
-                self.model_id, task,
-            )  # fmt: skip
+        probe = self.probe  # read once: compose with the probe the edit was decided with
+        text_vector = (
+            probe.query_vector(text)
+            if probe is not None and task == "attribute_text" and probe.photo_text_weight > 0
+            else None
+        )  # (D,) or None: this query is not edited through the probe
+        self._warn_unedited(task, edited=text_vector is not None)
         states, mask = pad_states(self.text([text]), self.head.cfg.text_dim)  # (1, T, 384)
         out = []
         for s in self._chunks(len(crops)):
@@ -676,11 +678,23 @@ class IrmEmbedder:
                 states.to(self.device).expand(b, -1, -1), mask.to(self.device).expand(b, -1), img,
             )  # fmt: skip
             out.append(q.vectors)
-        result = self._result(out)
-        if edited:  # identity from the photo, clothes from the text (models.attribute_probe)
-            vectors = self.probe.compose(result.vectors, text)  # type: ignore[union-attr]
-            result = Embeddings(vectors, self.model_id)  # type: ignore[arg-type]
+        result = self._result(out)  # (n, D)
+        if text_vector is not None and len(result.vectors):
+            # identity from the photo, clothes from the text (models.attribute_probe)
+            edited = probe.compose(result.vectors, text_vector)  # type: ignore[union-attr]
+            result = Embeddings(edited, self.model_id)  # type: ignore[arg-type]
         return result
+
+    def _warn_unedited(self, task: str, edited: bool) -> None:
+        """Once per embedder: a teacher-only image path ignores this photo query's instruction."""
+        if task != "reid" and self._teacher_only and not edited and not self._warned:
+            self._warned = True
+            log.warning(
+                "%s: this instruction does not change photo queries (its image path is the 0277 "
+                "teacher's, see its model card; only attribute text naming attributes or colours "
+                "does): this %s query ranks as plain ReID",
+                self.model_id, task,
+            )  # fmt: skip
 
     @torch.inference_mode()
     def embed_text(self, texts: Sequence[str]) -> Embeddings:

@@ -131,7 +131,7 @@ REGISTRY["irm-pets-v3"] = ModelSpec(
     (
         ModelFile(
             "irm-pets-v3.safetensors",
-            "fc0f3a561294663f86cc88ad9085ed5e931723def45d4da7d5c6c9ce39146893",
+            "eeae1c66c9ff7fe06e96b2626f1302e40370744adaabc41c1636ae03ebc0a8a3",
             None,
         ),
     ),

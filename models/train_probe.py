@@ -7,11 +7,14 @@ each in four views: the original, two clothes recolourings and a texture swap, s
 read-outs see more than PETS's dark clothes. Every view is embedded by the model's gallery path
 and described by the OMZ 0230 attribute model; the probe is fitted on those pairs with its L2
 chosen by identity-grouped cross-validation. Identities only group the folds: no identity label
-is a target. The weight of attribute text on a photo query (``AttributeProbe.compose``) is chosen
-by a second cross-validation over the PETS training identities (``choose_photo_text_weight``). Seeds fixed; progress shown; a JSON report beside the weights (``.probe.json``).
+is a target. The weight of attribute text on a photo query (``AttributeProbe.compose``) is
+chosen by a second cross-validation over the PETS training identities
+(``choose_photo_text_weight``). Seeds fixed; progress shown; a JSON report beside the weights
+(``.probe.json``).
 
 Example:
-    >>> train_probe(Path("irm-pets-v2.safetensors"), Path("new.safetensors"), store)  # doctest: +SKIP
+    >>> train_probe(Path("irm-pets-v2.safetensors"), Path("new.safetensors"), store)
+    ... # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from models import irm_data as data
-from models.attribute_probe import fit_at, fit_probe, grouped_folds
+from models.attribute_probe import AttributeProbe, fit_at, fit_probe, grouped_folds
 from models.base import PersonAttributes
 from models.eval_reid import reid_metrics
 from models.irm import IrmEmbedder, load_weights, save_head
@@ -50,8 +53,8 @@ def probe_crops(store: ModelStore, seed: int = 0, progress: bool = True) -> tupl
     rng = np.random.default_rng(seed)
     images, groups = [], []
     for crop in tqdm(crops, desc="probe views", unit="crop", disable=not progress):
-        images += [crop.image, data.recolour_clothes(crop.image, rng),
-                   data.recolour_clothes(crop.image, rng), data.texture_swap(crop.image, rng)]  # fmt: skip
+        recoloured = [data.recolour_clothes(crop.image, rng) for _ in range(2)]
+        images += [crop.image, *recoloured, data.texture_swap(crop.image, rng)]  # VIEWS' order
         groups += [crop.identity] * len(VIEWS)
     return images, groups
 
@@ -59,29 +62,48 @@ def probe_crops(store: ModelStore, seed: int = 0, progress: bool = True) -> tupl
 def _describe(
     images: list, embedder: IrmEmbedder, store: ModelStore, progress: bool
 ) -> tuple[np.ndarray, PersonAttributes]:
+    """(n, D) gallery vectors of ``images`` and the attribute model's reading of them."""
     from models.attributes import OpenVinoAttributes
 
     attribute_model = OpenVinoAttributes(store)
     vectors, parts = [], []
-    for s in tqdm(
-        range(0, len(images), 64), desc="probe embed", unit="batch", disable=not progress
-    ):
-        vectors.append(embedder(images[s : s + 64]).vectors)
+    chunks = range(0, len(images), 64)
+    for s in tqdm(chunks, desc="probe embed", unit="batch", disable=not progress):
+        vectors.append(embedder(images[s : s + 64]).vectors)  # (b, D)
         parts.append(attribute_model(images[s : s + 64]))
-    attrs = PersonAttributes(
-        probs=np.concatenate([p.probs for p in parts]),
-        top_bgr=np.concatenate([p.top_bgr for p in parts]),
-        bottom_bgr=np.concatenate([p.bottom_bgr for p in parts]),
-        top_colour=tuple(c for p in parts for c in p.top_colour),
-        bottom_colour=tuple(c for p in parts for c in p.bottom_colour),
-    )
-    return np.concatenate(vectors), attrs
+    return np.concatenate(vectors), PersonAttributes.concat(parts)
 
 
-def _take(attrs: PersonAttributes, rows: np.ndarray) -> PersonAttributes:
-    return PersonAttributes(attrs.probs[rows], attrs.top_bgr[rows], attrs.bottom_bgr[rows],
-                            tuple(attrs.top_colour[i] for i in rows),
-                            tuple(attrs.bottom_colour[i] for i in rows))  # fmt: skip
+def _attribute_texts(ident: np.ndarray, attrs: PersonAttributes, originals: np.ndarray,
+                     seed: int) -> dict[str, str]:  # fmt: skip
+    """Per identity, attribute text describing its real clothes ("now wearing a black top and
+    blue trousers"), from the attribute model's reading of its original crops, as
+    ``scripts/build_irm_eval.py`` writes it."""
+    keys, per_id = data.aggregate_attributes(attrs.take(originals), list(ident[originals]))
+    rng = np.random.default_rng(seed)
+    return {k: data.instruction_for("attribute_text", rng, per_id, i) for i, k in enumerate(keys)}
+
+
+def _fold_map(
+    probe: AttributeProbe,
+    photos: dict[str, np.ndarray],
+    texts: dict[str, str],
+    own: dict[str, np.ndarray],
+    vectors: np.ndarray,
+    ident: np.ndarray,
+) -> float:
+    """mAP of a fold's photo queries (``photos[k]``: (n_k, D), one per row of ``own[k]``), edited
+    by their identity's text, against the fold's original crops (a query's own left out)."""
+    q_vecs = []
+    for k, photo in photos.items():
+        text_vector = probe.query_vector(texts[k])
+        edited = None if text_vector is None else probe.compose(photo, text_vector)
+        q_vecs.append(photo if edited is None else edited)  # (n_k, D)
+    rows = np.concatenate([own[k] for k in photos])  # the queries' original crops
+    gal = np.sort(rows)
+    m = reid_metrics(np.concatenate(q_vecs), list(ident[rows]), [str(i) for i in rows],
+                     vectors[gal], list(ident[gal]), [str(i) for i in gal])  # fmt: skip
+    return round(float(m["mAP"]), 4)
 
 
 def choose_photo_text_weight(
@@ -96,40 +118,29 @@ def choose_photo_text_weight(
     """lambda of ``AttributeProbe.compose`` by 2-fold cross-validation over the PETS training
     identities (5 per fold). Per fold: the probe is refitted without the fold's people; each of
     their crops, recoloured (``VIEWS[1]``), is a photo query with attribute text describing the
-    person's real clothes (``instruction_for("attribute_text")`` from the attribute model's
-    reading of their original crops, as ``scripts/build_irm_eval.py`` writes it), against their
-    original crops (its own left out). The weight with the best mean mAP wins; 0 unless one
-    beats it."""
-    nv = len(VIEWS)
+    person's real clothes, against their original crops (its own left out). ``images``,
+    ``groups``, ``vectors`` (n, D) and ``attrs`` hold ``VIEWS`` per crop, in order. The weight
+    with the best mean mAP wins; 0 unless one beats it."""
     ident = np.asarray(groups)
-    originals = np.arange(0, len(images), nv)
+    originals = np.arange(0, len(images), len(VIEWS))
     pets = [g for g in ident[originals] if g.startswith("pets:")]
-    keys, per_id = data.aggregate_attributes(_take(attrs, originals), list(ident[originals]))
-    row = {k: i for i, k in enumerate(keys)}
-    rng = np.random.default_rng(seed)
-    text_of = {k: data.instruction_for("attribute_text", rng, per_id, row[k]) for k in keys}
+    texts = _attribute_texts(ident, attrs, originals, seed)
     table: dict[float, list[float]] = {w: [] for w in WEIGHT_GRID}
     for held in grouped_folds(pets, 2, seed):
-        val = set(np.asarray(pets)[held])
-        fit_rows = np.flatnonzero(~np.isin(ident, list(val)))
-        probe = fit_at(vectors[fit_rows], _take(attrs, fit_rows), l2)
-        gal = originals[np.isin(ident[originals], list(val))]
-        names = [str(i) for i in gal]
-        photos = {k: embedder.embed_query([images[i + 1] for i in gal if ident[i] == k],
-                                          "attribute_text", text_of[k]).vectors for k in val}  # fmt: skip
+        val = sorted(set(np.asarray(pets)[held]))
+        fit_rows = np.flatnonzero(~np.isin(ident, val))
+        probe = fit_at(vectors[fit_rows], attrs.take(fit_rows), l2)
+        own = {k: originals[ident[originals] == k] for k in val}
+        photos = {
+            k: embedder.embed_query([images[i + 1] for i in own[k]], "attribute_text", texts[k])
+            .vectors for k in val
+        }  # fmt: skip
         for w in WEIGHT_GRID:
             edited = dataclasses.replace(probe, photo_text_weight=w)
-            q_vecs, q_ids, q_names = [], [], []
-            for k in sorted(val):
-                composed = edited.compose(photos[k], text_of[k])
-                q_vecs.append(photos[k] if composed is None else composed)
-                q_ids += [k] * len(photos[k])
-                q_names += [str(i) for i in gal if ident[i] == k]
-            m = reid_metrics(np.concatenate(q_vecs), q_ids, q_names, vectors[gal],
-                             list(ident[gal]), names)  # fmt: skip
-            table[w].append(round(float(m["mAP"]), 4))
-    rows = [{"weight": w, "mAPs": maps, "mean_gain": round(float(np.mean(maps)
-             - np.mean(table[0.0])), 4)} for w, maps in table.items()]  # fmt: skip
+            table[w].append(_fold_map(edited, photos, texts, own, vectors, ident))
+    base = float(np.mean(table[0.0]))
+    rows = [{"weight": w, "mAPs": maps, "mean_gain": round(float(np.mean(maps)) - base, 4)}
+            for w, maps in table.items()]  # fmt: skip
     best = max(rows, key=lambda r: (r["mean_gain"], -r["weight"]))
     return (float(best["weight"]) if best["mean_gain"] > 0 else 0.0), rows
 

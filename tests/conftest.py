@@ -53,6 +53,18 @@ def http_get(url: str) -> tuple[int, bytes]:
         return err.code, err.read()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For tests of tiny tensors: torch's worker threads only spin on a shared, busy CPU (a
+    module of them ran ~10x slower with the default thread count)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def model_store():
     from models.store import ModelStore

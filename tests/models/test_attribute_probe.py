@@ -12,6 +12,7 @@ from dataclasses import fields, replace
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from models.attribute_probe import (
     PROBE_NAMES,
@@ -70,13 +71,8 @@ def synthetic_gallery(seed: int = 0) -> tuple[np.ndarray, PersonAttributes, list
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The fits and the tiny head are far too small to gain from threads; on a shared, busy CPU
-    torch's spinning worker threads make them ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """The fits and the tiny head are far too small to gain from threads (tests/conftest.py)."""
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +218,8 @@ def test_query_vector_is_the_signed_sum_of_read_outs():
 def test_compose(weight, text, edited):
     probe = replace(random_probe(D), photo_text_weight=weight)
     photo = unit(np.random.default_rng(1).normal(size=(5, D))).astype(np.float32)
-    out = probe.compose(photo, text)
+    q = probe.query_vector(text)
+    out = None if q is None else probe.compose(photo, q)
     if not edited:
         assert out is None
         return
@@ -384,9 +381,40 @@ def test_weights_without_a_probe(tmp_path):
 
 
 def test_a_probe_of_another_space_is_refused(tmp_path):
-    save_head(tiny_head(), tmp_path / "irm.safetensors", probe=random_probe(TINY.out_dim + 1))
+    """Neither written with a head of another width, nor read from a file that has one, nor
+    given to an embedder whose head gives other vectors."""
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "irm.safetensors"
+    with pytest.raises(ValueError, match="attribute probe reads"):
+        save_head(tiny_head(), path, probe=random_probe(TINY.out_dim + 1))
+    save_head(tiny_head(), path, probe=random_probe(TINY.out_dim))
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path)) | random_probe(TINY.out_dim + 1).to_tensors()
+    save_file(tensors, str(path), metadata=meta)  # as another tool might have written it
     with pytest.raises(ModelInputError, match="attribute probe"):
-        load_weights(tmp_path / "irm.safetensors")
+        load_weights(path)
+    with pytest.raises(ModelInputError, match="attribute probe reads"):
+        embedder(random_probe(TINY.out_dim + 1))
+
+
+@pytest.mark.parametrize("damage", ["other-read-outs", "no-bias"])
+def test_an_unreadable_probe_is_a_clear_error(tmp_path, damage):
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "irm.safetensors"
+    save_head(tiny_head(), path, probe=random_probe(TINY.out_dim))
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    if damage == "other-read-outs":  # a probe of another version's attribute or colour list
+        meta["attribute_probe_names"] = '["top:red", "is_male"]'
+    else:
+        del tensors[f"{TENSOR_PREFIX}bias"]
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(ModelInputError, match="unreadable attribute probe"):
+        load_weights(path)
 
 
 # ---- the text path ----
@@ -504,7 +532,8 @@ def test_attribute_text_photo_queries_compose_with_the_probe(weight, instruction
     got = embedder(probe).embed_query(x, "attribute_text", instruction).vectors
     plain = embedder(None).embed_query(x, "attribute_text", instruction).vectors
     if edited:
-        np.testing.assert_allclose(got, probe.compose(plain, instruction), atol=1e-5)
+        expected = probe.compose(plain, probe.query_vector(instruction))
+        np.testing.assert_allclose(got, expected, atol=1e-5)
         assert not np.allclose(got, plain, atol=1e-3)
     else:
         np.testing.assert_allclose(got, plain, atol=1e-6)

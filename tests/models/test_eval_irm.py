@@ -14,6 +14,7 @@ from actors.cli import main
 from models.base import TASKS, InstructableEmbedder, PersonAttributes
 from models.eval_irm import (
     Gallery,
+    attribute_scan_metrics,
     chance_metrics,
     chance_p_values,
     evaluate_irm,
@@ -50,10 +51,17 @@ def test_chance_matches_random_rankings(n_true: int, n_gallery: int) -> None:
         ([1, 1], 10, 1.0, 0.25),  # two independent 0.5 queries both hit
         ([1, 1], 10, 0.5, 0.75),  # at least one of them hits
         ([10, 1], 10, 1.0, 0.5),  # a query with every entry true always hits
+        ([1, 1], 4, 1.0, 1.0),  # k > gallery size: every query hits by chance
+        ([0, 0], 10, 0.0, 1.0),  # no query has a true match: nothing to test
     ],
 )
 def test_chance_p_value_of_rank5(n_true, n_gallery, rate, p) -> None:
     assert chance_p_values(n_true, n_gallery, {5: rate})["chance_p_rank5"] == pytest.approx(p)
+
+
+def test_chance_p_value_refuses_a_rate_outside_0_1() -> None:
+    with pytest.raises(ValueError, match="not in"):
+        chance_p_values([1], 10, {5: 1.5})
 
 
 def test_chance_p_value_matches_random_rankings() -> None:
@@ -78,6 +86,20 @@ def _gallery_with_attributes() -> Gallery:
         ("red", "blue", "red", "green"), ("black",) * 4,
     )  # fmt: skip
     return Gallery(vecs, ["a", "a", "a", "b"], ["1", "2", "3", "4"], attrs)
+
+
+def test_attribute_scan_ranks_by_what_the_attribute_model_sees() -> None:
+    """Gallery tops red, blue, red, green (ids a, a, a, b): "green" finds b's only crop first,
+    "blue" a's blue crop; "red" ties two red crops of a (either order is right); a text naming
+    nothing ties every crop, so it scores as a random ranking would."""
+    gallery = _gallery_with_attributes()
+    named = attribute_scan_metrics(["a green top", "a blue top", "a red top"], ["b", "a", "a"],
+                                   gallery)  # fmt: skip
+    assert named["attribute_scan_rank1"] == named["attribute_scan_rank5"] == 1.0
+    # later true crops of a tie with b's green one (agreement 0): mAP below 1, above chance
+    assert 0.8 < named["attribute_scan_mAP"] < 1.0
+    vague = attribute_scan_metrics(["someone"], ["b"], gallery, orders=400)
+    assert vague["attribute_scan_rank1"] == pytest.approx(0.25, abs=0.06)
 
 
 def test_tau_metrics_keep_only_hits_that_agree() -> None:

@@ -464,6 +464,7 @@ def test_shipped_weights_carry_the_attribute_probe():
     report = json.loads(WEIGHTS.with_suffix(".probe.json").read_text())
     assert probe is not None and probe.dim == head.cfg.out_dim == 512
     assert probe.l2 == report["l2"] == json.loads(meta["attribute_probe"])["l2"]
+    assert probe.photo_text_weight == report["photo_text_weight"] > 0
     assert np.isfinite(probe.weight).all() and probe.weight.any(axis=1).all()
 
 

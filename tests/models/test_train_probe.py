@@ -9,13 +9,18 @@ keeps the identity half and loses the clothes half: text naming the real clothes
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from actors.cli import main
+from models import train_probe as tp
+from models.attribute_probe import PROBE_NAMES
 from models.base import PersonAttributes
-from models.irm import IrmEmbedder, IrmHead
+from models.irm import IrmEmbedder, IrmHead, load_weights, save_head
 from models.train_probe import VIEWS, WEIGHT_GRID, choose_photo_text_weight
 from tests.models.test_irm import TINY, FakeBackbone, FakeText
 
@@ -59,21 +64,10 @@ def teacher_embedder() -> IrmEmbedder:
                        text=FakeText(), compile_cpu=False)  # fmt: skip
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors: torch's worker threads only spin on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize(("recolour", "helps"), [(True, True), (False, False)])
 def test_text_weight_is_chosen_where_text_helps(recolour: bool, helps: bool, one_thread) -> None:
     images, groups, tops, bottoms = synthetic_people(recolour)
-    n = len(images)
-    attrs = PersonAttributes(np.full((n, 8), 0.5, np.float32), np.zeros((n, 3), np.uint8),
-                             np.zeros((n, 3), np.uint8), tuple(tops), tuple(bottoms))  # fmt: skip
+    attrs = synthetic_attributes(tops, bottoms)
     embedder = teacher_embedder()
     vectors = embedder(images).vectors
     weight, table = choose_photo_text_weight(embedder, images, groups, vectors, attrs, l2=1e-3)
@@ -86,9 +80,63 @@ def test_text_weight_is_chosen_where_text_helps(recolour: bool, helps: bool, one
         assert weight == 0.0 or best < 0.01, table
 
 
+def synthetic_attributes(tops: list[str], bottoms: list[str]) -> PersonAttributes:
+    n = len(tops)
+    return PersonAttributes(np.full((n, 8), 0.5, np.float32), np.zeros((n, 3), np.uint8),
+                            np.zeros((n, 3), np.uint8), tuple(tops), tuple(bottoms))  # fmt: skip
+
+
+def test_train_probe_writes_the_model_again_with_its_probe(tmp_path, monkeypatch, one_thread):
+    """The command's whole path on the synthetic people (crops and attribute readings stand in
+    for PETS and the 0230 model): the new file holds the source's head tensors unchanged plus a
+    probe whose weight the CV chose, and its report says so."""
+    images, groups, tops, bottoms = synthetic_people(recolour=True)
+    embedder = teacher_embedder()
+    source = tmp_path / "irm-src.safetensors"
+    save_head(embedder.head, source, {"note": "kept"})
+    stale = tp.fit_at(embedder(images).vectors, synthetic_attributes(tops, bottoms), 1e-3)
+    embedder.probe = dataclasses.replace(stale, photo_text_weight=5.0)  # must not edit the CV
+    monkeypatch.setattr(tp.IrmEmbedder, "from_pretrained", lambda *a, **k: embedder)
+    monkeypatch.setattr(tp, "probe_crops", lambda store, seed, progress: (images, groups))
+    monkeypatch.setattr(tp, "_describe", lambda imgs, emb, store, progress: (
+        emb(imgs).vectors, synthetic_attributes(tops, bottoms)))  # fmt: skip
+
+    out = tmp_path / "irm-new.safetensors"
+    report = tp.train_probe(source, out, store=None, folds=3, progress=False)  # type: ignore[arg-type]
+    head, probe, meta = load_weights(out)
+    for name, tensor in embedder.head.state_dict().items():
+        assert torch.equal(head.state_dict()[name], tensor), name
+    assert probe is not None and probe.names == PROBE_NAMES and probe.l2 == report["l2"]
+    assert probe.photo_text_weight == report["photo_text_weight"] > 0
+    assert meta["note"] == "kept" and json.loads(meta["attribute_probe"])["l2"] == probe.l2
+    written = json.loads(out.with_suffix(".probe.json").read_text())
+    assert written["weights"] == out.name and written["from"] == source.name
+    assert written["n_crops"] == len(images) and written["folds"] == 3
+    assert [row["weight"] for row in written["photo_text_cv_table"]] == list(WEIGHT_GRID)
+
+
 def test_train_probe_refuses_to_overwrite_its_input(tmp_path, capsys) -> None:
     weights = tmp_path / "irm.safetensors"
     weights.write_bytes(b"not read")
     assert main(["train", "probe", "--weights", str(weights), "--out", str(weights)]) != 0
     assert "would overwrite" in capsys.readouterr().err
     assert weights.read_bytes() == b"not read"
+
+
+@pytest.mark.parametrize(
+    ("task", "instruction", "warns"),
+    [("attribute_text", "now wearing a red top", False),  # edited through the probe
+     ("attribute_text", "now wearing other clothes", True),  # names nothing it reads
+     ("clothes_change", "ignore the clothes", True),
+     ("reid", None, False)],
+)  # fmt: skip
+def test_a_teacher_only_model_warns_when_an_instruction_is_ignored(
+    task, instruction, warns, caplog, one_thread
+) -> None:
+    images, _, tops, bottoms = synthetic_people(recolour=True)
+    embedder = teacher_embedder()
+    probe = tp.fit_at(embedder(images).vectors, synthetic_attributes(tops, bottoms), 1e-3)
+    embedder.probe = dataclasses.replace(probe, photo_text_weight=0.75)
+    with caplog.at_level("WARNING", logger="models.irm"):
+        embedder.embed_query(images[:2], task, instruction)
+    assert ("does not change photo queries" in caplog.text) == warns, caplog.text
