@@ -39,12 +39,14 @@ import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from indexer.blobs import CropStore, CropStoreError
 from models.base import (
     ATTRIBUTE_NAMES,
+    INT8_SUFFIX,
     AttributeModel,
     PersonAttributes,
     Region,
@@ -54,6 +56,9 @@ from models.base import (
 from models.colours import colour_match
 from models.text_attributes import WantedAttributes, parse_attributes
 from streaming.records import TrackletHit
+
+if TYPE_CHECKING:  # torch comes with it: imported only when a probe is used
+    from models.attribute_probe import AttributeProbe
 
 log = logging.getLogger(__name__)
 
@@ -235,11 +240,30 @@ class RerankerPool:
         self.store = store
         self.threshold = threshold
         self._built: dict[str, Reranker | None] = {}
+        self._probes: dict[tuple[str, str], AttributeProbe | None] = {}
 
     def get(self, name: str) -> Reranker | None:
         if name not in self._built:
             self._built[name] = build_reranker(name, self.store, self.threshold)
         return self._built[name]
+
+    def text_probe(self, weights: str | None, model_id: str) -> AttributeProbe | None:
+        """The attribute probe of the IRM weights named ``weights`` (model store) as it reads a
+        plain gallery of ``model_id`` (``models.irm.teacher_probe``); None for no name, or when
+        the weights' teacher is another model (then a plain gallery has no probe)."""
+        if weights is None:
+            return None
+        key = (weights, model_id)
+        if key not in self._probes:
+            from models.irm import teacher_probe  # torch: imported only when a probe is used
+
+            probe, teacher = teacher_probe(self.store.resolve(weights).path)  # type: ignore[attr-defined]
+            same = model_id.split("@")[0].removesuffix(INT8_SUFFIX) == teacher
+            if not same:
+                log.info("text probe of %s reads %s vectors, not %s: text queries scan",
+                         weights, teacher, model_id)  # fmt: skip
+            self._probes[key] = probe if same else None
+        return self._probes[key]
 
 
 @dataclass(frozen=True)

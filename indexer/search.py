@@ -8,8 +8,11 @@ Text and instructions: with an instructable (IRM-style) embedder, text is embedd
 ``embed_text`` and an image plus instruction by ``embed_query`` with a task read from the
 instruction (``choose_task``). A plain ReID model cannot embed text, so a text query takes the
 "first text path": the ``search.text_scan_tracks`` most recent tracks within the filters, each
-scored on its best crop by the re-ranker (the attribute verifier unless another is chosen); the
-answer says when that scan was bounded. An instruction on a plain model is a ``QueryError``.
+scored on its best crop by the re-ranker (the attribute verifier unless another is chosen). When
+more tracks than that are within the filters and ``search.text_probe`` names IRM weights whose
+attribute probe reads this gallery's model, the whole gallery is searched through the probe's
+query vector instead and its best tracks re-ranked; otherwise the answer says the scan was
+bounded. An instruction on a plain model is a ``QueryError``.
 
 Example:
     >>> engine = SearchEngine(cfg.search, embedder, gallery)                 # doctest: +SKIP
@@ -225,6 +228,8 @@ class SearchEngine:
             cap + 1, query.cameras, query.start_ts_ns, query.end_ts_ns, query.min_track_s
         )
         bounded = len(found) > cap
+        if bounded and (by_probe := self._search_text_by_probe(name, query)) is not None:
+            return by_probe
         candidates = [_hit(summary) for _, summary in found[:cap]]
         ranked = self._rerank(name, query.text, candidates, query.k, False)
         message = ranked.message
@@ -237,6 +242,24 @@ class SearchEngine:
             message = f"{message}; {note}" if message else note
         return replace(ranked, message=message, scanned_tracks=len(candidates),
                        scan_bounded=bounded)
+
+    def _search_text_by_probe(self, name: str, query: TextQuery) -> Ranked | None:
+        """A plain gallery too large to scan: retrieve over all of it by the attribute probe's
+        query vector (``search.text_probe``), re-rank the best. None when there is no probe for
+        this gallery's model or the text names nothing it reads."""
+        if self.rerankers is None:
+            return None
+        probe = self.rerankers.text_probe(self.cfg.text_probe, self.embedder.model_id)
+        vector = None if probe is None else probe.query_vector(query.text)  # (D,) or None
+        if vector is None:
+            return None
+        hits = self.search_vector(vector[None], query, max(query.k, self.cfg.rerank_top))
+        ranked = self._rerank(name, query.text, hits, query.k, True)
+        note = (f"more than {self.cfg.text_scan_tracks} tracks within the filters: searched all "
+                f"of them through the attribute probe of {self.cfg.text_probe} "
+                "(search.text_probe), then re-ranked the best")  # fmt: skip
+        message = f"{ranked.message}; {note}" if ranked.message else note
+        return replace(ranked, message=message, task="text")
 
     def _rerank(
         self, name: str, text: str, hits: list[TrackletHit], k: int, with_retrieval: bool

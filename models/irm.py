@@ -38,7 +38,7 @@ import logging
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -444,6 +444,27 @@ def load_weights(path: Path) -> tuple[IrmHead, AttributeProbe | None, dict[str, 
         raise ModelInputError(f"{path}: attribute probe of {probe.dim}-d vectors, head gives "
                               f"{head.cfg.out_dim}-d")  # fmt: skip
     return head.eval(), probe, meta
+
+
+def teacher_probe(path: Path) -> tuple[AttributeProbe, str]:
+    """The attribute probe of the IRM weights at ``path``, as it reads the teacher's own unit
+    embedding t (an OMZ 0277 gallery), and the teacher's model name.
+
+    Valid only for weights whose image path is the teacher's: their gallery vector is
+    g = [t, t] / sqrt 2, so W g = (W_id + W_clo) t / sqrt 2, exactly (W_id, W_clo: the probe's
+    columns on the id and clothes parts). ModelInputError otherwise, or without a probe."""
+    head, probe, meta = load_weights(Path(path))
+    if probe is None:
+        raise ModelInputError(f"IRM weights {path} carry no attribute probe")
+    if not head.image_path_is_teacher():
+        raise ModelInputError(
+            f"IRM weights {path} have a trained image path: their probe reads IRM vectors, not "
+            "the teacher's"
+        )
+    p = head.cfg.part_dim
+    weight = (probe.weight[:, :p] + probe.weight[:, p:]) / math.sqrt(2.0)  # (K, teacher_dim)
+    teacher = meta.get("backbone", "person-reidentification-retail-0277")
+    return replace(probe, weight=np.ascontiguousarray(weight, np.float32)), teacher
 
 
 # ---- the embedder the pipeline uses ----

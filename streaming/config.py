@@ -310,6 +310,13 @@ class SearchConfig(_Section):
         2000, ge=1, le=100_000, description="Plain ReID models cannot embed text: a text query "
         "then scores the best crop of at most this many most recent tracks within its filters.",
     )
+    text_probe: str | None = Field(
+        "irm-pets-v3", min_length=1, max_length=200,
+        description="Model store name of IRM weights whose attribute probe reads a plain OMZ "
+        "0277 gallery (models.irm.teacher_probe): when more tracks than text_scan_tracks are "
+        "within a text query's filters, the whole gallery is searched through the probe and "
+        "its best tracks re-ranked, instead of scanning only the most recent. null: always scan.",
+    )
     timezone: str = Field(
         "UTC", min_length=1, max_length=64,
         description="Time zone of clock times in queries ('after 14:00'), an IANA name.",

@@ -113,13 +113,50 @@ def test_nobody_matches_is_said_not_padded(engine: SearchEngine) -> None:
 
 @pytest.mark.slow
 def test_a_bounded_scan_says_so(engine: SearchEngine) -> None:
-    small = SearchEngine(engine.cfg.model_copy(update={"text_scan_tracks": 3}), engine.embedder,
+    scan_only = {"text_scan_tracks": 3, "text_probe": None}
+    small = SearchEngine(engine.cfg.model_copy(update=scan_only), engine.embedder,
                          engine.gallery, engine.crops, engine.rerankers)
     ranked = small.search_text(_query("a person with long hair"))
     assert ranked.scanned_tracks == 3 and ranked.scan_bounded
     assert "scanned only the 3 most recent tracks" in ranked.message
     newest = max(s.end_ts_ns for _, s in engine.gallery.recent_tracks(100))
     assert all(h.end_ts_ns >= newest - 10 * 10**9 for h in ranked.hits)
+
+
+@pytest.mark.parametrize(("weights", "model_id", "has_probe"), [
+    ("irm-pets-v3", "person-reidentification-retail-0277@abc", True),
+    ("irm-pets-v3", "person-reidentification-retail-0277-int8@abc", True),
+    ("irm-pets-v3", "person-reidentification-retail-0288@abc", False),  # another space
+    (None, "person-reidentification-retail-0277@abc", False),
+])  # fmt: skip
+def test_a_plain_gallery_gets_the_probe_of_its_own_model(
+    model_store, weights: str | None, model_id: str, has_probe: bool
+) -> None:
+    probe = RerankerPool(model_store).text_probe(weights, model_id)
+    assert (probe is not None) == has_probe
+    if probe is not None:
+        assert probe.dim == 256 and probe.query_vector("a red top").shape == (256,)
+
+
+@pytest.mark.slow
+def test_too_many_tracks_to_scan_are_searched_through_the_probe(engine: SearchEngine) -> None:
+    """Over text_scan_tracks tracks within the filters, with search.text_probe (the default
+    irm-pets-v3): the whole gallery is retrieved by the probe's vector in the 0277 space and the
+    best re-ranked, so older tracks are reachable; the answer says how it was searched."""
+    small = SearchEngine(engine.cfg.model_copy(update={"text_scan_tracks": 3}), engine.embedder,
+                         engine.gallery, engine.crops, engine.rerankers)
+    assert small.cfg.text_probe == "irm-pets-v3"
+    ranked = small.search_text(_query("someone in a black top"))
+    assert ranked.hits and ranked.scanned_tracks is None and not ranked.scan_bounded
+    assert "through the attribute probe of irm-pets-v3" in ranked.message
+    # retrieved (a probe score: "appearance"), then confirmed by the attribute model
+    assert all(h.reasons[0].startswith("appearance") for h in ranked.hits)
+    assert all("black top (seen: black)" in h.reasons[-1] for h in ranked.hits)
+    newest = max(s.end_ts_ns for _, s in engine.gallery.recent_tracks(100))
+    assert any(h.end_ts_ns < newest - 10 * 10**9 for h in ranked.hits)  # not only recent ones
+    assert len(ranked.hits) > 3  # more than the scan could have scored
+    vague = small.search_text(_query("a man"))  # the probe reads it: still retrieved by it
+    assert "attribute probe" in (vague.message or "")
 
 
 @pytest.mark.slow

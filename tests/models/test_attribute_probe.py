@@ -542,3 +542,34 @@ def test_attribute_text_photo_queries_compose_with_the_probe(weight, instruction
             embedder(probe).embed_query(x, task, instruction).vectors,
             embedder(None).embed_query(x, task, instruction).vectors, atol=1e-6,
         )  # fmt: skip
+
+
+def test_teacher_probe_reads_the_teacher_space_as_the_irm_probe_reads_its_own(tmp_path):
+    """For a teacher-only head, g = [t, t] / sqrt 2: the derived probe's logits on t equal the
+    probe's on g, and its query vector ranks t as the IRM query ranks g."""
+    from models.irm import IrmHead, teacher_probe
+
+    torch.manual_seed(0)
+    head = IrmHead(TINY)  # untrained: the teacher's image path
+    head.set_gallery_text(torch.randn(3, TINY.text_dim))
+    probe = random_probe(TINY.out_dim)
+    save_head(head, tmp_path / "irm.safetensors", {"backbone": "teacher-x"}, probe=probe)
+    derived, teacher = teacher_probe(tmp_path / "irm.safetensors")
+    assert teacher == "teacher-x" and derived.dim == TINY.teacher_dim
+    t = unit(np.random.default_rng(2).normal(size=(6, TINY.teacher_dim))).astype(np.float32)
+    g = np.concatenate([t, t], axis=1) / np.sqrt(2.0)
+    np.testing.assert_allclose(derived.logits(t), probe.logits(g), atol=1e-5)
+    np.testing.assert_allclose(
+        np.argsort(-(t @ derived.query_vector(QUERY))), np.argsort(-(g @ probe.query_vector(QUERY)))
+    )
+
+
+def test_teacher_probe_refuses_a_trained_image_path_or_no_probe(tmp_path):
+    from models.irm import teacher_probe
+
+    save_head(tiny_head(), tmp_path / "trained.safetensors", probe=random_probe(TINY.out_dim))
+    with pytest.raises(ModelInputError, match="trained image path"):
+        teacher_probe(tmp_path / "trained.safetensors")
+    save_head(tiny_head(), tmp_path / "bare.safetensors")
+    with pytest.raises(ModelInputError, match="no attribute probe"):
+        teacher_probe(tmp_path / "bare.safetensors")
