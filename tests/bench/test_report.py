@@ -1,0 +1,20 @@
+"""bench/report.write_result: one file per run, never overwriting an earlier one."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+from report import write_result  # bench/report.py
+
+
+def test_runs_of_one_day_get_their_own_files(tmp_path: Path, capsys) -> None:
+    paths = [write_result(tmp_path, "bench", {"date": "2026-01-01", "run": k}) for k in range(3)]
+    assert [p.name for p in paths] == [
+        "bench-2026-01-01.json", "bench-2026-01-01-run2.json", "bench-2026-01-01-run3.json"
+    ]
+    assert [json.loads(p.read_text())["run"] for p in paths] == [0, 1, 2]
+    assert '"run": 2' in capsys.readouterr().out  # each result is printed too
