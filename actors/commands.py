@@ -24,7 +24,7 @@ from indexer.rerank import RerankerPool
 from indexer.search import QueryError, SearchEngine, read_query_image
 from indexer.shards import ShardedGallery
 from indexer.versions import serving_version
-from models.base import ModelInputError, ReidEmbedder
+from models.base import INT8_SUFFIX, ModelInputError, ReidEmbedder
 from models.store import ModelStore, ModelStoreError
 from streaming.config import NAME_PATTERN, ConfigError, IngestConfig, RefindConfig
 from streaming.records import ImageQuery, TextQuery, TrackletHit
@@ -376,12 +376,11 @@ def rebuild(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
 
 def train_probe(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
     """``refind train probe``: fit an IRM model's attribute probe, write the weights with it."""
+    from models.irm import resolve_weights
     from models.train_probe import train_probe as fit
 
     store = ModelStore.from_config(cfg.models)
-    weights = Path(args.weights) if args.weights.endswith(".safetensors") else (
-        store.resolve(args.weights).path
-    )  # fmt: skip
+    weights, _ = resolve_weights(args.weights, store)
     report = fit(weights, args.out, store, seed=args.seed, folds=args.folds, progress=not args.json)
     if not args.json:
         l2 = f"{report['l2']:g}"
@@ -435,7 +434,7 @@ def quantize(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
     store = ModelStore.from_config(cfg.models)
     crops = calibration_crops(Path(video), store, args.crops, progress=not args.json)
     xml = quantize_reid(store, args.model, crops, source=str(video))
-    resolved = store.resolve(args.model + "-int8")
+    resolved = store.resolve(args.model + INT8_SUFFIX)
     if not args.json:
         print(f"{resolved.model_id}: {xml} ({len(crops)} calibration crops from {video})")
     return {"model_id": resolved.model_id, "path": str(xml), "calibration_crops": len(crops)}

@@ -234,13 +234,14 @@ def build_reranker(name: str, store: object, threshold: float = 0.6) -> Reranker
 
 
 class RerankerPool:
-    """Re-rankers built on first use and kept (each loads its model once)."""
+    """Query-time models built on first use and kept, each loaded once: the re-rankers, and the
+    text probe a plain gallery is searched through when it is too large to scan."""
 
     def __init__(self, store: object, threshold: float = 0.6) -> None:
         self.store = store
         self.threshold = threshold
         self._built: dict[str, Reranker | None] = {}
-        self._probes: dict[tuple[str, str], AttributeProbe | None] = {}
+        self._probes: dict[tuple[str, str], AttributeProbe | Exception | None] = {}
 
     def get(self, name: str) -> Reranker | None:
         if name not in self._built:
@@ -250,20 +251,31 @@ class RerankerPool:
     def text_probe(self, weights: str | None, model_id: str) -> AttributeProbe | None:
         """The attribute probe of the IRM weights named ``weights`` (model store) as it reads a
         plain gallery of ``model_id`` (``models.irm.teacher_probe``); None for no name, or when
-        the weights' teacher is another model (then a plain gallery has no probe)."""
+        the weights' teacher is another model (then a plain gallery has no probe). A failure to
+        load is kept and raised again, so weights are not read from disk on every query."""
         if weights is None:
             return None
         key = (weights, model_id)
         if key not in self._probes:
-            from models.irm import teacher_probe  # torch: imported only when a probe is used
+            try:
+                self._probes[key] = _load_text_probe(self.store, weights, model_id)
+            except Exception as err:
+                self._probes[key] = err
+        found = self._probes[key]
+        if isinstance(found, Exception):
+            raise found
+        return found
 
-            probe, teacher = teacher_probe(self.store.resolve(weights).path)  # type: ignore[attr-defined]
-            same = model_id.split("@")[0].removesuffix(INT8_SUFFIX) == teacher
-            if not same:
-                log.info("text probe of %s reads %s vectors, not %s: text queries scan",
-                         weights, teacher, model_id)  # fmt: skip
-            self._probes[key] = probe if same else None
-        return self._probes[key]
+
+def _load_text_probe(store: object, weights: str, model_id: str) -> AttributeProbe | None:
+    from models.irm import teacher_probe  # torch: imported only when a probe is used
+
+    probe, teacher = teacher_probe(store.resolve(weights).path)  # type: ignore[attr-defined]
+    if model_id.split("@")[0].removesuffix(INT8_SUFFIX) != teacher:
+        log.info("text probe of %s reads %s vectors, not %s: text queries scan",
+                 weights, teacher, model_id)  # fmt: skip
+        return None
+    return probe
 
 
 @dataclass(frozen=True)

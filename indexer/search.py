@@ -137,6 +137,11 @@ def embed_image_query(embedder: ReidEmbedder, query: ImageQuery) -> tuple[np.nda
     return embedder([query.image]).vectors, task  # (1, D)
 
 
+def _joined(message: str | None, note: str) -> str:
+    """An answer's message with a note added."""
+    return f"{message}; {note}" if message else note
+
+
 def _hit(summary: TrackSummary) -> TrackletHit:
     best = summary.best
     return TrackletHit(
@@ -203,8 +208,7 @@ class SearchEngine:
         name = query.rerank or self.cfg.image_rerank
         if name == "none" or not (query.instruction and query.instruction.strip()):
             return Ranked(self.search_vector(vector, query), task=task)
-        hits = self.search_vector(vector, query, max(query.k, self.cfg.rerank_top))
-        return replace(self._rerank(name, query.instruction, hits, query.k, True), task=task)
+        return replace(self._retrieve_and_rerank(name, query.instruction, vector, query), task=task)
 
     def search_text(self, query: TextQuery) -> Ranked:
         """Rank tracklets of the person ``query.text`` describes (module docstring)."""
@@ -213,8 +217,7 @@ class SearchEngine:
             vector = self.embedder.embed_text([query.text]).vectors  # (1, D)
             if name == "none":
                 return Ranked(self.search_vector(vector, query), task="text")
-            hits = self.search_vector(vector, query, max(query.k, self.cfg.rerank_top))
-            return replace(self._rerank(name, query.text, hits, query.k, True), task="text")
+            return replace(self._retrieve_and_rerank(name, query.text, vector, query), task="text")
         name = "attributes" if name == "none" else name  # the only way to read the text here
         if name == "attributes" and not checkable(parse_attributes(query.text)):
             raise QueryError(
@@ -239,7 +242,7 @@ class SearchEngine:
             note = (f"scanned only the {cap} most recent tracks within the filters "
                     f"(search.text_scan_tracks, model {self.embedder.model_id} cannot embed "
                     "text): narrow the time window or cameras to reach older ones")
-            message = f"{message}; {note}" if message else note
+            message = _joined(message, note)
         return replace(ranked, message=message, scanned_tracks=len(candidates),
                        scan_bounded=bounded)
 
@@ -253,13 +256,19 @@ class SearchEngine:
         vector = None if probe is None else probe.query_vector(query.text)  # (D,) or None
         if vector is None:
             return None
-        hits = self.search_vector(vector[None], query, max(query.k, self.cfg.rerank_top))
-        ranked = self._rerank(name, query.text, hits, query.k, True)
+        ranked = self._retrieve_and_rerank(name, query.text, vector[None], query)
         note = (f"more than {self.cfg.text_scan_tracks} tracks within the filters: searched all "
                 f"of them through the attribute probe of {self.cfg.text_probe} "
                 "(search.text_probe), then re-ranked the best")  # fmt: skip
-        message = f"{ranked.message}; {note}" if ranked.message else note
-        return replace(ranked, message=message, task="text")
+        return replace(ranked, message=_joined(ranked.message, note), task="text")
+
+    def _retrieve_and_rerank(
+        self, name: str, text: str, vector: np.ndarray, query: ImageQuery | TextQuery
+    ) -> Ranked:
+        """The best ``search.rerank_top`` tracklets for (1, D) ``vector``, re-ranked by ``text``
+        with the re-ranker ``name``; retrieval scores count (``search.rerank_weight``)."""
+        hits = self.search_vector(vector, query, max(query.k, self.cfg.rerank_top))
+        return self._rerank(name, text, hits, query.k, True)
 
     def _rerank(
         self, name: str, text: str, hits: list[TrackletHit], k: int, with_retrieval: bool

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from models.base import ATTRIBUTE_NAMES, PersonAttributes
-from models.colours import COLOUR_NAMES
+from models.colours import COLOUR_NAMES, colour_onehots
 from models.text_attributes import WantedAttributes, parse_attributes
 
 log = logging.getLogger(__name__)
@@ -155,14 +155,8 @@ class AttributeProbe:
 
 def probe_targets(attrs: PersonAttributes) -> np.ndarray:
     """(n, K) soft targets: the attribute probabilities, then top and bottom colour indicators."""
-    colour = {c: k for k, c in enumerate(COLOUR_NAMES)}
-    n, nc = len(attrs), len(COLOUR_NAMES)
-    y = np.zeros((n, len(PROBE_NAMES)), np.float32)
-    y[:, : len(ATTRIBUTE_NAMES)] = attrs.probs
-    for offset, names in ((len(ATTRIBUTE_NAMES), attrs.top_colour),
-                          (len(ATTRIBUTE_NAMES) + nc, attrs.bottom_colour)):  # fmt: skip
-        y[np.arange(n), [offset + colour[c] for c in names]] = 1.0
-    return y
+    colours = colour_onehots(attrs.top_colour, attrs.bottom_colour)  # (n, 2 * colours)
+    return np.concatenate([attrs.probs.astype(np.float32), colours], axis=1)  # (n, K)
 
 
 def _fit(x: torch.Tensor, y: torch.Tensor, l2: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,7 +248,7 @@ def fit_probe(
     report = {
         "n_crops": len(x), "n_identities": len(set(groups)), "folds": folds,
         "cv_log_loss": {f"{k:g}": round(v, 5) for k, v in cv.items()}, "l2": best,
-        "cv_accuracy": dict(zip(PROBE_NAMES, np.round(right[best].numpy(), 4).tolist(), strict=True)),
+        "cv_accuracy": dict(zip(PROBE_NAMES, right[best].numpy().round(4).tolist(), strict=True)),
         "positives": dict(zip(PROBE_NAMES, (y > 0.5).sum(0).tolist(), strict=True)),
     }  # fmt: skip
     return probe, report

@@ -13,6 +13,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 COLOUR_NAMES: tuple[str, ...] = (
@@ -95,3 +97,13 @@ def colour_match(wanted: str, seen: str) -> float:
     if a == b:
         return 1.0
     return 0.5 if frozenset((a, b)) in _NEIGHBOURS else 0.0
+
+
+def colour_onehots(top: Sequence[str], bottom: Sequence[str]) -> np.ndarray:
+    """(n, 2 * len(COLOUR_NAMES)) float32: one-hot top colour names, then bottom ones."""
+    n, nc = len(top), len(COLOUR_NAMES)
+    out = np.zeros((n, 2 * nc), np.float32)
+    rows = np.arange(n)
+    out[rows, [COLOUR_NAMES.index(c) for c in top]] = 1.0
+    out[rows, [nc + COLOUR_NAMES.index(c) for c in bottom]] = 1.0
+    return out

@@ -179,19 +179,25 @@ def chance_p_values(
     return out
 
 
+def _agreements(texts: Sequence[str], attrs: PersonAttributes) -> dict[str, np.ndarray]:
+    """Per distinct text, (n_gallery,) ``agreement`` of every gallery crop with it."""
+    wanted = {t: parse_attributes(t) for t in dict.fromkeys(texts)}
+    rows = range(len(attrs))
+    return {t: np.array([agreement(w, attrs, j) for j in rows]) for t, w in wanted.items()}
+
+
 def attribute_scan_metrics(
     texts: Sequence[str], ids: Sequence[str], gallery: Gallery, orders: int = 20, seed: int = 0
 ) -> dict[str, float]:
     """The text task without an embedder, for reference: every gallery crop scored by the
-    attribute model's agreement with the text (what the ``attributes`` re-ranker does, decoding
-    each crop). Agreement takes few values, so ties are broken at random: the figures are the
-    mean over ``orders`` random tie orders (fixed seed)."""
+    attribute model's ``agreement`` with the text (the measure mAP_tau uses; the ``attributes``
+    re-ranker scores crops in its own way, ``indexer.rerank``). Agreement takes few values, so
+    ties are broken at random: the figures are the mean over ``orders`` random tie orders (fixed
+    seed)."""
     if gallery.attributes is None:
         raise ValueError("the attribute scan needs the gallery's attributes (an attribute model)")
-    wanted = [parse_attributes(t) for t in texts]
-    scores = np.array(
-        [[agreement(w, gallery.attributes, j) for j in range(len(gallery.ids))] for w in wanted]
-    )  # (n_query, n_gallery) in [0, 1]
+    agree = _agreements(texts, gallery.attributes)
+    scores = np.stack([agree[t] for t in texts])  # (n_query, n_gallery) in [0, 1]
     rng = np.random.default_rng(seed)
     names = [f"text:{k}" for k in range(len(texts))]
     runs = []
@@ -214,11 +220,7 @@ def tau_metrics(
     instruction text at least ``tau`` (see the module docstring)."""
     if gallery.attributes is None:
         raise ValueError("mAP_tau needs the gallery's attributes (an attribute model)")
-    wanted = {t: parse_attributes(t) for t in dict.fromkeys(texts)}
-    agree = {
-        t: np.array([agreement(w, gallery.attributes, j) for j in range(len(gallery.ids))])
-        for t, w in wanted.items()
-    }
+    agree = _agreements(texts, gallery.attributes)
     g_ids = np.asarray(gallery.ids)
     g_names = [f"g{j}" for j in range(len(g_ids))]
     aps, r1, skipped = [], [], 0

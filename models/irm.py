@@ -22,10 +22,11 @@ query has no image: the CLS states read the instruction tokens alone (no teacher
 Weights may carry an attribute probe of the gallery space (``models.attribute_probe``, fitted by
 ``models.train_probe``): a text that names attributes or clothing colours is then the probe's
 query vector instead of the learned text path's, and attribute text on a photo query
-(task attribute_text) adds ``lambda x`` that vector to the photo's.
+(task attribute_text) is ``normalise(photo + lambda * that unit vector)``.
 
 Example:
-    >>> emb = IrmEmbedder.from_pretrained(store.resolve("irm-pets-v3").path, store)  # doctest: +SKIP
+    >>> path = store.resolve("irm-pets-v3").path                                  # doctest: +SKIP
+    >>> emb = IrmEmbedder.from_pretrained(path, store)                            # doctest: +SKIP
     >>> emb.embed_query([crop], task="clothes_change").vectors.shape               # doctest: +SKIP
     (1, 512)
 """
@@ -392,6 +393,15 @@ def build_backbone(store: object, name: str, device: torch.device, threads: int 
 # ---- weights ----
 
 
+def _check_probe(probe: AttributeProbe | None, head: IrmHead, where: str = "") -> None:
+    """ModelInputError unless ``probe`` (if any) reads the vectors ``head`` gives."""
+    if probe is not None and probe.dim != head.cfg.out_dim:
+        raise ModelInputError(
+            f"{where}attribute probe reads {probe.dim}-d vectors; this head gives "
+            f"{head.cfg.out_dim}-d"
+        )
+
+
 def save_head(
     head: IrmHead,
     path: Path,
@@ -402,10 +412,7 @@ def save_head(
     ``probe``, the attribute probe of its gallery space (the text path, models.attribute_probe)."""
     from safetensors.torch import save_file
 
-    if probe is not None and probe.dim != head.cfg.out_dim:
-        raise ValueError(
-            f"attribute probe reads {probe.dim}-d vectors; this head gives {head.cfg.out_dim}-d"
-        )
+    _check_probe(probe, head)
     meta = {"format": FORMAT, "irm_config": json.dumps(asdict(head.cfg)), **(metadata or {})}
     tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
     if probe is not None:
@@ -440,10 +447,21 @@ def load_weights(path: Path) -> tuple[IrmHead, AttributeProbe | None, dict[str, 
     state = {k: v for k, v in state.items() if not k.startswith(PROBE_PREFIX)}
     head.gallery_text = state["gallery_text"]  # its length is set by the file
     head.load_state_dict(state)
-    if probe is not None and probe.dim != head.cfg.out_dim:
-        raise ModelInputError(f"{path}: attribute probe of {probe.dim}-d vectors, head gives "
-                              f"{head.cfg.out_dim}-d")  # fmt: skip
+    _check_probe(probe, head, f"{path}: ")
     return head.eval(), probe, meta
+
+
+def resolve_weights(weights: str, store: object) -> tuple[Path, str]:
+    """(path, model_id) of IRM weights named by a model store name or a ``.safetensors`` path."""
+    if weights.endswith(".safetensors"):
+        path = Path(weights)
+        if not path.is_file():
+            raise ModelInputError(f"IRM weights {path} not found")
+        from models.store import sha256_of
+
+        return path, f"{path.stem}@{sha256_of(path)[:12]}"
+    resolved = store.resolve(weights)  # type: ignore[attr-defined]
+    return resolved.path, resolved.model_id
 
 
 def teacher_probe(path: Path) -> tuple[AttributeProbe, str]:
@@ -547,10 +565,7 @@ class IrmEmbedder:
         probe: AttributeProbe | None = None,
     ) -> None:
         self.device = torch.device(device)
-        if probe is not None and probe.dim != head.cfg.out_dim:
-            raise ModelInputError(
-                f"attribute probe reads {probe.dim}-d vectors; this head gives {head.cfg.out_dim}-d"
-            )
+        _check_probe(probe, head)
         self.probe = probe  # text queries that name attributes or colours go through it
         self.head = head.to(self.device).eval()
         self.backbone = backbone
@@ -602,16 +617,7 @@ class IrmEmbedder:
     @classmethod
     def from_config(cls, cfg: IrmEmbedderConfig, store: object) -> IrmEmbedder:
         """The embedder of an ``embedder: {type: irm}`` config section."""
-        if cfg.weights.endswith(".safetensors"):
-            path = Path(cfg.weights)
-            if not path.is_file():
-                raise ModelInputError(f"IRM weights {path} not found")
-            from models.store import sha256_of
-
-            model_id = f"{path.stem}@{sha256_of(path)[:12]}"
-        else:
-            resolved = store.resolve(cfg.weights)  # type: ignore[attr-defined]
-            path, model_id = resolved.path, resolved.model_id
+        path, model_id = resolve_weights(cfg.weights, store)
         return cls.from_pretrained(
             path, store, cfg.backbone, cfg.device, cfg.batch_size, cfg.threads, model_id
         )

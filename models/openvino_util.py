@@ -30,10 +30,15 @@ def read_dynamic_batch(
             out = ov.opset13.avg_pool(out, k, [0, 0], [0, 0], k, exclude_pad=True).output(0)
         model.add_outputs([out])
     if input_hw is None:
-        shape = model.inputs[0].get_partial_shape()
-        input_hw = (int(shape[2].get_length()), int(shape[3].get_length()))
+        input_hw = ir_input_hw(model)
     model.reshape({model.inputs[0].get_any_name(): ov.PartialShape([-1, 3, *input_hw])})
     return model, input_hw
+
+
+def ir_input_hw(model: ov.Model) -> tuple[int, int]:
+    """(height, width) of an NCHW IR network's first input."""
+    shape = model.inputs[0].get_partial_shape()
+    return int(shape[2].get_length()), int(shape[3].get_length())
 
 
 def compile_cpu(

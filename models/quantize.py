@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from models.base import INT8_SUFFIX, ModelInputError, crops_to_batch
+from models.openvino_util import ir_input_hw
 from models.store import derived_dir, sha256_of
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,7 @@ def quantize_reid(store: object, name: str, crops: Sequence[np.ndarray], source:
         raise ModelInputError(f"{name!r} is not an OpenVINO IR network ({resolved.path.name})")
     core = ov.Core()
     model = core.read_model(str(resolved.path))
-    shape = model.inputs[0].get_partial_shape()
-    hw = (int(shape[2].get_length()), int(shape[3].get_length()))
+    hw = ir_input_hw(model)
     # the IR's static batch of 1: one crop per calibration sample
     data = nncf.Dataset([crops_to_batch([c], hw, "calibration crop") for c in crops])
     t0 = time.perf_counter()

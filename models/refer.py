@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from models.base import ATTRIBUTE_NAMES, AttributeModel, PersonAttributes, Region, RerankResult
-from models.colours import COLOUR_NAMES, name_colour
+from models.colours import COLOUR_NAMES, colour_onehots, name_colour
 from models.minilm import TEXT_DIM, MiniLmTokens
 
 log = logging.getLogger(__name__)
@@ -60,11 +60,7 @@ def _lab(bgr: np.ndarray) -> np.ndarray:
 
 def appearance_features(attrs: PersonAttributes) -> np.ndarray:
     """(n, APPEARANCE_DIM) float32: probs, top Lab, bottom Lab, top / bottom colour one-hots."""
-    n = len(attrs)
-    onehot = np.zeros((n, 2 * len(COLOUR_NAMES)), np.float32)
-    for i, (t, b) in enumerate(zip(attrs.top_colour, attrs.bottom_colour, strict=True)):
-        onehot[i, COLOUR_NAMES.index(t)] = 1.0
-        onehot[i, len(COLOUR_NAMES) + COLOUR_NAMES.index(b)] = 1.0
+    onehot = colour_onehots(attrs.top_colour, attrs.bottom_colour)  # (n, 2 * colours)
     return np.concatenate(
         [attrs.probs.astype(np.float32), _lab(attrs.top_bgr), _lab(attrs.bottom_bgr), onehot],
         axis=1,

@@ -13,8 +13,8 @@ chosen by a second cross-validation over the PETS training identities
 (``.probe.json``).
 
 Example:
-    >>> train_probe(Path("irm-pets-v2.safetensors"), Path("new.safetensors"), store)
-    ... # doctest: +SKIP
+    >>> old, new = Path("irm-pets-v2.safetensors"), Path("new.safetensors")       # doctest: +SKIP
+    >>> train_probe(old, new, store)                                             # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from models.store import ModelStore, sha256_of
 
 log = logging.getLogger(__name__)
 
-INTEL_VIDEO = data.REPO_ROOT / "../shared/data/intel-sample-videos/one-by-one-person-detection.mp4"
 VIEWS = ("original", "recolour_a", "recolour_b", "texture_swap")
 WEIGHT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)  # lambda of AttributeProbe.compose
 
@@ -46,10 +45,10 @@ def probe_crops(store: ModelStore, seed: int = 0, progress: bool = True) -> tupl
     """(images, identities): every training crop in ``VIEWS`` (views share their identity)."""
     train_ids, _ = data.pets_identity_split()
     crops = data.load_pets_crops(train_ids)
-    if INTEL_VIDEO.is_file():
-        crops += data.load_tracklet_crops(INTEL_VIDEO, store)
+    if data.INTEL_VIDEO.is_file():
+        crops += data.load_tracklet_crops(data.INTEL_VIDEO, store)
     else:
-        log.warning("attribute probe: %s is absent; fitting on PETS alone", INTEL_VIDEO)
+        log.warning("attribute probe: %s is absent; fitting on PETS alone", data.INTEL_VIDEO)
     rng = np.random.default_rng(seed)
     images, groups = [], []
     for crop in tqdm(crops, desc="probe views", unit="crop", disable=not progress):
