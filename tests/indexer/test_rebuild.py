@@ -115,7 +115,8 @@ def test_rebuild_from_the_journal_gives_the_same_results(small_gallery, tmp_path
         assert abs(a[0]["score"] - b[0]["score"]) < 0.05
 
     # a rebuild killed half-way left its folder (its pid is gone): the next one removes it;
-    # a folder whose pid is alive (this test process: as if a rebuild were running) stays
+    # a folder whose pid is alive (this test's parent process, as if a rebuild were running
+    # there; this process's own pid would be the rebuild's own folder) stays
     stem = Path(report["root"]).name.split("-rebuilt-")[0]
     dead = cfg.data_dir / "versions" / f".rebuild-{stem}-{2**22 + 7}"
     live = cfg.data_dir / "versions" / f".rebuild-{stem}-{os.getppid()}"

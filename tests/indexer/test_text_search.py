@@ -71,6 +71,12 @@ def engine(cfg: RefindConfig, model_store) -> Iterator[SearchEngine]:
                            RerankerPool(model_store, cfg.search.match_threshold))
 
 
+def with_search(engine: SearchEngine, **update: object) -> SearchEngine:
+    """The same engine with some ``search:`` settings changed."""
+    return SearchEngine(engine.cfg.model_copy(update=update), engine.embedder, engine.gallery,
+                        engine.crops, engine.rerankers)  # fmt: skip
+
+
 def _query(text: str, k: int = 50) -> TextQuery:
     plan = plan_query(text, now=EPOCH_NOW, known_cameras=("pets", "gate"))
     return plan.text_query(k)
@@ -113,9 +119,7 @@ def test_nobody_matches_is_said_not_padded(engine: SearchEngine) -> None:
 
 @pytest.mark.slow
 def test_a_bounded_scan_says_so(engine: SearchEngine) -> None:
-    scan_only = {"text_scan_tracks": 3, "text_probe": None}
-    small = SearchEngine(engine.cfg.model_copy(update=scan_only), engine.embedder,
-                         engine.gallery, engine.crops, engine.rerankers)
+    small = with_search(engine, text_scan_tracks=3, text_probe=None)
     ranked = small.search_text(_query("a person with long hair"))
     assert ranked.scanned_tracks == 3 and ranked.scan_bounded
     assert "scanned only the 3 most recent tracks" in ranked.message
@@ -143,8 +147,7 @@ def test_too_many_tracks_to_scan_are_searched_through_the_probe(engine: SearchEn
     """Over text_scan_tracks tracks within the filters, with search.text_probe (the default
     irm-pets-v3): the whole gallery is retrieved by the probe's vector in the 0277 space and the
     best re-ranked, so older tracks are reachable; the answer says how it was searched."""
-    small = SearchEngine(engine.cfg.model_copy(update={"text_scan_tracks": 3}), engine.embedder,
-                         engine.gallery, engine.crops, engine.rerankers)
+    small = with_search(engine, text_scan_tracks=3)
     assert small.cfg.text_probe == "irm-pets-v3"
     ranked = small.search_text(_query("someone in a black top"))
     assert ranked.hits and ranked.scanned_tracks is None and not ranked.scan_bounded

@@ -37,6 +37,14 @@ def tiny_head(seed: int = 0) -> IrmHead:
     return head.eval()
 
 
+def teacher_head(seed: int = 0) -> IrmHead:
+    """An untrained head: every image vector is the (fake) teacher's, [t, t] / sqrt 2."""
+    torch.manual_seed(seed)
+    head = IrmHead(TINY)
+    head.set_gallery_text(torch.randn(3, TINY.text_dim))
+    return head.eval()
+
+
 class FakeBackbone:
     """Deterministic features from pixels: 2x2 patch colours through fixed random projections."""
 
@@ -472,7 +480,8 @@ def test_shipped_weights_carry_the_attribute_probe():
 def test_shipped_probe_finds_red_tops_among_unseen_people(pets_embedder):
     """Held-out PETS people: 6 and 10 wear red tops, the others dark ones (the attribute model's
     reading, scripts/build_irm_eval.py). A red-top text query ranks their crops first: its AP
-    is over 5x the share of red-top crops (about a random ranking's AP; measured 0.56 vs 0.044)."""
+    is over 0.4 and over 5x the share of red-top crops (about a random ranking's AP; measured
+    0.56 against 0.044)."""
     from models.irm_data import load_pets_crops, pets_identity_split
 
     crops = load_pets_crops(pets_identity_split()[1], every_n_frames=20)
@@ -482,7 +491,7 @@ def test_shipped_probe_finds_red_tops_among_unseen_people(pets_embedder):
     order = np.argsort(-(gallery @ query), kind="stable")
     hits = red[order]
     ap = float((np.cumsum(hits) / np.arange(1, len(hits) + 1))[hits].mean())
-    assert 0.02 < red.mean() < 0.5 and ap > 5 * red.mean(), (ap, red.mean())
+    assert 0.02 < red.mean() < 0.5 and ap > max(0.4, 5 * red.mean()), (ap, red.mean())
 
 
 @pytest.mark.slow

@@ -20,9 +20,9 @@ from actors.cli import main
 from models import train_probe as tp
 from models.attribute_probe import PROBE_NAMES
 from models.base import PersonAttributes
-from models.irm import IrmEmbedder, IrmHead, load_weights, save_head
+from models.irm import IrmEmbedder, load_weights, save_head
 from models.train_probe import VIEWS, WEIGHT_GRID, choose_photo_text_weight
-from tests.models.test_irm import TINY, FakeBackbone, FakeText
+from tests.models.test_irm import FakeBackbone, FakeText, teacher_head
 
 BGR = {"red": (0, 0, 220), "blue": (220, 0, 0), "green": (0, 200, 0), "yellow": (0, 220, 220),
        "white": (235, 235, 235), "black": (15, 15, 15)}  # fmt: skip
@@ -57,10 +57,7 @@ def synthetic_people(recolour: bool, n_ids: int = 8, per_id: int = 6, seed: int 
 
 
 def teacher_embedder() -> IrmEmbedder:
-    torch.manual_seed(0)
-    head = IrmHead(TINY)  # untrained: its image path is the (fake) teacher's
-    head.set_gallery_text(torch.randn(3, TINY.text_dim))
-    return IrmEmbedder(head.eval(), FakeBackbone(), "irm-tiny", "cpu", batch_size=8,
+    return IrmEmbedder(teacher_head(), FakeBackbone(), "irm-tiny", "cpu", batch_size=8,
                        text=FakeText(), compile_cpu=False)  # fmt: skip
 
 
@@ -73,11 +70,12 @@ def test_text_weight_is_chosen_where_text_helps(recolour: bool, helps: bool, one
     weight, table = choose_photo_text_weight(embedder, images, groups, vectors, attrs, l2=1e-3)
     assert [row["weight"] for row in table] == list(WEIGHT_GRID)
     assert table[0]["mean_gain"] == 0.0 and all(len(row["mAPs"]) == 2 for row in table)
-    best = max(row["mean_gain"] for row in table)
+    best = max(table, key=lambda row: (row["mean_gain"], -row["weight"]))  # ties: the smaller
+    assert weight == (best["weight"] if best["mean_gain"] > 0 else 0.0), table
     if helps:  # recoloured queries lose their clothes: the text puts them back
-        assert weight > 0 and best > 0.05, table
+        assert weight > 0 and best["mean_gain"] > 0.05, table
     else:  # queries already wear the gallery's clothes: no weight may beat 0 by chance
-        assert weight == 0.0 or best < 0.01, table
+        assert weight == 0.0 or best["mean_gain"] < 0.01, table
 
 
 def synthetic_attributes(tops: list[str], bottoms: list[str]) -> PersonAttributes:
@@ -86,16 +84,27 @@ def synthetic_attributes(tops: list[str], bottoms: list[str]) -> PersonAttribute
                             np.zeros((n, 3), np.uint8), tuple(tops), tuple(bottoms))  # fmt: skip
 
 
+def fitted_teacher(weight: float):
+    """(images, groups, tops, bottoms, embedder): the recoloured synthetic people and a
+    teacher-only embedder carrying a probe fitted on them, with ``photo_text_weight``."""
+    images, groups, tops, bottoms = synthetic_people(recolour=True)
+    embedder = teacher_embedder()
+    probe = tp.fit_at(embedder(images).vectors, synthetic_attributes(tops, bottoms), 1e-3)
+    embedder.probe = dataclasses.replace(probe, photo_text_weight=weight)
+    return images, groups, tops, bottoms, embedder
+
+
 def test_train_probe_writes_the_model_again_with_its_probe(tmp_path, monkeypatch, one_thread):
     """The command's whole path on the synthetic people (crops and attribute readings stand in
     for PETS and the 0230 model): the new file holds the source's head tensors unchanged plus a
     probe whose weight the CV chose, and its report says so."""
-    images, groups, tops, bottoms = synthetic_people(recolour=True)
-    embedder = teacher_embedder()
+    images, groups, tops, bottoms, embedder = fitted_teacher(weight=5.0)  # a stale probe
     source = tmp_path / "irm-src.safetensors"
     save_head(embedder.head, source, {"note": "kept"})
-    stale = tp.fit_at(embedder(images).vectors, synthetic_attributes(tops, bottoms), 1e-3)
-    embedder.probe = dataclasses.replace(stale, photo_text_weight=5.0)  # must not edit the CV
+    probes_seen = []  # the probe each CV photo query met: the stale one must not edit them
+    embed_query = embedder.embed_query
+    monkeypatch.setattr(embedder, "embed_query", lambda *a, **k: (
+        probes_seen.append(embedder.probe), embed_query(*a, **k))[1])  # fmt: skip
     monkeypatch.setattr(tp.IrmEmbedder, "from_pretrained", lambda *a, **k: embedder)
     monkeypatch.setattr(tp, "probe_crops", lambda store, seed, progress: (images, groups))
     monkeypatch.setattr(tp, "_describe", lambda imgs, emb, store, progress: (
@@ -106,8 +115,10 @@ def test_train_probe_writes_the_model_again_with_its_probe(tmp_path, monkeypatch
     head, probe, meta = load_weights(out)
     for name, tensor in embedder.head.state_dict().items():
         assert torch.equal(head.state_dict()[name], tensor), name
+    assert probes_seen and all(p is None for p in probes_seen)
     assert probe is not None and probe.names == PROBE_NAMES and probe.l2 == report["l2"]
     assert probe.photo_text_weight == report["photo_text_weight"] > 0
+    assert probe.photo_text_weight in WEIGHT_GRID
     assert meta["note"] == "kept" and json.loads(meta["attribute_probe"])["l2"] == probe.l2
     written = json.loads(out.with_suffix(".probe.json").read_text())
     assert written["weights"] == out.name and written["from"] == source.name
@@ -133,10 +144,7 @@ def test_train_probe_refuses_to_overwrite_its_input(tmp_path, capsys) -> None:
 def test_a_teacher_only_model_warns_when_an_instruction_is_ignored(
     task, instruction, warns, caplog, one_thread
 ) -> None:
-    images, _, tops, bottoms = synthetic_people(recolour=True)
-    embedder = teacher_embedder()
-    probe = tp.fit_at(embedder(images).vectors, synthetic_attributes(tops, bottoms), 1e-3)
-    embedder.probe = dataclasses.replace(probe, photo_text_weight=0.75)
+    images, *_, embedder = fitted_teacher(weight=0.75)
     with caplog.at_level("WARNING", logger="models.irm"):
         embedder.embed_query(images[:2], task, instruction)
     assert ("does not change photo queries" in caplog.text) == warns, caplog.text
