@@ -92,7 +92,10 @@ class TrainOptions:
     out: Path
     cache: Path | None = None  # default: <out>/cache.npz (built when missing)
     device: str = "auto"
-    minutes: float = 24.0  # wall-clock budget of all head trainings (the cache is extra)
+    # Time budget: each full-schedule training (per fold: image, instructions, text; and the
+    # final run's) gets minutes / (2 * folds + 2); retraining a fold to its chosen step count
+    # comes on top, so a run can exceed ``minutes`` (the cache is extra too).
+    minutes: float = 24.0
     max_steps: int = 800
     seed: int = 0
     ids_per_batch: int = 16
