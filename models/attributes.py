@@ -24,7 +24,7 @@ import openvino as ov
 
 from models.base import PersonAttributes, crops_to_batch
 from models.colours import name_colour, sample_colour
-from models.openvino_util import compile_cpu, read_dynamic_batch
+from models.openvino_util import CpuRunner, read_dynamic_batch
 from models.store import ModelStore
 
 MODEL_NAME = "person-attributes-recognition-crossroad-0230"
@@ -41,14 +41,11 @@ class OpenVinoAttributes:
         self.batch_size = batch_size
         core = ov.Core()
         net, (self._h, self._w) = read_dynamic_batch(core, resolved.path)  # 160, 80
-        self._compiled = compile_cpu(core, net, threads)
-        self._request = self._compiled.create_infer_request()
+        self._run_model = CpuRunner(core, net, threads)
         # Outputs by shape: (B, 8, 1, 1) attributes, then two (B, 2, 1, 1) points: top, bottom.
-        outs = list(self._compiled.outputs)
-        self._attr_out = next(o for o in outs if o.get_partial_shape()[1].get_length() == 8)
-        self._top_out, self._bottom_out = (
-            o for o in outs if o.get_partial_shape()[1].get_length() == 2
-        )
+        widths = [o.get_partial_shape()[1].get_length() for o in self._run_model.outputs]
+        self._attr_out = widths.index(8)
+        self._top_out, self._bottom_out = (i for i, w in enumerate(widths) if w == 2)
 
     def __call__(self, crops: Sequence[np.ndarray]) -> PersonAttributes:
         probs, tops, bottoms = [], [], []
@@ -72,8 +69,10 @@ class OpenVinoAttributes:
     def _run(
         self, crops: Sequence[np.ndarray], offset: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        batch = crops_to_batch(crops, (self._h, self._w), "attribute crop", offset)  # (B, 3, 160, 80)
-        out = self._request.infer({0: batch})
+        batch = crops_to_batch(
+            crops, (self._h, self._w), "attribute crop", offset
+        )  # (B, 3, 160, 80)
+        out = self._run_model([batch])
         probs = np.asarray(out[self._attr_out], np.float32).reshape(len(crops), 8)  # (B, 8)
         top_xy = np.asarray(out[self._top_out], np.float32).reshape(len(crops), 2)  # (B, 2)
         bottom_xy = np.asarray(out[self._bottom_out], np.float32).reshape(len(crops), 2)

@@ -339,21 +339,19 @@ class OpenVinoBackbone:
     def __init__(self, xml_path: Path, model_id: str, threads: int = 0) -> None:
         import openvino as ov
 
-        from models.openvino_util import compile_cpu, read_dynamic_batch
+        from models.openvino_util import CpuRunner, read_dynamic_batch
 
         self.model_id = model_id
         core = ov.Core()
         model, _ = read_dynamic_batch(
             core, xml_path, INPUT_HW, extra_outputs=(BACKBONE_NODE,), pool=2
         )  # the feature map comes out pooled to (B, 512, 8, 4)
-        self._compiled = compile_cpu(core, model, threads)
-        self._request = self._compiled.create_infer_request()
-        outs = list(self._compiled.outputs)
-        self._map_out = next(o for o in outs if len(o.get_partial_shape()) == 4)
-        self._emb_out = next(o for o in outs if len(o.get_partial_shape()) == 2)
+        self._run_model = CpuRunner(core, model, threads)
+        ranks = [len(o.get_partial_shape()) for o in self._run_model.outputs]
+        self._map_out, self._emb_out = ranks.index(4), ranks.index(2)
 
     def __call__(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        out = self._request.infer({0: crops_to_batch(crops, INPUT_HW, "IRM crop")})
+        out = self._run_model([crops_to_batch(crops, INPUT_HW, "IRM crop")])
         pooled = np.asarray(out[self._map_out], np.float32)  # (B, 512, 8, 4)
         tokens = np.ascontiguousarray(pooled.reshape(*pooled.shape[:2], -1).transpose(0, 2, 1))
         return tokens, np.asarray(out[self._emb_out], np.float32)  # (B, 32, 512), (B, 256)
@@ -503,7 +501,7 @@ class OpenVinoGallery:
     def __init__(self, head: IrmHead, threads: int = 0) -> None:
         import openvino as ov
 
-        from models.openvino_util import compile_cpu
+        from models.openvino_util import CpuRunner
 
         cfg = head.cfg
         example = (torch.zeros(2, cfg.n_patches, cfg.token_dim), torch.zeros(2, cfg.teacher_dim))
@@ -517,11 +515,10 @@ class OpenVinoGallery:
             model = ov.convert_model(
                 _GalleryVectors(head.cpu().eval()), example_input=example, input=shapes
             )
-        self._compiled = compile_cpu(ov.Core(), model, threads, INFERENCE_PRECISION_HINT="f32")
-        self._request = self._compiled.create_infer_request()
+        self._run_model = CpuRunner(ov.Core(), model, threads, INFERENCE_PRECISION_HINT="f32")
 
     def __call__(self, patches: np.ndarray, teacher: np.ndarray) -> np.ndarray:
-        out = self._request.infer({0: patches, 1: teacher})[self._compiled.outputs[0]]
+        (out,) = self._run_model([patches, teacher])
         return np.asarray(out, np.float32)  # (B, 2P)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import openvino as ov
 
 from models.base import crops_to_batch
-from models.openvino_util import compile_cpu, read_dynamic_batch
+from models.openvino_util import CpuRunner, read_dynamic_batch
 from models.store import ModelStore
 from streaming.config import OpenVinoReidConfig
 from streaming.records import Embeddings
@@ -38,8 +38,7 @@ class OpenVinoReidEmbedder:
         self.model_id = resolved.model_id
         core = ov.Core()
         model, (self._h, self._w) = read_dynamic_batch(core, resolved.path)
-        self._compiled = compile_cpu(core, model, cfg.threads)
-        self._request = self._compiled.create_infer_request()
+        self._run_model = CpuRunner(core, model, cfg.threads)
         self.dim = int(model.outputs[0].get_partial_shape()[1].get_length())
 
     def __call__(self, crops: Sequence[np.ndarray]) -> Embeddings:
@@ -53,5 +52,5 @@ class OpenVinoReidEmbedder:
 
     def _run(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         batch = crops_to_batch(crops, (self._h, self._w), "ReID crop")  # (B, 3, 256, 128)
-        out = self._request.infer({0: batch})[self._compiled.outputs[0]]  # (B, D)
+        (out,) = self._run_model([batch])  # (B, D)
         return l2_normalise(np.asarray(out, dtype=np.float32))

@@ -1,10 +1,12 @@
-"""OpenVINO boilerplate shared by the CPU model runners: a dynamic batch, a LATENCY compile."""
+"""OpenVINO boilerplate shared by the CPU model runners: a dynamic batch, a throughput runner."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 from pathlib import Path
 
+import numpy as np
 import openvino as ov
 
 
@@ -41,13 +43,44 @@ def ir_input_hw(model: ov.Model) -> tuple[int, int]:
     return int(shape[2].get_length()), int(shape[3].get_length())
 
 
-def compile_cpu(
-    core: ov.Core, model: ov.Model, threads: int = 0, **hints: object
-) -> ov.CompiledModel:
-    """``model`` compiled for CPU with the LATENCY hint (one batch on all cores), ``threads``
-    inference threads when non-zero, and any further OpenVINO properties in ``hints``."""
-    # LATENCY runs one batch on all cores: 6 ms/crop here against 12 ms with THROUGHPUT.
-    config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", **hints}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = threads
-    return core.compile_model(model, "CPU", config)
+class CpuRunner:
+    """A model compiled for CPU throughput, run on a batch at once: the batch is cut into one
+    part per CPU stream and the parts run in parallel, their outputs joined in order.
+
+    OpenVINO's THROUGHPUT hint gives each stream its own cores (2 streams of 1 thread on 2
+    cores). Measured here on OMZ 0277 at batch 32 in paired rounds against one LATENCY request
+    on both cores: model alone +8 % crops/s in bf16 and +12 % in INT8; the embedder end to end
+    (resize included) +6 to +7 %. A batch of one runs on one stream (a query crop: slower).
+
+    Example:
+        >>> run = CpuRunner(ov.Core(), model, threads=2)            # doctest: +SKIP
+        >>> (emb,) = run([batch])    # batch (B, 3, H, W) -> emb (B, D)  # doctest: +SKIP
+    """
+
+    def __init__(self, core: ov.Core, model: ov.Model, threads: int = 0, **hints: object) -> None:
+        config: dict[str, object] = {"PERFORMANCE_HINT": "THROUGHPUT", **hints}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.outputs = list(self.compiled.outputs)
+        self.streams = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self._queue = ov.AsyncInferQueue(self.compiled, self.streams)
+        self._queue.set_callback(_keep_outputs)
+
+    def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The model's outputs (in ``self.outputs`` order) for ``inputs``, batch-first arrays
+        of one length, one per model input."""
+        n = len(inputs[0])
+        if n == 0:
+            raise ValueError("CpuRunner: an empty batch (callers return early for no crops)")
+        bounds = np.linspace(0, n, min(self.streams, n) + 1).round().astype(int)
+        parts: list[list[np.ndarray]] = [[] for _ in range(len(bounds) - 1)]
+        for part, (start, end) in zip(parts, pairwise(bounds), strict=True):
+            self._queue.start_async({k: x[start:end] for k, x in enumerate(inputs)}, part)
+        self._queue.wait_all()
+        return [np.concatenate([p[j] for p in parts]) for j in range(len(self.outputs))]
+
+
+def _keep_outputs(request: ov.InferRequest, into: list[np.ndarray]) -> None:
+    """AsyncInferQueue callback: copies of the finished request's outputs into ``into``."""
+    into.extend(np.array(t.data) for t in request.output_tensors)
