@@ -1,7 +1,9 @@
 """Build the held-out evaluation sets of the six IRM query tasks from PETS09-S2L1.
 
 Run: ``python scripts/build_irm_eval.py --out /tmp/irm-eval``, then
-``refind eval irm --sets /tmp/irm-eval [--model NAME]``.
+``refind eval irm --sets /tmp/irm-eval [--model NAME]``. With ``--identities train`` the same
+sets are built from the training identities (1, 3, ..., 19) instead, for trying a setting
+without looking at the held-out people.
 
 How the sets are built (README paragraph):
 
@@ -80,19 +82,23 @@ CACHE = Path("/tmp/refind-irm-cache")
 CAPTIONS_PER_IDENTITY = 3
 
 
-def plan_heldout(video: Path, gt: Path, opts: PetsReidOptions) -> list[CropPlan]:
+def plan_side(
+    video: Path, gt: Path, opts: PetsReidOptions, side: str = "heldout"
+) -> list[CropPlan]:
     """The PETS ReID split's crops (``plan_crops`` on the whole ground truth, so occlusion by
-    any person counts) of the held-out identities only."""
-    _, heldout = pets_identity_split(gt)
+    any person counts) of the held-out identities only, or with ``side="train"`` of the
+    training identities (sets for choosing settings without looking at held-out people)."""
+    train, heldout = pets_identity_split(gt)
+    keep = {"heldout": set(heldout), "train": set(train)}[side]
     plans = plan_crops(read_mot_gt(gt), video_size(video), opts)
-    return [p for p in plans if p.identity in set(heldout)]
+    return [p for p in plans if p.identity in keep]
 
 
 def crops_for(video: Path, plans: list[CropPlan], cache: Path | None) -> list[np.ndarray]:
     """Decoded crops of ``plans``, from a pickle cache keyed by the plans when present."""
     text = repr([(p.identity, p.frame, p.xyxy) for p in plans] + [str(Path(video).resolve())])
     key = hashlib.sha256(text.encode()).hexdigest()[:16]
-    path = cache / f"heldout-{key}.pkl" if cache else None
+    path = cache / f"crops-{key}.pkl" if cache else None  # the key covers the side
     if path and path.is_file():
         return pickle.loads(path.read_bytes())
     crops = cut_crops(video, [(p.identity, p.frame, p.xyxy) for p in plans])
@@ -134,12 +140,13 @@ def build(
     seed: int = 0,
     cache: Path | None = CACHE,
     progress: bool = True,
+    side: str = "heldout",
 ) -> dict:
     """Write every task folder under ``out`` and return a JSON-able summary."""
     from models.attributes import OpenVinoAttributes
 
     opts = opts or PetsReidOptions(stride=5)
-    plans = plan_heldout(video, gt, opts)
+    plans = plan_side(video, gt, opts, side)
     crops = crops_for(video, plans, cache)
     store = store or ModelStore.from_config(ModelStoreConfig())
     attrs = OpenVinoAttributes(store)(crops)
@@ -183,7 +190,8 @@ def build(
     bar.close()
     summary = {
         "out": str(out),
-        "heldout_identities": queried,
+        "identities": side,
+        "heldout_identities" if side == "heldout" else "train_identities": queried,
         "n_gallery": sum(p.role == "gallery" for p in plans),
         "n_query_crops": sum(p.role == "query" for p in plans),
         "tasks": counts,
@@ -241,6 +249,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="query windows and augmentations")
     p.add_argument("--models", type=Path, help="model folder (default: the model store's)")
     p.add_argument("--no-cache", action="store_true", help=f"do not use {CACHE}")
+    p.add_argument("--identities", choices=("heldout", "train"), default="heldout",
+                   help="held-out PETS ids (reporting) or training ids (choosing settings)")
     return p.parse_args(argv)
 
 
@@ -251,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     store = ModelStore.from_config(ModelStoreConfig(dir=args.models))
     summary = build(
         args.out, args.video, args.gt, opts, store, args.seed,
-        cache=None if args.no_cache else CACHE,
+        cache=None if args.no_cache else CACHE, side=args.identities,
     )  # fmt: skip
     print(json.dumps({k: v for k, v in summary.items() if k != "identity_attributes"}, indent=2))
     return 0

@@ -254,3 +254,16 @@ def test_evaluate_irm_with_an_instructable_model(tiny_sets: Path, model_store) -
     for task in ("reid", "clothes_change", "visible_infrared"):  # grouped by instruction text
         calls = [c for c in fake.calls if c[0] == task]
         assert sum(c[1] for c in calls) == results[task]["n_query"] and len(calls) <= 4
+
+
+def test_training_side_sets_hold_only_training_identities() -> None:
+    """``--identities train`` sets (for choosing settings) never hold a held-out person."""
+    need_pets()
+    script = _build_script()
+    opts = PetsReidOptions(stride=20)
+    train = script.plan_side(PETS_VIDEO, PETS_GT, opts, "train")
+    heldout = script.plan_side(PETS_VIDEO, PETS_GT, opts, "heldout")
+    assert train and heldout
+    assert all(p.identity % 2 == 1 for p in train)
+    assert all(p.identity % 2 == 0 for p in heldout)
+    assert {p.role for p in train} == {"query", "gallery"}
