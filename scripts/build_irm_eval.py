@@ -249,8 +249,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="query windows and augmentations")
     p.add_argument("--models", type=Path, help="model folder (default: the model store's)")
     p.add_argument("--no-cache", action="store_true", help=f"do not use {CACHE}")
-    p.add_argument("--identities", choices=("heldout", "train"), default="heldout",
-                   help="held-out PETS ids (reporting) or training ids (choosing settings)")
+    p.add_argument(
+        "--identities",
+        choices=("heldout", "train"),
+        default="heldout",
+        help="held-out PETS ids (reporting) or training ids (choosing settings)",
+    )
     return p.parse_args(argv)
 
 
