@@ -486,6 +486,25 @@ class IdClassifier(torch.nn.Module):
         return self.scale * F.normalize(x, dim=-1) @ F.normalize(self.weight, dim=-1).T
 
 
+@torch.no_grad()
+def centroid_classifier(head: IrmHead, cache: Cache, device: torch.device) -> IdClassifier:
+    """A frozen cosine classifier whose weights are the identities' mean gallery id parts
+    (original views): for instruction tuning, where the gallery is frozen, so a query's
+    identity cross-entropy pulls its id part toward its own identity's gallery vectors."""
+    orig, was_training = V["orig"], head.training
+    head.eval()
+    id_parts = _in_chunks(
+        lambda sl: head.gallery(cache.patches[sl, orig].float(), cache.teacher[sl, orig]).id_part,
+        len(cache.label),
+    )  # (n, P)
+    head.train(was_training)
+    label = torch.from_numpy(cache.label).to(device)
+    classifier = IdClassifier(len(cache.identities), id_parts.shape[1]).to(device)
+    classifier.weight.zero_().index_add_(0, label, F.normalize(id_parts, dim=-1))
+    classifier.requires_grad_(False)
+    return classifier
+
+
 def step_loss(
     head: IrmHead, classifier: IdClassifier, cache: Cache, batch: Batch, opts: TrainOptions,
     device: torch.device,
@@ -780,8 +799,8 @@ def train_head(
     returns the report, whose history has validation plain-ReID mAP every ``eval_every`` steps
     when the cache has validation identities."""
     seed_everything(opts.seed)
-    classifier = IdClassifier(len(cache.identities), opts.config.part_dim).to(device)
     if start is None:
+        classifier = IdClassifier(len(cache.identities), opts.config.part_dim).to(device)
         head = IrmHead(opts.config).to(device)
         head.set_gallery_text(cache.text_states[cache.gallery_text])
         params = [*head.parameters(), *classifier.parameters()]
@@ -789,6 +808,7 @@ def train_head(
     else:
         head = copy.deepcopy(start).to(device).train()
         params, decay = instruction_parameters(head), 0.0
+        classifier = centroid_classifier(head, cache, device)  # the gallery is frozen
     optim = torch.optim.AdamW(params, lr=opts.lr, weight_decay=decay)
     ema = Ema(head, opts.ema_decay)
     rng = np.random.default_rng(opts.seed)

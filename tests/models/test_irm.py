@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from models.base import TASKS, InstructableEmbedder
 from models.irm import IrmConfig, IrmEmbedder, IrmHead, load_head, save_head
@@ -324,6 +325,31 @@ def test_instruction_tuning_leaves_the_gallery_and_plain_reid_alone(tmp_path, st
             q = [h.query(p, t, ids, text.expand(6, -1, -1), mask.expand(6, -1)).vectors
                  for h in (before, after)]  # fmt: skip
             assert torch.equal(*q) is same, task
+
+
+def test_instruction_tuning_classifies_against_the_frozen_gallery_centroids():
+    """Stage 2's identity classifier is each identity's mean gallery id part, frozen: a
+    query's id cross-entropy pulls it to its own people (before: a fresh random classifier
+    that never trained pulled query id parts toward random directions)."""
+    from models.train_irm import centroid_classifier
+
+    torch.manual_seed(0)
+    cache, head = synthetic_cache(), IrmHead(TINY)
+    head.train()
+    clf = centroid_classifier(head, cache, torch.device("cpu"))
+    assert head.training and not any(p.requires_grad for p in clf.parameters())
+    with torch.no_grad():
+        head.eval()
+        ids = F.normalize(
+            head.gallery(cache.patches[:, 0].float(), cache.teacher[:, 0]).id_part, dim=-1
+        )
+    for k in range(len(cache.identities)):
+        mean = ids[cache.label == k].mean(0)
+        assert torch.allclose(
+            F.normalize(clf.weight[k], dim=-1), F.normalize(mean, dim=-1), atol=1e-5
+        )
+    # the synthetic identities are separable: each crop is nearest its own identity's centroid
+    assert (clf(ids).argmax(1).numpy() == cache.label).mean() > 0.9
 
 
 def test_text_training_learns_captions_and_moves_no_image_vector(tmp_path):
