@@ -13,9 +13,11 @@ Each is timed "model only" (a ready input batch in device memory, synchronised) 
 to ``bench/results/embedder_throughput-<date>[-<device>].json``.
 
 CPU (here):    python bench/embedder_throughput.py --save-crops crops.npz --export-dir exported/0277
-GPU (no openvino/av there; carry crops.npz and exported/0277):
+GPU (no openvino/av/pydantic there; carry crops.npz and exported/0277):
                python bench/embedder_throughput.py --device cuda --fp16 --crops crops.npz \\
-                   --exported exported/0277
+                   --exported exported/0277 --irm-weights models/weights/irm-pets-v3.safetensors
+(that path was run here with pydantic, av, openvino, faiss and ray made unimportable: it needs
+none of them).
 """
 
 from __future__ import annotations
@@ -337,9 +339,9 @@ def main(argv: list[str] | None = None) -> None:
         try:
             results.update(time_cpu(crops, batches, ov_iters, warmup, args.threads,
                                     args.irm_weights, args.int8, args.rounds))
+            results["irm_text_query"] = time_text(args.irm_weights, args.threads)
         except ImportError as err:
             results["openvino_reid"] = {"available": False, "reason": f"not available: {err}"}
-        results["irm_text_query"] = time_text(args.irm_weights, args.threads)
     results["torch_0277"] = time_torch(TorchRunner(net, device, args.fp16), crops, batches,
                                        iters, warmup, sync)
     try:
