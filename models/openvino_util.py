@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from itertools import pairwise
 from pathlib import Path
@@ -64,23 +65,39 @@ class CpuRunner:
         self.compiled = core.compile_model(model, "CPU", config)
         self.outputs = list(self.compiled.outputs)
         self.streams = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-        self._queue = ov.AsyncInferQueue(self.compiled, self.streams)
-        self._queue.set_callback(_keep_outputs)
+        self._requests = [self.compiled.create_infer_request() for _ in range(self.streams)]
+        self._lock = threading.Lock()  # one batch at a time: the requests are shared
 
     def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The model's outputs (in ``self.outputs`` order) for ``inputs``, batch-first arrays
-        of one length, one per model input."""
+        of one length, one per model input. A failed inference raises here; the runner stays
+        usable."""
         n = len(inputs[0])
         if n == 0:
             raise ValueError("CpuRunner: an empty batch (callers return early for no crops)")
+        if any(len(x) != n for x in inputs):
+            raise ValueError(
+                f"CpuRunner: inputs of different batch sizes {[len(x) for x in inputs]}"
+            )
         bounds = np.linspace(0, n, min(self.streams, n) + 1).round().astype(int)
-        parts: list[list[np.ndarray]] = [[] for _ in range(len(bounds) - 1)]
-        for part, (start, end) in zip(parts, pairwise(bounds), strict=True):
-            self._queue.start_async({k: x[start:end] for k, x in enumerate(inputs)}, part)
-        self._queue.wait_all()
+        with self._lock:
+            started: list[ov.InferRequest] = []
+            errors: list[Exception] = []
+            for request, (start, end) in zip(self._requests, pairwise(bounds), strict=False):
+                try:  # (fewer parts than requests when n < streams)
+                    request.start_async({k: x[start:end] for k, x in enumerate(inputs)})
+                except Exception as err:  # a wrong input: wait for the started ones, then raise
+                    errors.append(err)
+                    break
+                started.append(request)
+            parts = []
+            for request in started:  # every started request is waited for, even after a failure
+                try:
+                    request.wait()
+                except Exception as err:
+                    errors.append(err)
+                    continue
+                parts.append([np.array(t.data) for t in request.output_tensors])  # copies
+            if errors:
+                raise errors[0]
         return [np.concatenate([p[j] for p in parts]) for j in range(len(self.outputs))]
-
-
-def _keep_outputs(request: ov.InferRequest, into: list[np.ndarray]) -> None:
-    """AsyncInferQueue callback: copies of the finished request's outputs into ``into``."""
-    into.extend(np.array(t.data) for t in request.output_tensors)
