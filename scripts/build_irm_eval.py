@@ -9,28 +9,28 @@ How the sets are built (README paragraph):
 
 Only the held-out PETS09-S2L1 identities are used (``models.irm_data.pets_identity_split``: the
 ground truth's 19 ids sorted, every second one held out, so 2, 4, ..., 18; the IRM model never
-trains on them). Their ground-truth boxes are cut from the video every 5th frame and split per
-identity exactly as the plain PETS ReID split (``models/pets_reid.py``: flag-0, edge-cut and
-more-than-30 %-occluded boxes dropped; a 30-frame query window drawn per identity with a fixed
-seed; every query crop at least 60 frames from every gallery crop of its identity). The gallery
-is the same for every task: the original colour gallery crops of the held-out identities, with
-no distractors from other clips. Each task's queries are made from the same query crops, with a
-seed per task, identity and crop: **reid** the crop as it is ("same person, same clothes");
-**clothes_change** the crop with its top and/or bottom garment recoloured (hue, saturation and
-brightness, shading kept) or overlaid with stripes or checks, head rows untouched, instruction
-"ignore the clothes" (or a rephrasing); **clothes_template** only the upper-body garment
-(rows 18-58 % of the crop), given both as the query crop and as the image instruction, the
-positives being its wearer's gallery crops; **attribute_text** a recoloured crop plus a text
-instruction that describes the identity's real clothes ("now wearing a black top and blue
-trousers"), the positives being its original-colour gallery crops; **visible_infrared** the crop
-rendered infrared-like (person warmer than the background, blurred, noisy, a quarter inverted)
+trains on them; ``--identities train`` uses the others instead). Their ground-truth boxes are cut
+from the video every 5th frame and split per identity exactly as the plain PETS ReID split
+(``models/pets_reid.py``: flag-0, edge-cut and more-than-30 %-occluded boxes dropped; a 30-frame
+query window drawn per identity with a fixed seed; every query crop at least 60 frames from every
+gallery crop of its identity). The gallery is the same for every task: the original colour gallery
+crops of the held-out identities, with no distractors from other clips. Each task's queries are
+made from the same query crops, with a seed per task, identity and crop: **reid** the crop as it is
+("same person, same clothes"); **clothes_change** the crop with its top and/or bottom garment
+recoloured (hue, saturation and brightness, shading kept) or overlaid with stripes or checks, head
+rows untouched, instruction "ignore the clothes" (or a rephrasing); **clothes_template** only the
+upper-body garment (rows 18-58 % of the crop), given both as the query crop and as the image
+instruction, the positives being its wearer's gallery crops; **attribute_text** a recoloured crop
+plus a text instruction that describes the identity's real clothes ("now wearing a black top and
+blue trousers"), the positives being its original-colour gallery crops; **visible_infrared** the
+crop rendered infrared-like (person warmer than the background, blurred, noisy, a quarter inverted)
 or, one time in three, plain greyscale; **text** three captions per identity and no image. Text
 (captions and attribute instructions) comes from the OMZ 0230 attribute model run on all the
 identity's crops: mean probabilities, only attributes with p > 0.7 or < 0.3 named (never
 has_coat_jacket or has_longpants), and the majority top and bottom colour name; the captions are
 written by templates. Metrics: mAP and CMC rank-1/5/10 against the whole gallery, the expected
-figures of a random ranking, and for text instructions mAP_tau (a true match must also agree
-with the text at tau 0.5 by the attribute model).
+figures of a random ranking, and for text instructions mAP_tau (a true match must also agree with
+the text at tau 0.5 by the attribute model).
 """
 
 from __future__ import annotations
