@@ -49,9 +49,10 @@ class CpuRunner:
     part per CPU stream and the parts run in parallel, their outputs joined in order.
 
     OpenVINO's THROUGHPUT hint gives each stream its own cores (2 streams of 1 thread on 2
-    cores). Measured here on OMZ 0277 at batch 32 in paired rounds against one LATENCY request
-    on both cores: model alone +8 % crops/s in bf16 and +12 % in INT8; the embedder end to end
-    (resize included) +6 to +7 %. A batch of one runs on one stream (a query crop: slower).
+    cores). A batch smaller than the stream count (a query crop) runs instead as one LATENCY
+    request on all the threads. Measured here against one LATENCY request for every batch, in
+    paired rounds (``bench/openvino_streams.py``): the OMZ 0277 embedder at batch 32 gains
+    +7 to +9 % crops/s, bf16 or INT8.
 
     Example:
         >>> run = CpuRunner(ov.Core(), model, threads=2)            # doctest: +SKIP
@@ -66,6 +67,13 @@ class CpuRunner:
         self.outputs = list(self.compiled.outputs)
         self.streams = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self._requests = [self.compiled.create_infer_request() for _ in range(self.streams)]
+        # fewer items than streams (a query crop) would leave cores idle: one LATENCY request on
+        # all the threads instead (one crop of 0277 here: 10.0 ms against 14.7 on one stream)
+        self._small = None
+        if self.streams > 1:
+            small_config = {k: v for k, v in config.items() if k != "NUM_STREAMS"}
+            small_config["PERFORMANCE_HINT"] = "LATENCY"
+            self._small = core.compile_model(model, "CPU", small_config).create_infer_request()
         self._lock = threading.Lock()  # one batch at a time: the requests are shared
 
     def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -79,12 +87,16 @@ class CpuRunner:
             raise ValueError(
                 f"CpuRunner: inputs of different batch sizes {[len(x) for x in inputs]}"
             )
-        bounds = np.linspace(0, n, min(self.streams, n) + 1).round().astype(int)
+        if n < self.streams and self._small is not None:
+            with self._lock:
+                self._small.infer(dict(enumerate(inputs)))
+                return [np.array(t.data) for t in self._small.output_tensors]  # copies
+        bounds = np.linspace(0, n, self.streams + 1).round().astype(int)
         with self._lock:
             started: list[ov.InferRequest] = []
             errors: list[Exception] = []
-            for request, (start, end) in zip(self._requests, pairwise(bounds), strict=False):
-                try:  # (fewer parts than requests when n < streams)
+            for request, (start, end) in zip(self._requests, pairwise(bounds), strict=True):
+                try:
                     request.start_async({k: x[start:end] for k, x in enumerate(inputs)})
                 except Exception as err:  # a wrong input: wait for the started ones, then raise
                     errors.append(err)
