@@ -339,9 +339,12 @@ def main(argv: list[str] | None = None) -> None:
         try:
             results.update(time_cpu(crops, batches, ov_iters, warmup, args.threads,
                                     args.irm_weights, args.int8, args.rounds))
-            results["irm_text_query"] = time_text(args.irm_weights, args.threads)
         except ImportError as err:
             results["openvino_reid"] = {"available": False, "reason": f"not available: {err}"}
+        try:
+            results["irm_text_query"] = time_text(args.irm_weights, args.threads)
+        except ImportError as err:
+            results["irm_text_query"] = {"available": False, "reason": f"not available: {err}"}
     results["torch_0277"] = time_torch(TorchRunner(net, device, args.fp16), crops, batches,
                                        iters, warmup, sync)
     try:
@@ -365,6 +368,7 @@ def main(argv: list[str] | None = None) -> None:
         "n_distinct_crops": len(crops),
         "iters": iters,
         "openvino_cpu_iters": None if gpu else ov_iters,
+        "openvino_runner": None if gpu else "models.openvino_util.CpuRunner (a part per stream)",
         "preprocess_crops_per_s": pre,
         "resize": RESIZE,
         "results": results,

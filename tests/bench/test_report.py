@@ -14,7 +14,25 @@ from report import write_result  # bench/report.py
 def test_runs_of_one_day_get_their_own_files(tmp_path: Path, capsys) -> None:
     paths = [write_result(tmp_path, "bench", {"date": "2026-01-01", "run": k}) for k in range(3)]
     assert [p.name for p in paths] == [
-        "bench-2026-01-01.json", "bench-2026-01-01-run2.json", "bench-2026-01-01-run3.json"
+        "bench-2026-01-01.json",
+        "bench-2026-01-01-run2.json",
+        "bench-2026-01-01-run3.json",
     ]
     assert [json.loads(p.read_text())["run"] for p in paths] == [0, 1, 2]
     assert '"run": 2' in capsys.readouterr().out  # each result is printed too
+
+
+def test_results_record_the_commit_they_measured(tmp_path: Path) -> None:
+    import re
+    import subprocess
+
+    from report import code_version
+
+    path = write_result(tmp_path, "bench", {"date": "2026-01-01"})
+    commit = json.loads(path.read_text())["commit"]
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, cwd=Path(__file__).parent).stdout.strip()  # fmt: skip
+    assert re.fullmatch(rf"{head}(\+dirty)?", commit), commit
+    assert code_version(tmp_path) is None  # not a git checkout
+    kept = write_result(tmp_path, "bench", {"date": "2026-01-01", "commit": "abc"})
+    assert json.loads(kept.read_text())["commit"] == "abc"  # a caller's own value stays
