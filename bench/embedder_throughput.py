@@ -92,26 +92,14 @@ def load_crops(path: Path) -> list[np.ndarray]:
     return [pixels[e - h * w * 3 : e].reshape(h, w, 3) for e, (h, w) in zip(ends, shapes, strict=True)]
 
 
-try:
-    import cv2
-
-    RESIZE = "cv2.INTER_LINEAR"
-except ImportError:  # the GPU machine may lack OpenCV: torch bilinear on the CPU instead
-    cv2 = None
-    RESIZE = "torch bilinear (no cv2)"
+RESIZE = "cv2.INTER_LINEAR, models.base.crops_to_batch (threaded from 64 crops)"
 
 
 def preprocess(crops: Sequence[np.ndarray]) -> np.ndarray:
-    """Crops -> (B, 3, 256, 128) float32 BGR 0-255, the OMZ ReID input (as ingest does it)."""
-    h, w = INPUT_HW
-    batch = np.empty((len(crops), 3, h, w), np.float32)  # (B, 3, 256, 128)
-    for i, crop in enumerate(crops):
-        if cv2 is not None:
-            batch[i] = cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
-        else:
-            t = torch.from_numpy(crop).permute(2, 0, 1)[None].float()  # (1, 3, h0, w0)
-            batch[i] = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)[0].numpy()
-    return batch
+    """Crops -> (B, 3, 256, 128) float32 BGR 0-255, the OMZ ReID input, as refind makes it."""
+    from models.base import crops_to_batch
+
+    return crops_to_batch(crops, INPUT_HW, "bench crop")  # (B, 3, 256, 128)
 
 
 # ---- timing ----

@@ -6,7 +6,10 @@ A model runner is a plain class: ``__init__`` loads, ``__call__`` runs one batch
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -53,7 +56,12 @@ Task = Literal[
 INT8_SUFFIX = "-int8"
 
 TASKS: tuple[str, ...] = (
-    "reid", "clothes_change", "clothes_template", "attribute_text", "visible_infrared", "text",
+    "reid",
+    "clothes_change",
+    "clothes_template",
+    "attribute_text",
+    "visible_infrared",
+    "text",
 )
 
 
@@ -90,8 +98,14 @@ class TextEncoder(Protocol):
 
 
 ATTRIBUTE_NAMES: tuple[str, ...] = (
-    "is_male", "has_bag", "has_backpack", "has_hat",
-    "has_longsleeves", "has_longpants", "has_longhair", "has_coat_jacket",
+    "is_male",
+    "has_bag",
+    "has_backpack",
+    "has_hat",
+    "has_longsleeves",
+    "has_longpants",
+    "has_longhair",
+    "has_coat_jacket",
 )
 
 
@@ -184,9 +198,25 @@ def check_bgr_image(image: np.ndarray, what: str) -> None:
     if not isinstance(image, np.ndarray):
         raise ModelInputError(f"{what} must be a numpy array, got {type(image).__name__}")
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ModelInputError(f"{what} must be (H, W, 3) uint8 BGR, got {image.shape} {image.dtype}")
+        raise ModelInputError(
+            f"{what} must be (H, W, 3) uint8 BGR, got {image.shape} {image.dtype}"
+        )
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ModelInputError(f"{what} has zero size: {image.shape[1]}x{image.shape[0]}")
+
+
+PARALLEL_RESIZE_MIN = 64  # crops: smaller batches resize on the calling thread
+PARALLEL_RESIZE_THREADS = 8  # at most; fewer on machines with fewer cores
+
+
+@functools.cache
+def _resize_pool() -> tuple[ThreadPoolExecutor | None, int]:
+    """Threads for resizing big batches (cv2 releases the GIL) and their number; no pool on
+    one core."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    workers = min(PARALLEL_RESIZE_THREADS, cores or 1)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="resize") if workers > 1 else None
+    return pool, workers
 
 
 def crops_to_batch(
@@ -195,14 +225,27 @@ def crops_to_batch(
     """Person crops -> (B, 3, h, w) float32 BGR 0-255, the input of the OMZ crop models.
 
     Each crop is checked (``check_bgr_image``, at least 2x2 px) and named ``f"{what} {offset + i}"``
-    in errors.
+    in errors, before any is resized. Batches of ``PARALLEL_RESIZE_MIN`` crops or more are
+    resized on a thread pool, with the same pixels: on an H100, resizing on one CPU thread held
+    0277 to 3,300 crops/s end to end while the model ran 11,100.
     """
     h, w = hw
-    batch = np.empty((len(crops), 3, h, w), np.float32)  # (B, 3, h, w)
     for i, crop in enumerate(crops):
         name = f"{what} {offset + i}"
         check_bgr_image(crop, name)
         if min(crop.shape[:2]) < 2:
             raise ModelInputError(f"{name} is too small: {crop.shape[1]}x{crop.shape[0]}")
-        batch[i] = cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
+    batch = np.empty((len(crops), 3, h, w), np.float32)  # (B, 3, h, w)
+
+    def fill(rows: Sequence[int]) -> None:
+        for i in rows:
+            batch[i] = cv2.resize(crops[i], (w, h), interpolation=cv2.INTER_LINEAR).transpose(
+                2, 0, 1
+            )
+
+    pool, workers = _resize_pool() if len(crops) >= PARALLEL_RESIZE_MIN else (None, 1)
+    if pool is None:
+        fill(range(len(crops)))
+    else:
+        list(pool.map(fill, np.array_split(np.arange(len(crops)), workers)))  # raises errors
     return batch
