@@ -210,9 +210,10 @@ PARALLEL_RESIZE_THREADS = 8  # at most; fewer on machines with fewer cores
 
 
 @functools.cache
-def _resize_pool() -> tuple[ThreadPoolExecutor | None, int]:
+def _resize_pool(pid: int) -> tuple[ThreadPoolExecutor | None, int]:
     """Threads for resizing big batches (cv2 releases the GIL) and their number; no pool on
-    one core."""
+    one core. Keyed by process id: a forked child makes its own (its parent's threads are not
+    in it)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     workers = min(PARALLEL_RESIZE_THREADS, cores or 1)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="resize") if workers > 1 else None
@@ -243,7 +244,7 @@ def crops_to_batch(
                 2, 0, 1
             )
 
-    pool, workers = _resize_pool() if len(crops) >= PARALLEL_RESIZE_MIN else (None, 1)
+    pool, workers = _resize_pool(os.getpid()) if len(crops) >= PARALLEL_RESIZE_MIN else (None, 1)
     if pool is None:
         fill(range(len(crops)))
     else:

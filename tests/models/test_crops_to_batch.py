@@ -40,3 +40,15 @@ def test_a_bad_crop_in_a_big_batch_is_named(bad: np.ndarray, message: str) -> No
     crops[70] = bad
     with pytest.raises(ModelInputError, match=message):
         crops_to_batch(crops, (256, 128), "crop")
+
+
+def test_a_forked_child_resizes_big_batches_too() -> None:
+    """The parent's pool threads do not exist in a fork: the child must not wait on them."""
+    import multiprocessing
+
+    crops = varied_crops(PARALLEL_RESIZE_MIN)
+    want = crops_to_batch(crops, (256, 128), "crop")  # the parent's pool exists now
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(crops_to_batch, (crops, (256, 128), "crop")).get(timeout=60)
+    np.testing.assert_array_equal(got, want)
