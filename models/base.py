@@ -6,11 +6,13 @@ A model runner is a plain class: ``__init__`` loads, ``__call__`` runs one batch
 
 from __future__ import annotations
 
-import functools
+import math
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 import cv2
@@ -206,18 +208,43 @@ def check_bgr_image(image: np.ndarray, what: str) -> None:
 
 
 PARALLEL_RESIZE_MIN = 64  # crops: smaller batches resize on the calling thread
-PARALLEL_RESIZE_THREADS = 8  # at most; fewer on machines with fewer cores
+PARALLEL_RESIZE_THREADS = 8  # at most; REFIND_RESIZE_THREADS=N sets it (1: never threaded)
+_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
 
 
-@functools.cache
-def _resize_pool(pid: int) -> tuple[ThreadPoolExecutor | None, int]:
-    """Threads for resizing big batches (cv2 releases the GIL) and their number; no pool on
-    one core. Keyed by process id: a forked child makes its own (its parent's threads are not
-    in it)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    workers = min(PARALLEL_RESIZE_THREADS, cores or 1)
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="resize") if workers > 1 else None
-    return pool, workers
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity set, capped by a cgroup v2 CPU quota (a
+    container's ``--cpus``)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus or 1, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 limit readable: the affinity set
+    return max(1, cpus or 1)
+
+
+def resize_workers() -> int:
+    """Threads that resize a big batch: ``REFIND_RESIZE_THREADS`` when set, else the usable
+    CPUs, at most ``PARALLEL_RESIZE_THREADS``."""
+    env = os.environ.get("REFIND_RESIZE_THREADS", "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ModelInputError(f"REFIND_RESIZE_THREADS must be a whole number >= 1, got {env!r}")
+        return int(env)
+    return min(PARALLEL_RESIZE_THREADS, usable_cpus())
+
+
+def _resize_pool(workers: int) -> ThreadPoolExecutor:
+    """This process's pool of ``workers`` resize threads (cv2 releases the GIL). Keyed by
+    process id too: a forked child makes its own, its parent's threads are not in it."""
+    key = (os.getpid(), workers)
+    with _pools_lock:  # first big batches of several threads at once: still one pool
+        if key not in _pools:
+            _pools[key] = ThreadPoolExecutor(workers, thread_name_prefix="resize")
+        return _pools[key]
 
 
 def crops_to_batch(
@@ -244,9 +271,10 @@ def crops_to_batch(
                 2, 0, 1
             )
 
-    pool, workers = _resize_pool(os.getpid()) if len(crops) >= PARALLEL_RESIZE_MIN else (None, 1)
-    if pool is None:
+    workers = resize_workers() if len(crops) >= PARALLEL_RESIZE_MIN else 1
+    if workers == 1:
         fill(range(len(crops)))
     else:
-        list(pool.map(fill, np.array_split(np.arange(len(crops)), workers)))  # raises errors
+        parts = np.array_split(np.arange(len(crops)), workers)
+        list(_resize_pool(workers).map(fill, parts))  # list(): a worker's error raises here
     return batch

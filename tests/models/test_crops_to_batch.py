@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import threading
+
 import cv2
 import numpy as np
 import pytest
 
+import models.base as base
 from models.base import PARALLEL_RESIZE_MIN, ModelInputError, crops_to_batch
+
+
+@pytest.fixture(autouse=True)
+def three_resize_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threads whatever the machine's CPU count (with one CPU there would be no pool)."""
+    monkeypatch.setenv("REFIND_RESIZE_THREADS", "3")
 
 
 def varied_crops(n: int, seed: int = 0) -> list[np.ndarray]:
@@ -17,9 +27,19 @@ def varied_crops(n: int, seed: int = 0) -> list[np.ndarray]:
     ]
 
 
-def test_a_threaded_batch_equals_the_crops_resized_one_by_one() -> None:
+def test_a_threaded_batch_equals_the_crops_resized_one_by_one(monkeypatch) -> None:
     crops = varied_crops(PARALLEL_RESIZE_MIN * 2 + 3)
+    threads: set[str] = set()
+    resize = cv2.resize
+
+    def spy(*args, **kwargs):
+        threads.add(threading.current_thread().name)
+        return resize(*args, **kwargs)
+
+    monkeypatch.setattr(base.cv2, "resize", spy)
     batch = crops_to_batch(crops, (256, 128), "crop")
+    assert len(threads) == 3 and all(t.startswith("resize") for t in threads)
+    monkeypatch.setattr(base.cv2, "resize", resize)
     assert batch.shape == (len(crops), 3, 256, 128) and batch.dtype == np.float32
     for i, crop in enumerate(crops):  # each row is its own crop, in order
         want = cv2.resize(crop, (128, 256), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
@@ -35,11 +55,39 @@ def test_a_threaded_batch_equals_the_crops_resized_one_by_one() -> None:
         (np.zeros((1, 9, 3), np.uint8), "crop 70 is too small"),
     ],
 )
-def test_a_bad_crop_in_a_big_batch_is_named(bad: np.ndarray, message: str) -> None:
+def test_a_bad_crop_in_a_big_batch_is_named_before_any_resize(bad, message, monkeypatch) -> None:
     crops = varied_crops(PARALLEL_RESIZE_MIN + 10)
     crops[70] = bad
+    calls = []
+    monkeypatch.setattr(base.cv2, "resize", lambda *a, **k: calls.append(1))
     with pytest.raises(ModelInputError, match=message):
         crops_to_batch(crops, (256, 128), "crop")
+    assert calls == []
+
+
+def test_first_big_batches_of_several_threads_share_one_pool(monkeypatch) -> None:
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    made = []
+
+    class SlowToMake(ThreadPoolExecutor):  # widens the window in which a race would show
+        def __init__(self, *args, **kwargs) -> None:
+            made.append(1)
+            time.sleep(0.05)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(base, "ThreadPoolExecutor", SlowToMake)
+    monkeypatch.setattr(base, "_pools", {})
+    crops = varied_crops(PARALLEL_RESIZE_MIN)
+    callers = [threading.Thread(target=crops_to_batch, args=(crops, (256, 128), "c"))
+               for _ in range(4)]  # fmt: skip
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    assert len(made) == 1 and list(base._pools) == [(os.getpid(), 3)]
+    base._pools[(os.getpid(), 3)].shutdown()
 
 
 def test_a_forked_child_resizes_big_batches_too() -> None:
@@ -52,3 +100,13 @@ def test_a_forked_child_resizes_big_batches_too() -> None:
     with ctx.Pool(1) as pool:
         got = pool.apply_async(crops_to_batch, (crops, (256, 128), "crop")).get(timeout=60)
     np.testing.assert_array_equal(got, want)
+
+
+def test_resize_threads_setting(monkeypatch) -> None:
+    assert base.resize_workers() == 3
+    monkeypatch.delenv("REFIND_RESIZE_THREADS")
+    assert 1 <= base.resize_workers() <= min(base.PARALLEL_RESIZE_THREADS, base.usable_cpus())
+    assert base.usable_cpus() <= len(os.sched_getaffinity(0))
+    monkeypatch.setenv("REFIND_RESIZE_THREADS", "two")
+    with pytest.raises(ModelInputError, match="REFIND_RESIZE_THREADS"):
+        crops_to_batch(varied_crops(PARALLEL_RESIZE_MIN), (256, 128), "crop")
