@@ -51,8 +51,8 @@ class CpuRunner:
     OpenVINO's THROUGHPUT hint gives each stream its own cores (2 streams of 1 thread on 2
     cores). A batch smaller than the stream count (a query crop) runs instead as one LATENCY
     request on all the threads. Measured here against one LATENCY request for every batch, in
-    paired rounds (``bench/openvino_streams.py``): the OMZ 0277 embedder at batch 32 gains
-    +7 to +9 % crops/s, bf16 or INT8.
+    paired rounds (``bench/openvino_streams.py``, two runs): the OMZ 0277 embedder at batch 32
+    gains +4 to +9 % crops/s, bf16 or INT8; a query crop takes the same 10.4 ms.
 
     Example:
         >>> run = CpuRunner(ov.Core(), model, threads=2)            # doctest: +SKIP
@@ -68,7 +68,7 @@ class CpuRunner:
         self.streams = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self._requests = [self.compiled.create_infer_request() for _ in range(self.streams)]
         # fewer items than streams (a query crop) would leave cores idle: one LATENCY request on
-        # all the threads instead (one crop of 0277 here: 10.0 ms against 14.7 on one stream)
+        # all the threads instead (one 0277 crop: 14.7 ms on one stream, 10.0 ms so, same rounds)
         self._small = None
         if self.streams > 1:
             small_config = {k: v for k, v in config.items() if k != "NUM_STREAMS"}

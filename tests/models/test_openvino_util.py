@@ -62,16 +62,29 @@ def test_several_inputs_are_cut_alike() -> None:
     y = np.arange(20, 40, dtype=np.float32).reshape(5, 4)
     (out,) = run([x, y])
     np.testing.assert_array_equal(out, x * y)
+    (one,) = run([x[:1], y[:1]])  # one row: the LATENCY request
+    np.testing.assert_array_equal(one, x[:1] * y[:1])
     with pytest.raises(ValueError, match="different batch sizes"):
         run([x, y[:3]])
 
 
 def test_a_bad_batch_raises_and_the_runner_stays_usable(reid_model: ov.Model) -> None:
     run = CpuRunner(ov.Core(), reid_model, threads=2, NUM_STREAMS=2)
-    with pytest.raises(RuntimeError):  # 100x100 is not the network's 256x128 input
-        run([np.zeros((4, 3, 100, 100), np.float32)])
-    (out,) = run([crop_like_batch(4, seed=0)])
-    assert out.shape == (4, 256) and np.isfinite(out).all()
+    for n in (4, 1):  # the streams, then the LATENCY request of a batch of one
+        with pytest.raises(RuntimeError):  # 100x100 is not the network's 256x128 input
+            run([np.zeros((n, 3, 100, 100), np.float32)])
+        (out,) = run([crop_like_batch(n, seed=0)])
+        assert out.shape == (n, 256) and np.isfinite(out).all()
+
+
+def test_a_batch_of_one_runs_on_all_threads(reid_model: ov.Model) -> None:
+    run = CpuRunner(ov.Core(), reid_model, threads=2, NUM_STREAMS=2)
+    assert run._small is not None  # the LATENCY request beside the two streams
+    small = run._small.get_compiled_model()
+    assert str(small.get_property("PERFORMANCE_HINT")) == "LATENCY"
+    assert int(small.get_property("INFERENCE_NUM_THREADS")) == 2
+    single = CpuRunner(ov.Core(), reid_model, threads=1)
+    assert single.streams == 1 and single._small is None  # one stream: nothing to add
 
 
 def test_an_empty_batch_is_refused(reid_model: ov.Model) -> None:
