@@ -13,7 +13,8 @@ Each is timed "model only" (a ready input batch in device memory, synchronised) 
 to ``bench/results/embedder_throughput-<date>[-<device>].json``.
 
 CPU (here):    python bench/embedder_throughput.py --save-crops crops.npz --export-dir exported/0277
-GPU (no openvino/av/pydantic there; carry crops.npz and exported/0277):
+GPU (no openvino/av/pydantic there, opencv-python-headless is: preprocessing is
+refind's crops_to_batch; carry crops.npz and exported/0277):
                python bench/embedder_throughput.py --device cuda --fp16 --crops crops.npz \\
                    --exported exported/0277 --irm-weights models/weights/irm-pets-v3.safetensors
 (that path was run here with pydantic, av, openvino, faiss and ray made unimportable: it needs

@@ -23,6 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from report import code_version  # noqa: E402  (bench/report.py)
+
 from actors.commands import open_gallery  # noqa: E402
 from indexer.blobs import CropStore  # noqa: E402
 from indexer.ingest import IngestPipeline  # noqa: E402
@@ -87,6 +89,7 @@ def main() -> None:
         "detector_batch": cfg.detector.batch_size,
         "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
+        "commit": code_version(),
     }
     print(json.dumps(out, indent=2))
 

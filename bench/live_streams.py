@@ -30,6 +30,8 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+from report import code_version  # noqa: E402  (bench/report.py)
+
 from actors.runtime import init_ray, shutdown_ray  # noqa: E402
 from actors.supervisor import Supervisor  # noqa: E402
 from streaming.config import RayConfig, parse_config  # noqa: E402
@@ -137,6 +139,7 @@ def main() -> None:
         "runs": results,
         "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
+        "commit": code_version(),
     }, indent=2))
     shutdown_ray()
 

@@ -49,7 +49,7 @@ class OneRequest:
 
 
 def embedders(name: str, threads: int) -> dict[str, object]:
-    """The 0277-family embedder ``name`` with each runner (the same compiled network)."""
+    """The 0277-family embedder ``name`` twice, each with its own runner (compiled apart)."""
     import openvino as ov
 
     from models.openvino_reid import OpenVinoReidEmbedder

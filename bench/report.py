@@ -1,8 +1,9 @@
 """One way for every benchmark to hand back its result: print the JSON, write it to
 ``<out>/<name>-<date>[<suffix>].json`` (``bench/results/``, see its README). A run never
 overwrites an earlier one of the same day: the second is written as ``...-run2.json``, and so on.
-Each result records the code it measured (``"commit"``: the git commit, ``+dirty`` with
-uncommitted changes; null outside a git checkout).
+Each result written here records the code it measured (``"commit"``: the git commit, ``+dirty``
+with uncommitted or untracked changes; null outside a git checkout); ``ingest_fps`` and
+``live_streams`` print theirs, and ``search_latency --only`` records it per merged section.
 (``search_latency --only`` merges sections into its day's file on purpose and writes it itself.)"""
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def code_version(repo: Path = REPO) -> str | None:
-    """The checked-out commit (short), with ``+dirty`` when tracked files have changes; None
-    when ``repo`` is not a git checkout or git is missing."""
+    """The checked-out commit (short), with ``+dirty`` when files have changed or new files are
+    not ignored; None when ``repo`` is not a git checkout or git is missing."""
     try:
         head = subprocess.run(
             ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
@@ -28,7 +29,7 @@ def code_version(repo: Path = REPO) -> str | None:
             timeout=10,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(repo), "status", "--porcelain"],
             capture_output=True,
             text=True,
             check=True,

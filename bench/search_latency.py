@@ -51,7 +51,7 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from report import write_result  # noqa: E402  (bench/report.py)
+from report import code_version, write_result  # noqa: E402  (bench/report.py)
 
 from indexer.blobs import CropStore  # noqa: E402
 from indexer.gallery_store import GalleryStore  # noqa: E402
@@ -913,7 +913,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     t0 = time.perf_counter()
     if args.only:
-        info = machine() | {"run_s": None, "sizes": args.sizes}
+        info = machine() | {"run_s": None, "sizes": args.sizes, "commit": code_version()}
         new = run_sections(args)
         info["run_s"], info["load_avg_at_end"] = round(time.perf_counter() - t0, 1), load_avg()
         path = args.out / f"search_latency-{dt.date.today().isoformat()}.json"
