@@ -50,9 +50,10 @@ class CpuRunner:
 
     OpenVINO's THROUGHPUT hint gives each stream its own cores (2 streams of 1 thread on 2
     cores). A batch smaller than the stream count (a query crop) runs instead as one LATENCY
-    request on all the threads. Measured here against one LATENCY request for every batch, in
-    paired rounds (``bench/openvino_streams.py``, two runs): the OMZ 0277 embedder at batch 32
-    gains +4 to +9 % crops/s, bf16 or INT8; a query crop takes the same 10.4 ms.
+    request on all the threads (compiled at the first such batch). Measured here against one
+    LATENCY request for every batch, in paired rounds (``bench/openvino_streams.py``, two runs):
+    the OMZ 0277 embedder at batch 32 gains +4 to +9 % crops/s, bf16 or INT8; a query crop
+    takes the same 10.4 ms.
 
     Example:
         >>> run = CpuRunner(ov.Core(), model, threads=2)            # doctest: +SKIP
@@ -68,13 +69,19 @@ class CpuRunner:
         self.streams = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self._requests = [self.compiled.create_infer_request() for _ in range(self.streams)]
         # fewer items than streams (a query crop) would leave cores idle: one LATENCY request on
-        # all the threads instead (one 0277 crop: 14.7 ms on one stream, 10.0 ms so, same rounds)
-        self._small = None
-        if self.streams > 1:
-            small_config = {k: v for k, v in config.items() if k != "NUM_STREAMS"}
-            small_config["PERFORMANCE_HINT"] = "LATENCY"
-            self._small = core.compile_model(model, "CPU", small_config).create_infer_request()
+        # all the threads instead (one 0277 crop: 14.7 ms on one stream, 10.0 ms so, same rounds),
+        # compiled at the first such batch (0.6 s for 0277 here), as many runners never see one
+        self._small_model = (core, model, {k: v for k, v in config.items() if k != "NUM_STREAMS"})
+        self._small: ov.InferRequest | None = None
         self._lock = threading.Lock()  # one batch at a time: the requests are shared
+
+    def _small_request(self) -> ov.InferRequest:
+        """The LATENCY request for batches smaller than the stream count (call under the lock)."""
+        if self._small is None:
+            core, model, config = self._small_model
+            latency = {**config, "PERFORMANCE_HINT": "LATENCY"}
+            self._small = core.compile_model(model, "CPU", latency).create_infer_request()
+        return self._small
 
     def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The model's outputs (in ``self.outputs`` order) for ``inputs``, batch-first arrays
@@ -87,10 +94,11 @@ class CpuRunner:
             raise ValueError(
                 f"CpuRunner: inputs of different batch sizes {[len(x) for x in inputs]}"
             )
-        if n < self.streams and self._small is not None:
+        if n < self.streams:
             with self._lock:
-                self._small.infer(dict(enumerate(inputs)))
-                return [np.array(t.data) for t in self._small.output_tensors]  # copies
+                small = self._small_request()
+                small.infer(dict(enumerate(inputs)))
+                return [np.array(t.data) for t in small.output_tensors]  # copies
         bounds = np.linspace(0, n, self.streams + 1).round().astype(int)
         with self._lock:
             started: list[ov.InferRequest] = []
