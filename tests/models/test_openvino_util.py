@@ -88,3 +88,9 @@ def test_a_batch_of_one_runs_on_all_threads(reid_model: ov.Model) -> None:
     single = CpuRunner(ov.Core(), reid_model, threads=1)
     single([crop_like_batch(1, seed=1)])
     assert single.streams == 1 and single._small is None  # one stream: nothing to add
+
+
+def test_an_empty_batch_is_refused(reid_model: ov.Model) -> None:
+    run = CpuRunner(ov.Core(), reid_model, threads=1)
+    with pytest.raises(ValueError, match="empty batch"):
+        run([np.zeros((0, 3, 256, 128), np.float32)])
