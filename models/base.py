@@ -58,12 +58,7 @@ Task = Literal[
 INT8_SUFFIX = "-int8"
 
 TASKS: tuple[str, ...] = (
-    "reid",
-    "clothes_change",
-    "clothes_template",
-    "attribute_text",
-    "visible_infrared",
-    "text",
+    "reid", "clothes_change", "clothes_template", "attribute_text", "visible_infrared", "text",
 )
 
 
@@ -100,14 +95,8 @@ class TextEncoder(Protocol):
 
 
 ATTRIBUTE_NAMES: tuple[str, ...] = (
-    "is_male",
-    "has_bag",
-    "has_backpack",
-    "has_hat",
-    "has_longsleeves",
-    "has_longpants",
-    "has_longhair",
-    "has_coat_jacket",
+    "is_male", "has_bag", "has_backpack", "has_hat",
+    "has_longsleeves", "has_longpants", "has_longhair", "has_coat_jacket",
 )
 
 
@@ -200,9 +189,7 @@ def check_bgr_image(image: np.ndarray, what: str) -> None:
     if not isinstance(image, np.ndarray):
         raise ModelInputError(f"{what} must be a numpy array, got {type(image).__name__}")
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ModelInputError(
-            f"{what} must be (H, W, 3) uint8 BGR, got {image.shape} {image.dtype}"
-        )
+        raise ModelInputError(f"{what} must be (H, W, 3) uint8 BGR, got {image.shape} {image.dtype}")
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ModelInputError(f"{what} has zero size: {image.shape[1]}x{image.shape[0]}")
 

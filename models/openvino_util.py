@@ -70,7 +70,7 @@ class CpuRunner:
         self._requests = [self.compiled.create_infer_request() for _ in range(self.streams)]
         # fewer items than streams (a query crop) would leave cores idle: one LATENCY request on
         # all the threads instead (one 0277 crop: 14.7 ms on one stream, 10.0 ms so, same rounds),
-        # compiled at the first such batch (0.6 s for 0277 here), as many runners never see one
+        # compiled at the first such batch (~0.5 s for 0277 here), as many runners never see one
         self._small_model = (core, model, {k: v for k, v in config.items() if k != "NUM_STREAMS"})
         self._small: ov.InferRequest | None = None
         self._lock = threading.Lock()  # one batch at a time: the requests are shared
