@@ -50,10 +50,9 @@ class CpuRunner:
 
     OpenVINO's THROUGHPUT hint gives each stream its own cores (2 streams of 1 thread on 2
     cores). A batch smaller than the stream count (a query crop) runs instead as one LATENCY
-    request on all the threads (compiled at the first such batch). Measured here against one
-    LATENCY request for every batch, in paired rounds (``bench/openvino_streams.py``, two runs):
-    the OMZ 0277 embedder at batch 32 gains +4 to +9 % crops/s, bf16 or INT8; a query crop
-    takes the same 10.4 ms.
+    request on all the threads. Measured here against one LATENCY request for every batch, in
+    paired rounds (``bench/openvino_streams.py``, two runs): the OMZ 0277 embedder at batch 32
+    gains +4 to +9 % crops/s, bf16 or INT8; a query crop takes the same 10.4 ms.
 
     Example:
         >>> run = CpuRunner(ov.Core(), model, threads=2)            # doctest: +SKIP
@@ -69,19 +68,15 @@ class CpuRunner:
         self.streams = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self._requests = [self.compiled.create_infer_request() for _ in range(self.streams)]
         # fewer items than streams (a query crop) would leave cores idle: one LATENCY request on
-        # all the threads instead (one 0277 crop: 14.7 ms on one stream, 10.0 ms so, same rounds),
-        # compiled at the first such batch (~0.5 s for 0277 here), as many runners never see one
-        self._small_model = (core, model, {k: v for k, v in config.items() if k != "NUM_STREAMS"})
+        # all the threads instead (one 0277 crop: 14.7 ms on one stream, 10.0 ms so, same rounds).
+        # Compiled now, not at the first query: ~0.5 s more to build the runner, none on a
+        # service's first search (a live search test missed its window when it was lazy).
         self._small: ov.InferRequest | None = None
-        self._lock = threading.Lock()  # one batch at a time: the requests are shared
-
-    def _small_request(self) -> ov.InferRequest:
-        """The LATENCY request for batches smaller than the stream count (call under the lock)."""
-        if self._small is None:
-            core, model, config = self._small_model
-            latency = {**config, "PERFORMANCE_HINT": "LATENCY"}
+        if self.streams > 1:
+            latency = {k: v for k, v in config.items() if k != "NUM_STREAMS"}
+            latency["PERFORMANCE_HINT"] = "LATENCY"
             self._small = core.compile_model(model, "CPU", latency).create_infer_request()
-        return self._small
+        self._lock = threading.Lock()  # one batch at a time: the requests are shared
 
     def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The model's outputs (in ``self.outputs`` order) for ``inputs``, batch-first arrays
@@ -94,11 +89,10 @@ class CpuRunner:
             raise ValueError(
                 f"CpuRunner: inputs of different batch sizes {[len(x) for x in inputs]}"
             )
-        if n < self.streams:
+        if n < self.streams and self._small is not None:
             with self._lock:
-                small = self._small_request()
-                small.infer(dict(enumerate(inputs)))
-                return [np.array(t.data) for t in small.output_tensors]  # copies
+                self._small.infer(dict(enumerate(inputs)))
+                return [np.array(t.data) for t in self._small.output_tensors]  # copies
         bounds = np.linspace(0, n, self.streams + 1).round().astype(int)
         with self._lock:
             started: list[ov.InferRequest] = []
