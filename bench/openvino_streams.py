@@ -18,8 +18,6 @@ import argparse
 import datetime as dt
 import os
 import sys
-import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,25 +25,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from embedder_throughput import PETS, REID, cut_pets_crops  # noqa: E402  (bench/)
+from embedder_throughput import PETS, REID, cut_pets_crops, rate  # noqa: E402  (bench/)
 from report import write_result  # noqa: E402  (bench/report.py)
-
-
-class OneRequest:
-    """The runner refind had before: one LATENCY-hint request on all ``threads``."""
-
-    def __init__(self, model: object, threads: int) -> None:
-        import openvino as ov
-
-        config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
-        self.compiled = ov.Core().compile_model(model, "CPU", config)
-        self._request = self.compiled.create_infer_request()
-
-    def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        out = self._request.infer(dict(enumerate(inputs)))
-        return [np.asarray(out[o]) for o in self.compiled.outputs]
 
 
 def embedders(name: str, threads: int) -> dict[str, object]:
@@ -53,7 +34,7 @@ def embedders(name: str, threads: int) -> dict[str, object]:
     import openvino as ov
 
     from models.openvino_reid import OpenVinoReidEmbedder
-    from models.openvino_util import read_dynamic_batch
+    from models.openvino_util import CpuRunner, read_dynamic_batch
     from models.store import ModelStore
     from streaming.config import ModelStoreConfig, OpenVinoReidConfig
 
@@ -62,15 +43,9 @@ def embedders(name: str, threads: int) -> dict[str, object]:
     streams = OpenVinoReidEmbedder(cfg, store)
     one = OpenVinoReidEmbedder(cfg, store)
     model, _ = read_dynamic_batch(ov.Core(), store.resolve(name).path)
-    one._run_model = OneRequest(model, threads)  # type: ignore[assignment]  # the old runner
+    # the runner refind had before: one LATENCY-hint request on all ``threads`` (one stream)
+    one._run_model = CpuRunner(ov.Core(), model, threads, PERFORMANCE_HINT="LATENCY")
     return {"streams": streams, "one_request": one}
-
-
-def seconds(fn: Callable[[], object], calls: int) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - start) / calls
 
 
 def paired(pair: dict[str, object], crops: list, batch: int, rounds: int, calls: int) -> dict:
@@ -82,7 +57,7 @@ def paired(pair: dict[str, object], crops: list, batch: int, rounds: int, calls:
     for r in range(rounds):
         order = list(pair) if r % 2 == 0 else list(pair)[::-1]  # neither always goes first
         for name in order:
-            times[name].append(seconds(lambda e=pair[name]: e(chunk), calls))  # type: ignore[operator]
+            times[name].append(1 / rate(lambda e=pair[name]: e(chunk), 1, calls, 0, lambda: None))  # type: ignore[operator]
     ratio = np.array(times["one_request"]) / np.array(times["streams"])  # >1: streams faster
     out: dict[str, object] = {"rounds": rounds, "calls_per_round": calls}
     for name, t in times.items():
