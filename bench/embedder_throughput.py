@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO))
 from report import write_result  # noqa: E402  (bench/report.py)
 
 from models import ov_torch  # noqa: E402
+from models.base import PARALLEL_RESIZE_MIN, resize_workers  # noqa: E402
 
 log = logging.getLogger("embedder_throughput")
 PETS = REPO / "../shared/data/pets09-s2l1"
@@ -93,7 +94,7 @@ def load_crops(path: Path) -> list[np.ndarray]:
     return [pixels[e - h * w * 3 : e].reshape(h, w, 3) for e, (h, w) in zip(ends, shapes, strict=True)]
 
 
-RESIZE = "cv2.INTER_LINEAR, models.base.crops_to_batch (threaded from 64 crops)"
+RESIZE = f"cv2.INTER_LINEAR, models.base.crops_to_batch (threaded from {PARALLEL_RESIZE_MIN} crops)"
 
 
 def preprocess(crops: Sequence[np.ndarray]) -> np.ndarray:
@@ -360,6 +361,7 @@ def main(argv: list[str] | None = None) -> None:
         "openvino_runner": None if gpu else "models.openvino_util.CpuRunner (a part per stream)",
         "preprocess_crops_per_s": pre,
         "resize": RESIZE,
+        "resize_threads": resize_workers(),
         "results": results,
     }
     suffix = "" if not gpu else f"-cuda{'-fp16' if args.fp16 else ''}"

@@ -42,7 +42,7 @@ def code_version(repo: Path = REPO) -> str | None:
 
 def write_result(out: Path, name: str, result: dict, suffix: str = "", indent: int = 2) -> Path:
     """Print ``result`` as JSON and write it under ``out`` to a new file; returns its path."""
-    result = {**result, "commit": result.get("commit", code_version())}
+    result = {**result, "commit": result["commit"] if "commit" in result else code_version()}
     text = json.dumps(result, indent=indent)
     print(text)
     out.mkdir(parents=True, exist_ok=True)
