@@ -6,6 +6,7 @@ A model runner is a plain class: ``__init__`` loads, ``__call__`` runs one batch
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -200,12 +201,16 @@ _pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
 
 
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max ..."
+
+
+@functools.cache
 def usable_cpus() -> int:
     """CPUs this process may use: its affinity set, capped by a cgroup v2 CPU quota (a
-    container's ``--cpus``)."""
+    container's ``--cpus``). Read once per process (a fork inherits both)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        quota, period = CGROUP_CPU_MAX.read_text().split()[:2]
         if quota != "max":
             cpus = min(cpus or 1, max(1, math.ceil(int(quota) / int(period))))
     except (OSError, ValueError):

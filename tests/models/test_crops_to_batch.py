@@ -110,3 +110,17 @@ def test_resize_threads_setting(monkeypatch) -> None:
     monkeypatch.setenv("REFIND_RESIZE_THREADS", "two")
     with pytest.raises(ModelInputError, match="REFIND_RESIZE_THREADS"):
         crops_to_batch(varied_crops(PARALLEL_RESIZE_MIN), (256, 128), "crop")
+
+
+@pytest.mark.parametrize(("cpu_max", "cap"), [("50000 100000\n", 1), ("150000 100000\n", 2),
+                                              ("max 100000\n", None)])  # fmt: skip
+def test_a_cgroup_cpu_quota_caps_the_cpus(tmp_path, monkeypatch, cpu_max: str, cap) -> None:
+    limit = tmp_path / "cpu.max"
+    limit.write_text(cpu_max)
+    monkeypatch.setattr(base, "CGROUP_CPU_MAX", limit)
+    base.usable_cpus.cache_clear()
+    try:
+        affinity = len(os.sched_getaffinity(0))
+        assert base.usable_cpus() == (affinity if cap is None else min(cap, affinity))
+    finally:
+        base.usable_cpus.cache_clear()
