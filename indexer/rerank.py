@@ -241,7 +241,9 @@ class RerankerPool:
         self.store = store
         self.threshold = threshold
         self._built: dict[str, Reranker | None] = {}
-        self._probes: dict[tuple[str, str], AttributeProbe | Exception | None] = {}
+        # a load failure is kept with its first traceback: raising the same exception again
+        # would grow its traceback by a query's frames each time
+        self._probes: dict[tuple[str, str], AttributeProbe | tuple[Exception, object] | None] = {}
 
     def get(self, name: str) -> Reranker | None:
         if name not in self._built:
@@ -260,10 +262,11 @@ class RerankerPool:
             try:
                 self._probes[key] = _load_text_probe(self.store, weights, model_id)
             except Exception as err:
-                self._probes[key] = err
+                self._probes[key] = (err, err.__traceback__)
         found = self._probes[key]
-        if isinstance(found, Exception):
-            raise found
+        if isinstance(found, tuple):
+            err, tb = found
+            raise err.with_traceback(tb)  # type: ignore[arg-type]
         return found
 
 
