@@ -59,6 +59,7 @@ if TYPE_CHECKING:  # pydantic is not needed to run the model (a GPU box may lack
 
 log = logging.getLogger(__name__)
 
+TEACHER = "person-reidentification-retail-0277"  # the backbone weights name when none is stored
 BACKBONE_NODE = "1126"  # OMZ 0277's last feature map, (B, 512, 16, 8) after ReLU
 INPUT_HW = (256, 128)  # OMZ ReID input, BGR 0-255
 FORMAT = "refind-irm-v1"
@@ -479,7 +480,7 @@ def teacher_probe(path: Path) -> tuple[AttributeProbe, str]:
         )
     p = head.cfg.part_dim
     weight = (probe.weight[:, :p] + probe.weight[:, p:]) / math.sqrt(2.0)  # (K, teacher_dim)
-    teacher = meta.get("backbone", "person-reidentification-retail-0277")
+    teacher = meta.get("backbone", TEACHER)
     return replace(probe, weight=np.ascontiguousarray(weight, np.float32)), teacher
 
 
@@ -596,7 +597,7 @@ class IrmEmbedder:
     ) -> IrmEmbedder:
         """Load a head written by ``save_head`` and the backbone it was trained on."""
         head, probe, meta = load_weights(Path(weights))
-        trained_on = meta.get("backbone", "person-reidentification-retail-0277")
+        trained_on = meta.get("backbone", TEACHER)
         backbone = backbone or trained_on
         if backbone.removesuffix(INT8_SUFFIX) != trained_on:  # an INT8 copy is the same network
             raise ModelInputError(

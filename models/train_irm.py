@@ -61,6 +61,7 @@ from models.base import TASKS
 from models.irm import (
     DEFAULT_INSTRUCTIONS,
     INPUT_HW,
+    TEACHER,
     IrmConfig,
     IrmHead,
     QueryOut,
@@ -76,7 +77,7 @@ VIEWS: tuple[str, ...] = (
 )  # fmt: skip
 V = {name: k for k, name in enumerate(VIEWS)}
 CACHE_VERSION = 1
-BACKBONE = "person-reidentification-retail-0277"
+BACKBONE = TEACHER  # the frozen backbone trained on
 
 # How often each task is drawn for a query (text-only queries are cheap; reid matters most).
 TASK_WEIGHTS: dict[str, float] = {
