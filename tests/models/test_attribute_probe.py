@@ -25,7 +25,7 @@ from models.base import ATTRIBUTE_NAMES, ModelInputError, PersonAttributes
 from models.colours import COLOUR_NAMES
 from models.irm import IrmEmbedder, load_head, load_weights, save_head
 from models.text_attributes import parse_attributes
-from tests.models.test_irm import TINY, FakeBackbone, FakeText, tiny_head
+from tests.models.conftest import TINY, FakeBackbone, FakeText, tiny_head
 
 D = 32
 N_IDS, PER_ID = 20, 12
@@ -532,7 +532,7 @@ def test_probe_fitted_on_gallery_vectors_finds_the_described_crops():
     ids=["edited", "zero-weight", "names-nothing"],
 )  # fmt: skip
 def test_attribute_text_photo_queries_compose_with_the_probe(weight, instruction, edited):
-    from tests.models.test_irm import crops
+    from tests.models.conftest import crops
 
     probe = replace(random_probe(TINY.out_dim), photo_text_weight=weight)
     x = crops(5)
@@ -555,7 +555,7 @@ def test_teacher_probe_reads_the_teacher_space_as_the_irm_probe_reads_its_own(tm
     """For a teacher-only head, g = [t, t] / sqrt 2: the derived probe's logits on t equal the
     probe's on g, and its query vector ranks t as the IRM query ranks g."""
     from models.irm import teacher_probe
-    from tests.models.test_irm import teacher_head
+    from tests.models.conftest import teacher_head
 
     head = teacher_head()
     probe = random_probe(TINY.out_dim)

@@ -1,4 +1,5 @@
-"""The IRM model (models/irm.py) and its training (models/train_irm.py).
+"""The IRM model (models/irm.py) and its training (models/train_irm.py, irm_cache.py,
+irm_objectives.py).
 
 Tiny random configurations need no data; the tests with trained weights on real PETS crops skip
 when ../shared is absent.
@@ -6,7 +7,6 @@ when ../shared is absent.
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,75 +17,14 @@ import torch.nn.functional as F
 
 from models.base import TASKS, InstructableEmbedder
 from models.irm import IrmConfig, IrmEmbedder, IrmHead, load_head, save_head
+from models.irm_cache import VIEWS, Cache
+from models.irm_objectives import IdClassifier, sample_batch, step_loss
 from models.minilm import pad_states
-from models.train_irm import VIEWS, Cache, IdClassifier, TrainOptions, sample_batch, step_loss
+from models.train_irm import TrainOptions
 from tests.conftest import MODELS_DIR, PETS_GT, PETS_VIDEO
+from tests.models.conftest import TINY, crops, tiny_embedder, tiny_head
 
-TINY = IrmConfig(
-    token_dim=16, n_patches=4, teacher_dim=8, text_dim=12, dim=16, heads=2,
-    encoder_layers=1, editing_layers=1, part_dim=8, max_text_tokens=8,
-)  # fmt: skip
 WEIGHTS = Path(__file__).resolve().parents[2] / "models" / "weights" / "irm-pets-v3.safetensors"
-
-
-def tiny_head(seed: int = 0) -> IrmHead:
-    torch.manual_seed(seed)
-    head = IrmHead(TINY)
-    # Trained-like: non-zero output projections and gate, so the instruction matters.
-    for p in (head.id_out.weight, head.clo_out.weight, head.gate.weight):
-        torch.nn.init.normal_(p, std=0.5)
-    head.set_gallery_text(torch.randn(3, TINY.text_dim))
-    return head.eval()
-
-
-def teacher_head(seed: int = 0) -> IrmHead:
-    """An untrained head: every image vector is the (fake) teacher's, [t, t] / sqrt 2."""
-    torch.manual_seed(seed)
-    head = IrmHead(TINY)
-    head.set_gallery_text(torch.randn(3, TINY.text_dim))
-    return head.eval()
-
-
-class FakeBackbone:
-    """Deterministic features from pixels: 2x2 patch colours through fixed random projections."""
-
-    model_id = "fake-backbone"
-
-    def __init__(self) -> None:
-        rng = np.random.default_rng(0)
-        self.tok = rng.normal(size=(3, TINY.token_dim)).astype(np.float32)
-        self.tea = rng.normal(size=(12, TINY.teacher_dim)).astype(np.float32)
-
-    def __call__(self, crops):
-        import cv2
-
-        cells = np.stack([cv2.resize(c, (2, 2), interpolation=cv2.INTER_AREA) for c in crops])
-        cells = cells.reshape(len(crops), 4, 3).astype(np.float32) / 255.0  # (B, 4, 3)
-        return np.maximum(cells @ self.tok, 0), cells.reshape(len(crops), 12) @ self.tea
-
-
-class FakeText:
-    """Deterministic per-word states, (n_words + 1, text_dim) per text."""
-
-    def __call__(self, texts):
-        out = []
-        for t in texts:
-            rows = [np.random.default_rng(zlib.crc32(w.encode())).normal(size=TINY.text_dim)
-                    for w in ["[CLS]", *t.split()]]  # fmt: skip
-            out.append(np.asarray(rows, np.float32))
-        return out
-
-
-def tiny_embedder(seed: int = 0) -> IrmEmbedder:
-    return IrmEmbedder(
-        tiny_head(seed), FakeBackbone(), "irm-tiny", "cpu", batch_size=4, text=FakeText(),
-        compile_cpu=False,
-    )  # fmt: skip
-
-
-def crops(n: int, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, (40 + 4 * i, 20, 3), dtype=np.uint8) for i in range(n)]
 
 
 def test_is_an_instructable_embedder():
@@ -254,7 +193,7 @@ def test_train_head_writes_weights_and_report(tmp_path):
 
 
 def test_cv_folds_deal_pets_training_ids_and_keep_tracklets_training():
-    from models.train_irm import cv_folds
+    from models.irm_cache import cv_folds
 
     names = ["intel:1", "pets:1", "pets:3", "pets:5", "pets:7", "pets:9"]
     label = np.repeat(np.arange(6), [50, 10, 40, 30, 20, 40])
@@ -281,7 +220,7 @@ def test_choose_steps_takes_the_best_mean_gain_and_the_earlier_tie():
 
 
 def test_part_masks_separate_identity_from_outfit():
-    from models.train_irm import Batch, part_masks
+    from models.irm_objectives import Batch, part_masks
 
     # crops 0, 1 of identity 0, crop 2 of identity 1; the last entry is crop 0 recoloured
     label = np.asarray([0, 0, 1])
@@ -331,7 +270,7 @@ def test_instruction_tuning_classifies_against_the_frozen_gallery_centroids():
     """Stage 2's identity classifier is each identity's mean gallery id part, frozen: a
     query's id cross-entropy pulls it to its own people (before: a fresh random classifier
     that never trained pulled query id parts toward random directions)."""
-    from models.train_irm import centroid_classifier
+    from models.irm_objectives import centroid_classifier
 
     torch.manual_seed(0)
     cache, head = synthetic_cache(), IrmHead(TINY)
@@ -425,7 +364,8 @@ def test_trained_ignore_clothes_separates_a_recoloured_person_better(tmp_path):
     clothes" stands further above the other people (same-identity minus other-identity cosine
     to the original crops) than the same crop as a plain ReID query, for most crops; untrained,
     the two queries are the same."""
-    from models.train_irm import V, train_head
+    from models.irm_cache import V
+    from models.train_irm import train_head
 
     torch.manual_seed(0)
     cache = synthetic_cache(n_ids=6, per_id=8)

@@ -22,7 +22,7 @@ from models.attribute_probe import PROBE_NAMES
 from models.base import PersonAttributes
 from models.irm import IrmEmbedder, load_weights, save_head
 from models.train_probe import VIEWS, WEIGHT_GRID, choose_photo_text_weight
-from tests.models.test_irm import FakeBackbone, FakeText, teacher_head
+from tests.models.conftest import FakeBackbone, FakeText, teacher_head
 
 BGR = {"red": (0, 0, 220), "blue": (220, 0, 0), "green": (0, 200, 0), "yellow": (0, 220, 220),
        "white": (235, 235, 235), "black": (15, 15, 15)}  # fmt: skip
