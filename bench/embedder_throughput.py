@@ -165,7 +165,7 @@ def time_torch(runner: TorchRunner, crops: list, batches: list[int], iters: int,
 def cpu_embedders(b: int, threads: int, weights: Path | None, int8: bool) -> dict:
     """The OpenVINO CPU embedders as ingest runs them, batch ``b``: 0277 alone and the IRM
     (OpenVINO backbone + OpenVINO-compiled head), and with ``int8`` their INT8-backbone copies."""
-    from models.irm import IrmEmbedder
+    from models.irm_embedder import IrmEmbedder
     from models.openvino_reid import OpenVinoReidEmbedder
     from models.store import ModelStore
     from streaming.config import ModelStoreConfig, OpenVinoReidConfig
@@ -219,7 +219,7 @@ TEXTS = {  # a text the attribute probe reads, and one only the learned text pat
 
 def time_text(weights: Path | None, threads: int, calls: int = 50) -> dict:
     """Milliseconds per text query of the IRM embedder (median of ``calls``), per path."""
-    from models.irm import IrmEmbedder
+    from models.irm_embedder import IrmEmbedder
     from models.store import ModelStore
     from streaming.config import ModelStoreConfig
 

@@ -77,7 +77,7 @@ def build_detector(cfg: RefindConfig, store: ModelStore) -> Detector:
 
 def build_embedder(cfg: RefindConfig, store: ModelStore) -> ReidEmbedder:
     if cfg.embedder.type == "irm":
-        from models.irm import IrmEmbedder  # torch and transformers load only when chosen
+        from models.irm_embedder import IrmEmbedder  # torch and transformers load only when chosen
 
         return IrmEmbedder.from_config(cfg.embedder, store)
     return OpenVinoReidEmbedder(cfg.embedder, store)

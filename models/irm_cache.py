@@ -77,7 +77,7 @@ def build_cache(path: Path, store: object, opts: TrainOptions) -> Path:
     """Write the training cache (see the module docstring) to ``path``; returns it."""
     from models import irm_data as d
     from models.attributes import OpenVinoAttributes
-    from models.irm import OpenVinoBackbone
+    from models.irm_embedder import OpenVinoBackbone
     from models.minilm import MiniLmTokens
 
     t0 = time.perf_counter()

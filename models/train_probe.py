@@ -32,7 +32,8 @@ from models import irm_data as data
 from models.attribute_probe import AttributeProbe, fit_at, fit_probe, grouped_folds
 from models.base import PersonAttributes
 from models.eval_reid import reid_metrics
-from models.irm import IrmEmbedder, load_weights, save_head
+from models.irm import load_weights, save_head
+from models.irm_embedder import IrmEmbedder
 from models.store import ModelStore, sha256_of
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,8 @@ import zlib
 import numpy as np
 import torch
 
-from models.irm import IrmConfig, IrmEmbedder, IrmHead
+from models.irm import IrmConfig, IrmHead
+from models.irm_embedder import IrmEmbedder
 
 TINY = IrmConfig(
     token_dim=16, n_patches=4, teacher_dim=8, text_dim=12, dim=16, heads=2,

@@ -23,7 +23,8 @@ from models.attribute_probe import (
 )
 from models.base import ATTRIBUTE_NAMES, ModelInputError, PersonAttributes
 from models.colours import COLOUR_NAMES
-from models.irm import IrmEmbedder, load_head, load_weights, save_head
+from models.irm import load_head, load_weights, save_head
+from models.irm_embedder import IrmEmbedder
 from models.text_attributes import parse_attributes
 from tests.models.conftest import TINY, FakeBackbone, FakeText, tiny_head
 

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from models.base import TASKS, InstructableEmbedder
-from models.irm import IrmConfig, IrmEmbedder, IrmHead, load_head, save_head
+from models.irm import IrmConfig, IrmHead, load_head, save_head
 from models.irm_cache import VIEWS, Cache
+from models.irm_embedder import IrmEmbedder
 from models.irm_objectives import IdClassifier, sample_batch, step_loss
 from models.minilm import pad_states
 from models.train_irm import TrainOptions

@@ -45,7 +45,7 @@ def test_int8_copy_resolves_and_embeds_like_the_float_network(quantized):
 
 
 def test_irm_runs_on_the_int8_backbone_under_its_own_model_id(quantized):
-    from models.irm import IrmEmbedder
+    from models.irm_embedder import IrmEmbedder
 
     store, crops = quantized
     weights = store.resolve("irm-pets-v3")

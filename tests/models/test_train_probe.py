@@ -20,7 +20,8 @@ from actors.cli import main
 from models import train_probe as tp
 from models.attribute_probe import PROBE_NAMES
 from models.base import PersonAttributes
-from models.irm import IrmEmbedder, load_weights, save_head
+from models.irm import load_weights, save_head
+from models.irm_embedder import IrmEmbedder
 from models.train_probe import VIEWS, WEIGHT_GRID, choose_photo_text_weight
 from tests.models.conftest import FakeBackbone, FakeText, teacher_head
 
