@@ -52,6 +52,7 @@ from models.base import (
     Region,
     Reranker,
     RerankResult,
+    model_name,
 )
 from models.colours import colour_match
 from models.text_attributes import WantedAttributes, parse_attributes
@@ -274,7 +275,7 @@ def _load_text_probe(store: object, weights: str, model_id: str) -> AttributePro
     from models.irm import teacher_probe  # torch: imported only when a probe is used
 
     probe, teacher = teacher_probe(store.resolve(weights).path)  # type: ignore[attr-defined]
-    if model_id.split("@")[0].removesuffix(INT8_SUFFIX) != teacher:
+    if model_name(model_id).removesuffix(INT8_SUFFIX) != teacher:
         log.info("text probe of %s reads %s vectors, not %s: text queries scan",
                  weights, teacher, model_id)  # fmt: skip
         return None

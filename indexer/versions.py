@@ -40,6 +40,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from indexer.gallery_store import atomic_write, index_stem
 from indexer.shards import existing_shards
+from models.base import model_name
 from streaming.config import EmbedderConfig, RefindConfig
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class Version:
     @property
     def name(self) -> str:
         """The model store name (the model_id before its ``@`` checksum)."""
-        return self.model_id.split("@", 1)[0]
+        return model_name(self.model_id)
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,18 @@ Task = Literal[
 # `refind quantize` (models/quantize.py; the store resolves it, models.store.derived_dir).
 INT8_SUFFIX = "-int8"
 
+
+def model_id_for(name: str, sha256: str) -> str:
+    """The ``model_id`` vectors of a weights file carry: its name, ``@``, 12 hex digits of its
+    sha256 (one index never mixes two)."""
+    return f"{name}@{sha256[:12]}"
+
+
+def model_name(model_id: str) -> str:
+    """The name in a ``model_id`` (what ``model_id_for`` put before the ``@``)."""
+    return model_id.split("@", 1)[0]
+
+
 TASKS: tuple[str, ...] = (
     "reid", "clothes_change", "clothes_template", "attribute_text", "visible_infrared", "text",
 )

@@ -46,7 +46,7 @@ from torch import nn
 
 from models.attribute_probe import TENSOR_PREFIX as PROBE_PREFIX
 from models.attribute_probe import AttributeProbe
-from models.base import TASKS, ModelInputError
+from models.base import TASKS, ModelInputError, model_id_for
 
 TEACHER = "person-reidentification-retail-0277"  # the backbone weights name when none is stored
 BACKBONE_NODE = "1126"  # OMZ 0277's last feature map, (B, 512, 16, 8) after ReLU
@@ -381,7 +381,7 @@ def resolve_weights(weights: str, store: object) -> tuple[Path, str]:
             raise ModelInputError(f"IRM weights {path} not found")
         from models.store import sha256_of
 
-        return path, f"{path.stem}@{sha256_of(path)[:12]}"
+        return path, model_id_for(path.stem, sha256_of(path))
     resolved = store.resolve(weights)  # type: ignore[attr-defined]
     return resolved.path, resolved.model_id
 

@@ -21,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.base import INT8_SUFFIX
+from models.base import INT8_SUFFIX, model_id_for
 from streaming.config import ModelStoreConfig
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ class ModelStore:
                 f"unknown model {name!r}; known models: {', '.join(sorted(self.registry))}"
             )
         paths = tuple(self._resolve_file(spec, f) for f in spec.files)
-        return ResolvedModel(name, paths, f"{name}@{spec.files[0].sha256[:12]}")
+        return ResolvedModel(name, paths, model_id_for(name, spec.files[0].sha256))
 
     def _resolve_derived(self, name: str) -> ResolvedModel:
         """An INT8 copy made here by ``refind quantize`` (models/quantize.py), checked against
@@ -233,7 +233,7 @@ class ModelStore:
                 )
             paths.append(path)
         paths.sort(key=lambda p: p.suffix != ".xml")  # the .xml is the file loaded
-        return ResolvedModel(name, tuple(paths), f"{name}@{manifest['files'][f'{name}.bin'][:12]}")
+        return ResolvedModel(name, tuple(paths), model_id_for(name, manifest["files"][f"{name}.bin"]))
 
     def _resolve_file(self, spec: ModelSpec, mf: ModelFile) -> Path:
         problems: list[str] = []

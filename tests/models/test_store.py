@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from models.base import model_id_for, model_name
 from models.store import ModelFile, ModelSpec, ModelStore, ModelStoreError
 from tests.conftest import serve_directory
 
@@ -79,3 +80,23 @@ def test_unreachable_upstream_is_a_clear_error(tmp_path: Path) -> None:
 def test_shared_models_all_verify(model_store: ModelStore) -> None:
     for name in model_store.registry:
         assert model_store.resolve(name).path.is_file()
+
+
+@pytest.mark.parametrize(
+    "model_id, name",
+    [
+        (model_id_for("toy", SHA), "toy"),
+        (model_id_for("irm:irm-pets-v3", "0123456789abcdef"), "irm:irm-pets-v3"),
+        (
+            "person-reidentification-retail-0277-int8@abc",
+            "person-reidentification-retail-0277-int8",
+        ),
+        ("no-checksum", "no-checksum"),
+    ],
+)
+def test_model_name_reads_back_what_model_id_for_wrote(model_id: str, name: str) -> None:
+    assert model_name(model_id) == name
+
+
+def test_model_id_for_keeps_twelve_hex_digits() -> None:
+    assert model_id_for("toy", SHA) == f"toy@{SHA[:12]}"
