@@ -92,3 +92,19 @@ def test_an_empty_batch_is_refused(reid_model: ov.Model) -> None:
     run = CpuRunner(ov.Core(), reid_model, threads=1)
     with pytest.raises(ValueError, match="empty batch"):
         run([np.zeros((0, 3, 256, 128), np.float32)])
+
+
+def test_a_part_refused_at_start_waits_for_the_started_ones(model_store) -> None:
+    """0277 with a static batch of 2: of 5 rows on 2 streams the first part (2 rows) starts and
+    the second (3 rows) is refused at once. The error is raised only after the first part has
+    finished, so the next batch finds no request still busy."""
+    model = ov.Core().read_model(model_store.resolve(REID).path)
+    model.reshape({model.inputs[0].get_any_name(): ov.PartialShape([2, 3, 256, 128])})
+    run = CpuRunner(ov.Core(), model, threads=2, NUM_STREAMS=2, **F32)
+    x = crop_like_batch(5, seed=3)
+    (want,) = one_request(model, [x[:2]])
+    for _ in range(3):
+        with pytest.raises(RuntimeError, match="shape"):
+            run([x])
+        (out,) = run([x[:4]])
+        np.testing.assert_allclose(out[:2], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
