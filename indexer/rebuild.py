@@ -52,6 +52,7 @@ from indexer.versions import (
     serving_version,
     update_registry,
 )
+from models.base import model_name
 from models.store import ModelStore
 from streaming.config import KafkaConfig, RefindConfig
 from streaming.events import CropEvent, Event, ForgetEvent, TrackEvent, resolve_topic
@@ -156,7 +157,7 @@ def rebuild_gallery(
         report["skipped_forgotten"] = sum(len(c) for c in record.crops.values()) - sum(
             len(c) for c in todo.values())
         with tqdm(total=sum(len(c) for c in todo.values()), unit="crop", disable=quiet,
-                  desc=f"rebuild {embedder.model_id.split('@')[0]}", file=sys.stderr) as bar:
+                  desc=f"rebuild {model_name(embedder.model_id)}", file=sys.stderr) as bar:
             for name in sorted(set(todo) | {s.name for s in old_shards}):
                 (tmp / name).mkdir(parents=True, exist_ok=True)
                 with SqliteMetadata(tmp / name / "metadata.sqlite3") as meta:

@@ -28,7 +28,7 @@ The pipeline runs it as ``models.irm_embedder.IrmEmbedder`` (backbone, head and 
 
 Example:
     >>> head = IrmHead(IrmConfig())                                                # doctest: +SKIP
-    >>> g = head.gallery(patches, teacher)   # (B, 32, 512), (B, 256) -> vectors (B, 512)  # doctest: +SKIP
+    >>> g = head.gallery(patches, teacher).vectors  # (B, 32, 512), (B, 256) -> (B, 512)  # doctest: +SKIP
     >>> save_head(head, Path("irm.safetensors"))                                  # doctest: +SKIP
 """
 

@@ -1,8 +1,10 @@
 """The IRM training cache: every training crop rendered in ``VIEWS`` and run once through the
 frozen backbone, with its attributes, captions and instructions (stage 1 of models/train_irm.py).
 
-The cache is one ``.npz`` that a machine without OpenVINO (a GPU box) can train from. The
-held-out PETS identities are never in it.
+What goes in, and why, is step 1 of the models/train_irm.py docstring. The cache is one
+``.npz`` that a machine without OpenVINO (a GPU box) can train from. The held-out PETS
+identities are not in it (caches built before that change also held their original crops,
+never read).
 
 Example:
     >>> build_cache(Path("runs/irm/cache.npz"), store, TrainOptions(out=Path("runs/irm")))  # doctest: +SKIP
@@ -74,7 +76,8 @@ def _texts_for(attrs, agg, agg_row: list[int], rng: np.random.Generator) -> tupl
 
 
 def build_cache(path: Path, store: object, opts: TrainOptions) -> Path:
-    """Write the training cache (see the module docstring) to ``path``; returns it."""
+    """Write the training cache (step 1 of the models/train_irm.py docstring) to ``path``;
+    returns it."""
     from models import irm_data as d
     from models.attributes import OpenVinoAttributes
     from models.irm_embedder import OpenVinoBackbone

@@ -2,17 +2,18 @@
 
 One command (``refind train irm --out DIR``):
 
-1. **Cache** (once, CPU, OpenVINO; ``models.irm_cache``): every training crop -- the PETS ground-truth crops of the
-   training identities (``models.irm_data.pets_identity_split``) and the tracks of refind's own
-   tracker on the Intel clip as weak identities -- is rendered in ``VIEWS`` (original, flip, two
-   clothes recolourings, a texture swap, greyscale, thermal, the upper-body garment) and run once
-   through the frozen backbone (32 patch tokens + the 0277 teacher embedding per view); the 0230
-   attribute model describes the original; captions and instructions are written
-   (``models.irm_data``) and encoded once by all-MiniLM-L6-v2. The held-out (test) identities
-   are not in it (caches built before this also held their original crops, never read). The
-   cache is one ``.npz`` that a machine without OpenVINO (a GPU box) can train from
-   (``--cache PATH``).
-2. **Cross-validation** (CPU or GPU) over the PETS training identities (``cv_folds``), per fold:
+1. **Cache** (once, CPU, OpenVINO; ``models.irm_cache``): every training crop -- the PETS
+   ground-truth crops of the training identities (``models.irm_data.pets_identity_split``) and
+   the tracks of refind's own tracker on the Intel clip as weak identities -- is rendered in
+   ``irm_cache.VIEWS`` (original, flip, two clothes recolourings, a texture swap, greyscale,
+   thermal, the upper-body garment) and run once through the frozen backbone (32 patch tokens
+   + the 0277 teacher embedding per view); the 0230 attribute model describes the original;
+   captions and instructions are written (``models.irm_data``) and encoded once by
+   all-MiniLM-L6-v2. The held-out (test) identities are not in it (caches built before this
+   also held their original crops, never read). The cache is one ``.npz`` that a machine
+   without OpenVINO (a GPU box) can train from (``--cache PATH``).
+2. **Cross-validation** (CPU or GPU) over the PETS training identities
+   (``irm_cache.cv_folds``), per fold:
    (a) the whole head (``train_head``; batches, losses and validation in
    ``models.irm_objectives``): PK batches (identities x crops); each crop gets a task
    and becomes a query (its task's view + instruction); galleries are the original (or flipped)
@@ -20,8 +21,8 @@ One command (``refind train irm --out DIR``):
    adaptive (soft-weighted) triplet over query x gallery with per-task positives; identity
    cross-entropy (cosine classifier, label smoothing); distillation of both parts to the
    teacher (cosine and batch relations); a crop-vs-its-recolouring invariance term
-   (``part_masks``); attribute distillation from CLS_clo. Validated on plain-ReID mAP against
-   the teacher: this chooses the image step count (``choose_steps``).
+   (``irm_objectives.part_masks``); attribute distillation from CLS_clo. Validated on
+   plain-ReID mAP against the teacher: this chooses the image step count (``choose_steps``).
    (b) from that head, the instruction pathway alone (``instruction_parameters``: nothing the
    gallery or a plain query depends on), validated on instructed-task mAP.
    (c) the text path alone (``train_text``, ``text_parameters``), validated on text mAP.

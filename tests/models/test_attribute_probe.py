@@ -1,8 +1,9 @@
 """The attribute probe (models/attribute_probe.py) and its place in the IRM weights and text path
-(models/irm.py: save_head / load_weights, IrmEmbedder.embed_text).
+(models/irm.py: save_head / load_weights; models/irm_embedder.py: IrmEmbedder.embed_text).
 
 The probe is fitted on synthetic gallery vectors whose attributes and colours are known directions;
-the IRM tests use test_irm's tiny head, fake backbone and fake text encoder (no data, CPU only).
+the IRM tests use the tiny head, fake backbone and fake text encoder of tests/models/conftest.py
+(no data, CPU only).
 """
 
 from __future__ import annotations

@@ -146,6 +146,6 @@ def test_a_teacher_only_model_warns_when_an_instruction_is_ignored(
     task, instruction, warns, caplog, one_thread
 ) -> None:
     images, *_, embedder = fitted_teacher(weight=0.75)
-    with caplog.at_level("WARNING", logger="models.irm"):
+    with caplog.at_level("WARNING", logger="models.irm_embedder"):
         embedder.embed_query(images[:2], task, instruction)
     assert ("does not change photo queries" in caplog.text) == warns, caplog.text
