@@ -210,7 +210,7 @@ def evaluate(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
         from models.eval_reid import evaluate_reid
 
         result = evaluate_reid(args.query, args.gallery, _eval_embedder(args, cfg))
-        keys = ("mAP", "rank1", "rank5", "rank10")
+        keys = ("mAP", "mAP_ci95_lo", "mAP_ci95_hi", "rank1", "rank5", "rank10")
     else:
         result, keys = _evaluate_irm(args, cfg)
     if not args.json and keys:
@@ -248,7 +248,7 @@ def _evaluate_irm(
         result = eval_irm.evaluate_instructed(
             args.query, args.gallery, embedder, args.task or "reid", instruction
         )
-        return result, ("task", "mAP", "rank1", "rank5", "rank10")
+        return result, ("task", "mAP", "mAP_ci95_lo", "mAP_ci95_hi", "rank1", "rank5", "rank10")
     from models.attributes import OpenVinoAttributes
 
     if args.eval_command == "text" and not eval_irm.is_instructable(embedder):
@@ -259,7 +259,8 @@ def _evaluate_irm(
     attributes = OpenVinoAttributes(ModelStore.from_config(cfg.models))
     if args.eval_command == "text":
         result = eval_irm.evaluate_text(args.queries, args.gallery, embedder, args.tau, attributes)
-        columns = ("mAP", "rank1", "rank5", "rank10", "chance_rank5", "chance_p_rank5", "mAP_tau")
+        columns = ("mAP", "mAP_ci95_lo", "mAP_ci95_hi", "rank1", "rank5", "rank10", "chance_rank5",
+                   "chance_p_rank5", "mAP_tau")  # fmt: skip
         return result, columns
     results = eval_irm.evaluate_irm(args.sets, embedder, attributes, args.tau)
     if not args.json:

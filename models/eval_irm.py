@@ -15,7 +15,8 @@ text queries through ``embed_text``; the gallery always through ``__call__``. A 
 ``ReidEmbedder`` embeds queries with ``__call__`` (it ignores instructions) and cannot do the text
 task (reported as not supported).
 
-Metrics per task: mAP and CMC rank-1/5/10 (``models.eval_reid.reid_metrics``); the expected mAP
+Metrics per task: mAP (with its 95 % interval when identities are resampled,
+``mAP_ci95_lo``/``_hi``) and CMC rank-1/5/10 (``models.eval_reid.reid_metrics``); the expected mAP
 and rank-k of a random ranking (``chance_*``) and the one-sided p-value of each observed rank-k
 rate under random rankings (``chance_p_rank*``); for the tasks whose instruction is text
 (attribute_text, text) also ``mAP_tau`` / ``rank1_tau`` of Instruct-ReID++: a gallery crop counts
@@ -445,6 +446,7 @@ def format_table(results: dict[str, dict[str, object]]) -> str:
     """The per-task figures as a fixed-width text table."""
     cols = (
         "mAP",
+        "mAP_ci95",
         "rank1",
         "rank5",
         "rank10",
@@ -459,6 +461,8 @@ def format_table(results: dict[str, dict[str, object]]) -> str:
         cells = []
         for c in cols:
             v = r.get(c)
+            if c == "mAP_ci95" and "mAP_ci95_lo" in r:  # the identity-bootstrap interval
+                v = f"{r['mAP_ci95_lo']:.3f}-{r['mAP_ci95_hi']:.3f}"
             cells.append(
                 "n/a" if not r.get("supported", True) or v is None
                 else f"{v:.4f}" if isinstance(v, float) else str(v)

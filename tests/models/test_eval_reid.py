@@ -9,7 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
-from models.eval_reid import evaluate_reid, load_identity_folder, reid_metrics
+from models.eval_reid import (
+    evaluate_reid,
+    identity_bootstrap_ci,
+    load_identity_folder,
+    reid_metrics,
+)
 from models.pets_reid import PetsReidOptions, build_pets_reid, max_overlap, split_track
 from streaming.records import Embeddings
 
@@ -70,6 +75,41 @@ METRIC_CASES = {
 def test_reid_metrics(query: tuple, gallery: tuple, expected: dict) -> None:
     got = reid_metrics(*query, *gallery)
     assert {k: got[k] for k in expected} == pytest.approx(expected)
+
+
+# Each case: per-query values, their identities, the expected 95 % identity-bootstrap interval.
+CI_CASES = {
+    "every identity the same": ([0.5, 0.5, 0.5, 0.5], ["a", "a", "b", "b"], (0.5, 0.5)),
+    "one identity": ([0.2, 0.4], ["a", "a"], (0.3, 0.3)),
+    # two people, ten queries each: a query bootstrap would say ~0.5 +- 0.2; resampling the
+    # people gives 0, 0.5 or 1 with chances 1/4, 1/2, 1/4
+    "two clusters": ([1.0] * 10 + [0.0] * 10, ["a"] * 10 + ["b"] * 10, (0.0, 1.0)),
+}
+
+
+@pytest.mark.parametrize(("values", "ids", "expected"), CI_CASES.values(), ids=CI_CASES)
+def test_identity_bootstrap_ci(values: list, ids: list, expected: tuple) -> None:
+    assert identity_bootstrap_ci(np.asarray(values), ids) == pytest.approx(expected)
+
+
+def test_identity_bootstrap_ci_is_seeded_and_brackets_the_mean() -> None:
+    rng = np.random.default_rng(1)
+    values, ids = rng.random(60), [f"id{k % 12}" for k in range(60)]
+    lo, hi = identity_bootstrap_ci(values, ids)
+    assert lo < values.mean() < hi
+    assert identity_bootstrap_ci(values, ids) == (lo, hi)
+    assert identity_bootstrap_ci(values, ids, seed=2) != (lo, hi)
+    narrow = identity_bootstrap_ci(values, ids, level=0.5)
+    assert lo < narrow[0] < narrow[1] < hi
+
+
+def test_reid_metrics_report_the_interval() -> None:
+    # a's queries rank a's crop first (AP 1), b's rank it second (AP 0.5): mAP 0.75
+    q = (_unit(0, 0, 80, 80), ["a", "a", "b", "b"], ["a/1", "a/2", "b/1", "b/2"])
+    g = (_unit(0, 40, 70), ["a", "b", "x"], ["a/g", "b/g", "x/g"])
+    got = reid_metrics(*q, *g)
+    assert got["mAP"] == pytest.approx(0.75)
+    assert (got["mAP_ci95_lo"], got["mAP_ci95_hi"]) == pytest.approx((0.5, 1.0))
 
 
 ERROR_CASES = {
