@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     x = ev.add_parser("irm", help="all six IRM tasks on sets from scripts/build_irm_eval.py")
     x.add_argument("--sets", type=Path, required=True, help="folder with one folder per task")
     x.add_argument("--model", help="embedder model name (default: the config's)")
+    x.add_argument("--baseline", help="also evaluate this model and report the mAP difference "
+                   "per task on the same queries, with a 95 %% interval over identities")
     x.add_argument("--tau", type=float, default=0.5, help="agreement threshold of mAP_tau")
     _add_common(x, data_dir=False)
     x = ev.add_parser("refer", help="referring re-rankers: recall, precision, DensityF1, "

@@ -265,7 +265,15 @@ def _evaluate_irm(
     results = eval_irm.evaluate_irm(args.sets, embedder, attributes, args.tau)
     if not args.json:
         print(eval_irm.format_table(results))
-    return results, ()  # type: ignore[return-value]
+    if not args.baseline:
+        return results, ()  # type: ignore[return-value]
+    base_args = argparse.Namespace(**{**vars(args), "model": args.baseline})
+    baseline = eval_irm.evaluate_irm(args.sets, _eval_embedder(base_args, cfg), attributes, args.tau)
+    difference = eval_irm.paired_difference(results, baseline)
+    if not args.json:
+        print(f"\nbaseline {args.baseline}\n{eval_irm.format_table(baseline)}")
+        print(f"\n{eval_irm.format_difference(difference)}")
+    return {"model": results, "baseline": baseline, "difference": difference}, ()
 
 
 def _fmt(value: object) -> str:

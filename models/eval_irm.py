@@ -45,7 +45,12 @@ import cv2
 import numpy as np
 
 from models.base import TASKS, AttributeModel, InstructableEmbedder, PersonAttributes, ReidEmbedder
-from models.eval_reid import load_identity_folder, reid_metrics
+from models.eval_reid import (
+    identity_bootstrap_ci,
+    load_identity_folder,
+    query_average_precision,
+    reid_metrics,
+)
 from models.text_attributes import agreement, parse_attributes
 
 log = logging.getLogger(__name__)
@@ -244,8 +249,10 @@ def tau_metrics(
 
 
 def _score(
-    q_vecs: np.ndarray, q_ids: list[str], q_names: list[str], gallery: Gallery
-) -> dict[str, float | int]:
+    q_vecs: np.ndarray, q_ids: list[str], q_names: list[str], gallery: Gallery,
+    per_query: bool = False,
+) -> dict[str, object]:  # fmt: skip
+    """reid_metrics with chance figures; with ``per_query`` also each query's AP (``query_ap``)."""
     metrics = reid_metrics(q_vecs, q_ids, q_names, gallery.vectors, gallery.ids, gallery.names)
     g_ids, g_names = np.asarray(gallery.ids), np.asarray(gallery.names)
     # true matches as reid_metrics counts them: a gallery entry named as the query is left out
@@ -254,11 +261,16 @@ def _score(
         for q, name in zip(q_ids, q_names, strict=True)
     ]
     rates = {k: float(metrics[f"rank{k}"]) for k in RANKS}
-    return {
+    out: dict[str, object] = {
         **metrics,
         **chance_metrics(n_true, len(g_ids)),
         **chance_p_values(n_true, len(g_ids), rates),
     }
+    if per_query:
+        out["query_ap"] = query_average_precision(
+            q_vecs, q_ids, q_names, gallery.vectors, gallery.ids, gallery.names
+        )
+    return out
 
 
 def read_task_queries(
@@ -291,15 +303,16 @@ def evaluate_task(
     embedder: ReidEmbedder,
     gallery: Gallery | None = None,
     tau: float = TAU,
+    per_query: bool = False,
 ) -> dict[str, object]:
-    """Score one image-query task folder (any task but "text")."""
+    """Score one image-query task folder (any task but "text"); ``per_query``: see ``_score``."""
     if task not in TASKS or task == "text":
         raise ValueError(f"evaluate_task takes one of {', '.join(TASKS[:-1])}, got {task!r}")
     images, ids, names, instructions = read_task_queries(task_dir)
     gallery = gallery or embed_gallery(Path(task_dir) / "gallery", embedder)
     q_vecs = embed_queries(embedder, task, images, instructions)
     result: dict[str, object] = {
-        "task": task, **_score(q_vecs, ids, names, gallery), "n_query": len(ids),
+        "task": task, **_score(q_vecs, ids, names, gallery, per_query), "n_query": len(ids),
         "n_gallery": len(gallery.ids), "instructed": is_instructable(embedder),
     }  # fmt: skip
     texts = [i for i in instructions if isinstance(i, str)]
@@ -314,9 +327,11 @@ def evaluate_text(
     embedder: ReidEmbedder,
     tau: float = TAU,
     attributes: AttributeModel | None = None,
+    per_query: bool = False,
 ) -> dict[str, object]:
     """Text-to-image retrieval: JSON lines ``{"text", "identity"}`` against an identity folder.
-    With an attribute model (or a ``Gallery`` that has attributes) mAP_tau is reported too."""
+    With an attribute model (or a ``Gallery`` that has attributes) mAP_tau is reported too;
+    ``per_query``: see ``_score``."""
     rows = read_jsonl(Path(queries), ("text", "identity"))
     if not is_instructable(embedder):
         raise ValueError(
@@ -338,7 +353,8 @@ def evaluate_text(
     texts, ids = [r["text"] for r in rows], [r["identity"] for r in rows]
     q_vecs = embedder.embed_text(texts).vectors  # type: ignore[attr-defined]
     result: dict[str, object] = {
-        "task": "text", **_score(q_vecs, ids, [f"text:{k}" for k in range(len(ids))], gallery),
+        "task": "text",
+        **_score(q_vecs, ids, [f"text:{k}" for k in range(len(ids))], gallery, per_query),
         "n_query": len(ids), "n_gallery": len(gallery.ids), "instructed": True,
     }  # fmt: skip
     if gallery.attributes is not None:
@@ -413,7 +429,8 @@ def evaluate_irm(
     tasks: Sequence[str] = TASKS,
 ) -> dict[str, dict[str, object]]:
     """Every task of a set folder; the gallery (the same crops for every task) is embedded once.
-    A task the model cannot do (text with a plain model) gets ``{"supported": False}``."""
+    A task the model cannot do (text with a plain model) gets ``{"supported": False}``. Each
+    result keeps its queries' APs (``query_ap``), for ``paired_difference``."""
     sets_dir = Path(sets_dir)
     missing = [t for t in tasks if not (sets_dir / t).is_dir()]
     if missing:
@@ -433,13 +450,36 @@ def evaluate_irm(
             cache[key] = embed_gallery(g_dir, embedder, attributes)
         if task == "text":
             results[task] = evaluate_text(
-                sets_dir / task / "queries.jsonl", cache[key], embedder, tau
+                sets_dir / task / "queries.jsonl", cache[key], embedder, tau, per_query=True
             )
         else:
-            results[task] = evaluate_task(sets_dir / task, task, embedder, cache[key], tau)
+            results[task] = evaluate_task(
+                sets_dir / task, task, embedder, cache[key], tau, per_query=True
+            )
         results[task] |= {"supported": True, "model_id": embedder.model_id}
         log.info("irm eval %s: mAP %.3f", task, results[task]["mAP"])
     return results
+
+
+def paired_difference(
+    model: dict[str, dict[str, object]], baseline: dict[str, dict[str, object]]
+) -> dict[str, dict[str, object]]:
+    """Per task both ran: mAP of ``model`` minus ``baseline``'s on the same queries, with a 95 %
+    interval over identities (``identity_bootstrap_ci`` of the per-query AP differences). Results
+    of ``evaluate_irm`` on the same sets; a query evaluated by one model only is refused."""
+    out: dict[str, dict[str, object]] = {}
+    for task, a in model.items():
+        b = baseline.get(task, {})
+        if not (a.get("supported") and b.get("supported")):
+            continue
+        qa, qb = a["query_ap"], b["query_ap"]
+        if qa["names"] != qb["names"]:  # type: ignore[index]
+            raise ValueError(f"task {task}: the two runs evaluated different queries")
+        diff = np.asarray(qa["ap"]) - np.asarray(qb["ap"])  # type: ignore[index]
+        lo, hi = identity_bootstrap_ci(diff, qa["ids"])  # type: ignore[index]
+        out[task] = {"mAP_diff": float(diff.mean()), "ci95_lo": lo, "ci95_hi": hi,
+                     "n_queries": len(diff), "n_identities": len(set(qa["ids"]))}  # type: ignore[index]  # fmt: skip
+    return out
 
 
 def format_table(results: dict[str, dict[str, object]]) -> str:
@@ -468,4 +508,14 @@ def format_table(results: dict[str, dict[str, object]]) -> str:
                 else f"{v:.4f}" if isinstance(v, float) else str(v)
             )  # fmt: skip
         lines.append(f"{task:<17}" + "".join(f"{c:>15}" for c in cells))
+    return "\n".join(lines)
+
+
+def format_difference(difference: dict[str, dict[str, object]]) -> str:
+    """``paired_difference`` as a text table: the model's mAP minus the baseline's, per task."""
+    lines = [f"{'task':<17}{'mAP diff':>12}{'95 % interval':>20}{'queries':>9}{'people':>8}"]
+    for task, d in difference.items():
+        interval = f"{d['ci95_lo']:+.3f} to {d['ci95_hi']:+.3f}"
+        lines.append(f"{task:<17}{d['mAP_diff']:>+12.4f}{interval:>20}{d['n_queries']:>9}"
+                     f"{d['n_identities']:>8}")  # fmt: skip
     return "\n".join(lines)

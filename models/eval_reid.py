@@ -100,6 +100,47 @@ def reid_metrics(
     with a 95 % interval over identities (``mAP_ci95_lo`` / ``_hi``, ``identity_bootstrap_ci``).
     Raises ValueError for mismatched lengths or dims, or when no query can be evaluated.
     """
+    hits, keep = _ranked_hits(q_vecs, q_ids, q_names, g_vecs, g_ids, g_names)
+    ap = _average_precision(hits[keep])  # (nk,)
+    first_hit = hits[keep].argmax(axis=1)  # (nk,) 0-based rank of the best true match
+    result: dict[str, float | int] = {"mAP": float(ap.mean())}
+    lo, hi = identity_bootstrap_ci(ap, np.asarray(q_ids, dtype=str)[keep])
+    result |= {"mAP_ci95_lo": lo, "mAP_ci95_hi": hi}
+    for k in RANKS:
+        result[f"rank{k}"] = float((first_hit < k).mean())
+    result["n_queries_evaluated"] = int(keep.sum())
+    result["n_queries_skipped"] = int((~keep).sum())
+    return result
+
+
+def query_average_precision(
+    q_vecs: np.ndarray,
+    q_ids: Sequence[str],
+    q_names: Sequence[str],
+    g_vecs: np.ndarray,
+    g_ids: Sequence[str],
+    g_names: Sequence[str],
+) -> dict[str, list]:
+    """The AP of each evaluated query, as ``reid_metrics`` ranks it: columns ``names``, ``ids``
+    and ``ap`` (queries without a true match left out), for comparing two models query by
+    query (``models.eval_irm.paired_difference``)."""
+    hits, keep = _ranked_hits(q_vecs, q_ids, q_names, g_vecs, g_ids, g_names)
+    return {
+        "names": [str(n) for n, k in zip(q_names, keep, strict=True) if k],
+        "ids": [str(i) for i, k in zip(q_ids, keep, strict=True) if k],
+        "ap": [float(a) for a in _average_precision(hits[keep])],
+    }
+
+
+def _ranked_hits(
+    q_vecs: np.ndarray,
+    q_ids: Sequence[str],
+    q_names: Sequence[str],
+    g_vecs: np.ndarray,
+    g_ids: Sequence[str],
+    g_names: Sequence[str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """(nq, ng) true matches in each query's ranking order, and (nq,) which queries have one."""
     q = _as_matrix(q_vecs, q_ids, q_names, "query")
     g = _as_matrix(g_vecs, g_ids, g_names, "gallery")
     if q.shape[1] != g.shape[1]:
@@ -112,27 +153,19 @@ def reid_metrics(
     sim = np.where(allowed, sim, -np.inf)  # left-out entries sort last and are never counted
     order = np.argsort(-sim, axis=1, kind="stable")  # (nq, ng) best first
     hits = np.take_along_axis((q_id[:, None] == g_id[None, :]) & allowed, order, axis=1)
-
-    n_true = hits.sum(axis=1)  # (nq,)
-    keep = n_true > 0
+    keep = hits.any(axis=1)  # (nq,)
     if not keep.any():
         raise ValueError(
             f"none of the {len(q)} queries has a true match in the gallery of {len(g)} "
             f"(query identities {sorted(set(q_id.tolist()))[:10]}...)"
         )
-    hits, n_true = hits[keep], n_true[keep]
-    first_hit = hits.argmax(axis=1)  # (nk,) 0-based rank of the best true match
-    precision = np.cumsum(hits, axis=1) / np.arange(1, hits.shape[1] + 1)  # (nk, ng)
-    ap = (precision * hits).sum(axis=1) / n_true  # (nk,)
+    return hits, keep
 
-    result: dict[str, float | int] = {"mAP": float(ap.mean())}
-    lo, hi = identity_bootstrap_ci(ap, q_id[keep])
-    result |= {"mAP_ci95_lo": lo, "mAP_ci95_hi": hi}
-    for k in RANKS:
-        result[f"rank{k}"] = float((first_hit < k).mean())
-    result["n_queries_evaluated"] = int(keep.sum())
-    result["n_queries_skipped"] = int((~keep).sum())
-    return result
+
+def _average_precision(hits: np.ndarray) -> np.ndarray:
+    """AP (n,) of ranked true-match rows (n, ng), each with at least one match."""
+    precision = np.cumsum(hits, axis=1) / np.arange(1, hits.shape[1] + 1)  # (n, ng)
+    return (precision * hits).sum(axis=1) / hits.sum(axis=1)
 
 
 def identity_bootstrap_ci(

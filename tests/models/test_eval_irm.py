@@ -18,6 +18,7 @@ from models.eval_irm import (
     chance_metrics,
     chance_p_values,
     evaluate_irm,
+    paired_difference,
     read_jsonl,
     tau_metrics,
 )
@@ -132,6 +133,25 @@ def test_read_jsonl_errors(tmp_path: Path, body: str, message: str) -> None:
         read_jsonl(path, ("text", "identity"))
 
 
+def _run(names: list[str], ids: list[str], ap: list[float]) -> dict:
+    return {"supported": True, "query_ap": {"names": names, "ids": ids, "ap": ap}}
+
+
+def test_paired_difference_is_per_query_and_resamples_people() -> None:
+    names, ids = ["a/1", "a/2", "b/1", "b/2"], ["a", "a", "b", "b"]
+    model = {"reid": _run(names, ids, [1.0, 0.5, 1.0, 1.0]), "text": {"supported": False}}
+    base = {"reid": _run(names, ids, [0.5, 0.5, 1.0, 0.5]), "text": _run(["t"], ["a"], [1.0])}
+    diff = paired_difference(model, base)
+    assert set(diff) == {"reid"}  # a task one of them cannot do is left out
+    d = diff["reid"]
+    # each person gains 0.25 on average: every resample of the people gives 0.25
+    assert (d["mAP_diff"], d["ci95_lo"], d["ci95_hi"]) == pytest.approx((0.25, 0.25, 0.25))
+    assert (d["n_queries"], d["n_identities"]) == (4, 2)
+    other = {"reid": _run(["a/1", "a/2", "b/1", "b/3"], ids, [1.0] * 4)}
+    with pytest.raises(ValueError, match="different queries"):
+        paired_difference(model, other)
+
+
 def _build_script():
     spec = importlib.util.spec_from_file_location(
         "build_irm_eval", REPO / "scripts/build_irm_eval.py"
@@ -170,8 +190,16 @@ def test_eval_irm_cli_with_the_0277_baseline(
     tiny_sets: Path, capsys: pytest.CaptureFixture
 ) -> None:
     need_models()
-    assert main(["eval", "irm", "--sets", str(tiny_sets), "--json"]) == 0
-    results = json.loads(capsys.readouterr().out)
+    args = ["eval", "irm", "--sets", str(tiny_sets), "--json"]
+    assert main([*args, "--baseline", "person-reidentification-retail-0277"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    results, baseline = out["model"], out["baseline"]
+    # the same model against itself: the same queries, a difference of exactly 0 on each task
+    assert set(out["difference"]) == set(TASKS[:-1])  # text: 0277 cannot embed text
+    for task, d in out["difference"].items():
+        assert d["mAP_diff"] == d["ci95_lo"] == d["ci95_hi"] == 0.0, task
+        assert d["n_queries"] == len(results[task]["query_ap"]["ap"]) > 0
+        assert results[task]["mAP"] == baseline[task]["mAP"]
     assert results["text"]["supported"] is False
     for task in TASKS[:-1]:
         r = results[task]
