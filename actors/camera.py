@@ -86,6 +86,8 @@ class CameraReport:
     in_flight: int = 0
     model_id: str = ""  # the embedder model this camera's crops are embedded with now
     error: str | None = None
+    events_sent: int = 0  # of events_published: acknowledged by Kafka
+    events_failed: int = 0  # of events_published: given up on (logged at ERROR)
 
 
 class _Outputs:
@@ -110,6 +112,13 @@ class _Outputs:
         """Hand an event to Kafka; ``published`` counts those the producer accepted."""
         if self.bus is not None and self.bus.publish(event):
             self.published += 1
+
+    def delivered(self) -> tuple[int, int]:
+        """(sent, failed): accepted events Kafka acknowledged, and those given up on."""
+        if self.bus is None:
+            return 0, 0
+        stats = self.bus.stats()
+        return stats.sent, stats.failed
 
     def redis_call(self, method: str, *args: Any, **kwargs: Any) -> None:
         """A Redis write; while Redis is down it is logged and skipped (the gallery keeps the
@@ -209,6 +218,7 @@ class CameraActor:
 
     def status(self) -> CameraReport:
         s = self._live.status()
+        sent, failed = self._out.delivered()
         with self._lock:
             lat = np.quantile(self._latency, [0.5, 0.95]) if self._latency else (None, None)
             return CameraReport(
@@ -231,6 +241,8 @@ class CameraActor:
                 in_flight=self._in_flight,
                 model_id=self._model_id,
                 error=self._error,
+                events_sent=sent,
+                events_failed=failed,
             )
 
     def stop(self) -> CameraReport:

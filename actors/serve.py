@@ -54,6 +54,8 @@ class _SnapshotCollector:
             "tracks_started": "Tracks started",
             "crops_stored": "Crops embedded and stored",
             "events_published": "Events handed to Kafka",
+            "events_sent": "Events Kafka acknowledged",
+            "events_failed": "Events given up on (not delivered to Kafka)",
         }
         for key, doc in counters.items():
             fam = CounterMetricFamily(f"refind_camera_{key}", doc, labels=["camera"])
