@@ -228,6 +228,22 @@ def _eval_embedder(args: argparse.Namespace, cfg: RefindConfig) -> ReidEmbedder:
     return build_embedder(cfg, store)
 
 
+def _baseline_embedder(name: str, cfg: RefindConfig) -> ReidEmbedder:
+    """``eval irm --baseline NAME``: the embedder ``--model NAME`` would give; an OMZ ReID name
+    against a config whose embedder has no model name (an IRM section) gets the default
+    OpenVINO ReID embedder with that model."""
+    from indexer.versions import VersionError, with_embedder, with_model
+
+    try:
+        base = with_model(cfg, name)
+    except VersionError:
+        base = with_model(with_embedder(cfg, {"type": "openvino_reid"}), name)
+    try:
+        return build_embedder(base, ModelStore.from_config(cfg.models))
+    except ModelStoreError as err:
+        raise ModelStoreError(f"--baseline {name}: {err}") from None
+
+
 def _evaluate_irm(
     args: argparse.Namespace, cfg: RefindConfig
 ) -> tuple[dict[str, object], tuple[str, ...]]:
@@ -241,6 +257,9 @@ def _evaluate_irm(
     if args.eval_command == "irm" and not args.sets.is_dir():
         raise FileNotFoundError(f"sets folder {args.sets} not found")
     embedder = _eval_embedder(args, cfg)
+    # the baseline is built before anything is evaluated: a bad name fails at once
+    baseline_embedder = _baseline_embedder(args.baseline, cfg) if args.eval_command == "irm" \
+        and args.baseline else None  # fmt: skip
     if args.eval_command == "reid":
         instruction = args.instruction
         if instruction is not None and Path(instruction).is_file():
@@ -262,13 +281,15 @@ def _evaluate_irm(
         columns = ("mAP", "mAP_ci95_lo", "mAP_ci95_hi", "rank1", "rank5", "rank10", "chance_rank5",
                    "chance_p_rank5", "mAP_tau")  # fmt: skip
         return result, columns
-    results = eval_irm.evaluate_irm(args.sets, embedder, attributes, args.tau)
+    paired = baseline_embedder is not None
+    results = eval_irm.evaluate_irm(args.sets, embedder, attributes, args.tau, per_query=paired)
     if not args.json:
         print(eval_irm.format_table(results))
-    if not args.baseline:
+    if baseline_embedder is None:
         return results, ()  # type: ignore[return-value]
-    base_args = argparse.Namespace(**{**vars(args), "model": args.baseline})
-    baseline = eval_irm.evaluate_irm(args.sets, _eval_embedder(base_args, cfg), attributes, args.tau)
+    baseline = eval_irm.evaluate_irm(
+        args.sets, baseline_embedder, attributes, args.tau, per_query=True
+    )
     difference = eval_irm.paired_difference(results, baseline)
     if not args.json:
         print(f"\nbaseline {args.baseline}\n{eval_irm.format_table(baseline)}")

@@ -427,10 +427,11 @@ def evaluate_irm(
     attributes: AttributeModel | None = None,
     tau: float = TAU,
     tasks: Sequence[str] = TASKS,
+    per_query: bool = False,
 ) -> dict[str, dict[str, object]]:
     """Every task of a set folder; the gallery (the same crops for every task) is embedded once.
-    A task the model cannot do (text with a plain model) gets ``{"supported": False}``. Each
-    result keeps its queries' APs (``query_ap``), for ``paired_difference``."""
+    A task the model cannot do (text with a plain model) gets ``{"supported": False}``. With
+    ``per_query`` each result keeps its queries' APs (``query_ap``), for ``paired_difference``."""
     sets_dir = Path(sets_dir)
     missing = [t for t in tasks if not (sets_dir / t).is_dir()]
     if missing:
@@ -450,11 +451,11 @@ def evaluate_irm(
             cache[key] = embed_gallery(g_dir, embedder, attributes)
         if task == "text":
             results[task] = evaluate_text(
-                sets_dir / task / "queries.jsonl", cache[key], embedder, tau, per_query=True
+                sets_dir / task / "queries.jsonl", cache[key], embedder, tau, per_query=per_query
             )
         else:
             results[task] = evaluate_task(
-                sets_dir / task, task, embedder, cache[key], tau, per_query=True
+                sets_dir / task, task, embedder, cache[key], tau, per_query=per_query
             )
         results[task] |= {"supported": True, "model_id": embedder.model_id}
         log.info("irm eval %s: mAP %.3f", task, results[task]["mAP"])
@@ -466,14 +467,17 @@ def paired_difference(
 ) -> dict[str, dict[str, object]]:
     """Per task both ran: mAP of ``model`` minus ``baseline``'s on the same queries, with a 95 %
     interval over identities (``identity_bootstrap_ci`` of the per-query AP differences). Results
-    of ``evaluate_irm`` on the same sets; a query evaluated by one model only is refused."""
+    of ``evaluate_irm(..., per_query=True)`` on the same sets; runs whose queries differ (by
+    name or identity) are refused."""
     out: dict[str, dict[str, object]] = {}
     for task, a in model.items():
         b = baseline.get(task, {})
         if not (a.get("supported") and b.get("supported")):
             continue
+        if "query_ap" not in a or "query_ap" not in b:
+            raise ValueError(f"task {task}: no per-query APs (evaluate_irm(..., per_query=True))")
         qa, qb = a["query_ap"], b["query_ap"]
-        if qa["names"] != qb["names"]:  # type: ignore[index]
+        if qa["names"] != qb["names"] or qa["ids"] != qb["ids"]:  # type: ignore[index]
             raise ValueError(f"task {task}: the two runs evaluated different queries")
         diff = np.asarray(qa["ap"]) - np.asarray(qb["ap"])  # type: ignore[index]
         lo, hi = identity_bootstrap_ci(diff, qa["ids"])  # type: ignore[index]

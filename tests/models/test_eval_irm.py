@@ -147,9 +147,12 @@ def test_paired_difference_is_per_query_and_resamples_people() -> None:
     # each person gains 0.25 on average: every resample of the people gives 0.25
     assert (d["mAP_diff"], d["ci95_lo"], d["ci95_hi"]) == pytest.approx((0.25, 0.25, 0.25))
     assert (d["n_queries"], d["n_identities"]) == (4, 2)
-    other = {"reid": _run(["a/1", "a/2", "b/1", "b/3"], ids, [1.0] * 4)}
-    with pytest.raises(ValueError, match="different queries"):
-        paired_difference(model, other)
+    for other in (_run(["a/1", "a/2", "b/1", "b/3"], ids, [1.0] * 4),
+                  _run(names, ["a", "b", "b", "b"], [1.0] * 4)):  # fmt: skip
+        with pytest.raises(ValueError, match="different queries"):
+            paired_difference(model, {"reid": other})
+    with pytest.raises(ValueError, match="per_query=True"):
+        paired_difference(model, {"reid": {"supported": True, "mAP": 0.5}})
 
 
 def _build_script():
@@ -191,8 +194,14 @@ def test_eval_irm_cli_with_the_0277_baseline(
 ) -> None:
     need_models()
     args = ["eval", "irm", "--sets", str(tiny_sets), "--json"]
+    assert main(args) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert "query_ap" not in alone["reid"]  # per-query APs only when a baseline is paired
+    assert main([*args, "--baseline", "no-such-model"]) == 2
+    assert "--baseline no-such-model: unknown model" in capsys.readouterr().err
     assert main([*args, "--baseline", "person-reidentification-retail-0277"]) == 0
     out = json.loads(capsys.readouterr().out)
+    assert out["model"]["reid"]["mAP"] == alone["reid"]["mAP"]
     results, baseline = out["model"], out["baseline"]
     # the same model against itself: the same queries, a difference of exactly 0 on each task
     assert set(out["difference"]) == set(TASKS[:-1])  # text: 0277 cannot embed text
