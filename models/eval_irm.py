@@ -48,7 +48,7 @@ from models.base import TASKS, AttributeModel, InstructableEmbedder, PersonAttri
 from models.eval_reid import (
     identity_bootstrap_ci,
     load_identity_folder,
-    query_average_precision,
+    rank_queries,
     reid_metrics,
 )
 from models.text_attributes import agreement, parse_attributes
@@ -253,7 +253,8 @@ def _score(
     per_query: bool = False,
 ) -> dict[str, object]:  # fmt: skip
     """reid_metrics with chance figures; with ``per_query`` also each query's AP (``query_ap``)."""
-    metrics = reid_metrics(q_vecs, q_ids, q_names, gallery.vectors, gallery.ids, gallery.names)
+    ranks = rank_queries(q_vecs, q_ids, q_names, gallery.vectors, gallery.ids, gallery.names)
+    metrics = ranks.metrics()
     g_ids, g_names = np.asarray(gallery.ids), np.asarray(gallery.names)
     # true matches as reid_metrics counts them: a gallery entry named as the query is left out
     n_true = [
@@ -267,9 +268,7 @@ def _score(
         **chance_p_values(n_true, len(g_ids), rates),
     }
     if per_query:
-        out["query_ap"] = query_average_precision(
-            q_vecs, q_ids, q_names, gallery.vectors, gallery.ids, gallery.names
-        )
+        out["query_ap"] = ranks.per_query()
     return out
 
 

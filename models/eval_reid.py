@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -91,7 +92,8 @@ def reid_metrics(
     g_ids: Sequence[str],
     g_names: Sequence[str],
 ) -> dict[str, float | int]:
-    """mAP and CMC rank-1/5/10 of queries ranked against a gallery by cosine similarity.
+    """mAP and CMC rank-1/5/10 of queries ranked against a gallery by cosine similarity
+    (``rank_queries`` then ``QueryRanks.metrics``).
 
     q_vecs: (nq, d), g_vecs: (ng, d), unit rows. Gallery entries whose name equals the query's
     are left out of its ranking; queries with no true match left are skipped (counted in
@@ -100,47 +102,50 @@ def reid_metrics(
     with a 95 % interval over identities (``mAP_ci95_lo`` / ``_hi``, ``identity_bootstrap_ci``).
     Raises ValueError for mismatched lengths or dims, or when no query can be evaluated.
     """
-    hits, keep = _ranked_hits(q_vecs, q_ids, q_names, g_vecs, g_ids, g_names)
-    ap = _average_precision(hits[keep])  # (nk,)
-    first_hit = hits[keep].argmax(axis=1)  # (nk,) 0-based rank of the best true match
-    result: dict[str, float | int] = {"mAP": float(ap.mean())}
-    lo, hi = identity_bootstrap_ci(ap, np.asarray(q_ids, dtype=str)[keep])
-    result |= {"mAP_ci95_lo": lo, "mAP_ci95_hi": hi}
-    for k in RANKS:
-        result[f"rank{k}"] = float((first_hit < k).mean())
-    result["n_queries_evaluated"] = int(keep.sum())
-    result["n_queries_skipped"] = int((~keep).sum())
-    return result
+    return rank_queries(q_vecs, q_ids, q_names, g_vecs, g_ids, g_names).metrics()
 
 
-def query_average_precision(
+@dataclass(frozen=True)
+class QueryRanks:
+    """How each evaluated query ranked (``rank_queries``; queries without a true match left out).
+
+    Example:
+        >>> ranks = rank_queries(q, q_ids, q_names, g, g_ids, g_names)       # doctest: +SKIP
+        >>> ranks.metrics()["mAP"], ranks.per_query()["ap"][:2]               # doctest: +SKIP
+    """
+
+    names: list[str]  # (nk,) the evaluated queries, in query order
+    ids: list[str]  # (nk,)
+    ap: np.ndarray  # (nk,) average precision
+    first_hit: np.ndarray  # (nk,) 0-based rank of the best true match
+    n_skipped: int  # queries with no true match left
+
+    def metrics(self) -> dict[str, float | int]:
+        """mAP with its 95 % interval over identities, rank-1/5/10, the query counts."""
+        result: dict[str, float | int] = {"mAP": float(self.ap.mean())}
+        lo, hi = identity_bootstrap_ci(self.ap, self.ids)
+        result |= {"mAP_ci95_lo": lo, "mAP_ci95_hi": hi}
+        for k in RANKS:
+            result[f"rank{k}"] = float((self.first_hit < k).mean())
+        result["n_queries_evaluated"] = len(self.ap)
+        result["n_queries_skipped"] = self.n_skipped
+        return result
+
+    def per_query(self) -> dict[str, list]:
+        """Columns ``names``, ``ids`` and ``ap``, for comparing two models query by query
+        (``models.eval_irm.paired_difference``)."""
+        return {"names": self.names, "ids": self.ids, "ap": [float(a) for a in self.ap]}
+
+
+def rank_queries(
     q_vecs: np.ndarray,
     q_ids: Sequence[str],
     q_names: Sequence[str],
     g_vecs: np.ndarray,
     g_ids: Sequence[str],
     g_names: Sequence[str],
-) -> dict[str, list]:
-    """The AP of each evaluated query, as ``reid_metrics`` ranks it: columns ``names``, ``ids``
-    and ``ap`` (queries without a true match left out), for comparing two models query by
-    query (``models.eval_irm.paired_difference``)."""
-    hits, keep = _ranked_hits(q_vecs, q_ids, q_names, g_vecs, g_ids, g_names)
-    return {
-        "names": [str(n) for n, k in zip(q_names, keep, strict=True) if k],
-        "ids": [str(i) for i, k in zip(q_ids, keep, strict=True) if k],
-        "ap": [float(a) for a in _average_precision(hits[keep])],
-    }
-
-
-def _ranked_hits(
-    q_vecs: np.ndarray,
-    q_ids: Sequence[str],
-    q_names: Sequence[str],
-    g_vecs: np.ndarray,
-    g_ids: Sequence[str],
-    g_names: Sequence[str],
-) -> tuple[np.ndarray, np.ndarray]:
-    """(nq, ng) true matches in each query's ranking order, and (nq,) which queries have one."""
+) -> QueryRanks:
+    """Rank the gallery for each query as ``reid_metrics`` describes; the per-query results."""
     q = _as_matrix(q_vecs, q_ids, q_names, "query")
     g = _as_matrix(g_vecs, g_ids, g_names, "gallery")
     if q.shape[1] != g.shape[1]:
@@ -159,13 +164,15 @@ def _ranked_hits(
             f"none of the {len(q)} queries has a true match in the gallery of {len(g)} "
             f"(query identities {sorted(set(q_id.tolist()))[:10]}...)"
         )
-    return hits, keep
-
-
-def _average_precision(hits: np.ndarray) -> np.ndarray:
-    """AP (n,) of ranked true-match rows (n, ng), each with at least one match."""
-    precision = np.cumsum(hits, axis=1) / np.arange(1, hits.shape[1] + 1)  # (n, ng)
-    return (precision * hits).sum(axis=1) / hits.sum(axis=1)
+    hits = hits[keep]  # (nk, ng)
+    precision = np.cumsum(hits, axis=1) / np.arange(1, hits.shape[1] + 1)  # (nk, ng)
+    return QueryRanks(
+        names=q_name[keep].tolist(),
+        ids=q_id[keep].tolist(),
+        ap=(precision * hits).sum(axis=1) / hits.sum(axis=1),
+        first_hit=hits.argmax(axis=1),
+        n_skipped=int((~keep).sum()),
+    )
 
 
 def identity_bootstrap_ci(

@@ -13,7 +13,7 @@ from models.eval_reid import (
     evaluate_reid,
     identity_bootstrap_ci,
     load_identity_folder,
-    query_average_precision,
+    rank_queries,
     reid_metrics,
 )
 from models.pets_reid import PetsReidOptions, build_pets_reid, max_overlap, split_track
@@ -111,10 +111,10 @@ def test_reid_metrics_report_the_interval() -> None:
     got = reid_metrics(*q, *g)
     assert got["mAP"] == pytest.approx(0.75)
     assert (got["mAP_ci95_lo"], got["mAP_ci95_hi"]) == pytest.approx((0.5, 1.0))
-    per_query = query_average_precision(*q, *g)
+    per_query = rank_queries(*q, *g).per_query()
     assert per_query["names"] == q[2] and per_query["ids"] == q[1]
     assert per_query["ap"] == pytest.approx([1.0, 1.0, 0.5, 0.5])
-    no_match = query_average_precision(_unit(0, 0), ["a", "z"], ["a/1", "z/1"], *g)
+    no_match = rank_queries(_unit(0, 0), ["a", "z"], ["a/1", "z/1"], *g).per_query()
     assert no_match["names"] == ["a/1"]  # a query without a true match is left out
 
 
