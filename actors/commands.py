@@ -257,9 +257,9 @@ def _evaluate_irm(
     if args.eval_command == "irm" and not args.sets.is_dir():
         raise FileNotFoundError(f"sets folder {args.sets} not found")
     embedder = _eval_embedder(args, cfg)
-    # the baseline is built before anything is evaluated: a bad name fails at once
-    baseline_embedder = _baseline_embedder(args.baseline, cfg) if args.eval_command == "irm" \
-        and args.baseline else None  # fmt: skip
+    baseline_embedder = None
+    if args.eval_command == "irm" and args.baseline:  # built first: a bad name fails at once
+        baseline_embedder = _baseline_embedder(args.baseline, cfg)
     if args.eval_command == "reid":
         instruction = args.instruction
         if instruction is not None and Path(instruction).is_file():

@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 from report import write_result  # noqa: E402  (bench/report.py)
 
 from models import ov_torch  # noqa: E402
-from models.base import PARALLEL_RESIZE_MIN, resize_workers  # noqa: E402
+from models.base import PARALLEL_RESIZE_MIN, crops_to_batch, resize_workers  # noqa: E402
 
 log = logging.getLogger("embedder_throughput")
 PETS = REPO / "../shared/data/pets09-s2l1"
@@ -99,8 +99,6 @@ RESIZE = f"cv2.INTER_LINEAR, models.base.crops_to_batch (threaded from {PARALLEL
 
 def preprocess(crops: Sequence[np.ndarray]) -> np.ndarray:
     """Crops -> (B, 3, 256, 128) float32 BGR 0-255, the OMZ ReID input, as refind makes it."""
-    from models.base import crops_to_batch
-
     return crops_to_batch(crops, INPUT_HW, "bench crop")  # (B, 3, 256, 128)
 
 

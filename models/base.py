@@ -209,11 +209,9 @@ def check_bgr_image(image: np.ndarray, what: str) -> None:
 
 PARALLEL_RESIZE_MIN = 64  # crops: smaller batches resize on the calling thread
 PARALLEL_RESIZE_THREADS = 8  # at most; REFIND_RESIZE_THREADS=N sets it (1: never threaded)
-_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
-_pools_lock = threading.Lock()
-
-
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max ..."
+_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (pid, workers) -> resize pool
+_pools_lock = threading.Lock()
 
 
 @functools.cache
@@ -271,9 +269,8 @@ def crops_to_batch(
 
     def fill(rows: Sequence[int]) -> None:
         for i in rows:
-            batch[i] = cv2.resize(crops[i], (w, h), interpolation=cv2.INTER_LINEAR).transpose(
-                2, 0, 1
-            )
+            resized = cv2.resize(crops[i], (w, h), interpolation=cv2.INTER_LINEAR)  # (h, w, 3)
+            batch[i] = resized.transpose(2, 0, 1)
 
     workers = resize_workers() if len(crops) >= PARALLEL_RESIZE_MIN else 1
     if workers == 1:

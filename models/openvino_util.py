@@ -52,7 +52,8 @@ class CpuRunner:
     cores). A batch smaller than the stream count (a query crop) runs instead as one LATENCY
     request on all the threads. Measured here against one LATENCY request for every batch, in
     paired rounds (``bench/openvino_streams.py``, two runs): the OMZ 0277 embedder at batch 32
-    gains +4 to +9 % crops/s, bf16 or INT8; a query crop takes the same 10.4 ms.
+    gains +4 to +9 % crops/s, bf16 or INT8; a query crop takes the same 10.4 ms (on one stream,
+    before this LATENCY request: 14.7 ms against 10.0 ms).
 
     Example:
         >>> run = CpuRunner(ov.Core(), model, threads=2)            # doctest: +SKIP
@@ -68,7 +69,7 @@ class CpuRunner:
         self.streams = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self._requests = [self.compiled.create_infer_request() for _ in range(self.streams)]
         # fewer items than streams (a query crop) would leave cores idle: one LATENCY request on
-        # all the threads instead (one 0277 crop: 14.7 ms on one stream, 10.0 ms so, same rounds).
+        # all the threads instead (figures in the class docstring).
         # Compiled now, not at the first query: ~0.5 s more to build the runner, none on a
         # service's first search (a live search test missed its window when it was lazy).
         self._small: ov.InferRequest | None = None
