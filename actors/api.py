@@ -46,12 +46,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.api_guard import ApiError, AuditLog, KeyRing, Principal, RequestMetrics, UploadLimit
 from indexer.blobs import CropStore, CropStoreError, safe_name
-from indexer.ingest import crop_box
 from indexer.live_search import GalleryUnavailable, LiveSearch, SearchResult
 from indexer.query_plan import MAX_MIN_TRACK_S, UnknownCamera, check_query_text, plan_query
 from indexer.rerank import RERANKERS, RerankerError
 from indexer.search import QueryError, decode_query_image
 from models.base import ModelInputError
+from streaming.boxes import crop_box
 from streaming.config import ConfigError, RefindConfig
 from streaming.records import CropRecord, ImageQuery, TextQuery, TrackletHit
 

@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read the events from Kafka (kafka: in --config), not data_dir/events")
     p.add_argument("--idle", type=float, default=5.0,
                    help="with --from-kafka: stop reading after this many seconds without events")
+    p.add_argument("--force", action="store_true",
+                   help="rebuild even when the record holds fewer crops than the gallery (the "
+                   "crops it lacks are lost)")
     _add_common(p)
 
     p = sub.add_parser("train", help="train refind's own models")

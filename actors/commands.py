@@ -16,16 +16,18 @@ from pathlib import Path
 from tqdm import tqdm
 
 from indexer.blobs import CropStore, CropStoreError
-from indexer.gallery_store import GalleryLockedError, GalleryStore
-from indexer.ingest import IngestPipeline, build_embedder, crop_box
-from indexer.journal import EventJournal, journal_dir
+from indexer.gallery_store import GalleryLockedError
+from indexer.ingest import IngestPipeline, build_embedder
 from indexer.query_plan import QueryPlan, check_query_text, plan_query, resolve_timezone
+from indexer.rebuild import RebuildRefused
 from indexer.rerank import RerankerPool
 from indexer.search import QueryError, SearchEngine, read_query_image
 from indexer.shards import ShardedGallery
+from indexer.sink import open_sink
 from indexer.versions import serving_version
 from models.base import INT8_SUFFIX, ModelInputError, ReidEmbedder
 from models.store import ModelStore, ModelStoreError
+from streaming.boxes import crop_box
 from streaming.config import NAME_PATTERN, ConfigError, IngestConfig, RefindConfig
 from streaming.records import ImageQuery, TextQuery, TrackletHit
 from streaming.sources import SourceError, VideoSource
@@ -40,6 +42,7 @@ class ServiceError(RuntimeError):
 
 USER_ERRORS = (
     ServiceError,
+    RebuildRefused,
     ConfigError,
     SourceError,
     ModelStoreError,
@@ -52,16 +55,6 @@ USER_ERRORS = (
 )
 
 
-def open_gallery(
-    cfg: RefindConfig, embedder: ReidEmbedder, root: Path | None = None
-) -> GalleryStore:
-    """The gallery an ingest writes (shard 0 of the serving version, the single-writer layout),
-    journaling what it stores under ``data_dir/events`` (the durable record)."""
-    root = cfg.data_dir if root is None else root
-    return GalleryStore(root / "gallery", cfg.gallery, embedder.model_id, embedder.dim,
-                        journal=EventJournal(journal_dir(cfg.data_dir)))
-
-
 def run_ingest(
     cfg: RefindConfig, source: VideoSource, pipeline: IngestPipeline, quiet: bool = False,
     root: Path | None = None,
@@ -71,16 +64,16 @@ def run_ingest(
     total = source.frame_count_hint()
     if total and cfg.ingest.max_frames:
         total = min(total, cfg.ingest.max_frames)
-    crops = CropStore.from_config(cfg)
+    emb = pipeline.embedder
     with (
-        open_gallery(cfg, pipeline.embedder, root) as gallery,
+        open_sink(cfg, emb.model_id, emb.dim, root) as sink,
         tqdm(
             total=total, unit="frame", desc=f"ingest {source.camera}", disable=quiet,
             file=sys.stderr,
         ) as bar,
     ):
-        report = pipeline.run(source, gallery, crops, on_frames=bar.update)
-        result = report.to_json() | {"gallery_vectors": len(gallery)}
+        report = pipeline.run(source, sink, on_frames=bar.update)
+        result = report.to_json() | {"gallery_vectors": len(sink.gallery)}
     return result
 
 
@@ -396,12 +389,14 @@ def versions(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
 def rebuild(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
     from indexer.rebuild import rebuild_gallery
 
-    result = rebuild_gallery(cfg, from_kafka=args.from_kafka, idle_s=args.idle, quiet=args.json)
+    report = rebuild_gallery(cfg, from_kafka=args.from_kafka, idle_s=args.idle,
+                             quiet=args.json, force=args.force)
     if not args.json:
-        print(f"rebuilt {result['model_id']} from the durable record: {result['crops']} crops "
-              f"({result['skipped_missing']} missing files, {result['skipped_forgotten']} of "
-              f"forgotten tracks) in {result['root']}")
-    return result
+        print(f"rebuilt {report.model_id} from {report.source}: {report.crops} crops (the "
+              f"gallery held {report.gallery_crops}; {report.skipped_missing} missing files, "
+              f"{report.skipped_forgotten} of forgotten tracks left out) in {report.root}; the "
+              f"gallery it replaced ({report.replaced}) was removed")
+    return report.to_json()
 
 
 def train_probe(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:

@@ -3,6 +3,10 @@
 Ingests a real clip (PETS09-S2L1 from ../shared/data, else the Intel sample clip, downloaded with
 a checksum check when absent), takes a crop of one person from the clip as the query photo,
 searches, prints the ranked tracklets and writes a contact sheet PNG of the hits.
+
+The output folder holds a fresh gallery each run. The demo only ever deletes what an earlier
+demo run wrote there: it marks a folder it made (``.refind-demo``, listing what it wrote), and
+refuses a non-empty folder without that mark, deleting nothing.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ import numpy as np
 
 from actors.commands import format_hits, run_ingest
 from indexer.blobs import CropStore
-from indexer.ingest import IngestPipeline, crop_box
+from indexer.ingest import IngestPipeline
 from indexer.search import SearchEngine
 from indexer.shards import ShardedGallery
 from models.store import ModelFile, ModelSpec, ModelStore
+from streaming.boxes import crop_box
 from streaming.config import RefindConfig
 from streaming.records import ImageQuery, TrackletHit
 from streaming.sources import VideoSource
@@ -72,6 +77,48 @@ def resolve_demo_clip(store_cfg_dir: Path | None = None) -> Path:
     return ModelStore(dirs, cache, allow_download=True, registry=_CLIPS).resolve(
         "intel-one-by-one"
     ).path
+
+
+DEMO_MARK = ".refind-demo"  # in an output folder the demo made: the names it wrote there
+
+
+class DemoOutputError(ValueError):
+    """The demo's output folder is not one it may write; nothing was deleted."""
+
+
+def prepare_out_dir(out_dir: Path) -> list[str]:
+    """Make ``out_dir`` ready for a fresh demo: a new or empty folder is used as is; a folder
+    an earlier demo made loses what that demo wrote (other files stay); anything else is
+    refused. Returns the names removed."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DemoOutputError(f"--out {out_dir} is a file, not a folder; choose a folder")
+    mark = out_dir / DEMO_MARK
+    entries = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+    if entries and not mark.is_file():
+        raise DemoOutputError(
+            f"--out {out_dir} is not empty ({len(entries)} entries, e.g. {entries[0]!r}) and was "
+            "not made by `refind demo`; nothing was deleted. Choose a new or empty folder."
+        )
+    removed = []
+    if mark.is_file():
+        for name in mark.read_text(encoding="utf-8").split():
+            path = out_dir / name
+            if name in (".", "..") or "/" in name or not (path.exists() or path.is_symlink()):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(name)
+        mark.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return removed
+
+
+def _mark_out_dir(out_dir: Path, kept: set[str]) -> None:
+    """Write the mark: every entry of ``out_dir`` but those that were there before the run."""
+    made = sorted(p.name for p in out_dir.iterdir() if p.name not in kept | {DEMO_MARK})
+    (out_dir / DEMO_MARK).write_text("\n".join(made) + "\n", encoding="utf-8")
 
 
 @dataclass(frozen=True)
@@ -158,11 +205,22 @@ def run_demo(
     cfg: RefindConfig, video: Path | None, out_dir: Path, k: int = 5, quiet: bool = False
 ) -> dict[str, object]:
     """Ingest, query and write the contact sheet; returns hits and figures as JSON."""
+    if video is not None and not Path(video).is_file():
+        raise FileNotFoundError(f"video file not found: {video}")
     clip = video or resolve_demo_clip()
-    if out_dir.exists():  # a fresh gallery each run, so repeated demos do not stack up
-        shutil.rmtree(out_dir)
-    cfg = cfg.model_copy(update={"data_dir": out_dir})
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
+    removed = prepare_out_dir(out_dir)  # a fresh gallery each run: demos do not stack up
+    if removed:
+        say(f"refind demo: removed the previous demo's {', '.join(removed)} from {out_dir}")
+    kept = {p.name for p in out_dir.iterdir()}
+    try:
+        return _demo(cfg.model_copy(update={"data_dir": out_dir}), clip, k, quiet, say)
+    finally:  # even after a failure: the next run may remove what this one wrote
+        _mark_out_dir(out_dir, kept)
+
+
+def _demo(cfg: RefindConfig, clip: Path, k: int, quiet: bool, say) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    out_dir = Path(cfg.data_dir)
     say(f"refind demo: ingesting {clip}")
     pipeline = IngestPipeline.from_config(cfg)
     report = run_ingest(cfg, VideoSource(clip, camera="cam1"), pipeline, quiet=quiet)
@@ -176,7 +234,7 @@ def run_demo(
     say(f"query: person at {[round(v) for v in pick.xyxy]} in frame {pick.frame_index} -> {query_path}")
     crops = CropStore.from_config(cfg)
     emb = pipeline.embedder
-    with ShardedGallery.open(cfg.data_dir, cfg.gallery, emb.model_id, emb.dim) as gallery:
+    with ShardedGallery.open(out_dir, cfg.gallery, emb.model_id, emb.dim) as gallery:
         hits = SearchEngine(cfg.search, pipeline.embedder, gallery).search_image(
             ImageQuery(image=pick.image, k=k)
         )

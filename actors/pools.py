@@ -20,7 +20,7 @@ import ray
 
 from models.store import ModelStore
 from streaming.config import RefindConfig
-from streaming.records import Detections, Embeddings
+from streaming.records import Crop, Detections, Embeddings
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,11 @@ class EmbedderActor:
         vectors = await asyncio.gather(*(self._batcher.submit(c) for c in crops))
         stacked = np.stack(vectors) if vectors else np.zeros((0, self.dim), np.float32)
         return Embeddings(stacked, self.model_id)
+
+    async def embed_crops(self, crops: Sequence[Crop]) -> Embeddings:
+        """``embed`` of the crops' images (a camera puts its crops once, for this and the
+        index writer)."""
+        return await self.embed([c.image for c in crops])
 
     async def info(self) -> tuple[str, int]:
         return self.model_id, self.dim

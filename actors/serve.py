@@ -19,6 +19,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -216,14 +217,20 @@ def start_http(supervisor: Supervisor, host: str, port: int) -> _Server:
     return server
 
 
-def run_serve(cfg: RefindConfig, stop: threading.Event | None = None) -> None:
-    """Run until SIGINT/SIGTERM (or ``stop`` is set): supervise, save shards, serve HTTP."""
+def run_serve(
+    cfg: RefindConfig, stop: threading.Event | None = None,
+    on_start: Callable[[Supervisor], None] | None = None,
+) -> None:
+    """Run until SIGINT/SIGTERM (or ``stop`` is set): supervise, save shards, serve HTTP.
+    ``on_start(supervisor)`` is called once everything runs."""
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
     supervisor = Supervisor(cfg)
     supervisor.start()
+    if on_start is not None:
+        on_start(supervisor)
     server = start_http(supervisor, cfg.serve.host, cfg.serve.port)
     print(f"refind serving {len(supervisor.cameras())} cameras; health and metrics on "
           f"http://{cfg.serve.host}:{server.server_address[1]}/healthz and /metrics", flush=True)

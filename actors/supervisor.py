@@ -36,12 +36,12 @@ from actors.pools import DetectorActor, EmbedderActor, Pool, PoolEmbedder
 from actors.runtime import init_ray
 from actors.writer import IndexWriterActor
 from indexer.gallery_store import GalleryLockedError
-from indexer.metadata import TrackSummary
+from indexer.metadata import RecentTrack, TrackSummary
 from indexer.search import SearchEngine
 from indexer.shards import merge_shard_hits, shard_of
 from indexer.versions import Serving, VersionError, registry_stamp, serving_version
 from streaming.config import CameraConfig, RefindConfig
-from streaming.records import CropRecord, ImageQuery, TrackletHit
+from streaming.records import NO_FILTER, CropHit, ImageQuery, SearchFilter, TrackletHit
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +61,23 @@ class LiveVersion:
 
 
 class _WriterGallery:
-    """All index writers seen as one gallery: searches fan out and merge by score."""
+    """All index writers seen as one gallery (``indexer.search.Gallery``): searches fan out
+    and merge by score."""
 
     def __init__(self, writers: list[Any], model_id: str) -> None:
         self._writers, self.model_id = writers, model_id
 
     def search(
-        self, vectors: np.ndarray, k_crops: int, cameras: tuple[str, ...] = (),
-        start_ts_ns: int | None = None, end_ts_ns: int | None = None,
-        min_track_s: float | None = None,
-    ) -> list[list[tuple[CropRecord, float]]]:
-        refs = [
-            w.search.remote(vectors, k_crops, cameras, start_ts_ns, end_ts_ns, min_track_s)
-            for w in self._writers
-        ]
+        self, vectors: np.ndarray, k_crops: int, filt: SearchFilter = NO_FILTER
+    ) -> list[list[CropHit]]:
+        refs = [w.search.remote(vectors, k_crops, filt) for w in self._writers]
         return merge_shard_hits(ray.get(refs), k_crops)
+
+    def recent_tracks(self, limit: int, filt: SearchFilter = NO_FILTER) -> list[RecentTrack]:
+        found = [t for rows in ray.get([w.recent_tracks.remote(limit, filt)
+                                        for w in self._writers]) for t in rows]
+        found.sort(key=lambda t: (-t.last_crop_ts_ns, t.summary.camera, t.summary.track_id))
+        return found[:limit]
 
     def track(self, camera: str, track_id: int) -> TrackSummary | None:
         for found in ray.get([w.track.remote(camera, track_id) for w in self._writers]):
@@ -104,6 +106,7 @@ class Supervisor:
         self._next_pool: tuple[list[Any], str, int] | None = None  # its pool, once started
         self._retry_at = 0.0
         self._retiring: list[tuple[float, list[Any]]] = []
+        self.writer_finals: list[dict[str, Any]] = []  # the writers' stats when they closed
 
     def start(self) -> None:
         """Start the actors for the serving version (with its embedder) and every camera."""
@@ -161,7 +164,7 @@ class Supervisor:
         self.live = live
         self._engine = SearchEngine(
             self.cfg.search, PoolEmbedder(Pool(self.embedders), live.model_id, live.dim),
-            _WriterGallery(self.writers, live.model_id),  # type: ignore[arg-type]
+            _WriterGallery(self.writers, live.model_id),
         )
 
     # -- the serving alias ------------------------------------------------------------------
@@ -368,12 +371,15 @@ class Supervisor:
         ray.get([w.save.remote() for w in self.writers])
 
     def stop(self) -> dict[str, CameraReport | None]:
-        """Stop every camera, then close the shards and end the pools; final camera reports."""
+        """Stop every camera (their open tracks are stored), then close the shards (their
+        events flushed) and end the pools; final camera reports. The writers' final counters
+        are in ``writer_finals``."""
         finals = {name: self.remove_camera(name) for name in list(self._cameras)}
         with self._lock:
+            self.writer_finals = []
             for w in self.writers:
                 try:
-                    ray.get(w.close.remote(), timeout=60)
+                    self.writer_finals.append(ray.get(w.close.remote(), timeout=60))
                 except ray.exceptions.RayError as err:
                     log.warning("index writer did not close cleanly: %s", err)
             self._retire_due(everything=True)

@@ -28,14 +28,21 @@ import numpy as np
 import ray
 
 from actors.pools import Pool, PoolEmbedder
-from indexer.blobs import CropStore
 from indexer.gallery_store import GalleryStore
-from indexer.ingest import store_crops
-from indexer.metadata import TrackSummary, spans_by_camera
+from indexer.metadata import RecentTrack, TrackSummary
 from indexer.reindex import EmbedCrops, embed_copies
 from indexer.shards import shard_dir
+from indexer.sink import open_sink
 from streaming.config import RefindConfig
-from streaming.records import Crop, CropRecord, Embeddings
+from streaming.records import (
+    NO_FILTER,
+    Crop,
+    CropHit,
+    CropRecord,
+    Embeddings,
+    SearchFilter,
+    TrackSpan,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,31 +67,43 @@ class IndexWriterActor:
         self._cfg = cfg
         self._shard = shard
         self._root = Path(root)
-        self._gallery = GalleryStore(shard_dir(self._root, shard), cfg.gallery, model_id, dim)
-        self._crops = CropStore.from_config(cfg)
+        # the durable record (journal, and Kafka when on) and Redis: the same as `refind ingest`
+        self._sink = open_sink(cfg, model_id, dim, self._root, shard)
         self._last_save = time.monotonic()
-        self._added = 0
         self._caught_up = 0
+        self._ended = 0
+
+    @property
+    def _gallery(self) -> GalleryStore:
+        return self._sink.gallery
 
     def max_track_id(self, camera: str) -> int:
-        return self._gallery.max_track_id(camera)
+        return self._sink.max_track_id(camera)
 
     def version(self) -> tuple[str, str]:
         """(root, model_id) of the version this writer writes."""
         return str(self._root), self._gallery.model_id
 
-    def add(self, crops: list[Crop], embeddings: Embeddings, id_offset: int) -> list[CropRecord]:
-        """Store crops and vectors (one transaction); the shard is saved every few seconds."""
+    def add(self, crops: list[Crop], embeddings: Embeddings) -> list[CropRecord]:
+        """Store crops and vectors (recorded, one transaction); saved every few seconds."""
         if embeddings.model_id != self._gallery.model_id:  # before any JPEG is written
             raise StaleModelError(
                 f"shard {self._shard} writes version {self._gallery.model_id}; embeddings of "
                 f"{embeddings.model_id} are refused (re-embed with the serving model)"
             )
-        records = store_crops(crops, embeddings, self._gallery, self._crops, id_offset)
-        self._added += len(records)
+        records = self._sink.store(crops, embeddings)
+        self._save_due()
+        return records
+
+    def end_tracks(self, spans: list[TrackSpan]) -> int:
+        """Tracks ended after their crops were stored: recorded with their crops, spans kept."""
+        self._ended += len(self._sink.end_tracks(spans))
+        self._save_due()
+        return len(spans)
+
+    def _save_due(self) -> None:
         if time.monotonic() - self._last_save >= self._cfg.serve.save_interval_s:
             self.save()
-        return records
 
     def switch(self, root: str, model_id: str, dim: int, embedders: list[Any]) -> dict[str, Any]:
         """Write the version under ``root`` (model ``model_id``) from now on; ``embedders`` is
@@ -92,7 +111,9 @@ class IndexWriterActor:
         old = self._gallery
         if Path(root) == self._root and model_id == old.model_id:
             return self._switch_report(0, 0)
-        new = GalleryStore(shard_dir(Path(root), self._shard), self._cfg.gallery, model_id, dim)
+        record = self._sink.record
+        new = GalleryStore(shard_dir(Path(root), self._shard), self._cfg.gallery, model_id, dim,
+                           record=record)
         try:
             old.save()
             copied, failed = self._catch_up(old, new, embedders)
@@ -103,14 +124,14 @@ class IndexWriterActor:
                             self._shard, model_id)
                 new.close()
                 new = GalleryStore(shard_dir(Path(root), self._shard), self._cfg.gallery,
-                                   model_id, dim)
+                                   model_id, dim, record=record)
             new.metadata.raise_id_floor(old.next_vector_id())  # ids above all of the old's
             new.save()
         except BaseException:
             new.close()
             raise
         old.close()
-        self._gallery, self._root = new, Path(root)
+        self._sink.gallery, self._root = new, Path(root)
         self._caught_up += copied
         self._last_save = time.monotonic()
         log.info("shard %d now writes %s in %s (%d crops caught up, %d unreadable)",
@@ -141,37 +162,35 @@ class IndexWriterActor:
                     log.warning("shard %d catch-up: crop %d skipped: %s", self._shard, vid, err)
                 copied += added
                 failed += len(bad)
-        for camera, rows in spans_by_camera(src.track_spans()).items():
-            new.set_track_spans(camera, rows)  # through the store: the spans reach the journal
+        dst.set_track_spans(src.track_spans())  # recorded already, when the tracks ended
         dst.mark_forgotten(src.forgotten())
         return copied, failed
-
-    def set_track_spans(self, camera: str, spans: list[tuple[int, int, int]]) -> None:
-        self._gallery.set_track_spans(camera, spans)
 
     def save(self) -> None:
         self._gallery.save()
         self._last_save = time.monotonic()
 
     def search(
-        self,
-        vectors: np.ndarray,
-        k_crops: int,
-        cameras: tuple[str, ...] = (),
-        start_ts_ns: int | None = None,
-        end_ts_ns: int | None = None,
-        min_track_s: float | None = None,
-    ) -> list[list[tuple[CropRecord, float]]]:
-        return self._gallery.search(vectors, k_crops, cameras, start_ts_ns, end_ts_ns,
-                                    min_track_s)
+        self, vectors: np.ndarray, k_crops: int, filt: SearchFilter = NO_FILTER
+    ) -> list[list[CropHit]]:
+        return self._gallery.search(vectors, k_crops, filt)
+
+    def recent_tracks(self, limit: int, filt: SearchFilter = NO_FILTER) -> list[RecentTrack]:
+        return self._gallery.recent_tracks(limit, filt)
 
     def track(self, camera: str, track_id: int) -> TrackSummary | None:
         return self._gallery.track(camera, track_id)
 
     def stats(self) -> dict[str, Any]:
-        return {"vectors": len(self._gallery), "added": self._added,
-                "caught_up": self._caught_up}
+        """Counters for metrics: vectors searchable, crops added, tracks ended, crops caught up
+        in switches, and the Kafka delivery of the record's events (zeros without Kafka)."""
+        bus = self._sink.record.stats() if self._sink.record is not None else None
+        return {"vectors": len(self._gallery), "added": self._sink.stored,
+                "ended": self._ended, "caught_up": self._caught_up,
+                "events_published": bus.accepted if bus else 0,
+                "events_sent": bus.sent if bus else 0, "events_failed": bus.failed if bus else 0}
 
-    def close(self) -> None:
-        self._gallery.save()
-        self._gallery.close()
+    def close(self) -> dict[str, Any]:
+        """Save, flush the record's Kafka events, close; the final stats."""
+        self._sink.close()
+        return self.stats()

@@ -70,26 +70,30 @@ class CropStore:
         """The crop store of a deployment: ``blobs.url`` if set, else ``<data_dir>/crops``."""
         return cls(cfg.data_dir / "crops", cfg.crops.jpeg_quality, cfg.blobs.url)
 
-    def put(self, camera: str, track_id: int, frame_index: int, image: np.ndarray) -> str:
-        """Store one crop; returns its path relative to the root."""
+    def put(self, camera: str, track_id: int, frame_index: int, image: np.ndarray,
+            jpeg: bytes = b"") -> str:
+        """Store one crop (its ``jpeg`` bytes as they are, else ``image`` encoded); returns its
+        path relative to the root."""
         rel = f"{safe_name(camera)}/{int(track_id)}/{int(frame_index):06d}.jpg"
-        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
-        if not ok:
-            raise CropStoreError(f"could not encode crop {rel} as JPEG")
+        if not jpeg:
+            ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+            if not ok:
+                raise CropStoreError(f"could not encode crop {rel} as JPEG")
+            jpeg = buf.tobytes()
         if self._fs is not None:
             key = f"{self._base}/{rel}"
             try:
-                self._fs.pipe_file(key, buf.tobytes())
+                self._fs.pipe_file(key, jpeg)
             except FileNotFoundError:  # filesystems with folders (file://) need them made
                 self._fs.makedirs(posixpath.dirname(key), exist_ok=True)
-                self._fs.pipe_file(key, buf.tobytes())
+                self._fs.pipe_file(key, jpeg)
             return rel
         target = self.root / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".part-", suffix=".jpg")
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(buf.tobytes())
+                f.write(jpeg)
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -38,11 +38,11 @@ from types import TracebackType
 import numpy as np
 
 from indexer.gallery import FaissGallery
-from indexer.journal import EventJournal
-from indexer.metadata import SqliteMetadata, TrackSummary
+from indexer.metadata import RecentTrack, SqliteMetadata, TrackSummary
+from indexer.record import EventSink
 from streaming.config import GalleryConfig
 from streaming.events import CropEvent, TrackEvent
-from streaming.records import CropRecord, Embeddings
+from streaming.records import NO_FILTER, CropHit, CropRecord, Embeddings, SearchFilter, TrackSpan
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +110,15 @@ class GalleryStore:
     """The searchable gallery of one model: SQLite metadata plus its FAISS index.
 
     A writer holds ``data_dir/gallery.lock``; ``read_only=True`` opens without the lock (searches
-    only; ``refresh()`` picks up rows a writer committed since). With a ``journal``, every crop
-    added and every track span is also appended to it as an event, before SQLite commits.
+    only; ``refresh()`` picks up rows a writer committed since). With a ``record``
+    (``indexer.record.EventRecord``), every crop added and every track ended is also recorded
+    as an event, before SQLite commits: the durable record ``refind rebuild`` reads.
 
     Example:
         >>> with GalleryStore(Path(".refind"), GalleryConfig(), "reid-0277", 256) as store:  # doctest: +SKIP
         ...     store.add(records, embeddings)  # records[i].vector_id from store.next_vector_id()
         ...     store.save()
-        ...     hits = store.search(query_embeddings, k_crops=50, cameras=("gate",))
+        ...     hits = store.search(query_embeddings, 50, SearchFilter(cameras=("gate",)))
     """
 
     def __init__(
@@ -128,7 +129,7 @@ class GalleryStore:
         dim: int,
         *,
         read_only: bool = False,
-        journal: EventJournal | None = None,
+        record: EventSink | None = None,
     ) -> None:
         if not model_id:
             raise ValueError("GalleryStore needs a model_id")
@@ -137,7 +138,7 @@ class GalleryStore:
         self._model_id = model_id
         self._dim = dim
         self._read_only = read_only
-        self._journal = journal  # the durable record of what is stored (indexer.journal)
+        self._record = record  # the durable record of what is stored (indexer.record)
         self._stale = False
         self._lock_fd: int | None = None
         self._meta: SqliteMetadata | None = None
@@ -193,16 +194,27 @@ class GalleryStore:
         """Summary of one track of one camera, None if unknown."""
         return self.metadata.track(camera, track_id)
 
-    def set_track_spans(self, camera: str, spans: list[tuple[int, int, int]]) -> None:
-        """Record when the tracker saw tracks: (track_id, first_ts_ns, last_ts_ns)."""
+    def end_tracks(self, spans: list[TrackSpan]) -> list[TrackEvent]:
+        """Tracks ended: record their ``TrackEvent`` (phase ``end``, with this model's crops of
+        each: count, best crop, vector ids) in the durable record, then store their spans
+        (when the tracker saw them). Returns the events."""
         self._check_writable()
-        if self._journal is not None:
-            self._journal.append([
-                TrackEvent(camera=camera, ts_ns=b, phase="end", track_id=t, first_ts_ns=a,
-                           last_ts_ns=b, last_box=(0.0, 0.0, 0.0, 0.0))
-                for t, a, b in spans
-            ])
-        self.metadata.set_track_spans(camera, spans)
+        events = [self._end_event(span) for span in spans]
+        if self._record is not None and events:
+            self._record.append(events)
+        self.metadata.set_track_spans(spans)
+        return events
+
+    def _end_event(self, span: TrackSpan) -> TrackEvent:
+        summary = self.metadata.track(span.camera, span.track_id)
+        ids = self.metadata.track_vector_ids(span.camera, span.track_id, self._model_id)
+        return TrackEvent(
+            camera=span.camera, ts_ns=span.last_ts_ns, phase="end", track_id=span.track_id,
+            first_ts_ns=span.first_ts_ns, last_ts_ns=span.last_ts_ns, last_box=span.last_xyxy,
+            n_crops=summary.n_crops if summary else 0,
+            best_crop=summary.best.crop_path if summary else None,
+            vector_ids=tuple(ids), model_id=self._model_id if ids else None,
+        )
 
     def max_track_id(self, camera: str) -> int:
         """Largest track id stored for ``camera`` (0 if none): offset for a new ingest's ids."""
@@ -220,8 +232,8 @@ class GalleryStore:
             )
         if len(embeddings) and embeddings.dim != self._dim:
             raise ValueError(f"embeddings have dim {embeddings.dim}, the gallery has {self._dim}")
-        if self._journal is not None:  # the record first: it may hold more than SQLite, not less
-            self._journal.append([CropEvent.from_record(r) for r in records])
+        if self._record is not None:  # the record first: it may hold more than SQLite, not less
+            self._record.append([CropEvent.from_record(r) for r in records])
         kept = self.metadata.add(records, embeddings)
         ids = np.array([r.vector_id for r in records], np.int64)[kept]
         try:
@@ -304,13 +316,10 @@ class GalleryStore:
         self,
         query_vectors: Embeddings | np.ndarray,
         k_crops: int,
-        cameras: tuple[str, ...] = (),
-        start_ts_ns: int | None = None,
-        end_ts_ns: int | None = None,
-        min_track_s: float | None = None,
-    ) -> list[list[tuple[CropRecord, float]]]:
-        """Per query, up to ``k_crops`` (crop, cosine score) best first, within the filters
-        (``min_track_s``: only crops of tracks seen at least that long)."""
+        filt: SearchFilter = NO_FILTER,
+    ) -> list[list[CropHit]]:
+        """Per query, up to ``k_crops`` crops with their cosine score, best first, within the
+        filter."""
         if isinstance(query_vectors, Embeddings):
             if query_vectors.model_id != self._model_id:
                 raise ValueError(
@@ -318,44 +327,23 @@ class GalleryStore:
                     f"of {self._model_id!r}"
                 )
             query_vectors = query_vectors.vectors
-        if start_ts_ns is not None and end_ts_ns is not None and start_ts_ns > end_ts_ns:
-            raise ValueError(f"time window is the wrong way round: {start_ts_ns} > {end_ts_ns}")
         allowed = None
-        min_track_ns = int(min_track_s * 1e9) if min_track_s else None
-        if cameras or start_ts_ns is not None or end_ts_ns is not None or min_track_ns:
-            allowed = self.metadata.ids_matching(
-                tuple(cameras), start_ts_ns, end_ts_ns, self._model_id, min_track_ns
-            )
+        if filt.narrows:
+            allowed = self.metadata.ids_matching(self._model_id, filt)
             allowed = allowed[allowed <= self._gallery.max_id]  # newer rows are not indexed yet
         scores, ids = self._gallery.search(query_vectors, k_crops, allowed)
         # a row removed by a writer since this (read-only) store loaded its index is left out
         records = self.metadata.crops_found(np.unique(ids[ids >= 0]).tolist())
         return [
-            [(records[int(i)], float(s)) for s, i in zip(s_row, i_row, strict=True)
+            [CropHit(records[int(i)], float(s)) for s, i in zip(s_row, i_row, strict=True)
              if int(i) in records]
             for s_row, i_row in zip(scores, ids, strict=True)
         ]
 
-    def recent_tracks(
-        self,
-        limit: int,
-        cameras: tuple[str, ...] = (),
-        start_ts_ns: int | None = None,
-        end_ts_ns: int | None = None,
-        min_track_s: float | None = None,
-    ) -> list[tuple[int, TrackSummary]]:
-        """(last crop ts_ns in the filters, summary) of at most ``limit`` tracks with crops of
-        this model within the filters, most recently seen first."""
-        min_track_ns = int(min_track_s * 1e9) if min_track_s else None
-        found = self.metadata.recent_tracks(
-            tuple(cameras), start_ts_ns, end_ts_ns, self._model_id, min_track_ns, limit
-        )
-        out = []
-        for camera, track_id, last_ts in found:
-            summary = self.metadata.track(camera, track_id)
-            if summary is not None:  # removed by a writer meanwhile
-                out.append((last_ts, summary))
-        return out
+    def recent_tracks(self, limit: int, filt: SearchFilter = NO_FILTER) -> list[RecentTrack]:
+        """At most ``limit`` tracks with crops of this model within the filter, most recently
+        seen first."""
+        return self.metadata.recent_tracks(self._model_id, filt, limit)
 
     def close(self) -> None:
         """Close SQLite and release the writer lock (the index is not saved: call save())."""

@@ -1,20 +1,18 @@
 """The local event journal: the durable record of what was stored, as JSON lines on disk.
 
-With Kafka, the camera actors publish every stored crop, every track and every tombstone on
-``<prefix>.crops``, ``<prefix>.tracks`` and ``<prefix>.forget``. Without Kafka (``refind ingest``
-of a file, the embedded default) the same events are appended to ``<data_dir>/events/<kind>.jsonl``
-(``crops.jsonl``, ``tracks.jsonl``, ``forget.jsonl``), in the same wire format
-(``streaming.events.encode``). Together with the crop store's JPEGs this is what
-``refind rebuild`` rebuilds the gallery and metadata from; vectors are derived (re-embedded).
+Every path that stores crops (``refind ingest``, the live index writers, a forget) appends the
+same events here through ``indexer.record.EventRecord``: every crop stored, every track ended,
+every track forgotten, in ``<data_dir>/events/<kind>.jsonl`` (``crops.jsonl``, ``tracks.jsonl``,
+``forget.jsonl``), in the Kafka wire format (``streaming.events.encode``). Together with the crop
+store's JPEGs this is what ``refind rebuild`` rebuilds the gallery and metadata from; vectors are
+derived (re-embedded).
 
 A batch of crop events is written and fsync'ed *before* its rows are committed to SQLite, so the
 journal always holds at least what the gallery holds: a crash between the two leaves events whose
 rows were never committed, which a rebuild stores (their JPEGs exist), never the other way round.
-A torn last line (a crash mid-write) is skipped with a warning when read.
-
-The journal's ``TrackEvent`` lines record when the tracker saw a track (``first_ts_ns`` to
-``last_ts_ns``, phase ``end``); ``set_track_spans`` does not know the box, so their ``last_box``
-is all zeros.
+Several writers (one per gallery shard, a forget meanwhile) append under an exclusive ``flock``,
+so their lines never interleave. A torn last line (a crash mid-write) is skipped with a warning
+when read, and the next append starts on a line of its own.
 
 Example:
     >>> journal = EventJournal(Path(".refind/events"))                     # doctest: +SKIP
@@ -25,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -45,6 +44,8 @@ def journal_dir(data_dir: Path) -> Path:
 class EventJournal:
     """Append-only JSON-lines files of refind events, one file per topic kind."""
 
+    name = "journal"
+
     def __init__(self, directory: Path) -> None:
         self.dir = Path(directory)
 
@@ -57,7 +58,11 @@ class EventJournal:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         for kind, lines in by_kind.items():
-            with open(self.dir / f"{kind}.jsonl", "ab") as f:
+            with open(self.dir / f"{kind}.jsonl", "a+b") as f:  # read: the last byte
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # released when the file closes
+                end = os.fstat(f.fileno()).st_size
+                if end and os.pread(f.fileno(), 1, end - 1) != b"\n":
+                    f.write(b"\n")  # a torn line left by a crash stays alone on its line
                 f.write(b"".join(lines))
                 f.flush()
                 os.fsync(f.fileno())

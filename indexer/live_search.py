@@ -208,12 +208,8 @@ class LiveSearch:
                 return None
             crops: list[CropRecord] = []
             for shard in gallery.shards:
-                # the track's time span narrows the look-up to its own crops and its neighbours'
-                ids = shard.metadata.ids_matching(
-                    (camera,), summary.start_ts_ns, summary.end_ts_ns, self.model_id
-                )
-                found = shard.metadata.crops_found(ids.tolist())
-                crops.extend(r for r in found.values() if r.track_id == track_id)
+                ids = shard.metadata.track_vector_ids(camera, track_id, self.model_id)
+                crops.extend(shard.metadata.crops_found(ids).values())
             crops.sort(key=lambda r: (r.ts_ns, r.vector_id))
             return summary, crops
 

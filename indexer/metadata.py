@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streaming.records import CropRecord, Embeddings
+from streaming.records import NO_FILTER, CropRecord, Embeddings, SearchFilter, TrackSpan
 
 log = logging.getLogger(__name__)
 
@@ -132,27 +132,40 @@ def _record(row: tuple) -> CropRecord:
     )
 
 
-def _crop_filter(
-    cameras: tuple[str, ...],
-    start_ts_ns: int | None,
-    end_ts_ns: int | None,
-    model_id: str,
-    min_track_ns: int | None,
-) -> tuple[str, list[object]]:
+@dataclass(frozen=True)
+class RecentTrack:
+    """A track with crops within a search's filters, and the time of its last such crop."""
+
+    last_crop_ts_ns: int
+    summary: TrackSummary
+
+
+@dataclass(frozen=True)
+class ForgottenTrack:
+    """A track that was forgotten (its crops are refused from then on), and when."""
+
+    camera: str
+    track_id: int
+    forgotten_ns: int
+
+
+def _crop_filter(model_id: str, filt: SearchFilter) -> tuple[str, list[object]]:
     """``FROM ... WHERE ...`` over ``crops`` rows for the search filters, and its arguments.
 
     With a minimum track length the eligible tracks come first (index on ``tracks.span_ns``),
     then their crops (covering index on crops (camera, track_id, model_id, ts_ns)); CROSS JOIN
     keeps that order. Without one, the crops' own indexes answer.
     """
-    joined = min_track_ns is not None and min_track_ns > 0
+    min_track_ns = filt.min_track_ns
+    joined = min_track_ns is not None
     source = ("tracks t CROSS JOIN crops ON crops.camera = t.camera "
               "AND crops.track_id = t.track_id") if joined else "crops"
     where = ["crops.model_id = ?"]
     args: list[object] = [model_id]
-    if min_track_ns is not None and joined:
+    if min_track_ns is not None:
         where.append("t.span_ns >= ?")
         args.append(int(min_track_ns))
+    cameras, start_ts_ns, end_ts_ns = filt.cameras, filt.start_ts_ns, filt.end_ts_ns
     if cameras:
         where.append(f"{'t' if joined else 'crops'}.camera IN ({','.join('?' * len(cameras))})")
         args.extend(cameras)
@@ -187,24 +200,13 @@ def _rows(records: list[CropRecord], vectors: Embeddings) -> list[tuple]:
     ]
 
 
-def spans_by_camera(
-    spans: Iterable[tuple[str, int, int, int]],
-) -> dict[str, list[tuple[int, int, int]]]:
-    """(camera, track_id, first_ts_ns, last_ts_ns) rows grouped as ``set_track_spans`` takes
-    them: camera -> [(track_id, first_ts_ns, last_ts_ns)]."""
-    out: dict[str, list[tuple[int, int, int]]] = {}
-    for camera, track_id, first, last in spans:
-        out.setdefault(camera, []).append((track_id, first, last))
-    return out
-
-
 class SqliteMetadata:
     """Crop metadata and vectors in one SQLite file (WAL mode).
 
     Example:
         >>> meta = SqliteMetadata(Path(".refind/metadata.sqlite3"))  # doctest: +SKIP
         >>> meta.add(records, embeddings)  # doctest: +SKIP
-        >>> meta.ids_matching(("gate",), None, None, embeddings.model_id)  # doctest: +SKIP
+        >>> meta.ids_matching(embeddings.model_id, SearchFilter(cameras=("gate",)))  # doctest: +SKIP
         array([0, 4, 8])
     """
 
@@ -382,49 +384,49 @@ class SqliteMetadata:
             yield ids, vecs.astype(np.float32)
             last = int(ids[-1])
 
-    def ids_matching(
-        self,
-        cameras: tuple[str, ...],
-        start_ts_ns: int | None,
-        end_ts_ns: int | None,
-        model_id: str,
-        min_track_ns: int | None = None,
-    ) -> np.ndarray:
-        """Sorted (n,) int64 ids of ``model_id`` from ``cameras`` (all if empty) in the window,
-        of tracks spanning at least ``min_track_ns`` (as ``track`` reports their span)."""
-        source, args = _crop_filter(cameras, start_ts_ns, end_ts_ns, model_id, min_track_ns)
+    def ids_matching(self, model_id: str, filt: SearchFilter = NO_FILTER) -> np.ndarray:
+        """Sorted (n,) int64 ids of ``model_id`` within the filter (a track's length as
+        ``track`` reports its span)."""
+        source, args = _crop_filter(model_id, filt)
         # One string of ids parsed in C: ~3x faster than a Python step per row (100k+ rows).
         sql = f"SELECT group_concat(crops.vector_id) FROM {source}"
         text = self._conn.execute(sql, args).fetchone()[0] or ""
         return np.sort(np.fromstring(text, np.int64, sep=","))
 
     def recent_tracks(
-        self,
-        cameras: tuple[str, ...],
-        start_ts_ns: int | None,
-        end_ts_ns: int | None,
-        model_id: str,
-        min_track_ns: int | None = None,
-        limit: int = 1000,
-    ) -> list[tuple[str, int, int]]:
-        """(camera, track_id, last crop ts_ns) of tracks with crops within the filters (as
-        ``ids_matching``), most recently seen first, at most ``limit``."""
-        source, args = _crop_filter(cameras, start_ts_ns, end_ts_ns, model_id, min_track_ns)
+        self, model_id: str, filt: SearchFilter = NO_FILTER, limit: int = 1000
+    ) -> list[RecentTrack]:
+        """Tracks of ``model_id`` with crops within the filter (as ``ids_matching``), most
+        recently seen first, at most ``limit``."""
+        source, args = _crop_filter(model_id, filt)
         sql = (f"SELECT crops.camera, crops.track_id, MAX(crops.ts_ns) AS last FROM {source} "
                "GROUP BY crops.camera, crops.track_id "
                "ORDER BY last DESC, crops.camera, crops.track_id LIMIT ?")
-        return [(c, int(t), int(ts)) for c, t, ts in self._conn.execute(sql, [*args, int(limit)])]
+        found = self._conn.execute(sql, [*args, int(limit)]).fetchall()
+        out = []
+        for camera, track_id, last in found:
+            summary = self.track(camera, int(track_id))
+            if summary is not None:
+                out.append(RecentTrack(int(last), summary))
+        return out
 
-    def set_track_spans(self, camera: str, spans: Iterable[tuple[int, int, int]]) -> None:
-        """Record (track_id, first_ts_ns, last_ts_ns) of tracks as the tracker saw them."""
+    def set_track_spans(self, spans: Iterable[TrackSpan]) -> None:
+        """Record when the tracker saw tracks (widening a span already recorded)."""
         with self._transaction():
             self._conn.executemany(
                 "INSERT INTO track_spans (camera, track_id, first_ts_ns, last_ts_ns) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT (camera, track_id) DO UPDATE SET "
                 "first_ts_ns = MIN(first_ts_ns, excluded.first_ts_ns), "
                 "last_ts_ns = MAX(last_ts_ns, excluded.last_ts_ns)",
-                [(camera, int(t), int(a), int(b)) for t, a, b in spans],
+                [(s.camera, int(s.track_id), int(s.first_ts_ns), int(s.last_ts_ns))
+                 for s in spans],
             )
+
+    def track_vector_ids(self, camera: str, track_id: int, model_id: str) -> list[int]:
+        """Ids of ``model_id``'s vectors of one track, ascending."""
+        return [int(r[0]) for r in self._conn.execute(
+            "SELECT vector_id FROM crops WHERE camera = ? AND track_id = ? AND model_id = ? "
+            "ORDER BY vector_id", (camera, int(track_id), model_id))]
 
     def track(self, camera: str, track_id: int) -> TrackSummary | None:
         """The summary of one track, None if it has no crops. Its times span what the tracker
@@ -590,22 +592,22 @@ class SqliteMetadata:
         self._conn.executemany("DELETE FROM tracks WHERE camera = ? AND track_id = ?", tracks)
         self._conn.executemany(_REFRESH_TRACK, tracks)
 
-    def track_spans(self) -> list[tuple[str, int, int, int]]:
-        """Every recorded (camera, track_id, first_ts_ns, last_ts_ns)."""
-        return [tuple(r) for r in self._conn.execute(  # type: ignore[misc]
+    def track_spans(self) -> list[TrackSpan]:
+        """Every recorded span (their boxes are not stored: zeros), by camera and track."""
+        return [TrackSpan(c, int(t), int(a), int(b)) for c, t, a, b in self._conn.execute(
             "SELECT camera, track_id, first_ts_ns, last_ts_ns FROM track_spans ORDER BY 1, 2"
         )]
 
-    def forgotten(self) -> list[tuple[str, int, int]]:
-        """Every forgotten (camera, track_id, forgotten_ns)."""
-        return [tuple(r) for r in self._conn.execute(  # type: ignore[misc]
+    def forgotten(self) -> list[ForgottenTrack]:
+        """Every forgotten track, by camera and track."""
+        return [ForgottenTrack(c, int(t), int(ns)) for c, t, ns in self._conn.execute(
             "SELECT camera, track_id, forgotten_ns FROM forgotten_tracks ORDER BY 1, 2"
         )]
 
-    def mark_forgotten(self, tracks: Iterable[tuple[str, int, int]]) -> int:
-        """Record (camera, track_id, forgotten_ns) as forgotten and delete their rows and spans;
-        returns the rows deleted. Used when copying a gallery: its tombstones come along."""
-        tracks = [(c, int(t), int(ns)) for c, t, ns in tracks]
+    def mark_forgotten(self, forgotten: Iterable[ForgottenTrack]) -> int:
+        """Record tracks as forgotten and delete their rows and spans; returns the rows
+        deleted. Used when copying a gallery: its tombstones come along."""
+        tracks = [(f.camera, int(f.track_id), int(f.forgotten_ns)) for f in forgotten]
         ids = [r[0] for c, t, _ in tracks for r in self._conn.execute(
             "SELECT vector_id FROM crops WHERE camera = ? AND track_id = ?", (c, t)
         )]

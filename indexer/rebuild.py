@@ -1,9 +1,10 @@
 """Rebuild the serving gallery and its metadata from the durable record.
 
-The durable record is the crop store's JPEGs plus the events (``streaming.events``): from Kafka
-(``<prefix>.crops``, ``.tracks``, ``.forget``) with ``from_kafka``, else from the local journal
-(``indexer.journal``, what ``refind ingest`` writes). The SQLite metadata and the FAISS indexes
-are views of it:
+The durable record is the crop store's JPEGs plus the events (``streaming.events``) that every
+path that stores crops writes through ``indexer.record.EventRecord``: ``refind ingest``, the
+live index writers and ``refind forget`` alike. They are read from the local journal
+(``indexer.journal``) by default, or from Kafka (``<prefix>.crops``, ``.tracks``, ``.forget``)
+with ``from_kafka``. The SQLite metadata and the FAISS indexes are views of it:
 
 - from the ``CropEvent`` of each crop: vector id, camera, track, frame, time, box, quality and
   crop path (the detector's confidence is not in ``refind.crop.v1``; rebuilt rows carry 0.0);
@@ -23,8 +24,12 @@ renames it into place and switches the registry's root for the serving model in 
 replace; searches answer from the old root until then. It holds the old root's writer locks
 throughout (an ingest meanwhile is refused), then deletes the old root.
 
+A rebuild never silently shrinks the gallery: when the record holds fewer of the serving
+model's crops than the gallery does (before embedding), or fewer could be rebuilt (missing
+JPEGs), it stops with ``RebuildRefused`` and changes nothing, unless ``force``.
+
 Example:
-    >>> rebuild_gallery(cfg)["crops"]                                        # doctest: +SKIP
+    >>> rebuild_gallery(cfg).crops                                           # doctest: +SKIP
     412
 """
 
@@ -41,7 +46,7 @@ from pathlib import Path
 from indexer.gallery_store import GalleryStore, index_stem, lock_gallery
 from indexer.ingest import build_embedder
 from indexer.journal import JOURNAL_KINDS, EventJournal, journal_dir
-from indexer.metadata import SqliteMetadata, spans_by_camera
+from indexer.metadata import ForgottenTrack, SqliteMetadata
 from indexer.reindex import EmbedCrops, embed_copies
 from indexer.shards import existing_shards, shard_name, shard_of
 from indexer.versions import (
@@ -56,11 +61,15 @@ from models.base import model_name
 from models.store import ModelStore
 from streaming.config import KafkaConfig, RefindConfig
 from streaming.events import CropEvent, Event, ForgetEvent, TrackEvent, resolve_topic
-from streaming.records import CropRecord
+from streaming.records import CropRecord, TrackSpan
 
 log = logging.getLogger(__name__)
 
 _BATCH = 64
+
+
+class RebuildRefused(RuntimeError):
+    """A rebuild would leave the gallery with fewer crops than it holds; nothing was changed."""
 
 
 @dataclass
@@ -68,9 +77,38 @@ class DurableRecord:
     """The events folded: crops per shard, track spans, tombstones, the highest id seen."""
 
     crops: dict[str, dict[int, CropEvent]] = field(default_factory=dict)
-    spans: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
+    spans: dict[tuple[str, int], TrackSpan] = field(default_factory=dict)
     forgotten: dict[tuple[str, int], int] = field(default_factory=dict)
     max_vector_id: int = -1
+
+    def tombstones(self) -> list[ForgottenTrack]:
+        return [ForgottenTrack(c, t, ns) for (c, t), ns in sorted(self.forgotten.items())]
+
+
+@dataclass
+class RebuildReport:
+    """What a rebuild did: crops rebuilt, left out (forgotten tracks, missing JPEGs), what the
+    gallery and the record held before, where the new root is and which root it replaced."""
+
+    model_id: str
+    source: str
+    gallery_crops: int = 0
+    record_crops: int = 0
+    crops: int = 0
+    skipped_forgotten: int = 0
+    skipped_missing: int = 0
+    missing_examples: list[str] = field(default_factory=list)
+    root: str = ""
+    replaced: str = ""
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, object]:
+        return {"model_id": self.model_id, "source": self.source,
+                "gallery_crops": self.gallery_crops, "record_crops": self.record_crops,
+                "crops": self.crops, "skipped_forgotten": self.skipped_forgotten,
+                "skipped_missing": self.skipped_missing,
+                "missing_examples": list(self.missing_examples), "root": self.root,
+                "replaced": self.replaced, "seconds": round(self.seconds, 3)}
 
 
 def read_journal(data_dir: Path) -> list[Event]:
@@ -111,8 +149,8 @@ def fold(events: Iterable[Event], n_shards: int) -> DurableRecord:
             record.max_vector_id = max(record.max_vector_id, e.vector_id)
         elif isinstance(e, TrackEvent) and e.phase == "end":
             key = (e.camera, e.track_id)
-            a, b = record.spans.get(key, (e.first_ts_ns, e.last_ts_ns))
-            record.spans[key] = (min(a, e.first_ts_ns), max(b, e.last_ts_ns))
+            span = TrackSpan(e.camera, e.track_id, e.first_ts_ns, e.last_ts_ns, e.last_box)
+            record.spans[key] = record.spans[key].widened(span) if key in record.spans else span
         elif isinstance(e, ForgetEvent):
             key = (e.camera, e.track_id)
             record.forgotten[key] = min(record.forgotten.get(key, e.ts_ns), e.ts_ns)
@@ -134,8 +172,10 @@ def _read_events(cfg: RefindConfig, from_kafka: bool, idle_s: float) -> list[Eve
 
 def rebuild_gallery(
     cfg: RefindConfig, *, from_kafka: bool = False, idle_s: float = 5.0, quiet: bool = True,
-) -> dict[str, object]:
-    """Rebuild the serving version from the durable record and switch to it; returns a report."""
+    force: bool = False,
+) -> RebuildReport:
+    """Rebuild the serving version from the durable record and switch to it; RebuildRefused
+    (nothing changed) when that would hold fewer crops than the gallery, unless ``force``."""
     from tqdm import tqdm
 
     serving = serving_version(cfg)
@@ -143,44 +183,79 @@ def rebuild_gallery(
     data_dir = Path(cfg.data_dir)
     old_shards = existing_shards(serving.root)
     locks = [lock_gallery(s) for s in old_shards]  # no writer meanwhile
+    source = "Kafka" if from_kafka else f"the journal in {journal_dir(data_dir)}"
+    report = RebuildReport(embedder.model_id, source)
+    tmp: Path | None = None
     try:
         start = time.perf_counter()
         record = fold(_read_events(cfg, from_kafka, idle_s), cfg.ray.index_writers)
+        todo = {s: [e for _, e in sorted(c.items()) if (e.camera, e.track_id) not in
+                    record.forgotten] for s, c in record.crops.items()}
+        report.record_crops = sum(len(c) for c in todo.values())
+        report.skipped_forgotten = sum(len(c) for c in record.crops.values()) - report.record_crops
+        report.gallery_crops = _gallery_crops(old_shards, embedder.model_id)
+        _check_not_smaller(report, report.record_crops, force, "the record holds")
         stem = index_stem(embedder.model_id)
         _remove_crashed_rebuilds(data_dir, stem)
         tmp = data_dir / "versions" / f".rebuild-{stem}-{os.getpid()}"
         embed = EmbedCrops(serving.cfg, embedder)
-        report = {"model_id": embedder.model_id, "crops": 0, "skipped_forgotten": 0,
-                  "skipped_missing": 0, "missing_examples": [], "events": 0}
-        todo = {s: [e for _, e in sorted(c.items()) if (e.camera, e.track_id) not in
-                    record.forgotten] for s, c in record.crops.items()}
-        report["skipped_forgotten"] = sum(len(c) for c in record.crops.values()) - sum(
-            len(c) for c in todo.values())
-        with tqdm(total=sum(len(c) for c in todo.values()), unit="crop", disable=quiet,
+        with tqdm(total=report.record_crops, unit="crop", disable=quiet,
                   desc=f"rebuild {model_name(embedder.model_id)}", file=sys.stderr) as bar:
             for name in sorted(set(todo) | {s.name for s in old_shards}):
                 (tmp / name).mkdir(parents=True, exist_ok=True)
                 with SqliteMetadata(tmp / name / "metadata.sqlite3") as meta:
                     _rebuild_shard(meta, todo.get(name, []), record, embed, report, bar)
+        _check_not_smaller(report, report.crops, force, "could be rebuilt from the record "
+                           "(the others' JPEGs are missing or unreadable)")
         # tombstones written while we worked: their tracks must not come back
         late = fold(_read_events(cfg, from_kafka, min(idle_s, 1.0)), cfg.ray.index_writers)
         for shard in existing_shards(tmp):
             with SqliteMetadata(shard / "metadata.sqlite3") as meta:
-                meta.mark_forgotten((c, t, ns) for (c, t), ns in late.forgotten.items())
+                meta.mark_forgotten(late.tombstones())
             with GalleryStore(shard, cfg.gallery, embedder.model_id, embedder.dim) as store:
                 store.save()
         final = data_dir / "versions" / f"{stem}-rebuilt-{time.time_ns()}"
         os.rename(tmp, final)
+        tmp = None
         old_root = _switch_root(cfg, serving.cfg, embedder.model_id, embedder.dim,
                                 str(final.relative_to(data_dir)))
     finally:
         for fd in locks:
             os.close(fd)
+        if tmp is not None and tmp.exists():  # refused or failed: nothing is switched
+            remove_root(data_dir, str(tmp.relative_to(data_dir)))
     remove_root(data_dir, old_root)
-    report |= {"root": str(final), "replaced": old_root,
-               "seconds": round(time.perf_counter() - start, 3)}
-    log.info("rebuilt %s: %s", embedder.model_id, report)
+    report.root, report.replaced = str(final), old_root
+    report.seconds = time.perf_counter() - start
+    log.info("rebuilt %s: %s", embedder.model_id, report.to_json())
     return report
+
+
+def _gallery_crops(shards: list[Path], model_id: str) -> int:
+    """Crops of ``model_id`` the gallery's shards hold now."""
+    total = 0
+    for shard in shards:
+        with SqliteMetadata(shard / "metadata.sqlite3", read_only=True) as meta:
+            total += meta.count(model_id)
+    return total
+
+
+def _check_not_smaller(report: RebuildReport, crops: int, force: bool, what: str) -> None:
+    """RebuildRefused when ``crops`` is below what the gallery holds (unless ``force``)."""
+    if crops >= report.gallery_crops:
+        return
+    lost = report.gallery_crops - crops
+    message = (f"rebuild refused: the gallery holds {report.gallery_crops} crops of "
+               f"{report.model_id}, but only {crops} {what} ({report.source}); rebuilding would "
+               f"lose {lost}. Nothing was changed.")
+    if report.skipped_missing:
+        message += f" Missing, e.g.: {'; '.join(report.missing_examples[:3])}."
+    if force:
+        log.warning("%s Going on anyway (--force).", message.removeprefix("rebuild refused: "))
+        return
+    other = "without --from-kafka" if report.source == "Kafka" else "with --from-kafka"
+    raise RebuildRefused(f"{message} Rebuild from the other record ({other}) if it holds "
+                         "them, or pass --force to rebuild anyway and lose them.")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -205,25 +280,23 @@ def _remove_crashed_rebuilds(data_dir: Path, stem: str) -> None:
 
 
 def _rebuild_shard(meta: SqliteMetadata, events: list[CropEvent], record: DurableRecord,
-                   embed: EmbedCrops, report: dict, bar) -> None:  # type: ignore[type-arg]
+                   embed: EmbedCrops, report: RebuildReport, bar) -> None:  # type: ignore[no-untyped-def]
     """Embed and store one shard's crops; tombstones, spans and the id floor with them."""
     model_id = embed.embedder.model_id
-    meta.mark_forgotten((c, t, ns) for (c, t), ns in record.forgotten.items())
+    meta.mark_forgotten(record.tombstones())
     meta.raise_id_floor(record.max_vector_id + 1)
     for i in range(0, len(events), _BATCH):
         chunk = [_record(e, model_id) for e in events[i : i + _BATCH]]
         added, failed = embed_copies(embed, meta, chunk)
-        report["crops"] += added
+        report.crops += added
         for r in chunk:
             if r.vector_id in failed:
-                report["skipped_missing"] += 1
-                if len(report["missing_examples"]) < 5:
-                    report["missing_examples"].append(f"{r.crop_path}: {failed[r.vector_id]}")
+                report.skipped_missing += 1
+                if len(report.missing_examples) < 5:
+                    report.missing_examples.append(f"{r.crop_path}: {failed[r.vector_id]}")
         bar.update(len(chunk))
-    spans = spans_by_camera((c, t, a, b) for (c, t), (a, b) in record.spans.items()
-                            if (c, t) not in record.forgotten)
-    for camera, rows in spans.items():
-        meta.set_track_spans(camera, rows)
+    meta.set_track_spans(span for key, span in sorted(record.spans.items())
+                         if key not in record.forgotten)
 
 
 def _switch_root(cfg: RefindConfig, serving_cfg: RefindConfig, model_id: str, dim: int,

@@ -40,7 +40,7 @@ import numpy as np
 from indexer.blobs import CropStore, CropStoreError
 from indexer.gallery_store import GalleryStore, acquire_lock
 from indexer.ingest import build_embedder
-from indexer.metadata import SqliteMetadata, spans_by_camera
+from indexer.metadata import SqliteMetadata
 from indexer.shards import existing_shards
 from indexer.versions import (
     BASE_ROOT,
@@ -53,7 +53,7 @@ from indexer.versions import (
 from models.base import ModelInputError, ReidEmbedder, check_bgr_image
 from models.store import ModelStore
 from streaming.config import RefindConfig
-from streaming.records import CropRecord, Embeddings
+from streaming.records import CropRecord, Embeddings, SearchFilter
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +257,8 @@ class ReindexJob:
         ids: list[int] = []
         paths: list[str] = []
         for name, src in self._src.items():
-            wanted = src.ids_matching(self.cameras, self.since_ns, None, self.source.model_id)
+            wanted = src.ids_matching(self.source.model_id,
+                                      SearchFilter(self.cameras, self.since_ns))
             done = self._dst[name].vector_ids(self.target.model_id)
             left = np.setdiff1d(wanted, done, assume_unique=True)
             todo = [int(v) for v in left if (name, int(v)) not in exclude]
@@ -303,8 +304,7 @@ class ReindexJob:
             gone = np.setdiff1d(dst.vector_ids(self.target.model_id),
                                 src.vector_ids(self.source.model_id))
             removed += dst.remove_ids(gone.tolist())
-            for camera, rows in spans_by_camera(src.track_spans()).items():
-                dst.set_track_spans(camera, rows)
+            dst.set_track_spans(src.track_spans())
             dst.raise_id_floor(src.next_vector_id())
         for name in self._dst:  # the FAISS views: built from SQLite and saved
             with GalleryStore(self.target_dir / name, self.cfg.gallery, self.target.model_id,

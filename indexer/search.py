@@ -27,19 +27,18 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
 
 from indexer.blobs import CropStore
-from indexer.gallery_store import GalleryStore
-from indexer.metadata import TrackSummary
+from indexer.metadata import RecentTrack, TrackSummary
 from indexer.rerank import RerankerPool, checkable, rerank_hits
-from indexer.shards import ShardedGallery
 from models.base import TASKS, InstructableEmbedder, ReidEmbedder
 from models.text_attributes import parse_attributes
 from streaming.config import SearchConfig
-from streaming.records import CropRecord, ImageQuery, TextQuery, TrackletHit
+from streaming.records import CropHit, ImageQuery, SearchFilter, TextQuery, TrackletHit
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +84,20 @@ _TASK_WORDS: tuple[tuple[str, re.Pattern[str]], ...] = (
         r"chang\w*\s+(?:\w+\s+)?(?:cloth|outfit)|different\s+(?:cloth|outfit)|"
         r"any\s+(?:cloth|outfit)|cloth\w*[- ]chang", re.I)),
 )
+
+
+class Gallery(Protocol):
+    """What a search reads: one gallery shard (``GalleryStore``), several
+    (``ShardedGallery``), or the live index writers (``actors.supervisor``)."""
+
+    model_id: str
+
+    def search(self, query_vectors: np.ndarray, k_crops: int, filt: SearchFilter, /
+               ) -> list[list[CropHit]]: ...
+
+    def recent_tracks(self, limit: int, filt: SearchFilter, /) -> list[RecentTrack]: ...
+
+    def track(self, camera: str, track_id: int, /) -> TrackSummary | None: ...
 
 
 @dataclass(frozen=True)
@@ -165,7 +178,7 @@ class SearchEngine:
         self,
         cfg: SearchConfig,
         embedder: ReidEmbedder,
-        gallery: GalleryStore | ShardedGallery,
+        gallery: Gallery,
         crops: CropStore | None = None,
         rerankers: RerankerPool | None = None,
     ) -> None:
@@ -192,14 +205,7 @@ class SearchEngine:
     ) -> list[TrackletHit]:
         """The best ``k`` (default ``query.k``) tracklets for a query vector, in its filters."""
         k = query.k if k is None else k
-        [hits] = self.gallery.search(
-            vector,
-            k * self.cfg.overfetch,
-            cameras=query.cameras,
-            start_ts_ns=query.start_ts_ns,
-            end_ts_ns=query.end_ts_ns,
-            min_track_s=query.min_track_s,
-        )
+        [hits] = self.gallery.search(vector, k * self.cfg.overfetch, query.filter)
         return self._tracklets(hits, k)
 
     def rank_vector(self, vector: np.ndarray, query: ImageQuery, task: str | None = None) -> Ranked:
@@ -227,13 +233,11 @@ class SearchEngine:
                 "embedder type irm)"
             )
         cap = self.cfg.text_scan_tracks
-        found = self.gallery.recent_tracks(
-            cap + 1, query.cameras, query.start_ts_ns, query.end_ts_ns, query.min_track_s
-        )
+        found = self.gallery.recent_tracks(cap + 1, query.filter)
         bounded = len(found) > cap
         if bounded and (by_probe := self._search_text_by_probe(name, query)) is not None:
             return by_probe
-        candidates = [_hit(summary) for _, summary in found[:cap]]
+        candidates = [_hit(t.summary) for t in found[:cap]]
         ranked = self._rerank(name, query.text, candidates, query.k, False)
         message = ranked.message
         if not candidates:
@@ -283,21 +287,19 @@ class SearchEngine:
                            with_retrieval=with_retrieval)
         return Ranked(done.hits[:k], done.message, reranker.name)
 
-    def _tracklets(
-        self, hits: list[tuple[CropRecord, float]], k: int | None = None
-    ) -> list[TrackletHit]:
+    def _tracklets(self, hits: list[CropHit], k: int | None = None) -> list[TrackletHit]:
         """The best ``k`` tracklets (all if None) of the crop hits, best first."""
-        groups: dict[tuple[str, int], list[tuple[CropRecord, float]]] = defaultdict(list)
-        for record, score in hits:
-            groups[(record.camera, record.track_id)].append((record, score))
+        groups: dict[tuple[str, int], list[CropHit]] = defaultdict(list)
+        for hit in hits:
+            groups[(hit.record.camera, hit.record.track_id)].append(hit)
         ranked = sorted(
-            ((_aggregate([s for _, s in m], self.cfg.aggregation), key, m)
+            ((_aggregate([h.score for h in m], self.cfg.aggregation), key, m)
              for key, m in groups.items()),
             key=lambda g: g[0], reverse=True,
         )
         out = []
         for score, (camera, track_id), members in ranked[:k]:  # summaries of the kept ones only
-            best_record, _ = max(members, key=lambda m: m[1])
+            best_record = max(members, key=lambda h: h.score).record
             summary = self.gallery.track(camera, track_id)
             out.append(
                 TrackletHit(

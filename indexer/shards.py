@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from indexer.gallery_store import GalleryStore
-from indexer.metadata import TrackSummary
+from indexer.metadata import RecentTrack, TrackSummary
 from streaming.config import GalleryConfig
-from streaming.records import CropRecord, Embeddings
+from streaming.records import NO_FILTER, CropHit, Embeddings, SearchFilter
 
 
 def shard_name(shard: int) -> str:
@@ -43,12 +43,12 @@ def shard_of(camera: str, n_shards: int) -> int:
 
 
 def merge_shard_hits(
-    per_shard: Sequence[list[list[tuple[CropRecord, float]]]], k_crops: int
-) -> list[list[tuple[CropRecord, float]]]:
+    per_shard: Sequence[list[list[CropHit]]], k_crops: int
+) -> list[list[CropHit]]:
     """Per query, the ``k_crops`` best hits over all shards' answers, best first."""
     merged = []
     for rows in zip(*per_shard, strict=True):
-        hits = sorted((hit for row in rows for hit in row), key=lambda h: h[1], reverse=True)
+        hits = sorted((hit for row in rows for hit in row), key=lambda h: h.score, reverse=True)
         merged.append(hits[:k_crops])
     return merged
 
@@ -93,32 +93,16 @@ class ShardedGallery:
         return sorted({c for shard in self.shards for c in shard.metadata.cameras()})
 
     def search(
-        self,
-        query_vectors: Embeddings | np.ndarray,
-        k_crops: int,
-        cameras: tuple[str, ...] = (),
-        start_ts_ns: int | None = None,
-        end_ts_ns: int | None = None,
-        min_track_s: float | None = None,
-    ) -> list[list[tuple[CropRecord, float]]]:
-        per_shard = [
-            s.search(query_vectors, k_crops, cameras, start_ts_ns, end_ts_ns, min_track_s)
-            for s in self.shards
-        ]
+        self, query_vectors: Embeddings | np.ndarray, k_crops: int,
+        filt: SearchFilter = NO_FILTER,
+    ) -> list[list[CropHit]]:
+        per_shard = [s.search(query_vectors, k_crops, filt) for s in self.shards]
         return merge_shard_hits(per_shard, k_crops)
 
-    def recent_tracks(
-        self,
-        limit: int,
-        cameras: tuple[str, ...] = (),
-        start_ts_ns: int | None = None,
-        end_ts_ns: int | None = None,
-        min_track_s: float | None = None,
-    ) -> list[tuple[int, TrackSummary]]:
+    def recent_tracks(self, limit: int, filt: SearchFilter = NO_FILTER) -> list[RecentTrack]:
         """The ``limit`` most recently seen tracks over all shards (``GalleryStore``'s)."""
-        found = [t for s in self.shards
-                 for t in s.recent_tracks(limit, cameras, start_ts_ns, end_ts_ns, min_track_s)]
-        found.sort(key=lambda t: (-t[0], t[1].camera, t[1].track_id))
+        found = [t for s in self.shards for t in s.recent_tracks(limit, filt)]
+        found.sort(key=lambda t: (-t.last_crop_ts_ns, t.summary.camera, t.summary.track_id))
         return found[:limit]
 
     def track(self, camera: str, track_id: int) -> TrackSummary | None:

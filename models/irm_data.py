@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -51,7 +52,7 @@ from models.pets_reid import (
     video_size,
 )
 from models.store import ModelStore
-from streaming.crops import pixel_box
+from streaming.boxes import pixel_box
 
 log = logging.getLogger(__name__)
 
@@ -172,26 +173,25 @@ def load_tracklet_crops(
     """Weak identities: crops of the tracks of refind's detector + tracker (default config) on
     ``video``, one crop per track every ``every_n_frames`` frames; tracks with fewer than
     ``min_crops`` crops of at least ``min_height`` px are dropped."""
-    from models.appearance import BoxEmbedder, box_pixels
     from models.openvino_reid import OpenVinoReidEmbedder
     from models.yolox import YoloxDetector
+    from streaming.boxes import box_pixels
     from streaming.config import OpenVinoReidConfig, RefindConfig
+    from streaming.pipeline import CameraPipeline
     from streaming.sources import VideoSource
-    from streaming.tracker import ByteTracker
 
     cfg = RefindConfig()
-    detector = YoloxDetector(cfg.detector, store)
-    boxes = BoxEmbedder(OpenVinoReidEmbedder(OpenVinoReidConfig(), store))  # the tracker's ReID
     camera = Path(video).stem
-    tracker = ByteTracker(cfg.tracker, camera=camera)
+    pipe = CameraPipeline(  # the ingest stage loop; the tracker's ReID is 0277 whatever is set
+        camera, cfg.tracker, cfg.crops, YoloxDetector(cfg.detector, store),
+        OpenVinoReidEmbedder(OpenVinoReidConfig(), store),
+        detector_batch=cfg.detector.batch_size, select_crops=False,
+    )
     per_track: dict[int, list[IdentityCrop]] = {}
-    for n, frame in enumerate(VideoSource(video, camera=camera)):
-        if max_frames is not None and n >= max_frames:
-            break
-        dets = detector([frame.image])[0]
-        dets = dets.select(dets.confidence >= cfg.tracker.low_threshold)
-        tracks = tracker.update(frame.index, frame.ts_ns, dets, boxes.callback(frame.image, dets))
-        if frame.index % every_n_frames:
+    frames = itertools.islice(iter(VideoSource(video, camera=camera)), max_frames)
+    for result in pipe.run(frames):
+        frame, tracks = result.frame, result.tracks
+        if frame is None or tracks is None or frame.index % every_n_frames:
             continue
         for tid, xyxy in zip(tracks.track_id.tolist(), tracks.xyxy, strict=True):
             if xyxy[3] - xyxy[1] < min_height:

@@ -40,7 +40,7 @@ import av
 import cv2
 import numpy as np
 
-from streaming.crops import pixel_box
+from streaming.boxes import pixel_box
 
 log = logging.getLogger(__name__)
 

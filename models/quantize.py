@@ -39,8 +39,8 @@ def calibration_crops(
 ) -> list[np.ndarray]:
     """Up to ``n`` person crops (BGR) from ``video``: refind's default detector on every
     ``every_n_frames``-th frame, people at least ``MIN_CROP_HEIGHT`` px tall."""
-    from models.appearance import box_pixels
     from models.yolox import YoloxDetector
+    from streaming.boxes import box_pixels
     from streaming.config import RefindConfig
     from streaming.sources import VideoSource
 

@@ -152,8 +152,9 @@ class CropConfig(_Section):
         "which the sharpness factor of quality is 0.5."
     )
     early_after_s: float = Field(
-        0.5, ge=0.0, le=3600.0, description="Live video: a track's best crop so far is stored "
-        "this long after its first candidate, so a person is searchable before the track ends.",
+        0.5, ge=0.0, le=3600.0, description="A track's best crop so far is stored this long "
+        "(in video time) after its first candidate, so a live person is searchable before the "
+        "track ends; the same in ingest, live and evaluation.",
     )
     jpeg_quality: int = Field(90, ge=30, le=100, description="JPEG quality of stored crops.")
 
@@ -376,6 +377,10 @@ class LiveConfig(_Section):
     min_fps: float = Field(1.0, gt=0.0, le=240.0, description="Lowest adaptive sample rate.")
     max_in_flight: int = Field(
         4, ge=1, le=256, description="Detector batches in flight per camera (ray.wait bound)."
+    )
+    max_stores_in_flight: int = Field(
+        4, ge=1, le=256, description="Crop batches being embedded and written per camera; "
+        "when this many are in flight the camera waits for the oldest (counted as store_waits)."
     )
     reconnect: ReconnectConfig = ReconnectConfig()
 

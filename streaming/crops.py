@@ -28,6 +28,7 @@ import logging
 import cv2
 import numpy as np
 
+from streaming.boxes import pixel_box
 from streaming.config import CropConfig
 from streaming.records import Crop, Frame, Tracks
 
@@ -40,14 +41,17 @@ def sharpness(image: np.ndarray) -> float:
     return float(cv2.Laplacian(grey, cv2.CV_64F).var())
 
 
-def pixel_box(xyxy: np.ndarray, hw: tuple[int, int]) -> tuple[int, int, int, int]:
-    """Box rounded outwards to whole pixels and clipped to a frame of size ``hw``."""
-    h, w = hw
-    x1 = int(np.clip(np.floor(xyxy[0]), 0, w))
-    y1 = int(np.clip(np.floor(xyxy[1]), 0, h))
-    x2 = int(np.clip(np.ceil(xyxy[2]), 0, w))
-    y2 = int(np.clip(np.ceil(xyxy[3]), 0, h))
-    return x1, y1, x2, y2
+def as_stored(crop: Crop, jpeg_quality: int) -> Crop:
+    """The crop encoded as the JPEG it will be stored as, with that JPEG's pixels as its image:
+    what is embedded is exactly what is stored, so re-indexing or rebuilding from the stored
+    crops gives the vectors ingest gave."""
+    ok, buf = cv2.imencode(".jpg", crop.image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+    if not ok:
+        raise ValueError(f"crop of track {crop.track_id} could not be encoded as JPEG")
+    data = buf.tobytes()
+    image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    return Crop(crop.camera, crop.track_id, crop.frame_index, crop.ts_ns, crop.xyxy,
+                crop.confidence, crop.quality, image, data)
 
 
 class CropSelector:

@@ -1,6 +1,9 @@
 """Typed records that flow between refind's stages.
 
-camera -> Frame -> Detections -> Tracks -> Crop -> Embeddings -> gallery -> TrackletHit
+camera -> Frame -> Detections -> Tracks -> Crop -> Embeddings -> gallery -> CropHit -> TrackletHit
+
+Beside them: ``TrackSpan`` (when the tracker saw a track) and ``SearchFilter`` (which crops a
+search may return).
 
 Every record is a frozen dataclass validated when built; array columns carry their shape and
 dtype in the docstring and units in their names (``ts_ns``, ``xyxy`` in pixels of the frame).
@@ -9,7 +12,7 @@ A stage returns a new record and never mutates its input.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -130,11 +133,61 @@ class Tracks:
         return int(self.xyxy.shape[0])
 
 
+Box = tuple[float, float, float, float]
+"""x1, y1, x2, y2 in pixels of the frame."""
+
+
+@dataclass(frozen=True)
+class TrackSpan:
+    """When and where the tracker saw one track of one camera.
+
+    first_ts_ns, last_ts_ns: the first and last frame the track was reported in; last_xyxy: its
+    box in the last of them (zeros when unknown, as in spans read back from storage); frames:
+    how many frames reported it (0 when unknown).
+
+    Example:
+        >>> TrackSpan("gate", 7, 1_000, 3_000).seconds
+        2e-06
+    """
+
+    camera: str
+    track_id: int
+    first_ts_ns: int
+    last_ts_ns: int
+    last_xyxy: Box = (0.0, 0.0, 0.0, 0.0)
+    frames: int = 0
+
+    def __post_init__(self) -> None:
+        if self.last_ts_ns < self.first_ts_ns:
+            raise ValueError(
+                f"track {self.camera}/{self.track_id}: span ends ({self.last_ts_ns}) before it "
+                f"starts ({self.first_ts_ns})"
+            )
+
+    @property
+    def seconds(self) -> float:
+        return (self.last_ts_ns - self.first_ts_ns) / 1e9
+
+    def widened(self, other: TrackSpan) -> TrackSpan:
+        """The span covering this one and ``other`` (the same track recorded twice, say): the
+        later one's box, the larger frame count."""
+        later = other if other.last_ts_ns >= self.last_ts_ns else self
+        return replace(
+            later,
+            first_ts_ns=min(self.first_ts_ns, other.first_ts_ns),
+            last_ts_ns=max(self.last_ts_ns, other.last_ts_ns),
+            frames=max(self.frames, other.frames),
+        )
+
+
 @dataclass(frozen=True)
 class Crop:
     """A chosen image of one track at one moment, with why it was chosen.
 
-    image: (h, w, 3) uint8 BGR cut from the frame at ``xyxy``; quality: higher is better.
+    image: (h, w, 3) uint8 BGR cut from the frame at ``xyxy``; quality: higher is better;
+    jpeg: the crop as it will be stored, once encoded (``streaming.crops.as_stored``); image is
+    then that JPEG's decoded pixels, so a vector made from it is the vector a re-index or a
+    rebuild makes from the stored crop.
     """
 
     camera: str
@@ -145,6 +198,7 @@ class Crop:
     confidence: float
     quality: float
     image: np.ndarray = field(repr=False)
+    jpeg: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
         if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != np.uint8:
@@ -198,16 +252,64 @@ class CropRecord:
     model_id: str
 
 
+@dataclass(frozen=True)
+class CropHit:
+    """One gallery crop found by a search, with its cosine similarity to the query."""
+
+    record: CropRecord
+    score: float
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    """Which crops a search may return.
+
+    cameras: only these (all when empty); start_ts_ns / end_ts_ns: crop times within this
+    window (either end open when None); min_track_s: only crops of tracks seen at least this
+    long.
+
+    Example:
+        >>> SearchFilter(cameras=("gate",), min_track_s=2.0).min_track_ns
+        2000000000
+        >>> SearchFilter().narrows
+        False
+    """
+
+    cameras: tuple[str, ...] = ()
+    start_ts_ns: int | None = None
+    end_ts_ns: int | None = None
+    min_track_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.min_track_s is not None and self.min_track_s < 0:
+            raise ValueError(f"min_track_s must be >= 0, got {self.min_track_s}")
+        if (self.start_ts_ns is not None and self.end_ts_ns is not None
+                and self.start_ts_ns > self.end_ts_ns):
+            raise ValueError("time window is the wrong way round: start is after end")
+        object.__setattr__(self, "cameras", tuple(self.cameras))
+
+    @property
+    def min_track_ns(self) -> int | None:
+        """The minimum track length in ns; None when there is none (0 counts as none)."""
+        return int(self.min_track_s * 1e9) if self.min_track_s else None
+
+    @property
+    def narrows(self) -> bool:
+        """True when the filter leaves out any crop at all."""
+        return bool(self.cameras or self.start_ts_ns is not None or self.end_ts_ns is not None
+                    or self.min_track_ns)
+
+
+NO_FILTER = SearchFilter()
+
+
 def _check_filters(
     k: int, start_ts_ns: int | None, end_ts_ns: int | None, min_track_s: float | None
 ) -> None:
     """What ImageQuery and TextQuery share: k, the time window and the minimum track length."""
     if not 1 <= k <= 1000:
         raise ValueError(f"k must be in 1..1000, got {k}")
-    if min_track_s is not None and min_track_s < 0:
-        raise ValueError(f"min_track_s must be >= 0, got {min_track_s}")
-    if start_ts_ns is not None and end_ts_ns is not None and start_ts_ns > end_ts_ns:
-        raise ValueError("time window is the wrong way round: start is after end")
+    SearchFilter((), start_ts_ns, end_ts_ns, min_track_s)  # raises on a bad window or length
 
 
 @dataclass(frozen=True)
@@ -235,6 +337,10 @@ class ImageQuery:
             raise ValueError(f"query image is too small: {self.image.shape[1]}x{self.image.shape[0]}")
         _check_filters(self.k, self.start_ts_ns, self.end_ts_ns, self.min_track_s)
 
+    @property
+    def filter(self) -> SearchFilter:
+        return SearchFilter(self.cameras, self.start_ts_ns, self.end_ts_ns, self.min_track_s)
+
 
 @dataclass(frozen=True)
 class TextQuery:
@@ -256,6 +362,10 @@ class TextQuery:
         if not self.text.strip():
             raise ValueError("query text is empty: describe the person")
         _check_filters(self.k, self.start_ts_ns, self.end_ts_ns, self.min_track_s)
+
+    @property
+    def filter(self) -> SearchFilter:
+        return SearchFilter(self.cameras, self.start_ts_ns, self.end_ts_ns, self.min_track_s)
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,14 @@ def _reports(sup: Supervisor) -> dict:
     return {n: r for n, r in sup.status().items() if not isinstance(r, str)}
 
 
+def _events(sup: Supervisor) -> tuple[int, int]:
+    """(published, sent) events of the camera (starts, status) and the writers (crops, ends)."""
+    camera = _reports(sup)["pets"]
+    writers = sup.pool_stats()["writer"]
+    return (camera.events_published + sum(w["events_published"] for w in writers),
+            camera.events_sent + sum(w["events_sent"] for w in writers))
+
+
 def _pets_frame(index: int) -> np.ndarray:
     import av
 
@@ -187,39 +195,40 @@ def test_kafka_restart_during_ingest_loses_no_accepted_event(
     consumer = threading.Thread(target=_consume, args=(tansu.bootstrap, topics, stop, seen))
     consumer.start()
     try:
-        assert wait_until(lambda: _reports(sup)["pets"].events_published >= 5, 90)
+        assert wait_until(lambda: _events(sup)[0] >= 5, 90)
         # everything accepted so far has reached the consumer before the broker goes down
         # (Tansu's memory storage forgets on restart what it held)
-        assert wait_until(
-            lambda: len({e.event_id for e in seen}) >= _reports(sup)["pets"].events_published, 30
-        )
+        assert wait_until(lambda: len({e.event_id for e in seen}) >= _events(sup)[0], 30)
         tansu.stop()
-        down_at = _reports(sup)["pets"].events_published
+        down_at = _events(sup)[0]
         time.sleep(4)  # ingest goes on; events wait in the producer
         # An event sent between the check above and the stop may have been acknowledged by the
         # broker and then forgotten with its memory storage before the consumer read it: the
         # broker's loss, not the bus's (Apache Kafka keeps acknowledged writes). Only those may
         # be missing (no acknowledgement comes while the broker is down); every other event,
         # sent but not acknowledged or accepted during the outage, must arrive.
-        acknowledged = _reports(sup)["pets"].events_sent
+        acknowledged = _events(sup)[1]
         forgotten = acknowledged - len({e.event_id for e in seen})
         assert 0 <= forgotten <= 3, f"{forgotten} acknowledged events not consumed before the stop"
         tansu.start()
         # Tansu (memory storage) re-creates topics lazily and can lose a write that races that
         # creation; an operator creates them at once, as here (see streaming/bus.py).
         ensure_topics(cfg.kafka)
-        assert wait_until(lambda: _reports(sup)["pets"].events_published > down_at + 3, 60)
-        final = sup.stop()["pets"]  # flushes the producer: every accepted event is sent
-        assert final is not None and final.events_published > down_at
-        assert final.events_failed == 0
-        assert final.events_sent == final.events_published
-        expected = final.events_published - forgotten
+        assert wait_until(lambda: _events(sup)[0] > down_at + 3, 60)
+        camera = sup.stop()["pets"]  # flushes the producers: every accepted event is sent
+        assert camera is not None and len(sup.writer_finals) == 1
+        [writer] = sup.writer_finals
+        published = camera.events_published + writer["events_published"]
+        assert published > down_at and writer["events_published"] > 0  # crops, track ends
+        assert camera.events_failed == 0 and writer["events_failed"] == 0
+        assert camera.events_sent + writer["events_sent"] == published
+        expected = published - forgotten
         assert wait_until(lambda: len({e.event_id for e in seen}) >= expected, 60), (
-            f"consumer saw {len({e.event_id for e in seen})} of {final.events_published} events "
+            f"consumer saw {len({e.event_id for e in seen})} of {published} events "
             f"({forgotten} acknowledged ones may have been forgotten by the broker's memory "
             "storage)"
         )
-        assert len({e.event_id for e in seen}) <= final.events_published
+        assert len({e.event_id for e in seen}) <= published
     finally:
         stop.set()
         consumer.join(timeout=10)

@@ -183,7 +183,7 @@ def test_writer_switch_catches_up_each_crop_once_and_keeps_ids_apart(ray_local, 
                       np.full((16, 8, 3), (20 * i, 100, 200 - 10 * i), np.uint8))
                  for i in range(first, first + n)]
         vectors = ray.get(embedder.embed.remote([c.image for c in crops]))
-        return [r.vector_id for r in ray.get(writer.add.remote(crops, vectors, 0))]
+        return [r.vector_id for r in ray.get(writer.add.remote(crops, vectors))]
 
     assert add(0, 3, emb_a) == [0, 1, 2]
     target = PoolEmbedder(Pool([emb_b]), "colour-b", 4)

@@ -18,7 +18,7 @@ from indexer.redis_meta import RedisMetadata
 from streaming.config import GalleryConfig, KafkaConfig, RedisMetadataConfig, RefindConfig
 from streaming.consumer import EventConsumer
 from streaming.events import ForgetEvent
-from streaming.records import CropRecord, Embeddings
+from streaming.records import CropRecord, Embeddings, SearchFilter
 from tests.indexer.conftest import DIM, MODEL, clustered, crop_records
 
 N = 200
@@ -53,7 +53,8 @@ def _build(cfg: RefindConfig) -> tuple[np.ndarray, list[CropRecord]]:
 
 
 def _found(store: GalleryStore, queries: np.ndarray, **filters) -> set[int]:
-    return {r.vector_id for hits in store.search(queries, N, **filters) for r, _ in hits}
+    found = store.search(queries, N, SearchFilter(**filters))
+    return {h.record.vector_id for hits in found for h in hits}
 
 
 def _assert_forgotten(cfg: RefindConfig, vectors: np.ndarray) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from indexer.gallery_store import GalleryLockedError, GalleryStore, index_stem
 from streaming.config import GalleryConfig
-from streaming.records import Embeddings
+from streaming.records import Embeddings, SearchFilter
 from tests.conftest import REPO
 from tests.indexer.conftest import CAMERAS, DIM, MODEL, crop_records, fill, recall_at
 
@@ -29,7 +29,8 @@ def _open(path, factory: str = "Flat", model_id: str = MODEL, dim: int = DIM, **
 
 
 def _answers(store: GalleryStore, queries: np.ndarray, **filters) -> list[list[tuple[int, float]]]:
-    return [[(r.vector_id, s) for r, s in hits] for hits in store.search(queries, K, **filters)]
+    found = store.search(queries, K, SearchFilter(**filters))
+    return [[(h.record.vector_id, h.score) for h in hits] for hits in found]
 
 
 def _ids(answers: list[list[tuple[int, float]]]) -> np.ndarray:
@@ -185,8 +186,8 @@ def test_rows_deleted_behind_the_index_force_a_rebuild(tmp_path, data3k, caplog)
         (lambda s: s.add(crop_records(np.array([9])), Embeddings(np.ones((1, DIM + 2)), MODEL)),
          "dim"),
         (lambda s: s.search(Embeddings(np.ones((1, DIM)), "other"), K), "cannot search"),
-        (lambda s: s.search(np.ones((1, DIM), np.float32), K, start_ts_ns=5, end_ts_ns=1),
-         "wrong way round"),
+        (lambda s: s.search(np.ones((1, DIM), np.float32), K,
+                            SearchFilter(start_ts_ns=5, end_ts_ns=1)), "wrong way round"),
     ],
 )
 def test_other_model_or_dim_is_refused(tmp_path, act, match):
@@ -230,10 +231,10 @@ def test_filtered_search_returns_k_matching_crops(tmp_path, data3k, factory, cam
     start, end = (None if s is None else s * 1_000_000_000 for s in window_s)
     with _open(tmp_path, factory) as store:
         fill(store, data3k.vectors)
-        results = store.search(data3k.queries, K, cameras=cameras, start_ts_ns=start, end_ts_ns=end)
+        results = store.search(data3k.queries, K, SearchFilter(cameras, start, end))
     for hits in results:
         assert len(hits) == K
-        for record, _ in hits:
+        for record in (h.record for h in hits):
             assert not cameras or record.camera in cameras
             assert (start or 0) <= record.ts_ns <= (end if end is not None else np.inf)
 

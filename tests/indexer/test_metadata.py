@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from indexer.metadata import SCHEMA_VERSION, SqliteMetadata, _crop_filter
-from streaming.records import CropRecord, Embeddings
+from streaming.records import CropRecord, Embeddings, SearchFilter, TrackSpan
 from tests.indexer.conftest import CAMERAS, DIM, MODEL, crop_records
 
 
@@ -92,7 +92,7 @@ def test_ids_matching(meta, cameras, start_s, end_s, model_id, expected):
     _add(meta, 40)
     start = None if start_s is None else start_s * 1_000_000_000
     end = None if end_s is None else end_s * 1_000_000_000
-    got = meta.ids_matching(cameras, start, end, model_id)
+    got = meta.ids_matching(model_id, SearchFilter(cameras, start, end))
     assert got.dtype == np.int64
     assert got.tolist() == expected
 
@@ -138,12 +138,12 @@ def test_track_span_covers_what_the_tracker_saw(meta):
     rec = meta.crops([0])[0]
     before = meta.track(rec.camera, rec.track_id)
     first, last = before.start_ts_ns - 5_000_000_000, before.end_ts_ns + 7_000_000_000
-    meta.set_track_spans(rec.camera, [(rec.track_id, first, last)])
+    meta.set_track_spans([TrackSpan(rec.camera, rec.track_id, first, last)])
     after = meta.track(rec.camera, rec.track_id)
     assert (after.start_ts_ns, after.end_ts_ns) == (first, last)
     assert after.n_crops == before.n_crops
     # a later, narrower span never shrinks what was recorded
-    meta.set_track_spans(rec.camera, [(rec.track_id, first + 1, last - 1)])
+    meta.set_track_spans([TrackSpan(rec.camera, rec.track_id, first + 1, last - 1)])
     assert meta.track(rec.camera, rec.track_id).start_ts_ns == first
 
 
@@ -169,7 +169,7 @@ def test_schema_1_database_is_migrated(tmp_path):
         conn.execute("UPDATE schema_version SET version = 1")
     meta = SqliteMetadata(db)
     assert meta.schema_version() == SCHEMA_VERSION == 4
-    meta.set_track_spans("c", [(1, 0, 10)])
+    meta.set_track_spans([TrackSpan("c", 1, 0, 10)])
     meta.close()
 
 
@@ -256,8 +256,8 @@ def _varied_gallery(meta: SqliteMetadata, n: int = 600, seed: int = 3) -> None:
             spans.append([(t, a - 30 * S, b), (t, a, b + 40 * S), (t, a - 5 * S, b + 5 * S),
                           (t, b + 50 * S, b + 60 * S), (t, a + S, a + S)][t % 5])
         spans.append((99, 0, 200 * S))  # a span with no crops: no track, never eligible
-        meta.set_track_spans(camera, spans)
-    meta.set_track_spans(CAMERAS[0], [(3, -50 * S, 0)])  # a later, wider span of one track
+        meta.set_track_spans(TrackSpan(camera, t, a, b) for t, a, b in spans)
+    meta.set_track_spans([TrackSpan(CAMERAS[0], 3, -50 * S, 0)])  # a later, wider span
     meta.remove_where(MODEL, CAMERAS[1], track_id=5)  # m2 crops of the track remain
     meta.remove_where(MODEL, CAMERAS[2], track_id=7, forget_ns=1)  # its span goes too
     meta.remove_where(MODEL, CAMERAS[3], before_ts_ns=20 * S)
@@ -275,10 +275,12 @@ def _assert_same_as_reference(meta: SqliteMetadata) -> None:
     eligible = 0
     for cameras, (start, end), model_id, min_ns in _FILTERS:
         ids, tracks = _reference(meta, cameras, start, end, model_id, min_ns)
-        got = meta.ids_matching(cameras, start, end, model_id, min_ns)
+        filt = SearchFilter(cameras, start, end, None if min_ns is None else min_ns / 1e9)
+        got = meta.ids_matching(model_id, filt)
         assert got.tolist() == ids, (cameras, start, end, model_id, min_ns)
-        assert meta.recent_tracks(cameras, start, end, model_id, min_ns) == tracks, (
-            cameras, start, end, model_id, min_ns)
+        recent = [(t.summary.camera, t.summary.track_id, t.last_crop_ts_ns)
+                  for t in meta.recent_tracks(model_id, filt)]
+        assert recent == tracks, (cameras, start, end, model_id, min_ns)
         eligible += bool(min_ns) and len(ids) > 0
     assert eligible > 50  # the table is not vacuous: most minimum lengths keep some crops
 
@@ -287,7 +289,7 @@ def test_min_track_filter_gives_what_the_per_crop_query_gave(meta):
     _varied_gallery(meta)
     _assert_same_as_reference(meta)
     # the spans matter: some tracks pass only because the tracker saw them longer
-    widened = [(c, t) for c, t, *_ in meta.track_spans()
+    widened = [(c, t) for c, t in ((s.camera, s.track_id) for s in meta.track_spans())
                if (s := meta.track(c, t)) and s.end_ts_ns - s.start_ts_ns >= 60 * S
                and not meta._conn.execute(
                    "SELECT MAX(ts_ns) - MIN(ts_ns) >= ? FROM crops WHERE camera = ? AND "
@@ -310,7 +312,7 @@ def test_min_track_filter_after_migrating_a_schema_3_gallery(tmp_path):
 
 def test_min_track_filter_reads_tracks_first(meta):
     _varied_gallery(meta, n=50)
-    source, args = _crop_filter(("gate",), 0, 10 * S, MODEL, 5 * S)
+    source, args = _crop_filter(MODEL, SearchFilter(("gate",), 0, 10 * S, 5.0))
     plan = " | ".join(r[3] for r in meta._conn.execute(
         f"EXPLAIN QUERY PLAN SELECT crops.vector_id FROM {source}", args))
     assert "crops_track_model_ts" in plan and "SCAN crops" not in plan, plan

@@ -125,7 +125,8 @@ def test_job_resumes_commits_each_crop_once_and_switches(small_gallery: Path, tm
         # the 0288 vector of a crop is what 0288 makes of its JPEG
         probe = {"shard": np.array(["gallery"]), "vector_id": ids[:1],
                  "crop_path": np.array([g.metadata.crops(ids[:1])[0].crop_path])}
-        [(hit, score)] = g.search(embed(probe)["vector"], 1)[0]
+        [found] = g.search(embed(probe)["vector"], 1)[0]
+        hit, score = found.record, found.score
         assert hit.vector_id == ids[0] and score > 0.999
 
 

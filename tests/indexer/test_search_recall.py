@@ -15,7 +15,7 @@ from indexer.gallery import FaissGallery
 from indexer.gallery_store import GalleryStore
 from indexer.search import SearchEngine
 from streaming.config import GalleryConfig, SearchConfig
-from streaming.records import CropRecord, Embeddings, ImageQuery
+from streaming.records import CropRecord, Embeddings, ImageQuery, SearchFilter, TrackSpan
 
 DIM = 128
 MODEL = "reid-recall-v1"
@@ -116,7 +116,7 @@ def test_summaries_are_read_for_the_returned_tracklets_only(store, people, monke
     engine = SearchEngine(SearchConfig(overfetch=20), store, store)
     query = ImageQuery(image=np.zeros((4, 4, 3), np.uint8), k=3)
     [crops] = store.search(people["queries"][:1], 3 * 20)
-    assert len({(r.camera, r.track_id) for r, _ in crops}) > 3  # more tracks than returned
+    assert len({(h.record.camera, h.record.track_id) for h in crops}) > 3  # more than returned
     every = engine._tracklets(crops)
     looked_up: list[tuple[str, int]] = []
     track = store.track
@@ -135,17 +135,15 @@ def test_min_track_search_equals_exact_search_of_the_long_tracks(tmp_path, peopl
     store = GalleryStore(tmp_path, GalleryConfig(index_factory="Flat"), MODEL, DIM)
     try:
         store.add(records, Embeddings(people["vectors"][:n], MODEL))
-        for camera in {r.camera for r in records}:
-            store.set_track_spans(camera, [
-                (r.track_id, r.ts_ns - 2 * 10**9, r.ts_ns + 14 * 10**8)
-                for r in records if r.camera == camera and r.frame_index == 0
-                and r.track_id % 3 == 0])
+        store.metadata.set_track_spans(
+            TrackSpan(r.camera, r.track_id, r.ts_ns - 2 * 10**9, r.ts_ns + 14 * 10**8)
+            for r in records if r.frame_index == 0 and r.track_id % 3 == 0)
         long = np.array([r.track_id % 3 == 0 or min_track_s <= 1.4 for r in records])
         allowed = np.flatnonzero(long)
         scores = people["queries"][:20] @ people["vectors"][allowed].T
         truth = allowed[np.argsort(-scores, axis=1)[:, :K]]
-        hits = store.search(people["queries"][:20], K, min_track_s=min_track_s)
-        found = np.array([[r.vector_id for r, _ in h] for h in hits])
+        hits = store.search(people["queries"][:20], K, SearchFilter(min_track_s=min_track_s))
+        found = np.array([[h.record.vector_id for h in row] for row in hits])
         assert np.isin(found, allowed).all()
         assert _recall(found, truth) == 1.0
     finally:

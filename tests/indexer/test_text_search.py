@@ -23,7 +23,7 @@ from indexer.rerank import RerankerPool
 from indexer.search import QueryError, SearchEngine
 from indexer.shards import ShardedGallery
 from streaming.config import GalleryConfig, RefindConfig, parse_config
-from streaming.records import ImageQuery, TextQuery
+from streaming.records import NO_FILTER, ImageQuery, SearchFilter, TextQuery, TrackSpan
 from tests.conftest import MODELS_DIR, PETS_VIDEO, need_models, need_pets
 from tests.indexer.conftest import CAMERAS, MODEL, fill
 
@@ -38,16 +38,16 @@ def test_min_track_filter_is_applied_inside_the_search(tmp_path: Path, data3k) -
         for camera, track in long:
             crops = store.track(camera, track)
             assert (crops.end_ts_ns - crops.start_ts_ns) / 1e9 == 16
-            store.set_track_spans(camera, [(track, crops.start_ts_ns - 22 * 10**9,
-                                            crops.end_ts_ns + 22 * 10**9)])
-        [hits] = store.search(data3k.queries[:1], k_crops=12, min_track_s=30)
+            store.metadata.set_track_spans([TrackSpan(
+                camera, track, crops.start_ts_ns - 22 * 10**9, crops.end_ts_ns + 22 * 10**9)])
+        [hits] = store.search(data3k.queries[:1], 12, SearchFilter(min_track_s=30))
         assert len(hits) == 12  # 15 eligible crops among 3,000: still k of them
-        assert {(r.camera, r.track_id) for r, _ in hits} <= set(long)
-        [every] = store.search(data3k.queries[:1], k_crops=12)
-        assert {(r.camera, r.track_id) for r, _ in every} - set(long)  # the filter did filter
-        assert store.search(data3k.queries[:1], k_crops=5, min_track_s=61) == [[]]
-        recent = store.recent_tracks(2, min_track_s=30)
-        assert [(s.camera, s.track_id) for _, s in recent] == [long[2], long[1]]
+        assert {(h.record.camera, h.record.track_id) for h in hits} <= set(long)
+        [every] = store.search(data3k.queries[:1], 12)
+        assert {(h.record.camera, h.record.track_id) for h in every} - set(long)  # it filtered
+        assert store.search(data3k.queries[:1], 5, SearchFilter(min_track_s=61)) == [[]]
+        recent = store.recent_tracks(2, SearchFilter(min_track_s=30))
+        assert [(t.summary.camera, t.summary.track_id) for t in recent] == [long[2], long[1]]
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_a_bounded_scan_says_so(engine: SearchEngine) -> None:
     ranked = small.search_text(_query("a person with long hair"))
     assert ranked.scanned_tracks == 3 and ranked.scan_bounded
     assert "scanned only the 3 most recent tracks" in ranked.message
-    newest = max(s.end_ts_ns for _, s in engine.gallery.recent_tracks(100))
+    newest = max(t.summary.end_ts_ns for t in engine.gallery.recent_tracks(100, NO_FILTER))
     assert all(h.end_ts_ns >= newest - 10 * 10**9 for h in ranked.hits)
 
 
@@ -155,7 +155,7 @@ def test_too_many_tracks_to_scan_are_searched_through_the_probe(engine: SearchEn
     # retrieved (a probe score: "appearance"), then confirmed by the attribute model
     assert all(h.reasons[0].startswith("appearance") for h in ranked.hits)
     assert all("black top (seen: black)" in h.reasons[-1] for h in ranked.hits)
-    newest = max(s.end_ts_ns for _, s in engine.gallery.recent_tracks(100))
+    newest = max(t.summary.end_ts_ns for t in engine.gallery.recent_tracks(100, NO_FILTER))
     assert any(h.end_ts_ns < newest - 10 * 10**9 for h in ranked.hits)  # not only recent ones
     assert len(ranked.hits) > 3  # more than the scan could have scored
     vague = small.search_text(_query("a man"))  # the probe reads it: still retrieved by it
@@ -187,7 +187,8 @@ def test_text_the_attribute_model_cannot_check_is_refused(engine: SearchEngine) 
 
 @pytest.mark.slow
 def test_image_search_takes_the_min_track_filter(engine: SearchEngine) -> None:
-    [(_, summary)] = engine.gallery.recent_tracks(1, cameras=("pets",), min_track_s=10)
+    [recent] = engine.gallery.recent_tracks(1, SearchFilter(cameras=("pets",), min_track_s=10))
+    summary = recent.summary
     photo = engine.crops.read(summary.best.crop_path)
     plain = engine.rank_image(ImageQuery(image=photo, k=20))
     assert min(_span_s(h) for h in plain.hits) < 10

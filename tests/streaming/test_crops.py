@@ -6,8 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
+from streaming.boxes import pixel_box
 from streaming.config import CropConfig
-from streaming.crops import CropSelector, pixel_box, sharpness
+from streaming.crops import CropSelector, sharpness
 from streaming.records import Frame, Tracks
 
 H, W = 360, 480
@@ -167,3 +168,18 @@ def test_early_hands_out_the_best_crop_once_and_finish_skips_it() -> None:
     assert selector.early(now_ts_ns=900_000_000, after_s=0.5) == []  # only once per track
     rest = selector.finish([1])
     assert first.frame_index not in {c.frame_index for c in rest}
+
+
+def test_a_crop_as_stored_carries_its_jpeg_and_those_pixels():
+    from streaming.crops import as_stored
+    from streaming.records import Crop
+
+    image = np.random.default_rng(3).integers(0, 256, (120, 50, 3), dtype=np.uint8)
+    crop = Crop("gate", 4, 17, 1_700, (1.0, 2.0, 51.0, 122.0), 0.8, 0.5, image)
+    stored = as_stored(crop, 90)
+    assert stored.jpeg[:2] == b"\xff\xd8"  # a JPEG
+    decoded = cv2.imdecode(np.frombuffer(stored.jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert np.array_equal(stored.image, decoded) and not np.array_equal(stored.image, image)
+    assert (stored.camera, stored.track_id, stored.frame_index, stored.ts_ns, stored.xyxy,
+            stored.confidence, stored.quality) == ("gate", 4, 17, 1_700, crop.xyxy, 0.8, 0.5)
+    assert len(as_stored(crop, 30).jpeg) < len(stored.jpeg)  # the quality is the one asked for

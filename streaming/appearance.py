@@ -1,6 +1,7 @@
 """Embeds detection boxes of a frame on demand: the tracker's lazy appearance callback.
 
-``BoxEmbedder`` wraps any ``ReidEmbedder``; ``callback(image, detections)`` gives the function
+``BoxEmbedder`` wraps any ReID embedder (``models.base.ReidEmbedder``, or an actor pool seen as
+one); ``callback(image, detections)`` gives the function
 ``ByteTracker.update`` takes as ``appearance``: it crops the asked detections from the frame and
 embeds them in one model call. The embedder counts crops, calls and seconds, so evaluation and
 ingest can report what lazy appearance cost.
@@ -14,23 +15,15 @@ Example:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from models.base import ReidEmbedder
-from streaming.crops import pixel_box
-from streaming.records import Detections
+from streaming.boxes import box_pixels
+from streaming.records import Detections, Embeddings
 
-
-def box_pixels(image: np.ndarray, xyxy: np.ndarray, min_px: int = 2) -> np.ndarray:
-    """Pixels of box ``xyxy`` in ``image`` ((H, W, 3)), widened to at least ``min_px`` each way
-    inside the image, so a sliver of a box still gives a crop the model takes (a view)."""
-    h, w = image.shape[:2]
-    x1, y1, x2, y2 = pixel_box(xyxy, (h, w))
-    x1, y1 = min(x1, max(w - min_px, 0)), min(y1, max(h - min_px, 0))
-    x2, y2 = max(x2, x1 + min_px), max(y2, y1 + min_px)
-    return image[y1:y2, x1:x2]
+EmbedFn = Callable[[Sequence[np.ndarray]], Embeddings]
+"""Any ReID embedder (``models.base.ReidEmbedder``): person crops in, unit vectors out."""
 
 
 class BoxEmbedder:
@@ -42,7 +35,7 @@ class BoxEmbedder:
         (1, 256)
     """
 
-    def __init__(self, embedder: ReidEmbedder) -> None:
+    def __init__(self, embedder: EmbedFn) -> None:
         self.embedder = embedder
         self.crops = 0
         self.calls = 0

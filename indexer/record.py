@@ -1,0 +1,80 @@
+"""The durable record: what refind stored, as events, written the same way by every path.
+
+``EventRecord`` is the one place where crops stored, tracks ended and tracks forgotten are
+recorded. ``refind ingest``, the live index writers (``actors/writer.py``) and ``refind forget``
+all append through it, so ``refind rebuild`` restores exactly what was searchable whatever path
+stored it:
+
+- the local journal (``indexer.journal``, under ``data_dir/events``) always: appended and
+  fsync'ed before the gallery commits the rows, so it never holds less than the gallery;
+- Kafka too when ``kafka.enabled``: the same events, at least once, for consumers and for
+  rebuilding a deployment whose data volume was lost (``refind rebuild --from-kafka``). Kafka is
+  written after the journal and asynchronously (``streaming.bus``); an event it never took is
+  counted in ``stats()`` and logged.
+
+Example:
+    >>> record = EventRecord.open(cfg)                                         # doctest: +SKIP
+    >>> record.append([CropEvent.from_record(r) for r in stored])              # doctest: +SKIP
+    >>> record.close()                                                         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+from indexer.journal import EventJournal, journal_dir
+from streaming.bus import BusStats, EventBus
+from streaming.config import RefindConfig
+from streaming.events import BaseEvent
+
+log = logging.getLogger(__name__)
+
+FLUSH_S = 30.0  # how long closing waits for Kafka to take what was handed to it
+
+
+class EventSink(Protocol):
+    """Where the gallery appends the events of what it stores (``EventRecord``, or a bare
+    ``EventJournal``)."""
+
+    def append(self, events: Sequence[BaseEvent]) -> None: ...
+
+
+class EventRecord:
+    """The journal, plus Kafka when enabled: ``append`` writes both (see the module docstring)."""
+
+    def __init__(self, journal: EventJournal, bus: EventBus | None = None) -> None:
+        self.journal = journal
+        self.bus = bus
+        self.appended = 0
+
+    @classmethod
+    def open(cls, cfg: RefindConfig) -> EventRecord:
+        """The record of a deployment: its journal, and a Kafka producer when Kafka is on."""
+        bus = EventBus(cfg.kafka) if cfg.kafka.enabled else None
+        return cls(EventJournal(journal_dir(cfg.data_dir)), bus)
+
+    def append(self, events: Sequence[BaseEvent]) -> None:
+        """Journal ``events`` (fsync'ed), then hand them to Kafka."""
+        self.journal.append(events)
+        self.appended += len(events)
+        if self.bus is not None:
+            refused = sum(not self.bus.publish(e) for e in events)
+            if refused:
+                log.error("Kafka refused %d of %d events (its buffer is full); they are in "
+                          "the journal %s", refused, len(events), self.journal.dir)
+
+    def stats(self) -> BusStats | None:
+        """Kafka delivery counters, None without Kafka."""
+        return self.bus.stats() if self.bus is not None else None
+
+    def flush(self, timeout_s: float = FLUSH_S) -> bool:
+        """Wait until Kafka took every event handed to it (True at once without Kafka)."""
+        return self.bus.flush(timeout_s) if self.bus is not None else True
+
+    def close(self, timeout_s: float = FLUSH_S) -> BusStats | None:
+        """Flush Kafka for up to ``timeout_s`` and close it; its final counters."""
+        if self.bus is None:
+            return None
+        return self.bus.close(timeout_s=timeout_s)
