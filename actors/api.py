@@ -39,7 +39,6 @@ from fastapi import Depends, FastAPI, File, Form, Path, Request, Security, Uploa
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile as StarletteUpload
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -53,6 +52,7 @@ from indexer.search import QueryError, decode_query_image
 from models.base import ModelInputError
 from streaming.boxes import crop_box
 from streaming.config import ConfigError, RefindConfig
+from streaming.metrics import CONTENT_TYPE, Metrics
 from streaming.records import CropRecord, ImageQuery, TextQuery, TrackletHit
 
 Q = TypeVar("Q", ImageQuery, TextQuery)
@@ -249,10 +249,10 @@ def create_app(
                   description="Find a person across camera streams by photo.")
     app.state.keys = keys
     _install_error_handlers(app)
-    registry = CollectorRegistry()
+    counts = Metrics()
     app.add_middleware(UploadLimit, path=SEARCH_PATH, max_bytes=max_image_bytes + FORM_OVERHEAD_BYTES)
     app.add_middleware(UploadLimit, path=TEXT_PATH, max_bytes=MAX_TEXT_BODY_BYTES)
-    app.add_middleware(RequestMetrics, registry=registry, fixed_paths=(SEARCH_PATH, TEXT_PATH))
+    app.add_middleware(RequestMetrics, metrics=counts, fixed_paths=(SEARCH_PATH, TEXT_PATH))
 
     def known_cameras(cameras: tuple[str, ...]) -> list[str]:
         """The gallery's cameras; 404 naming any of ``cameras`` that is not one of them."""
@@ -459,7 +459,7 @@ def create_app(
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(counts.render(), media_type=CONTENT_TYPE)
 
     return app
 

@@ -18,10 +18,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from streaming.config import ApiConfig
+from streaming.metrics import Metrics
 
 
 class ApiError(Exception):
@@ -166,20 +166,11 @@ class UploadLimit:
 class RequestMetrics:
     """ASGI wrapper counting requests and their latency by route template and status."""
 
-    def __init__(
-        self, app: ASGIApp, registry: CollectorRegistry, fixed_paths: Iterable[str] = ()
-    ) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, fixed_paths: Iterable[str] = ()) -> None:
         self.app = app
         self.fixed_paths = frozenset(fixed_paths)  # named as themselves when no route matched
-        self.requests = Counter(
-            "refind_api_requests", "API requests by endpoint, method and status",
-            ["endpoint", "method", "status"], registry=registry,
-        )
-        self.latency = Histogram(
-            "refind_api_request_seconds", "API request latency by endpoint",
-            ["endpoint"], registry=registry,
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
-        )
+        self.requests = metrics.api_requests
+        self.latency = metrics.api_latency
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

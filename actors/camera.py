@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 import ray
+from ray import ObjectRef
+from ray.actor import ActorHandle
 
 from actors.pools import Pool, PoolEmbedder
 from actors.writer import StaleModelError
@@ -92,8 +94,8 @@ class _StoreJob:
     """One batch of crops on its way through the embedder pool to the writer."""
 
     crops: list[Crop]
-    crops_ref: Any
-    result: Any  # ObjectRef of the writer's list[CropRecord]
+    crops_ref: ObjectRef
+    result: ObjectRef  # ObjectRef of the writer's list[CropRecord]
     deadline: float
     retry_at: float | None = None  # set while waiting out a version switch
     track_ids: list[int] = field(default_factory=list)
@@ -165,9 +167,9 @@ class CameraActor:
         self,
         cfg: RefindConfig,
         camera: CameraConfig,
-        detectors: list[Any],
-        embedders: list[Any],
-        writer: Any,
+        detectors: list[ActorHandle],
+        embedders: list[ActorHandle],
+        writer: ActorHandle,
         shard: int,
     ) -> None:
         self._cfg = cfg
@@ -184,14 +186,14 @@ class CameraActor:
             embedder=PoolEmbedder(self._embedders, self._model_id, dim), id_offset=id_offset,
         )
         # a new version's pool, handed over by set_embedders and taken by the loop thread
-        self._next_pool: tuple[list[Any], str, int] | None = None
+        self._next_pool: tuple[list[ActorHandle], str, int] | None = None
         self._out = _Events(cfg, camera)
         self._status_at = time.monotonic()
         self._live = LiveCamera(camera, cfg.live, on_status=self._on_status)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._stores: deque[_StoreJob] = deque()
-        self._ends: deque[Any] = deque()  # ObjectRefs of end_tracks calls not yet seen done
+        self._ends: deque[ObjectRef] = deque()  # ObjectRefs of end_tracks calls not yet seen done
         self._gate = EndGate()
         self._searchable: set[int] = set()  # tracks with a stored crop (for freshness)
         self._received: dict[int, int] = {}  # frame index -> wall-clock receive time (bounded)
@@ -206,7 +208,7 @@ class CameraActor:
 
     # -- public, answered while the loop runs ------------------------------------------------
 
-    def set_embedders(self, embedders: list[Any], model_id: str, dim: int) -> None:
+    def set_embedders(self, embedders: list[ActorHandle], model_id: str, dim: int) -> None:
         """Embed with this pool (model ``model_id``) from the next frame on."""
         with self._lock:
             self._next_pool = (list(embedders), model_id, dim)
@@ -245,7 +247,7 @@ class CameraActor:
     # -- the loop ---------------------------------------------------------------------------
 
     def _run(self) -> None:
-        pending: deque[tuple[Frame, Any]] = deque()
+        pending: deque[tuple[Frame, ObjectRef]] = deque()
         try:
             while not self._stop.is_set() and not (self._live.done and not pending):
                 self._take_pool()
@@ -278,7 +280,7 @@ class CameraActor:
         self._model_id = model_id
         log.info("%s: embedding with %s now", self._cam.name, model_id)
 
-    def _drain(self, pending: deque[tuple[Frame, Any]], block: bool, everything: bool = False):
+    def _drain(self, pending: deque[tuple[Frame, ObjectRef]], block: bool, everything: bool = False):
         """Process finished detections in frame order; wait for the oldest when ``block``."""
         while pending:
             frame, ref = pending[0]
@@ -403,7 +405,7 @@ class CameraActor:
         while self._ends and ray.wait([self._ends[0]], timeout=0)[0]:
             self._check_end(self._ends.popleft(), timeout=0)
 
-    def _check_end(self, ref: Any, timeout: float) -> None:
+    def _check_end(self, ref: ObjectRef, timeout: float) -> None:
         try:
             ray.get(ref, timeout=timeout)
         except Exception as err:

@@ -24,14 +24,11 @@ from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import numpy as np
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
 from actors.camera import CameraReport
 from actors.supervisor import Supervisor
 from streaming.config import CameraConfig, RefindConfig
-from streaming.metrics import CAMERA_STATES
+from streaming.live import QUEUE_STAGE
+from streaming.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -39,87 +36,48 @@ ALIAS_POLL_S = 1.0  # how often the serving alias is checked (one stat of versio
 CHECK_EVERY_S = 2.0  # how often camera and writer actors are checked
 
 
-class _SnapshotCollector:
-    """Prometheus families built from the supervisor's latest snapshot (no global state)."""
-
-    def __init__(self, snapshot: dict[str, Any]) -> None:
-        self._snap = snapshot
-
-    def collect(self):
-        reports: dict[str, CameraReport | str] = self._snap.get("cameras", {})
-        counters = {
-            "frames_in": "Frames received from the camera",
-            "frames_dropped": "Frames dropped because a stage fell behind",
-            "frames_processed": "Frames detected and tracked",
-            "reconnects": "Reconnections to the camera",
-            "tracks_started": "Tracks started",
-            "crops_stored": "Crops embedded and stored",
-            "events_published": "Events handed to Kafka",
-            "events_sent": "Events Kafka acknowledged",
-            "events_failed": "Events given up on (not delivered to Kafka)",
-        }
-        for key, doc in counters.items():
-            fam = CounterMetricFamily(f"refind_camera_{key}", doc, labels=["camera"])
-            for name, r in reports.items():
-                if isinstance(r, CameraReport):
-                    fam.add_metric([name], getattr(r, key))
-            yield fam
-        state = GaugeMetricFamily("refind_camera_state", "1 for the camera's state",
-                                  labels=["camera", "state"])
-        rate = GaugeMetricFamily("refind_camera_sample_fps", "Current sample rate",
-                                 labels=["camera"])
-        fresh = GaugeMetricFamily("refind_freshness_seconds",
-                                  "Capture to searchable, per camera (p50, p95)",
-                                  labels=["camera", "quantile"])
-        stage = CounterMetricFamily("refind_stage_seconds", "Seconds spent per stage",
-                                    labels=["camera", "stage"])
-        latency = GaugeMetricFamily("refind_frame_latency_seconds",
-                                    "Frame received to tracked, last 1000 frames (p50, p95)",
-                                    labels=["camera", "quantile"])
-        depth = GaugeMetricFamily("refind_queue_depth", "Frames waiting per camera and stage",
-                                  labels=["camera", "stage"])
-        for name, r in reports.items():
-            current = r.state if isinstance(r, CameraReport) else "failed"
-            for s in CAMERA_STATES:
-                state.add_metric([name, s], 1.0 if s == current else 0.0)
-            if isinstance(r, CameraReport):
-                rate.add_metric([name], r.rate_fps)
-                if r.freshness_s:
-                    for q in (0.5, 0.95):
-                        fresh.add_metric([name, str(q)], float(np.quantile(r.freshness_s, q)))
-                for st, sec in r.stage_seconds.items():
-                    stage.add_metric([name, st], sec)
-                for q, v in (("0.5", r.latency_p50_s), ("0.95", r.latency_p95_s)):
-                    if v is not None:
-                        latency.add_metric([name, q], v)
-                depth.add_metric([name, "camera_queue"], r.queue_depth)
-                depth.add_metric([name, "detector_in_flight"], r.in_flight)
-        yield from (state, rate, fresh, stage, latency, depth)
-        version = self._snap.get("version", {})
-        if version.get("model_id"):
-            info = GaugeMetricFamily("refind_serving_model_info",
-                                     "1 for the embedder model of the index version written",
-                                     labels=["model_id"])
-            info.add_metric([version["model_id"]], 1.0)
-            yield info
-        switches = CounterMetricFamily("refind_alias_switches",
-                                       "Serving alias switches live ingestion has followed")
-        switches.add_metric([], version.get("alias_switches", 0))
-        yield switches
-        for pool, rows in self._snap.get("pools", {}).items():
-            for key in ("batches", "items", "busy_s"):
-                fam = CounterMetricFamily(f"refind_{pool}_{key}", f"{pool} pool {key}",
-                                          labels=["actor"])
-                for i, row in enumerate(rows):
-                    if key in row:
-                        fam.add_metric([str(i)], row[key])
-                yield fam
-
-
 def render_metrics(snapshot: dict[str, Any]) -> bytes:
-    registry = CollectorRegistry()
-    registry.register(_SnapshotCollector(snapshot))  # type: ignore[arg-type]
-    return generate_latest(registry)
+    """The Prometheus text of the supervisor's latest snapshot: a fresh ``Metrics`` (the one
+    set of definitions) filled from the actors' reports, whose counters live in their own
+    processes and are set here, not added to."""
+    m = Metrics()
+    reports: dict[str, CameraReport | str] = snapshot.get("cameras", {})
+    for name, r in reports.items():
+        if not isinstance(r, CameraReport):
+            m.set_camera_state(name, "failed")  # the actor did not answer
+            continue
+        m.set_camera_state(name, r.state)
+        for key, counter in m.camera.items():
+            counter.labels(camera=name).inc(getattr(r, key))
+        m.frames_dropped.labels(camera=name, stage=QUEUE_STAGE).inc(r.frames_dropped)
+        m.sample_fps.labels(camera=name).set(r.rate_fps)
+        for stage, seconds in r.stage_seconds.items():
+            m.add_stage(name, stage, seconds)
+        for q, v in (("0.5", r.latency_p50_s), ("0.95", r.latency_p95_s)):
+            if v is not None:
+                m.frame_latency.labels(camera=name, quantile=q).set(v)
+        for seconds in r.freshness_s:
+            m.observe_freshness(name, seconds)
+        m.queue_depth.labels(camera=name, stage=QUEUE_STAGE).set(r.queue_depth)
+        m.queue_depth.labels(camera=name, stage="detector_in_flight").set(r.in_flight)
+        m.queue_depth.labels(camera=name, stage="stores_in_flight").set(r.stores_in_flight)
+    version = snapshot.get("version", {})
+    if version.get("model_id"):
+        m.serving_model.labels(model_id=version["model_id"]).set(1.0)
+    m.alias_switches.inc(version.get("alias_switches", 0))
+    for pool, rows in snapshot.get("pools", {}).items():
+        for i, row in enumerate(rows):
+            if pool == "writer":
+                m.writer_vectors.labels(shard=str(i)).set(row["vectors"])
+                m.writer_crops.labels(shard=str(i)).inc(row["added"])
+                for outcome in ("published", "sent", "failed"):
+                    m.writer_events.labels(shard=str(i), outcome=outcome).inc(
+                        row[f"events_{outcome}"])
+                continue
+            m.pool_batches.labels(pool=pool, actor=str(i)).inc(row["batches"])
+            m.pool_items.labels(pool=pool, actor=str(i)).inc(row["items"])
+            m.pool_busy.labels(pool=pool, actor=str(i)).inc(row["busy_s"])
+    return m.render()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -149,7 +107,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(503 if bad else 200, {"status": "degraded" if bad else "ok",
                                              "cameras": states, **version})
         elif self.path == "/metrics":
-            self._send(200, render_metrics(snap), "text/plain; version=0.0.4")
+            self._send(200, render_metrics(snap), CONTENT_TYPE)
         elif self.path == "/cameras":
             rows = {n: (asdict(r) if isinstance(r, CameraReport) else {"error": r})
                     for n, r in cams.items()}

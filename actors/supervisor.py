@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import ray
+from ray.actor import ActorHandle
 
 from actors.camera import CameraActor, CameraReport
 from actors.pools import DetectorActor, EmbedderActor, Pool, PoolEmbedder
@@ -64,7 +65,7 @@ class _WriterGallery:
     """All index writers seen as one gallery (``indexer.search.Gallery``): searches fan out
     and merge by score."""
 
-    def __init__(self, writers: list[Any], model_id: str) -> None:
+    def __init__(self, writers: list[ActorHandle], model_id: str) -> None:
         self._writers, self.model_id = writers, model_id
 
     def search(
@@ -91,11 +92,11 @@ class Supervisor:
 
     def __init__(self, cfg: RefindConfig) -> None:
         self.cfg = cfg
-        self._cameras: dict[str, tuple[CameraConfig, Any]] = {}
+        self._cameras: dict[str, tuple[CameraConfig, ActorHandle]] = {}
         self._restarts: dict[str, int] = {}
-        self.detectors: list[Any] = []
-        self.embedders: list[Any] = []
-        self.writers: list[Any] = []
+        self.detectors: list[ActorHandle] = []
+        self.embedders: list[ActorHandle] = []
+        self.writers: list[ActorHandle] = []
         self._engine: SearchEngine | None = None
         self._lock = threading.RLock()  # the actor graph: HTTP threads and the serve loop
         self.live: LiveVersion | None = None
@@ -103,9 +104,9 @@ class Supervisor:
         self.alias_error: str | None = None
         self._stamp: tuple[int, int, int] | None = None
         self._wanted: Serving | None = None  # a serving version live ingestion has yet to reach
-        self._next_pool: tuple[list[Any], str, int] | None = None  # its pool, once started
+        self._next_pool: tuple[list[ActorHandle], str, int] | None = None  # its pool, once started
         self._retry_at = 0.0
-        self._retiring: list[tuple[float, list[Any]]] = []
+        self._retiring: list[tuple[float, list[ActorHandle]]] = []
         self.writer_finals: list[dict[str, Any]] = []  # the writers' stats when they closed
 
     def start(self) -> None:
@@ -136,7 +137,7 @@ class Supervisor:
     def _opts(self) -> dict[str, Any]:
         return {"max_restarts": self.cfg.ray.max_restarts, "max_task_retries": 0}
 
-    def _start_embedders(self, serving: Serving) -> tuple[list[Any], str, int]:
+    def _start_embedders(self, serving: Serving) -> tuple[list[ActorHandle], str, int]:
         """A pool of the serving version's embedder, loaded; (actors, model_id, dim)."""
         rc = self.cfg.ray
         actors = [
@@ -236,7 +237,7 @@ class Supervisor:
         self._retiring.append((time.monotonic() + RETIRE_AFTER_S, self._next_pool[0]))
         self._next_pool = None
 
-    def _hand_pool(self, embedders: list[Any], model_id: str, dim: int) -> None:
+    def _hand_pool(self, embedders: list[ActorHandle], model_id: str, dim: int) -> None:
         """Every camera embeds with ``embedders`` (model ``model_id``) from its next frame on."""
         refs = {name: actor.set_embedders.remote(embedders, model_id, dim)
                 for name, (_, actor) in list(self._cameras.items())}  # fmt: skip
@@ -302,14 +303,14 @@ class Supervisor:
     def cameras(self) -> list[str]:
         return sorted(self._cameras)
 
-    def _spawn(self, cam: CameraConfig) -> Any:
+    def _spawn(self, cam: CameraConfig) -> ActorHandle:
         shard = shard_of(cam.name, len(self.writers))
         return CameraActor.options(
             num_cpus=0, max_restarts=self.cfg.ray.max_restarts, max_concurrency=4,
             name=f"camera-{cam.name}", get_if_exists=False,
         ).remote(self.cfg, cam, self.detectors, self.embedders, self.writers[shard], shard)
 
-    def _stop_actor(self, actor: Any) -> CameraReport | None:
+    def _stop_actor(self, actor: ActorHandle) -> CameraReport | None:
         report = None
         try:
             report = ray.get(actor.stop.remote(), timeout=60)

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import ray
+from ray.actor import ActorHandle
 
 from actors.pools import Pool, PoolEmbedder
 from indexer.gallery_store import GalleryStore
@@ -105,7 +106,7 @@ class IndexWriterActor:
         if time.monotonic() - self._last_save >= self._cfg.serve.save_interval_s:
             self.save()
 
-    def switch(self, root: str, model_id: str, dim: int, embedders: list[Any]) -> dict[str, Any]:
+    def switch(self, root: str, model_id: str, dim: int, embedders: list[ActorHandle]) -> dict[str, Any]:
         """Write the version under ``root`` (model ``model_id``) from now on; ``embedders`` is
         that model's pool, for the catch-up. Idempotent: a writer already there only reports."""
         old = self._gallery
@@ -143,7 +144,7 @@ class IndexWriterActor:
                 "failed": failed, "id_floor": self._gallery.next_vector_id()}
 
     def _catch_up(
-        self, old: GalleryStore, new: GalleryStore, embedders: list[Any]
+        self, old: GalleryStore, new: GalleryStore, embedders: list[ActorHandle]
     ) -> tuple[int, int]:
         """Copy the old version's crops newer than the new one's newest row, re-embedded by
         ``embedders``, with their track spans; returns (crops copied, crops unreadable)."""

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from indexer.blobs import CropStore
 from indexer.gallery_store import GalleryStore
 from indexer.journal import EventJournal, journal_dir
-from indexer.metadata import SqliteMetadata
+from indexer.metadata import SqliteMetadata, StoredModel
 from indexer.shards import shard_number
 from indexer.versions import all_version_shards
 from streaming.bus import EventBus
@@ -65,8 +65,8 @@ class ForgetReport:
         }
 
 
-def shard_models(shard: Path) -> list[tuple[str, int]]:
-    """(model_id, dim) of every model with vectors in a shard."""
+def shard_models(shard: Path) -> list[StoredModel]:
+    """Every model with vectors in a shard."""
     with SqliteMetadata(shard / "metadata.sqlite3") as meta:
         return meta.models()
 

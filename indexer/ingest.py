@@ -88,11 +88,11 @@ class IngestPipeline:
         store = store or ModelStore.from_config(cfg.models)
         return cls(cfg, build_detector(cfg, store), build_embedder(cfg, store))
 
-    def camera_pipeline(self, camera: str, id_offset: int = 0, **options: bool) -> CameraPipeline:
+    def camera_pipeline(self, camera: str, id_offset: int = 0) -> CameraPipeline:
         """The stage loop for ``camera`` with this ingest's models and settings."""
         return CameraPipeline(
             camera, self.cfg.tracker, self.cfg.crops, self.detector, self.embedder,
-            id_offset=id_offset, detector_batch=self.cfg.detector.batch_size, **options,
+            id_offset=id_offset, detector_batch=self.cfg.detector.batch_size,
         )
 
     def run(

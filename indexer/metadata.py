@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -130,6 +131,13 @@ def _record(row: tuple) -> CropRecord:
         vector_id=vid, camera=camera, track_id=track_id, frame_index=frame_index, ts_ns=ts_ns,
         xyxy=(x1, y1, x2, y2), confidence=conf, quality=quality, crop_path=path, model_id=model,
     )
+
+
+class StoredModel(NamedTuple):
+    """A model with vectors in a gallery shard, and their dimension."""
+
+    model_id: str
+    dim: int
 
 
 @dataclass(frozen=True)
@@ -516,9 +524,9 @@ class SqliteMetadata:
             ).fetchone()
         }
 
-    def models(self) -> list[tuple[str, int]]:
-        """(model_id, dim) of every model with stored vectors, sorted."""
-        return [(m, int(d)) for m, d in self._conn.execute(
+    def models(self) -> list[StoredModel]:
+        """Every model with stored vectors, sorted."""
+        return [StoredModel(m, int(d)) for m, d in self._conn.execute(
             "SELECT model_id, MIN(dim) FROM crops GROUP BY model_id ORDER BY model_id"
         )]
 

@@ -185,7 +185,7 @@ class RedisMetadata:
                           counters: CameraCounters | None = None) -> None:
         """Record a registered camera's state; raises ValueError for an unregistered one."""
         _check_name(name)
-        _check_choice(state, get_args(CameraState), "camera state")
+        _check_choice(state, tuple(s.value for s in CameraState), "camera state")
         fields: dict[str, object] = {"state": state, "message": message,
                                      "updated_ns": time.time_ns()}
         if counters is not None:
@@ -322,7 +322,7 @@ class RedisMetadata:
 def _camera(h: Mapping[str, str]) -> CameraEntry:
     counters = CameraCounters(int(h["frames_in"]), int(h["frames_dropped"]), int(h["reconnects"]))
     return CameraEntry(
-        name=h["name"], url=h["url"], state=h["state"], message=h["message"],  # type: ignore[arg-type]
+        name=h["name"], url=h["url"], state=CameraState(h["state"]), message=h["message"],
         counters=counters, registered_ns=int(h["registered_ns"]), updated_ns=int(h["updated_ns"]),
     )
 

@@ -17,8 +17,9 @@ default partition count). Tansu ignores that request, and after a restart with m
 it can acknowledge writes to a topic it re-created on the fly that no consumer can then read:
 against such a broker, re-create the topics (``ensure_topics``) as soon as it is back.
 
-Counters (prometheus): ``refind_bus_events_total{topic, outcome}`` with outcome accepted, sent,
-failed, rejected or resent; gauge ``refind_bus_pending_events`` (accepted, not yet resolved).
+Counts: ``stats()`` (``BusStats``), and with a ``streaming.metrics.Metrics`` the Prometheus
+counter ``refind_bus_events_total{topic, outcome}`` (outcome accepted, sent, failed, rejected or
+resent) and gauge ``refind_bus_pending_events`` (accepted, not yet resolved).
 
 Reading events: ``streaming.consumer``.
 """
@@ -32,8 +33,6 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any
 
-from prometheus_client import Counter, Gauge
-
 from streaming.config import KafkaConfig, ReconnectConfig
 from streaming.events import (
     EVENT_TYPES,
@@ -43,11 +42,10 @@ from streaming.events import (
     topic_for,
 )
 from streaming.flow import Backoff
+from streaming.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-EVENTS = Counter("refind_bus_events", "Events by topic and outcome.", ["topic", "outcome"])
-PENDING = Gauge("refind_bus_pending_events", "Accepted events not yet sent or failed.")
 
 _MAX_RESENDS = 5  # re-sends of one event after errors the Kafka client does not retry itself
 _CONNECT_TIMEOUT_MS = 3_000  # one connection attempt; the worker retries with backoff
@@ -144,8 +142,9 @@ class EventBus:
         >>> bus.close(timeout_s=10)  # doctest: +SKIP
     """
 
-    def __init__(self, cfg: KafkaConfig) -> None:
+    def __init__(self, cfg: KafkaConfig, metrics: Metrics | None = None) -> None:
         self.cfg = cfg
+        self.metrics = metrics  # bus_events and bus_pending, when given
         self._args = _producer_args(cfg)  # raises BusError for malformed bootstrap_servers
         self._limit_bytes = cfg.buffer_mb * 1024 * 1024
         self._delivery_s = cfg.delivery_timeout_s
@@ -215,7 +214,8 @@ class EventBus:
             self._bytes += len(value)
             self._queue.append(item)
             self._count(topic, "accepted")
-            PENDING.inc()
+            if self.metrics is not None:
+                self.metrics.bus_pending.inc()
             self._cond.notify_all()
         return True
 
@@ -275,7 +275,8 @@ class EventBus:
 
     def _count(self, topic: str, outcome: str) -> None:
         self._counts[outcome] += 1
-        EVENTS.labels(topic=topic, outcome=outcome).inc()
+        if self.metrics is not None:
+            self.metrics.bus_events.labels(topic=topic, outcome=outcome).inc()
 
     def _run(self) -> None:
         backoff = Backoff(_BACKOFF)
@@ -395,7 +396,8 @@ class EventBus:
         self._progress_at = time.monotonic()
         self._bytes -= len(item.value)
         self._count(item.topic, outcome)
-        PENDING.dec()
+        if self.metrics is not None:
+            self.metrics.bus_pending.dec()
         self._cond.notify_all()
 
 

@@ -50,6 +50,8 @@ def as_stored(crop: Crop, jpeg_quality: int) -> Crop:
         raise ValueError(f"crop of track {crop.track_id} could not be encoded as JPEG")
     data = buf.tobytes()
     image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"crop of track {crop.track_id}: its JPEG does not decode")
     return Crop(crop.camera, crop.track_id, crop.frame_index, crop.ts_ns, crop.xyxy,
                 crop.confidence, crop.quality, image, data)
 

@@ -32,6 +32,7 @@ Delivery guarantee (the same on every topic), as published by ``streaming.bus.Ev
 
 from __future__ import annotations
 
+import enum
 import json
 import time
 import uuid
@@ -43,7 +44,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from streaming.config import NAME_PATTERN
 from streaming.records import CropRecord, Detections
 
-CameraState = Literal["connecting", "live", "reconnecting", "stopped", "failed"]
+
+class CameraState(enum.StrEnum):
+    """Where a live camera's reader is: the one definition (events, Redis, metrics, the reader).
+
+    Example:
+        >>> CameraState("live") is CameraState.LIVE and CameraState.LIVE == "live"
+        True
+    """
+
+    CONNECTING = "connecting"
+    LIVE = "live"
+    RECONNECTING = "reconnecting"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
 TrackPhase = Literal["start", "update", "end"]
 Box = tuple[float, float, float, float]
 """x1, y1, x2, y2 in pixels of the frame."""

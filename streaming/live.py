@@ -22,7 +22,6 @@ Frame ``index`` and ``ts_ns`` keep increasing across reconnects and loops.
 
 from __future__ import annotations
 
-import enum
 import logging
 import random
 import threading
@@ -35,6 +34,7 @@ from typing import TypeVar
 import av
 
 from streaming.config import CameraConfig, LiveConfig
+from streaming.events import CameraState
 from streaming.flow import AdaptiveSampler, Backoff, DropOldestQueue
 from streaming.metrics import Metrics
 from streaming.records import Frame
@@ -50,16 +50,6 @@ QUEUE_STAGE = "camera_queue"  # the `stage` label of a camera's own queue in met
 # of video. An open timeout cut short inside the probe leaves the connection failed ("Immediate
 # exit requested" on the first read), so opening gets this much on top of stall_timeout_s.
 PROBE_ALLOWANCE_S = 5.0
-
-
-class CameraState(enum.Enum):
-    """Where a camera's reader is; the values are streaming.metrics.CAMERA_STATES."""
-
-    CONNECTING = "connecting"
-    LIVE = "live"
-    RECONNECTING = "reconnecting"
-    STOPPED = "stopped"
-    FAILED = "failed"
 
 
 @dataclass(frozen=True)

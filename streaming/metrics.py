@@ -1,25 +1,26 @@
-"""Prometheus metrics of refind, defined in one place on a registry of their own.
+"""Prometheus metrics of refind, every one defined here, on a registry of its own.
 
-Each ``Metrics`` owns a fresh ``CollectorRegistry`` (never the process-wide default), so two
-pipelines, or two tests, in one process keep separate counts. ``render()`` gives the text
-exposition format that a ``/metrics`` endpoint returns with ``CONTENT_TYPE``.
+A ``Metrics`` owns a fresh ``CollectorRegistry`` (never the process-wide default), so two
+pipelines, or two tests, in one process keep separate counts. Every part of refind that counts
+uses it: a live camera's reader (``streaming.live``), the event bus (``streaming.bus``), the
+stage loop's seconds (``streaming.pipeline``), the HTTP API (``actors.api``) and ``refind
+serve`` (``actors.serve``), which fills a fresh one from its actors' reports on each scrape
+(counters that live in other processes are set once, on a new registry, not added to).
+``render()`` gives the text format that a ``/metrics`` endpoint returns with ``CONTENT_TYPE``.
 
 Example:
     >>> m = Metrics()
     >>> m.frames_in.labels(camera="gate").inc()
-    >>> b'refind_frames_in_total{camera="gate"} 1.0' in m.render()
+    >>> b'refind_camera_frames_in_total{camera="gate"} 1.0' in m.render()
     True
 """
 
 from __future__ import annotations
 
-from typing import get_args
-
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
-    Enum,
     Gauge,
     Histogram,
     generate_latest,
@@ -29,91 +30,116 @@ from streaming.events import CameraState
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
-# The states of a live camera: those of the camera-status event (streaming.live.CameraState
-# has the same values).
-CAMERA_STATES: tuple[str, ...] = get_args(CameraState)
+# The states of a live camera, as the camera-status event and Redis name them.
+CAMERA_STATES: tuple[str, ...] = tuple(s.value for s in CameraState)
 
 # Seconds one stage takes for one item (a frame decode, a detector batch, an index write).
 STAGE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Seconds from a frame's capture to its crops being searchable in the gallery.
 FRESHNESS_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+# Seconds an API request takes.
+REQUEST_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# Per-camera counters a camera actor reports (CameraReport field -> help text).
+CAMERA_COUNTERS: dict[str, str] = {
+    "frames_in": "Frames decoded from the camera.",
+    "frames_processed": "Frames detected and tracked.",
+    "reconnects": "Attempts to reopen the camera after it failed, stalled or ended.",
+    "tracks_started": "Tracks started.",
+    "crops_stored": "Crops embedded and stored.",
+    "crops_failed": "Crops whose store failed (logged).",
+    "store_waits": "Times the camera waited for its crop batches in flight.",
+    "events_published": "Events handed to Kafka by the camera.",
+    "events_sent": "Events of the camera Kafka acknowledged.",
+    "events_failed": "Events of the camera given up on (not delivered to Kafka).",
+}
 
 
 class Metrics:
-    """The metrics of one refind process; every series is labelled by camera and/or stage.
+    """The metrics of one refind process (module docstring).
 
-    frames_in: frames decoded per camera. frames_dropped: frames thrown away, by camera and by
-    the stage whose bounded queue overflowed (never counts frames skipped on purpose by the
-    sampler). reconnects: reopen attempts after a camera failed or ended. camera_state: one
-    time series per state, 1 for the current one. queue_depth: items waiting, by camera and
-    stage. stage_latency_seconds and freshness_seconds: histograms.
+    Cameras: ``camera_<counter>`` for each of CAMERA_COUNTERS (``frames_in`` is also
+    ``self.frames_in``, ``reconnects`` ``self.reconnects``); frames_dropped by camera and the
+    stage whose bounded queue overflowed (never frames skipped on purpose by the sampler);
+    camera_state (1 for the current state); sample_fps; queue_depth by camera and stage;
+    stage_seconds spent per camera and stage; frame_latency_seconds (receive -> tracked) and
+    freshness_seconds (capture -> searchable). Event bus: bus_events by topic and outcome,
+    bus_pending. Pools: pool_batches, pool_items, pool_busy_seconds by pool and actor; index
+    writers: writer_vectors, writer_crops, writer_events by shard (and outcome). API:
+    api_requests, api_request_seconds. Live ingestion: serving_model_info, alias_switches.
     """
 
     def __init__(self, namespace: str = "refind") -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         reg, ns = self.registry, namespace
-        self.frames_in = Counter(
-            "frames_in", "Frames decoded from a camera.", ["camera"], namespace=ns, registry=reg
-        )
-        self.frames_dropped = Counter(
-            "frames_dropped",
-            "Frames dropped because a bounded queue was full (oldest first).",
-            ["camera", "stage"],
-            namespace=ns,
-            registry=reg,
-        )
-        self.reconnects = Counter(
-            "camera_reconnects",
-            "Attempts to reopen a camera after it failed, stalled or ended.",
-            ["camera"],
-            namespace=ns,
-            registry=reg,
-        )
-        self.camera_state = Enum(
-            "camera_state",
-            "Current state of a camera's reader.",
-            ["camera"],
-            states=list(CAMERA_STATES),
-            namespace=ns,
-            registry=reg,
-        )
-        self.queue_depth = Gauge(
-            "queue_depth",
-            "Items waiting in a bounded queue.",
-            ["camera", "stage"],
-            namespace=ns,
-            registry=reg,
-        )
-        self.stage_latency = Histogram(
-            "stage_latency_seconds",
-            "Time one stage takes for one item.",
-            ["stage"],
-            buckets=STAGE_BUCKETS_S,
-            namespace=ns,
-            registry=reg,
-        )
+
+        def counter(name: str, doc: str, labels: list[str]) -> Counter:
+            return Counter(name, doc, labels, namespace=ns, registry=reg)
+
+        def gauge(name: str, doc: str, labels: list[str]) -> Gauge:
+            return Gauge(name, doc, labels, namespace=ns, registry=reg)
+
+        self.camera = {key: counter(f"camera_{key}", doc, ["camera"])
+                       for key, doc in CAMERA_COUNTERS.items()}
+        self.frames_in = self.camera["frames_in"]
+        self.reconnects = self.camera["reconnects"]
+        self.frames_dropped = counter(
+            "frames_dropped", "Frames dropped because a bounded queue was full (oldest first).",
+            ["camera", "stage"])
+        self.camera_state = gauge("camera_state", "1 for the camera's current state.",
+                                  ["camera", "state"])
+        self.sample_fps = gauge("camera_sample_fps", "A camera's current sample rate.",
+                                ["camera"])
+        self.queue_depth = gauge("queue_depth", "Items waiting, by camera and stage.",
+                                 ["camera", "stage"])
+        self.stage_seconds = counter("stage_seconds", "Seconds spent per camera and stage.",
+                                     ["camera", "stage"])
+        self.frame_latency = gauge(
+            "frame_latency_seconds", "Frame received to tracked, last 1000 frames (quantiles).",
+            ["camera", "quantile"])
         self.freshness = Histogram(
-            "freshness_seconds",
-            "Time from a frame's capture to its crops being searchable.",
-            buckets=FRESHNESS_BUCKETS_S,
-            namespace=ns,
-            registry=reg,
-        )
+            "freshness_seconds", "Time from a frame's capture to its crops being searchable.",
+            ["camera"], buckets=FRESHNESS_BUCKETS_S, namespace=ns, registry=reg)
+        self.bus_events = counter("bus_events", "Kafka events by topic and outcome (accepted, "
+                                  "sent, failed, rejected, resent).", ["topic", "outcome"])
+        self.bus_pending = gauge("bus_pending_events", "Accepted events not yet sent or failed.",
+                                 [])
+        self.pool_batches = counter("pool_batches", "Batches run by a pool's actor.",
+                                    ["pool", "actor"])
+        self.pool_items = counter("pool_items", "Items run by a pool's actor.", ["pool", "actor"])
+        self.pool_busy = counter("pool_busy_seconds", "Seconds a pool's actor was busy.",
+                                 ["pool", "actor"])
+        self.api_requests = counter("api_requests", "API requests by endpoint, method and "
+                                    "status.", ["endpoint", "method", "status"])
+        self.api_latency = Histogram(
+            "api_request_seconds", "API request latency by endpoint.", ["endpoint"],
+            buckets=REQUEST_BUCKETS_S, namespace=ns, registry=reg)
+        self.writer_vectors = gauge("writer_vectors", "Vectors an index writer's shard holds.",
+                                    ["shard"])
+        self.writer_crops = counter("writer_crops", "Crops an index writer stored.", ["shard"])
+        self.writer_events = counter("writer_events", "Events of an index writer's durable "
+                                     "record handed to Kafka (published), acknowledged (sent) "
+                                     "or given up on (failed).", ["shard", "outcome"])
+        self.serving_model = gauge("serving_model_info", "1 for the embedder model of the "
+                                   "index version live ingestion writes.", ["model_id"])
+        self.alias_switches = counter("alias_switches", "Serving alias switches live ingestion "
+                                      "has followed.", [])
 
     def set_camera_state(self, camera: str, state: str) -> None:
         """Mark ``state`` (one of CAMERA_STATES) as the camera's current state."""
         if state not in CAMERA_STATES:
             raise ValueError(f"unknown camera state {state!r}; valid: {', '.join(CAMERA_STATES)}")
-        self.camera_state.labels(camera=camera).state(state)
+        for s in CAMERA_STATES:
+            self.camera_state.labels(camera=camera, state=s).set(1.0 if s == state else 0.0)
 
-    def observe_stage(self, stage: str, seconds: float) -> None:
-        self.stage_latency.labels(stage=stage).observe(seconds)
+    def add_stage(self, camera: str, stage: str, seconds: float) -> None:
+        self.stage_seconds.labels(camera=camera, stage=stage).inc(seconds)
 
-    def observe_freshness(self, seconds: float) -> None:
-        self.freshness.observe(seconds)
+    def observe_freshness(self, camera: str, seconds: float) -> None:
+        self.freshness.labels(camera=camera).observe(seconds)
 
     def value(self, name: str, **labels: str) -> float | None:
-        """Current value of one sample by its exposed name (e.g. ``refind_frames_in_total``)."""
+        """Current value of one sample by its exposed name (e.g. ``refind_frames_dropped_total``)."""
         return self.registry.get_sample_value(name, labels)
 
     def render(self) -> bytes:

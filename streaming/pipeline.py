@@ -45,6 +45,7 @@ import numpy as np
 from streaming.appearance import BoxEmbedder, EmbedFn
 from streaming.config import CropConfig, TrackerConfig
 from streaming.crops import CropSelector, as_stored
+from streaming.metrics import Metrics
 from streaming.records import Crop, Detections, Frame, Tracks, TrackSpan
 from streaming.tracker import ByteTracker
 
@@ -72,15 +73,20 @@ class TrackStage(Protocol):
 
 
 class StageTimes:
-    """Seconds spent per stage (thread-safe: a camera's loop adds while its status reads)."""
+    """Seconds spent per stage (thread-safe: a camera's loop adds while its status reads); also
+    counted in ``metrics`` (``refind_stage_seconds``) when given."""
 
-    def __init__(self) -> None:
+    def __init__(self, camera: str = "", metrics: Metrics | None = None) -> None:
         self._lock = threading.Lock()
         self._seconds: dict[str, float] = {}
+        self._camera = camera
+        self._metrics = metrics
 
     def add(self, stage: str, seconds: float) -> None:
         with self._lock:
             self._seconds[stage] = self._seconds.get(stage, 0.0) + seconds
+        if self._metrics is not None:
+            self._metrics.add_stage(self._camera, stage, seconds)
 
     def snapshot(self) -> dict[str, float]:
         with self._lock:
@@ -122,7 +128,8 @@ class CameraPipeline:
 
     ``detector`` is needed by ``run`` only (live callers detect elsewhere); ``embedder`` gives
     the tracker its appearance (None: motion only); ``select_crops=False`` skips crop selection
-    (tracking evaluation); ``early_crops=False`` hands a track's crops out only when it ends.
+    (tracking evaluation); ``early_crops=False`` hands a track's crops out only when it ends;
+    ``metrics`` counts the seconds of each stage (``refind_stage_seconds``).
 
     Example:
         >>> from streaming.config import CropConfig, TrackerConfig
@@ -148,6 +155,7 @@ class CameraPipeline:
         select_crops: bool = True,
         early_crops: bool = True,
         stages: Sequence[TrackStage] = (),
+        metrics: Metrics | None = None,
     ) -> None:
         if id_offset < 0:
             raise ValueError(f"id_offset must be >= 0, got {id_offset}")
@@ -155,7 +163,7 @@ class CameraPipeline:
         self.id_offset = id_offset
         self.detector = detector
         self.detector_batch = detector_batch
-        self.times = StageTimes()
+        self.times = StageTimes(camera, metrics)
         self._tracker_cfg = tracker
         self._crop_cfg = crops
         self._tracker = ByteTracker(tracker, camera)
@@ -267,7 +275,8 @@ class CameraPipeline:
     def _end(
         self, track_ids: list[int]
     ) -> tuple[tuple[TrackSpan, ...], dict[int, Mapping[str, float]]]:
-        spans, analysis = [], {}
+        spans: list[TrackSpan] = []
+        analysis: dict[int, Mapping[str, float]] = {}
         for tid in track_ids:
             track = self._open.pop(tid, None)
             if track is None:  # confirmed but never reported in a frame: nothing was seen

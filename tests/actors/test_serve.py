@@ -47,7 +47,8 @@ def test_health_metrics_and_cameras_at_run_time(ray_local, tiny_video: Path, tmp
         text = body.decode()
         assert code == 200 and 'refind_camera_frames_in_total{camera="a"}' in text
         assert 'refind_camera_state{camera="a",state="live"} 1.0' in text
-        assert "refind_detector_batches_total" in text
+        assert 'refind_pool_batches_total{actor="0",pool="detector"}' in text
+        assert 'refind_writer_vectors{shard="0"}' in text
         assert 'refind_frame_latency_seconds{camera="a",quantile="0.95"}' in text
         assert 'refind_queue_depth{camera="a",stage="camera_queue"}' in text
         # add a camera at run time, refuse a bad one, remove one

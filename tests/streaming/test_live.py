@@ -248,16 +248,18 @@ def test_camera_states_match_the_metric_states() -> None:
 
 def test_metrics_render_and_reject_unknown_state() -> None:
     m = Metrics()
+    m.set_camera_state("gate", "reconnecting")
     m.set_camera_state("gate", "live")
     m.frames_dropped.labels(camera="gate", stage="camera_queue").inc(3)
-    m.observe_stage("detect", 0.02)
-    m.observe_freshness(1.5)
+    m.add_stage("gate", "detect", 0.02)
+    m.observe_freshness("gate", 1.5)
     text = m.render().decode()
     for line in [
-        'refind_camera_state{camera="gate",refind_camera_state="live"} 1.0',
+        'refind_camera_state{camera="gate",state="live"} 1.0',
+        'refind_camera_state{camera="gate",state="reconnecting"} 0.0',
         'refind_frames_dropped_total{camera="gate",stage="camera_queue"} 3.0',
-        'refind_stage_latency_seconds_count{stage="detect"} 1.0',
-        "refind_freshness_seconds_count 1.0",
+        'refind_stage_seconds_total{camera="gate",stage="detect"} 0.02',
+        'refind_freshness_seconds_count{camera="gate"} 1.0',
     ]:
         assert line in text
     assert Metrics().value("refind_frames_dropped_total", camera="gate", stage="x") is None

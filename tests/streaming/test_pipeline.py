@@ -180,13 +180,19 @@ class MotionStage:
 
 
 def test_track_stages_see_every_frame_and_report_at_the_end():
-    stage = MotionStage()
-    pipe = CameraPipeline("gate", MOTION_ONLY, CropConfig(), id_offset=10, stages=[stage])
+    from streaming.metrics import Metrics
+
+    stage, metrics = MotionStage(), Metrics()
+    pipe = CameraPipeline("gate", MOTION_ONLY, CropConfig(), id_offset=10, stages=[stage],
+                          metrics=metrics)
     results = _drive(pipe, 45, TWO)
     assert stage.frames == 45
     analysis = {tid: notes for r in results for tid, notes in r.analysis.items()}
     assert analysis == {11: {"motion.dx_px": 56.0}, 12: {"motion.dx_px": 56.0}}
-    assert "stage.motion" in pipe.times.snapshot()
+    seconds = pipe.times.snapshot()
+    assert seconds["stage.motion"] > 0
+    counted = metrics.value("refind_stage_seconds_total", camera="gate", stage="stage.motion")
+    assert counted == pytest.approx(seconds["stage.motion"])
 
 
 @pytest.mark.parametrize(("make", "match"), [
