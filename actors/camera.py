@@ -41,15 +41,16 @@ import ray
 from ray import ObjectRef
 from ray.actor import ActorHandle
 
-from actors.pools import Pool, PoolEmbedder
-from actors.writer import StaleModelError
-from indexer.redis_meta import CameraCounters
-from indexer.redis_mirror import RedisMirror
-from streaming.config import CameraConfig, RefindConfig
-from streaming.events import CameraStatusEvent, DetectionEvent, TrackEvent
-from streaming.live import CameraStatus, LiveCamera
-from streaming.pipeline import CameraPipeline, EndGate, FrameResult
-from streaming.records import Crop, CropRecord, Detections, Frame, TrackSpan
+from refind.actors.pools import Pool, PoolEmbedder
+from refind.actors.writer import StaleModelError
+from refind.config import RefindConfig
+from refind.indexer.redis_meta import CameraCounters
+from refind.indexer.redis_mirror import RedisMirror
+from refind.streaming.config import CameraConfig
+from refind.streaming.events import CameraStatusEvent, DetectionEvent, TrackEvent
+from refind.streaming.live import CameraStatus, LiveCamera
+from refind.streaming.pipeline import CameraPipeline, EndGate, FrameResult
+from refind.streaming.records import Crop, CropRecord, Detections, Frame, TrackSpan
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class _Events:
         self.bus: Any = None
         self.published = 0
         if cfg.kafka.enabled:
-            from streaming.bus import EventBus  # kafka-python: an optional extra
+            from refind.streaming.bus import EventBus  # kafka-python: an optional extra
 
             self.bus = EventBus(cfg.kafka)
         self.redis = RedisMirror.open(cfg)

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import ray
 
-from models.store import ModelStore
-from streaming.config import RefindConfig
-from streaming.records import Crop, Detections, Embeddings
+from refind.config import RefindConfig
+from refind.models.store import ModelStore
+from refind.streaming.records import Crop, Detections, Embeddings
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +81,9 @@ class DetectorActor:
     """One detector model; ``detect(image)`` from any camera, batched across cameras."""
 
     def __init__(self, cfg: RefindConfig, max_wait_ms: float = 5.0) -> None:
-        from indexer.ingest import build_detector
+        from refind.models.registry import build_detector
 
-        self._detector = build_detector(cfg, ModelStore.from_config(cfg.models))
+        self._detector = build_detector(cfg.detector, ModelStore.from_config(cfg.models))
         self._batcher = _Batcher(self._detector, cfg.detector.batch_size, max_wait_ms)
 
     async def detect(self, image: np.ndarray) -> Detections:
@@ -98,9 +98,9 @@ class EmbedderActor:
     """One ReID model; ``embed(crops)`` from any camera, batched across cameras."""
 
     def __init__(self, cfg: RefindConfig, max_wait_ms: float = 5.0) -> None:
-        from indexer.ingest import build_embedder
+        from refind.models.registry import build_embedder
 
-        self._embedder = build_embedder(cfg, ModelStore.from_config(cfg.models))
+        self._embedder = build_embedder(cfg.embedder, ModelStore.from_config(cfg.models))
         self.model_id = self._embedder.model_id
         self.dim = self._embedder.dim
         self._batcher = _Batcher(self._embed_one_each, cfg.embedder.batch_size, max_wait_ms)

@@ -1,7 +1,7 @@
 """``refind reindex``: re-embed every stored crop on Ray Data, checkpointed, then switch.
 
 The crops to do (``ReindexJob.todo``) become a Ray dataset; ``map_batches`` runs
-``indexer.reindex.EmbedCrops`` in a pool of actors (``workers``, each with ``num_cpus`` /
+``refind.indexer.reindex.EmbedCrops`` in a pool of actors (``workers``, each with ``num_cpus`` /
 ``num_gpus``), each loading the target embedder once. Batches stream back to this driver
 (``iter_batches``), which commits each one into the target version's SQLite before asking for
 more: the committed rows are the checkpoint, so a job killed at any point resumes with the crops
@@ -24,12 +24,12 @@ from collections.abc import Iterator
 import numpy as np
 import ray
 
-from actors.runtime import init_ray
-from indexer.ingest import build_embedder
-from indexer.reindex import EmbedCrops, ReindexJob, ReindexReport
-from indexer.versions import VersionError, with_model
-from models.store import ModelStore
-from streaming.config import RefindConfig
+from refind.actors.runtime import init_ray
+from refind.config import RefindConfig
+from refind.indexer.reindex import EmbedCrops, ReindexJob, ReindexReport
+from refind.indexer.versions import VersionError, with_model
+from refind.models.registry import build_embedder
+from refind.models.store import ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def run_reindex(
     from tqdm import tqdm
 
     target_cfg = with_model(cfg, model) if model else cfg
-    embedder = build_embedder(target_cfg, ModelStore.from_config(target_cfg.models))
+    embedder = build_embedder(target_cfg.embedder, ModelStore.from_config(target_cfg.models))
     start = time.perf_counter()
     with ReindexJob.open(cfg, target_cfg, embedder, since_ns=since_ns, cameras=cameras) as job:
         report = ReindexReport(job.source.model_id, job.target.model_id, job.target.root)

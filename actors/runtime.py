@@ -7,11 +7,10 @@ configured CPUs; on a cluster (``address: auto`` or ``ray://head:10001``) the dr
 from __future__ import annotations
 
 import logging
-import os
 
 import ray
 
-from streaming.config import RayConfig
+from refind.actors.config import RayConfig
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +22,7 @@ def init_ray(cfg: RayConfig) -> None:
     kwargs: dict[str, object] = {
         "namespace": cfg.namespace,
         "include_dashboard": False,
-        "log_to_driver": os.environ.get("REFIND_RAY_LOG_TO_DRIVER", "0") == "1",
+        "log_to_driver": cfg.log_to_driver,
     }
     if cfg.address:
         ray.init(address=cfg.address, **kwargs)

@@ -32,17 +32,18 @@ import numpy as np
 import ray
 from ray.actor import ActorHandle
 
-from actors.camera import CameraActor, CameraReport
-from actors.pools import DetectorActor, EmbedderActor, Pool, PoolEmbedder
-from actors.runtime import init_ray
-from actors.writer import IndexWriterActor
-from indexer.gallery_store import GalleryLockedError
-from indexer.metadata import RecentTrack, TrackSummary
-from indexer.search import SearchEngine
-from indexer.shards import merge_shard_hits, shard_of
-from indexer.versions import Serving, VersionError, registry_stamp, serving_version
-from streaming.config import CameraConfig, RefindConfig
-from streaming.records import NO_FILTER, CropHit, ImageQuery, SearchFilter, TrackletHit
+from refind.actors.camera import CameraActor, CameraReport
+from refind.actors.pools import DetectorActor, EmbedderActor, Pool, PoolEmbedder
+from refind.actors.runtime import init_ray
+from refind.actors.writer import IndexWriterActor
+from refind.config import RefindConfig
+from refind.indexer.gallery_store import GalleryLockedError
+from refind.indexer.metadata import RecentTrack, TrackSummary
+from refind.indexer.search import SearchEngine
+from refind.indexer.shards import merge_shard_hits, shard_of
+from refind.indexer.versions import Serving, VersionError, registry_stamp, serving_version
+from refind.streaming.config import CameraConfig
+from refind.streaming.records import NO_FILTER, CropHit, ImageQuery, SearchFilter, TrackletHit
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class LiveVersion:
 
 
 class _WriterGallery:
-    """All index writers seen as one gallery (``indexer.search.Gallery``): searches fan out
+    """All index writers seen as one gallery (``refind.indexer.search.Gallery``): searches fan out
     and merge by score."""
 
     def __init__(self, writers: list[ActorHandle], model_id: str) -> None:

@@ -28,14 +28,14 @@ import numpy as np
 import ray
 from ray.actor import ActorHandle
 
-from actors.pools import Pool, PoolEmbedder
-from indexer.gallery_store import GalleryStore
-from indexer.metadata import RecentTrack, TrackSummary
-from indexer.reindex import EmbedCrops, embed_copies
-from indexer.shards import shard_dir
-from indexer.sink import open_sink
-from streaming.config import RefindConfig
-from streaming.records import (
+from refind.actors.pools import Pool, PoolEmbedder
+from refind.config import RefindConfig
+from refind.indexer.gallery_store import GalleryStore
+from refind.indexer.metadata import RecentTrack, TrackSummary
+from refind.indexer.reindex import EmbedCrops, embed_copies
+from refind.indexer.shards import shard_dir
+from refind.indexer.sink import open_sink
+from refind.streaming.records import (
     NO_FILTER,
     Crop,
     CropHit,

@@ -4,7 +4,7 @@ Embedders: ``openvino_reid`` (OMZ 0277 with OpenVINO on CPU, what ingest uses),
 ``irm_openvino_cpu`` (the IRM embedder as ingest runs it on CPU), with ``--int8`` both again on
 the INT8 copy of 0277 (``refind quantize``), and on CPU the milliseconds per IRM text query
 through the attribute probe and through the learned text path (``irm_text_query``); ``torch_0277`` (the same IR run with torch by
-``models.ov_torch``) and ``irm`` (the IRM head of ``models.irm`` over the torch backbone; with no
+``refind.models.ov_torch``) and ``irm`` (the IRM head of ``refind.models.irm`` over the torch backbone; with no
 ``--irm-weights`` an untrained head: the timing is the same). The CPU OpenVINO embedders are
 timed in interleaved rounds (median, min, max), since the machine is shared.
 Each is timed "model only" (a ready input batch in device memory, synchronised) and "end to end"
@@ -42,8 +42,8 @@ sys.path.insert(0, str(REPO))
 
 from report import write_result  # noqa: E402  (bench/report.py)
 
-from models import ov_torch  # noqa: E402
-from models.base import PARALLEL_RESIZE_MIN, crops_to_batch, resize_workers  # noqa: E402
+from refind.models import ov_torch  # noqa: E402
+from refind.models.base import PARALLEL_RESIZE_MIN, crops_to_batch, resize_workers  # noqa: E402
 
 log = logging.getLogger("embedder_throughput")
 PETS = REPO / "../shared/data/pets09-s2l1"
@@ -58,7 +58,7 @@ def cut_pets_crops(video: Path, gt: Path, n: int, every: int = 5, min_height: in
     """Up to ``n`` ground-truth person crops ((h, w, 3) uint8 BGR) from every ``every``-th frame."""
     import av
 
-    from models.pets_reid import read_mot_gt, scaled_xyxy
+    from refind.datasets.pets_reid import read_mot_gt, scaled_xyxy
 
     rows = read_mot_gt(gt)
     rows = rows[(rows[:, 6] != 0) & (rows[:, 0] % every == 0)]
@@ -94,7 +94,7 @@ def load_crops(path: Path) -> list[np.ndarray]:
     return [pixels[e - h * w * 3 : e].reshape(h, w, 3) for e, (h, w) in zip(ends, shapes, strict=True)]
 
 
-RESIZE = f"cv2.INTER_LINEAR, models.base.crops_to_batch (threaded from {PARALLEL_RESIZE_MIN} crops)"
+RESIZE = f"cv2.INTER_LINEAR, refind.models.base.crops_to_batch (threaded from {PARALLEL_RESIZE_MIN} crops)"
 
 
 def preprocess(crops: Sequence[np.ndarray]) -> np.ndarray:
@@ -163,10 +163,10 @@ def time_torch(runner: TorchRunner, crops: list, batches: list[int], iters: int,
 def cpu_embedders(b: int, threads: int, weights: Path | None, int8: bool) -> dict:
     """The OpenVINO CPU embedders as ingest runs them, batch ``b``: 0277 alone and the IRM
     (OpenVINO backbone + OpenVINO-compiled head), and with ``int8`` their INT8-backbone copies."""
-    from models.irm_embedder import IrmEmbedder
-    from models.openvino_reid import OpenVinoReidEmbedder
-    from models.store import ModelStore
-    from streaming.config import ModelStoreConfig, OpenVinoReidConfig
+    from refind.models.config import ModelStoreConfig, OpenVinoReidConfig
+    from refind.models.irm_embedder import IrmEmbedder
+    from refind.models.openvino_reid import OpenVinoReidEmbedder
+    from refind.models.store import ModelStore
 
     store = ModelStore.from_config(ModelStoreConfig())
     path = weights or store.resolve("irm-pets-v3").path
@@ -217,9 +217,9 @@ TEXTS = {  # a text the attribute probe reads, and one only the learned text pat
 
 def time_text(weights: Path | None, threads: int, calls: int = 50) -> dict:
     """Milliseconds per text query of the IRM embedder (median of ``calls``), per path."""
-    from models.irm_embedder import IrmEmbedder
-    from models.store import ModelStore
-    from streaming.config import ModelStoreConfig
+    from refind.models.config import ModelStoreConfig
+    from refind.models.irm_embedder import IrmEmbedder
+    from refind.models.store import ModelStore
 
     store = ModelStore.from_config(ModelStoreConfig())
     path = weights or store.resolve("irm-pets-v3").path
@@ -239,7 +239,7 @@ def time_text(weights: Path | None, threads: int, calls: int = 50) -> dict:
 
 def irm_head(weights: Path | None, device: torch.device) -> tuple[torch.nn.Module, bool]:
     """The IRM head from ``weights``, or an untrained one (same cost) when none is given."""
-    from models import irm
+    from refind.models import irm
 
     if weights is not None:
         head, _ = irm.load_head(weights)
@@ -261,7 +261,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--crops", type=Path, help="crops file written by --save-crops (no video needed)")
     p.add_argument("--save-crops", type=Path, help="cut crops from the PETS clip and save them here")
     p.add_argument("--n-crops", type=int, default=512)
-    p.add_argument("--exported", type=Path, help="models.ov_torch.export folder of 0277")
+    p.add_argument("--exported", type=Path, help="refind.models.ov_torch.export folder of 0277")
     p.add_argument("--export-dir", type=Path, help="export 0277 here (needs openvino) and use it")
     p.add_argument("--irm-weights", type=Path, help="IRM head safetensors (default: untrained head)")
     p.add_argument("--int8", action="store_true",
@@ -295,8 +295,8 @@ def load_inputs(args: argparse.Namespace) -> tuple[list[np.ndarray], torch.nn.Mo
 
 
 def resolve_xml() -> Path:
-    from models.store import ModelStore
-    from streaming.config import ModelStoreConfig
+    from refind.models.config import ModelStoreConfig
+    from refind.models.store import ModelStore
 
     return ModelStore.from_config(ModelStoreConfig()).resolve(REID).path
 
@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
         "n_distinct_crops": len(crops),
         "iters": iters,
         "openvino_cpu_iters": None if gpu else ov_iters,
-        "openvino_runner": None if gpu else "models.openvino_util.CpuRunner (a part per stream)",
+        "openvino_runner": None if gpu else "refind.models.openvino_util.CpuRunner (a part per stream)",
         "preprocess_crops_per_s": pre,
         "resize": RESIZE,
         "resize_threads": resize_workers(),

@@ -25,11 +25,11 @@ sys.path.insert(0, str(REPO))
 
 from report import code_version  # noqa: E402  (bench/report.py)
 
-from actors.commands import open_gallery  # noqa: E402
-from indexer.blobs import CropStore  # noqa: E402
-from indexer.ingest import IngestPipeline  # noqa: E402
-from streaming.config import RefindConfig  # noqa: E402
-from streaming.sources import VideoSource  # noqa: E402
+from refind.app.commands import open_gallery  # noqa: E402
+from refind.config import RefindConfig  # noqa: E402
+from refind.indexer.blobs import CropStore  # noqa: E402
+from refind.indexer.ingest import IngestPipeline  # noqa: E402
+from refind.streaming.sources import VideoSource  # noqa: E402
 
 DEFAULT_VIDEO = REPO / "../shared/data/pets09-s2l1/vtest.avi"
 

@@ -32,9 +32,10 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from report import code_version  # noqa: E402  (bench/report.py)
 
-from actors.runtime import init_ray, shutdown_ray  # noqa: E402
-from actors.supervisor import Supervisor  # noqa: E402
-from streaming.config import RayConfig, parse_config  # noqa: E402
+from refind.actors.config import RayConfig  # noqa: E402
+from refind.actors.runtime import init_ray, shutdown_ray  # noqa: E402
+from refind.actors.supervisor import Supervisor  # noqa: E402
+from refind.config import parse_config  # noqa: E402
 
 PETS = REPO / "../shared/data/pets09-s2l1/vtest.avi"
 

@@ -2,7 +2,7 @@
 
 Times refind's OMZ 0277 embedder (and its INT8 copy when ``refind quantize`` made one) on real
 PETS09-S2L1 crops two ways in the same rounds, taking turns, so load from other work falls on
-both alike: ``streams`` (``models.openvino_util.CpuRunner``: the THROUGHPUT hint, each batch
+both alike: ``streams`` (``refind.models.openvino_util.CpuRunner``: the THROUGHPUT hint, each batch
 cut into one part per stream, what refind uses) and ``one_request`` (one synchronous request on
 all the threads, the LATENCY hint: what refind used before). Per batch size: the median
 crops/s (batch 32, a gallery batch) or milliseconds per call (batch 1, a query crop) of each,
@@ -33,10 +33,10 @@ def embedders(name: str, threads: int) -> dict[str, object]:
     """The 0277-family embedder ``name`` twice, each with its own runner (compiled apart)."""
     import openvino as ov
 
-    from models.openvino_reid import OpenVinoReidEmbedder
-    from models.openvino_util import CpuRunner, read_dynamic_batch
-    from models.store import ModelStore
-    from streaming.config import ModelStoreConfig, OpenVinoReidConfig
+    from refind.models.config import ModelStoreConfig, OpenVinoReidConfig
+    from refind.models.openvino_reid import OpenVinoReidEmbedder
+    from refind.models.openvino_util import CpuRunner, read_dynamic_batch
+    from refind.models.store import ModelStore
 
     store = ModelStore.from_config(ModelStoreConfig())
     cfg = OpenVinoReidConfig(model=name, batch_size=32, threads=threads)
@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     import openvino as ov
 
-    from models.store import ModelStore, ModelStoreError
-    from streaming.config import ModelStoreConfig
+    from refind.models.config import ModelStoreConfig
+    from refind.models.store import ModelStore, ModelStoreError
 
     crops = cut_pets_crops(PETS / "vtest.avi", PETS / "gt.txt", 64)
     store = ModelStore.from_config(ModelStoreConfig())

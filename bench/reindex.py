@@ -32,15 +32,15 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from report import write_result  # noqa: E402  (bench/report.py)
 
-from actors.commands import run_ingest  # noqa: E402
-from actors.reindex import run_reindex  # noqa: E402
-from actors.runtime import shutdown_ray  # noqa: E402
-from indexer.ingest import IngestPipeline  # noqa: E402
-from indexer.metadata import SqliteMetadata  # noqa: E402
-from indexer.reindex import EmbedCrops  # noqa: E402
-from indexer.versions import delete_version, use_version, with_model  # noqa: E402
-from streaming.config import RefindConfig, load_config  # noqa: E402
-from streaming.sources import VideoSource  # noqa: E402
+from refind.actors.reindex import run_reindex  # noqa: E402
+from refind.actors.runtime import shutdown_ray  # noqa: E402
+from refind.app.commands import run_ingest  # noqa: E402
+from refind.config import RefindConfig, load_config  # noqa: E402
+from refind.indexer.ingest import IngestPipeline  # noqa: E402
+from refind.indexer.metadata import SqliteMetadata  # noqa: E402
+from refind.indexer.reindex import EmbedCrops  # noqa: E402
+from refind.indexer.versions import delete_version, use_version, with_model  # noqa: E402
+from refind.streaming.sources import VideoSource  # noqa: E402
 
 DEFAULT_VIDEO = REPO / "../shared/data/pets09-s2l1/vtest.avi"
 SOURCE_MODEL = "person-reidentification-retail-0288"

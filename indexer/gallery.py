@@ -19,8 +19,8 @@ import math
 import faiss
 import numpy as np
 
-from streaming.config import GalleryConfig
-from streaming.records import Embeddings
+from refind.indexer.config import GalleryConfig
+from refind.streaming.records import Embeddings
 
 log = logging.getLogger(__name__)
 

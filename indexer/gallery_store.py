@@ -37,12 +37,19 @@ from types import TracebackType
 
 import numpy as np
 
-from indexer.gallery import FaissGallery
-from indexer.metadata import RecentTrack, SqliteMetadata, TrackSummary
-from indexer.record import EventSink
-from streaming.config import GalleryConfig
-from streaming.events import CropEvent, TrackEvent
-from streaming.records import NO_FILTER, CropHit, CropRecord, Embeddings, SearchFilter, TrackSpan
+from refind.indexer.config import GalleryConfig
+from refind.indexer.gallery import FaissGallery
+from refind.indexer.metadata import RecentTrack, SqliteMetadata, TrackSummary
+from refind.indexer.record import EventSink
+from refind.streaming.events import CropEvent, TrackEvent
+from refind.streaming.records import (
+    NO_FILTER,
+    CropHit,
+    CropRecord,
+    Embeddings,
+    SearchFilter,
+    TrackSpan,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +118,7 @@ class GalleryStore:
 
     A writer holds ``data_dir/gallery.lock``; ``read_only=True`` opens without the lock (searches
     only; ``refresh()`` picks up rows a writer committed since). With a ``record``
-    (``indexer.record.EventRecord``), every crop added and every track ended is also recorded
+    (``refind.indexer.record.EventRecord``), every crop added and every track ended is also recorded
     as an event, before SQLite commits: the durable record ``refind rebuild`` reads.
 
     Example:
@@ -138,7 +145,7 @@ class GalleryStore:
         self._model_id = model_id
         self._dim = dim
         self._read_only = read_only
-        self._record = record  # the durable record of what is stored (indexer.record)
+        self._record = record  # the durable record of what is stored (refind.indexer.record)
         self._stale = False
         self._lock_fd: int | None = None
         self._meta: SqliteMetadata | None = None

@@ -23,15 +23,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from indexer.sink import CropSink
-from models.base import Detector, ReidEmbedder
-from models.openvino_reid import OpenVinoReidEmbedder
-from models.store import ModelStore
-from models.yolox import YoloxDetector
-from streaming.config import RefindConfig
-from streaming.pipeline import CameraPipeline, EndGate
-from streaming.records import Crop
-from streaming.sources import VideoSource
+from refind.config import RefindConfig
+from refind.indexer.sink import CropSink
+from refind.models.base import Detector, ReidEmbedder
+from refind.models.registry import build_detector, build_embedder
+from refind.models.store import ModelStore
+from refind.streaming.pipeline import CameraPipeline, EndGate
+from refind.streaming.records import Crop
+from refind.streaming.sources import VideoSource
 
 
 @dataclass
@@ -63,18 +62,6 @@ class IngestReport:
         }
 
 
-def build_detector(cfg: RefindConfig, store: ModelStore) -> Detector:
-    return YoloxDetector(cfg.detector, store)
-
-
-def build_embedder(cfg: RefindConfig, store: ModelStore) -> ReidEmbedder:
-    if cfg.embedder.type == "irm":
-        from models.irm_embedder import IrmEmbedder  # torch and transformers load only when chosen
-
-        return IrmEmbedder.from_config(cfg.embedder, store)
-    return OpenVinoReidEmbedder(cfg.embedder, store)
-
-
 class IngestPipeline:
     """Runs a ``CameraPipeline`` over one source and stores what it chooses in a ``CropSink``."""
 
@@ -86,7 +73,7 @@ class IngestPipeline:
     @classmethod
     def from_config(cls, cfg: RefindConfig, store: ModelStore | None = None) -> IngestPipeline:
         store = store or ModelStore.from_config(cfg.models)
-        return cls(cfg, build_detector(cfg, store), build_embedder(cfg, store))
+        return cls(cfg, build_detector(cfg.detector, store), build_embedder(cfg.embedder, store))
 
     def camera_pipeline(self, camera: str, id_offset: int = 0) -> CameraPipeline:
         """The stage loop for ``camera`` with this ingest's models and settings."""

@@ -1,9 +1,9 @@
 """The local event journal: the durable record of what was stored, as JSON lines on disk.
 
 Every path that stores crops (``refind ingest``, the live index writers, a forget) appends the
-same events here through ``indexer.record.EventRecord``: every crop stored, every track ended,
+same events here through ``refind.indexer.record.EventRecord``: every crop stored, every track ended,
 every track forgotten, in ``<data_dir>/events/<kind>.jsonl`` (``crops.jsonl``, ``tracks.jsonl``,
-``forget.jsonl``), in the Kafka wire format (``streaming.events.encode``). Together with the crop
+``forget.jsonl``), in the Kafka wire format (``refind.streaming.events.encode``). Together with the crop
 store's JPEGs this is what ``refind rebuild`` rebuilds the gallery and metadata from; vectors are
 derived (re-embedded).
 
@@ -29,7 +29,7 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from streaming.events import BaseEvent, Event, EventDecodeError, decode, encode
+from refind.streaming.events import BaseEvent, Event, EventDecodeError, decode, encode
 
 log = logging.getLogger(__name__)
 

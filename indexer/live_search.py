@@ -25,17 +25,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from indexer.blobs import CropStore
-from indexer.ingest import build_embedder
-from indexer.metadata import TrackSummary
-from indexer.rerank import RerankerPool
-from indexer.search import Ranked, SearchEngine, embed_image_query
-from indexer.shards import ShardedGallery, existing_shards
-from indexer.versions import registry_stamp, serving_version
-from models.base import ReidEmbedder
-from models.store import ModelStore
-from streaming.config import GalleryConfig, RefindConfig, SearchConfig
-from streaming.records import CropRecord, ImageQuery, TextQuery, TrackletHit
+from refind.config import RefindConfig
+from refind.indexer.blobs import CropStore
+from refind.indexer.config import GalleryConfig, SearchConfig
+from refind.indexer.metadata import TrackSummary
+from refind.indexer.rerank import RerankerPool
+from refind.indexer.search import Ranked, SearchEngine, embed_image_query
+from refind.indexer.shards import ShardedGallery, existing_shards
+from refind.indexer.versions import registry_stamp, serving_version
+from refind.models.base import ReidEmbedder
+from refind.models.registry import build_embedder
+from refind.models.store import ModelStore
+from refind.streaming.records import CropRecord, ImageQuery, TextQuery, TrackletHit
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class LiveSearch:
         cfg: RefindConfig | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
-        # with the deployment's config, searches follow the serving alias (indexer.versions)
+        # with the deployment's config, searches follow the serving alias (refind.indexer.versions)
         self._cfg = cfg
         self._stamp = registry_stamp(self.data_dir) if cfg is not None else None
         self._root = serving_version(cfg).root if cfg is not None else self.data_dir
@@ -98,7 +99,7 @@ class LiveSearch:
     def from_config(cls, cfg: RefindConfig) -> LiveSearch:
         """Load the configured embedder (weights checked) for ``cfg.data_dir``'s gallery."""
         serving = serving_version(cfg)
-        embedder = build_embedder(serving.cfg, ModelStore.from_config(cfg.models))
+        embedder = build_embedder(serving.cfg.embedder, ModelStore.from_config(cfg.models))
         return cls(cfg.data_dir, cfg.gallery, cfg.search, embedder, cfg)
 
     @property
@@ -122,7 +123,7 @@ class LiveSearch:
         if serving.root != self._root or serving.model_id != self.embedder.model_id:
             embedder = self.embedder
             if serving.model_id is not None and serving.model_id != embedder.model_id:
-                embedder = build_embedder(serving.cfg, ModelStore.from_config(self._cfg.models))
+                embedder = build_embedder(serving.cfg.embedder, ModelStore.from_config(self._cfg.models))
             with self._embed_lock:
                 self.embedder = embedder
             self._root = serving.root
@@ -178,7 +179,8 @@ class LiveSearch:
     def _engine(self, gallery: ShardedGallery) -> SearchEngine:
         if self._rerankers is None and self._cfg is not None:
             self._rerankers = RerankerPool(ModelStore.from_config(self._cfg.models),
-                                           self.search_cfg.match_threshold)
+                                           self.search_cfg.match_threshold,
+                                           self.search_cfg.mllm_dir)
         return SearchEngine(self.search_cfg, self.embedder, gallery, self._crops, self._rerankers)
 
     def search_text(self, query: TextQuery) -> SearchResult:

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from streaming.records import NO_FILTER, CropRecord, Embeddings, SearchFilter, TrackSpan
+from refind.streaming.records import NO_FILTER, CropRecord, Embeddings, SearchFilter, TrackSpan
 
 log = logging.getLogger(__name__)
 

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from indexer.search import QueryError
-from streaming.records import TextQuery
+from refind.indexer.search import QueryError
+from refind.streaming.records import TextQuery
 
 log = logging.getLogger(__name__)
 

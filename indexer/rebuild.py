@@ -1,9 +1,9 @@
 """Rebuild the serving gallery and its metadata from the durable record.
 
-The durable record is the crop store's JPEGs plus the events (``streaming.events``) that every
-path that stores crops writes through ``indexer.record.EventRecord``: ``refind ingest``, the
+The durable record is the crop store's JPEGs plus the events (``refind.streaming.events``) that every
+path that stores crops writes through ``refind.indexer.record.EventRecord``: ``refind ingest``, the
 live index writers and ``refind forget`` alike. They are read from the local journal
-(``indexer.journal``) by default, or from Kafka (``<prefix>.crops``, ``.tracks``, ``.forget``)
+(``refind.indexer.journal``) by default, or from Kafka (``<prefix>.crops``, ``.tracks``, ``.forget``)
 with ``from_kafka``. The SQLite metadata and the FAISS indexes are views of it:
 
 - from the ``CropEvent`` of each crop: vector id, camera, track, frame, time, box, quality and
@@ -43,13 +43,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from indexer.gallery_store import GalleryStore, index_stem, lock_gallery
-from indexer.ingest import build_embedder
-from indexer.journal import JOURNAL_KINDS, EventJournal, journal_dir
-from indexer.metadata import ForgottenTrack, SqliteMetadata
-from indexer.reindex import EmbedCrops, embed_copies
-from indexer.shards import existing_shards, shard_name, shard_of
-from indexer.versions import (
+from refind.config import RefindConfig
+from refind.indexer.gallery_store import GalleryStore, index_stem, lock_gallery
+from refind.indexer.journal import JOURNAL_KINDS, EventJournal, journal_dir
+from refind.indexer.metadata import ForgottenTrack, SqliteMetadata
+from refind.indexer.reindex import EmbedCrops, embed_copies
+from refind.indexer.shards import existing_shards, shard_name, shard_of
+from refind.indexer.versions import (
     BASE_ROOT,
     Registry,
     Version,
@@ -57,11 +57,12 @@ from indexer.versions import (
     serving_version,
     update_registry,
 )
-from models.base import model_name
-from models.store import ModelStore
-from streaming.config import KafkaConfig, RefindConfig
-from streaming.events import CropEvent, Event, ForgetEvent, TrackEvent, resolve_topic
-from streaming.records import CropRecord, TrackSpan
+from refind.models.base import model_name
+from refind.models.registry import build_embedder
+from refind.models.store import ModelStore
+from refind.streaming.config import KafkaConfig
+from refind.streaming.events import CropEvent, Event, ForgetEvent, TrackEvent, resolve_topic
+from refind.streaming.records import CropRecord, TrackSpan
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def read_kafka(cfg: KafkaConfig, idle_s: float = 5.0, kinds: Iterable[str] = JOU
                ) -> list[Event]:
     """Every event on the crops, tracks and forget topics, from their beginning, until none
     has arrived for ``idle_s`` seconds."""
-    from streaming.consumer import EventConsumer
+    from refind.streaming.consumer import EventConsumer
 
     topics = [resolve_topic(k, cfg.topic_prefix) for k in kinds]
     events: list[Event] = []
@@ -179,7 +180,7 @@ def rebuild_gallery(
     from tqdm import tqdm
 
     serving = serving_version(cfg)
-    embedder = build_embedder(serving.cfg, ModelStore.from_config(cfg.models))
+    embedder = build_embedder(serving.cfg.embedder, ModelStore.from_config(cfg.models))
     data_dir = Path(cfg.data_dir)
     old_shards = existing_shards(serving.root)
     locks = [lock_gallery(s) for s in old_shards]  # no writer meanwhile

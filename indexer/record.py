@@ -5,11 +5,11 @@ recorded. ``refind ingest``, the live index writers (``actors/writer.py``) and `
 all append through it, so ``refind rebuild`` restores exactly what was searchable whatever path
 stored it:
 
-- the local journal (``indexer.journal``, under ``data_dir/events``) always: appended and
+- the local journal (``refind.indexer.journal``, under ``data_dir/events``) always: appended and
   fsync'ed before the gallery commits the rows, so it never holds less than the gallery;
 - Kafka too when ``kafka.enabled``: the same events, at least once, for consumers and for
   rebuilding a deployment whose data volume was lost (``refind rebuild --from-kafka``). Kafka is
-  written after the journal and asynchronously (``streaming.bus``); an event it never took is
+  written after the journal and asynchronously (``refind.streaming.bus``); an event it never took is
   counted in ``stats()`` and logged.
 
 Example:
@@ -24,10 +24,10 @@ import logging
 from collections.abc import Sequence
 from typing import Protocol
 
-from indexer.journal import EventJournal, journal_dir
-from streaming.bus import BusStats, EventBus
-from streaming.config import RefindConfig
-from streaming.events import BaseEvent
+from refind.config import RefindConfig
+from refind.indexer.journal import EventJournal, journal_dir
+from refind.streaming.bus import BusStats, EventBus
+from refind.streaming.events import BaseEvent
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Shared metadata in Redis: the camera registry and status, track metadata, vector id mappings.
 
 Every node of a deployment reads and writes the same Redis; each gallery shard's SQLite file
-still holds its vectors (see ``indexer.metadata``). Keys, under ``cfg.key_prefix`` (``P``):
+still holds its vectors (see ``refind.indexer.metadata``). Keys, under ``cfg.key_prefix`` (``P``):
 
 - ``P:cameras`` set of camera names; ``P:camera:<name>`` hash: url, state, message, counters;
 - ``P:track:<camera>:<track_id>`` hash: time span, crop count, best crop, state;
@@ -29,8 +29,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar, get_args
 
-from streaming.config import NAME_PATTERN, RedisMetadataConfig
-from streaming.events import CameraState
+from refind.indexer.config import RedisMetadataConfig
+from refind.streaming.config import NAME_PATTERN
+from refind.streaming.events import CameraState
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from indexer.metadata import TrackSummary
-from indexer.redis_meta import CameraCounters, MetadataUnavailable, RedisMetadata, TrackState
-from streaming.config import RefindConfig
-from streaming.events import CameraState
-from streaming.records import TrackSpan
+from refind.config import RefindConfig
+from refind.indexer.metadata import TrackSummary
+from refind.indexer.redis_meta import CameraCounters, MetadataUnavailable, RedisMetadata, TrackState
+from refind.streaming.events import CameraState
+from refind.streaming.records import TrackSpan
 
 log = logging.getLogger(__name__)
 

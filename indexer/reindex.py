@@ -37,12 +37,12 @@ from types import TracebackType
 
 import numpy as np
 
-from indexer.blobs import CropStore, CropStoreError
-from indexer.gallery_store import GalleryStore, acquire_lock
-from indexer.ingest import build_embedder
-from indexer.metadata import SqliteMetadata
-from indexer.shards import existing_shards
-from indexer.versions import (
+from refind.config import RefindConfig
+from refind.indexer.blobs import CropStore, CropStoreError
+from refind.indexer.gallery_store import GalleryStore, acquire_lock
+from refind.indexer.metadata import SqliteMetadata
+from refind.indexer.shards import existing_shards
+from refind.indexer.versions import (
     BASE_ROOT,
     Registry,
     Version,
@@ -50,10 +50,10 @@ from indexer.versions import (
     update_registry,
     version_root,
 )
-from models.base import ModelInputError, ReidEmbedder, check_bgr_image
-from models.store import ModelStore
-from streaming.config import RefindConfig
-from streaming.records import CropRecord, Embeddings, SearchFilter
+from refind.models.base import ModelInputError, ReidEmbedder, check_bgr_image
+from refind.models.registry import build_embedder
+from refind.models.store import ModelStore
+from refind.streaming.records import CropRecord, Embeddings, SearchFilter
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class EmbedCrops:
     """
 
     def __init__(self, cfg: RefindConfig, embedder: ReidEmbedder | None = None) -> None:
-        self.embedder = embedder or build_embedder(cfg, ModelStore.from_config(cfg.models))
+        self.embedder = embedder or build_embedder(cfg.embedder, ModelStore.from_config(cfg.models))
         self.crops = CropStore.from_config(cfg)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -170,7 +170,7 @@ def _source_version(cfg: RefindConfig, registry: Registry | None) -> Version:
     if not models:
         raise VersionError(f"no gallery in {cfg.data_dir} to re-index: run `refind ingest` first")
     if len(models) > 1:  # several models in one root: the config's embedder says which serves
-        current = build_embedder(cfg, ModelStore.from_config(cfg.models))
+        current = build_embedder(cfg.embedder, ModelStore.from_config(cfg.models))
         models = {m for m in models if m[0] == current.model_id}
         if not models:
             raise VersionError(f"the gallery in {cfg.data_dir} holds no vectors of the "

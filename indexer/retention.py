@@ -15,11 +15,11 @@ from __future__ import annotations
 import logging
 import time
 
-from indexer.blobs import CropStore
-from indexer.forget import delete_files, model_stores
-from indexer.versions import all_version_shards
-from streaming.config import RefindConfig
-from streaming.records import CropRecord
+from refind.config import RefindConfig
+from refind.indexer.blobs import CropStore
+from refind.indexer.forget import delete_files, model_stores
+from refind.indexer.versions import all_version_shards
+from refind.streaming.records import CropRecord
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Image and text search: embed the query, search crops, aggregate crop hits into ranked
-tracklets, optionally re-rank the best ones against the query's words (``indexer.rerank``).
+tracklets, optionally re-rank the best ones against the query's words (``refind.indexer.rerank``).
 
 Filters (cameras, time window, minimum track length) are applied inside the FAISS search, so a
 narrow filter still returns k tracklets when they exist, at any gallery size.
@@ -32,13 +32,14 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from indexer.blobs import CropStore
-from indexer.metadata import RecentTrack, TrackSummary
-from indexer.rerank import RerankerPool, checkable, rerank_hits
-from models.base import TASKS, InstructableEmbedder, ReidEmbedder
-from models.text_attributes import parse_attributes
-from streaming.config import SearchConfig
-from streaming.records import CropHit, ImageQuery, SearchFilter, TextQuery, TrackletHit
+from refind.indexer.blobs import CropStore
+from refind.indexer.config import SearchConfig
+from refind.indexer.metadata import RecentTrack, TrackSummary
+from refind.indexer.rerank import RerankerPool, rerank_hits
+from refind.models.attribute_verifier import checkable
+from refind.models.base import TASKS, InstructableEmbedder, ReidEmbedder
+from refind.models.text_attributes import parse_attributes
+from refind.streaming.records import CropHit, ImageQuery, SearchFilter, TextQuery, TrackletHit
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ _TASK_WORDS: tuple[tuple[str, re.Pattern[str]], ...] = (
 
 class Gallery(Protocol):
     """What a search reads: one gallery shard (``GalleryStore``), several
-    (``ShardedGallery``), or the live index writers (``actors.supervisor``)."""
+    (``ShardedGallery``), or the live index writers (``refind.actors.supervisor``)."""
 
     model_id: str
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.gallery_store import GalleryStore
-from indexer.metadata import RecentTrack, TrackSummary
-from streaming.config import GalleryConfig
-from streaming.records import NO_FILTER, CropHit, Embeddings, SearchFilter
+from refind.indexer.config import GalleryConfig
+from refind.indexer.gallery_store import GalleryStore
+from refind.indexer.metadata import RecentTrack, TrackSummary
+from refind.streaming.records import NO_FILTER, CropHit, Embeddings, SearchFilter
 
 
 def shard_name(shard: int) -> str:

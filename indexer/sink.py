@@ -19,14 +19,14 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from indexer.blobs import CropStore
-from indexer.gallery_store import GalleryStore
-from indexer.record import EventRecord
-from indexer.redis_mirror import RedisMirror
-from indexer.shards import shard_dir
-from streaming.config import RefindConfig
-from streaming.events import TrackEvent
-from streaming.records import Crop, CropRecord, Embeddings, TrackSpan
+from refind.config import RefindConfig
+from refind.indexer.blobs import CropStore
+from refind.indexer.gallery_store import GalleryStore
+from refind.indexer.record import EventRecord
+from refind.indexer.redis_mirror import RedisMirror
+from refind.indexer.shards import shard_dir
+from refind.streaming.events import TrackEvent
+from refind.streaming.records import Crop, CropRecord, Embeddings, TrackSpan
 
 log = logging.getLogger(__name__)
 

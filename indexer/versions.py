@@ -38,10 +38,11 @@ from typing import Any, Literal
 
 from pydantic import TypeAdapter, ValidationError
 
-from indexer.gallery_store import atomic_write, index_stem
-from indexer.shards import existing_shards
-from models.base import model_name
-from streaming.config import EmbedderConfig, RefindConfig
+from refind.config import RefindConfig
+from refind.indexer.gallery_store import atomic_write, index_stem
+from refind.indexer.shards import existing_shards
+from refind.models.base import model_name
+from refind.models.config import EmbedderConfig
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ vectors, so a text query becomes a vector in the gallery's own space.
 
     gallery vector g (D,) --W (K, D), b (K,)--> K logits: the 8 OMZ 0230 attributes, then
         "top:<colour>" and "bottom:<colour>" for the 11 colour names (K = 30)
-    text --models.text_attributes.parse_attributes--> signs s (K,): +1 asked for, -1 asked
+    text --refind.models.text_attributes.parse_attributes--> signs s (K,): +1 asked for, -1 asked
         against ("without a bag"), 0 not named
     query vector q = normalise(W^T s), so q . g = s . (W g) / |W^T s|: for one query the gallery
         ranks by the sum of the log-odds of what the text names (a naive-Bayes conjunction);
@@ -11,7 +11,7 @@ vectors, so a text query becomes a vector in the gallery's own space.
 
 The read-outs are logistic regressions with soft targets (the attribute model's probabilities;
 one-vs-rest colour indicators) fitted on gallery vectors of crops the attribute model described
-(``fit_probe``). The L2 strength is chosen by k-fold cross-validation grouped by identity
+(``refind.training.probe_fit.fit_probe``). The L2 strength is chosen by k-fold cross-validation grouped by identity
 (held-out log-loss): never on the people the probe is evaluated on. The probe is identity-free:
 it learns what a red top or a backpack looks like in the gallery space, not who anyone is, so it
 needs no labelled identities and carries over to unseen people as far as the attribute model does.
@@ -19,7 +19,7 @@ needs no labelled identities and carries over to unseen people as far as the att
 A photo query with attribute text (task attribute_text, "same person, now wearing a red top")
 is ``normalise(photo + lambda * text vector)`` (``compose``): identity from the photo, clothes
 from the text. lambda is chosen by cross-validation over training identities
-(``models.train_probe``), 0 when no value helps.
+(``refind.training.probe``), 0 when no value helps.
 
 Not named by a text, or unknown to the parser ("someone suspicious"), a text gives no vector
 (``query_vector`` returns None) and the caller falls back to its own text path.
@@ -33,17 +33,18 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from models.base import ATTRIBUTE_NAMES, PersonAttributes
-from models.colours import COLOUR_NAMES, colour_onehots
-from models.text_attributes import WantedAttributes, parse_attributes
+from refind.models.base import ATTRIBUTE_NAMES, ModelInputError
+from refind.models.colours import COLOUR_NAMES
+from refind.models.text_attributes import WantedAttributes, parse_attributes
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,9 @@ PROBE_NAMES: tuple[str, ...] = (
     *(f"top:{c}" for c in COLOUR_NAMES),
     *(f"bottom:{c}" for c in COLOUR_NAMES),
 )
-MIN_POSITIVES = 10  # a read-out seen fewer times than this in training is left out (zero row)
-L2_GRID: tuple[float, ...] = (1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
 TENSOR_PREFIX = "attribute_probe."
+IRM_FORMAT = "refind-irm-v1"  # refind.models.irm.FORMAT (that module needs torch)
+IRM_TEACHER = "person-reidentification-retail-0277"  # refind.models.irm.TEACHER
 
 
 @dataclass(frozen=True)
@@ -117,138 +118,75 @@ class AttributeProbe:
         out = photo + self.photo_text_weight * np.asarray(text_vector, np.float32)  # (n, D)
         return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
 
-    def to_tensors(self) -> dict[str, torch.Tensor]:
-        """Tensors to store beside a model's own (keys under ``TENSOR_PREFIX``)."""
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Arrays to store beside a model's own (keys under ``TENSOR_PREFIX``)."""
         return {
-            f"{TENSOR_PREFIX}weight": torch.from_numpy(np.ascontiguousarray(self.weight)),
-            f"{TENSOR_PREFIX}bias": torch.from_numpy(np.ascontiguousarray(self.bias)),
-            f"{TENSOR_PREFIX}l2": torch.tensor([self.l2], dtype=torch.float64),
-            f"{TENSOR_PREFIX}photo_text_weight": torch.tensor(
-                [self.photo_text_weight], dtype=torch.float64
-            ),
+            f"{TENSOR_PREFIX}weight": np.ascontiguousarray(self.weight, np.float32),
+            f"{TENSOR_PREFIX}bias": np.ascontiguousarray(self.bias, np.float32),
+            f"{TENSOR_PREFIX}l2": np.array([self.l2], np.float64),
+            f"{TENSOR_PREFIX}photo_text_weight": np.array([self.photo_text_weight], np.float64),
         }
 
     @classmethod
-    def from_tensors(
-        cls, tensors: dict[str, torch.Tensor], names: Sequence[str] | None = None
+    def from_arrays(
+        cls, arrays: Mapping[str, np.ndarray], names: Sequence[str] | None = None
     ) -> AttributeProbe | None:
-        """The probe stored by ``to_tensors`` among ``tensors``, or None when there is none.
+        """The probe stored by ``to_arrays`` among ``arrays``, or None when there is none.
 
         names: the read-out names stored with it (None: files written before names were
         stored, read as ``PROBE_NAMES``); a ValueError when they are not this code's."""
-        if f"{TENSOR_PREFIX}weight" not in tensors:
+        if f"{TENSOR_PREFIX}weight" not in arrays:
             return None
         if names is not None and tuple(names) != PROBE_NAMES:
             raise ValueError(
                 f"its read-outs {list(names)[:4]}... are not this version's "
                 f"{list(PROBE_NAMES)[:4]}... (refit it with refind train probe)"
             )
+        ptw = arrays.get(f"{TENSOR_PREFIX}photo_text_weight")
         return cls(
-            weight=tensors[f"{TENSOR_PREFIX}weight"].float().numpy(),
-            bias=tensors[f"{TENSOR_PREFIX}bias"].float().numpy(),
-            l2=float(tensors[f"{TENSOR_PREFIX}l2"].item()),
-            photo_text_weight=float(
-                tensors.get(f"{TENSOR_PREFIX}photo_text_weight", torch.zeros(1)).item()
-            ),
+            weight=np.asarray(arrays[f"{TENSOR_PREFIX}weight"], np.float32),
+            bias=np.asarray(arrays[f"{TENSOR_PREFIX}bias"], np.float32),
+            l2=float(np.asarray(arrays[f"{TENSOR_PREFIX}l2"]).reshape(-1)[0]),
+            photo_text_weight=0.0 if ptw is None else float(np.asarray(ptw).reshape(-1)[0]),
         )
 
 
-def probe_targets(attrs: PersonAttributes) -> np.ndarray:
-    """(n, K) soft targets: the attribute probabilities, then top and bottom colour indicators."""
-    colours = colour_onehots(attrs.top_colour, attrs.bottom_colour)  # (n, 2 * colours)
-    return np.concatenate([attrs.probs.astype(np.float32), colours], axis=1)  # (n, K)
+# The output residuals of an IRM head whose image path is the teacher's when all are zero.
+_IMAGE_RESIDUALS = ("id_out.weight", "clo_out.weight", "query_id_out.weight",
+                    "query_clo_out.weight")
 
 
-def _fit(x: torch.Tensor, y: torch.Tensor, l2: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logistic regressions, one per column of y (n, K) in [0, 1], on x (n, D): full-batch L-BFGS
-    of the mean binary cross-entropy + l2 * |W|^2 (the bias is not penalised)."""
-    w = torch.zeros(y.shape[1], x.shape[1], dtype=torch.float64, requires_grad=True)  # (K, D)
-    b = torch.zeros(y.shape[1], dtype=torch.float64, requires_grad=True)  # (K,)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=500, line_search_fn="strong_wolfe")
+def teacher_probe(path: Path) -> tuple[AttributeProbe, str]:
+    """The attribute probe of the IRM weights at ``path`` (``refind.models.irm.save_head``), as
+    it reads the teacher's own unit embedding t (an OMZ 0277 gallery), and the teacher's model
+    name. Reads the file with numpy: searching a plain gallery by text needs no torch.
 
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(x @ w.T + b, y) + l2 * w.square().sum()
-        loss.backward()
-        return loss
+    Valid only for weights whose image path is the teacher's (every image output residual zero,
+    ``clo_teacher`` the identity): their gallery vector is g = [t, t] / sqrt 2, so
+    W g = (W_id + W_clo) t / sqrt 2, exactly (W_id, W_clo: the probe's columns on the id and
+    clothes parts). ModelInputError otherwise, or without a probe."""
+    from safetensors import safe_open
 
-    opt.step(closure)
-    return w.detach(), b.detach()
-
-
-def _check_rows(vectors: np.ndarray, attrs: PersonAttributes, n_groups: int) -> None:
-    shape = np.shape(vectors)
-    if len(shape) != 2 or not shape[0] or shape[0] != len(attrs) or n_groups != len(attrs):
-        raise ValueError(
-            f"attribute probe: {shape} vectors, {len(attrs)} attribute rows and {n_groups} "
-            "groups must have one row per crop, at least one"
+    with safe_open(str(path), framework="numpy") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != IRM_FORMAT:
+            raise ModelInputError(f"{path} is not a refind IRM head (format {meta.get('format')!r})")
+        arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+    try:
+        probe = AttributeProbe.from_arrays(arrays, json.loads(meta.get("attribute_probe_names",
+                                                                       "null")))
+    except (KeyError, ValueError) as err:
+        raise ModelInputError(f"{path}: unreadable attribute probe ({err})") from None
+    if probe is None:
+        raise ModelInputError(f"IRM weights {path} carry no attribute probe")
+    clo = arrays["clo_teacher.weight"]
+    if any(arrays[k].any() for k in _IMAGE_RESIDUALS) or not np.array_equal(
+            clo, np.eye(*clo.shape, dtype=clo.dtype)):
+        raise ModelInputError(
+            f"IRM weights {path} have a trained image path: their probe reads IRM vectors, not "
+            "the teacher's"
         )
-
-
-def fit_at(vectors: np.ndarray, attrs: PersonAttributes, l2: float) -> AttributeProbe:
-    """The probe fitted on all of (n, D) ``vectors`` and their attributes at L2 strength ``l2``;
-    read-outs with fewer than ``MIN_POSITIVES`` positive rows get a zero weight row, so a text
-    naming only them gives no query vector."""
-    _check_rows(vectors, attrs, len(attrs))
-    x = torch.from_numpy(np.asarray(vectors, np.float32)).double()
-    y = probe_targets(attrs)
-    w, b = _fit(x, torch.from_numpy(y).double(), l2)
-    rare = (y > 0.5).sum(0) < MIN_POSITIVES  # too few examples to read: no query may use it
-    w[torch.from_numpy(rare)] = 0.0
-    return AttributeProbe(w.float().numpy(), b.float().numpy(), l2)
-
-
-def grouped_folds(groups: Sequence[str], k: int, seed: int = 0) -> list[np.ndarray]:
-    """k boolean masks (n,) of held-out rows; every group (identity) in exactly one fold."""
-    keys = sorted(set(groups))
-    if k < 2:
-        raise ValueError(f"cross-validation needs at least 2 folds, not {k}")
-    if len(keys) < k:
-        raise ValueError(f"{len(keys)} identities cannot be split into {k} folds")
-    order = np.random.default_rng(seed).permutation(len(keys))
-    fold_of = {keys[j]: rank % k for rank, j in enumerate(order)}
-    g = np.array([fold_of[x] for x in groups])
-    return [g == f for f in range(k)]
-
-
-def fit_probe(
-    vectors: np.ndarray,
-    attrs: PersonAttributes,
-    groups: Sequence[str],
-    l2_grid: Sequence[float] = L2_GRID,
-    folds: int = 5,
-    seed: int = 0,
-) -> tuple[AttributeProbe, dict[str, object]]:
-    """Fit the probe on (n, D) gallery vectors and the attribute model's outputs on the same crops.
-
-    groups: (n,) identity of each crop (augmented views share their crop's); the L2 strength with
-    the lowest held-out log-loss over ``folds`` identity-grouped folds is refitted on all rows.
-    Returns the probe and a report: the CV log-loss per L2, the chosen one, and the held-out
-    accuracy of each read-out at that L2 (a read-out is right when its logit is on the side of
-    0 its target is on of 0.5)."""
-    _check_rows(vectors, attrs, len(groups))
-    vectors = np.asarray(vectors, np.float32)
-    x = torch.from_numpy(vectors).double()
-    y = torch.from_numpy(probe_targets(attrs)).double()
-    masks = [torch.from_numpy(m) for m in grouped_folds(groups, folds, seed)]
-    cv: dict[float, float] = {}
-    right: dict[float, torch.Tensor] = {}
-    for l2 in l2_grid:
-        losses, hits = [], torch.zeros(y.shape[1], dtype=torch.float64)
-        for held in masks:
-            w, b = _fit(x[~held], y[~held], l2)
-            z = x[held] @ w.T + b  # (h, K)
-            losses.append(F.binary_cross_entropy_with_logits(z, y[held]).item() * int(held.sum()))
-            hits += ((z > 0) == (y[held] > 0.5)).double().sum(0)
-        cv[l2] = sum(losses) / len(x)
-        right[l2] = hits / len(x)
-        log.info("attribute probe: l2 %.0e, held-out log-loss %.4f", l2, cv[l2])
-    best = min(cv, key=cv.__getitem__)
-    probe = fit_at(vectors, attrs, best)
-    report = {
-        "n_crops": len(x), "n_identities": len(set(groups)), "folds": folds,
-        "cv_log_loss": {f"{k:g}": round(v, 5) for k, v in cv.items()}, "l2": best,
-        "cv_accuracy": dict(zip(PROBE_NAMES, right[best].numpy().round(4).tolist(), strict=True)),
-        "positives": dict(zip(PROBE_NAMES, (y > 0.5).sum(0).tolist(), strict=True)),
-    }  # fmt: skip
-    return probe, report
+    p = int(json.loads(meta["irm_config"])["part_dim"])
+    weight = (probe.weight[:, :p] + probe.weight[:, p:]) / math.sqrt(2.0)  # (K, teacher_dim)
+    teacher = meta.get("backbone", IRM_TEACHER)
+    return replace(probe, weight=np.ascontiguousarray(weight, np.float32)), teacher

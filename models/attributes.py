@@ -1,9 +1,9 @@
 """Person attributes and clothing colours: OMZ person-attributes-recognition-crossroad-0230.
 
 Input: person crops, (h, w, 3) uint8 BGR, resized to 80x160 (w x h) BGR 0-255. Outputs: 8
-attribute probabilities (``models.base.ATTRIBUTE_NAMES``) and two points (x, y in 0..1 of the
+attribute probabilities (``refind.models.base.ATTRIBUTE_NAMES``) and two points (x, y in 0..1 of the
 crop) where the top and bottom clothing colours can be sampled; the colours are sampled from the
-crop at those points and named (``models.colours``).
+crop at those points and named (``refind.models.colours``).
 
 Known weak spots (seen on street crops): ``has_coat_jacket`` is near 0 almost everywhere and
 ``has_longpants`` is low under long coats, so neither should drive a decision; ``is_male`` sits
@@ -22,10 +22,10 @@ from collections.abc import Sequence
 import numpy as np
 import openvino as ov
 
-from models.base import PersonAttributes, crops_to_batch
-from models.colours import name_colour, sample_colour
-from models.openvino_util import CpuRunner, read_dynamic_batch
-from models.store import ModelStore
+from refind.models.base import PersonAttributes, crops_to_batch
+from refind.models.colours import name_colour, sample_colour
+from refind.models.openvino_util import CpuRunner, read_dynamic_batch
+from refind.models.store import ModelStore
 
 MODEL_NAME = "person-attributes-recognition-crossroad-0230"
 

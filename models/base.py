@@ -19,7 +19,7 @@ from typing import Literal, Protocol, runtime_checkable
 import cv2
 import numpy as np
 
-from streaming.records import Detections, Embeddings
+from refind.streaming.records import Detections, Embeddings
 
 
 class ModelInputError(ValueError):
@@ -55,7 +55,7 @@ Task = Literal[
     "text",  # text alone ("young man, white t-shirt, blue jeans, backpack")
 ]
 # A model store name + this suffix names an INT8 copy of that network made on this machine by
-# `refind quantize` (models/quantize.py; the store resolves it, models.store.derived_dir).
+# `refind quantize` (training/quantize.py; the store resolves it, refind.models.store.derived_dir).
 INT8_SUFFIX = "-int8"
 
 
@@ -119,7 +119,7 @@ class PersonAttributes:
 
     probs: (n, 8) float32 in [0, 1], columns in ``ATTRIBUTE_NAMES`` order; top_bgr, bottom_bgr:
     (n, 3) uint8 clothing colours sampled where the model points; top_colour, bottom_colour: the
-    colour names of those samples (``models.colours.COLOUR_NAMES``).
+    colour names of those samples (``refind.models.colours.COLOUR_NAMES``).
     """
 
     probs: np.ndarray
@@ -208,7 +208,7 @@ def check_bgr_image(image: np.ndarray, what: str) -> None:
 
 
 PARALLEL_RESIZE_MIN = 64  # crops: smaller batches resize on the calling thread
-PARALLEL_RESIZE_THREADS = 8  # at most; REFIND_RESIZE_THREADS=N sets it (1: never threaded)
+PARALLEL_RESIZE_THREADS = 8  # at most, by default; an embedder's resize_threads sets it
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max ..."
 _pools: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (pid, workers) -> resize pool
 _pools_lock = threading.Lock()
@@ -228,15 +228,12 @@ def usable_cpus() -> int:
     return max(1, cpus or 1)
 
 
-def resize_workers() -> int:
-    """Threads that resize a big batch: ``REFIND_RESIZE_THREADS`` when set, else the usable
-    CPUs, at most ``PARALLEL_RESIZE_THREADS``."""
-    env = os.environ.get("REFIND_RESIZE_THREADS", "").strip()
-    if env:
-        if not env.isdigit() or int(env) < 1:
-            raise ModelInputError(f"REFIND_RESIZE_THREADS must be a whole number >= 1, got {env!r}")
-        return int(env)
-    return min(PARALLEL_RESIZE_THREADS, usable_cpus())
+def resize_workers(setting: int = 0) -> int:
+    """Threads that resize a big batch: ``setting`` when above 0 (an embedder's
+    ``resize_threads``), else the usable CPUs, at most ``PARALLEL_RESIZE_THREADS``."""
+    if setting < 0:
+        raise ModelInputError(f"resize_threads must be >= 0, got {setting}")
+    return setting or min(PARALLEL_RESIZE_THREADS, usable_cpus())
 
 
 def _resize_pool(workers: int) -> ThreadPoolExecutor:
@@ -250,13 +247,14 @@ def _resize_pool(workers: int) -> ThreadPoolExecutor:
 
 
 def crops_to_batch(
-    crops: Sequence[np.ndarray], hw: tuple[int, int], what: str, offset: int = 0
+    crops: Sequence[np.ndarray], hw: tuple[int, int], what: str, offset: int = 0,
+    resize_threads: int = 0,
 ) -> np.ndarray:
     """Person crops -> (B, 3, h, w) float32 BGR 0-255, the input of the OMZ crop models.
 
     Each crop is checked (``check_bgr_image``, at least 2x2 px) and named ``f"{what} {offset + i}"``
     in errors, before any is resized. Batches of ``PARALLEL_RESIZE_MIN`` crops or more are
-    resized on a thread pool, with the same pixels: on an H100, resizing on one CPU thread held
+    resized on a thread pool (``resize_workers(resize_threads)`` threads), with the same pixels: on an H100, resizing on one CPU thread held
     0277 to 3,300 crops/s end to end while the model ran 11,100.
     """
     h, w = hw
@@ -272,7 +270,7 @@ def crops_to_batch(
             resized = cv2.resize(crops[i], (w, h), interpolation=cv2.INTER_LINEAR)  # (h, w, 3)
             batch[i] = resized.transpose(2, 0, 1)
 
-    workers = resize_workers() if len(crops) >= PARALLEL_RESIZE_MIN else 1
+    workers = resize_workers(resize_threads) if len(crops) >= PARALLEL_RESIZE_MIN else 1
     if workers == 1:
         fill(range(len(crops)))
     else:

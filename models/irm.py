@@ -1,6 +1,6 @@
 """IRM-style instruction-editable person ReID (Instruct-ReID, Huang et al. 2024), small and ours.
 
-One model, six query tasks (``models.base.TASKS``): an instruction decides what "the same person"
+One model, six query tasks (``refind.models.base.TASKS``): an instruction decides what "the same person"
 means, while a gallery is encoded once, with no task.
 
     crop --OMZ 0277 (frozen)--> 32 patch tokens (512-d) + teacher embedding (256-d)
@@ -19,12 +19,12 @@ means, while a gallery is encoded once, with no task.
 so "ignore clothes" can learn b ~ 0 and "this garment" a ~ 0 on the query side only. A text-only
 query has no image: the CLS states read the instruction tokens alone (no teacher residual).
 
-Weights may carry an attribute probe of the gallery space (``models.attribute_probe``, fitted by
-``models.train_probe``): a text that names attributes or clothing colours is then the probe's
+Weights may carry an attribute probe of the gallery space (``refind.models.attribute_probe``, fitted by
+``refind.training.probe``): a text that names attributes or clothing colours is then the probe's
 query vector instead of the learned text path's, and attribute text on a photo query
 (task attribute_text) is ``normalise(photo + lambda * that unit vector)``.
 
-The pipeline runs it as ``models.irm_embedder.IrmEmbedder`` (backbone, head and text encoder).
+The pipeline runs it as ``refind.models.irm_embedder.IrmEmbedder`` (backbone, head and text encoder).
 
 Example:
     >>> head = IrmHead(IrmConfig())                                                # doctest: +SKIP
@@ -36,25 +36,24 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.attribute_probe import TENSOR_PREFIX as PROBE_PREFIX
-from models.attribute_probe import AttributeProbe
-from models.base import TASKS, ModelInputError, model_id_for
+from refind.models.attribute_probe import IRM_FORMAT, IRM_TEACHER, AttributeProbe
+from refind.models.attribute_probe import TENSOR_PREFIX as PROBE_PREFIX
+from refind.models.base import TASKS, ModelInputError, model_id_for
 
-TEACHER = "person-reidentification-retail-0277"  # the backbone weights name when none is stored
+TEACHER = IRM_TEACHER  # the backbone weights name when none is stored
 BACKBONE_NODE = "1126"  # OMZ 0277's last feature map, (B, 512, 16, 8) after ReLU
 INPUT_HW = (256, 128)  # OMZ ReID input, BGR 0-255
-FORMAT = "refind-irm-v1"
+FORMAT = IRM_FORMAT
 
 # Instructions used when a query names a task but no instruction (the first phrasing of each task
-# in models.irm_data.instruction_for); the gallery always uses the "reid" one.
+# in refind.datasets.irm.instruction_for); the gallery always uses the "reid" one.
 DEFAULT_INSTRUCTIONS: dict[str, str] = {
     "reid": "same person, same clothes",
     "clothes_change": "ignore the clothes",
@@ -161,7 +160,7 @@ class IrmHead(nn.Module):
         self.text_id_out = nn.Linear(d, cfg.part_dim)
         self.text_clo_out = nn.Linear(d, cfg.part_dim)
         # Instructed photo queries (every task but plain ReID) add their own residuals: they can
-        # be trained with the gallery's output layers frozen (models.train_irm stage 2).
+        # be trained with the gallery's output layers frozen (refind.training.irm stage 2).
         self.query_id_out = nn.Linear(d, cfg.part_dim, bias=False)
         self.query_clo_out = nn.Linear(d, cfg.part_dim, bias=False)
         self.gate = nn.Linear(d, 2)
@@ -331,14 +330,14 @@ def save_head(
     probe: AttributeProbe | None = None,
 ) -> None:
     """Write the head as safetensors, its IrmConfig (JSON) and ``metadata`` in the header; with
-    ``probe``, the attribute probe of its gallery space (the text path, models.attribute_probe)."""
+    ``probe``, the attribute probe of its gallery space (the text path, refind.models.attribute_probe)."""
     from safetensors.torch import save_file
 
     check_probe(probe, head)
     meta = {"format": FORMAT, "irm_config": json.dumps(asdict(head.cfg)), **(metadata or {})}
     tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
     if probe is not None:
-        tensors |= probe.to_tensors()
+        tensors |= {k: torch.from_numpy(v) for k, v in probe.to_arrays().items()}
         meta["attribute_probe_names"] = json.dumps(list(probe.names))
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=meta)
@@ -363,7 +362,8 @@ def load_weights(path: Path) -> tuple[IrmHead, AttributeProbe | None, dict[str, 
     state = load_file(str(path))
     try:
         names = json.loads(meta.get("attribute_probe_names", "null"))
-        probe = AttributeProbe.from_tensors(state, names)
+        probe = AttributeProbe.from_arrays(
+            {k: v.numpy() for k, v in state.items() if k.startswith(PROBE_PREFIX)}, names)
     except (KeyError, ValueError) as err:
         raise ModelInputError(f"{path}: unreadable attribute probe ({err})") from None
     state = {k: v for k, v in state.items() if not k.startswith(PROBE_PREFIX)}
@@ -379,32 +379,11 @@ def resolve_weights(weights: str, store: object) -> tuple[Path, str]:
         path = Path(weights)
         if not path.is_file():
             raise ModelInputError(f"IRM weights {path} not found")
-        from models.store import sha256_of
+        from refind.models.store import sha256_of
 
         return path, model_id_for(path.stem, sha256_of(path))
     resolved = store.resolve(weights)  # type: ignore[attr-defined]
     return resolved.path, resolved.model_id
-
-
-def teacher_probe(path: Path) -> tuple[AttributeProbe, str]:
-    """The attribute probe of the IRM weights at ``path``, as it reads the teacher's own unit
-    embedding t (an OMZ 0277 gallery), and the teacher's model name.
-
-    Valid only for weights whose image path is the teacher's: their gallery vector is
-    g = [t, t] / sqrt 2, so W g = (W_id + W_clo) t / sqrt 2, exactly (W_id, W_clo: the probe's
-    columns on the id and clothes parts). ModelInputError otherwise, or without a probe."""
-    head, probe, meta = load_weights(Path(path))
-    if probe is None:
-        raise ModelInputError(f"IRM weights {path} carry no attribute probe")
-    if not head.image_path_is_teacher():
-        raise ModelInputError(
-            f"IRM weights {path} have a trained image path: their probe reads IRM vectors, not "
-            "the teacher's"
-        )
-    p = head.cfg.part_dim
-    weight = (probe.weight[:, :p] + probe.weight[:, p:]) / math.sqrt(2.0)  # (K, teacher_dim)
-    teacher = meta.get("backbone", TEACHER)
-    return replace(probe, weight=np.ascontiguousarray(weight, np.float32)), teacher
 
 
 # ---- device ----

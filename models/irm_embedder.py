@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.attribute_probe import AttributeProbe
-from models.base import INT8_SUFFIX, TASKS, ModelInputError, check_bgr_image, crops_to_batch
-from models.irm import (
+from refind.models.attribute_probe import AttributeProbe
+from refind.models.base import INT8_SUFFIX, TASKS, ModelInputError, check_bgr_image, crops_to_batch
+from refind.models.irm import (
     BACKBONE_NODE,
     DEFAULT_INSTRUCTIONS,
     INPUT_HW,
@@ -37,11 +37,11 @@ from models.irm import (
     resolve_device,
     resolve_weights,
 )
-from models.minilm import MiniLmTokens, pad_states
-from streaming.records import Embeddings
+from refind.models.minilm import MiniLmTokens, pad_states
+from refind.streaming.records import Embeddings
 
 if TYPE_CHECKING:  # pydantic is not needed to run the model (a GPU box may lack it)
-    from streaming.config import IrmEmbedderConfig
+    from refind.models.config import IrmEmbedderConfig
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +60,14 @@ class Backbone(Protocol):
 class OpenVinoBackbone:
     """OMZ 0277 on CPU with OpenVINO, an extra output at node 1126."""
 
-    def __init__(self, xml_path: Path, model_id: str, threads: int = 0) -> None:
+    def __init__(self, xml_path: Path, model_id: str, threads: int = 0,
+                 resize_threads: int = 0) -> None:
         import openvino as ov
 
-        from models.openvino_util import CpuRunner, read_dynamic_batch
+        from refind.models.openvino_util import CpuRunner, read_dynamic_batch
 
         self.model_id = model_id
+        self.resize_threads = resize_threads
         core = ov.Core()
         model, _ = read_dynamic_batch(
             core, xml_path, INPUT_HW, extra_outputs=(BACKBONE_NODE,), pool=2
@@ -75,17 +77,18 @@ class OpenVinoBackbone:
         self._map_out, self._emb_out = ranks.index(4), ranks.index(2)
 
     def __call__(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        out = self._run_model([crops_to_batch(crops, INPUT_HW, "IRM crop")])
+        out = self._run_model([crops_to_batch(crops, INPUT_HW, "IRM crop",
+                                              resize_threads=self.resize_threads)])
         pooled = np.asarray(out[self._map_out], np.float32)  # (B, 512, 8, 4)
         tokens = np.ascontiguousarray(pooled.reshape(*pooled.shape[:2], -1).transpose(0, 2, 1))
         return tokens, np.asarray(out[self._emb_out], np.float32)  # (B, 32, 512), (B, 256)
 
 
 class TorchBackbone:
-    """OMZ 0277 converted to torch (models.ov_torch), for GPUs; same outputs as OpenVinoBackbone."""
+    """OMZ 0277 converted to torch (refind.models.ov_torch), for GPUs; same outputs as OpenVinoBackbone."""
 
     def __init__(self, xml_path: Path, model_id: str, device: torch.device) -> None:
-        from models import ov_torch  # written beside this model; imported only when chosen
+        from refind.models import ov_torch  # written beside this model; imported only when chosen
 
         self.model_id = model_id
         self.device = device
@@ -104,11 +107,12 @@ class TorchBackbone:
         return tokens.cpu().numpy(), emb.float().cpu().numpy()
 
 
-def build_backbone(store: object, name: str, device: torch.device, threads: int = 0) -> Backbone:
-    """The frozen backbone for ``device``: OpenVINO on CPU, torch (models.ov_torch) on a GPU."""
+def build_backbone(store: object, name: str, device: torch.device, threads: int = 0,
+                   resize_threads: int = 0) -> Backbone:
+    """The frozen backbone for ``device``: OpenVINO on CPU, torch (refind.models.ov_torch) on a GPU."""
     resolved = store.resolve(name)  # type: ignore[attr-defined]
     if device.type == "cpu":
-        return OpenVinoBackbone(resolved.path, resolved.model_id, threads)
+        return OpenVinoBackbone(resolved.path, resolved.model_id, threads, resize_threads)
     return TorchBackbone(resolved.path, resolved.model_id, device)
 
 
@@ -130,7 +134,7 @@ class OpenVinoGallery:
     def __init__(self, head: IrmHead, threads: int = 0) -> None:
         import openvino as ov
 
-        from models.openvino_util import CpuRunner
+        from refind.models.openvino_util import CpuRunner
 
         cfg = head.cfg
         example = (torch.zeros(2, cfg.n_patches, cfg.token_dim), torch.zeros(2, cfg.teacher_dim))
@@ -213,6 +217,7 @@ class IrmEmbedder:
         batch_size: int = 32,
         threads: int = 0,
         model_id: str | None = None,
+        resize_threads: int = 0,
     ) -> IrmEmbedder:
         """Load a head written by ``save_head`` and the backbone it was trained on."""
         head, probe, meta = load_weights(Path(weights))
@@ -225,7 +230,7 @@ class IrmEmbedder:
         dev = resolve_device(device)
         if backbone != trained_on and dev.type != "cpu":
             raise ModelInputError(f"backbone {backbone!r} is an OpenVINO CPU network; use cpu")
-        net = build_backbone(store, backbone, dev, threads)
+        net = build_backbone(store, backbone, dev, threads, resize_threads)
         model_id = model_id or f"irm:{Path(weights).stem}"
         if backbone != trained_on:  # its vectors differ a little: never mixed with the float's
             model_id = f"{model_id}+{net.model_id}"
@@ -236,7 +241,8 @@ class IrmEmbedder:
         """The embedder of an ``embedder: {type: irm}`` config section."""
         path, model_id = resolve_weights(cfg.weights, store)
         return cls.from_pretrained(
-            path, store, cfg.backbone, cfg.device, cfg.batch_size, cfg.threads, model_id
+            path, store, cfg.backbone, cfg.device, cfg.batch_size, cfg.threads, model_id,
+            cfg.resize_threads,
         )
 
     @property
@@ -324,7 +330,7 @@ class IrmEmbedder:
             out.append(q.vectors)
         result = self._result(out)  # (n, D)
         if text_vector is not None and len(result.vectors):
-            # identity from the photo, clothes from the text (models.attribute_probe)
+            # identity from the photo, clothes from the text (refind.models.attribute_probe)
             edited = probe.compose(result.vectors, text_vector)  # type: ignore[union-attr]
             result = Embeddings(edited, self.model_id)  # type: ignore[arg-type]
         return result
@@ -345,7 +351,7 @@ class IrmEmbedder:
         """Text-only queries (task "text") into the gallery space, (n, 512).
 
         A text that names attributes or clothing colours the attribute probe reads becomes the
-        probe's query vector (``models.attribute_probe``); any other text (or every text, when
+        probe's query vector (``refind.models.attribute_probe``); any other text (or every text, when
         the weights carry no probe) goes through the head's learned text path."""
         vectors = np.zeros((len(texts), self.dim), np.float32)
         learned = []

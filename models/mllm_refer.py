@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from models.base import Region, RerankResult
+from refind.models.base import Region, RerankResult
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ def build_prompt(expression: str, regions: Sequence[Region],
 
 
 class MllmReranker:
-    """models.base.Reranker over a local Qwen2.5-VL model directory; falls back, never fails."""
+    """refind.models.base.Reranker over a local Qwen2.5-VL model directory; falls back, never fails."""
 
     name = "mllm"
 
@@ -118,12 +117,12 @@ class MllmReranker:
         self.merge = int(self.model.config.vision_config.spatial_merge_size)
 
     @classmethod
-    def from_store(cls, store: object) -> MllmReranker:
-        """Built from ``$REFIND_MLLM_DIR`` (no such weights are distributed with refind)."""
-        model_dir = os.environ.get("REFIND_MLLM_DIR")
-        if not model_dir:
+    def from_dir(cls, model_dir: Path | None) -> MllmReranker:
+        """Built from a local model directory (``search.mllm_dir``; no such weights are
+        distributed with refind); a clear error naming the setting when there is none."""
+        if model_dir is None:
             raise ValueError("the mllm re-ranker needs a local Qwen2.5-VL model directory: set "
-                             "REFIND_MLLM_DIR (or pass --mllm-dir)")
+                             "search.mllm_dir in the config (or pass --mllm-dir)")
         return cls(Path(model_dir))
 
     def _inputs(self, expression: str, regions: Sequence[Region]) -> dict:

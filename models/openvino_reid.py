@@ -16,11 +16,11 @@ from collections.abc import Sequence
 import numpy as np
 import openvino as ov
 
-from models.base import crops_to_batch
-from models.openvino_util import CpuRunner, read_dynamic_batch
-from models.store import ModelStore
-from streaming.config import OpenVinoReidConfig
-from streaming.records import Embeddings
+from refind.models.base import crops_to_batch
+from refind.models.config import OpenVinoReidConfig
+from refind.models.openvino_util import CpuRunner, read_dynamic_batch
+from refind.models.store import ModelStore
+from refind.streaming.records import Embeddings
 
 
 def l2_normalise(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -31,6 +31,11 @@ def l2_normalise(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
 
 class OpenVinoReidEmbedder:
     """OMZ person-reidentification-retail-02xx with a dynamic batch dimension."""
+
+    @classmethod
+    def from_config(cls, cfg: OpenVinoReidConfig, store: ModelStore) -> OpenVinoReidEmbedder:
+        """The model of its config section (``refind.models.registry`` builds it so)."""
+        return cls(cfg, store)
 
     def __init__(self, cfg: OpenVinoReidConfig, store: ModelStore) -> None:
         self.cfg = cfg
@@ -51,6 +56,7 @@ class OpenVinoReidEmbedder:
         return Embeddings(np.concatenate(chunks), self.model_id)
 
     def _run(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        batch = crops_to_batch(crops, (self._h, self._w), "ReID crop")  # (B, 3, 256, 128)
+        batch = crops_to_batch(crops, (self._h, self._w), "ReID crop",
+                               resize_threads=self.cfg.resize_threads)  # (B, 3, 256, 128)
         (out,) = self._run_model([batch])  # (B, D)
         return l2_normalise(np.asarray(out, dtype=np.float32))

@@ -539,7 +539,7 @@ def load_exported(path: str | Path, outputs: Sequence[str] | None = None) -> OvT
     graph_file, weights_file = folder / "graph.json", folder / "weights.safetensors"
     for f in (graph_file, weights_file):
         if not f.is_file():
-            raise OvTorchError(f"{f} not found: write it with models.ov_torch.export(xml, {folder})")
+            raise OvTorchError(f"{f} not found: write it with refind.models.ov_torch.export(xml, {folder})")
     doc = json.loads(graph_file.read_text())
     if doc.get("format") != FORMAT or doc.get("version") != FORMAT_VERSION:
         raise OvTorchError(f"{graph_file}: format {doc.get('format')!r} version "

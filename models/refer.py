@@ -27,9 +27,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.base import ATTRIBUTE_NAMES, AttributeModel, PersonAttributes, Region, RerankResult
-from models.colours import COLOUR_NAMES, colour_onehots, name_colour
-from models.minilm import TEXT_DIM, MiniLmTokens
+from refind.models.base import (
+    ATTRIBUTE_NAMES,
+    AttributeModel,
+    PersonAttributes,
+    Region,
+    RerankResult,
+)
+from refind.models.colours import COLOUR_NAMES, colour_onehots, name_colour
+from refind.models.minilm import TEXT_DIM, MiniLmTokens
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +200,7 @@ def load_weights(path: Path) -> tuple[ReferNet, ReferConfig]:
 
 
 class ReferReranker:
-    """models.base.Reranker: scores, multi-selects or rejects candidate people for a sentence."""
+    """refind.models.base.Reranker: scores, multi-selects or rejects candidate people for a sentence."""
 
     name = "refer"
 
@@ -207,7 +213,7 @@ class ReferReranker:
     def from_store(cls, store: object, attributes: AttributeModel | None = None,
                    text: MiniLmTokens | None = None) -> ReferReranker:
         """Load ``refer-pets-v1`` through the model store (bundled in models/weights/)."""
-        from models.attributes import OpenVinoAttributes
+        from refind.models.attributes import OpenVinoAttributes
 
         resolved = store.resolve(MODEL_NAME)  # type: ignore[attr-defined]
         net, cfg = load_weights(resolved.path)

@@ -21,8 +21,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.base import INT8_SUFFIX, model_id_for
-from streaming.config import ModelStoreConfig
+from refind.models.base import INT8_SUFFIX, model_id_for
+from refind.models.config import ModelStoreConfig
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ class ModelStore:
         return ResolvedModel(name, paths, model_id_for(name, spec.files[0].sha256))
 
     def _resolve_derived(self, name: str) -> ResolvedModel:
-        """An INT8 copy made here by ``refind quantize`` (models/quantize.py), checked against
+        """An INT8 copy made here by ``refind quantize`` (training/quantize.py), checked against
         the checksums of its manifest."""
         folder = derived_dir(self.cache_dir, name)
         base = name.removesuffix(INT8_SUFFIX)

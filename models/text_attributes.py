@@ -6,7 +6,7 @@ agrees with it.
 attributes and the wanted top / bottom clothing colours. ``agreement`` scores one crop's
 ``PersonAttributes`` row against it: the fraction of the named attributes and colours the model
 confirms (an attribute counts when its probability is on the named side of 0.5; a colour counts
-``models.colours.colour_match``: 1 for the same name, 0.5 for a neighbour such as grey/white).
+``refind.models.colours.colour_match``: 1 for the same name, 0.5 for a neighbour such as grey/white).
 
 Not mapped, on purpose: "jacket", "coat", "trousers", "jeans" name a garment (its colour is
 used) but not has_coat_jacket / has_longpants, which the 0230 model does not tell reliably.
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.base import ATTRIBUTE_NAMES, PersonAttributes
-from models.colours import canonical_colour, colour_match
+from refind.models.base import ATTRIBUTE_NAMES, PersonAttributes
+from refind.models.colours import canonical_colour, colour_match
 
 TOP_WORDS = (
     "top", "shirt", "t-shirt", "tshirt", "tee", "jacket", "coat", "sweater", "jumper", "hoodie",
@@ -58,7 +58,7 @@ _MODIFIERS = {"dark", "light", "bright", "pale", "deep"}  # "dark blue": blue; "
 @dataclass(frozen=True)
 class WantedAttributes:
     """What a text asks for: flags ((attribute, wanted value), ...) sorted by name; the wanted
-    top and bottom colour names (``models.colours.COLOUR_NAMES``) or None."""
+    top and bottom colour names (``refind.models.colours.COLOUR_NAMES``) or None."""
 
     flags: tuple[tuple[str, bool], ...] = ()
     top_colour: str | None = None

@@ -21,10 +21,10 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from models.base import check_bgr_image
-from models.store import ModelStore
-from streaming.config import YoloxDetectorConfig
-from streaming.records import Detections
+from refind.models.base import check_bgr_image
+from refind.models.config import YoloxDetectorConfig
+from refind.models.store import ModelStore
+from refind.streaming.records import Detections
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,11 @@ def letterbox(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
 
 class YoloxDetector:
     """Batched YOLOX over BGR frames; returns boxes of the configured classes in frame pixels."""
+
+    @classmethod
+    def from_config(cls, cfg: YoloxDetectorConfig, store: ModelStore) -> YoloxDetector:
+        """The model of its config section (``refind.models.registry`` builds it so)."""
+        return cls(cfg, store)
 
     def __init__(self, cfg: YoloxDetectorConfig, store: ModelStore) -> None:
         self.cfg = cfg

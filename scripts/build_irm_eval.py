@@ -7,11 +7,11 @@ without looking at the held-out people.
 
 How the sets are built (README paragraph):
 
-Only the held-out PETS09-S2L1 identities are used (``models.irm_data.pets_identity_split``: the
+Only the held-out PETS09-S2L1 identities are used (``refind.datasets.irm.pets_identity_split``: the
 ground truth's 19 ids sorted, every second one held out, so 2, 4, ..., 18; the IRM model never
 trains on them; ``--identities train`` uses the others instead). Their ground-truth boxes are cut
 from the video every 5th frame and split per identity exactly as the plain PETS ReID split
-(``models/pets_reid.py``: flag-0, edge-cut and more-than-30 %-occluded boxes dropped; a 30-frame
+(``datasets/pets_reid.py``: flag-0, edge-cut and more-than-30 %-occluded boxes dropped; a 30-frame
 query window drawn per identity with a fixed seed; every query crop at least 60 frames from every
 gallery crop of its identity). The gallery is the same for every task: the original colour gallery
 crops of the held-out identities, with no distractors from other clips. Each task's queries are
@@ -52,8 +52,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a plain script: make the repo's packages importable
     sys.path.insert(0, str(REPO_ROOT))
 
-from models.base import TASKS, PersonAttributes  # noqa: E402
-from models.irm_data import (  # noqa: E402
+from refind.datasets.irm import (  # noqa: E402
     PETS_GT,
     PETS_VIDEO,
     aggregate_attributes,
@@ -67,15 +66,16 @@ from models.irm_data import (  # noqa: E402
     to_thermal,
     upper_body,
 )
-from models.pets_reid import (  # noqa: E402
+from refind.datasets.pets_reid import (  # noqa: E402
     CropPlan,
     PetsReidOptions,
     plan_crops,
     read_mot_gt,
     video_size,
 )
-from models.store import ModelStore  # noqa: E402
-from streaming.config import ModelStoreConfig  # noqa: E402
+from refind.models.base import TASKS, PersonAttributes  # noqa: E402
+from refind.models.config import ModelStoreConfig  # noqa: E402
+from refind.models.store import ModelStore  # noqa: E402
 
 log = logging.getLogger("build_irm_eval")
 CACHE = Path("/tmp/refind-irm-cache")
@@ -143,7 +143,7 @@ def build(
     side: str = "heldout",
 ) -> dict:
     """Write every task folder under ``out`` and return a JSON-able summary."""
-    from models.attributes import OpenVinoAttributes
+    from refind.models.attributes import OpenVinoAttributes
 
     opts = opts or PetsReidOptions(stride=5)
     plans = plan_side(video, gt, opts, side)
@@ -220,7 +220,7 @@ def _captions(
 
 
 def _describe_ids(ids: list[str], attrs: PersonAttributes) -> dict[str, dict]:
-    from models.base import ATTRIBUTE_NAMES
+    from refind.models.base import ATTRIBUTE_NAMES
 
     return {
         identity: {

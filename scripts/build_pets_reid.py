@@ -1,7 +1,7 @@
 """Build the PETS09-S2L1 ReID query / gallery crop folders and print a JSON summary.
 
 Run from anywhere: ``python scripts/build_pets_reid.py --out /tmp/pets_reid``. The split rule is
-described in ``models/pets_reid.py``.
+described in ``datasets/pets_reid.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a plain script: make the repo's packages importable
     sys.path.insert(0, str(REPO_ROOT))
 
-from models.pets_reid import PetsReidOptions, build_pets_reid  # noqa: E402
+from refind.datasets.pets_reid import PetsReidOptions, build_pets_reid  # noqa: E402
 
 DATA = REPO_ROOT / "../shared/data/pets09-s2l1"
 

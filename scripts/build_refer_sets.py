@@ -4,7 +4,7 @@ Run from anywhere: ``python scripts/build_refer_sets.py --out /tmp/refer``. Writ
 ``OUT/frames/f<frame>.png``, ``OUT/train.jsonl``, ``OUT/dev.jsonl`` (image paths relative to
 OUT) and, with ``--render N``, ``OUT/preview/*.png``: N DEV expressions drawn over their frame
 (targets green, other people red) to check the generator by eye. The rules are in
-``models/refer_data.py``.
+``datasets/refer.py``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a plain script: make the repo's pac
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from models.attributes import OpenVinoAttributes  # noqa: E402
-from models.refer_data import (  # noqa: E402
+from refind.datasets.refer import (  # noqa: E402
     DEV_FRAMES,
     TRAIN_FRAMES,
     augment,
@@ -36,8 +35,9 @@ from models.refer_data import (  # noqa: E402
     scene_records,
     write_jsonl,
 )
-from models.store import ModelStore  # noqa: E402
-from streaming.config import ModelStoreConfig  # noqa: E402
+from refind.models.attributes import OpenVinoAttributes  # noqa: E402
+from refind.models.config import ModelStoreConfig  # noqa: E402
+from refind.models.store import ModelStore  # noqa: E402
 
 log = logging.getLogger("build_refer_sets")
 DATA = REPO_ROOT / "../shared/data/pets09-s2l1"

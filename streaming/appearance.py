@@ -1,6 +1,6 @@
 """Embeds detection boxes of a frame on demand: the tracker's lazy appearance callback.
 
-``BoxEmbedder`` wraps any ReID embedder (``models.base.ReidEmbedder``, or an actor pool seen as
+``BoxEmbedder`` wraps any ReID embedder (``refind.models.base.ReidEmbedder``, or an actor pool seen as
 one); ``callback(image, detections)`` gives the function
 ``ByteTracker.update`` takes as ``appearance``: it crops the asked detections from the frame and
 embeds them in one model call. The embedder counts crops, calls and seconds, so evaluation and
@@ -19,11 +19,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from streaming.boxes import box_pixels
-from streaming.records import Detections, Embeddings
+from refind.streaming.boxes import box_pixels
+from refind.streaming.records import Detections, Embeddings
 
 EmbedFn = Callable[[Sequence[np.ndarray]], Embeddings]
-"""Any ReID embedder (``models.base.ReidEmbedder``): person crops in, unit vectors out."""
+"""Any ReID embedder (``refind.models.base.ReidEmbedder``): person crops in, unit vectors out."""
 
 
 class BoxEmbedder:

@@ -8,7 +8,7 @@ delivered, in order per camera. An accepted event ends as exactly one of *sent* 
 *failed* (logged at ERROR and counted: its ``delivery_timeout_s`` passed, a broker error that
 cannot succeed on retry, or the bus was closed before Kafka came back). When the buffer is full,
 ``publish`` refuses the new event (returns False, counted as *rejected*) instead of dropping an
-accepted one. Delivery guarantees per topic are in ``streaming.events``.
+accepted one. Delivery guarantees per topic are in ``refind.streaming.events``.
 
 Topics: the bus creates its missing topics (``topic_partitions``, ``replication_factor``) when it
 connects, and checks again when sends stall (a broker that lost its storage comes back without
@@ -17,11 +17,11 @@ default partition count). Tansu ignores that request, and after a restart with m
 it can acknowledge writes to a topic it re-created on the fly that no consumer can then read:
 against such a broker, re-create the topics (``ensure_topics``) as soon as it is back.
 
-Counts: ``stats()`` (``BusStats``), and with a ``streaming.metrics.Metrics`` the Prometheus
+Counts: ``stats()`` (``BusStats``), and with a ``refind.streaming.metrics.Metrics`` the Prometheus
 counter ``refind_bus_events_total{topic, outcome}`` (outcome accepted, sent, failed, rejected or
 resent) and gauge ``refind_bus_pending_events`` (accepted, not yet resolved).
 
-Reading events: ``streaming.consumer``.
+Reading events: ``refind.streaming.consumer``.
 """
 
 from __future__ import annotations
@@ -33,16 +33,16 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any
 
-from streaming.config import KafkaConfig, ReconnectConfig
-from streaming.events import (
+from refind.streaming.config import KafkaConfig, ReconnectConfig
+from refind.streaming.events import (
     EVENT_TYPES,
     BaseEvent,
     DetectionEvent,
     encode,
     topic_for,
 )
-from streaming.flow import Backoff
-from streaming.metrics import Metrics
+from refind.streaming.flow import Backoff
+from refind.streaming.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

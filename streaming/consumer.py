@@ -14,9 +14,9 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TextIO
 
-from streaming.bus import BusError, client_args
-from streaming.config import KafkaConfig
-from streaming.events import Event, EventDecodeError, decode, encode, resolve_topic
+from refind.streaming.bus import BusError, client_args
+from refind.streaming.config import KafkaConfig
+from refind.streaming.events import Event, EventDecodeError, decode, encode, resolve_topic
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ import logging
 import cv2
 import numpy as np
 
-from streaming.boxes import pixel_box
-from streaming.config import CropConfig
-from streaming.records import Crop, Frame, Tracks
+from refind.streaming.boxes import pixel_box
+from refind.streaming.config import CropConfig
+from refind.streaming.records import Crop, Frame, Tracks
 
 log = logging.getLogger(__name__)
 

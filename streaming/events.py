@@ -17,7 +17,7 @@ Topics (``topic_for``), one per kind, under ``KafkaConfig.topic_prefix``:
 - ``<prefix>.forget``: ``ForgetEvent``, a tombstone: a track was forgotten (its crops, vectors
   and metadata deleted); consumers delete what they hold of it and never store it again.
 
-Delivery guarantee (the same on every topic), as published by ``streaming.bus.EventBus``:
+Delivery guarantee (the same on every topic), as published by ``refind.streaming.bus.EventBus``:
 
 - **At least once, for every event the bus accepted.** The producer waits for ``acks=all`` and
   retries until ``KafkaConfig.delivery_timeout_s`` has passed; an accepted event is delivered,
@@ -41,8 +41,8 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from streaming.config import NAME_PATTERN
-from streaming.records import CropRecord, Detections
+from refind.streaming.config import NAME_PATTERN
+from refind.streaming.records import CropRecord, Detections
 
 
 class CameraState(enum.StrEnum):

@@ -12,7 +12,7 @@ import threading
 from collections import deque
 from typing import Generic, TypeVar
 
-from streaming.config import ReconnectConfig
+from refind.streaming.config import ReconnectConfig
 
 T = TypeVar("T")
 

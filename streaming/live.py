@@ -33,12 +33,12 @@ from typing import TypeVar
 
 import av
 
-from streaming.config import CameraConfig, LiveConfig
-from streaming.events import CameraState
-from streaming.flow import AdaptiveSampler, Backoff, DropOldestQueue
-from streaming.metrics import Metrics
-from streaming.records import Frame
-from streaming.sources import SourceError, VideoSource, is_live_url
+from refind.streaming.config import CameraConfig, LiveConfig
+from refind.streaming.events import CameraState
+from refind.streaming.flow import AdaptiveSampler, Backoff, DropOldestQueue
+from refind.streaming.metrics import Metrics
+from refind.streaming.records import Frame
+from refind.streaming.sources import SourceError, VideoSource, is_live_url
 
 log = logging.getLogger(__name__)
 

@@ -2,9 +2,9 @@
 
 A ``Metrics`` owns a fresh ``CollectorRegistry`` (never the process-wide default), so two
 pipelines, or two tests, in one process keep separate counts. Every part of refind that counts
-uses it: a live camera's reader (``streaming.live``), the event bus (``streaming.bus``), the
-stage loop's seconds (``streaming.pipeline``), the HTTP API (``actors.api``) and ``refind
-serve`` (``actors.serve``), which fills a fresh one from its actors' reports on each scrape
+uses it: a live camera's reader (``refind.streaming.live``), the event bus (``refind.streaming.bus``), the
+stage loop's seconds (``refind.streaming.pipeline``), the HTTP API (``refind.app.api``) and ``refind
+serve`` (``refind.app.serve``), which fills a fresh one from its actors' reports on each scrape
 (counters that live in other processes are set once, on a new registry, not added to).
 ``render()`` gives the text format that a ``/metrics`` endpoint returns with ``CONTENT_TYPE``.
 
@@ -26,7 +26,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from streaming.events import CameraState
+from refind.streaming.events import CameraState
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

@@ -7,7 +7,7 @@ and the dataset builders. Per analysed frame, in this order:
 
 1. detections below ``tracker.low_threshold`` are dropped (the tracker never uses them);
 2. the ByteTracker associates them, asking the ReID embedder for the few boxes it needs
-   (``streaming.appearance.BoxEmbedder``, when ``tracker.appearance_weight`` > 0);
+   (``refind.streaming.appearance.BoxEmbedder``, when ``tracker.appearance_weight`` > 0);
 3. track ids get the camera's ``id_offset`` (the largest id already stored for the camera), so
    a camera ingested twice, or a camera actor restarted, never reuses an id;
 4. per-track analysis stages (``TrackStage``) see the frame and its tracks;
@@ -42,17 +42,17 @@ from typing import Protocol
 
 import numpy as np
 
-from streaming.appearance import BoxEmbedder, EmbedFn
-from streaming.config import CropConfig, TrackerConfig
-from streaming.crops import CropSelector, as_stored
-from streaming.metrics import Metrics
-from streaming.records import Crop, Detections, Frame, Tracks, TrackSpan
-from streaming.tracker import ByteTracker
+from refind.streaming.appearance import BoxEmbedder, EmbedFn
+from refind.streaming.config import CropConfig, TrackerConfig
+from refind.streaming.crops import CropSelector, as_stored
+from refind.streaming.metrics import Metrics
+from refind.streaming.records import Crop, Detections, Frame, Tracks, TrackSpan
+from refind.streaming.tracker import ByteTracker
 
 log = logging.getLogger(__name__)
 
 DetectFn = Callable[[Sequence[np.ndarray]], list[Detections]]
-"""Any detector (``models.base.Detector``): a batch of BGR frames in, one Detections each out."""
+"""Any detector (``refind.models.base.Detector``): a batch of BGR frames in, one Detections each out."""
 
 _END = object()
 
@@ -132,7 +132,7 @@ class CameraPipeline:
     ``metrics`` counts the seconds of each stage (``refind_stage_seconds``).
 
     Example:
-        >>> from streaming.config import CropConfig, TrackerConfig
+        >>> from refind.streaming.config import CropConfig, TrackerConfig
         >>> pipe = CameraPipeline("gate", TrackerConfig(appearance_weight=0), CropConfig())
         >>> image = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
         >>> box = Detections(np.array([[100, 50, 140, 170]]), np.array([0.9]), np.array([0]))

@@ -185,7 +185,7 @@ class Crop:
     """A chosen image of one track at one moment, with why it was chosen.
 
     image: (h, w, 3) uint8 BGR cut from the frame at ``xyxy``; quality: higher is better;
-    jpeg: the crop as it will be stored, once encoded (``streaming.crops.as_stored``); image is
+    jpeg: the crop as it will be stored, once encoded (``refind.streaming.crops.as_stored``); image is
     then that JPEG's decoded pixels, so a vector made from it is the vector a re-index or a
     rebuild makes from the stored crop.
     """
@@ -324,7 +324,7 @@ class ImageQuery:
     min_track_s: float | None = None
     # An instruction for an instructable (IRM-style) embedder: text ("ignore clothes", "now
     # wearing a black jacket") or a garment photo ((h, w, 3) uint8 BGR); task overrides the
-    # task the search would pick from the instruction (models.base.TASKS).
+    # task the search would pick from the instruction (refind.models.base.TASKS).
     instruction: str | None = None
     instruction_image: np.ndarray | None = field(default=None, repr=False)
     task: str | None = None
@@ -346,7 +346,7 @@ class ImageQuery:
 class TextQuery:
     """Find tracklets of a described person ("woman, red top, backpack"), within filters.
 
-    ``text`` is the description alone (``indexer.query_plan`` takes the filters out of an
+    ``text`` is the description alone (``refind.indexer.query_plan`` takes the filters out of an
     operator's sentence); rerank None = search.rerank.
     """
 

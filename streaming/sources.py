@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 import av
 
-from streaming.records import Frame
+from refind.streaming.records import Frame
 
 log = logging.getLogger(__name__)
 

@@ -53,10 +53,10 @@ from enum import Enum
 
 import numpy as np
 
-from streaming.config import TrackerConfig
-from streaming.kalman import BoxKalmanFilter, xyah_to_xyxy, xyxy_to_xyah
-from streaming.matching import assign, iou_matrix
-from streaming.records import Detections, Tracks
+from refind.streaming.config import TrackerConfig
+from refind.streaming.kalman import BoxKalmanFilter, xyah_to_xyxy, xyxy_to_xyah
+from refind.streaming.matching import assign, iou_matrix
+from refind.streaming.records import Detections, Tracks
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class _State(Enum):
 class _Track:
     """Mutable state of one track; private to the tracker."""
 
-    mean: np.ndarray  # (8,) Kalman state, see streaming.kalman
+    mean: np.ndarray  # (8,) Kalman state, see refind.streaming.kalman
     cov: np.ndarray  # (8, 8)
     state_ts_ns: int  # time the Kalman state refers to
     last_seen_ns: int  # time of the last matched detection

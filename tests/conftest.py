@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import os
 import threading
 import urllib.error
 import urllib.request
@@ -67,7 +68,7 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def model_store():
-    from models.store import ModelStore
+    from refind.models.store import ModelStore
 
     need_models()
     return ModelStore([MODELS_DIR], REPO / ".pytest_cache" / "models", allow_download=False)
@@ -115,3 +116,14 @@ def serve_directory(root: Path) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """One local Ray for every integration test that needs it (loopback only, no auth)."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[live]')")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="refind-tests")
+    yield
+    ray.shutdown()

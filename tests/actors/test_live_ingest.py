@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from actors.supervisor import Supervisor, wait_until
-from streaming.bus import ensure_topics
-from streaming.config import KafkaConfig, parse_config
-from streaming.consumer import EventConsumer
-from streaming.events import CameraStatusEvent, CropEvent, TrackEvent, topic_for
+from refind.actors.supervisor import Supervisor, wait_until
+from refind.config import parse_config
+from refind.streaming.bus import ensure_topics
+from refind.streaming.config import KafkaConfig
+from refind.streaming.consumer import EventConsumer
+from refind.streaming.events import CameraStatusEvent, CropEvent, TrackEvent, topic_for
 from tests.cameras import INTEL_VIDEO as INTEL
 from tests.conftest import PETS_VIDEO, need_models, need_pets, pets_gt_boxes
 
@@ -90,8 +91,8 @@ def models_and_data() -> None:
 def test_two_live_cameras_events_metadata_and_search(
     ray_local, models_and_data, http_camera_factory, tansu, redis_server, tmp_path, capsys
 ) -> None:
-    from indexer.redis_meta import RedisMetadata
-    from streaming.config import RedisMetadataConfig
+    from refind.indexer.config import RedisMetadataConfig
+    from refind.indexer.redis_meta import RedisMetadata
 
     pets = http_camera_factory(PETS_VIDEO)
     intel = http_camera_factory(INTEL)
@@ -121,13 +122,13 @@ def test_two_live_cameras_events_metadata_and_search(
         intel_hits = sup.search_image(np.ascontiguousarray(frame[y1:y2, x1:x2]), k=50,
                                       cameras=("intel",))
         assert intel_hits and all(h.camera == "intel" for h in intel_hits)
-        from indexer.blobs import CropStore
+        from refind.indexer.blobs import CropStore
 
         crop = CropStore.from_config(cfg).read(intel_hits[0].thumbnail)
         again = sup.search_image(crop, k=1)
         assert again[0].camera == "intel" and again[0].track_id == intel_hits[0].track_id
         # the command line sees the live gallery too
-        from actors.cli import main
+        from refind.app.cli import main
 
         q = tmp_path / "q.jpg"
         import cv2

@@ -18,13 +18,13 @@ import cv2
 import numpy as np
 import pytest
 
-from actors.cli import main
-from indexer.gallery_store import GalleryStore
-from indexer.live_search import LiveSearch
-from indexer.metadata import SqliteMetadata
-from indexer.versions import read_registry, serving_version
-from streaming.config import RefindConfig
-from streaming.records import ImageQuery
+from refind.app.cli import main
+from refind.config import RefindConfig
+from refind.indexer.gallery_store import GalleryStore
+from refind.indexer.live_search import LiveSearch
+from refind.indexer.metadata import SqliteMetadata
+from refind.indexer.versions import read_registry, serving_version
+from refind.streaming.records import ImageQuery
 from tests.conftest import REPO
 from tests.indexer.test_reindex import M0288, copy_gallery, ingest_small_gallery
 
@@ -94,7 +94,7 @@ def test_reindex_killed_half_way_resumes_exactly_once_while_searches_answer(
     old_model = live.model_id
     searcher = Searcher(live, photo)
     searcher.start()
-    argv = [sys.executable, "-m", "actors.cli", "reindex", "--model", M0288, "--batch-size", "2",
+    argv = [sys.executable, "-m", "refind.app.cli", "reindex", "--model", M0288, "--batch-size", "2",
             "--data-dir", str(cfg.data_dir), "--config", str(small_gallery), "--json"]
     env = os.environ | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
     try:

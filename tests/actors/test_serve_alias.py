@@ -14,17 +14,17 @@ import cv2
 import numpy as np
 import pytest
 
-from actors.serve import start_http, supervise
-from actors.supervisor import Supervisor, wait_until
-from indexer.gallery_store import GalleryStore
-from indexer.ingest import build_embedder
-from indexer.live_search import LiveSearch
-from indexer.metadata import SqliteMetadata
-from indexer.reindex import EmbedCrops, ReindexJob
-from indexer.versions import serving_version, with_model
-from models.store import ModelStore
-from streaming.config import RefindConfig, parse_config
-from streaming.records import CropRecord, Embeddings
+from refind.actors.supervisor import Supervisor, wait_until
+from refind.app.serve import start_http, supervise
+from refind.config import RefindConfig, parse_config
+from refind.indexer.gallery_store import GalleryStore
+from refind.indexer.live_search import LiveSearch
+from refind.indexer.metadata import SqliteMetadata
+from refind.indexer.reindex import EmbedCrops, ReindexJob
+from refind.indexer.versions import serving_version, with_model
+from refind.models.registry import build_embedder
+from refind.models.store import ModelStore
+from refind.streaming.records import CropRecord, Embeddings
 from tests.actors.test_reindex import Searcher
 from tests.conftest import PETS_VIDEO, http_get, need_models, need_pets
 from tests.indexer.test_reindex import M0288, batches
@@ -58,7 +58,7 @@ def _rows(shard: Path) -> tuple[list[tuple[str, int]], list[CropRecord]]:
 def _reindex(cfg: RefindConfig) -> str:
     """Build version B (0288) with the plain re-index job and switch the alias; its model_id."""
     target_cfg = with_model(cfg, M0288)
-    embedder = build_embedder(target_cfg, ModelStore.from_config(cfg.models))
+    embedder = build_embedder(target_cfg.embedder, ModelStore.from_config(cfg.models))
     embed = EmbedCrops(target_cfg, embedder)
     with ReindexJob.open(cfg, target_cfg, embedder) as job:
         for _ in range(3):  # the first pass, then crops stored meanwhile
@@ -169,9 +169,9 @@ def test_writer_switch_catches_up_each_crop_once_and_keeps_ids_apart(ray_local, 
     new version's own ids start above every id of the old one; stale embeddings are refused."""
     import ray
 
-    from actors.pools import Pool, PoolEmbedder
-    from actors.writer import IndexWriterActor, StaleModelError
-    from streaming.records import Crop
+    from refind.actors.pools import Pool, PoolEmbedder
+    from refind.actors.writer import IndexWriterActor, StaleModelError
+    from refind.streaming.records import Crop
 
     cfg = parse_config({"data_dir": str(tmp_path / "data")})
     emb_a = _colour_embedder("colour-a", (0, 1, 2, 3))

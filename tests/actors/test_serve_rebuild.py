@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import yaml
 
-from actors.cli import main
-from actors.serve import run_serve
-from indexer.journal import journal_dir
-from indexer.metadata import SqliteMetadata
-from indexer.shards import existing_shards
-from indexer.versions import serving_version
-from streaming.config import load_config
+from refind.app.cli import main
+from refind.app.serve import run_serve
+from refind.config import load_config
+from refind.indexer.journal import journal_dir
+from refind.indexer.metadata import SqliteMetadata
+from refind.indexer.shards import existing_shards
+from refind.indexer.versions import serving_version
 from tests.conftest import MODELS_DIR, PETS_VIDEO, need_models, need_pets
 
 pytestmark = pytest.mark.slow
@@ -51,7 +51,7 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _serve(config: Path) -> None:
     """`refind serve` until the camera has played the whole clip, then stop it."""
-    from actors.supervisor import wait_until
+    from refind.actors.supervisor import wait_until
 
     cfg = load_config(config)
     stop = threading.Event()

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from streaming.config import ApiConfig, RefindConfig, ServeConfig, load_config
+from refind.app.config import ApiConfig, ServeConfig
+from refind.config import RefindConfig, load_config
 
 if importlib.util.find_spec("helm_python") is None:
     pytest.skip("needs helm-python-sdk (pip install -e '.[helm]')", allow_module_level=True)
@@ -296,7 +297,7 @@ class _EmptyGallery:
 
 @pytest.fixture(scope="module")
 def serve_url() -> Iterator[str]:
-    from actors.serve import start_http
+    from refind.app.serve import start_http
 
     server = start_http(_IdleSupervisor(), "127.0.0.1", 0)  # type: ignore[arg-type]
     try:
@@ -309,7 +310,7 @@ def serve_url() -> Iterator[str]:
 def api_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from fastapi.testclient import TestClient
 
-    from actors.api import create_app
+    from refind.app.api import create_app
 
     cfg = RefindConfig.model_validate(
         {"data_dir": str(tmp_path_factory.mktemp("api")), "api": {"allow_anonymous": True}}

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from streaming.records import CropRecord, Embeddings
+from refind.streaming.records import CropRecord, Embeddings
 
 DIM = 64
 MODEL = "reid-test-v1"

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.blobs import CropStore, CropStoreError, safe_name
+from refind.indexer.blobs import CropStore, CropStoreError, safe_name
 
 
 def test_put_and_read_round_trip(tmp_path: Path) -> None:
@@ -51,7 +51,7 @@ def test_fsspec_url_store_round_trip(tmp_path: Path) -> None:
 
 
 def test_from_config_uses_blob_url(tmp_path: Path) -> None:
-    from streaming.config import parse_config
+    from refind.config import parse_config
 
     cfg = parse_config({"data_dir": str(tmp_path), "blobs": {"url": f"file://{tmp_path}/b"}})
     store = CropStore.from_config(cfg)

@@ -9,16 +9,18 @@ import time
 import numpy as np
 import pytest
 
-from actors.cli import main
-from indexer.blobs import CropStore
-from indexer.forget import UnknownTrackError, forget_track
-from indexer.gallery_store import GalleryStore
-from indexer.metadata import SqliteMetadata
-from indexer.redis_meta import RedisMetadata
-from streaming.config import GalleryConfig, KafkaConfig, RedisMetadataConfig, RefindConfig
-from streaming.consumer import EventConsumer
-from streaming.events import ForgetEvent
-from streaming.records import CropRecord, Embeddings, SearchFilter
+from refind.app.cli import main
+from refind.config import RefindConfig
+from refind.indexer.blobs import CropStore
+from refind.indexer.config import GalleryConfig, RedisMetadataConfig
+from refind.indexer.forget import UnknownTrackError, forget_track
+from refind.indexer.gallery_store import GalleryStore
+from refind.indexer.metadata import SqliteMetadata
+from refind.indexer.redis_meta import RedisMetadata
+from refind.streaming.config import KafkaConfig
+from refind.streaming.consumer import EventConsumer
+from refind.streaming.events import ForgetEvent
+from refind.streaming.records import CropRecord, Embeddings, SearchFilter
 from tests.indexer.conftest import DIM, MODEL, clustered, crop_records
 
 N = 200
@@ -83,7 +85,7 @@ def test_forget_removes_rows_vectors_files_and_summary(tmp_path, factory, caplog
     assert not report.redis_removed and not report.event_published
     for r in records:
         assert crops.resolve(r.crop_path).exists() == (r.vector_id not in GONE_IDS)
-    with caplog.at_level(logging.WARNING, logger="indexer.gallery_store"):
+    with caplog.at_level(logging.WARNING, logger="refind.indexer.gallery_store"):
         _assert_forgotten(cfg, vectors)  # reopened from the saved index ...
     assert "rebuilding" not in caplog.text  # ... without a needless rebuild
     next(cfg.data_dir.glob("gallery/index/*.faiss")).unlink()
@@ -137,7 +139,7 @@ def test_removing_the_newest_ids_keeps_the_saved_index(tmp_path, caplog):
     newest = crop_records(np.array([N - 1]))[0]
     with _open(cfg) as store:
         assert N - 1 in {r.vector_id for r in store.remove_track(newest.camera, newest.track_id)}
-    with caplog.at_level(logging.INFO, logger="indexer.gallery_store"), _open(cfg) as store:
+    with caplog.at_level(logging.INFO, logger="refind.indexer.gallery_store"), _open(cfg) as store:
         first = store.next_vector_id()
         assert first == N
         store.add(crop_records(np.array([first])), Embeddings(vectors[:1], MODEL))

@@ -6,9 +6,9 @@ import faiss
 import numpy as np
 import pytest
 
-from indexer.gallery import FaissGallery
-from streaming.config import GalleryConfig
-from streaming.records import Embeddings
+from refind.indexer.config import GalleryConfig
+from refind.indexer.gallery import FaissGallery
+from refind.streaming.records import Embeddings
 from tests.indexer.conftest import DIM, MODEL, recall_at
 
 K = 10

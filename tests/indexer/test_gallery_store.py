@@ -13,9 +13,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from indexer.gallery_store import GalleryLockedError, GalleryStore, index_stem
-from streaming.config import GalleryConfig
-from streaming.records import Embeddings, SearchFilter
+from refind.indexer.config import GalleryConfig
+from refind.indexer.gallery_store import GalleryLockedError, GalleryStore, index_stem
+from refind.streaming.records import Embeddings, SearchFilter
 from tests.conftest import REPO
 from tests.indexer.conftest import CAMERAS, DIM, MODEL, crop_records, fill, recall_at
 
@@ -72,8 +72,8 @@ def test_save_and_reopen_gives_the_same_answers(tmp_path, data3k, caplog, factor
 
 _CRASHING_INGEST = """
 import os, sys, numpy as np
-from streaming.config import GalleryConfig
-from indexer.gallery_store import GalleryStore
+from refind.indexer.config import GalleryConfig
+from refind.indexer.gallery_store import GalleryStore
 from tests.indexer.conftest import fill
 vectors = np.load(sys.argv[1])
 store = GalleryStore(sys.argv[2], GalleryConfig(index_factory=sys.argv[3]), "{model}", {dim})

@@ -9,8 +9,8 @@ import sqlite3
 import numpy as np
 import pytest
 
-from indexer.metadata import SCHEMA_VERSION, SqliteMetadata, _crop_filter
-from streaming.records import CropRecord, Embeddings, SearchFilter, TrackSpan
+from refind.indexer.metadata import SCHEMA_VERSION, SqliteMetadata, _crop_filter
+from refind.streaming.records import CropRecord, Embeddings, SearchFilter, TrackSpan
 from tests.indexer.conftest import CAMERAS, DIM, MODEL, crop_records
 
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from indexer.query_plan import MAX_QUERY_CHARS, QueryPlan, UnknownCamera, plan_query
-from indexer.search import QueryError
+from refind.indexer.query_plan import MAX_QUERY_CHARS, QueryPlan, UnknownCamera, plan_query
+from refind.indexer.search import QueryError
 
 NOW = datetime(2024, 5, 3, 16, 0, tzinfo=UTC)  # a Friday, 16:00 UTC
 CAMS = ("cam-1", "cam-2", "cam-3", "gate", "lobby")

@@ -12,17 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from actors.cli import main
-from indexer.gallery_store import GalleryStore
-from indexer.ingest import build_embedder
-from indexer.journal import EventJournal, journal_dir
-from indexer.metadata import SqliteMetadata
-from indexer.reindex import EmbedCrops, ReindexJob
-from indexer.shards import existing_shards
-from indexer.versions import all_version_shards, read_registry, serving_version, with_model
-from models.store import ModelStore
-from streaming.bus import EventBus
-from streaming.config import KafkaConfig, RefindConfig
+from refind.app.cli import main
+from refind.config import RefindConfig
+from refind.indexer.gallery_store import GalleryStore
+from refind.indexer.journal import EventJournal, journal_dir
+from refind.indexer.metadata import SqliteMetadata
+from refind.indexer.reindex import EmbedCrops, ReindexJob
+from refind.indexer.shards import existing_shards
+from refind.indexer.versions import all_version_shards, read_registry, serving_version, with_model
+from refind.models.registry import build_embedder
+from refind.models.store import ModelStore
+from refind.streaming.bus import EventBus
+from refind.streaming.config import KafkaConfig
 from tests.indexer.test_reindex import M0288, copy_gallery, ingest_small_gallery
 
 ROW_FIELDS = ("vector_id", "camera", "track_id", "frame_index", "ts_ns", "xyxy", "quality",
@@ -221,7 +222,7 @@ def test_forgotten_track_is_gone_from_every_store_and_stays_gone(small_gallery, 
     cfg = copy_gallery(small_gallery, tmp_path)
     # a second version (0288) beside the serving one
     target_cfg = with_model(cfg, M0288)
-    embedder = build_embedder(target_cfg, ModelStore.from_config(cfg.models))
+    embedder = build_embedder(target_cfg.embedder, ModelStore.from_config(cfg.models))
     with ReindexJob.open(cfg, target_cfg, embedder) as job:
         job.commit(EmbedCrops(target_cfg, embedder)(job.todo()))
         job.finish(switch=False)

@@ -7,14 +7,14 @@ import time
 
 import pytest
 
-from indexer.redis_meta import (
+from refind.indexer.config import RedisMetadataConfig
+from refind.indexer.redis_meta import (
     CameraCounters,
     MetadataUnavailable,
     RedisMetadata,
     TrackMeta,
     VectorRef,
 )
-from streaming.config import RedisMetadataConfig
 
 
 @pytest.fixture

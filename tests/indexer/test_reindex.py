@@ -13,22 +13,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from actors.cli import main
-from indexer.blobs import CropStore
-from indexer.gallery_store import GalleryStore
-from indexer.ingest import build_embedder
-from indexer.metadata import SqliteMetadata
-from indexer.reindex import EmbedCrops, ReindexJob, embed_copies
-from indexer.versions import (
+from refind.app.cli import main
+from refind.config import RefindConfig, load_config
+from refind.indexer.blobs import CropStore
+from refind.indexer.gallery_store import GalleryStore
+from refind.indexer.metadata import SqliteMetadata
+from refind.indexer.reindex import EmbedCrops, ReindexJob, embed_copies
+from refind.indexer.versions import (
     VersionError,
     read_registry,
     serving_version,
     use_version,
     with_model,
 )
-from models.store import ModelStore
-from streaming.config import RefindConfig, load_config
-from streaming.records import CropRecord, Embeddings
+from refind.models.registry import build_embedder
+from refind.models.store import ModelStore
+from refind.streaming.records import CropRecord, Embeddings
 from tests.conftest import MODELS_DIR, PETS_VIDEO, need_models, need_pets
 
 M0288 = "person-reidentification-retail-0288"
@@ -79,7 +79,7 @@ def test_job_resumes_commits_each_crop_once_and_switches(small_gallery: Path, tm
     cfg = copy_gallery(small_gallery, tmp_path)
     target_cfg = with_model(cfg, M0288)
     store = ModelStore.from_config(cfg.models)
-    embedder = build_embedder(target_cfg, store)
+    embedder = build_embedder(target_cfg.embedder, store)
     embed = EmbedCrops(target_cfg, embedder)
     ids = source_ids(cfg)
     assert len(ids) > 100
@@ -147,7 +147,7 @@ def test_search_follows_the_alias_and_rollback(small_gallery: Path, tmp_path: Pa
 
     before = top()
     target_cfg = with_model(cfg, M0288)
-    embedder = build_embedder(target_cfg, ModelStore.from_config(cfg.models))
+    embedder = build_embedder(target_cfg.embedder, ModelStore.from_config(cfg.models))
     with ReindexJob.open(cfg, target_cfg, embedder) as job:
         job.commit(EmbedCrops(target_cfg, embedder)(job.todo()))
         job.finish(switch=True)
@@ -198,7 +198,7 @@ def test_bad_input_is_one_clear_error(small_gallery: Path, tmp_path: Path, capsy
 def test_alias_rules(small_gallery: Path, tmp_path: Path):
     cfg = copy_gallery(small_gallery, tmp_path)
     target_cfg = with_model(cfg, M0288)
-    embedder = build_embedder(target_cfg, ModelStore.from_config(cfg.models))
+    embedder = build_embedder(target_cfg.embedder, ModelStore.from_config(cfg.models))
     with ReindexJob.open(cfg, target_cfg, embedder) as job:
         with pytest.raises(VersionError, match="another re-index"):
             ReindexJob.open(cfg, target_cfg, embedder)  # one job per target at a time
@@ -220,7 +220,7 @@ def test_since_and_cameras_narrow_the_crops_to_do(small_gallery: Path, tmp_path:
                                                  since_s, cameras, expected):
     cfg = copy_gallery(small_gallery, tmp_path)
     target_cfg = with_model(cfg, M0288)
-    embedder = build_embedder(target_cfg, ModelStore.from_config(cfg.models))
+    embedder = build_embedder(target_cfg.embedder, ModelStore.from_config(cfg.models))
     meta = SqliteMetadata(cfg.data_dir / "gallery" / "metadata.sqlite3", read_only=True)
     records = meta.crops(source_ids(cfg))
     meta.close()

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.blobs import CropStore
-from indexer.rerank import (
+from refind.indexer.blobs import CropStore
+from refind.indexer.rerank import (
     RERANKERS,
     AttributeVerifier,
     RerankerError,
@@ -24,9 +24,9 @@ from indexer.rerank import (
     rerank_hits,
     verify,
 )
-from models.base import ATTRIBUTE_NAMES, PersonAttributes, Region
-from models.text_attributes import WantedAttributes, parse_attributes
-from streaming.records import TrackletHit
+from refind.models.base import ATTRIBUTE_NAMES, PersonAttributes, Region
+from refind.models.text_attributes import WantedAttributes, parse_attributes
+from refind.streaming.records import TrackletHit
 from tests.conftest import PETS_GT, PETS_GT_SCALE, PETS_VIDEO, need_pets
 
 RED, BLUE, BLACK = (700, 6), (700, 7), (700, 4)  # (frame, identity)
@@ -77,7 +77,7 @@ def test_registry_lists_valid_names_and_raises_import_failures(
     with pytest.raises(RerankerError, match="attributes, refer, mllm"):
         build_reranker("clip", store=None)
     assert build_reranker("none", store=None) is None
-    monkeypatch.setitem(RERANKERS, "broken", "models.no_such_module:Nothing")
+    monkeypatch.setitem(RERANKERS, "broken", "refind.models.no_such_module:Nothing")
     with pytest.raises(ImportError, match="no_such_module"):
         build_reranker("broken", store=None)
 
@@ -170,7 +170,7 @@ def test_nobody_matches_an_absurd_query(
 
 @pytest.mark.slow
 def test_attributes_are_computed_once_per_crop(model_store, gt_crops: dict) -> None:
-    from models.attributes import OpenVinoAttributes
+    from refind.models.attributes import OpenVinoAttributes
 
     class Counting:
         def __init__(self, model: OpenVinoAttributes) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from actors.cli import main
-from indexer.blobs import CropStore
-from indexer.retention import enforce_retention
-from streaming.config import CameraConfig, RefindConfig, RetentionConfig
+from refind.app.cli import main
+from refind.config import RefindConfig
+from refind.indexer.blobs import CropStore
+from refind.indexer.config import RetentionConfig
+from refind.indexer.retention import enforce_retention
+from refind.streaming.config import CameraConfig
 from tests.indexer.test_forget import N, _build, _cfg, _found, _open
 
 S = 1_000_000_000  # crop_records: crop i at i seconds; cameras gate, lobby, yard, dock

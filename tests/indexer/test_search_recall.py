@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.gallery import FaissGallery
-from indexer.gallery_store import GalleryStore
-from indexer.search import SearchEngine
-from streaming.config import GalleryConfig, SearchConfig
-from streaming.records import CropRecord, Embeddings, ImageQuery, SearchFilter, TrackSpan
+from refind.indexer.config import GalleryConfig, SearchConfig
+from refind.indexer.gallery import FaissGallery
+from refind.indexer.gallery_store import GalleryStore
+from refind.indexer.search import SearchEngine
+from refind.streaming.records import CropRecord, Embeddings, ImageQuery, SearchFilter, TrackSpan
 
 DIM = 128
 MODEL = "reid-recall-v1"

@@ -14,16 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from actors.cli import main
-from indexer.blobs import CropStore
-from indexer.gallery_store import GalleryStore
-from indexer.ingest import build_embedder
-from indexer.query_plan import plan_query
-from indexer.rerank import RerankerPool
-from indexer.search import QueryError, SearchEngine
-from indexer.shards import ShardedGallery
-from streaming.config import GalleryConfig, RefindConfig, parse_config
-from streaming.records import NO_FILTER, ImageQuery, SearchFilter, TextQuery, TrackSpan
+from refind.app.cli import main
+from refind.config import RefindConfig, parse_config
+from refind.indexer.blobs import CropStore
+from refind.indexer.config import GalleryConfig
+from refind.indexer.gallery_store import GalleryStore
+from refind.indexer.query_plan import plan_query
+from refind.indexer.rerank import RerankerPool
+from refind.indexer.search import QueryError, SearchEngine
+from refind.indexer.shards import ShardedGallery
+from refind.models.registry import build_embedder
+from refind.streaming.records import NO_FILTER, ImageQuery, SearchFilter, TextQuery, TrackSpan
 from tests.conftest import MODELS_DIR, PETS_VIDEO, need_models, need_pets
 from tests.indexer.conftest import CAMERAS, MODEL, fill
 
@@ -65,7 +66,7 @@ def cfg(tmp_path_factory: pytest.TempPathFactory) -> RefindConfig:
 
 @pytest.fixture(scope="module")
 def engine(cfg: RefindConfig, model_store) -> Iterator[SearchEngine]:
-    embedder = build_embedder(cfg, model_store)
+    embedder = build_embedder(cfg.embedder, model_store)
     with ShardedGallery.open(cfg.data_dir, cfg.gallery, embedder.model_id, embedder.dim) as g:
         yield SearchEngine(cfg.search, embedder, g, CropStore.from_config(cfg),
                            RerankerPool(model_store, cfg.search.match_threshold))

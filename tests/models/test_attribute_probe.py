@@ -15,19 +15,14 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from models.attribute_probe import (
-    PROBE_NAMES,
-    TENSOR_PREFIX,
-    AttributeProbe,
-    fit_probe,
-    grouped_folds,
-)
-from models.base import ATTRIBUTE_NAMES, ModelInputError, PersonAttributes
-from models.colours import COLOUR_NAMES
-from models.irm import load_head, load_weights, save_head
-from models.irm_embedder import IrmEmbedder
-from models.text_attributes import parse_attributes
-from tests.models.conftest import TINY, FakeBackbone, FakeText, tiny_head
+from refind.models.attribute_probe import PROBE_NAMES, TENSOR_PREFIX, AttributeProbe
+from refind.models.base import ATTRIBUTE_NAMES, ModelInputError, PersonAttributes
+from refind.models.colours import COLOUR_NAMES
+from refind.models.irm import load_head, load_weights, save_head
+from refind.models.irm_embedder import IrmEmbedder
+from refind.models.text_attributes import parse_attributes
+from refind.training.probe_fit import fit_probe, grouped_folds
+from tests.irm_builders import TINY, FakeBackbone, FakeText, tiny_head
 
 D = 32
 N_IDS, PER_ID = 20, 12
@@ -326,29 +321,29 @@ def assert_same_probe(a: AttributeProbe | None, b: AttributeProbe) -> None:
 
 def test_tensors_round_trip():
     probe = replace(random_probe(D, seed=3), photo_text_weight=0.7)
-    tensors = probe.to_tensors()
+    tensors = probe.to_arrays()
     assert {f"{TENSOR_PREFIX}{k}" for k in ("weight", "bias", "l2")} <= set(tensors)
     assert all(k.startswith(TENSOR_PREFIX) for k in tensors)
-    assert_same_probe(AttributeProbe.from_tensors(tensors), probe)
+    assert_same_probe(AttributeProbe.from_arrays(tensors), probe)
 
 
 def test_tensors_without_a_photo_text_weight_read_as_zero():
     """Probes stored before ``compose`` existed leave photo queries alone."""
-    tensors = replace(random_probe(D), photo_text_weight=0.7).to_tensors()
+    tensors = replace(random_probe(D), photo_text_weight=0.7).to_arrays()
     del tensors[f"{TENSOR_PREFIX}photo_text_weight"]
-    back = AttributeProbe.from_tensors(tensors)
+    back = AttributeProbe.from_arrays(tensors)
     assert back is not None and back.photo_text_weight == 0.0
 
 
 @pytest.mark.parametrize(
     "tensors",
-    [{}, {"weight": torch.zeros(K, D), "bias": torch.zeros(K)}, "head"],
+    [{}, {"weight": np.zeros((K, D)), "bias": np.zeros(K)}, "head"],
     ids=["empty", "unprefixed", "head-state"],
 )
 def test_from_tensors_without_a_probe_is_none(tensors):
     if tensors == "head":
-        tensors = tiny_head().state_dict()
-    assert AttributeProbe.from_tensors(tensors) is None
+        tensors = {k: v.numpy() for k, v in tiny_head().state_dict().items()}
+    assert AttributeProbe.from_arrays(tensors) is None
 
 
 # ---- IRM weights ----
@@ -400,7 +395,7 @@ def test_a_probe_of_another_space_is_refused(tmp_path):
     with pytest.raises(ValueError, match="attribute probe reads"):
         save_head(tiny_head(), path, probe=random_probe(TINY.out_dim + 1))
     save_head(tiny_head(), path, probe=random_probe(TINY.out_dim))
-    wider = random_probe(TINY.out_dim + 1).to_tensors()
+    wider = {k: torch.from_numpy(v) for k, v in random_probe(TINY.out_dim + 1).to_arrays().items()}
     rewrite_weights(path, lambda tensors, meta: tensors.update(wider))
     with pytest.raises(ModelInputError, match="attribute probe"):
         load_weights(path)
@@ -534,7 +529,7 @@ def test_probe_fitted_on_gallery_vectors_finds_the_described_crops():
     ids=["edited", "zero-weight", "names-nothing"],
 )  # fmt: skip
 def test_attribute_text_photo_queries_compose_with_the_probe(weight, instruction, edited):
-    from tests.models.conftest import crops
+    from tests.irm_builders import crops
 
     probe = replace(random_probe(TINY.out_dim), photo_text_weight=weight)
     x = crops(5)
@@ -556,8 +551,8 @@ def test_attribute_text_photo_queries_compose_with_the_probe(weight, instruction
 def test_teacher_probe_reads_the_teacher_space_as_the_irm_probe_reads_its_own(tmp_path):
     """For a teacher-only head, g = [t, t] / sqrt 2: the derived probe's logits on t equal the
     probe's on g, and its query vector ranks t as the IRM query ranks g."""
-    from models.irm import teacher_probe
-    from tests.models.conftest import teacher_head
+    from refind.models.attribute_probe import teacher_probe
+    from tests.irm_builders import teacher_head
 
     head = teacher_head()
     probe = random_probe(TINY.out_dim)
@@ -573,7 +568,7 @@ def test_teacher_probe_reads_the_teacher_space_as_the_irm_probe_reads_its_own(tm
 
 
 def test_teacher_probe_refuses_a_trained_image_path_or_no_probe(tmp_path):
-    from models.irm import teacher_probe
+    from refind.models.attribute_probe import teacher_probe
 
     save_head(tiny_head(), tmp_path / "trained.safetensors", probe=random_probe(TINY.out_dim))
     with pytest.raises(ModelInputError, match="trained image path"):

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from models.base import ATTRIBUTE_NAMES, AttributeModel, ModelInputError
-from models.colours import canonical_colour, colour_match, name_colour, sample_colour
+from refind.models.base import ATTRIBUTE_NAMES, AttributeModel, ModelInputError
+from refind.models.colours import canonical_colour, colour_match, name_colour, sample_colour
 
 
 @pytest.mark.parametrize(
@@ -83,7 +83,7 @@ def _pets_crops(video, frame_number: int = 1) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def attributes(model_store):
-    from models.attributes import OpenVinoAttributes
+    from refind.models.attributes import OpenVinoAttributes
 
     return OpenVinoAttributes(model_store, batch_size=2)
 

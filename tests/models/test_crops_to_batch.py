@@ -1,4 +1,4 @@
-"""models.base.crops_to_batch: big batches resize on threads, with the same pixels and errors."""
+"""refind.models.base.crops_to_batch: big batches resize on threads, with the same pixels and errors."""
 
 from __future__ import annotations
 
@@ -9,14 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-import models.base as base
-from models.base import PARALLEL_RESIZE_MIN, ModelInputError, crops_to_batch
+import refind.models.base as base
+from refind.models.base import PARALLEL_RESIZE_MIN, ModelInputError, crops_to_batch
 
-
-@pytest.fixture(autouse=True)
-def three_resize_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Threads whatever the machine's CPU count (with one CPU there would be no pool)."""
-    monkeypatch.setenv("REFIND_RESIZE_THREADS", "3")
+THREE = 3  # resize threads asked for, whatever the machine's CPU count (one CPU: no pool)
 
 
 def varied_crops(n: int, seed: int = 0) -> list[np.ndarray]:
@@ -36,9 +32,14 @@ def test_a_threaded_batch_equals_the_crops_resized_one_by_one(monkeypatch) -> No
         threads.add(threading.current_thread().name)
         return resize(*args, **kwargs)
 
+    pools = []
+    make_pool = base._resize_pool
+    monkeypatch.setattr(base, "_resize_pool", lambda n: pools.append(n) or make_pool(n))
     monkeypatch.setattr(base.cv2, "resize", spy)
-    batch = crops_to_batch(crops, (256, 128), "crop")
-    assert len(threads) == 3 and all(t.startswith("resize") for t in threads)
+    batch = crops_to_batch(crops, (256, 128), "crop", resize_threads=THREE)
+    # split for a pool of three (a free worker may take two parts, so not always three threads),
+    # resized on the pool's threads, never on the caller's
+    assert pools == [THREE] and threads and all(t.startswith("resize") for t in threads)
     monkeypatch.setattr(base.cv2, "resize", resize)
     assert batch.shape == (len(crops), 3, 256, 128) and batch.dtype == np.float32
     for i, crop in enumerate(crops):  # each row is its own crop, in order
@@ -80,8 +81,8 @@ def test_first_big_batches_of_several_threads_share_one_pool(monkeypatch) -> Non
     monkeypatch.setattr(base, "ThreadPoolExecutor", SlowToMake)
     monkeypatch.setattr(base, "_pools", {})
     crops = varied_crops(PARALLEL_RESIZE_MIN)
-    callers = [threading.Thread(target=crops_to_batch, args=(crops, (256, 128), "c"))
-               for _ in range(4)]  # fmt: skip
+    callers = [threading.Thread(target=crops_to_batch, args=(crops, (256, 128), "c"),
+                                kwargs={"resize_threads": THREE}) for _ in range(4)]
     for t in callers:
         t.start()
     for t in callers:
@@ -95,21 +96,20 @@ def test_a_forked_child_resizes_big_batches_too() -> None:
     import multiprocessing
 
     crops = varied_crops(PARALLEL_RESIZE_MIN)
-    want = crops_to_batch(crops, (256, 128), "crop")  # the parent's pool exists now
+    want = crops_to_batch(crops, (256, 128), "crop", resize_threads=THREE)  # the parent's pool
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(1) as pool:
-        got = pool.apply_async(crops_to_batch, (crops, (256, 128), "crop")).get(timeout=60)
+        got = pool.apply_async(crops_to_batch, (crops, (256, 128), "crop"),
+                               {"resize_threads": THREE}).get(timeout=60)
     np.testing.assert_array_equal(got, want)
 
 
-def test_resize_threads_setting(monkeypatch) -> None:
-    assert base.resize_workers() == 3
-    monkeypatch.delenv("REFIND_RESIZE_THREADS")
-    assert 1 <= base.resize_workers() <= min(base.PARALLEL_RESIZE_THREADS, base.usable_cpus())
-    assert base.usable_cpus() <= len(os.sched_getaffinity(0))
-    monkeypatch.setenv("REFIND_RESIZE_THREADS", "two")
-    with pytest.raises(ModelInputError, match="REFIND_RESIZE_THREADS"):
-        crops_to_batch(varied_crops(PARALLEL_RESIZE_MIN), (256, 128), "crop")
+@pytest.mark.parametrize(("setting", "expected"), [(3, 3), (1, 1), (64, 64), (0, None)])
+def test_resize_threads_setting(setting: int, expected: int | None) -> None:
+    auto = min(base.PARALLEL_RESIZE_THREADS, base.usable_cpus())
+    assert base.resize_workers(setting) == (auto if expected is None else expected)
+    with pytest.raises(ModelInputError, match="resize_threads must be >= 0"):
+        crops_to_batch(varied_crops(PARALLEL_RESIZE_MIN), (256, 128), "crop", resize_threads=-1)
 
 
 @pytest.mark.parametrize(("cpu_max", "cap"), [("50000 100000\n", 1), ("150000 100000\n", 2),

@@ -1,4 +1,4 @@
-"""The IRM model (models/irm.py) and its training (models/train_irm.py, irm_cache.py,
+"""The IRM model (models/irm.py) and its training (training/irm.py, irm_cache.py,
 irm_objectives.py).
 
 Tiny random configurations need no data; the tests with trained weights on real PETS crops skip
@@ -15,15 +15,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.base import TASKS, InstructableEmbedder
-from models.irm import IrmConfig, IrmHead, load_head, save_head
-from models.irm_cache import VIEWS, Cache
-from models.irm_embedder import IrmEmbedder
-from models.irm_objectives import IdClassifier, sample_batch, step_loss
-from models.minilm import pad_states
-from models.train_irm import TrainOptions
+from refind.models.base import TASKS, InstructableEmbedder
+from refind.models.irm import IrmConfig, IrmHead, load_head, save_head
+from refind.models.irm_embedder import IrmEmbedder
+from refind.models.minilm import pad_states
+from refind.training.irm import TrainOptions
+from refind.training.irm_cache import VIEWS, Cache
+from refind.training.irm_objectives import IdClassifier, sample_batch, step_loss
 from tests.conftest import MODELS_DIR, PETS_GT, PETS_VIDEO
-from tests.models.conftest import TINY, crops, tiny_embedder, tiny_head
+from tests.irm_builders import TINY, crops, tiny_embedder, tiny_head
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "models" / "weights" / "irm-pets-v3.safetensors"
 
@@ -119,7 +119,7 @@ def test_config_checks(bad):
 
 
 def test_unknown_task_is_refused():
-    from models.base import ModelInputError
+    from refind.models.base import ModelInputError
 
     with pytest.raises(ModelInputError, match="unknown task"):
         tiny_embedder().embed_query(crops(1), "dance")
@@ -181,7 +181,7 @@ def test_training_steps_lower_the_loss(tmp_path):
 
 
 def test_train_head_writes_weights_and_report(tmp_path):
-    from models.train_irm import train_head
+    from refind.training.irm import train_head
 
     opts = TrainOptions(
         out=tmp_path, ids_per_batch=4, crops_per_id=3, config=TINY, max_steps=6, eval_every=3,
@@ -194,7 +194,7 @@ def test_train_head_writes_weights_and_report(tmp_path):
 
 
 def test_cv_folds_deal_pets_training_ids_and_keep_tracklets_training():
-    from models.irm_cache import cv_folds
+    from refind.training.irm_cache import cv_folds
 
     names = ["intel:1", "pets:1", "pets:3", "pets:5", "pets:7", "pets:9"]
     label = np.repeat(np.arange(6), [50, 10, 40, 30, 20, 40])
@@ -204,7 +204,7 @@ def test_cv_folds_deal_pets_training_ids_and_keep_tracklets_training():
 
 
 def test_choose_steps_takes_the_best_mean_gain_and_the_earlier_tie():
-    from models.train_irm import choose_steps, plain_gain
+    from refind.training.irm import choose_steps, plain_gain
 
     def hist(gains):
         return [
@@ -221,7 +221,7 @@ def test_choose_steps_takes_the_best_mean_gain_and_the_earlier_tie():
 
 
 def test_part_masks_separate_identity_from_outfit():
-    from models.irm_objectives import Batch, part_masks
+    from refind.training.irm_objectives import Batch, part_masks
 
     # crops 0, 1 of identity 0, crop 2 of identity 1; the last entry is crop 0 recoloured
     label = np.asarray([0, 0, 1])
@@ -244,7 +244,7 @@ def test_instruction_tuning_leaves_the_gallery_and_plain_reid_alone(tmp_path, st
     """Stage 2 trains only what the gallery does not depend on (after 0 stage-1 steps: all but
     the gallery's output layers): gallery vectors and plain-ReID queries are bit-identical
     afterwards, while the other tasks' queries moved."""
-    from models.train_irm import train_head
+    from refind.training.irm import train_head
 
     cache = synthetic_cache()
     opts = TrainOptions(
@@ -271,7 +271,7 @@ def test_instruction_tuning_classifies_against_the_frozen_gallery_centroids():
     """Stage 2's identity classifier is each identity's mean gallery id part, frozen: a
     query's id cross-entropy pulls it to its own people (before: a fresh random classifier
     that never trained pulled query id parts toward random directions)."""
-    from models.irm_objectives import centroid_classifier
+    from refind.training.irm_objectives import centroid_classifier
 
     torch.manual_seed(0)
     cache, head = synthetic_cache(), IrmHead(TINY)
@@ -293,7 +293,7 @@ def test_instruction_tuning_classifies_against_the_frozen_gallery_centroids():
 
 
 def test_text_training_learns_captions_and_moves_no_image_vector(tmp_path):
-    from models.train_irm import train_text
+    from refind.training.irm import train_text
 
     torch.manual_seed(0)
     cache = synthetic_cache()
@@ -325,7 +325,8 @@ def test_pad_states_masks_padding():
 
 
 def test_config_selects_the_irm_embedder():
-    from streaming.config import IrmEmbedderConfig, OpenVinoReidConfig, load_config, parse_config
+    from refind.config import load_config, parse_config
+    from refind.models.config import IrmEmbedderConfig, OpenVinoReidConfig
 
     assert isinstance(parse_config({"embedder": {"type": "irm"}}).embedder, IrmEmbedderConfig)
     assert isinstance(parse_config({}).embedder, OpenVinoReidConfig)
@@ -334,7 +335,7 @@ def test_config_selects_the_irm_embedder():
 
 
 def test_store_serves_the_packaged_weights(tmp_path):
-    from models.store import ModelStore
+    from refind.models.store import ModelStore
 
     if not WEIGHTS.is_file():
         pytest.skip(f"{WEIGHTS} not present")
@@ -351,8 +352,8 @@ def pets_embedder():
         pytest.skip("needs ../shared/models (OMZ 0277) and the PETS09-S2L1 clip")
     if not WEIGHTS.is_file():
         pytest.skip(f"{WEIGHTS} not present")
-    from models.store import ModelStore
-    from streaming.config import IrmEmbedderConfig, ModelStoreConfig
+    from refind.models.config import IrmEmbedderConfig, ModelStoreConfig
+    from refind.models.store import ModelStore
 
     return IrmEmbedder.from_config(
         IrmEmbedderConfig(device="cpu"), ModelStore.from_config(ModelStoreConfig())
@@ -365,8 +366,8 @@ def test_trained_ignore_clothes_separates_a_recoloured_person_better(tmp_path):
     clothes" stands further above the other people (same-identity minus other-identity cosine
     to the original crops) than the same crop as a plain ReID query, for most crops; untrained,
     the two queries are the same."""
-    from models.irm_cache import V
-    from models.train_irm import train_head
+    from refind.training.irm import train_head
+    from refind.training.irm_cache import V
 
     torch.manual_seed(0)
     cache = synthetic_cache(n_ids=6, per_id=8)
@@ -415,7 +416,7 @@ def test_shipped_weights_keep_the_teacher_image_path():
 @pytest.mark.slow
 def test_teacher_shortcut_equals_the_head(pets_embedder):
     """irm-pets-v3's gallery path is computed without the head; the head gives the same."""
-    from models.irm_data import load_pets_crops, pets_identity_split
+    from refind.datasets.irm import load_pets_crops, pets_identity_split
 
     crops = [c.image for c in load_pets_crops(pets_identity_split()[1], every_n_frames=40)][:24]
     assert pets_embedder.teacher_shortcut
@@ -433,7 +434,7 @@ def test_shipped_weights_carry_the_attribute_probe():
     """irm-pets-v3 = irm-pets-v2's head + the attribute probe its report describes."""
     import json
 
-    from models.irm import load_weights
+    from refind.models.irm import load_weights
 
     head, probe, meta = load_weights(WEIGHTS)
     report = json.loads(WEIGHTS.with_suffix(".probe.json").read_text())
@@ -449,7 +450,7 @@ def test_shipped_probe_finds_red_tops_among_unseen_people(pets_embedder):
     reading, scripts/build_irm_eval.py). A red-top text query ranks their crops first: its AP
     is over 0.4 and over 5x the share of red-top crops (about a random ranking's AP; measured
     0.56 against 0.044)."""
-    from models.irm_data import load_pets_crops, pets_identity_split
+    from refind.datasets.irm import load_pets_crops, pets_identity_split
 
     crops = load_pets_crops(pets_identity_split()[1], every_n_frames=20)
     red = np.array([c.identity in ("pets:6", "pets:10") for c in crops])

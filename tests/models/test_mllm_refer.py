@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.base import Region
-from models.mllm_refer import MllmReranker, contact_sheet, fallback, parse_indices
+from refind.models.base import Region
+from refind.models.mllm_refer import MllmReranker, contact_sheet, fallback, parse_indices
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import numpy as np
 import openvino as ov
 import pytest
 
-from models.openvino_util import CpuRunner, read_dynamic_batch
+from refind.models.openvino_util import CpuRunner, read_dynamic_batch
 
 REID = "person-reidentification-retail-0277"
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}  # both paths in f32: comparable to rounding error

@@ -1,4 +1,4 @@
-"""models.ov_torch: OpenVINO IR graphs run with torch give OpenVINO's results."""
+"""refind.models.ov_torch: OpenVINO IR graphs run with torch give OpenVINO's results."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.ov_torch import (
+from refind.models.ov_torch import (
     OvGraph,
     OvNode,
     OvTorchError,
@@ -41,7 +41,7 @@ def pets_crops() -> list[np.ndarray]:
     """Eight real person crops from the first annotated frames of PETS09-S2L1."""
     import av
 
-    from models.pets_reid import read_mot_gt, scaled_xyxy
+    from refind.datasets.pets_reid import read_mot_gt, scaled_xyxy
 
     need_pets()
     rows = read_mot_gt(PETS_GT)

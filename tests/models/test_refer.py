@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.base import PersonAttributes, Region
-from models.refer import (
+from refind.models.base import PersonAttributes, Region
+from refind.models.refer import (
     REGION_DIM,
     TEXT_DIM,
     ReferConfig,
@@ -21,7 +21,7 @@ from models.refer import (
     load_weights,
     save_weights,
 )
-from models.train_refer import step_loss
+from refind.training.refer import step_loss
 
 TINY = ReferConfig(d_model=32, layers=1, heads=2, dropout=0.0)
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,18 +156,18 @@ def test_shipped_weights_beat_no_reranking_on_pets_dev() -> None:
         pytest.skip(f"PETS09-S2L1 not found at {PETS} (../shared/data is a local fixture)")
     if not WEIGHTS.is_file():
         pytest.skip(f"{WEIGHTS} missing: run `refind train refer`")
-    from models.attributes import OpenVinoAttributes
-    from models.eval_refer import KeepAll, summarise
-    from models.pets_reid import video_size
-    from models.refer_data import (
+    from refind.datasets.pets_reid import video_size
+    from refind.datasets.refer import (
         DEV_FRAMES,
         NOBODY,
         decode_frames,
         load_scenes,
         position_expressions,
     )
-    from models.store import ModelStore
-    from streaming.config import ModelStoreConfig
+    from refind.evaluation.refer import KeepAll, summarise
+    from refind.models.attributes import OpenVinoAttributes
+    from refind.models.config import ModelStoreConfig
+    from refind.models.store import ModelStore
 
     scenes = load_scenes(PETS / "gt.txt", DEV_FRAMES, video_size(PETS / "vtest.avi"))[::33][:12]
     images = decode_frames(PETS / "vtest.avi", {s.frame for s in scenes})
@@ -193,7 +193,7 @@ def test_shipped_weights_beat_no_reranking_on_pets_dev() -> None:
 def test_store_resolves_the_bundled_weights(tmp_path) -> None:
     if not WEIGHTS.is_file():
         pytest.skip(f"{WEIGHTS} missing: run `refind train refer`")
-    from models.store import ModelStore
+    from refind.models.store import ModelStore
 
     resolved = ModelStore([], tmp_path, allow_download=False).resolve("refer-pets-v1")
     assert resolved.path == WEIGHTS and resolved.model_id.startswith("refer-pets-v1@")

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from models.base import model_id_for, model_name
-from models.store import ModelFile, ModelSpec, ModelStore, ModelStoreError
+from refind.models.base import model_id_for, model_name
+from refind.models.store import ModelFile, ModelSpec, ModelStore, ModelStoreError
 from tests.conftest import serve_directory
 
 PAYLOAD = b"pretend weights\n" * 100

@@ -10,10 +10,10 @@ import uuid
 
 import pytest
 
-from streaming.bus import BusError, EventBus, ensure_topics
-from streaming.config import KafkaConfig
-from streaming.consumer import EventConsumer, tail_events
-from streaming.events import (
+from refind.streaming.bus import BusError, EventBus, ensure_topics
+from refind.streaming.config import KafkaConfig
+from refind.streaming.consumer import EventConsumer, tail_events
+from refind.streaming.events import (
     CameraStatusEvent,
     DetectionEvent,
     TrackEvent,

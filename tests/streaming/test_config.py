@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from streaming.config import ConfigError, RefindConfig, load_config, parse_config
+from refind.config import RefindConfig, load_config, parse_config
+from refind.streaming.config import ConfigError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 

@@ -6,10 +6,10 @@ import cv2
 import numpy as np
 import pytest
 
-from streaming.boxes import pixel_box
-from streaming.config import CropConfig
-from streaming.crops import CropSelector, sharpness
-from streaming.records import Frame, Tracks
+from refind.streaming.boxes import pixel_box
+from refind.streaming.config import CropConfig
+from refind.streaming.crops import CropSelector, sharpness
+from refind.streaming.records import Frame, Tracks
 
 H, W = 360, 480
 FPS = 10
@@ -171,8 +171,8 @@ def test_early_hands_out_the_best_crop_once_and_finish_skips_it() -> None:
 
 
 def test_a_crop_as_stored_carries_its_jpeg_and_those_pixels():
-    from streaming.crops import as_stored
-    from streaming.records import Crop
+    from refind.streaming.crops import as_stored
+    from refind.streaming.records import Crop
 
     image = np.random.default_rng(3).integers(0, 256, (120, 50, 3), dtype=np.uint8)
     crop = Crop("gate", 4, 17, 1_700, (1.0, 2.0, 51.0, 122.0), 0.8, 0.5, image)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from streaming.events import (
+from refind.streaming.events import (
     CameraStatusEvent,
     CropEvent,
     DetectionEvent,
@@ -18,7 +18,7 @@ from streaming.events import (
     resolve_topic,
     topic_for,
 )
-from streaming.records import CropRecord, Detections
+from refind.streaming.records import CropRecord, Detections
 
 EVENTS = [
     DetectionEvent(camera="gate", ts_ns=1_000, frame_index=7,

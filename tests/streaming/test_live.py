@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streaming.config import CameraConfig, LiveConfig, ReconnectConfig
-from streaming.flow import AdaptiveSampler, Backoff, DropOldestQueue
-from streaming.live import (
+from refind.streaming.config import CameraConfig, LiveConfig, ReconnectConfig
+from refind.streaming.flow import AdaptiveSampler, Backoff, DropOldestQueue
+from refind.streaming.live import (
     CameraState,
     CameraStatus,
     LiveCamera,
 )
-from streaming.metrics import CAMERA_STATES, Metrics
-from streaming.records import Frame
+from refind.streaming.metrics import CAMERA_STATES, Metrics
+from refind.streaming.records import Frame
 from tests.cameras import HttpTsCamera, RtspCamera, free_port
 
 DATA = Path(__file__).resolve().parents[2] / "../shared/data"

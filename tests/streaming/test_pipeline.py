@@ -1,4 +1,4 @@
-"""The one stage loop (``streaming.pipeline.CameraPipeline``), driven without Ray or models: a
+"""The one stage loop (``refind.streaming.pipeline.CameraPipeline``), driven without Ray or models: a
 scripted detector on synthetic frames, then the real detector on PETS09-S2L1."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pytest
 
-from streaming.config import CropConfig, TrackerConfig
-from streaming.pipeline import CameraPipeline, EndGate, FrameResult, prefetch
-from streaming.records import Detections, Embeddings, Frame, Tracks, TrackSpan
+from refind.streaming.config import CropConfig, TrackerConfig
+from refind.streaming.pipeline import CameraPipeline, EndGate, FrameResult, prefetch
+from refind.streaming.records import Detections, Embeddings, Frame, Tracks, TrackSpan
 
 H, W = 240, 320
 STEP_NS = 100_000_000  # 10 frames/s
@@ -180,7 +180,7 @@ class MotionStage:
 
 
 def test_track_stages_see_every_frame_and_report_at_the_end():
-    from streaming.metrics import Metrics
+    from refind.streaming.metrics import Metrics
 
     stage, metrics = MotionStage(), Metrics()
     pipe = CameraPipeline("gate", MOTION_ONLY, CropConfig(), id_offset=10, stages=[stage],
@@ -251,9 +251,9 @@ def test_end_gate_holds_a_track_until_its_crops_are_stored():
 def test_the_real_detector_through_the_pipeline_on_pets(model_store, pets_video):
     """Offline ingest's stage loop on 120 real frames: person tracks with spans that cover
     their crops, and crops inside the frame."""
-    from models.yolox import YoloxDetector
-    from streaming.config import RefindConfig
-    from streaming.sources import VideoSource
+    from refind.config import RefindConfig
+    from refind.models.yolox import YoloxDetector
+    from refind.streaming.sources import VideoSource
 
     cfg = RefindConfig()
     pipe = CameraPipeline("pets", MOTION_ONLY, cfg.crops, YoloxDetector(cfg.detector, model_store),

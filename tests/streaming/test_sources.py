@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from streaming.sources import SourceError, VideoSource
+from refind.streaming.sources import SourceError, VideoSource
 from tests.conftest import serve_directory
 from tests.servers import free_port
 

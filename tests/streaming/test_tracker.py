@@ -6,11 +6,11 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from streaming.config import TrackerConfig
-from streaming.kalman import BoxKalmanFilter, xyah_to_xyxy, xyxy_to_xyah
-from streaming.matching import assign, iou_matrix
-from streaming.records import Detections, Tracks
-from streaming.tracker import ByteTracker
+from refind.streaming.config import TrackerConfig
+from refind.streaming.kalman import BoxKalmanFilter, xyah_to_xyxy, xyxy_to_xyah
+from refind.streaming.matching import assign, iou_matrix
+from refind.streaming.records import Detections, Tracks
+from refind.streaming.tracker import ByteTracker
 
 FPS = 10
 

@@ -1,0 +1,476 @@
+"""The HTTP search API: find a person by photo, look at tracks and crops, over a live gallery.
+
+Endpoints (``api.host``:``api.port``; every ``/v1`` call needs an ``X-API-Key`` header):
+- ``POST /v1/search/image``: multipart ``image`` plus optional form fields ``k``, ``cameras``
+  (comma list), ``since``/``until`` (seconds), ``box`` (``x1,y1,x2,y2``), ``min_track_s``,
+  ``instruction`` (text) or an ``instruction_image`` file (a garment), ``task`` and ``rerank``;
+  returns ranked ``hits`` (each with ``thumbnail_url``, ``reason`` and ``reasons``), ``message``
+  and ``took_ms``. Audited.
+- ``POST /v1/search/text``: JSON ``{text, k, cameras, since, until, min_track_s, rerank}``; the
+  text's own filters ("on camera 2 after 14:00") are read by ``refind.indexer.query_plan`` (explicit
+  fields win) and the key's scope applies to them too. Returns ``hits``, ``plan`` (what was
+  read), ``message`` (e.g. "no tracklet matches ...") and ``took_ms``. Audited.
+- ``GET /v1/tracks/{camera}/{track_id}``: a track's span and its stored crops.
+- ``GET /v1/crops/{path}``: one stored crop, ``image/jpeg``.
+- ``GET /v1/cameras``: cameras with stored tracks that the key may see.
+- ``GET /healthz``, ``GET /metrics`` (Prometheus text), ``GET /openapi.json``: no key needed.
+
+A key's cameras bound everything it does: a search runs only over them (inside the FAISS
+filter, so k hits still come back), and naming any other camera is 403. Refusals are 4xx with
+``{"error": "..."}``; a search that fails leaves nothing behind but its audit line.
+
+Example:
+    >>> app = create_app(load_config("configs/api.yaml"))                     # doctest: +SKIP
+    >>> uvicorn.run(app, host="127.0.0.1", port=8090)                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import posixpath
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Annotated, Literal, TypeVar
+from urllib.parse import quote
+
+from fastapi import Depends, FastAPI, File, Form, Path, Request, Security, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyHeader
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import UploadFile as StarletteUpload
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from refind.app.api_guard import ApiError, AuditLog, KeyRing, Principal, RequestMetrics, UploadLimit
+from refind.config import RefindConfig
+from refind.indexer.blobs import CropStore, CropStoreError, safe_name
+from refind.indexer.live_search import GalleryUnavailable, LiveSearch, SearchResult
+from refind.indexer.query_plan import MAX_MIN_TRACK_S, UnknownCamera, check_query_text, plan_query
+from refind.indexer.search import QueryError, decode_query_image
+from refind.models.base import ModelInputError
+from refind.models.registry import RERANKER_NAMES, RegistryError
+from refind.streaming.boxes import crop_box
+from refind.streaming.config import ConfigError
+from refind.streaming.metrics import CONTENT_TYPE, Metrics
+from refind.streaming.records import CropRecord, ImageQuery, TextQuery, TrackletHit
+
+Q = TypeVar("Q", ImageQuery, TextQuery)
+
+log = logging.getLogger(__name__)
+
+SEARCH_PATH = "/v1/search/image"
+TEXT_PATH = "/v1/search/text"
+MAX_TEXT_BODY_BYTES = 64 * 1024  # a 1000-character query and its filters fit many times over
+MAX_SECONDS = 4e9  # timestamps are int64 nanoseconds (up to 9.2e9 s): year 2096 is plenty
+FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and the small text fields
+
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key of api.keys")
+
+
+def _principal(request: Request, key: Annotated[str | None, Security(_api_key)]) -> Principal:
+    keys: KeyRing = request.app.state.keys
+    return keys.authenticate(key)
+
+
+Caller = Annotated[Principal, Depends(_principal)]
+
+
+def _check_startable(cfg: RefindConfig) -> None:
+    if not cfg.api.keys and not cfg.api.allow_anonymous:
+        raise ConfigError(
+            "api.keys is empty, so the API refuses to start: add a key (name, key_sha256 = "
+            "sha256 hex of the key, cameras) or set api.allow_anonymous: true (every caller "
+            "then sees every camera; for loopback development only)"
+        )
+
+
+# ---- form parsing: each field's own error message ------------------------------------------
+
+
+def _parse_k(text: str | None) -> int:
+    if text is None or text.strip() == "":
+        return 10
+    try:
+        k = int(text.strip())
+    except ValueError:
+        raise ApiError(400, f"k must be an integer in 1..1000, got {text!r}") from None
+    if not 1 <= k <= 1000:
+        raise ApiError(400, f"k must be in 1..1000, got {k}")
+    return k
+
+
+def _parse_seconds(text: str | None, name: str) -> int | None:
+    """Seconds as given -> nanoseconds, or None when the field is absent or empty."""
+    if text is None or text.strip() == "":
+        return None
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ApiError(400, f"{name} must be a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or not 0.0 <= value <= MAX_SECONDS:
+        raise ApiError(400, f"{name} must be seconds in 0..{MAX_SECONDS:.0e}, got {text!r}")
+    return int(value * 1e9)
+
+
+def _parse_box(text: str | None) -> tuple[float, float, float, float] | None:
+    if text is None or text.strip() == "":
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ApiError(400, f"box must be x1,y1,x2,y2 in pixels, got {text!r}") from None
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise ApiError(400, f"box must be four finite numbers x1,y1,x2,y2, got {text!r}")
+    x1, y1, x2, y2 = values
+    if x2 <= x1 or y2 <= y1:
+        raise ApiError(400, f"box {text!r} has zero or negative size")
+    return x1, y1, x2, y2
+
+
+def _parse_cameras(text: str | None) -> tuple[str, ...]:
+    if text is None:
+        return ()
+    return tuple(dict.fromkeys(c.strip() for c in text.split(",") if c.strip()))
+
+
+def _parse_min_track(text: str | None) -> float | None:
+    if text is None or text.strip() == "":
+        return None
+    try:
+        value = float(text.strip())
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not 0.0 <= value <= MAX_MIN_TRACK_S:
+        raise ApiError(400, f"min_track_s must be seconds in 0..{MAX_MIN_TRACK_S:.0f}, "
+                            f"got {text!r}")
+    return value
+
+
+def _parse_rerank(text: str | None) -> str | None:
+    if text is None or text.strip() == "":
+        return None
+    if text.strip() not in RERANKER_NAMES:
+        raise ApiError(400, f"unknown rerank {text!r}; valid: {', '.join(RERANKER_NAMES)}")
+    return text.strip()
+
+
+RerankerName = Literal[RERANKER_NAMES]  # type: ignore[valid-type]  # the registry's names
+
+
+class TextSearch(BaseModel):
+    """The body of ``POST /v1/search/text``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(..., description="Who to find, with optional filters in words: 'woman "
+                      "with a backpack, red top, on camera 2, after 14:00' (1..1000 characters)")
+    k: int = Field(10, ge=1, le=1000, description="Tracklets returned")
+    cameras: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=list, max_length=256, description="Only these cameras (replace any "
+        "the text names); default: the text's, else every camera the key sees")
+    since: float | None = Field(None, ge=0.0, le=MAX_SECONDS, allow_inf_nan=False,
+                                description="Earliest time, epoch seconds (replaces the text's)")
+    until: float | None = Field(None, ge=0.0, le=MAX_SECONDS, allow_inf_nan=False,
+                                description="Latest time, epoch seconds (replaces the text's)")
+    min_track_s: float | None = Field(None, ge=0.0, le=MAX_MIN_TRACK_S, allow_inf_nan=False,
+                                      description="Only tracks seen at least this long")
+    rerank: RerankerName | None = Field(None, description="Re-ranker; default search.rerank")
+
+
+# ---- response pieces -----------------------------------------------------------------------
+
+
+def crop_url(rel: str) -> str:
+    return "/v1/crops/" + quote(rel, safe="/")
+
+
+def reason(hit: TrackletHit, aggregation: str) -> str:
+    if hit.reasons:  # re-ranked: the re-ranker's words
+        return "; ".join(hit.reasons)
+    how = "its best crop" if aggregation == "max" else "mean of its best two matching crops"
+    return (f"appearance similarity {hit.score:.2f} ({how}) over a track of {hit.n_crops} "
+            f"stored crop{'s' if hit.n_crops != 1 else ''}")
+
+
+def _crop_json(r: CropRecord) -> dict[str, object]:
+    return {
+        "frame_index": r.frame_index, "ts": r.ts_ns / 1e9,
+        "xyxy": [round(v, 1) for v in r.xyxy], "quality": round(r.quality, 4),
+        "confidence": round(r.confidence, 4), "url": crop_url(r.crop_path),
+    }
+
+
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, err: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "X-API-Key"} if err.status == 401 else None
+        return _error(err.status, err.message, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}"
+                 for e in err.errors()]
+        return _error(422, "; ".join(parts))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        return _error(err.status_code, str(err.detail), err.headers)
+
+    @app.exception_handler(GalleryUnavailable)
+    async def no_gallery(request: Request, err: GalleryUnavailable) -> JSONResponse:
+        return _error(503, str(err))
+
+
+# ---- the app -------------------------------------------------------------------------------
+
+
+def create_app(
+    cfg: RefindConfig, engine_factory: Callable[[RefindConfig], LiveSearch] = LiveSearch.from_config
+) -> FastAPI:
+    """The API over ``cfg.data_dir``'s gallery; raises ConfigError when no key is configured."""
+    _check_startable(cfg)
+    keys = KeyRing.from_config(cfg.api)
+    audit = AuditLog(cfg.api.audit_log or cfg.data_dir / "audit.jsonl")
+    crops = CropStore.from_config(cfg)
+    live = engine_factory(cfg)
+    max_image_bytes = int(cfg.api.max_upload_mb * 2**20)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        live.close()
+
+    app = FastAPI(title="refind", version="1", lifespan=lifespan,
+                  description="Find a person across camera streams by photo.")
+    app.state.keys = keys
+    _install_error_handlers(app)
+    counts = Metrics()
+    app.add_middleware(UploadLimit, path=SEARCH_PATH, max_bytes=max_image_bytes + FORM_OVERHEAD_BYTES)
+    app.add_middleware(UploadLimit, path=TEXT_PATH, max_bytes=MAX_TEXT_BODY_BYTES)
+    app.add_middleware(RequestMetrics, metrics=counts, fixed_paths=(SEARCH_PATH, TEXT_PATH))
+
+    def known_cameras(cameras: tuple[str, ...]) -> list[str]:
+        """The gallery's cameras; 404 naming any of ``cameras`` that is not one of them."""
+        known = live.cameras()
+        unknown = [c for c in cameras if c not in known]
+        if unknown:
+            raise ApiError(404, f"unknown camera(s) {', '.join(unknown)}; known: "
+                                f"{', '.join(known) or '(none yet)'}")
+        return known
+
+    def read_upload(upload: UploadFile, what: str, entry_key: str,
+                    entry: dict[str, object]) -> bytes:
+        data = upload.file.read(max_image_bytes + 1)
+        entry[entry_key] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        if len(data) > max_image_bytes:
+            raise ApiError(413, f"{what} is over api.max_upload_mb ({cfg.api.max_upload_mb} MiB)")
+        return data
+
+    def instruction_fields(
+        more: Mapping[str, object], entry: dict[str, object]
+    ) -> dict[str, object]:
+        """min_track_s, instruction (text or image), task and rerank of an image search form."""
+        text = more.get("instruction")
+        instruction = check_query_text(text, "instruction") if isinstance(text, str) and \
+            text.strip() else None
+        task = more.get("task")
+        upload = more.get("instruction_image")
+        image = None
+        if isinstance(upload, StarletteUpload):  # what FastAPI hands over for a file field
+            data = read_upload(upload, "instruction_image", "instruction_image", entry)
+            image = decode_query_image(data, "instruction_image")
+        return {
+            "min_track_s": _parse_min_track(more.get("min_track_s")),  # type: ignore[arg-type]
+            "instruction": instruction, "instruction_image": image,
+            "task": task.strip() if isinstance(task, str) and task.strip() else None,
+            "rerank": _parse_rerank(more.get("rerank")),  # type: ignore[arg-type]
+        }
+
+    def build_query(
+        who: Principal, image: UploadFile | None, k: str | None, cameras: str | None,
+        since: str | None, until: str | None, box: str | None, entry: dict[str, object],
+        more: Mapping[str, object] | None = None,
+    ) -> ImageQuery:
+        """The query a form describes (noted in ``entry`` for the audit); raises on bad input."""
+        more = more or {}
+        entry["query"] = {"k": k, "cameras": cameras, "since": since, "until": until, "box": box,
+                          **{n: v for n, v in more.items() if isinstance(v, str)}}
+        requested = _parse_cameras(cameras)
+        who.check_cameras(requested, "search")
+        k_value, box_xyxy = _parse_k(k), _parse_box(box)
+        start, end = _parse_seconds(since, "since"), _parse_seconds(until, "until")
+        if start is not None and end is not None and start > end:
+            raise ApiError(400, f"since ({since}) is after until ({until})")
+        if image is None:
+            raise ApiError(400, "multipart field `image` (the query photo) is required")
+        data = read_upload(image, "image", "image", entry)
+        extra = instruction_fields(more, entry)
+        known_cameras(requested)
+        pixels = decode_query_image(data, "uploaded image")
+        if box_xyxy is not None:
+            pixels = crop_box(pixels, box_xyxy)
+        scope = requested or (tuple(sorted(who.cameras)) if who.cameras is not None else ())
+        return ImageQuery(image=pixels, k=k_value, cameras=scope, start_ts_ns=start,
+                          end_ts_ns=end, **extra)  # type: ignore[arg-type]
+
+    def run_search(fn: Callable[[], SearchResult]) -> SearchResult:
+        """Run a search; what the query asks that the models refuse is a 4xx."""
+        try:
+            return fn()
+        except (QueryError, ModelInputError, RegistryError) as err:
+            raise ApiError(400, str(err)) from None
+        except ImportError as err:  # a re-ranker or model whose code is not installed
+            raise ApiError(501, f"not available on this server: {err}") from None
+
+    def respond(result: SearchResult) -> dict[str, object]:
+        hits = [h.to_json() | {"thumbnail_url": crop_url(h.thumbnail),
+                               "reason": reason(h, cfg.search.aggregation)}
+                for h in result.hits]
+        return {"hits": hits, "message": result.message, **result.details,
+                "took_ms": result.took_ms}
+
+    def build_text_query(who: Principal, body: TextSearch, entry: dict[str, object]) -> TextQuery:
+        """The query of a text search body (its plan noted in ``entry``); raises on bad input."""
+        explicit = tuple(dict.fromkeys(c.strip() for c in body.cameras if c.strip()))
+        who.check_cameras(explicit, "search")
+        start = None if body.since is None else int(body.since * 1e9)
+        end = None if body.until is None else int(body.until * 1e9)
+        if start is not None and end is not None and start > end:
+            raise ApiError(400, f"since ({body.since}) is after until ({body.until})")
+        known = known_cameras(explicit)
+        try:
+            plan = plan_query(body.text, known_cameras=known, tz=cfg.search.timezone,
+                              cameras=explicit, start_ts_ns=start, end_ts_ns=end,
+                              min_track_s=body.min_track_s)
+        except UnknownCamera as err:
+            # to a scoped key, a camera it cannot see and one that does not exist look alike
+            who.check_cameras([err.name], "search")
+            raise ApiError(404, str(err)) from None
+        entry["plan"] = plan.to_json()
+        who.check_cameras(plan.text_cameras, "search")
+        scope = plan.cameras or (tuple(sorted(who.cameras)) if who.cameras is not None else ())
+        return plan.text_query(body.k, cameras=scope, rerank=body.rerank)
+
+    def audited_search(
+        entry: dict[str, object],
+        make_query: Callable[[], Q],
+        search: Callable[[Q], SearchResult],
+    ) -> SearchResult:
+        """Build a query (bad input: 400), run it, and audit the outcome: hits or the error."""
+        try:
+            try:
+                query = make_query()
+            except (QueryError, ValueError) as err:
+                raise ApiError(400, str(err)) from None
+            result = run_search(lambda: search(query))
+        except (ApiError, GalleryUnavailable) as err:
+            status = err.status if isinstance(err, ApiError) else 503
+            audit.write({**entry, "status": status, "error": str(err)})
+            raise
+        audit.write({**entry, "status": 200, "message": result.message,
+                     "tracks": [[h.camera, h.track_id] for h in result.hits]})
+        return result
+
+    @app.post(TEXT_PATH, summary="Rank tracklets of a described person; filters in words too")
+    def search_text(who: Caller, body: TextSearch) -> dict[str, object]:
+        query_json = body.model_dump() | {"text": body.text[:1000], "text_chars": len(body.text)}
+        entry: dict[str, object] = {"key": who.name, "endpoint": TEXT_PATH, "query": query_json}
+        result = audited_search(entry, lambda: build_text_query(who, body, entry), live.search_text)
+        return respond(result) | {"plan": entry["plan"]}
+
+    @app.post(SEARCH_PATH, summary="Rank tracklets like the person in a photo")
+    def search_image(
+        who: Caller,
+        image: Annotated[UploadFile | None, File(description="JPEG/PNG/BMP/WebP photo")] = None,
+        k: Annotated[str | None, Form(description="Tracklets returned, 1..1000")] = None,
+        cameras: Annotated[str | None, Form(description="Comma list; default every camera")] = None,
+        since: Annotated[str | None, Form(description="Earliest time, seconds")] = None,
+        until: Annotated[str | None, Form(description="Latest time, seconds")] = None,
+        box: Annotated[str | None, Form(description="x1,y1,x2,y2: the person in the photo")] = None,
+        min_track_s: Annotated[str | None, Form(description="Only tracks seen this long, s")] = None,
+        instruction: Annotated[str | None, Form(
+            description="Instruction for an instructable (IRM) model: 'ignore clothes', 'now "
+            "wearing a black jacket', 'infrared'")] = None,
+        instruction_image: Annotated[UploadFile | None, File(
+            description="A garment photo: people wearing it (task clothes_template)")] = None,
+        task: Annotated[str | None, Form(description="IRM task; default read from the "
+                                         "instruction (refind.models.base.TASKS)")] = None,
+        rerank: Annotated[str | None, Form(description="none, attributes, refer or mllm; "
+                                           "default search.image_rerank")] = None,
+    ) -> dict[str, object]:
+        entry: dict[str, object] = {"key": who.name, "endpoint": SEARCH_PATH}
+        more = {"min_track_s": min_track_s, "instruction": instruction,
+                "instruction_image": instruction_image, "task": task, "rerank": rerank}
+        result = audited_search(
+            entry,
+            lambda: build_query(who, image, k, cameras, since, until, box, entry,
+                                {n: v for n, v in more.items() if v is not None}),
+            live.search,
+        )
+        return respond(result)
+
+    @app.get("/v1/tracks/{camera}/{track_id}", summary="A track's time span and stored crops")
+    def track(
+        who: Caller, camera: str, track_id: Annotated[int, Path(ge=0, le=2**62)]
+    ) -> dict[str, object]:
+        who.check_cameras([camera], "view")
+        found = live.track(camera, track_id)
+        if found is None:
+            raise ApiError(404, f"camera {camera!r} has no track {track_id}")
+        summary, records = found
+        return {
+            "camera": summary.camera, "track_id": summary.track_id,
+            "start_ts": summary.start_ts_ns / 1e9, "end_ts": summary.end_ts_ns / 1e9,
+            "n_crops": summary.n_crops, "best": _crop_json(summary.best),
+            "crops": [_crop_json(r) for r in records],
+        }
+
+    @app.get("/v1/crops/{path:path}", summary="One stored crop (JPEG)",
+             response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
+    def crop(who: Caller, path: str) -> Response:
+        try:
+            crops.location(path)  # refuses absolute paths, backslashes, NUL and any '..' escape
+        except CropStoreError as err:
+            raise ApiError(400, str(err)) from None
+        norm = posixpath.normpath(path)
+        folder = norm.split("/", 1)[0]
+        if who.cameras is not None and folder not in {safe_name(c) for c in who.cameras}:
+            raise ApiError(403, f"key {who.name!r} may not view crops of {folder!r}")
+        if not norm.endswith(".jpg"):
+            raise ApiError(404, f"no crop at {path!r}")
+        try:
+            data = crops.read_bytes(norm)
+        except CropStoreError:
+            raise ApiError(404, f"no crop at {path!r}") from None
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private"})
+
+    @app.get("/v1/cameras", summary="Cameras with stored tracks that this key may see")
+    def list_cameras(who: Caller) -> dict[str, object]:
+        return {"cameras": [c for c in live.cameras() if who.sees(c)]}
+
+    @app.get("/healthz", summary="Liveness and what is searchable now")
+    def healthz() -> dict[str, object]:
+        return {"status": "ok", **live.stats()}
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(counts.render(), media_type=CONTENT_TYPE)
+
+    return app
+
+
+def serve_api(cfg: RefindConfig) -> None:
+    """Run the API with uvicorn on ``api.host``:``api.port`` until interrupted."""
+    import uvicorn
+
+    app = create_app(cfg)
+    if cfg.api.allow_anonymous and cfg.api.host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning("api.allow_anonymous on %s: anyone who can reach it sees every camera",
+                    cfg.api.host)
+    uvicorn.run(app, host=cfg.api.host, port=cfg.api.port, log_level="info")

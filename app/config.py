@@ -1,0 +1,66 @@
+"""Config sections of the services: `refind serve`'s HTTP and the search API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import (
+    Field,
+    model_validator,
+)
+
+from refind.streaming.config import Section
+
+
+class ServeConfig(Section):
+    host: str = Field("127.0.0.1", description="Address of the health and metrics endpoint.")
+    port: int = Field(8080, ge=0, le=65535, description="Port; 0 picks a free one.")
+    save_interval_s: float = Field(
+        5.0, gt=0.0, le=3600.0, description="Index writers persist their shard this often."
+    )
+
+
+class ApiKeyConfig(Section):
+    """One client of the search API: its name (for the audit log), its key's hash, its cameras."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.@-]{1,64}$", description="Client name, logged.")
+    key_sha256: str = Field(
+        ..., pattern=r"^[0-9a-f]{64}$",
+        description="sha256 of the key, lowercase hex (`printf %s KEY | sha256sum`); never the "
+        "key itself.",
+    )
+    cameras: tuple[str, ...] = Field(
+        (), description="Cameras this key may search and view; empty = every camera."
+    )
+
+
+class ApiConfig(Section):
+    """The HTTP search API (`refind api`): who may call it, what it logs, how much it accepts."""
+
+    host: str = Field("127.0.0.1", description="Address the API listens on.")
+    port: int = Field(8090, ge=0, le=65535, description="Port; 0 picks a free one.")
+    keys: tuple[ApiKeyConfig, ...] = Field(
+        (), description="API keys (sent as the X-API-Key header). With none, the API refuses to "
+        "start unless allow_anonymous is set."
+    )
+    allow_anonymous: bool = Field(
+        False, description="Serve without keys (every caller sees every camera); only allowed "
+        "when `keys` is empty. For loopback development only."
+    )
+    audit_log: Path | None = Field(
+        None, description="JSON-lines file recording every search; None = <data_dir>/audit.jsonl."
+    )
+    max_upload_mb: float = Field(
+        20.0, gt=0.0, le=20.0,
+        description="Largest query image accepted, in MiB (the query decoder's cap is 20).",
+    )
+
+    @model_validator(mode="after")
+    def _keys_are_distinct(self) -> ApiConfig:
+        for attr in ("name", "key_sha256"):
+            values = [getattr(k, attr) for k in self.keys]
+            if len(set(values)) != len(values):
+                raise ValueError(f"api.keys: every key needs a distinct {attr}")
+        if self.allow_anonymous and self.keys:
+            raise ValueError("api.allow_anonymous needs an empty api.keys (keys are then unused)")
+        return self

@@ -1,0 +1,156 @@
+"""Config sections of the gallery side: the FAISS index, metadata (SQLite or Redis), search,
+the crop store and retention.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import (
+    Field,
+    Tag,
+    model_validator,
+)
+
+from refind.models.registry import RERANKER_NAMES
+from refind.streaming.config import NAME_PATTERN, Section, type_tag
+
+
+class GalleryConfig(Section):
+    index_factory: str = Field(
+        "Flat",
+        description="FAISS index_factory string, e.g. 'Flat', 'HNSW32', 'IVF1024,Flat'. Inner "
+        "product on unit vectors (cosine).",
+    )
+    nprobe: int = Field(16, ge=1, le=65536, description="IVF lists visited per query.")
+    ef_search: int = Field(128, ge=1, le=65536, description="HNSW candidate list size per query.")
+    ef_construction: int = Field(
+        200,
+        ge=8,
+        le=4096,
+        description="HNSW candidate list size while adding (FAISS's own default is 40; higher "
+        "adds slower and gives a better graph).",
+    )
+    train_min_vectors: int = Field(
+        0, ge=0, description="IVF/PQ indexes: vectors buffered before training (0 = 40 x nlist)."
+    )
+    exact_filter_max: int = Field(
+        10_000,
+        ge=0,
+        le=10_000_000,
+        description="HNSW indexes: a filtered search allowing at most this many ids scores just "
+        "those vectors exactly; a wider filter walks the graph with an IDSelector and an "
+        "efSearch scaled up by 1/selectivity.",
+    )
+
+
+class SqliteMetadataConfig(Section):
+    """Track metadata only in the gallery's embedded SQLite file (no server)."""
+
+    type: Literal["sqlite"] = "sqlite"
+
+
+class RedisMetadataConfig(Section):
+    """Camera registry and status, track metadata and id mappings in Redis (shared by all
+    nodes); the gallery's SQLite file still holds each shard's vectors."""
+
+    type: Literal["redis"] = "redis"
+    url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis URL; put a password in ${REDIS_PASSWORD}-style placeholders.",
+    )
+    key_prefix: str = Field("refind", pattern=NAME_PATTERN, description="Key namespace.")
+    socket_timeout_s: float = Field(2.0, gt=0.0, le=60.0, description="Per-command timeout.")
+    retries: int = Field(
+        5, ge=0, le=100, description="Retries of a command after a connection error or timeout "
+        "(Redis restarting), with exponential backoff; then the call raises MetadataUnavailable."
+    )
+    retry_backoff_max_s: float = Field(
+        1.0, gt=0.0, le=60.0, description="Longest wait between retries (the first is 0.1 s, "
+        "doubling each time)."
+    )
+
+
+MetadataConfig = Annotated[
+    Annotated[SqliteMetadataConfig, Tag("sqlite")] | Annotated[RedisMetadataConfig, Tag("redis")],
+    type_tag("sqlite"),
+]
+
+
+class SearchConfig(Section):
+    overfetch: int = Field(
+        20, ge=1, le=1000, description="Crops fetched per requested tracklet before aggregation."
+    )
+    aggregation: Literal["max", "mean_top2"] = Field(
+        "mean_top2",
+        description="How a tracklet's crop scores become one score: the best, or the mean of the "
+        "best two (steadier against one lucky crop).",
+    )
+    # Text queries are checked by the attribute verifier by default: on a plain ReID model it is
+    # the only way to read a description, and on an instructable one it explains each hit and
+    # says "nobody matches". Image queries are ranked by appearance alone unless asked.
+    rerank: Literal[RERANKER_NAMES] = Field(  # type: ignore[valid-type]
+        "attributes", description="Re-ranker of text queries (refind.models.registry.RERANKERS)."
+    )
+    image_rerank: Literal[RERANKER_NAMES] = Field(  # type: ignore[valid-type]
+        "none", description="Re-ranker of image queries (applied when they carry text)."
+    )
+    rerank_top: int = Field(
+        50, ge=1, le=1000, description="Best tracklets handed to the re-ranker per query."
+    )
+    rerank_weight: float = Field(
+        0.5, ge=0.0, le=1.0, description="Share of the re-ranker's score in a hit's score; the "
+        "rest is the retrieval (appearance) score.",
+    )
+    match_threshold: float = Field(
+        0.6, ge=0.0, le=1.0, description="Re-ranker score a tracklet needs to be returned; when "
+        "none reaches it the answer is 'no tracklet matches'.",
+    )
+    text_scan_tracks: int = Field(
+        2000, ge=1, le=100_000, description="Plain ReID models cannot embed text: a text query "
+        "then scores the best crop of at most this many most recent tracks within its filters.",
+    )
+    text_probe: str | None = Field(
+        "irm-pets-v3", min_length=1, max_length=200,
+        description="Model store name of IRM weights whose attribute probe reads a plain OMZ "
+        "0277 gallery (refind.models.irm.teacher_probe): when more tracks than text_scan_tracks are "
+        "within a text query's filters, the whole gallery is searched through the probe and "
+        "its best tracks re-ranked, instead of scanning only the most recent. null: always scan.",
+    )
+    mllm_dir: Path | None = Field(
+        None, description="Local directory of a Qwen2.5-VL-style model for rerank: mllm (none "
+        "is distributed with refind).",
+    )
+    timezone: str = Field(
+        "UTC", min_length=1, max_length=64,
+        description="Time zone of clock times in queries ('after 14:00'), an IANA name.",
+    )
+
+    @model_validator(mode="after")
+    def _known_timezone(self) -> SearchConfig:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        if self.timezone.upper() != "UTC":
+            try:
+                ZoneInfo(self.timezone)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"search.timezone {self.timezone!r} is no IANA time zone "
+                                 "(e.g. UTC, Europe/Paris)") from None
+        return self
+
+
+class BlobStoreConfig(Section):
+    url: str | None = Field(
+        None, description="Where crops go: None = <data_dir>/crops; else an fsspec URL (s3://...)."
+    )
+
+
+class RetentionConfig(Section):
+    default_days: float | None = Field(
+        None, gt=0.0, le=36_500.0,
+        description="Crops older than this are deleted, for cameras without retention_days; "
+        "None = keep forever.",
+    )
+    interval_s: float = Field(
+        3600.0, gt=0.0, le=7 * 86_400.0, description="How often `refind serve` enforces it."
+    )

@@ -1,0 +1,95 @@
+"""Config sections of the models: where weights come from, the detector and the embedder
+(plugin sections keyed on ``type:``, each naming the class ``refind.models.registry`` builds).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    Field,
+    Tag,
+)
+
+from refind.streaming.config import Section, type_tag
+
+
+class ModelStoreConfig(Section):
+    dir: Path | None = Field(
+        None,
+        description="Directory holding model files. Default: ../shared/models when it exists, "
+        "else ~/.cache/refind/models.",
+    )
+    allow_download: bool = Field(
+        True, description="Download missing weights from their upstream release (sha256-checked)."
+    )
+
+
+class YoloxDetectorConfig(Section):
+    type: Literal["yolox"] = "yolox"
+    model: str = Field("yolox_nano", description="Model store name of the YOLOX ONNX file.")
+    input_size: int = Field(
+        416, ge=32, le=1920, multiple_of=32,
+        description="Longest side of the network input. Frames whose longer side fits run at "
+        "native scale (padded to a multiple of 32); larger frames are scaled down to it.",
+    )
+    conf_threshold: float = Field(
+        0.1, ge=0.0, le=1.0, description="Lowest score kept (the tracker uses low boxes too)."
+    )
+    nms_iou: float = Field(0.45, gt=0.0, le=1.0, description="IoU above which NMS suppresses.")
+    classes: tuple[int, ...] = Field((0,), description="COCO class ids kept; 0 is person.")
+    batch_size: int = Field(4, ge=1, le=64, description="Frames per inference call.")
+    threads: int = Field(0, ge=0, le=256, description="onnxruntime intra-op threads; 0 = auto.")
+
+
+# Plugin sections: each holds one type today; a second type turns these into unions
+# discriminated on `type:` (with the current type as the default tag).
+DetectorConfig = YoloxDetectorConfig
+
+
+class OpenVinoReidConfig(Section):
+    type: Literal["openvino_reid"] = "openvino_reid"
+    model: str = Field(
+        "person-reidentification-retail-0277",
+        description="Model store name of an OMZ person ReID model (0277, 0286, 0287, 0288), or "
+        "of its INT8 copy made by `refind quantize` (NAME-int8).",
+    )
+    batch_size: int = Field(32, ge=1, le=1024, description="Crops per inference call.")
+    threads: int = Field(0, ge=0, le=256, description="OpenVINO inference threads; 0 = auto.")
+    resize_threads: int = Field(
+        0, ge=0, le=64, description="Threads resizing a batch of 64 or more crops; 0 = up to 8, "
+        "within the CPUs this process may use (affinity, cgroup quota); 1 = never threaded.",
+    )
+
+
+class IrmEmbedderConfig(Section):
+    """The instruction-editable ReID model (models/irm.py, run by models/irm_embedder.py): 512-d
+    vectors, queries may carry an instruction (text or a garment photo). Its weights were
+    trained on one backbone's features."""
+
+    type: Literal["irm"] = "irm"
+    weights: str = Field(
+        "irm-pets-v3", description="Model store name (or path of a .safetensors file) of the head."
+    )
+    backbone: str = Field(
+        "person-reidentification-retail-0277",
+        description="Model store name of the frozen backbone; must be the one the head was "
+        "trained on, or its INT8 copy (NAME-int8, CPU only, made by `refind quantize`).",
+    )
+    batch_size: int = Field(32, ge=1, le=1024, description="Crops per inference call.")
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
+        description="auto = a CUDA GPU when torch sees one, else the CPU (OpenVINO).",
+    )
+    threads: int = Field(0, ge=0, le=256, description="OpenVINO backbone threads; 0 = auto.")
+    resize_threads: int = Field(
+        0, ge=0, le=64, description="Threads resizing a batch of 64 or more crops; 0 = up to 8, "
+        "within the CPUs this process may use (affinity, cgroup quota); 1 = never threaded.",
+    )
+
+
+EmbedderConfig = Annotated[
+    Annotated[OpenVinoReidConfig, Tag("openvino_reid")] | Annotated[IrmEmbedderConfig, Tag("irm")],
+    type_tag("openvino_reid"),
+]
