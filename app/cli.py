@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--camera", required=True, help="camera name stored with every track")
     p.add_argument("--sample-fps", type=float, help="frames per second analysed")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    p.add_argument("--start-time", help="files: the wall-clock time of the first frame, ISO 8601 "
+                   "(2026-12-06T14:00, in search.timezone unless it has an offset), so clock "
+                   "times in searches ('after 14:00') apply; without it times count from 0")
     _add_common(p)
 
     p = sub.add_parser("search", help="find tracklets of the person in a photo or a description")
@@ -114,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--model", help="instructable (IRM) model name (default: the config's)")
     x.add_argument("--tau", type=float, default=0.5, help="agreement threshold of mAP_tau")
     _add_common(x, data_dir=False)
-    x = ev.add_parser("irm", help="all six IRM tasks on sets from scripts/build_irm_eval.py")
+    x = ev.add_parser("irm", help="all six IRM tasks on sets from refind datasets irm-eval")
     x.add_argument("--sets", type=Path, required=True, help="folder with one folder per task")
     x.add_argument("--model", help="embedder model name (default: the config's)")
     x.add_argument("--baseline", help="also evaluate this model and report the mAP difference "
@@ -193,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "crops it lacks are lost)")
     _add_common(p)
 
+    p = sub.add_parser("datasets", help="build the evaluation and training sets from PETS09-S2L1",
+                       description="Each builder has its own options: refind datasets NAME --help")
+    p.add_argument("builder", choices=sorted(DATASET_BUILDERS),
+                   help="; ".join(f"{k}: {v[1]}" for k, v in sorted(DATASET_BUILDERS.items())))
+    p.add_argument("options", nargs=argparse.REMAINDER, help="the builder's own options")
+
     p = sub.add_parser("train", help="train refind's own models")
     tr = p.add_subparsers(dest="train_command", required=True)
     t = tr.add_parser("irm", help="the instruction-editable ReID head (training/irm.py)")
@@ -220,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(t, data_dir=False)
     t = tr.add_parser("refer", help="the referring re-ranker (training/refer.py)")
     t.add_argument("--annotations", type=Path, required=True,
-                   help="TRAIN JSON lines from scripts/build_refer_sets.py")
+                   help="TRAIN JSON lines from refind datasets refer")
     t.add_argument("--out", type=Path, required=True, help="folder for weights and report")
     t.add_argument("--epochs", type=int, default=25, help="passes over the TRAIN expressions")
     t.add_argument("--seed", type=int, default=0, help="seed of sampling and initialisation")
@@ -244,8 +253,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# name -> (module with main(argv), what it writes)
+DATASET_BUILDERS = {
+    "pets-reid": ("refind.datasets.build_pets_reid", "ReID query/gallery folders"),
+    "irm-eval": ("refind.datasets.build_irm_eval", "the six IRM task sets"),
+    "refer": ("refind.datasets.build_refer_sets", "referring expressions, TRAIN and DEV"),
+}
+
+
+def _build_dataset(args: argparse.Namespace) -> int:
+    import importlib
+
+    module = importlib.import_module(DATASET_BUILDERS[args.builder][0])
+    return int(module.main(args.options) or 0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "datasets":  # the builder parses its own options
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                            format="%(levelname)s %(name)s: %(message)s")
+        return _build_dataset(args)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

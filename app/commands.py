@@ -10,7 +10,8 @@ import argparse
 import logging
 import re
 import sys
-from datetime import datetime
+from dataclasses import replace
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 
 from tqdm import tqdm
@@ -19,14 +20,15 @@ from refind.config import RefindConfig
 from refind.indexer.blobs import CropStore, CropStoreError
 from refind.indexer.gallery_store import GalleryLockedError
 from refind.indexer.ingest import IngestPipeline
+from refind.indexer.metadata import SqliteMetadata
 from refind.indexer.query_plan import QueryPlan, check_query_text, plan_query, resolve_timezone
 from refind.indexer.rebuild import RebuildRefused
 from refind.indexer.rerank import RerankerPool
 from refind.indexer.search import QueryError, SearchEngine, read_query_image
-from refind.indexer.shards import ShardedGallery
+from refind.indexer.shards import ShardedGallery, existing_shards
 from refind.indexer.sink import open_sink
 from refind.indexer.versions import serving_version
-from refind.models.base import INT8_SUFFIX, ModelInputError, ReidEmbedder
+from refind.models.base import INT8_SUFFIX, ModelInputError, ReidEmbedder, model_name
 from refind.models.registry import build_embedder
 from refind.models.store import ModelStore, ModelStoreError
 from refind.streaming.boxes import crop_box
@@ -93,6 +95,7 @@ def ingest(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
         camera=args.camera,
         sample_fps=cfg.ingest.sample_fps,
         open_timeout_s=cfg.ingest.open_timeout_s,
+        start_ns=_start_ns(args.start_time, cfg),
     )
     if not CAMERA_NAME.fullmatch(args.camera):
         raise ValueError(f"camera name {args.camera!r} must be 1-64 of A-Z a-z 0-9 _ . -")
@@ -109,15 +112,40 @@ def ingest(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
     return result
 
 
-def format_hits(hits: list[TrackletHit], crops: CropStore) -> str:
+CLIP_TIME_NS = 366 * 86_400 * 10**9  # times below this count from a clip's start, not 1970
+
+
+def _start_ns(text: str | None, cfg: RefindConfig) -> int:
+    """``--start-time`` in ns since the epoch (0 when not given)."""
+    if text is None:
+        return 0
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"--start-time {text!r} is not an ISO 8601 time, e.g. "
+                         "2026-12-06T14:00 or 2026-12-06T14:00+01:00") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=resolve_timezone(cfg.search.timezone))
+    return int(when.timestamp() * 1e9)
+
+
+def _when(ts_ns: int, tz: tzinfo) -> str:
+    """A time as people read it: seconds into a clip, or a clock time."""
+    if ts_ns < CLIP_TIME_NS:
+        return f"{ts_ns / 1e9:.1f} s"
+    return datetime.fromtimestamp(ts_ns / 1e9, tz).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_hits(hits: list[TrackletHit], crops: CropStore, tz: tzinfo = UTC) -> str:
     if not hits:
         return "no matching tracklets"
-    rows = [f"{'rank':>4}  {'camera':<12} {'track':>6} {'score':>6}  {'start s':>8} "
-            f"{'end s':>8} {'crops':>5}  thumbnail"]
+    rows = [f"{'rank':>4}  {'camera':<12} {'track':>6} {'score':>6}  {'from':>19} "
+            f"{'to':>19} {'crops':>5}  thumbnail"]
     for i, h in enumerate(hits, 1):
         rows.append(
-            f"{i:>4}  {h.camera:<12} {h.track_id:>6} {h.score:>6.3f}  {h.start_ts_ns / 1e9:>8.1f} "
-            f"{h.end_ts_ns / 1e9:>8.1f} {h.n_crops:>5}  {crops.location(h.thumbnail)}"
+            f"{i:>4}  {h.camera:<12} {h.track_id:>6} {h.score:>6.3f}  "
+            f"{_when(h.start_ts_ns, tz):>19} {_when(h.end_ts_ns, tz):>19} {h.n_crops:>5}  "
+            f"{crops.location(h.thumbnail)}"
         )
         if h.reasons:
             rows.append(f"{'':>6}{'; '.join(h.reasons)}")
@@ -168,9 +196,8 @@ def search(args: argparse.Namespace, cfg: RefindConfig) -> list[dict[str, object
     store = ModelStore.from_config(cfg.models)
     embedder = build_embedder(serving.cfg.embedder, store)
     crops = CropStore.from_config(cfg)
+    _check_gallery(serving.root, cfg, embedder.model_id)
     with ShardedGallery.open(serving.root, cfg.gallery, embedder.model_id, embedder.dim) as gallery:
-        if len(gallery) == 0:
-            raise QueryError(f"the gallery in {cfg.data_dir} is empty: run `refind ingest` first")
         engine = SearchEngine(cfg.search, embedder, gallery, crops,
                               RerankerPool(store, cfg.search.match_threshold,
                                            cfg.search.mllm_dir))
@@ -181,11 +208,47 @@ def search(args: argparse.Namespace, cfg: RefindConfig) -> list[dict[str, object
             if plan.parsed:
                 log.info("read from the text: %s", "; ".join(plan.parsed))
             ranked = engine.search_text(text_query)
+            if not ranked.hits and (text_query.start_ts_ns is not None
+                                    or text_query.end_ts_ns is not None):
+                ranked = replace(ranked, message=_clock_note(ranked.message, gallery))
     if ranked.message:  # "no tracklet matches ...": a clear line, exit 0, an empty list
         print(ranked.message, file=sys.stderr if args.json else sys.stdout)
     if not args.json and (ranked.hits or not ranked.message):
-        print(format_hits(ranked.hits, crops))
+        print(format_hits(ranked.hits, crops, resolve_timezone(cfg.search.timezone)))
     return [h.to_json() | {"thumbnail": crops.location(h.thumbnail)} for h in ranked.hits]
+
+
+def _check_gallery(root: Path, cfg: RefindConfig, model_id: str) -> None:
+    """A QueryError naming the fix when there is nothing to search: no gallery at all, or one
+    whose vectors are of another model than the config's embedder."""
+    shards = existing_shards(root)
+    if not shards:
+        raise QueryError(
+            f"no gallery in {cfg.data_dir}: ingest a clip first (refind ingest CLIP --camera "
+            "NAME), or point --data-dir at a gallery (refind demo writes refind-demo)")
+    models: set[str] = set()
+    for shard in shards:
+        with SqliteMetadata(shard / "metadata.sqlite3", read_only=True) as meta:
+            models |= {m.model_id for m in meta.models()}
+    if models and model_id not in models:
+        raise QueryError(
+            f"the gallery in {cfg.data_dir} holds vectors of {', '.join(sorted(models))}, not of "
+            f"the config's embedder {model_id}: search with the config it was built with, or "
+            f"add a version for this model first (refind reindex --model {model_name(model_id)}"
+            " with this config)")
+    if not models:
+        raise QueryError(f"the gallery in {cfg.data_dir} is empty: run `refind ingest` first")
+
+
+def _clock_note(message: str | None, gallery: ShardedGallery) -> str:
+    """Why a time window found nothing, when the gallery's times count from clip starts."""
+    newest = gallery.recent_tracks(1)
+    if not newest or newest[0].last_crop_ts_ns >= CLIP_TIME_NS:
+        return message or "no track has crops within the filters"
+    note = ("the gallery's times count from the start of each ingested clip (no --start-time "
+            "was given), so a clock time in the query cannot match: ingest with --start-time, "
+            "or leave the time out")
+    return f"{message}; {note}" if message else note
 
 
 def evaluate(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:

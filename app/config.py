@@ -9,7 +9,7 @@ from pydantic import (
     model_validator,
 )
 
-from refind.streaming.config import Section
+from refind.streaming.config import SECRET, Section
 
 
 class ServeConfig(Section):
@@ -25,7 +25,7 @@ class ApiKeyConfig(Section):
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.@-]{1,64}$", description="Client name, logged.")
     key_sha256: str = Field(
-        ..., pattern=r"^[0-9a-f]{64}$",
+        ..., pattern=r"^[0-9a-f]{64}$", json_schema_extra=SECRET,
         description="sha256 of the key, lowercase hex (`printf %s KEY | sha256sum`); never the "
         "key itself.",
     )

@@ -26,6 +26,8 @@ from refind.indexer.blobs import CropStore
 from refind.indexer.ingest import IngestPipeline
 from refind.indexer.search import SearchEngine
 from refind.indexer.shards import ShardedGallery
+from refind.models.attributes import OpenVinoAttributes
+from refind.models.base import ATTRIBUTE_NAMES, PersonAttributes
 from refind.models.store import ModelFile, ModelSpec, ModelStore
 from refind.streaming.boxes import crop_box
 from refind.streaming.records import ImageQuery, TrackletHit
@@ -243,10 +245,35 @@ def _demo(cfg: RefindConfig, clip: Path, k: int, quiet: bool, say) -> dict[str, 
     sheet_path = out_dir / "contact_sheet.png"
     cv2.imwrite(str(sheet_path), contact_sheet(pick.image, hits, crops))
     say(f"contact sheet: {sheet_path}")
+    described = describe_person(OpenVinoAttributes(ModelStore.from_config(cfg.models))([pick.image]))
+    steps = next_steps(out_dir, query_path, described)
+    say(f"\nthe gallery is in {out_dir}/ (camera cam1: {report['tracks']} tracks, "
+        f"{report['crops']} crops). Try next:\n" + "\n".join(f"  {c}" for c in steps))
     return {
         "clip": str(clip),
         "ingest": report,
-        "query": {"frame_index": pick.frame_index, "xyxy": list(pick.xyxy), "path": str(query_path)},
+        "query": {"frame_index": pick.frame_index, "xyxy": list(pick.xyxy), "path": str(query_path),
+                  "described": described},
         "hits": [h.to_json() for h in hits],
         "contact_sheet": str(sheet_path),
+        "gallery": str(out_dir),
+        "next": steps,
     }
+
+
+def describe_person(attrs: PersonAttributes, i: int = 0) -> str:
+    """Words for row ``i`` of the attribute model's reading: the clothing colours, and man or
+    woman when the model is sure (p > 0.7 either way)."""
+    male = float(attrs.probs[i, ATTRIBUTE_NAMES.index("is_male")])
+    who = "man" if male > 0.7 else "woman" if male < 0.3 else "person"
+    return f"a {who} in a {attrs.top_colour[i]} top and {attrs.bottom_colour[i]} trousers"
+
+
+def next_steps(out_dir: Path, query: Path, described: str) -> list[str]:
+    """Commands to try on the demo's gallery: the photo search, a text search that describes
+    the query person, and ingesting a clip of one's own beside it."""
+    return [
+        f"refind search --data-dir {out_dir} --image {query}",
+        f'refind search --data-dir {out_dir} --text "{described}, on camera cam1"',
+        f"refind ingest YOUR_CLIP.mp4 --camera door --data-dir {out_dir}",
+    ]

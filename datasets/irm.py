@@ -5,7 +5,7 @@ Sources of identities:
 
 - PETS09-S2L1 ground truth (``load_pets_crops``): true identities ``"pets:<id>"``. The identities
   are split once by ``pets_identity_split`` into training and held-out ones; held-out identities
-  are only ever used by ``scripts/build_irm_eval.py``.
+  are only ever used by ``refind datasets irm-eval``.
 - Tracks of refind's own detector + tracker on another clip (``load_tracklet_crops``): weak
   identities ``"intel:<track>"`` (a track may hold an identity switch; a person may own two
   tracks).

@@ -1,6 +1,6 @@
 """Evaluation of instruction-editable ReID (IRM) on the six query tasks.
 
-A set folder (written by ``scripts/build_irm_eval.py``) holds one sub-folder per task:
+A set folder (written by ``refind datasets irm-eval``) holds one sub-folder per task:
 
     <sets>/<task>/query/<identity>/<file>.png      the query crops (reid ... visible_infrared)
     <sets>/<task>/gallery/<identity>/<file>.png    original colour crops, the same for every task
@@ -378,7 +378,7 @@ def evaluate_instructed(
     """``refind eval reid --task T [--instruction X]``: identity folders, one task.
 
     The instruction of every query: ``instruction`` when given; else the per-query ones of a
-    ``queries.jsonl`` beside ``query_dir`` (a folder built by ``scripts/build_irm_eval.py``);
+    ``queries.jsonl`` beside ``query_dir`` (a folder built by ``refind datasets irm-eval``);
     else the task's canonical instruction (clothes_template: each query crop is its own garment
     template; attribute_text has none and needs ``instruction``). A plain ReidEmbedder takes no
     instruction: giving one is an error; a task without one falls back to plain embedding
@@ -442,7 +442,7 @@ def evaluate_irm(
     if missing:
         raise ValueError(
             f"{sets_dir} lacks task folder(s) {', '.join(missing)}: build it with "
-            "scripts/build_irm_eval.py --out DIR"
+            "refind datasets irm-eval --out DIR"
         )
     cache: dict[tuple[str, ...], Gallery] = {}
     results: dict[str, dict[str, object]] = {}

@@ -4,6 +4,7 @@ the crop store and retention.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -13,7 +14,7 @@ from pydantic import (
 )
 
 from refind.models.registry import RERANKER_NAMES
-from refind.streaming.config import NAME_PATTERN, Section, type_tag
+from refind.streaming.config import NAME_PATTERN, SECRET, Section, type_tag
 
 
 class GalleryConfig(Section):
@@ -56,7 +57,7 @@ class RedisMetadataConfig(Section):
 
     type: Literal["redis"] = "redis"
     url: str = Field(
-        "redis://127.0.0.1:6379/0",
+        "redis://127.0.0.1:6379/0", json_schema_extra=SECRET,
         description="Redis URL; put a password in ${REDIS_PASSWORD}-style placeholders.",
     )
     key_prefix: str = Field("refind", pattern=NAME_PATTERN, description="Key namespace.")
@@ -141,7 +142,7 @@ class SearchConfig(Section):
 
 class BlobStoreConfig(Section):
     url: str | None = Field(
-        None, description="Where crops go: None = <data_dir>/crops; else an fsspec URL (s3://...)."
+        None, json_schema_extra=SECRET, description="Where crops go: None = <data_dir>/crops; else an fsspec URL (s3://...)."
     )
 
 

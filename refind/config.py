@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import get_args
 
 import yaml
 from pydantic import (
+    BaseModel,
     Field,
     ValidationError,
     model_validator,
@@ -82,22 +84,64 @@ class RefindConfig(Section):
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _substitute_env(value: object, source: str) -> object:
-    """Expand ``${VAR}`` in every string value of parsed YAML (comments are never touched)."""
-    if isinstance(value, dict):
-        return {k: _substitute_env(v, source) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_substitute_env(v, source) for v in value]
-    if not isinstance(value, str):
-        return value
+def _expand(value: str, where: str, source: str) -> str:
+    """``value`` with every ``${VAR}`` replaced by the environment's value."""
 
     def repl(match: re.Match[str]) -> str:
         name = match.group(1)
         if name not in os.environ:
-            raise ConfigError(f"{source}: environment variable ${{{name}}} is not set")
+            raise ConfigError(f"{source}: {where}: environment variable ${{{name}}} is not set")
         return os.environ[name]
 
     return _ENV.sub(repl, value)
+
+
+def _section_classes(annotation: object) -> list[type[BaseModel]]:
+    """The config section classes an annotation allows (through unions and Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [c for arg in get_args(annotation) for c in _section_classes(arg)]
+
+
+def _pick(classes: list[type[BaseModel]], value: dict) -> type[BaseModel] | None:
+    """The section class of a plugin section's value, by its ``type:`` (default: the first)."""
+    for cls in classes:
+        field = cls.model_fields.get("type")
+        if field is not None and value.get("type", field.default) == field.default:
+            return cls
+    return classes[0] if classes else None
+
+
+def _substitute_env(value: object, cls: type[BaseModel], source: str, where: str = "") -> object:
+    """Expand ``${VAR}`` placeholders in the secret fields (``SECRET``) of parsed YAML; a
+    placeholder anywhere else is a ConfigError naming the key."""
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, item in value.items():
+        path = f"{where}.{key}" if where else str(key)
+        field = cls.model_fields.get(str(key))
+        if field is None:
+            out[key] = item  # unknown key: validation names it
+            continue
+        secret = (field.json_schema_extra or {}).get("secret") is True  # type: ignore[union-attr]
+        classes = _section_classes(field.annotation)
+        if isinstance(item, str) and secret:
+            out[key] = _expand(item, path, source)
+        elif isinstance(item, str) and _ENV.search(item):
+            raise ConfigError(
+                f"{source}: {path}: ${{VAR}} placeholders are only for secrets (camera urls, "
+                "kafka.sasl_*, metadata.url, blobs.url, api.keys[].key_sha256): write the value "
+                "itself")
+        elif isinstance(item, dict) and (sub := _pick(classes, item)) is not None:
+            out[key] = _substitute_env(item, sub, source, path)
+        elif isinstance(item, list) and classes:
+            out[key] = [_substitute_env(x, _pick(classes, x) or classes[0], source,
+                                        f"{path}[{i}]") if isinstance(x, dict) else x
+                        for i, x in enumerate(item)]
+        else:
+            out[key] = item
+    return out
 
 
 def _plugin_tags() -> frozenset[str]:
@@ -145,7 +189,8 @@ def load_config(path: str | Path | None = None) -> RefindConfig:
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = _substitute_env(yaml.safe_load(p.read_text(encoding="utf-8")), str(p))
+        data = _substitute_env(yaml.safe_load(p.read_text(encoding="utf-8")), RefindConfig,
+                               str(p))
     except yaml.YAMLError as err:
         raise ConfigError(f"{p}: not valid YAML: {err}") from None
     return parse_config(data, str(p))

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Installs refind and what it needs on a fresh Debian machine into ./.venv (idempotent).
+# Installs refind and what it needs on a fresh Debian machine into ./.venv (idempotent), saying
+# what it installs while it installs it.
 # Usage: bash scripts/setup.sh [extras]   e.g. bash scripts/setup.sh test
-#   (no extras)  the embedded default: `refind demo`, ingest, search, eval
+#   (no extras)  the embedded default on a CPU: `refind demo`, ingest, search, eval (no torch)
+#   torch        + the IRM embedder, the refer re-ranker, training (torch, transformers, MiniLM)
 #   live         + Ray, Kafka client, Redis client (`refind serve`)
-#   test         + live, the test tools, and the servers tests start: Debian's redis-server,
-#                ffmpeg and gst-rtsp-server (test cameras); the Tansu broker comes from PyPI
+#   test         + every extra, the test tools, and the servers tests start: Debian's
+#                redis-server, ffmpeg and gst-rtsp-server (test cameras), Chromium for the
+#                browser tests; the Tansu Kafka broker comes from PyPI
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
@@ -20,18 +23,28 @@ for pkg in "${apt_pkgs[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
-  echo "installing Debian packages: ${need[*]}"
+  echo "refind setup: installing Debian packages: ${need[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
     "${need[@]}" >/dev/null
 fi
 PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null || PY=python3
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
+if [ ! -x .venv/bin/python ]; then
+  echo "refind setup: creating the virtual environment .venv ($("$PY" --version))"
+  "$PY" -m venv .venv
+fi
 spec="."; [ -n "$extras" ] && spec=".[${extras}]"
-echo "installing refind${extras:+[$extras]} into .venv"
-if ! .venv/bin/python -m pip install -q -e "$spec" > .venv/pip-install.log 2>&1; then
-  grep -v "^WARNING: Location" .venv/pip-install.log >&2
-  echo "pip install failed (log: .venv/pip-install.log)" >&2
+echo "refind setup: installing refind${extras:+[$extras]} and its Python packages into .venv" \
+     "(each is named as pip fetches it; the full log is .venv/pip-install.log)"
+start=$(date +%s)
+if ! .venv/bin/python -m pip install --progress-bar off -e "$spec" 2>&1 \
+    | tee .venv/pip-install.log \
+    | { grep --line-buffered -E "^(Collecting|Installing collected)" || true; } \
+    | sed -u -e 's/^Collecting /  fetching /' -e 's/^Installing collected packages:/  installing:/'
+then
+  grep -v "^WARNING: Location" .venv/pip-install.log | tail -20 >&2
+  echo "refind setup: pip install failed (log: .venv/pip-install.log)" >&2
   exit 1
 fi
+echo "refind setup: done in $(( $(date +%s) - start )) s; .venv holds $(du -sh .venv | cut -f1)"

@@ -27,6 +27,11 @@ NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 """Names that become keys, topics or paths (cameras, namespaces): 1-64 of A-Z a-z 0-9 _ . -"""
 
 
+SECRET = {"secret": True}
+"""``json_schema_extra`` of a field that may hold a secret: only such fields expand ``${VAR}``
+placeholders from the environment when a config file is loaded (``refind.config``)."""
+
+
 class Section(BaseModel):
     """What every config section is: frozen, and no key it does not declare."""
 
@@ -148,7 +153,9 @@ class CameraConfig(Section):
     """One camera (or a file played as one)."""
 
     name: str = Field(..., pattern=NAME_PATTERN, description="Unique camera name.")
-    url: str = Field(..., min_length=1, description="rtsp://, http(s)://, udp:// URL or a file.")
+    url: str = Field(..., min_length=1, json_schema_extra=SECRET,
+                     description="rtsp://, http(s)://, udp:// URL or a file; credentials as "
+                     "${VAR} placeholders (rtsp://viewer:${CAM_PASSWORD}@host/stream).")
     sample_fps: float | None = Field(
         5.0, gt=0.0, le=240.0, description="Frames per second analysed; None = every frame."
     )
@@ -216,5 +223,7 @@ class KafkaConfig(Section):
     )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = Field(None, description="Use a ${ENV} placeholder.")
-    sasl_password: str | None = Field(None, description="Use a ${ENV} placeholder.")
+    sasl_username: str | None = Field(None, json_schema_extra=SECRET,
+                                      description="Use a ${ENV} placeholder.")
+    sasl_password: str | None = Field(None, json_schema_extra=SECRET,
+                                      description="Use a ${ENV} placeholder.")

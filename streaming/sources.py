@@ -49,8 +49,10 @@ def is_live_url(url: str) -> bool:
 class VideoSource:
     """Decodes one camera or file into Frames, optionally sampled down to ``sample_fps``.
 
-    Timestamps: files use presentation time (pts) from the start of the file; live URLs use the
-    wall-clock time a frame was received, since a camera's pts need not relate to real time.
+    Timestamps: files use presentation time (pts) from the start of the file, plus ``start_ns``
+    (the wall-clock time of its first frame, when known; 0 counts from 1970-01-01 00:00 UTC);
+    live URLs use the wall-clock time a frame was received, since a camera's pts need not
+    relate to real time.
     """
 
     def __init__(
@@ -62,8 +64,10 @@ class VideoSource:
         read_timeout_s: float = 10.0,
         rtsp_transport: str = "tcp",
         max_corrupt_run: int = 50,
+        start_ns: int = 0,
     ) -> None:
         self.url = str(url)
+        self.start_ns = start_ns
         self.camera = camera
         self.sample_fps = sample_fps
         self.open_timeout_s = open_timeout_s
@@ -75,6 +79,9 @@ class VideoSource:
         self._fallback_fps = 25.0
         self._count_clock = False
         self._last_ts_ns = -1
+        if start_ns and self.live:
+            raise SourceError(f"{self.url!r} is a live stream, timed by the clock: a start time "
+                              "is for files")
         if not self.live:
             p = Path(self.url)
             if not p.exists():
@@ -185,6 +192,7 @@ class VideoSource:
                     self._count_clock = True
             if vf.time is None or self._count_clock:  # frames counted at the nominal rate
                 ts = int(self.stats.decoded * 1e9 / self._fallback_fps)
+            ts += self.start_ns
         ts = max(ts, self._last_ts_ns + 1)
         self._last_ts_ns = ts
         return ts

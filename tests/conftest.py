@@ -1,4 +1,14 @@
-"""Shared builders and locations for refind's tests."""
+"""Shared builders and locations for refind's tests, and the kinds of test.
+
+Every test is one of three kinds (README, "Tests"), marked here when it is collected:
+
+- ``unit``: no Ray, no servers, no footage and no weights beyond the small ones (tiny random
+  models, our own committed heads): ``pytest -m unit`` runs them alone, in under 2 minutes;
+- ``integration``: real Ray, Kafka (Tansu), Redis or test cameras (the fixtures that start them
+  mark the test);
+- ``slow``: real models over real footage (marked in their files, or by the ``model_store`` and
+  ``pets_video`` fixtures).
+"""
 
 from __future__ import annotations
 
@@ -127,3 +137,23 @@ def ray_local() -> Iterator[None]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="refind-tests")
     yield
     ray.shutdown()
+
+
+# Fixtures that start a server, Ray or a camera, and fixtures that bring real weights or footage.
+INTEGRATION_FIXTURES = frozenset({
+    "ray_local", "tansu", "redis_server", "rtsp_camera_factory", "http_camera_factory",
+    "http_camera",
+})
+SLOW_FIXTURES = frozenset({"model_store", "pets_video"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its kind (module docstring); ``unit`` is what is neither."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & INTEGRATION_FIXTURES:
+            item.add_marker(pytest.mark.integration)
+        if names & SLOW_FIXTURES:
+            item.add_marker(pytest.mark.slow)
+        if not any(item.get_closest_marker(k) for k in ("integration", "slow")):
+            item.add_marker(pytest.mark.unit)

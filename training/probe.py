@@ -79,7 +79,7 @@ def _attribute_texts(ident: np.ndarray, attrs: PersonAttributes, originals: np.n
                      seed: int) -> dict[str, str]:  # fmt: skip
     """Per identity, attribute text describing its real clothes ("now wearing a black top and
     blue trousers"), from the attribute model's reading of its original crops, as
-    ``scripts/build_irm_eval.py`` writes it."""
+    ``refind datasets irm-eval`` writes it."""
     keys, per_id = data.aggregate_attributes(attrs.take(originals), list(ident[originals]))
     rng = np.random.default_rng(seed)
     return {k: data.instruction_for("attribute_text", rng, per_id, i) for i, k in enumerate(keys)}

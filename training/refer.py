@@ -1,6 +1,6 @@
 """Train the referring re-ranker (``refind train refer``) on a TRAIN annotation file.
 
-The TRAIN file (``scripts/build_refer_sets.py``: PETS frames 1-400) is split by frame: frames up
+The TRAIN file (``refind datasets refer``: PETS frames 1-400) is split by frame: frames up
 to ``holdout_from - 1`` fit the network, frames from ``holdout_from`` on choose the two decision
 thresholds (region score, NONE score) by a grid search. DEV (frames 401-795) is never read here.
 Region features are computed once per image (0230 on each box's crop), the MiniLM states once per

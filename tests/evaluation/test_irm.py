@@ -3,7 +3,6 @@ and the ``refind eval reid/text/irm`` command lines."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from refind.evaluation.irm import (
 from refind.evaluation.reid import reid_metrics
 from refind.models.base import TASKS, InstructableEmbedder, PersonAttributes
 from refind.streaming.records import Embeddings
-from tests.conftest import PETS_GT, PETS_VIDEO, REPO, need_models, need_pets
+from tests.conftest import PETS_GT, PETS_VIDEO, need_models, need_pets
 
 
 @pytest.mark.parametrize(("n_true", "n_gallery"), [(1, 10), (3, 20), (7, 40), (40, 40)])
@@ -156,12 +155,9 @@ def test_paired_difference_is_per_query_and_resamples_people() -> None:
 
 
 def _build_script():
-    spec = importlib.util.spec_from_file_location(
-        "build_irm_eval", REPO / "scripts/build_irm_eval.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    from refind.datasets import build_irm_eval
+
+    return build_irm_eval
 
 
 @pytest.fixture(scope="module")

@@ -14,17 +14,10 @@ import numpy as np
 import pytest
 
 from refind.indexer.blobs import CropStore
-from refind.indexer.rerank import (
-    RERANKERS,
-    AttributeVerifier,
-    RerankerError,
-    RerankerPool,
-    build_reranker,
-    checkable,
-    rerank_hits,
-    verify,
-)
+from refind.indexer.rerank import RerankerPool, rerank_hits
+from refind.models.attribute_verifier import AttributeVerifier, checkable, verify
 from refind.models.base import ATTRIBUTE_NAMES, PersonAttributes, Region
+from refind.models.registry import RERANKERS, RegistryError, build_reranker
 from refind.models.text_attributes import WantedAttributes, parse_attributes
 from refind.streaming.records import TrackletHit
 from tests.conftest import PETS_GT, PETS_GT_SCALE, PETS_VIDEO, need_pets
@@ -74,8 +67,11 @@ def test_unreliable_attributes_never_drive_the_score() -> None:
 def test_registry_lists_valid_names_and_raises_import_failures(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    with pytest.raises(RerankerError, match="attributes, refer, mllm"):
+    with pytest.raises(RegistryError, match="unknown re-ranker 'clip'; valid: none, attributes, "
+                       "refer, mllm"):
         build_reranker("clip", store=None)
+    with pytest.raises(ValueError, match=r"set search\.mllm_dir"):
+        build_reranker("mllm", store=None)
     assert build_reranker("none", store=None) is None
     monkeypatch.setitem(RERANKERS, "broken", "refind.models.no_such_module:Nothing")
     with pytest.raises(ImportError, match="no_such_module"):

@@ -447,7 +447,7 @@ def test_shipped_weights_carry_the_attribute_probe():
 @pytest.mark.slow
 def test_shipped_probe_finds_red_tops_among_unseen_people(pets_embedder):
     """Held-out PETS people: 6 and 10 wear red tops, the others dark ones (the attribute model's
-    reading, scripts/build_irm_eval.py). A red-top text query ranks their crops first: its AP
+    reading, refind datasets irm-eval). A red-top text query ranks their crops first: its AP
     is over 0.4 and over 5x the share of red-top crops (about a random ranking's AP; measured
     0.56 against 0.044)."""
     from refind.datasets.irm import load_pets_crops, pets_identity_split

@@ -57,7 +57,12 @@ def test_unknown_key_says_so() -> None:
     ("text", "message"),
     [
         ("detector: [unclosed", "not valid YAML"),
-        ("data_dir: ${REFIND_TEST_UNSET_VAR}", r"REFIND_TEST_UNSET_VAR\} is not set"),
+        ("kafka: {sasl_password: '${REFIND_TEST_UNSET_VAR}'}",
+         r"kafka.sasl_password: environment variable \$\{REFIND_TEST_UNSET_VAR\} is not set"),
+        ("data_dir: ${HOME}/x", r"data_dir: \$\{VAR\} placeholders are only for secrets"),
+        ("search: {timezone: '${TZ_NAME}'}", r"search.timezone: \$\{VAR\} placeholders"),
+        ("cameras: [{name: a, url: 'x', rtsp_transport: '${T}'}]",
+         r"cameras\[0\].rtsp_transport: \$\{VAR\} placeholders are only for secrets"),
     ],
 )
 def test_bad_files(tmp_path: Path, text: str, message: str) -> None:
@@ -72,8 +77,28 @@ def test_missing_file() -> None:
         load_config("/nonexistent/refind.yaml")
 
 
-def test_env_placeholder_is_substituted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("REFIND_TEST_DIR", str(tmp_path))
+SECRETS_YAML = """\
+cameras:
+  - {name: gate, url: "rtsp://viewer:${REFIND_T_CAM}@10.0.0.9/stream"}
+kafka: {sasl_username: refind, sasl_password: "${REFIND_T_KAFKA}"}
+metadata: {type: redis, url: "redis://:${REFIND_T_REDIS}@redis:6379/0"}
+blobs: {url: "s3://bucket/${REFIND_T_PREFIX}"}
+api:
+  keys: [{name: ops, key_sha256: "${REFIND_T_SHA}"}]
+"""
+
+
+def test_placeholders_expand_in_the_secret_fields(tmp_path: Path, monkeypatch) -> None:
+    sha = "ab" * 32
+    for name, value in [("REFIND_T_CAM", "pw1"), ("REFIND_T_KAFKA", "pw2"),
+                        ("REFIND_T_REDIS", "pw3"), ("REFIND_T_PREFIX", "crops"),
+                        ("REFIND_T_SHA", sha)]:
+        monkeypatch.setenv(name, value)
     p = tmp_path / "env.yaml"
-    p.write_text("data_dir: ${REFIND_TEST_DIR}/x\n")
-    assert load_config(p).data_dir == tmp_path / "x"
+    p.write_text(SECRETS_YAML)
+    cfg = load_config(p)
+    assert cfg.cameras[0].url == "rtsp://viewer:pw1@10.0.0.9/stream"
+    assert (cfg.kafka.sasl_username, cfg.kafka.sasl_password) == ("refind", "pw2")
+    assert cfg.metadata.url == "redis://:pw3@redis:6379/0"
+    assert cfg.blobs.url == "s3://bucket/crops"
+    assert cfg.api.keys[0].key_sha256 == sha

@@ -355,10 +355,15 @@ def test_url_that_never_answers(cameras: Callable[..., LiveCamera], server: str)
 def test_dead_camera_does_not_hold_up_others(cameras: Callable[..., LiveCamera]) -> None:
     dead = cameras(f"http://127.0.0.1:{free_port()}/live.ts")
     alive = cameras(str(need_pets()), sample_fps=None, realtime=True, loop=True)
-    frames = drain(alive, 1.5)
-    assert 10 <= len(frames) <= 17  # played at its own 10 fps
+    frames: list[Frame] = []
+    end = time.monotonic() + 20  # a loaded machine may be slow to start: ten frames, in time
+    while len(frames) < 10 and time.monotonic() < end:
+        frame = alive.get(timeout=0.05)
+        if frame is not None:
+            frames.append(frame)
+    assert len(frames) == 10, f"{len(frames)} frames while another camera was dead"
     gaps_ms = np.diff([f.ts_ns for f in frames]) / 1e6
-    assert np.median(gaps_ms) == pytest.approx(100, abs=15)
+    assert np.median(gaps_ms) == pytest.approx(100, abs=15)  # played at its own 10 fps
     assert dead.status().state is CameraState.RECONNECTING
 
 

@@ -1,6 +1,6 @@
 """Build the held-out evaluation sets of the six IRM query tasks from PETS09-S2L1.
 
-Run: ``python scripts/build_irm_eval.py --out /tmp/irm-eval``, then
+Run: ``refind datasets irm-eval --out /tmp/irm-eval``, then
 ``refind eval irm --sets /tmp/irm-eval [--model NAME]``. With ``--identities train`` the same
 sets are built from the training identities (1, 3, ..., 19) instead, for trying a setting
 without looking at the held-out people.
@@ -48,11 +48,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # run as a plain script: make the repo's packages importable
-    sys.path.insert(0, str(REPO_ROOT))
-
-from refind.datasets.irm import (  # noqa: E402
+from refind.datasets.irm import (
     PETS_GT,
     PETS_VIDEO,
     aggregate_attributes,
@@ -66,16 +62,16 @@ from refind.datasets.irm import (  # noqa: E402
     to_thermal,
     upper_body,
 )
-from refind.datasets.pets_reid import (  # noqa: E402
+from refind.datasets.pets_reid import (
     CropPlan,
     PetsReidOptions,
     plan_crops,
     read_mot_gt,
     video_size,
 )
-from refind.models.base import TASKS, PersonAttributes  # noqa: E402
-from refind.models.config import ModelStoreConfig  # noqa: E402
-from refind.models.store import ModelStore  # noqa: E402
+from refind.models.base import TASKS, PersonAttributes
+from refind.models.config import ModelStoreConfig
+from refind.models.store import ModelStore
 
 log = logging.getLogger("build_irm_eval")
 CACHE = Path("/tmp/refind-irm-cache")
@@ -240,7 +236,8 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="refind datasets irm-eval",
+                                description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, help="writes OUT/<task>/...")
     p.add_argument("--video", type=Path, default=PETS_VIDEO, help="PETS S2L1 video")
     p.add_argument("--gt", type=Path, default=PETS_GT, help="MOT15 gt.txt (768x576 frame)")

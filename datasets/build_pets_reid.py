@@ -1,6 +1,6 @@
 """Build the PETS09-S2L1 ReID query / gallery crop folders and print a JSON summary.
 
-Run from anywhere: ``python scripts/build_pets_reid.py --out /tmp/pets_reid``. The split rule is
+Run from anywhere: ``refind datasets pets-reid --out /tmp/pets_reid``. The split rule is
 described in ``datasets/pets_reid.py``.
 """
 
@@ -12,18 +12,16 @@ import logging
 import sys
 from pathlib import Path
 
+from refind.datasets.pets_reid import PetsReidOptions, build_pets_reid
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # run as a plain script: make the repo's packages importable
-    sys.path.insert(0, str(REPO_ROOT))
-
-from refind.datasets.pets_reid import PetsReidOptions, build_pets_reid  # noqa: E402
-
 DATA = REPO_ROOT / "../shared/data/pets09-s2l1"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = PetsReidOptions()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="refind datasets pets-reid",
+                                description=__doc__.splitlines()[0])
     p.add_argument("--video", type=Path, default=DATA / "vtest.avi", help="PETS S2L1 video")
     p.add_argument("--gt", type=Path, default=DATA / "gt.txt", help="MOT15 gt.txt (768x576 frame)")
     p.add_argument("--gt-scale", type=float, default=defaults.gt_scale, help="GT -> video scale")

@@ -1,6 +1,6 @@
 """Build the PETS09-S2L1 referring-expression sets (TRAIN frames 1-400, DEV frames 401-795).
 
-Run from anywhere: ``python scripts/build_refer_sets.py --out /tmp/refer``. Writes
+Run from anywhere: ``refind datasets refer --out /tmp/refer``. Writes
 ``OUT/frames/f<frame>.png``, ``OUT/train.jsonl``, ``OUT/dev.jsonl`` (image paths relative to
 OUT) and, with ``--render N``, ``OUT/preview/*.png``: N DEV expressions drawn over their frame
 (targets green, other people red) to check the generator by eye. The rules are in
@@ -12,18 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from collections import Counter
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # run as a plain script: make the repo's packages importable
-    sys.path.insert(0, str(REPO_ROOT))
+import cv2
+import numpy as np
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from refind.datasets.refer import (  # noqa: E402
+from refind.datasets.refer import (
     DEV_FRAMES,
     TRAIN_FRAMES,
     augment,
@@ -35,16 +30,18 @@ from refind.datasets.refer import (  # noqa: E402
     scene_records,
     write_jsonl,
 )
-from refind.models.attributes import OpenVinoAttributes  # noqa: E402
-from refind.models.config import ModelStoreConfig  # noqa: E402
-from refind.models.store import ModelStore  # noqa: E402
+from refind.models.attributes import OpenVinoAttributes
+from refind.models.config import ModelStoreConfig
+from refind.models.store import ModelStore
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("build_refer_sets")
 DATA = REPO_ROOT / "../shared/data/pets09-s2l1"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="refind datasets refer",
+                                description=__doc__.splitlines()[0])
     p.add_argument("--video", type=Path, default=DATA / "vtest.avi", help="PETS S2L1 video")
     p.add_argument("--gt", type=Path, default=DATA / "gt.txt", help="MOT15 gt.txt (768x576 frame)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
