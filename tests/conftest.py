@@ -147,13 +147,37 @@ INTEGRATION_FIXTURES = frozenset({
 SLOW_FIXTURES = frozenset({"model_store", "pets_video"})
 
 
+# What a test (or a fixture it uses) calls when it needs ../shared's weights or footage, or a
+# server of its own.
+SLOW_CALLS = ("need_models(", "need_pets(", "PETS_VIDEO", "INTEL_VIDEO", "ingest_small_gallery(")
+INTEGRATION_CALLS = ("ffmpeg", "serve_directory(", "rtsp_server")
+
+
+def _sources(item: pytest.Item) -> str:
+    """The source of a test function and of every fixture it uses."""
+    import inspect
+
+    funcs = [getattr(item, "function", None)]
+    info = getattr(item, "_fixtureinfo", None)
+    for defs in (info.name2fixturedefs.values() if info is not None else ()):
+        funcs += [d.func for d in defs]
+    texts = []
+    for f in funcs:
+        try:
+            texts.append(inspect.getsource(f))  # type: ignore[arg-type]
+        except (OSError, TypeError):
+            continue
+    return "\n".join(texts)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark each test with its kind (module docstring); ``unit`` is what is neither."""
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
-        if names & INTEGRATION_FIXTURES:
+        source = _sources(item)
+        if names & INTEGRATION_FIXTURES or any(c in source for c in INTEGRATION_CALLS):
             item.add_marker(pytest.mark.integration)
-        if names & SLOW_FIXTURES:
+        if names & SLOW_FIXTURES or any(c in source for c in SLOW_CALLS):
             item.add_marker(pytest.mark.slow)
         if not any(item.get_closest_marker(k) for k in ("integration", "slow")):
             item.add_marker(pytest.mark.unit)

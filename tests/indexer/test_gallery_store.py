@@ -60,7 +60,7 @@ def test_save_and_reopen_gives_the_same_answers(tmp_path, data3k, caplog, factor
         ids = fill(store, data3k.vectors[:n])
         store.save()
         before = _answers(store, data3k.queries)
-    caplog.set_level(logging.INFO, logger="indexer")
+    caplog.set_level(logging.INFO, logger="refind.indexer")
     with _open(tmp_path, factory) as store:
         assert len(store) == n
         assert _answers(store, data3k.queries) == before
@@ -95,7 +95,7 @@ def test_reopen_after_crash_finds_rows_committed_since_the_last_save(
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 3, proc.stderr
-    caplog.set_level(logging.INFO, logger="indexer")
+    caplog.set_level(logging.INFO, logger="refind.indexer")
     with _open(tmp_path / "g", factory) as store:  # the dead process's lock is gone
         assert len(store) == 3_000
         [[(top, score)]] = [[hits[0]] for hits in _answers(store, data3k.vectors[2_500:2_501])]
@@ -154,7 +154,7 @@ def test_unusable_index_is_rebuilt_from_sqlite(tmp_path, data3k, caplog, spoil, 
         store.save()
         before = _answers(store, data3k.queries)
     spoil(index, manifest)
-    caplog.set_level(logging.INFO, logger="indexer")
+    caplog.set_level(logging.INFO, logger="refind.indexer")
     with _open(tmp_path) as store:
         assert len(store) == 3_000
         assert _answers(store, data3k.queries) == before

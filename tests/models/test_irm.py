@@ -360,6 +360,7 @@ def pets_embedder():
     )
 
 
+@pytest.mark.slow  # trains a tiny model for ~15 s
 def test_trained_ignore_clothes_separates_a_recoloured_person_better(tmp_path):
     """Training teaches the instruction its meaning: on a small synthetic set where recolouring
     changes some patch tokens, after training a recoloured crop queried with "ignore the
