@@ -43,55 +43,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from refind.models.attribute_probe import IRM_FORMAT, IRM_TEACHER, AttributeProbe
+from refind.models.attribute_probe import IRM_FORMAT, AttributeProbe
 from refind.models.attribute_probe import TENSOR_PREFIX as PROBE_PREFIX
-from refind.models.base import TASKS, ModelInputError, model_id_for
+from refind.models.base import TASKS, ModelInputError
+from refind.models.irm_cpu import (  # noqa: F401  (the torch-free half, re-exported)
+    BACKBONE_NODE,
+    DEFAULT_INSTRUCTIONS,
+    INPUT_HW,
+    TEACHER,
+    IrmConfig,
+    resolve_weights,
+)
 
-TEACHER = IRM_TEACHER  # the backbone weights name when none is stored
-BACKBONE_NODE = "1126"  # OMZ 0277's last feature map, (B, 512, 16, 8) after ReLU
-INPUT_HW = (256, 128)  # OMZ ReID input, BGR 0-255
 FORMAT = IRM_FORMAT
-
-# Instructions used when a query names a task but no instruction (the first phrasing of each task
-# in refind.datasets.irm.instruction_for); the gallery always uses the "reid" one.
-DEFAULT_INSTRUCTIONS: dict[str, str] = {
-    "reid": "same person, same clothes",
-    "clothes_change": "ignore the clothes",
-    "clothes_template": "someone wearing this garment",
-    "attribute_text": "same person, now wearing other clothes",
-    "visible_infrared": "the query is an infrared image",
-    "text": "",
-}
-
-
-@dataclass(frozen=True)
-class IrmConfig:
-    """Sizes of the IRM head (the frozen backbone and text encoder are not part of it)."""
-
-    token_dim: int = 512  # backbone feature channels
-    n_patches: int = 32  # (16, 8) feature map avg-pooled 2x2 -> 8 x 4
-    teacher_dim: int = 256  # OMZ 0277 embedding
-    text_dim: int = 384  # all-MiniLM-L6-v2 hidden size
-    dim: int = 128  # transformer width (the head's CPU cost: 128 keeps it ~10 ms per 32 crops)
-    heads: int = 4
-    encoder_layers: int = 2
-    editing_layers: int = 2
-    mlp_ratio: float = 2.0
-    part_dim: int = 256  # each of the id and clothes parts; the vector is 2 * part_dim
-    max_text_tokens: int = 32
-    n_attributes: int = 8
-
-    def __post_init__(self) -> None:
-        if self.dim % self.heads:
-            raise ValueError(f"IrmConfig.dim {self.dim} is not a multiple of heads {self.heads}")
-        if self.part_dim != self.teacher_dim:  # the id part is a residual on the teacher
-            raise ValueError(
-                f"IrmConfig.part_dim {self.part_dim} must equal teacher_dim {self.teacher_dim}"
-            )
-
-    @property
-    def out_dim(self) -> int:
-        return 2 * self.part_dim
 
 
 class Block(nn.Module):
@@ -371,19 +335,6 @@ def load_weights(path: Path) -> tuple[IrmHead, AttributeProbe | None, dict[str, 
     head.load_state_dict(state)
     check_probe(probe, head, f"{path}: ")
     return head.eval(), probe, meta
-
-
-def resolve_weights(weights: str, store: object) -> tuple[Path, str]:
-    """(path, model_id) of IRM weights named by a model store name or a ``.safetensors`` path."""
-    if weights.endswith(".safetensors"):
-        path = Path(weights)
-        if not path.is_file():
-            raise ModelInputError(f"IRM weights {path} not found")
-        from refind.models.store import sha256_of
-
-        return path, model_id_for(path.stem, sha256_of(path))
-    resolved = store.resolve(weights)  # type: ignore[attr-defined]
-    return resolved.path, resolved.model_id
 
 
 # ---- device ----

@@ -17,7 +17,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,15 +26,14 @@ from torch import nn
 
 from refind.models.attribute_probe import AttributeProbe
 from refind.models.base import INT8_SUFFIX, TASKS, ModelInputError, check_bgr_image, crops_to_batch
-from refind.models.irm import (
+from refind.models.irm import IrmHead, check_probe, load_weights, resolve_device
+from refind.models.irm_cpu import (
     BACKBONE_NODE,
     DEFAULT_INSTRUCTIONS,
     INPUT_HW,
     TEACHER,
-    IrmHead,
-    check_probe,
-    load_weights,
-    resolve_device,
+    Backbone,
+    OpenVinoBackbone,
     resolve_weights,
 )
 from refind.models.minilm import MiniLmTokens, pad_states
@@ -47,41 +46,6 @@ log = logging.getLogger(__name__)
 
 
 # ---- frozen parts: backbone (OMZ 0277) and text encoder (all-MiniLM-L6-v2) ----
-
-
-class Backbone(Protocol):
-    """Crops -> (patches (B, N, 512) float32, teacher (B, 256) float32, not normalised)."""
-
-    model_id: str
-
-    def __call__(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]: ...
-
-
-class OpenVinoBackbone:
-    """OMZ 0277 on CPU with OpenVINO, an extra output at node 1126."""
-
-    def __init__(self, xml_path: Path, model_id: str, threads: int = 0,
-                 resize_threads: int = 0) -> None:
-        import openvino as ov
-
-        from refind.models.openvino_util import CpuRunner, read_dynamic_batch
-
-        self.model_id = model_id
-        self.resize_threads = resize_threads
-        core = ov.Core()
-        model, _ = read_dynamic_batch(
-            core, xml_path, INPUT_HW, extra_outputs=(BACKBONE_NODE,), pool=2
-        )  # the feature map comes out pooled to (B, 512, 8, 4)
-        self._run_model = CpuRunner(core, model, threads)
-        ranks = [len(o.get_partial_shape()) for o in self._run_model.outputs]
-        self._map_out, self._emb_out = ranks.index(4), ranks.index(2)
-
-    def __call__(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        out = self._run_model([crops_to_batch(crops, INPUT_HW, "IRM crop",
-                                              resize_threads=self.resize_threads)])
-        pooled = np.asarray(out[self._map_out], np.float32)  # (B, 512, 8, 4)
-        tokens = np.ascontiguousarray(pooled.reshape(*pooled.shape[:2], -1).transpose(0, 2, 1))
-        return tokens, np.asarray(out[self._emb_out], np.float32)  # (B, 32, 512), (B, 256)
 
 
 class TorchBackbone:

