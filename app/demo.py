@@ -15,6 +15,7 @@ import logging
 import shutil
 import sys
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 
 import cv2
@@ -88,10 +89,17 @@ class DemoOutputError(ValueError):
     """The demo's output folder is not one it may write; nothing was deleted."""
 
 
+# What a refind data directory holds: in a folder the demo made, these are the demo gallery's
+# (also when a later command, a rebuild or a re-index of it, wrote them), never a user's own.
+GALLERY_ENTRIES = ("gallery", "gallery-*", "crops", "events", "versions", "versions.json",
+                   "versions.lock", "audit.jsonl", "query.jpg", "contact_sheet.png")
+
+
 def prepare_out_dir(out_dir: Path) -> list[str]:
     """Make ``out_dir`` ready for a fresh demo: a new or empty folder is used as is; a folder
-    an earlier demo made loses what that demo wrote (other files stay); anything else is
-    refused. Returns the names removed."""
+    an earlier demo made loses what that demo wrote and the gallery entries refind commands
+    added to it since (other files stay); anything else is refused, nothing deleted. Returns
+    the names removed."""
     if out_dir.exists() and not out_dir.is_dir():
         raise DemoOutputError(f"--out {out_dir} is a file, not a folder; choose a folder")
     mark = out_dir / DEMO_MARK
@@ -103,10 +111,10 @@ def prepare_out_dir(out_dir: Path) -> list[str]:
         )
     removed = []
     if mark.is_file():
-        for name in mark.read_text(encoding="utf-8").split():
+        listed = set(mark.read_text(encoding="utf-8").split())
+        ours = {n for n in entries if n in listed or any(fnmatch(n, g) for g in GALLERY_ENTRIES)}
+        for name in sorted(ours - {DEMO_MARK}):
             path = out_dir / name
-            if name in (".", "..") or "/" in name or not (path.exists() or path.is_symlink()):
-                continue
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             else:

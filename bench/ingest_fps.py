@@ -25,10 +25,9 @@ sys.path.insert(0, str(REPO))
 
 from report import code_version  # noqa: E402  (bench/report.py)
 
-from refind.app.commands import open_gallery  # noqa: E402
 from refind.config import RefindConfig  # noqa: E402
-from refind.indexer.blobs import CropStore  # noqa: E402
 from refind.indexer.ingest import IngestPipeline  # noqa: E402
+from refind.indexer.sink import open_sink  # noqa: E402
 from refind.streaming.sources import VideoSource  # noqa: E402
 
 DEFAULT_VIDEO = REPO / "../shared/data/pets09-s2l1/vtest.avi"
@@ -47,9 +46,9 @@ def detector_alone(pipeline: IngestPipeline, video: Path) -> tuple[float, int]:
 def whole_ingest(pipeline: IngestPipeline, cfg: RefindConfig, video: Path) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         run_cfg = cfg.model_copy(update={"data_dir": Path(tmp)})
-        crops = CropStore(Path(tmp) / "crops")
-        with open_gallery(run_cfg, pipeline.embedder) as gallery:
-            report = pipeline.run(VideoSource(video, camera="bench"), gallery, crops)
+        emb = pipeline.embedder
+        with open_sink(run_cfg, emb.model_id, emb.dim) as sink:
+            report = pipeline.run(VideoSource(video, camera="bench"), sink)
     return report.to_json()
 
 

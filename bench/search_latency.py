@@ -30,7 +30,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import gc
-import inspect
 import json
 import logging
 import os
@@ -56,7 +55,13 @@ from refind.indexer.blobs import CropStore  # noqa: E402
 from refind.indexer.config import GalleryConfig, SearchConfig  # noqa: E402
 from refind.indexer.gallery_store import GalleryStore  # noqa: E402
 from refind.indexer.search import SearchEngine  # noqa: E402
-from refind.streaming.records import CropRecord, Embeddings, ImageQuery, TrackletHit  # noqa: E402
+from refind.streaming.records import (  # noqa: E402
+    CropRecord,
+    Embeddings,
+    ImageQuery,
+    SearchFilter,
+    TrackletHit,
+)
 
 log = logging.getLogger("search_latency")
 
@@ -270,29 +275,19 @@ class Filter:
             keep &= syn.track_span_ns >= int(self.min_track_s * 1e9)
         return keep
 
-    def store_kwargs(self) -> dict:
-        """GalleryStore.search keyword arguments of this filter."""
-        kw: dict = {"cameras": self.cameras, "start_ts_ns": self.start_ts_ns,
-                    "end_ts_ns": self.end_ts_ns}
-        return kw | ({"min_track_s": self.min_track_s} if self.min_track_s else {})
+    def search_filter(self) -> SearchFilter:
+        """The gallery's record of this filter."""
+        return SearchFilter(self.cameras, self.start_ts_ns, self.end_ts_ns, self.min_track_s)
 
     def searcher(self, engine: SearchEngine, k: int = K) -> Callable[[np.ndarray], list]:
         """One query vector -> tracklets, as SearchEngine answers it under this filter."""
         query = ImageQuery(image=_NO_IMAGE, k=k, cameras=self.cameras,
-                           start_ts_ns=self.start_ts_ns, end_ts_ns=self.end_ts_ns)
-        if not self.min_track_s:
-            return lambda v: engine.search_vector(v, query)
-        if "min_track_s" in ImageQuery.__dataclass_fields__:
-            query = dataclasses.replace(query, min_track_s=self.min_track_s)
-            return lambda v: engine.search_vector(v, query)
-        # the engine does not pass this filter on yet: the store's search, then its aggregation
-        k_crops = k * engine.cfg.overfetch
-        return lambda v: engine._tracklets(
-            engine.gallery.search(v, k_crops, **self.store_kwargs())[0], k)
+                           start_ts_ns=self.start_ts_ns, end_ts_ns=self.end_ts_ns,
+                           min_track_s=self.min_track_s)
+        return lambda v: engine.search_vector(v, query)
 
     def supported(self) -> bool:
-        return not self.min_track_s or "min_track_s" in inspect.signature(
-            GalleryStore.search).parameters
+        return True
 
 
 _NO_IMAGE = np.zeros((4, 4, 3), np.uint8)  # search_vector takes the vector; the image is unused
@@ -327,10 +322,10 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def found_ids(store: GalleryStore, syn: Synthetic, flt: Filter, k: int = K) -> np.ndarray:
-    hits = store.search(syn.queries, k, **flt.store_kwargs())
+    hits = store.search(syn.queries, k, flt.search_filter())
     out = np.full((len(hits), k), -1, np.int64)
     for row, h in zip(out, hits, strict=True):
-        row[: len(h)] = [r.vector_id for r, _ in h]
+        row[: len(h)] = [hit.record.vector_id for hit in h]
     return out
 
 
@@ -669,8 +664,7 @@ def filter_ids_ms(root: Path) -> dict[str, float]:
             best = np.inf
             for _ in range(2):
                 t0 = time.perf_counter()
-                meta.ids_matching(flt.cameras, flt.start_ts_ns, flt.end_ts_ns, MODEL,
-                                  *([int(flt.min_track_s * 1e9)] if flt.min_track_s else []))
+                meta.ids_matching(MODEL, flt.search_filter())
                 best = min(best, (time.perf_counter() - t0) * 1e3)
                 if best > 1_000:
                     break
@@ -781,7 +775,7 @@ def measure_min_track(root: Path, syn: Synthetic, n_time: int) -> dict:
         meta = SqliteMetadata(root / "gallery-Flat" / "metadata.sqlite3", read_only=True)
         try:
             for flt in MIN_TRACK_FILTERS:
-                ids = meta.ids_matching((), None, None, MODEL, int(flt.min_track_s * 1e9))
+                ids = meta.ids_matching(MODEL, SearchFilter(min_track_s=flt.min_track_s))
                 if not np.array_equal(ids, np.flatnonzero(flt.mask(syn))):
                     raise AssertionError(f"{flt.name}: allowed ids differ from the synthetic mask")
         finally:

@@ -149,9 +149,6 @@ class BlobStoreConfig(Section):
 class RetentionConfig(Section):
     default_days: float | None = Field(
         None, gt=0.0, le=36_500.0,
-        description="Crops older than this are deleted, for cameras without retention_days; "
-        "None = keep forever.",
-    )
-    interval_s: float = Field(
-        3600.0, gt=0.0, le=7 * 86_400.0, description="How often `refind serve` enforces it."
+        description="`refind retention` (run it on a schedule) deletes crops older than this, "
+        "for cameras without retention_days; None = keep forever.",
     )

@@ -6,8 +6,8 @@
 #   torch        + the IRM embedder, the refer re-ranker, training (torch, transformers, MiniLM)
 #   live         + Ray, Kafka client, Redis client (`refind serve`)
 #   test         + every extra, the test tools, and the servers tests start: Debian's
-#                redis-server, ffmpeg and gst-rtsp-server (test cameras), Chromium for the
-#                browser tests; the Tansu Kafka broker comes from PyPI
+#                redis-server, ffmpeg and gst-rtsp-server (test cameras); the Tansu Kafka
+#                broker comes from PyPI
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
