@@ -312,6 +312,42 @@ def pad_states(states: Sequence[np.ndarray], dim: int) -> tuple[np.ndarray, np.n
     return out, mask
 
 
+# ---- what both IRM embedders (this one, and the torch one) read from a query ---------------
+
+
+def read_instruction(task: str, instruction: str | np.ndarray | None,
+                     n_crops: int) -> tuple[str, np.ndarray | None]:
+    """(instruction text, garment photo or None) of a query for ``task``: a text, a BGR garment
+    photo (task clothes_template; the text is then the task's default phrasing) or None (the
+    default phrasing). ModelInputError for an unknown task, or task "text" with crops or with
+    no text."""
+    if task not in TASKS:
+        raise ModelInputError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+    if task == "text":
+        if not isinstance(instruction, str) or n_crops:
+            raise ModelInputError("task 'text' takes no crops and a text instruction")
+        return instruction, None
+    if isinstance(instruction, np.ndarray):
+        check_bgr_image(instruction, "instruction image")
+        return DEFAULT_INSTRUCTIONS[task], instruction
+    return (DEFAULT_INSTRUCTIONS[task] if instruction is None else instruction), None
+
+
+def probe_edit(probe: AttributeProbe | None, task: str, text: str) -> np.ndarray | None:
+    """The attribute probe's text vector that edits an attribute_text photo query ("now
+    wearing a red top"), or None when this query is not edited through the probe."""
+    if probe is None or task != "attribute_text" or probe.photo_text_weight <= 0:
+        return None
+    return probe.query_vector(text)
+
+
+def unedited_warning(model_id: str, task: str) -> str:
+    """What a teacher-only image path means for an instructed photo query."""
+    return (f"{model_id}: this instruction does not change photo queries (its image path is the "
+            "0277 teacher's, see its model card; only attribute text naming attributes or "
+            f"colours does): this {task} query ranks as plain ReID")
+
+
 # ---- the embedder ----------------------------------------------------------------------------
 
 
@@ -385,22 +421,12 @@ class IrmCpuEmbedder:
                     instruction: str | np.ndarray | None = None) -> Embeddings:
         """Query crops for ``task`` with one instruction (text, a garment photo, or None for the
         task's default phrasing); task "text" takes no crops and a text instruction."""
-        if task not in TASKS:
-            raise ModelInputError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+        text, photo = read_instruction(task, instruction, len(crops))
         if task == "text":
-            if not isinstance(instruction, str) or len(crops):
-                raise ModelInputError("task 'text' takes no crops and a text instruction")
-            return self.embed_text([instruction])
-        garment = None
-        if isinstance(instruction, np.ndarray):
-            check_bgr_image(instruction, "instruction image")
-            garment = self.backbone([instruction])
-            instruction = None
-        text = DEFAULT_INSTRUCTIONS[task] if instruction is None else instruction
+            return self.embed_text([text])
+        garment = None if photo is None else self.backbone([photo])
         probe = self.probe
-        text_vector = (probe.query_vector(text)
-                       if probe is not None and task == "attribute_text"
-                       and probe.photo_text_weight > 0 else None)
+        text_vector = probe_edit(probe, task, text)
         self._warn_unedited(task, edited=text_vector is not None)
         states, mask = self._text().padded([text])  # (1, T, 384), (1, T)
         out = [np.zeros((0, self.dim), np.float32)]
@@ -443,10 +469,7 @@ class IrmCpuEmbedder:
         """Once: a teacher-only image path ignores this photo query's instruction."""
         if task != "reid" and self._teacher_only and not edited and not self._warned:
             self._warned = True
-            log.warning(
-                "%s: this instruction does not change photo queries (its image path is the 0277 "
-                "teacher's, see its model card; only attribute text naming attributes or colours "
-                "does): this %s query ranks as plain ReID", self.model_id, task)
+            log.warning("%s", unedited_warning(self.model_id, task))
 
 
 def _gpu_wanted(device: str) -> bool:

@@ -22,20 +22,22 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from refind.models.attribute_probe import AttributeProbe
-from refind.models.base import INT8_SUFFIX, TASKS, ModelInputError, check_bgr_image, crops_to_batch
+from refind.models.base import INT8_SUFFIX, TASKS, ModelInputError, crops_to_batch
 from refind.models.irm import IrmHead, check_probe, load_weights, resolve_device
 from refind.models.irm_cpu import (
     BACKBONE_NODE,
-    DEFAULT_INSTRUCTIONS,
     INPUT_HW,
     TEACHER,
     Backbone,
     OpenVinoBackbone,
+    probe_edit,
+    read_instruction,
     resolve_weights,
+    unedited_warning,
 )
+from refind.models.irm_export import GalleryGraph
 from refind.models.minilm import MiniLmTokens, pad_states
 from refind.streaming.records import Embeddings
 
@@ -83,15 +85,6 @@ def build_backbone(store: object, name: str, device: torch.device, threads: int 
 # ---- the embedder the pipeline uses ----
 
 
-class _GalleryVectors(nn.Module):
-    def __init__(self, head: IrmHead) -> None:
-        super().__init__()
-        self.head = head
-
-    def forward(self, patches: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        return self.head.gallery(patches, teacher).vectors
-
-
 class OpenVinoGallery:
     """The head's gallery path converted to OpenVINO (dynamic batch), for CPU inference."""
 
@@ -110,7 +103,7 @@ class OpenVinoGallery:
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shapes are fixed per call
             warnings.simplefilter("ignore", DeprecationWarning)  # OpenVINO traces with torch.jit
             model = ov.convert_model(
-                _GalleryVectors(head.cpu().eval()), example_input=example, input=shapes
+                GalleryGraph(head.cpu().eval()), example_input=example, input=shapes
             )
         self._run_model = CpuRunner(ov.Core(), model, threads, INFERENCE_PRECISION_HINT="f32")
 
@@ -257,24 +250,12 @@ class IrmEmbedder:
         "clothes_template": people like the crop, wearing this). For "clothes_template" without
         an image, the crops themselves are garment photos. Task "text" takes no crops.
         """
-        if task not in TASKS:
-            raise ModelInputError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+        text, photo = read_instruction(task, instruction, len(crops))
         if task == "text":
-            if not isinstance(instruction, str) or len(crops):
-                raise ModelInputError("task 'text' takes no crops and a text instruction")
-            return self.embed_text([instruction])
-        image_instr = None
-        if isinstance(instruction, np.ndarray):
-            check_bgr_image(instruction, "instruction image")
-            image_instr = self._features([instruction])
-            instruction = None
-        text = DEFAULT_INSTRUCTIONS[task] if instruction is None else instruction
+            return self.embed_text([text])
+        image_instr = None if photo is None else self._features([photo])
         probe = self.probe  # read once: compose with the probe the edit was decided with
-        text_vector = (
-            probe.query_vector(text)
-            if probe is not None and task == "attribute_text" and probe.photo_text_weight > 0
-            else None
-        )  # (D,) or None: this query is not edited through the probe
+        text_vector = probe_edit(probe, task, text)  # (D,) or None: not edited by the probe
         self._warn_unedited(task, edited=text_vector is not None)
         states, mask = pad_states(self.text([text]), self.head.cfg.text_dim)  # (1, T, 384)
         out = []
@@ -303,12 +284,7 @@ class IrmEmbedder:
         """Once per embedder: a teacher-only image path ignores this photo query's instruction."""
         if task != "reid" and self._teacher_only and not edited and not self._warned:
             self._warned = True
-            log.warning(
-                "%s: this instruction does not change photo queries (its image path is the 0277 "
-                "teacher's, see its model card; only attribute text naming attributes or colours "
-                "does): this %s query ranks as plain ReID",
-                self.model_id, task,
-            )  # fmt: skip
+            log.warning("%s", unedited_warning(self.model_id, task))
 
     @torch.inference_mode()
     def embed_text(self, texts: Sequence[str]) -> Embeddings:

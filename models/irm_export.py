@@ -34,7 +34,9 @@ from refind.models.irm import IrmHead, load_weights
 from refind.models.irm_cpu import TEACHER, TEXT_DIM
 
 
-class _Gallery(nn.Module):
+class GalleryGraph(nn.Module):
+    """The head's gallery path as a module of its own (what OpenVINO converts)."""
+
     def __init__(self, head: IrmHead) -> None:
         super().__init__()
         self.head = head
@@ -43,13 +45,13 @@ class _Gallery(nn.Module):
         return self.head.gallery(patches, teacher).vectors
 
 
-class _Query(_Gallery):
+class _Query(GalleryGraph):
     def forward(self, patches: torch.Tensor, teacher: torch.Tensor,  # type: ignore[override]
                 task_ids: torch.Tensor, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.head.query(patches, teacher, task_ids, text, mask).vectors
 
 
-class _QueryGarment(_Gallery):
+class _QueryGarment(GalleryGraph):
     def forward(self, patches: torch.Tensor, teacher: torch.Tensor,  # type: ignore[override]
                 task_ids: torch.Tensor, text: torch.Tensor, mask: torch.Tensor,
                 garment_patches: torch.Tensor, garment_teacher: torch.Tensor) -> torch.Tensor:
@@ -57,7 +59,7 @@ class _QueryGarment(_Gallery):
                                (garment_patches, garment_teacher)).vectors
 
 
-class _Text(_Gallery):
+class _Text(GalleryGraph):
     def forward(self, task_ids: torch.Tensor, text: torch.Tensor,  # type: ignore[override]
                 mask: torch.Tensor) -> torch.Tensor:
         return self.head.query(None, None, task_ids, text, mask).vectors
@@ -113,7 +115,7 @@ def export_graphs(weights: Path, out: Path, minilm_dir: Path | None = None,
     text = torch.randn(b, t, cfg.text_dim)
     mask = torch.ones(b, t, dtype=torch.bool)
     mask[1, 3:] = False  # padding must be masked in the traced graph too
-    _convert(_Gallery(head), (patches, teacher), out / "gallery.xml")
+    _convert(GalleryGraph(head), (patches, teacher), out / "gallery.xml")
     _convert(_Query(head), (patches, teacher, tasks, text, mask), out / "query.xml")
     _convert(_QueryGarment(head), (patches, teacher, tasks, text, mask, patches.flip(0),
                                    teacher.flip(0)), out / "query_garment.xml")

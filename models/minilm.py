@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from refind.models.irm_cpu import pad_states as pad_numpy
+
 TEXT_DIM = 384  # all-MiniLM-L6-v2 hidden size
 
 
@@ -64,11 +66,6 @@ class MiniLmTokens:
 
 
 def pad_states(states: Sequence[np.ndarray], dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Variable-length (T_i, dim) arrays -> padded (B, T, dim) float32 and mask (B, T) bool."""
-    longest = max((len(s) for s in states), default=0)
-    out = np.zeros((len(states), longest, dim), np.float32)
-    mask = np.zeros((len(states), longest), bool)
-    for i, s in enumerate(states):
-        out[i, : len(s)] = s
-        mask[i, : len(s)] = True
+    """``refind.models.irm_cpu.pad_states`` as torch tensors: (B, T, dim) float32, (B, T) bool."""
+    out, mask = pad_numpy(states, dim)
     return torch.from_numpy(out), torch.from_numpy(mask)
