@@ -341,6 +341,21 @@ def probe_edit(probe: AttributeProbe | None, task: str, text: str) -> np.ndarray
     return probe.query_vector(text)
 
 
+def probe_texts(probe: AttributeProbe | None, texts: Sequence[str],
+                dim: int) -> tuple[np.ndarray, list[int]]:
+    """(n, D) query vectors of the texts the attribute probe reads (zero rows elsewhere), and the
+    rows it cannot read, which go through the head's learned text path."""
+    vectors = np.zeros((len(texts), dim), np.float32)
+    learned = []
+    for k, text in enumerate(texts):
+        q = None if probe is None else probe.query_vector(text)
+        if q is None:
+            learned.append(k)
+        else:
+            vectors[k] = q
+    return vectors, learned
+
+
 def unedited_warning(model_id: str, task: str) -> str:
     """What a teacher-only image path means for an instructed photo query."""
     return (f"{model_id}: this instruction does not change photo queries (its image path is the "
@@ -445,14 +460,7 @@ class IrmCpuEmbedder:
     def embed_text(self, texts: Sequence[str]) -> Embeddings:
         """Text-only queries into the gallery space: through the attribute probe when the text
         names what it reads, else through the head's learned text path."""
-        vectors = np.zeros((len(texts), self.dim), np.float32)
-        learned = []
-        for k, text in enumerate(texts):
-            q = None if self.probe is None else self.probe.query_vector(text)
-            if q is None:
-                learned.append(k)
-            else:
-                vectors[k] = q
+        vectors, learned = probe_texts(self.probe, texts, self.dim)
         for s in self._chunks(len(learned)):
             rows = learned[s]
             states, mask = self._text().padded([texts[k] for k in rows])

@@ -33,6 +33,7 @@ from refind.models.irm_cpu import (
     Backbone,
     OpenVinoBackbone,
     probe_edit,
+    probe_texts,
     read_instruction,
     resolve_weights,
     unedited_warning,
@@ -293,14 +294,7 @@ class IrmEmbedder:
         A text that names attributes or clothing colours the attribute probe reads becomes the
         probe's query vector (``refind.models.attribute_probe``); any other text (or every text, when
         the weights carry no probe) goes through the head's learned text path."""
-        vectors = np.zeros((len(texts), self.dim), np.float32)
-        learned = []
-        for k, text in enumerate(texts):
-            q = None if self.probe is None else self.probe.query_vector(text)
-            if q is None:
-                learned.append(k)
-            else:
-                vectors[k] = q
+        vectors, learned = probe_texts(self.probe, texts, self.dim)
         for s in self._chunks(len(learned)):
             rows = learned[s]
             states, mask = pad_states(self.text([texts[k] for k in rows]), self.head.cfg.text_dim)
