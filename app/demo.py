@@ -25,7 +25,7 @@ from refind.app.commands import format_hits, run_ingest
 from refind.config import RefindConfig
 from refind.indexer.blobs import CropStore
 from refind.indexer.ingest import IngestPipeline
-from refind.indexer.search import SearchEngine
+from refind.indexer.search import SearchEngine, read_query_image
 from refind.indexer.shards import ShardedGallery
 from refind.models.attributes import OpenVinoAttributes
 from refind.models.base import ATTRIBUTE_NAMES, PersonAttributes
@@ -242,11 +242,12 @@ def _demo(cfg: RefindConfig, clip: Path, k: int, quiet: bool, say) -> dict[str, 
     query_path = out_dir / "query.jpg"
     cv2.imwrite(str(query_path), pick.image)
     say(f"query: person at {[round(v) for v in pick.xyxy]} in frame {pick.frame_index} -> {query_path}")
+    photo = read_query_image(query_path)  # the saved photo: the printed search gives these hits
     crops = CropStore.from_config(cfg)
     emb = pipeline.embedder
     with ShardedGallery.open(out_dir, cfg.gallery, emb.model_id, emb.dim) as gallery:
         hits = SearchEngine(cfg.search, pipeline.embedder, gallery).search_image(
-            ImageQuery(image=pick.image, k=k)
+            ImageQuery(image=photo, k=k)
         )
     if not quiet:
         print(format_hits(hits, crops))

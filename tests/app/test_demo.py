@@ -95,9 +95,12 @@ def test_the_demo_finds_its_query_and_its_next_commands_work(tmp_path, capsys, p
         import shlex
 
         capsys.readouterr()
-        assert main([*shlex.split(argv), "--json"]) == 0, command
+        assert main([*shlex.split(argv), "--json", "--k", "5"]) == 0, command
         hits = json.loads(capsys.readouterr().out)
         assert hits, f"{command} found nothing"
+        if command == photo:  # the printed photo search answers as the demo did
+            assert [(h["track_id"], h["score"]) for h in hits] == [
+                (h["track_id"], h["score"]) for h in result["hits"]]
     # a second demo replaces the first one's gallery instead of adding to it
     assert main(["demo", "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
