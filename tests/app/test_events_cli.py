@@ -48,3 +48,27 @@ def test_events_tail_with_no_broker_is_one_clear_error(tmp_path, capsys) -> None
     assert main(["events", "tail", "--topic", "tracks", "--max", "1", "--timeout", "2",
                  "--config", str(config)]) == 2
     assert "refind: error:" in capsys.readouterr().err
+
+
+def test_a_missing_extra_is_one_clear_error(tmp_path, capsys):
+    """A command whose extra is not installed names the extra and the command that installs it
+    (here Ray is made unimportable in a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "ray.py").write_text("raise ModuleNotFoundError('no ray here', name='ray')\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'data'}\ncameras: [{{name: a, url: x.mp4}}]\n")
+    import os
+
+    out = subprocess.run(
+        [sys.executable, "-m", "refind", "serve", "--config", str(config)],
+        capture_output=True, text=True, timeout=120,
+        env=os.environ | {"PYTHONPATH": str(blocker)},
+    )
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        "refind: error: refind serve needs the live extra (ray is not installed): "
+        "pip install -e '.[live]' (or bash scripts/setup.sh live)")
