@@ -276,8 +276,9 @@ class CameraActor:
             return
         embedders, model_id, dim = handed
         self._embedders = Pool(embedders)
-        if model_id != self._model_id:
-            self._pipe.set_embedder(PoolEmbedder(self._embedders, model_id, dim))
+        # the new pool from the next frame on (the old one may be retired); the tracker forgets
+        # its learned appearance only when the model changed
+        self._pipe.set_embedder(PoolEmbedder(self._embedders, model_id, dim))
         self._model_id = model_id
         log.info("%s: embedding with %s now", self._cam.name, model_id)
 

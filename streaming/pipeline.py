@@ -180,12 +180,14 @@ class CameraPipeline:
     # -- configuration while running ----------------------------------------------------------
 
     def set_embedder(self, embedder: EmbedFn | None) -> None:
-        """Ask ``embedder`` for appearance from the next frame on; a tracker's learned
-        appearance of another model is forgotten (vectors of two models do not compare)."""
-        had = self._boxes is not None
+        """Ask ``embedder`` for appearance from the next frame on; the tracker's learned
+        appearance is forgotten when it was another model's (by ``model_id``: vectors of two
+        models do not compare), and kept when only the embedder's instances changed."""
+        old = getattr(self._boxes.embedder, "model_id", None) if self._boxes else None
         use = embedder is not None and self._tracker_cfg.appearance_weight > 0
         self._boxes = BoxEmbedder(embedder) if use else None  # type: ignore[arg-type]
-        if had:
+        new = getattr(embedder, "model_id", None) if use else None
+        if old is not None and (new is None or new != old):
             self._tracker.forget_appearance()
 
     @property

@@ -148,13 +148,25 @@ def test_low_detections_are_dropped_before_tracking():
 def test_appearance_is_asked_for_and_forgotten_with_a_new_model():
     embedder = CountingEmbedder()
     pipe = CameraPipeline("gate", TrackerConfig(), CropConfig(), embedder=embedder)
-    _drive(pipe, 45, TWO)
+    for f in _frames(25):  # two people in view, tracks still open
+        pipe.process(f, _walkers(f.index, TWO))
     assert embedder.calls > 0 and pipe.appearance is not None
     assert pipe.appearance.calls == embedder.calls
     assert "appearance" in pipe.times.snapshot()
-    other = CountingEmbedder()
+
+    def learned() -> list[bool]:
+        return [t.embedding is not None for t in pipe._tracker._tracks]
+
+    assert any(learned())
+    before = learned()
+    other = CountingEmbedder()  # another instance of the same model: appearance is kept
     pipe.set_embedder(other)
     assert pipe.appearance is not None and pipe.appearance.embedder is other
+    assert learned() == before
+    newer = CountingEmbedder()
+    newer.model_id = "count-v2"  # another model: its vectors do not compare, forgotten
+    pipe.set_embedder(newer)
+    assert not any(learned()) and pipe._tracker._tracks
     motion = CameraPipeline("gate", MOTION_ONLY, CropConfig(), embedder=CountingEmbedder())
     assert motion.appearance is None  # appearance_weight 0: never asked
 
