@@ -397,10 +397,8 @@ def retention(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
 
 
 def api(args: argparse.Namespace, cfg: RefindConfig) -> None:
-    try:
-        from refind.app.api import serve_api
-    except ImportError as err:  # fastapi lives in the optional `api` extra
-        raise ServiceError(f"the HTTP API needs `pip install -e '.[api]'`: {err}") from None
+    from refind.app.api import serve_api  # fastapi: the api extra (a missing one is named)
+
     serve_api(cfg)
 
 
@@ -516,6 +514,8 @@ def train(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
 
 def quantize(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
     """``refind quantize``: calibrate and write ``<model>-int8`` into the model store cache."""
+    import nncf  # noqa: F401  (the quantize extra: named before any crop is decoded)
+
     from refind.datasets.irm import INTEL_VIDEO
     from refind.training.quantize import calibration_crops, quantize_reid
 

@@ -280,9 +280,25 @@ def describe_person(attrs: PersonAttributes, i: int = 0) -> str:
 
 def next_steps(out_dir: Path, query: Path, described: str) -> list[str]:
     """Commands to try on the demo's gallery: the photo search, a text search that describes
-    the query person, and ingesting a clip of one's own beside it."""
+    the query person, and ingesting a clip of one's own beside it; ``refind`` as this run was
+    called (``.venv/bin/refind`` from ``scripts/demo.sh``) when that is not the one on PATH."""
+    refind = _this_command()
     return [
-        f"refind search --data-dir {out_dir} --image {query}",
-        f'refind search --data-dir {out_dir} --text "{described}, on camera cam1"',
-        f"refind ingest YOUR_CLIP.mp4 --camera door --data-dir {out_dir}",
+        f"{refind} search --data-dir {out_dir} --image {query}",
+        f'{refind} search --data-dir {out_dir} --text "{described}, on camera cam1"',
+        f"{refind} ingest YOUR_CLIP.mp4 --camera door --data-dir {out_dir}",
     ]
+
+
+def _this_command() -> str:
+    """``refind`` when the one on PATH is the one running, else the path it was run by."""
+    ran = Path(sys.argv[0])
+    if ran.name != "refind":  # python -m refind, or a test: the installed command
+        return "refind"
+    on_path = shutil.which("refind")
+    if on_path is not None and Path(on_path).resolve() == ran.resolve():
+        return "refind"
+    try:
+        return str(ran.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(ran)

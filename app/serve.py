@@ -197,7 +197,10 @@ def run_serve(
         supervise(supervisor, cfg, stop)
     finally:
         server.shutdown()
-        supervisor.stop()
+        finals = supervisor.stop()
+        stored = sum(r.crops_stored for r in finals.values() if r is not None)
+        print(f"refind serve stopped: {len(finals)} cameras, {stored} crops stored this run "
+              "(every accepted crop stored and recorded)", flush=True)
 
 
 def supervise(supervisor: Supervisor, cfg: RefindConfig, stop: threading.Event) -> None:

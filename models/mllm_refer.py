@@ -122,7 +122,8 @@ class MllmReranker:
         distributed with refind); a clear error naming the setting when there is none."""
         if model_dir is None:
             raise ValueError("the mllm re-ranker needs a local Qwen2.5-VL model directory: set "
-                             "search.mllm_dir in the config (or pass --mllm-dir)")
+                             "search.mllm_dir in the config (refind eval refer also takes "
+                             "--mllm-dir)")
         return cls(Path(model_dir))
 
     def _inputs(self, expression: str, regions: Sequence[Region]) -> dict:
