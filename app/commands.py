@@ -25,7 +25,7 @@ from refind.indexer.query_plan import QueryPlan, check_query_text, plan_query, r
 from refind.indexer.rebuild import RebuildRefused
 from refind.indexer.rerank import RerankerPool
 from refind.indexer.search import QueryError, SearchEngine, read_query_image
-from refind.indexer.shards import ShardedGallery, existing_shards
+from refind.indexer.shards import ShardedGallery, existing_shards, shard_of
 from refind.indexer.sink import open_sink
 from refind.indexer.versions import serving_version
 from refind.models.base import INT8_SUFFIX, ModelInputError, ReidEmbedder, model_name
@@ -70,7 +70,8 @@ def run_ingest(
         total = min(total, cfg.ingest.max_frames)
     emb = pipeline.embedder
     with (
-        open_sink(cfg, emb.model_id, emb.dim, root) as sink,
+        open_sink(cfg, emb.model_id, emb.dim, root,  # the shard a live writer would use
+                  shard=shard_of(source.camera, cfg.ray.index_writers)) as sink,
         tqdm(
             total=total, unit="frame", desc=f"ingest {source.camera}", disable=quiet,
             file=sys.stderr,

@@ -3,10 +3,11 @@
 ``forget_track`` works through every gallery shard and every model stored there: it deletes the
 track's rows from SQLite and its vectors from the FAISS index (``GalleryStore.remove_track``,
 saved at once), records the track in ``forgotten_tracks`` so that a replayed event or a late crop
-is refused, then deletes the crop files, the Redis track metadata (when metadata is in Redis) and
-writes a ``ForgetEvent`` tombstone to the local journal and on ``<prefix>.forget`` (when Kafka is
-enabled). Every index version's shards are reached (``refind.indexer.versions``). SQLite goes
-first: a crash part way leaves at most orphan files, never a row that points at nothing.
+is refused, then deletes the crop files and the Redis track metadata (when metadata is in Redis).
+Before any of that, a ``ForgetEvent`` tombstone goes into the durable record
+(``refind.indexer.record``: the local journal, and ``<prefix>.forget`` when Kafka is enabled).
+Every index version's shards are reached (``refind.indexer.versions``). SQLite goes before the
+files: a crash part way leaves at most orphan files, never a row that points at nothing.
 
 Example:
     >>> report = forget_track(cfg, "gate", 7, reason="erasure request")  # doctest: +SKIP
@@ -21,21 +22,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from refind.config import RefindConfig
 from refind.indexer.blobs import CropStore
 from refind.indexer.gallery_store import GalleryStore
-from refind.indexer.journal import EventJournal, journal_dir
 from refind.indexer.metadata import SqliteMetadata, StoredModel
+from refind.indexer.record import EventRecord
 from refind.indexer.shards import shard_number
 from refind.indexer.versions import all_version_shards
-from refind.streaming.bus import EventBus
 from refind.streaming.events import ForgetEvent
 from refind.streaming.records import CropRecord
-
-if TYPE_CHECKING:
-    from refind.indexer.redis_meta import RedisMetadata
 
 log = logging.getLogger(__name__)
 _FLUSH_S = 30.0  # how long forgetting waits for Kafka to take the tombstone
@@ -83,78 +79,67 @@ def delete_files(crops: CropStore, records: list[CropRecord]) -> int:
     return sum(crops.delete(path) for path in sorted({r.crop_path for r in records}))
 
 
-def _known(shard: Path, camera: str, track_id: int) -> tuple[bool, bool]:
-    """(has the track, has forgotten it) in one shard."""
+def _known(shard: Path, camera: str, track_id: int) -> tuple[bool, bool, list[int]]:
+    """(has the track, has forgotten it, its vector ids of every model) in one shard."""
     with SqliteMetadata(shard / "metadata.sqlite3") as meta:
-        return meta.track(camera, track_id) is not None, meta.is_forgotten(camera, track_id)
+        ids = [v for m in meta.models() for v in meta.track_vector_ids(camera, track_id, m.model_id)]
+        return meta.track(camera, track_id) is not None, meta.is_forgotten(camera, track_id), ids
 
 
-def forget_track(
-    cfg: RefindConfig,
-    camera: str,
-    track_id: int,
-    bus: EventBus | None = None,
-    redis: RedisMetadata | None = None,
-    reason: str = "",
-) -> ForgetReport:
+def forget_track(cfg: RefindConfig, camera: str, track_id: int, reason: str = "") -> ForgetReport:
     """Delete every trace of one track and keep it forgotten; UnknownTrackError if none holds it.
 
-    ``bus``/``redis``: open clients to use; by default they are made from ``cfg`` when Kafka is
-    enabled and metadata is in Redis. Forgetting a forgotten track again deletes what is left.
+    The tombstone goes into the durable record first (as ``GalleryStore.add`` records crops
+    before it stores them): a crash part way leaves the track forgotten for ``refind rebuild``.
+    Forgetting a forgotten track again deletes what is left.
     """
     shards = all_version_shards(cfg.data_dir)  # every index version holds the crop
     known = {s: _known(s, camera, track_id) for s in shards}
-    if not any(has or gone for has, gone in known.values()):
+    if not any(has or gone for has, gone, _ in known.values()):
         raise UnknownTrackError(
             f"camera {camera!r} has no track {track_id} in {cfg.data_dir} "
             f"({len(shards)} gallery shard(s))"
         )
+    found: dict[int, set[int]] = {}  # a crop keeps its id in every version: one set per number
+    for shard, (_, _, ids) in known.items():
+        if ids:
+            found.setdefault(shard_number(shard), set()).update(ids)
+    vector_ids = {n: tuple(sorted(ids)) for n, ids in sorted(found.items())}
+    published = _record(cfg, ForgetEvent(
+        camera=camera, ts_ns=time.time_ns(), track_id=track_id,
+        vector_ids=tuple(sorted(v for ids in found.values() for v in ids)), reason=reason,
+    ))
     crops = CropStore.from_config(cfg)
-    vector_ids: dict[int, tuple[int, ...]] = {}
     deleted = 0
     for shard in shards:
         removed: list[CropRecord] = []
         for store in model_stores(cfg, shard):
             removed += store.remove_track(camera, track_id, forget=True)
-        if removed:  # a crop keeps its id in every version: one list per shard number
-            n = shard_number(shard)
-            vector_ids[n] = tuple(sorted({*vector_ids.get(n, ()), *(r.vector_id for r in removed)}))
         deleted += delete_files(crops, removed)
-    redis_removed = _forget_in_redis(cfg, camera, track_id, vector_ids, redis)
-    published = _publish(cfg, camera, track_id, vector_ids, reason, bus)
+    redis_removed = _forget_in_redis(cfg, camera, track_id, vector_ids)
     log.info("forgot track %s/%d: %d vectors, %d crop files", camera, track_id,
              sum(len(v) for v in vector_ids.values()), deleted)
     return ForgetReport(camera, int(track_id), vector_ids, deleted, redis_removed, published)
 
 
 def _forget_in_redis(cfg: RefindConfig, camera: str, track_id: int,
-                     vector_ids: dict[int, tuple[int, ...]], redis: RedisMetadata | None) -> bool:
-    if redis is None and cfg.metadata.type != "redis":
+                     vector_ids: dict[int, tuple[int, ...]]) -> bool:
+    if cfg.metadata.type != "redis":
         return False
     from refind.indexer.redis_meta import RedisMetadata
 
-    client = redis if redis is not None else RedisMetadata(cfg.metadata)  # type: ignore[arg-type]
+    client = RedisMetadata(cfg.metadata)  # type: ignore[arg-type]
     try:
         return client.remove_track(camera, track_id, vector_ids)
     finally:
-        if redis is None:
-            client.close()
+        client.close()
 
 
-def _publish(cfg: RefindConfig, camera: str, track_id: int,
-             vector_ids: dict[int, tuple[int, ...]], reason: str, bus: EventBus | None) -> bool:
-    event = ForgetEvent(
-        camera=camera, ts_ns=time.time_ns(), track_id=track_id,
-        vector_ids=tuple(sorted(v for ids in vector_ids.values() for v in ids)), reason=reason,
-    )
-    # the local journal too: a rebuild from it must keep the track forgotten
-    EventJournal(journal_dir(cfg.data_dir)).append([event])
-    if bus is None and not cfg.kafka.enabled:
-        return False
-    own = bus is None
-    client = EventBus(cfg.kafka) if own else bus
+def _record(cfg: RefindConfig, event: ForgetEvent) -> bool:
+    """Append the tombstone to the durable record; True when Kafka took it too."""
+    record = EventRecord.open(cfg)
     try:
-        return client.publish(event) and client.flush(_FLUSH_S)
+        record.append([event])
+        return record.bus is not None and record.flush(_FLUSH_S)
     finally:
-        if own:
-            client.close()
+        record.close()

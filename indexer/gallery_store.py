@@ -40,7 +40,7 @@ import numpy as np
 from refind.indexer.config import GalleryConfig
 from refind.indexer.gallery import FaissGallery
 from refind.indexer.metadata import RecentTrack, SqliteMetadata, TrackSummary
-from refind.indexer.record import EventSink
+from refind.indexer.record import EventRecord
 from refind.streaming.events import CropEvent, TrackEvent
 from refind.streaming.records import (
     NO_FILTER,
@@ -136,7 +136,7 @@ class GalleryStore:
         dim: int,
         *,
         read_only: bool = False,
-        record: EventSink | None = None,
+        record: EventRecord | None = None,
     ) -> None:
         if not model_id:
             raise ValueError("GalleryStore needs a model_id")
@@ -206,6 +206,8 @@ class GalleryStore:
         each: count, best crop, vector ids) in the durable record, then store their spans
         (when the tracker saw them). Returns the events."""
         self._check_writable()
+        gone = self.metadata.forgotten_among({(s.camera, int(s.track_id)) for s in spans})
+        spans = [s for s in spans if (s.camera, int(s.track_id)) not in gone]
         events = [self._end_event(span) for span in spans]
         if self._record is not None and events:
             self._record.append(events)
@@ -239,9 +241,15 @@ class GalleryStore:
             )
         if len(embeddings) and embeddings.dim != self._dim:
             raise ValueError(f"embeddings have dim {embeddings.dim}, the gallery has {self._dim}")
-        if self._record is not None:  # the record first: it may hold more than SQLite, not less
-            self._record.append([CropEvent.from_record(r) for r in records])
-        kept = self.metadata.add(records, embeddings)
+        if self._record is not None and records:
+            # the record first (it may hold more than SQLite, not less), under ids taken first:
+            # crops it holds that SQLite never stores (a crash between) keep ids of their own;
+            # a forgotten track's crops stay out of it
+            self.metadata.claim_ids(records[0].vector_id, records[-1].vector_id + 1)
+            gone = self.metadata.forgotten_among({(r.camera, int(r.track_id)) for r in records})
+            self._record.append([CropEvent.from_record(r) for r in records
+                                 if (r.camera, int(r.track_id)) not in gone])
+        kept = self.metadata.add(records, embeddings, claimed=self._record is not None)
         ids = np.array([r.vector_id for r in records], np.int64)[kept]
         try:
             self._gallery.add(ids, Embeddings(embeddings.vectors[kept], self._model_id))

@@ -44,8 +44,6 @@ def journal_dir(data_dir: Path) -> Path:
 class EventJournal:
     """Append-only JSON-lines files of refind events, one file per topic kind."""
 
-    name = "journal"
-
     def __init__(self, directory: Path) -> None:
         self.dir = Path(directory)
 

@@ -284,8 +284,12 @@ class SqliteMetadata:
                 self._conn.execute("ROLLBACK")
             raise
 
-    def add(self, records: list[CropRecord], vectors: Embeddings) -> np.ndarray:
-        """Store crops with their vectors in one transaction; ids must exceed every stored id.
+    def add(
+        self, records: list[CropRecord], vectors: Embeddings, *, claimed: bool = False
+    ) -> np.ndarray:
+        """Store crops with their vectors in one transaction; ids must exceed every id handed
+        out (``claimed``: every stored id, the caller took them with ``claim_ids``). The ids
+        are never handed out again, not even those of skipped crops.
 
         Crops of a forgotten track are skipped (a replayed event or a late crop never brings it
         back). Returns the (n,) bool mask of the records stored.
@@ -299,12 +303,8 @@ class SqliteMetadata:
             return kept
         rows = _rows(records, vectors)
         with self._transaction():
-            last = self.next_vector_id() - 1
-            if records[0].vector_id <= last:
-                raise ValueError(
-                    f"vector id {records[0].vector_id} is not above the largest stored id {last}"
-                )
-            forgotten = self._forgotten_among({(r.camera, int(r.track_id)) for r in records})
+            self._check_new(int(ids[0]), stored_only=claimed)
+            forgotten = self.forgotten_among({(r.camera, int(r.track_id)) for r in records})
             if forgotten:
                 kept = np.array([(r.camera, int(r.track_id)) not in forgotten for r in records])
                 log.warning("%s: skipped %d crops of forgotten tracks %s", self.path,
@@ -316,7 +316,24 @@ class SqliteMetadata:
             )
             tracks = sorted({(r.camera, int(r.track_id)) for r in records} - forgotten)
             self._conn.executemany(_REFRESH_TRACK, tracks)
+            self._raise_floor(int(ids[-1]) + 1)
         return kept
+
+    def claim_ids(self, first: int, end: int) -> None:
+        """Take ids ``[first, end)`` before their crops are written anywhere else (the durable
+        record): no later batch gets them, even when these crops never reach SQLite."""
+        with self._transaction():
+            self._check_new(first)
+            self._raise_floor(end)
+
+    def _check_new(self, first: int, *, stored_only: bool = False) -> None:
+        if stored_only:
+            row = self._conn.execute("SELECT MAX(vector_id) FROM crops").fetchone()
+            last = -1 if row[0] is None else int(row[0])
+        else:
+            last = self.next_vector_id() - 1
+        if first <= last:
+            raise ValueError(f"vector id {first} is not above the largest stored id {last}")
 
     def next_vector_id(self) -> int:
         """The id the next stored vector should take (ids are global across models and never
@@ -419,8 +436,12 @@ class SqliteMetadata:
         return out
 
     def set_track_spans(self, spans: Iterable[TrackSpan]) -> None:
-        """Record when the tracker saw tracks (widening a span already recorded)."""
+        """Record when the tracker saw tracks (widening a span already recorded); a forgotten
+        track's span is not recorded again."""
+        spans = list(spans)
         with self._transaction():
+            gone = self.forgotten_among({(s.camera, int(s.track_id)) for s in spans})
+            spans = [s for s in spans if (s.camera, int(s.track_id)) not in gone]
             self._conn.executemany(
                 "INSERT INTO track_spans (camera, track_id, first_ts_ns, last_ts_ns) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT (camera, track_id) DO UPDATE SET "
@@ -514,9 +535,10 @@ class SqliteMetadata:
 
     def is_forgotten(self, camera: str, track_id: int) -> bool:
         """True when the track was forgotten (its crops are refused)."""
-        return self._forgotten_among({(camera, int(track_id))}) != set()
+        return self.forgotten_among({(camera, int(track_id))}) != set()
 
-    def _forgotten_among(self, tracks: set[tuple[str, int]]) -> set[tuple[str, int]]:
+    def forgotten_among(self, tracks: set[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Those of ``tracks`` (camera, track id) that were forgotten."""
         return {
             (c, t) for c, t in tracks
             if self._conn.execute(
@@ -546,7 +568,7 @@ class SqliteMetadata:
         if not records:
             return 0
         with self._transaction():
-            forgotten = self._forgotten_among({(r.camera, int(r.track_id)) for r in records})
+            forgotten = self.forgotten_among({(r.camera, int(r.track_id)) for r in records})
             rows = [row for r, row in zip(records, _rows(records, vectors), strict=True)
                     if (r.camera, int(r.track_id)) not in forgotten]
             before = self._conn.total_changes

@@ -112,10 +112,10 @@ class RebuildReport:
                 "replaced": self.replaced, "seconds": round(self.seconds, 3)}
 
 
-def read_journal(data_dir: Path) -> list[Event]:
-    """Every event of the local journal."""
+def read_journal(data_dir: Path, kinds: Iterable[str] = JOURNAL_KINDS) -> list[Event]:
+    """Every event of the local journal (of ``kinds``)."""
     journal = EventJournal(journal_dir(data_dir))
-    return [e for kind in JOURNAL_KINDS for e in journal.read(kind)]
+    return [e for kind in kinds for e in journal.read(kind)]
 
 
 def read_kafka(cfg: KafkaConfig, idle_s: float = 5.0, kinds: Iterable[str] = JOURNAL_KINDS,
@@ -167,8 +167,11 @@ def _record(e: CropEvent, model_id: str) -> CropRecord:
     )
 
 
-def _read_events(cfg: RefindConfig, from_kafka: bool, idle_s: float) -> list[Event]:
-    return read_kafka(cfg.kafka, idle_s) if from_kafka else read_journal(cfg.data_dir)
+def _read_events(cfg: RefindConfig, from_kafka: bool, idle_s: float,
+                 kinds: Iterable[str] = JOURNAL_KINDS) -> list[Event]:
+    if from_kafka:
+        return read_kafka(cfg.kafka, idle_s, kinds)
+    return read_journal(cfg.data_dir, kinds)
 
 
 def rebuild_gallery(
@@ -190,6 +193,10 @@ def rebuild_gallery(
     try:
         start = time.perf_counter()
         record = fold(_read_events(cfg, from_kafka, idle_s), cfg.ray.index_writers)
+        for gone in _forgotten_in(old_shards):  # forgotten here, whatever the record lacks
+            key = (gone.camera, gone.track_id)
+            record.forgotten[key] = min(record.forgotten.get(key, gone.forgotten_ns),
+                                        gone.forgotten_ns)
         todo = {s: [e for _, e in sorted(c.items()) if (e.camera, e.track_id) not in
                     record.forgotten] for s, c in record.crops.items()}
         report.record_crops = sum(len(c) for c in todo.values())
@@ -209,7 +216,8 @@ def rebuild_gallery(
         _check_not_smaller(report, report.crops, force, "could be rebuilt from the record "
                            "(the others' JPEGs are missing or unreadable)")
         # tombstones written while we worked: their tracks must not come back
-        late = fold(_read_events(cfg, from_kafka, min(idle_s, 1.0)), cfg.ray.index_writers)
+        late = fold(_read_events(cfg, from_kafka, min(idle_s, 1.0), kinds=("forget",)),
+                    cfg.ray.index_writers)
         for shard in existing_shards(tmp):
             with SqliteMetadata(shard / "metadata.sqlite3") as meta:
                 meta.mark_forgotten(late.tombstones())
@@ -239,6 +247,15 @@ def _gallery_crops(shards: list[Path], model_id: str) -> int:
         with SqliteMetadata(shard / "metadata.sqlite3", read_only=True) as meta:
             total += meta.count(model_id)
     return total
+
+
+def _forgotten_in(shards: list[Path]) -> list[ForgottenTrack]:
+    """The tracks the gallery's shards keep forgotten."""
+    out: list[ForgottenTrack] = []
+    for shard in shards:
+        with SqliteMetadata(shard / "metadata.sqlite3", read_only=True) as meta:
+            out += meta.forgotten()
+    return out
 
 
 def _check_not_smaller(report: RebuildReport, crops: int, force: bool, what: str) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Protocol
 
 from refind.config import RefindConfig
 from refind.indexer.journal import EventJournal, journal_dir
@@ -34,20 +33,12 @@ log = logging.getLogger(__name__)
 FLUSH_S = 30.0  # how long closing waits for Kafka to take what was handed to it
 
 
-class EventSink(Protocol):
-    """Where the gallery appends the events of what it stores (``EventRecord``, or a bare
-    ``EventJournal``)."""
-
-    def append(self, events: Sequence[BaseEvent]) -> None: ...
-
-
 class EventRecord:
     """The journal, plus Kafka when enabled: ``append`` writes both (see the module docstring)."""
 
     def __init__(self, journal: EventJournal, bus: EventBus | None = None) -> None:
         self.journal = journal
         self.bus = bus
-        self.appended = 0
 
     @classmethod
     def open(cls, cfg: RefindConfig) -> EventRecord:
@@ -58,7 +49,6 @@ class EventRecord:
     def append(self, events: Sequence[BaseEvent]) -> None:
         """Journal ``events`` (fsync'ed), then hand them to Kafka."""
         self.journal.append(events)
-        self.appended += len(events)
         if self.bus is not None:
             refused = sum(not self.bus.publish(e) for e in events)
             if refused:

@@ -48,7 +48,6 @@ class CropSink:
         self.redis = redis
         self.shard = shard
         self.stored = 0
-        self.refused = 0  # crops of forgotten tracks
 
     @property
     def model_id(self) -> str:
@@ -83,7 +82,6 @@ class CropSink:
             for r in records:
                 if r.vector_id not in kept:
                     self.crops.delete(r.crop_path)
-            self.refused += len(records) - len(stored)
         self.stored += len(stored)
         if self.redis is not None:
             self._mirror(stored)
@@ -94,10 +92,12 @@ class CropSink:
         if not spans:
             return []
         events = self.gallery.end_tracks(list(spans))
-        if self.redis is not None:
-            for span, event in zip(spans, events, strict=True):
-                summary = self.gallery.track(span.camera, span.track_id)
-                self.redis.track_ended(span, summary, self.shard, event.vector_ids)
+        if self.redis is not None:  # a forgotten track's span has no event
+            by_track = {(s.camera, s.track_id): s for s in spans}
+            for event in events:
+                summary = self.gallery.track(event.camera, event.track_id)
+                self.redis.track_ended(by_track[event.camera, event.track_id], summary,
+                                       self.shard, event.vector_ids)
         return events
 
     def _mirror(self, stored: list[CropRecord]) -> None:

@@ -15,12 +15,14 @@ from refind.indexer.blobs import CropStore
 from refind.indexer.config import GalleryConfig, RedisMetadataConfig
 from refind.indexer.forget import UnknownTrackError, forget_track
 from refind.indexer.gallery_store import GalleryStore
+from refind.indexer.journal import EventJournal, journal_dir
 from refind.indexer.metadata import SqliteMetadata
+from refind.indexer.record import EventRecord
 from refind.indexer.redis_meta import RedisMetadata
 from refind.streaming.config import KafkaConfig
 from refind.streaming.consumer import EventConsumer
 from refind.streaming.events import ForgetEvent
-from refind.streaming.records import CropRecord, Embeddings, SearchFilter
+from refind.streaming.records import CropRecord, Embeddings, SearchFilter, TrackSpan
 from tests.indexer.conftest import DIM, MODEL, clustered, crop_records
 
 N = 200
@@ -114,6 +116,23 @@ def test_forgotten_track_is_never_stored_again(tmp_path):
     with pytest.raises(UnknownTrackError, match="no track 12345"):
         forget_track(cfg, "gate", 12345)
     assert forget_track(cfg, *GONE).vector_ids == {}  # again: nothing left, no error
+
+
+def test_the_record_keeps_no_trace_of_a_forgotten_track(tmp_path):
+    """Late crops and the end of a forgotten track stay out of the durable record (and Kafka)."""
+    cfg = _cfg(tmp_path)
+    vectors, _ = _build(cfg)
+    forget_track(cfg, *GONE)
+    journal = EventJournal(journal_dir(cfg.data_dir))
+    with _open(cfg, record=EventRecord(journal)) as store:
+        first = store.next_vector_id()
+        late = dataclasses.replace(crop_records(np.array([first]))[0], camera="gate", track_id=1)
+        assert store.add([late], Embeddings(vectors[:1], MODEL)) == []
+        assert store.next_vector_id() == first + 1
+        assert store.end_tracks([TrackSpan(*GONE, 0, 10**9)]) == []
+        assert GONE not in {(s.camera, s.track_id) for s in store.metadata.track_spans()}
+    assert [e.topic_kind for kind in ("crops", "tracks", "forget")
+            for e in journal.read(kind)] == ["forget"]
 
 
 def test_removal_without_save_is_not_undone_by_reopening(tmp_path):

@@ -75,6 +75,27 @@ def test_ids_below_the_stored_maximum_are_refused(meta):
         meta.add(crop_records(np.array([4])), Embeddings(np.ones((1, DIM)), MODEL))
 
 
+def test_claimed_ids_are_never_handed_out_again(meta):
+    _add(meta, 5)
+    meta.claim_ids(5, 8)  # a batch written to the record, then a crash before SQLite
+    assert meta.next_vector_id() == 8
+    with pytest.raises(ValueError, match="not above the largest stored id 7"):
+        meta.claim_ids(6, 9)
+    meta.claim_ids(8, 10)  # claimed, then stored under those ids
+    meta.add(crop_records(np.arange(8, 10)), Embeddings(np.ones((2, DIM)), MODEL), claimed=True)
+    assert meta.next_vector_id() == 10 and meta.count(MODEL) == 7
+
+
+def test_ids_of_skipped_crops_are_never_handed_out_again(meta):
+    _add(meta, 5)
+    last = meta.crops([4])[0]
+    meta.remove_where(MODEL, last.camera, track_id=last.track_id, forget_ns=1)
+    late = dataclasses.replace(crop_records(np.array([5]))[0], camera=last.camera,
+                               track_id=last.track_id)  # a late crop of a forgotten track
+    kept = meta.add([late], Embeddings(np.ones((1, DIM)), MODEL))
+    assert not kept.any() and meta.next_vector_id() == 6
+
+
 @pytest.mark.parametrize(
     ("cameras", "start_s", "end_s", "model_id", "expected"),
     [

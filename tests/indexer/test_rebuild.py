@@ -255,3 +255,17 @@ def test_forgotten_track_is_gone_from_every_store_and_stays_gone(small_gallery, 
     assert main(["rebuild", *data]) == 0  # and 0277
     assert track_ids_everywhere(cfg, "pets", gone) == []
     assert_not_found()
+
+
+def test_a_track_forgotten_in_the_gallery_stays_gone_when_the_record_lost_its_tombstone(
+        small_gallery, tmp_path, capsys):
+    """The tombstone reached the gallery but not the record (a record restored from an older
+    copy): the gallery's own list of forgotten tracks keeps the track out of the rebuild."""
+    cfg = copy_gallery(small_gallery, tmp_path)
+    [hits] = searches(cfg, small_gallery, photos(cfg, tmp_path, n=1), capsys)
+    gone = hits[0]["track_id"]
+    data = ["--data-dir", str(cfg.data_dir), "--config", str(small_gallery)]
+    assert main(["forget", "--camera", "pets", "--track", str(gone), *data]) == 0
+    (journal_dir(cfg.data_dir) / "forget.jsonl").unlink()
+    assert main(["rebuild", *data]) == 0
+    assert track_ids_everywhere(cfg, "pets", gone) == []
