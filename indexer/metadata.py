@@ -475,9 +475,11 @@ class SqliteMetadata:
         return TrackSummary(camera, int(track_id), start, end, row[2], best)
 
     def max_track_id(self, camera: str) -> int:
-        """Largest track id stored for ``camera``, 0 when none (trackers number from 1)."""
+        """Largest track id stored for ``camera`` (with crops or only a span), 0 when none
+        (trackers number from 1)."""
         row = self._conn.execute(
-            "SELECT MAX(track_id) FROM tracks WHERE camera = ?", (camera,)
+            "SELECT MAX(id) FROM (SELECT MAX(track_id) AS id FROM tracks WHERE camera = ? "
+            "UNION ALL SELECT MAX(track_id) FROM track_spans WHERE camera = ?)", (camera, camera)
         ).fetchone()
         return 0 if row[0] is None else int(row[0])
 

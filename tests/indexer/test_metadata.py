@@ -127,6 +127,8 @@ def test_tracks_are_keyed_by_camera_and_track_id(meta):
     assert meta.track("gate", 3) is None
     assert meta.cameras() == sorted(CAMERAS)
     assert meta.max_track_id("gate") == 2 and meta.max_track_id("nowhere") == 0
+    meta.set_track_spans([TrackSpan("gate", 9, 0, 1)])  # a track ended with no crop stored
+    assert meta.max_track_id("gate") == 9  # a new ingest never takes its id
 
 
 def test_second_model_does_not_double_count_crops(meta):
