@@ -187,7 +187,7 @@ class VideoSource:
         else:
             if vf.time is not None and not self._count_clock:
                 ts = round(vf.time * 1e9)
-                if ts <= self._last_ts_ns:
+                if ts + self.start_ns <= self._last_ts_ns:
                     log.warning("%s: pts went backwards; timing frames by count", self.camera)
                     self._count_clock = True
             if vf.time is None or self._count_clock:  # frames counted at the nominal rate

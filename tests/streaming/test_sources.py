@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 import subprocess
@@ -18,6 +19,14 @@ def test_decodes_every_frame_with_pts_times(tiny_video: Path) -> None:
     assert [f.index for f in frames] == list(range(20))
     assert frames[0].size_hw == (48, 64)
     assert frames[5].ts_ns == pytest.approx(0.5e9, abs=1e6)
+
+
+def test_a_start_time_shifts_the_pts_times(tiny_video: Path, caplog) -> None:
+    start = 1_700_000_000 * 10**9  # --start-time: the clip's wall-clock start
+    with caplog.at_level(logging.WARNING, logger="refind.streaming.sources"):
+        shifted = [f.ts_ns for f in VideoSource(tiny_video, camera="c", start_ns=start)]
+    assert [t - start for t in shifted] == [f.ts_ns for f in VideoSource(tiny_video, camera="c")]
+    assert "backwards" not in caplog.text
 
 
 @pytest.mark.parametrize(("fps", "expected"), [(5.0, 10), (2.0, 4), (100.0, 20)])
