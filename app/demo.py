@@ -24,6 +24,7 @@ import numpy as np
 from refind.app.commands import format_hits, run_ingest
 from refind.config import RefindConfig
 from refind.indexer.blobs import CropStore
+from refind.indexer.config import BlobStoreConfig, SqliteMetadataConfig
 from refind.indexer.ingest import IngestPipeline
 from refind.indexer.search import SearchEngine, read_query_image
 from refind.indexer.shards import ShardedGallery
@@ -31,6 +32,7 @@ from refind.models.attributes import OpenVinoAttributes
 from refind.models.base import ATTRIBUTE_NAMES, PersonAttributes
 from refind.models.store import ModelFile, ModelSpec, ModelStore
 from refind.streaming.boxes import crop_box
+from refind.streaming.config import KafkaConfig
 from refind.streaming.records import ImageQuery, TrackletHit
 from refind.streaming.sources import VideoSource
 
@@ -224,9 +226,17 @@ def run_demo(
         say(f"refind demo: removed the previous demo's {', '.join(removed)} from {out_dir}")
     kept = {p.name for p in out_dir.iterdir()}
     try:
-        return _demo(cfg.model_copy(update={"data_dir": out_dir}), clip, k, quiet, say)
+        return _demo(demo_config(cfg, out_dir), clip, k, quiet, say)
     finally:  # even after a failure: the next run may remove what this one wrote
         _mark_out_dir(out_dir, kept)
+
+
+def demo_config(cfg: RefindConfig, out_dir: Path) -> RefindConfig:
+    """The user's config with everything the demo writes kept in ``out_dir``: its gallery,
+    crops and journal there, and none of its events or tracks in the deployment's Kafka,
+    Redis or blob store."""
+    return cfg.model_copy(update={"data_dir": out_dir, "kafka": KafkaConfig(),
+                                  "metadata": SqliteMetadataConfig(), "blobs": BlobStoreConfig()})
 
 
 def _demo(cfg: RefindConfig, clip: Path, k: int, quiet: bool, say) -> dict[str, object]:  # type: ignore[no-untyped-def]

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from refind.app.cli import main
-from refind.app.demo import DEMO_MARK, DemoOutputError, prepare_out_dir, run_demo
+from refind.app.demo import DEMO_MARK, DemoOutputError, demo_config, prepare_out_dir, run_demo
 from refind.config import RefindConfig
+from refind.indexer.config import BlobStoreConfig, RedisMetadataConfig
+from refind.streaming.config import IngestConfig, KafkaConfig
 
 
 def _tree(root: Path) -> set[str]:
@@ -75,6 +77,19 @@ def test_a_missing_clip_fails_before_the_folder_is_touched(tmp_path):
     assert main(["demo", "--video", str(tmp_path / "nope.mp4"), "--out", str(out)]) == 2
 
 
+def test_the_demo_writes_nothing_into_the_deployment(tmp_path):
+    """`refind demo --config deploy.yaml`: its models and settings, never its Kafka, Redis or
+    blob store (a demo camera's crops and events stay in --out)."""
+    deployed = RefindConfig(
+        data_dir=tmp_path / "prod", kafka=KafkaConfig(enabled=True),
+        metadata=RedisMetadataConfig(), blobs=BlobStoreConfig(url="s3://prod-crops"),
+        ingest=IngestConfig(max_frames=7),
+    )
+    cfg = demo_config(deployed, tmp_path / "demo")
+    assert cfg.data_dir == tmp_path / "demo" and cfg.ingest.max_frames == 7
+    assert not cfg.kafka.enabled and cfg.metadata.type == "sqlite" and cfg.blobs.url is None
+
+
 @pytest.mark.slow
 def test_the_demo_finds_its_query_and_its_next_commands_work(tmp_path, capsys, pets_video,
                                                              model_store, monkeypatch):
@@ -105,4 +120,6 @@ def test_the_demo_finds_its_query_and_its_next_commands_work(tmp_path, capsys, p
     assert main(["demo", "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["ingest"]["crops"] == result["ingest"]["crops"]
+    assert again["ingest"]["gallery_vectors"] == result["ingest"]["gallery_vectors"] == (
+        result["ingest"]["crops"])  # the gallery holds this run's crops, not both runs'
     assert again["hits"][0]["track_id"] == first["track_id"]
