@@ -33,7 +33,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,7 @@ from refind.indexer.redis_mirror import RedisMirror
 from refind.streaming.config import CameraConfig
 from refind.streaming.events import CameraStatusEvent, DetectionEvent, TrackEvent
 from refind.streaming.live import CameraStatus, LiveCamera
+from refind.streaming.metrics import FRESHNESS_BUCKETS_S, BucketCounts
 from refind.streaming.pipeline import CameraPipeline, EndGate, FrameResult
 from refind.streaming.records import Crop, CropRecord, Detections, Frame, TrackSpan
 
@@ -57,7 +58,9 @@ log = logging.getLogger(__name__)
 STATUS_EVERY_S = 5.0
 STALE_WAIT_S = 120.0  # longest a crop batch waits for the writer and the pool to agree on a model
 RETRY_STALE_S = 0.2  # a batch refused during a version switch is tried again after this long
+STOP_WAIT_S = 120.0  # longest stop() waits for the loop to store what it holds
 RECEIVED_KEPT = 2000  # frames whose receive time is kept (for freshness)
+FRESH_KEPT = 1000  # latest freshness samples a report carries
 
 
 @dataclass
@@ -75,7 +78,8 @@ class CameraReport:
     tracks_started: int
     crops_stored: int
     events_published: int
-    freshness_s: list[float]
+    freshness: BucketCounts  # capture -> searchable, every track since the camera started
+    freshness_s: list[float]  # the same, the latest FRESH_KEPT
     stage_seconds: dict[str, float]
     latency_p50_s: float | None = None
     latency_p95_s: float | None = None
@@ -90,16 +94,18 @@ class CameraReport:
     crops_failed: int = 0  # crops whose store failed (logged at ERROR)
 
 
-@dataclass
+@dataclass(eq=False)  # one job is itself, whatever it holds
 class _StoreJob:
     """One batch of crops on its way through the embedder pool to the writer."""
 
-    crops: list[Crop]
+    n_crops: int
     crops_ref: ObjectRef
-    result: ObjectRef  # ObjectRef of the writer's list[CropRecord]
-    deadline: float
+    track_ids: list[int]
+    model_id: str = ""  # the model ``embeddings`` are of
+    embeddings: ObjectRef | None = None  # ObjectRef of the pool's Embeddings
+    result: ObjectRef | None = None  # ObjectRef of the writer's list[CropRecord]
+    deadline: float | None = None  # set at the first refusal: tried again until then
     retry_at: float | None = None  # set while waiting out a version switch
-    track_ids: list[int] = field(default_factory=list)
 
 
 class _Events:
@@ -108,7 +114,6 @@ class _Events:
     def __init__(self, cfg: RefindConfig, camera: CameraConfig) -> None:
         self.camera = camera
         self.bus: Any = None
-        self.published = 0
         if cfg.kafka.enabled:
             from refind.streaming.bus import EventBus  # kafka-python: an optional extra
 
@@ -118,16 +123,17 @@ class _Events:
             self.redis.camera(camera.name, camera.url)
 
     def publish(self, event: Any) -> None:
-        """Hand an event to Kafka; ``published`` counts those the producer accepted."""
-        if self.bus is not None and self.bus.publish(event):
-            self.published += 1
+        """Hand an event to Kafka (the bus counts those it accepted)."""
+        if self.bus is not None:
+            self.bus.publish(event)
 
-    def delivered(self) -> tuple[int, int]:
-        """(sent, failed): accepted events Kafka acknowledged, and those given up on."""
+    def delivered(self) -> tuple[int, int, int]:
+        """(published, sent, failed): events the producer accepted, those Kafka acknowledged,
+        and those given up on."""
         if self.bus is None:
-            return 0, 0
+            return 0, 0, 0
         stats = self.bus.stats()
-        return stats.sent, stats.failed
+        return stats.accepted, stats.sent, stats.failed
 
     def frame(self, frame: Frame, result: FrameResult, model_id: str) -> None:
         if self.bus is not None and self.bus.cfg.publish_detections and len(result.detections):
@@ -143,13 +149,12 @@ class _Events:
                 self.redis.track_seen(span)
 
     def status(self, status: CameraStatus) -> None:
-        state = str(getattr(status.state, "value", status.state))
         counters = CameraCounters(status.frames_in, status.frames_dropped, status.reconnects)
         if self.redis is not None:
-            self.redis.camera_status(self.camera.name, self.camera.url, state,  # type: ignore[arg-type]
+            self.redis.camera_status(self.camera.name, self.camera.url, status.state,
                                      status.message, counters)
         self.publish(CameraStatusEvent(
-            camera=self.camera.name, ts_ns=time.time_ns(), state=state,
+            camera=self.camera.name, ts_ns=time.time_ns(), state=status.state.value,
             message=status.message[:2000], frames_in=status.frames_in,
             frames_dropped=status.frames_dropped, reconnects=status.reconnects,
         ))
@@ -198,7 +203,8 @@ class CameraActor:
         self._gate = EndGate()
         self._searchable: set[int] = set()  # tracks with a stored crop (for freshness)
         self._received: dict[int, int] = {}  # frame index -> wall-clock receive time (bounded)
-        self._freshness: deque[float] = deque(maxlen=10_000)
+        self._freshness = BucketCounts(FRESHNESS_BUCKETS_S)
+        self._fresh: deque[float] = deque(maxlen=FRESH_KEPT)
         self._latency: deque[float] = deque(maxlen=1000)  # receive -> tracked, last frames
         self._processed = self._crops_stored = self._crops_failed = self._store_waits = 0
         self._in_flight = 0
@@ -216,15 +222,16 @@ class CameraActor:
 
     def status(self) -> CameraReport:
         s = self._live.status()
-        sent, failed = self._out.delivered()
+        published, sent, failed = self._out.delivered()
         with self._lock:
             lat = np.quantile(self._latency, [0.5, 0.95]) if self._latency else (None, None)
             return CameraReport(
-                camera=self._cam.name, state=str(getattr(s.state, "value", s.state)),
+                camera=self._cam.name, state=s.state.value,
                 message=s.message, frames_in=s.frames_in, frames_dropped=s.frames_dropped,
                 frames_processed=self._processed, reconnects=s.reconnects, rate_fps=s.rate_fps,
                 tracks_started=self._pipe.tracks_started, crops_stored=self._crops_stored,
-                events_published=self._out.published, freshness_s=list(self._freshness),
+                events_published=published, freshness=replace(self._freshness, counts=list(self._freshness.counts)),
+                freshness_s=list(self._fresh),
                 stage_seconds=self._pipe.times.snapshot(),
                 latency_p50_s=None if lat[0] is None else float(lat[0]),
                 latency_p95_s=None if lat[1] is None else float(lat[1]),
@@ -239,10 +246,12 @@ class CameraActor:
         events are flushed. The final report."""
         self._stop.set()
         self._live.stop(timeout=5)
-        self._thread.join(timeout=120)
-        if self._thread.is_alive():
-            log.error("%s: the camera loop did not finish within 120 s", self._cam.name)
-        self._out.close()
+        self._thread.join(timeout=STOP_WAIT_S)
+        if self._thread.is_alive():  # its events are not flushed: the loop may still send
+            log.error("%s: the camera loop did not finish within %.0f s", self._cam.name,
+                      STOP_WAIT_S)
+        else:
+            self._out.close()
         return self.status()
 
     # -- the loop ---------------------------------------------------------------------------
@@ -263,10 +272,14 @@ class CameraActor:
                     self._on_status(self._live.status())  # counters to Redis and Kafka
             self._drain(pending, block=True, everything=True)
             self._in_flight = 0
-            self._finish()
         except Exception as err:  # reported in status; Ray restarts the actor if it dies
             log.exception("%s: camera loop failed", self._cam.name)
             self._error = f"{type(err).__name__}: {err}"
+        try:  # after a failure too: what is open and in flight is stored if it can be
+            self._finish()
+        except Exception as err:
+            log.exception("%s: storing the open tracks failed", self._cam.name)
+            self._error = self._error or f"{type(err).__name__}: {err}"
 
     def _take_pool(self) -> None:
         """Switch to a pool handed over by ``set_embedders`` (on the loop thread)."""
@@ -315,30 +328,36 @@ class CameraActor:
 
     def _finish(self) -> None:
         """End of the camera: the open tracks end; wait until everything is stored."""
-        self._after(self._pipe.finish())
-        while self._stores:
-            self._wait_oldest()
-        self._send_ends()
-        while self._ends:
-            self._check_end(self._ends.popleft(), timeout=60)
+        try:
+            self._after(self._pipe.finish())
+        finally:
+            while self._stores:
+                self._wait_oldest()
+            self._send_ends()
+            while self._ends:
+                self._check_end(self._ends.popleft(), timeout=60)
 
     # -- storing, in flight -----------------------------------------------------------------
 
-    def _submit(self, crops: list[Crop], job: _StoreJob | None = None) -> None:
-        """Hand a batch to the embedder pool and the writer without waiting for either."""
-        if job is None:
-            while len(self._stores) >= self._cfg.live.max_stores_in_flight:
-                self._store_waits += 1
-                t0 = time.perf_counter()
-                self._wait_oldest()
-                self._pipe.times.add("store_wait", time.perf_counter() - t0)
-            tids = [c.track_id for c in crops]
-            self._gate.sent(tids)
-            job = _StoreJob(crops, ray.put(crops), None, time.monotonic() + STALE_WAIT_S,
-                            track_ids=tids)
-            self._stores.append(job)
-        embeddings = self._embedders.pick().embed_crops.remote(job.crops_ref)
-        job.result = self._writer.add.remote(job.crops_ref, embeddings)
+    def _submit(self, crops: list[Crop]) -> None:
+        """A new batch (waiting while max_stores_in_flight are in flight), then sent."""
+        while len(self._stores) >= self._cfg.live.max_stores_in_flight:
+            self._store_waits += 1
+            t0 = time.perf_counter()
+            self._wait_oldest()
+            self._pipe.times.add("store_wait", time.perf_counter() - t0)
+        job = _StoreJob(len(crops), ray.put(crops), [c.track_id for c in crops])
+        self._gate.sent(job.track_ids)
+        self._stores.append(job)
+        self._send(job)
+
+    def _send(self, job: _StoreJob) -> None:
+        """Hand a batch to the embedder pool (again only when the model changed since, or the
+        last embedding failed) and the writer without waiting for either."""
+        if job.embeddings is None or job.model_id != self._model_id:
+            job.embeddings = self._embedders.pick().embed_crops.remote(job.crops_ref)
+            job.model_id = self._model_id
+        job.result = self._writer.add.remote(job.crops_ref, job.embeddings)
         job.retry_at = None
 
     def _poll_stores(self) -> None:
@@ -348,7 +367,7 @@ class CameraActor:
             if job.retry_at is not None:
                 if now >= job.retry_at:
                     self._take_pool()
-                    self._submit(job.crops, job)
+                    self._send(job)
                 continue
             ready, _ = ray.wait([job.result], timeout=0)
             if ready:
@@ -360,7 +379,7 @@ class CameraActor:
         if job.retry_at is not None:
             time.sleep(max(0.0, job.retry_at - time.monotonic()))
             self._take_pool()
-            self._submit(job.crops, job)
+            self._send(job)
         ray.wait([job.result], timeout=None)
         self._settle(job)
 
@@ -368,10 +387,15 @@ class CameraActor:
         """A finished batch: its records, a retry during a version switch, or a failure."""
         try:
             records: list[CropRecord] = ray.get(job.result)
-        except StaleModelError as err:
-            if time.monotonic() < job.deadline:
+        except (StaleModelError, ray.exceptions.RayActorError) as err:
+            # a version switch under way, or a pool retired or restarting: tried again
+            now = time.monotonic()
+            job.deadline = job.deadline or now + STALE_WAIT_S
+            if isinstance(err, ray.exceptions.RayActorError):
+                job.embeddings = None
+            if now < job.deadline:
                 log.debug("%s: %s; trying again", self._cam.name, err)
-                job.retry_at = time.monotonic() + RETRY_STALE_S
+                job.retry_at = now + RETRY_STALE_S
                 return
             self._failed(job, err)
             return
@@ -388,15 +412,17 @@ class CameraActor:
                     continue
                 self._searchable.add(rec.track_id)
                 if self._received.get(rec.frame_index):  # searchable now: capture -> here
-                    self._freshness.append((now - self._received[rec.frame_index]) / 1e9)
+                    seconds = (now - self._received[rec.frame_index]) / 1e9
+                    self._freshness.observe(seconds)
+                    self._fresh.append(seconds)
 
     def _failed(self, job: _StoreJob, err: BaseException) -> None:
         self._stores.remove(job)
         self._gate.done(job.track_ids)
         with self._lock:
-            self._crops_failed += len(job.crops)
+            self._crops_failed += job.n_crops
         log.error("%s: %d crops of tracks %s were not stored: %s", self._cam.name,
-                  len(job.crops), sorted(set(job.track_ids))[:10], err)
+                  job.n_crops, sorted(set(job.track_ids))[:10], err)
 
     def _send_ends(self) -> None:
         """Ended tracks whose crops are all stored go to the writer (recorded there)."""

@@ -32,7 +32,7 @@ import numpy as np
 import ray
 from ray.actor import ActorHandle
 
-from refind.actors.camera import CameraActor, CameraReport
+from refind.actors.camera import STOP_WAIT_S, CameraActor, CameraReport
 from refind.actors.pools import DetectorActor, EmbedderActor, Pool, PoolEmbedder
 from refind.actors.runtime import init_ray
 from refind.actors.writer import IndexWriterActor
@@ -214,13 +214,17 @@ class Supervisor:
         assert self.live is not None
         t0 = time.perf_counter()
         if self._next_pool is None or self._next_pool[1] != serving.model_id:
-            if self._next_pool is not None:
-                self._retiring.append((time.monotonic(), self._next_pool[0]))
+            if self._next_pool is not None:  # cameras may still hold it: retired later
+                self._retiring.append((time.monotonic() + RETIRE_AFTER_S, self._next_pool[0]))
             self._next_pool = self._start_embedders(serving)
         embedders, model_id, dim = self._next_pool
         self._hand_pool(embedders, model_id, dim)
-        reports = ray.get([w.switch.remote(str(serving.root), model_id, dim, embedders)
-                           for w in self.writers])
+        try:
+            reports = ray.get([w.switch.remote(str(serving.root), model_id, dim, embedders)
+                               for w in self.writers])
+        except BaseException:  # not every writer switched: the cameras go on as before until
+            self._hand_pool(self.embedders, self.live.model_id, self.live.dim)  # the retry
+            raise
         self._retiring.append((time.monotonic() + RETIRE_AFTER_S, self.embedders))
         self.embedders, self._next_pool = embedders, None
         self._use(LiveVersion(model_id, dim, Path(serving.root)))
@@ -312,13 +316,23 @@ class Supervisor:
         ).remote(self.cfg, cam, self.detectors, self.embedders, self.writers[shard], shard)
 
     def _stop_actor(self, actor: ActorHandle) -> CameraReport | None:
-        report = None
-        try:
-            report = ray.get(actor.stop.remote(), timeout=60)
-        except (ray.exceptions.RayError, TimeoutError) as err:
-            log.warning("camera actor did not stop cleanly: %s", err)
-        ray.kill(actor)
-        return report
+        return self._stop_actors({"": actor})[""]
+
+    def _stop_actors(self, actors: dict[str, ActorHandle]) -> dict[str, CameraReport | None]:
+        """Stop cameras together (each stores what it holds, up to its own STOP_WAIT_S), then
+        end them; their final reports (None for one that did not answer)."""
+        refs = {name: actor.stop.remote() for name, actor in actors.items()}
+        deadline = time.monotonic() + STOP_WAIT_S + 30  # the camera's own budget, and a margin
+        reports: dict[str, CameraReport | None] = {}
+        for name, ref in refs.items():
+            try:
+                reports[name] = ray.get(ref, timeout=max(1.0, deadline - time.monotonic()))
+            except (ray.exceptions.RayError, TimeoutError) as err:
+                log.warning("camera actor %s did not stop cleanly: %s", name, err)
+                reports[name] = None
+        for actor in actors.values():
+            ray.kill(actor)
+        return reports
 
     # -- health -----------------------------------------------------------------------------
 
@@ -376,7 +390,10 @@ class Supervisor:
         """Stop every camera (their open tracks are stored), then close the shards (their
         events flushed) and end the pools; final camera reports. The writers' final counters
         are in ``writer_finals``."""
-        finals = {name: self.remove_camera(name) for name in list(self._cameras)}
+        with self._lock:
+            actors = {name: actor for name, (_, actor) in self._cameras.items()}
+            self._cameras.clear()
+        finals = self._stop_actors(actors)
         with self._lock:
             self.writer_finals = []
             for w in self.writers:

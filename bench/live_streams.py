@@ -83,7 +83,8 @@ def run_n(n: int, clip: Path, data_dir: Path, warmup: float, window: float, fps:
         dropped = b[name].frames_dropped - a[name].frames_dropped
         cams[name] = {"analysed_fps": round(processed / wall, 2), "dropped": dropped,
                       "rate_fps": round(b[name].rate_fps, 2)}
-        fresh += b[name].freshness_s[len(a[name].freshness_s):]
+        new = min(b[name].freshness.n - a[name].freshness.n, len(b[name].freshness_s))
+        fresh += b[name].freshness_s[len(b[name].freshness_s) - new:]  # the window's tracks
     util = {
         pool: round(sum(r["busy_s"] for r in pools_b[pool]) - sum(r["busy_s"] for r in pools_a[pool]), 3) / wall
         for pool in ("detector", "embedder")

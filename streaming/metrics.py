@@ -17,6 +17,11 @@ Example:
 
 from __future__ import annotations
 
+import bisect
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -25,6 +30,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from refind.streaming.events import CameraState
 
@@ -33,8 +40,6 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # The states of a live camera, as the camera-status event and Redis name them.
 CAMERA_STATES: tuple[str, ...] = tuple(s.value for s in CameraState)
 
-# Seconds one stage takes for one item (a frame decode, a detector batch, an index write).
-STAGE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Seconds from a frame's capture to its crops being searchable in the gallery.
 FRESHNESS_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 # Seconds an API request takes.
@@ -53,6 +58,50 @@ CAMERA_COUNTERS: dict[str, str] = {
     "events_sent": "Events of the camera Kafka acknowledged.",
     "events_failed": "Events of the camera given up on (not delivered to Kafka).",
 }
+
+
+@dataclass
+class BucketCounts:
+    """Observations counted per bucket since the start (``counts[i]``: values at most
+    ``bounds[i]`` and above the bound before; the last: above every bound) and their sum.
+
+    What an actor keeps and reports in a few numbers, and the exporter renders as one
+    Prometheus histogram that only ever grows.
+    """
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = self.counts or [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    @property
+    def n(self) -> int:
+        return sum(self.counts)
+
+
+class _Histograms:
+    """One labelled histogram whose counts were kept elsewhere (``BucketCounts`` by label)."""
+
+    def __init__(self, name: str, doc: str, label: str, bounds: tuple[float, ...]) -> None:
+        self.name, self.doc, self.label, self.bounds = name, doc, label, bounds
+        self.rows: dict[str, BucketCounts] = {}
+
+    def row(self, value: str) -> BucketCounts:
+        return self.rows.setdefault(value, BucketCounts(self.bounds))
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.doc, labels=[self.label])
+        edges = [*(floatToGoString(b) for b in self.bounds), "+Inf"]
+        for value, row in sorted(self.rows.items()):
+            cumulative = itertools.accumulate(row.counts)
+            family.add_metric([value], list(zip(edges, cumulative, strict=True)), row.total)
+        yield family
 
 
 class Metrics:
@@ -97,9 +146,10 @@ class Metrics:
         self.frame_latency = gauge(
             "frame_latency_seconds", "Frame received to tracked, last 1000 frames (quantiles).",
             ["camera", "quantile"])
-        self.freshness = Histogram(
-            "freshness_seconds", "Time from a frame's capture to its crops being searchable.",
-            ["camera"], buckets=FRESHNESS_BUCKETS_S, namespace=ns, registry=reg)
+        self.freshness = _Histograms(
+            f"{ns}_freshness_seconds", "Time from a frame's capture to its crops being "
+            "searchable.", "camera", FRESHNESS_BUCKETS_S)
+        reg.register(self.freshness)  # type: ignore[arg-type]
         self.bus_events = counter("bus_events", "Kafka events by topic and outcome (accepted, "
                                   "sent, failed, rejected, resent).", ["topic", "outcome"])
         self.bus_pending = gauge("bus_pending_events", "Accepted events not yet sent or failed.",
@@ -136,7 +186,11 @@ class Metrics:
         self.stage_seconds.labels(camera=camera, stage=stage).inc(seconds)
 
     def observe_freshness(self, camera: str, seconds: float) -> None:
-        self.freshness.labels(camera=camera).observe(seconds)
+        self.freshness.row(camera).observe(seconds)
+
+    def set_freshness(self, camera: str, counts: BucketCounts) -> None:
+        """A camera's freshness counts as its actor kept them (since it started)."""
+        self.freshness.rows[camera] = counts
 
     def value(self, name: str, **labels: str) -> float | None:
         """Current value of one sample by its exposed name (e.g. ``refind_frames_dropped_total``)."""

@@ -103,6 +103,7 @@ def test_live_ingestion_follows_the_alias_to_a_new_version(
         assert wait_until(lambda: sup.status()["pets"].crops_stored >= switched_at + 3, 60)
         report = sup.status()["pets"]
         assert report.model_id == new_model and report.error is None
+        assert report.crops_failed == 0  # no batch was lost to the switch
 
         code, body = http_get(f"{base}/metrics")
         text = body.decode()

@@ -17,7 +17,7 @@ from refind.streaming.live import (
     CameraStatus,
     LiveCamera,
 )
-from refind.streaming.metrics import CAMERA_STATES, Metrics
+from refind.streaming.metrics import FRESHNESS_BUCKETS_S, BucketCounts, Metrics
 from refind.streaming.records import Frame
 from tests.cameras import HttpTsCamera, RtspCamera, free_port
 
@@ -242,8 +242,16 @@ def test_sampler_rejects_bad_rates(target: float | None, min_fps: float, match: 
 # Metrics
 
 
-def test_camera_states_match_the_metric_states() -> None:
-    assert tuple(s.value for s in CameraState) == CAMERA_STATES
+def test_freshness_kept_by_a_camera_renders_as_one_histogram() -> None:
+    counts = BucketCounts(FRESHNESS_BUCKETS_S)
+    for seconds in (0.05, 0.3, 0.5, 1.5, 500.0):
+        counts.observe(seconds)
+    m = Metrics()
+    m.set_freshness("gate", counts)
+    bucket = "refind_freshness_seconds_bucket"
+    assert [m.value(bucket, camera="gate", le=le) for le in ("0.1", "0.5", "2.0", "+Inf")] == [
+        1, 3, 4, 5]
+    assert m.value("refind_freshness_seconds_sum", camera="gate") == pytest.approx(502.35)
 
 
 def test_metrics_render_and_reject_unknown_state() -> None:
