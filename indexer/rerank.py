@@ -62,7 +62,7 @@ class RerankerPool:
 
     def text_probe(self, weights: str | None, model_id: str) -> AttributeProbe | None:
         """The attribute probe of the IRM weights named ``weights`` (model store) as it reads a
-        plain gallery of ``model_id`` (``refind.models.irm.teacher_probe``); None for no name, or when
+        plain gallery of ``model_id`` (``refind.models.attribute_probe.teacher_probe``); None for no name, or when
         the weights' teacher is another model (then a plain gallery has no probe). A failure to
         load is kept and raised again, so weights are not read from disk on every query."""
         if weights is None:

@@ -54,8 +54,8 @@ PROBE_NAMES: tuple[str, ...] = (
     *(f"bottom:{c}" for c in COLOUR_NAMES),
 )
 TENSOR_PREFIX = "attribute_probe."
-IRM_FORMAT = "refind-irm-v1"  # refind.models.irm.FORMAT (that module needs torch)
-IRM_TEACHER = "person-reidentification-retail-0277"  # refind.models.irm.TEACHER
+IRM_FORMAT = "refind-irm-v1"  # the format of IRM weights files (refind.models.irm.save_head)
+IRM_TEACHER = "person-reidentification-retail-0277"  # the backbone when none is stored
 
 
 @dataclass(frozen=True)

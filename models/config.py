@@ -64,9 +64,9 @@ class OpenVinoReidConfig(Section):
 
 
 class IrmEmbedderConfig(Section):
-    """The instruction-editable ReID model (models/irm.py, run by models/irm_embedder.py): 512-d
-    vectors, queries may carry an instruction (text or a garment photo). Its weights were
-    trained on one backbone's features."""
+    """The instruction-editable ReID model (models/irm.py; run by models/irm_cpu.py on a CPU,
+    models/irm_embedder.py on a GPU): 512-d vectors, queries may carry an instruction (text or
+    a garment photo). Its weights were trained on one backbone's features."""
 
     type: Literal["irm"] = "irm"
     weights: str = Field(

@@ -46,16 +46,7 @@ from torch import nn
 from refind.models.attribute_probe import IRM_FORMAT, AttributeProbe
 from refind.models.attribute_probe import TENSOR_PREFIX as PROBE_PREFIX
 from refind.models.base import TASKS, ModelInputError
-from refind.models.irm_cpu import (  # noqa: F401  (the torch-free half, re-exported)
-    BACKBONE_NODE,
-    DEFAULT_INSTRUCTIONS,
-    INPUT_HW,
-    TEACHER,
-    IrmConfig,
-    resolve_weights,
-)
-
-FORMAT = IRM_FORMAT
+from refind.models.irm_cpu import IrmConfig
 
 
 class Block(nn.Module):
@@ -298,7 +289,7 @@ def save_head(
     from safetensors.torch import save_file
 
     check_probe(probe, head)
-    meta = {"format": FORMAT, "irm_config": json.dumps(asdict(head.cfg)), **(metadata or {})}
+    meta = {"format": IRM_FORMAT, "irm_config": json.dumps(asdict(head.cfg)), **(metadata or {})}
     tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
     if probe is not None:
         tensors |= {k: torch.from_numpy(v) for k, v in probe.to_arrays().items()}
@@ -320,7 +311,7 @@ def load_weights(path: Path) -> tuple[IrmHead, AttributeProbe | None, dict[str, 
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
-    if meta.get("format") != FORMAT:
+    if meta.get("format") != IRM_FORMAT:
         raise ModelInputError(f"{path} is not a refind IRM head (format {meta.get('format')!r})")
     head = IrmHead(IrmConfig(**json.loads(meta["irm_config"])))
     state = load_file(str(path))

@@ -24,19 +24,23 @@ Example:
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import math
 import shutil
-from collections.abc import Sequence
+import tempfile
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from refind.models.attribute_probe import IRM_TEACHER, AttributeProbe, teacher_probe
+from refind.extras import missing_modules
+from refind.models.attribute_probe import IRM_TEACHER, AttributeProbe
 from refind.models.base import (
     INT8_SUFFIX,
     TASKS,
@@ -46,7 +50,13 @@ from refind.models.base import (
     model_id_for,
     model_name,
 )
-from refind.models.store import ModelStoreError, derived_dir, sha256_of
+from refind.models.store import (
+    ManifestMissing,
+    ModelStoreError,
+    derived_dir,
+    sha256_of,
+    verified_manifest,
+)
 from refind.streaming.records import Embeddings
 
 if TYPE_CHECKING:
@@ -60,6 +70,7 @@ INPUT_HW = (256, 128)  # OMZ ReID input, BGR 0-255
 TEXT_DIM = 384  # all-MiniLM-L6-v2 hidden size
 EXPORT_FORMAT = 1
 GRAPHS = ("gallery", "query", "query_garment", "text", "minilm")
+NVIDIA_DRIVERS = (Path("/proc/driver/nvidia"), Path("/dev/nvidiactl"))  # one is there with a GPU
 
 # Instructions used when a query names a task but no instruction (the first phrasing of each task
 # in refind.datasets.irm.instruction_for); the gallery always uses the "reid" one.
@@ -162,18 +173,16 @@ def export_folder(store: object, weights_model_id: str) -> Path:
     return derived_dir(store.cache_dir, export_name(weights_model_id))  # type: ignore[attr-defined]
 
 
-def export_irm(weights: Path, weights_model_id: str, out: Path,
-               minilm_dir: Path | None = None) -> Path:
+def export_irm(weights: Path, weights_model_id: str, out: Path) -> Path:
     """Export the head at ``weights`` and the MiniLM text encoder to OpenVINO IR in ``out``
-    (replaced whole, written beside and renamed into place), with a manifest of checksums.
-    Needs torch, transformers and openvino."""
+    (replaced whole, written beside in a folder of its own and renamed into place), with a
+    manifest of checksums. Needs torch, transformers and openvino."""
     from refind.models.irm_export import export_graphs  # torch: only here
 
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
     try:
-        export_graphs(weights, tmp, minilm_dir)
+        export_graphs(weights, tmp)
         files = {p.name: sha256_of(p) for p in sorted(tmp.iterdir())}
         manifest = {"format": EXPORT_FORMAT, "weights": weights_model_id, "files": files}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -190,38 +199,41 @@ def checked_export(folder: Path, weights_model_id: str) -> Path:
     """``folder`` when it holds a complete export of ``weights_model_id`` whose files match
     their checksums; ModelStoreError otherwise."""
     try:
-        manifest = json.loads((folder / "manifest.json").read_text())
-    except (OSError, ValueError) as err:
-        raise ModelStoreError(f"no OpenVINO export of {weights_model_id} in {folder}: {err}") from None
+        manifest = verified_manifest(folder)
+    except ManifestMissing as err:
+        raise ModelStoreError(f"no OpenVINO export of {weights_model_id} in {err}") from None
+    except ModelStoreError as err:
+        raise ModelStoreError(f"{err}: export it again") from None
     if manifest.get("format") != EXPORT_FORMAT or manifest.get("weights") != weights_model_id:
         raise ModelStoreError(f"{folder} holds an export of {manifest.get('weights')!r} "
                               f"(format {manifest.get('format')}), not of {weights_model_id}")
-    for name, sha in manifest["files"].items():
-        path = folder / name
-        got = sha256_of(path) if path.is_file() else "missing"
-        if got != sha:
-            raise ModelStoreError(f"{path} has sha256 {got}, expected {sha}: export it again")
     return folder
 
 
 def ensure_export(store: object, weights: Path, weights_model_id: str) -> Path:
-    """The cached OpenVINO export of the weights, made now (once) if missing and torch is
-    installed; a ModelStoreError naming the fix otherwise."""
+    """The cached OpenVINO export of the weights, made now (once, by one process: the others
+    wait for it) if missing and the torch extra is installed; a ModelStoreError naming the fix
+    otherwise."""
     folder = export_folder(store, weights_model_id)
     try:
         return checked_export(folder, weights_model_id)
     except ModelStoreError as missing:
-        try:
-            import torch  # noqa: F401  (only to know whether the export can be made here)
-        except ImportError:
+        lacking = missing_modules("torch")
+        if lacking:
             raise ModelStoreError(
                 f"the IRM embedder runs on a CPU from an OpenVINO export of its head and text "
-                f"encoder, made once with torch ({missing}). Install torch once "
-                "(pip install 'refind[torch]') and search or ingest again, or copy that folder "
-                "from a machine that has it."
+                f"encoder, made once with torch ({missing}). Install the torch extra once "
+                f"({', '.join(lacking)} missing: pip install 'refind[torch]') and search or "
+                "ingest again, or copy that folder from a machine that has it."
             ) from None
-        log.warning("exporting %s to OpenVINO once (%s)", weights_model_id, missing)
-        return export_irm(weights, weights_model_id, folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with open(folder.with_name(f".{folder.name}.lock"), "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes
+            try:
+                return checked_export(folder, weights_model_id)  # made while we waited
+            except ModelStoreError:
+                log.warning("exporting %s to OpenVINO once (%s)", weights_model_id, missing)
+                return export_irm(weights, weights_model_id, folder)
 
 
 # ---- running the export ----------------------------------------------------------------------
@@ -274,6 +286,31 @@ class TextStates(Protocol):
     def padded(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]: ...
 
 
+TEXTS_KEPT = 4096  # encoded texts an encoder keeps (about 50 KB each), least recently used go
+
+
+class KeptTexts:
+    """Encoded texts by text, at most ``size`` of them (least recently used dropped first)."""
+
+    def __init__(self, size: int = TEXTS_KEPT) -> None:
+        self.size = size
+        self._kept: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def __call__(self, texts: Sequence[str],
+                 encode: Callable[[list[str]], list[np.ndarray]]) -> list[np.ndarray]:
+        """The states of ``texts``, ``encode`` running once on those not kept."""
+        found = {t: self._kept[t] for t in set(texts) if t in self._kept}
+        todo = sorted(set(texts) - found.keys())
+        if todo:
+            found.update(zip(todo, encode(todo), strict=True))
+        for text, states in found.items():
+            self._kept[text] = states
+            self._kept.move_to_end(text)
+        while len(self._kept) > self.size:
+            self._kept.popitem(last=False)
+        return [found[t] for t in texts]
+
+
 class OpenVinoText:
     """all-MiniLM-L6-v2 as OpenVINO IR: last hidden states per text, (T, 384) float32, cached by
     text, tokenized by the ``tokenizers`` library from the encoder's own ``tokenizer.json``."""
@@ -285,16 +322,16 @@ class OpenVinoText:
         self.tokenizer = Tokenizer.from_file(str(tokenizer_json))
         self.tokenizer.enable_truncation(max_length=max_tokens)
         self.tokenizer.no_padding()
-        self._cache: dict[str, np.ndarray] = {}
+        self._kept = KeptTexts()
 
     def __call__(self, texts: Sequence[str]) -> list[np.ndarray]:
         """One (T_i, 384) float32 array per text, T_i its real tokens."""
-        for text in {t for t in texts if t not in self._cache}:
-            enc = self.tokenizer.encode(text)
-            ids = np.asarray([enc.ids], np.int64)  # (1, T)
-            (states,) = self._run([ids, np.ones_like(ids), np.zeros_like(ids)])  # type: ignore[operator]
-            self._cache[text] = np.asarray(states, np.float32)[0]
-        return [self._cache[t] for t in texts]
+        return self._kept(texts, lambda todo: [self._encode(t) for t in todo])
+
+    def _encode(self, text: str) -> np.ndarray:
+        ids = np.asarray([self.tokenizer.encode(text).ids], np.int64)  # (1, T)
+        (states,) = self._run([ids, np.ones_like(ids), np.zeros_like(ids)])  # type: ignore[operator]
+        return np.asarray(states, np.float32)[0]
 
     def padded(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(B, T, 384) float32 states and (B, T) bool mask of real tokens."""
@@ -481,16 +518,18 @@ class IrmCpuEmbedder:
 
 
 def _gpu_wanted(device: str) -> bool:
-    """True for ``cuda[:N]``, and for ``auto`` where torch is installed and sees a GPU."""
+    """True for ``cuda[:N]``, and for ``auto`` where torch is installed and sees a GPU (torch
+    is imported only where an NVIDIA driver is loaded)."""
     if device.startswith("cuda"):
         return True
-    try:
-        import torch
-    except ImportError:
+    if device != "auto" or missing_modules("torch") or not any(
+            p.exists() for p in NVIDIA_DRIVERS):
         return False
+    import torch
+
     return bool(torch.cuda.is_available())
 
 
 __all__ = ["BACKBONE_NODE", "DEFAULT_INSTRUCTIONS", "INPUT_HW", "TEACHER", "IrmConfig",
            "IrmCpuEmbedder", "OpenVinoBackbone", "OpenVinoHead", "ensure_export", "export_irm",
-           "resolve_weights", "teacher_probe"]
+           "resolve_weights"]

@@ -54,11 +54,13 @@ log = logging.getLogger(__name__)
 class TorchBackbone:
     """OMZ 0277 converted to torch (refind.models.ov_torch), for GPUs; same outputs as OpenVinoBackbone."""
 
-    def __init__(self, xml_path: Path, model_id: str, device: torch.device) -> None:
+    def __init__(self, xml_path: Path, model_id: str, device: torch.device,
+                 resize_threads: int = 0) -> None:
         from refind.models import ov_torch  # written beside this model; imported only when chosen
 
         self.model_id = model_id
         self.device = device
+        self.resize_threads = resize_threads
         net = ov_torch.from_openvino(xml_path, outputs=(BACKBONE_NODE, "reid_embedding"))
         self._net = net.to(device).eval()
         self._half = device.type == "cuda"
@@ -67,7 +69,8 @@ class TorchBackbone:
 
     @torch.no_grad()
     def __call__(self, crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        x = torch.from_numpy(crops_to_batch(crops, INPUT_HW, "IRM crop")).to(self.device)
+        x = torch.from_numpy(crops_to_batch(crops, INPUT_HW, "IRM crop",
+                                            resize_threads=self.resize_threads)).to(self.device)
         out = self._net(x.half() if self._half else x)
         fmap, emb = out[BACKBONE_NODE], out["reid_embedding"]  # (B, 512, 16, 8), (B, 256)
         tokens = F.avg_pool2d(fmap.float(), 2).flatten(2).transpose(1, 2)  # (B, 32, 512)
@@ -80,7 +83,7 @@ def build_backbone(store: object, name: str, device: torch.device, threads: int 
     resolved = store.resolve(name)  # type: ignore[attr-defined]
     if device.type == "cpu":
         return OpenVinoBackbone(resolved.path, resolved.model_id, threads, resize_threads)
-    return TorchBackbone(resolved.path, resolved.model_id, device)
+    return TorchBackbone(resolved.path, resolved.model_id, device, resize_threads)
 
 
 # ---- the embedder the pipeline uses ----

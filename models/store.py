@@ -18,6 +18,7 @@ import logging
 import os
 import tempfile
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,6 +152,27 @@ def derived_dir(cache_dir: Path, name: str) -> Path:
     return cache_dir / "derived" / name
 
 
+class ManifestMissing(ModelStoreError):
+    """A folder made on this machine has no readable manifest (it was never made)."""
+
+
+def verified_manifest(folder: Path, digest: Callable[[Path], str] | None = None) -> dict:
+    """The ``manifest.json`` of a folder made on this machine (an INT8 copy, an IRM export),
+    after checking every file it lists against its sha256. ManifestMissing when there is no
+    usable manifest, ModelStoreError naming the first file that does not match."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        files = dict(manifest["files"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ManifestMissing(f"{folder}: {err}") from None
+    for name, sha in files.items():
+        path = folder / name
+        got = (digest or sha256_of)(path) if path.is_file() else "missing"
+        if got != sha:
+            raise ModelStoreError(f"{path} has sha256 {got}, expected {sha}")
+    return manifest
+
+
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -216,23 +238,17 @@ class ModelStore:
         folder = derived_dir(self.cache_dir, name)
         base = name.removesuffix(INT8_SUFFIX)
         try:
-            manifest = json.loads((folder / "manifest.json").read_text())
-        except (OSError, ValueError) as err:
+            manifest = verified_manifest(folder, self._digest)
+        except ManifestMissing as err:
             raise ModelStoreError(
                 f"model {name!r} is an INT8 copy of {base!r} made on this machine, not "
-                f"downloaded: run `refind quantize --model {base} --video CLIP` ({folder}: {err})"
+                f"downloaded: run `refind quantize --model {base} --video CLIP` ({err})"
             ) from None
-        paths = []
-        for fname, sha in manifest["files"].items():
-            path = folder / fname
-            digest = self._digest(path) if path.is_file() else "missing"
-            if digest != sha:
-                raise ModelStoreError(
-                    f"model {name!r}: {path} has sha256 {digest}, expected {sha}; run "
-                    f"`refind quantize --model {base}` again"
-                )
-            paths.append(path)
-        paths.sort(key=lambda p: p.suffix != ".xml")  # the .xml is the file loaded
+        except ModelStoreError as err:
+            raise ModelStoreError(f"model {name!r}: {err}; run `refind quantize --model {base}` "
+                                  "again") from None
+        paths = sorted((folder / f for f in manifest["files"]),
+                       key=lambda p: p.suffix != ".xml")  # the .xml is the file loaded
         return ResolvedModel(name, tuple(paths), model_id_for(name, manifest["files"][f"{name}.bin"]))
 
     def _resolve_file(self, spec: ModelSpec, mf: ModelFile) -> Path:

@@ -9,7 +9,8 @@ import zlib
 import numpy as np
 import torch
 
-from refind.models.irm import IrmConfig, IrmHead
+from refind.models.irm import IrmHead
+from refind.models.irm_cpu import IrmConfig
 from refind.models.irm_embedder import IrmEmbedder
 
 TINY = IrmConfig(

@@ -21,6 +21,7 @@ SERVING = (
     "refind.actors.pools", "refind.indexer.live_search", "refind.indexer.ingest",
     "refind.indexer.rebuild", "refind.indexer.search", "refind.models.registry",
     "refind.models.yolox", "refind.models.openvino_reid", "refind.models.attribute_verifier",
+    "refind.models.irm_cpu", "refind.extras",
 )  # fmt: skip
 
 

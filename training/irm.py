@@ -58,7 +58,8 @@ import torch
 from tqdm import tqdm
 
 from refind.models.base import TASKS
-from refind.models.irm import IrmConfig, IrmHead, resolve_device, save_head
+from refind.models.irm import IrmHead, resolve_device, save_head
+from refind.models.irm_cpu import IrmConfig
 from refind.models.minilm import pad_states
 from refind.training.irm_cache import BACKBONE, Cache, V, build_cache, cv_folds
 from refind.training.irm_objectives import (

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from refind.models.irm import DEFAULT_INSTRUCTIONS, INPUT_HW, TEACHER
+from refind.models.irm_cpu import DEFAULT_INSTRUCTIONS, INPUT_HW, TEACHER
 
 if TYPE_CHECKING:
     from refind.training.irm import TrainOptions

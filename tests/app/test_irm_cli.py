@@ -36,7 +36,7 @@ def test_irm_gallery_searched_by_text_and_instruction(tmp_path, monkeypatch, cap
 
     assert main(["search", "--text", "a person in a dark top", *common]) == 0
     text_hits = json.loads(capsys.readouterr().out)
-    assert all(h["camera"] == "pets" for h in text_hits)
+    assert text_hits and all(h["camera"] == "pets" for h in text_hits)
     photo = next((tmp_path / "data" / "crops").rglob("*.jpg"))
     assert main(["search", "--image", str(photo), "--k", "3", *common]) == 0
     plain = json.loads(capsys.readouterr().out)

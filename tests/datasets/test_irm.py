@@ -219,7 +219,7 @@ def test_aggregate_attributes_mean_and_majority() -> None:
 
 @pytest.mark.parametrize("task", [t for t in TASKS if t not in ("attribute_text", "text")])
 def test_fixed_instructions(task: str) -> None:
-    from refind.models.irm import DEFAULT_INSTRUCTIONS
+    from refind.models.irm_cpu import DEFAULT_INSTRUCTIONS
 
     # the canonical phrasing is the one the embedder uses when a query names only its task
     assert instruction_for(task, None) == DEFAULT_INSTRUCTIONS[task]

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from refind.models.base import TASKS, InstructableEmbedder
-from refind.models.irm import IrmConfig, IrmHead, load_head, save_head
+from refind.models.irm import IrmHead, load_head, save_head
+from refind.models.irm_cpu import IrmConfig
 from refind.models.irm_embedder import IrmEmbedder
 from refind.models.minilm import pad_states
 from refind.training.irm import TrainOptions
