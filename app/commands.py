@@ -33,7 +33,7 @@ from refind.models.registry import build_embedder
 from refind.models.store import ModelStore, ModelStoreError
 from refind.streaming.boxes import crop_box
 from refind.streaming.config import NAME_PATTERN, ConfigError, IngestConfig
-from refind.streaming.records import ImageQuery, TextQuery, TrackletHit
+from refind.streaming.records import CLIP_TIME_NS, ImageQuery, TextQuery, TrackletHit
 from refind.streaming.sources import SourceError, VideoSource
 
 CAMERA_NAME = re.compile(NAME_PATTERN)  # as in CameraConfig and the event schemas
@@ -111,9 +111,6 @@ def ingest(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
             f"gallery now holds {result['gallery_vectors']} vectors in {cfg.data_dir}"
         )
     return result
-
-
-CLIP_TIME_NS = 366 * 86_400 * 10**9  # times below this count from a clip's start, not 1970
 
 
 def _start_ns(text: str | None, cfg: RefindConfig) -> int:

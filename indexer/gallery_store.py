@@ -43,6 +43,7 @@ from refind.indexer.metadata import RecentTrack, SqliteMetadata, TrackSummary
 from refind.indexer.record import EventRecord
 from refind.streaming.events import CropEvent, TrackEvent
 from refind.streaming.records import (
+    CLIP_TIME_NS,
     NO_FILTER,
     CropHit,
     CropRecord,
@@ -268,8 +269,9 @@ class GalleryStore:
         return self._remove(camera, track_id=track_id, forget_ns=forget_ns)
 
     def remove_before(self, camera: str, before_ts_ns: int) -> list[CropRecord]:
-        """Remove this model's crops of ``camera`` older than ``before_ts_ns`` (retention)."""
-        return self._remove(camera, before_ts_ns=before_ts_ns)
+        """Remove this model's crops of ``camera`` older than ``before_ts_ns`` (retention).
+        Crops with clip-relative times (below CLIP_TIME_NS) have no date: they stay."""
+        return self._remove(camera, before_ts_ns=before_ts_ns, since_ts_ns=CLIP_TIME_NS)
 
     def is_forgotten(self, camera: str, track_id: int) -> bool:
         return self.metadata.is_forgotten(camera, track_id)
@@ -280,12 +282,13 @@ class GalleryStore:
         *,
         track_id: int | None = None,
         before_ts_ns: int | None = None,
+        since_ts_ns: int | None = None,
         forget_ns: int | None = None,
     ) -> list[CropRecord]:
         self._check_writable()
         removed = self.metadata.remove_where(
             self._model_id, camera, track_id=track_id, before_ts_ns=before_ts_ns,
-            forget_ns=forget_ns,
+            since_ts_ns=since_ts_ns, forget_ns=forget_ns,
         )
         if not removed:
             return removed

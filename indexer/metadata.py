@@ -490,10 +490,11 @@ class SqliteMetadata:
         *,
         track_id: int | None = None,
         before_ts_ns: int | None = None,
+        since_ts_ns: int | None = None,
         forget_ns: int | None = None,
     ) -> list[CropRecord]:
-        """Delete ``model_id``'s crops of ``camera`` (of one track, older than a time, or both)
-        in one transaction; returns the records removed, in id order.
+        """Delete ``model_id``'s crops of ``camera`` (of one track, within ``[since_ts_ns,
+        before_ts_ns)``, or both) in one transaction; returns the records removed, in id order.
 
         Track summaries are recomputed from the crops left (of every model); a track with no
         crop left loses its summary and span. ``forget_ns`` (needs ``track_id``) also records
@@ -508,6 +509,9 @@ class SqliteMetadata:
         if before_ts_ns is not None:
             where.append("ts_ns < ?")
             args.append(int(before_ts_ns))
+        if since_ts_ns is not None:
+            where.append("ts_ns >= ?")
+            args.append(int(since_ts_ns))
         cond = " AND ".join(where)
         with self._transaction():
             removed = [_record(r) for r in self._conn.execute(

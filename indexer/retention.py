@@ -1,7 +1,8 @@
 """Retention: delete crops older than each camera's retention period, in every gallery shard.
 
 A camera's period is its ``retention_days``, else ``retention.default_days``; None keeps its
-crops forever. Rows leave SQLite and the FAISS index first (``GalleryStore.remove_before``,
+crops forever. Crops with clip-relative times (a clip ingested without ``--start-time``) have
+no date: they are kept, counted in ``undated_kept`` and logged, never taken for old. Rows leave SQLite and the FAISS index first (``GalleryStore.remove_before``,
 saved at once), then their crop files. Tracks with crops left keep a summary recomputed from
 them.
 
@@ -19,7 +20,7 @@ from refind.config import RefindConfig
 from refind.indexer.blobs import CropStore
 from refind.indexer.forget import delete_files, model_stores
 from refind.indexer.versions import all_version_shards
-from refind.streaming.records import CropRecord
+from refind.streaming.records import CLIP_TIME_NS, CropRecord, SearchFilter
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def enforce_retention(cfg: RefindConfig, now_ns: int | None = None) -> dict[str,
     now = time.time_ns() if now_ns is None else int(now_ns)
     crops = CropStore.from_config(cfg)
     per_camera: dict[str, int] = {}
+    undated: dict[str, int] = {}
     files = 0
     for shard in all_version_shards(cfg.data_dir):  # every index version
         removed: list[CropRecord] = []
@@ -50,9 +52,18 @@ def enforce_retention(cfg: RefindConfig, now_ns: int | None = None) -> dict[str,
                 gone = store.remove_before(camera, now - int(days * _DAY_NS))
                 per_camera[camera] = per_camera.get(camera, 0) + len(gone)
                 removed += gone
+                left = len(store.metadata.ids_matching(store.model_id, SearchFilter(
+                    cameras=(camera,), end_ts_ns=CLIP_TIME_NS - 1)))
+                if left:
+                    undated[camera] = undated.get(camera, 0) + left
         files += delete_files(crops, removed)
     total = sum(per_camera.values())
     if total:
         log.info("retention removed %d vectors (%d crop files) of %s", total, files,
                  sorted(c for c, n in per_camera.items() if n))
-    return {"now_ns": now, "crops_removed": total, "files_deleted": files, "cameras": per_camera}
+    if undated:
+        log.warning("retention kept %d crops of %s whose times count from a clip's start (no "
+                    "--start-time at ingest): they have no date; forget their tracks to delete "
+                    "them", sum(undated.values()), sorted(undated))
+    return {"now_ns": now, "crops_removed": total, "files_deleted": files, "cameras": per_camera,
+            "undated_kept": undated}

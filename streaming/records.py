@@ -302,6 +302,10 @@ class SearchFilter:
 
 NO_FILTER = SearchFilter()
 
+# Crop times below this count from the start of a clip ingested without --start-time, not from
+# 1970: they have no date (a time in 1971 or later is a clock time).
+CLIP_TIME_NS = 366 * 86_400 * 10**9
+
 
 def _check_filters(
     k: int, start_ts_ns: int | None, end_ts_ns: int | None, min_track_s: float | None

@@ -38,18 +38,20 @@ def _open(cfg: RefindConfig, **kw) -> GalleryStore:
     return GalleryStore(cfg.data_dir / "gallery", cfg.gallery, MODEL, DIM, **kw)
 
 
-def _records_with_files(cfg: RefindConfig, ids: np.ndarray) -> list[CropRecord]:
+def _records_with_files(cfg: RefindConfig, ids: np.ndarray, t0_ns: int = 0) -> list[CropRecord]:
     crops = CropStore.from_config(cfg)
     image = np.full((16, 8, 3), 128, np.uint8)
     return [
-        dataclasses.replace(r, crop_path=crops.put(r.camera, r.track_id, r.frame_index, image))
+        dataclasses.replace(r, crop_path=crops.put(r.camera, r.track_id, r.frame_index, image),
+                            ts_ns=t0_ns + r.ts_ns)
         for r in crop_records(ids)
     ]
 
 
-def _build(cfg: RefindConfig) -> tuple[np.ndarray, list[CropRecord]]:
+def _build(cfg: RefindConfig, t0_ns: int = 0) -> tuple[np.ndarray, list[CropRecord]]:
+    """N crops with files; crop i at ``t0_ns`` + i seconds (0: times from a clip's start)."""
     vectors = clustered(N, seed=3).vectors
-    records = _records_with_files(cfg, np.arange(N, dtype=np.int64))
+    records = _records_with_files(cfg, np.arange(N, dtype=np.int64), t0_ns)
     with _open(cfg) as store:
         store.add(records, Embeddings(vectors, MODEL))
         store.save()

@@ -13,6 +13,7 @@ from refind.streaming.config import CameraConfig
 from tests.indexer.test_forget import N, _build, _cfg, _found, _open
 
 S = 1_000_000_000  # crop_records: crop i at i seconds; cameras gate, lobby, yard, dock
+T0 = 1_765_000_000 * S  # the clips' wall-clock start (ingested with --start-time)
 
 
 @pytest.mark.parametrize(
@@ -30,9 +31,9 @@ def test_retention_removes_only_old_crops(tmp_path, gate_days, default_days, cut
         cameras=(CameraConfig(name="gate", url="x.mp4", retention_days=gate_days),),
         retention=RetentionConfig(default_days=default_days),
     )
-    vectors, records = _build(cfg)
-    result = enforce_retention(cfg, now_ns=N * S)
-    gone = {r.vector_id for r in records if r.ts_ns < cut_s.get(r.camera, 0) * S}
+    vectors, records = _build(cfg, T0)
+    result = enforce_retention(cfg, now_ns=T0 + N * S)
+    gone = {r.vector_id for r in records if r.ts_ns < T0 + cut_s.get(r.camera, 0) * S}
     assert result["crops_removed"] == len(gone) == result["files_deleted"]
     crops = CropStore.from_config(cfg)
     for r in records:
@@ -46,6 +47,18 @@ def test_retention_removes_only_old_crops(tmp_path, gate_days, default_days, cut
             kept = store.track("gate", 6)  # crops 100..116 s: kept whole unless cut at 150 s
             assert (kept is None) == (cut_s["gate"] > 116)
         assert not store.metadata.is_forgotten("gate", 1)  # retention is not forgetting
+
+
+def test_crops_without_a_date_are_kept_and_counted(tmp_path, caplog):
+    """Clips ingested without --start-time: their times count from 0, which is not 1970."""
+    cfg = RefindConfig(data_dir=tmp_path, gallery=_cfg(tmp_path).gallery,
+                       retention=RetentionConfig(default_days=1.0))
+    _, records = _build(cfg)
+    result = enforce_retention(cfg, now_ns=T0)
+    assert result["crops_removed"] == 0 and sum(result["undated_kept"].values()) == N
+    assert "no date" in caplog.text
+    crops = CropStore.from_config(cfg)
+    assert all(crops.resolve(r.crop_path).exists() for r in records)
 
 
 def test_cli_retention(tmp_path, capsys):
