@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import get_args
+from typing import get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -20,6 +20,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 from refind.actors.config import RayConfig
 from refind.app.config import ApiConfig, ServeConfig
@@ -124,23 +125,48 @@ def _substitute_env(value: object, cls: type[BaseModel], source: str, where: str
         if field is None:
             out[key] = item  # unknown key: validation names it
             continue
-        secret = (field.json_schema_extra or {}).get("secret") is True  # type: ignore[union-attr]
+        secret = _is_secret(field)
         classes = _section_classes(field.annotation)
-        if isinstance(item, str) and secret:
-            out[key] = _expand(item, path, source)
-        elif isinstance(item, str) and _ENV.search(item):
-            raise ConfigError(
-                f"{source}: {path}: ${{VAR}} placeholders are only for secrets (camera urls, "
-                "kafka.sasl_*, metadata.url, blobs.url, api.keys[].key_sha256): write the value "
-                "itself")
-        elif isinstance(item, dict) and (sub := _pick(classes, item)) is not None:
+        if isinstance(item, dict) and (sub := _pick(classes, item)) is not None:
             out[key] = _substitute_env(item, sub, source, path)
-        elif isinstance(item, list) and classes:
-            out[key] = [_substitute_env(x, _pick(classes, x) or classes[0], source,
-                                        f"{path}[{i}]") if isinstance(x, dict) else x
-                        for i, x in enumerate(item)]
+        elif isinstance(item, list):
+            out[key] = [
+                _substitute_env(x, _pick(classes, x) or classes[0], source, f"{path}[{i}]")
+                if isinstance(x, dict) and classes else _scalar(x, secret, f"{path}[{i}]", source)
+                for i, x in enumerate(item)]
         else:
-            out[key] = item
+            out[key] = _scalar(item, secret, path, source)
+    return out
+
+
+def _is_secret(field: FieldInfo) -> bool:
+    return (field.json_schema_extra or {}).get("secret") is True  # type: ignore[union-attr]
+
+
+def _scalar(item: object, secret: bool, path: str, source: str) -> object:
+    """A YAML scalar: placeholders expanded in a secret, refused anywhere else."""
+    if not isinstance(item, str):
+        return item
+    if secret:
+        return _expand(item, path, source)
+    if _ENV.search(item):
+        raise ConfigError(
+            f"{source}: {path}: ${{VAR}} placeholders are only for secrets "
+            f"({', '.join(_secret_paths(RefindConfig))}): write the value itself")
+    return item
+
+
+def _secret_paths(cls: type[BaseModel], where: str = "") -> list[str]:
+    """The keys of every secret field under ``cls``, as a config names them."""
+    out: list[str] = []
+    for name, field in cls.model_fields.items():
+        path = f"{where}{name}"
+        if _is_secret(field):
+            out.append(path)
+        many = get_origin(field.annotation) in (list, tuple)
+        for sub in _section_classes(field.annotation):
+            out += [p for p in _secret_paths(sub, f"{path}{'[]' if many else ''}.")
+                    if p not in out]
     return out
 
 
