@@ -140,11 +140,7 @@ class _Events:
             self.publish(DetectionEvent.from_detections(
                 self.camera.name, frame.index, frame.ts_ns, result.detections))
         for span in result.started:
-            self.publish(TrackEvent(
-                camera=span.camera, ts_ns=span.last_ts_ns, phase="start", track_id=span.track_id,
-                first_ts_ns=span.first_ts_ns, last_ts_ns=span.last_ts_ns,
-                last_box=span.last_xyxy, model_id=model_id,
-            ))
+            self.publish(TrackEvent.from_span(span, "start", model_id=model_id))
             if self.redis is not None:
                 self.redis.track_seen(span)
 

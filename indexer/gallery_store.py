@@ -218,10 +218,8 @@ class GalleryStore:
     def _end_event(self, span: TrackSpan) -> TrackEvent:
         summary = self.metadata.track(span.camera, span.track_id)
         ids = self.metadata.track_vector_ids(span.camera, span.track_id, self._model_id)
-        return TrackEvent(
-            camera=span.camera, ts_ns=span.last_ts_ns, phase="end", track_id=span.track_id,
-            first_ts_ns=span.first_ts_ns, last_ts_ns=span.last_ts_ns, last_box=span.last_xyxy,
-            n_crops=summary.n_crops if summary else 0,
+        return TrackEvent.from_span(
+            span, "end", n_crops=summary.n_crops if summary else 0,
             best_crop=summary.best.crop_path if summary else None,
             vector_ids=tuple(ids), model_id=self._model_id if ids else None,
         )

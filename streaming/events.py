@@ -36,13 +36,13 @@ import enum
 import json
 import time
 import uuid
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from refind.streaming.config import NAME_PATTERN
-from refind.streaming.records import CropRecord, Detections
+from refind.streaming.records import Box, CropRecord, Detections, TrackSpan
 
 
 class CameraState(enum.StrEnum):
@@ -60,8 +60,6 @@ class CameraState(enum.StrEnum):
     FAILED = "failed"
 
 TrackPhase = Literal["start", "update", "end"]
-Box = tuple[float, float, float, float]
-"""x1, y1, x2, y2 in pixels of the frame."""
 
 
 class EventDecodeError(ValueError):
@@ -155,6 +153,14 @@ class TrackEvent(BaseEvent):
     best_crop: str | None = Field(None, description="Path or URL of the best crop so far.")
     vector_ids: tuple[int, ...] = Field((), description="Gallery ids of the track's embeddings.")
     model_id: str | None = Field(None, min_length=1, description="Embedder of vector_ids.")
+
+    @classmethod
+    def from_span(cls, span: TrackSpan, phase: TrackPhase, **fields: Any) -> TrackEvent:
+        """The event of a track the tracker saw over ``span`` (at its last frame); ``fields``
+        adds the crops (n_crops, best_crop, vector_ids, model_id)."""
+        return cls(camera=span.camera, ts_ns=span.last_ts_ns, phase=phase,
+                   track_id=span.track_id, first_ts_ns=span.first_ts_ns,
+                   last_ts_ns=span.last_ts_ns, last_box=span.last_xyxy, **fields)
 
     @model_validator(mode="after")
     def _consistent(self) -> TrackEvent:
