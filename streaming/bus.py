@@ -17,9 +17,9 @@ default partition count). Tansu ignores that request, and after a restart with m
 it can acknowledge writes to a topic it re-created on the fly that no consumer can then read:
 against such a broker, re-create the topics (``ensure_topics``) as soon as it is back.
 
-Counts: ``stats()`` (``BusStats``), and with a ``refind.streaming.metrics.Metrics`` the Prometheus
-counter ``refind_bus_events_total{topic, outcome}`` (outcome accepted, sent, failed, rejected or
-resent) and gauge ``refind_bus_pending_events`` (accepted, not yet resolved).
+Counts: ``stats()`` (``BusStats``: accepted, sent, failed, rejected, resent, pending), which the
+camera actors and index writers report and ``refind serve`` exports (``camera_events_*``,
+``writer_events``).
 
 Reading events: ``refind.streaming.consumer``.
 """
@@ -42,7 +42,6 @@ from refind.streaming.events import (
     topic_for,
 )
 from refind.streaming.flow import Backoff
-from refind.streaming.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +141,8 @@ class EventBus:
         >>> bus.close(timeout_s=10)  # doctest: +SKIP
     """
 
-    def __init__(self, cfg: KafkaConfig, metrics: Metrics | None = None) -> None:
+    def __init__(self, cfg: KafkaConfig) -> None:
         self.cfg = cfg
-        self.metrics = metrics  # bus_events and bus_pending, when given
         self._args = _producer_args(cfg)  # raises BusError for malformed bootstrap_servers
         self._limit_bytes = cfg.buffer_mb * 1024 * 1024
         self._delivery_s = cfg.delivery_timeout_s
@@ -201,7 +199,7 @@ class EventBus:
             if self._closing:
                 raise BusError("publish() after close(): the event bus is closed")
             if self._bytes + len(value) > self._limit_bytes:
-                self._count(topic, "rejected")
+                self._count("rejected")
                 if not self._refusing:
                     log.warning("event buffer full (%d MiB unsent, Kafka at %s): refusing new "
                                 "events until it drains", self.cfg.buffer_mb,
@@ -213,9 +211,7 @@ class EventBus:
                 self._progress_at = time.monotonic()
             self._bytes += len(value)
             self._queue.append(item)
-            self._count(topic, "accepted")
-            if self.metrics is not None:
-                self.metrics.bus_pending.inc()
+            self._count("accepted")
             self._cond.notify_all()
         return True
 
@@ -273,10 +269,8 @@ class EventBus:
 
     # -- the sender thread and the producer's callbacks ---------------------------------------
 
-    def _count(self, topic: str, outcome: str) -> None:
+    def _count(self, outcome: str) -> None:
         self._counts[outcome] += 1
-        if self.metrics is not None:
-            self.metrics.bus_events.labels(topic=topic, outcome=outcome).inc()
 
     def _run(self) -> None:
         backoff = Backoff(_BACKOFF)
@@ -382,7 +376,7 @@ class EventBus:
         log.warning("re-sending event %s to %s after %r (try %d of %d)", item.event_id,
                     item.topic, err, item.attempts + 1, _MAX_RESENDS)
         with self._cond:
-            self._count(item.topic, "resent")
+            self._count("resent")
             self._retry.append(replace(item, attempts=item.attempts + 1))
             self._cond.notify_all()
 
@@ -395,9 +389,7 @@ class EventBus:
     def _resolve(self, item: _Item, outcome: str) -> None:
         self._progress_at = time.monotonic()
         self._bytes -= len(item.value)
-        self._count(item.topic, outcome)
-        if self.metrics is not None:
-            self.metrics.bus_pending.dec()
+        self._count(outcome)
         self._cond.notify_all()
 
 

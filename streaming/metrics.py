@@ -2,9 +2,9 @@
 
 A ``Metrics`` owns a fresh ``CollectorRegistry`` (never the process-wide default), so two
 pipelines, or two tests, in one process keep separate counts. Every part of refind that counts
-uses it: a live camera's reader (``refind.streaming.live``), the event bus (``refind.streaming.bus``), the
-stage loop's seconds (``refind.streaming.pipeline``), the HTTP API (``refind.app.api``) and ``refind
-serve`` (``refind.app.serve``), which fills a fresh one from its actors' reports on each scrape
+uses it: a live camera's reader (``refind.streaming.live``), the stage loop's seconds
+(``refind.streaming.pipeline``), the HTTP API (``refind.app.api``) and ``refind serve``
+(``refind.app.serve``), which fills a fresh one from its actors' reports on each scrape
 (counters that live in other processes are set once, on a new registry, not added to).
 ``render()`` gives the text format that a ``/metrics`` endpoint returns with ``CONTENT_TYPE``.
 
@@ -112,8 +112,7 @@ class Metrics:
     stage whose bounded queue overflowed (never frames skipped on purpose by the sampler);
     camera_state (1 for the current state); sample_fps; queue_depth by camera and stage;
     stage_seconds spent per camera and stage; frame_latency_seconds (receive -> tracked) and
-    freshness_seconds (capture -> searchable). Event bus: bus_events by topic and outcome,
-    bus_pending. Pools: pool_batches, pool_items, pool_busy_seconds by pool and actor; index
+    freshness_seconds (capture -> searchable). Pools: pool_batches, pool_items, pool_busy_seconds by pool and actor; index
     writers: writer_vectors, writer_crops, writer_events by shard (and outcome). API:
     api_requests, api_request_seconds. Live ingestion: serving_model_info, alias_switches.
     """
@@ -150,10 +149,6 @@ class Metrics:
             f"{ns}_freshness_seconds", "Time from a frame's capture to its crops being "
             "searchable.", "camera", FRESHNESS_BUCKETS_S)
         reg.register(self.freshness)  # type: ignore[arg-type]
-        self.bus_events = counter("bus_events", "Kafka events by topic and outcome (accepted, "
-                                  "sent, failed, rejected, resent).", ["topic", "outcome"])
-        self.bus_pending = gauge("bus_pending_events", "Accepted events not yet sent or failed.",
-                                 [])
         self.pool_batches = counter("pool_batches", "Batches run by a pool's actor.",
                                     ["pool", "actor"])
         self.pool_items = counter("pool_items", "Items run by a pool's actor.", ["pool", "actor"])
