@@ -81,11 +81,13 @@ class _WriterGallery:
         found.sort(key=lambda t: (-t.last_crop_ts_ns, t.summary.camera, t.summary.track_id))
         return found[:limit]
 
-    def track(self, camera: str, track_id: int) -> TrackSummary | None:
-        for found in ray.get([w.track.remote(camera, track_id) for w in self._writers]):
-            if found is not None:
-                return found
-        return None
+    def tracks(self, keys: list[tuple[str, int]]) -> dict[tuple[str, int], TrackSummary]:
+        """Summaries of the known tracks among ``keys``: one call to every writer."""
+        found: dict[tuple[str, int], TrackSummary] = {}
+        for rows in ray.get([w.tracks.remote(list(keys)) for w in self._writers]):
+            for key, summary in rows.items():
+                found.setdefault(key, summary)
+        return found
 
 
 class Supervisor:

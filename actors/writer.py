@@ -179,8 +179,8 @@ class IndexWriterActor:
     def recent_tracks(self, limit: int, filt: SearchFilter = NO_FILTER) -> list[RecentTrack]:
         return self._gallery.recent_tracks(limit, filt)
 
-    def track(self, camera: str, track_id: int) -> TrackSummary | None:
-        return self._gallery.track(camera, track_id)
+    def tracks(self, keys: list[tuple[str, int]]) -> dict[tuple[str, int], TrackSummary]:
+        return self._gallery.tracks(keys)
 
     def stats(self) -> dict[str, Any]:
         """Counters for metrics: vectors searchable, crops added, tracks ended, crops caught up

@@ -31,7 +31,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -201,6 +201,10 @@ class GalleryStore:
     def track(self, camera: str, track_id: int) -> TrackSummary | None:
         """Summary of one track of one camera, None if unknown."""
         return self.metadata.track(camera, track_id)
+
+    def tracks(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], TrackSummary]:
+        """Summaries of the known tracks among ``keys`` (camera, track id)."""
+        return {key: found for key in keys if (found := self.track(*key)) is not None}
 
     def end_tracks(self, spans: list[TrackSpan]) -> list[TrackEvent]:
         """Tracks ended: record their ``TrackEvent`` (phase ``end``, with this model's crops of

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -98,7 +99,8 @@ class Gallery(Protocol):
 
     def recent_tracks(self, limit: int, filt: SearchFilter, /) -> list[RecentTrack]: ...
 
-    def track(self, camera: str, track_id: int, /) -> TrackSummary | None: ...
+    def tracks(self, keys: Sequence[tuple[str, int]], /
+               ) -> dict[tuple[str, int], TrackSummary]: ...
 
 
 @dataclass(frozen=True)
@@ -299,9 +301,10 @@ class SearchEngine:
             key=lambda g: g[0], reverse=True,
         )
         out = []
-        for score, (camera, track_id), members in ranked[:k]:  # summaries of the kept ones only
+        summaries = self.gallery.tracks([key for _, key, _ in ranked[:k]])  # the kept ones only
+        for score, (camera, track_id), members in ranked[:k]:
             best_record = max(members, key=lambda h: h.score).record
-            summary = self.gallery.track(camera, track_id)
+            summary = summaries.get((camera, track_id))
             out.append(
                 TrackletHit(
                     camera=camera,

@@ -106,10 +106,14 @@ class ShardedGallery:
         return found[:limit]
 
     def track(self, camera: str, track_id: int) -> TrackSummary | None:
+        return self.tracks([(camera, track_id)]).get((camera, track_id))
+
+    def tracks(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], TrackSummary]:
+        """Summaries of the known tracks among ``keys``, from whichever shard holds each."""
+        found: dict[tuple[str, int], TrackSummary] = {}
         for s in self.shards:
-            if (found := s.track(camera, track_id)) is not None:
-                return found
-        return None
+            found |= s.tracks([k for k in keys if k not in found])
+        return found
 
     def close(self) -> None:
         for s in self.shards:
