@@ -286,9 +286,6 @@ class Filter:
                            min_track_s=self.min_track_s)
         return lambda v: engine.search_vector(v, query)
 
-    def supported(self) -> bool:
-        return True
-
 
 _NO_IMAGE = np.zeros((4, 4, 3), np.uint8)  # search_vector takes the vector; the image is unused
 FILTERS = (
@@ -402,9 +399,6 @@ def measure_filters(
     engine = SearchEngine(SearchConfig(), _VectorOnly(MODEL), store)
     out, keys = {}, {}
     for flt in FILTERS:
-        if not flt.supported():
-            out[flt.name] = {"skipped": "GalleryStore.search has no min_track_s filter yet"}
-            continue
         found = found_ids(store, syn, flt)
         keys[flt.name] = tracklet_keys(engine, syn, flt)
         search = flt.searcher(engine)
@@ -659,8 +653,6 @@ def filter_ids_ms(root: Path) -> dict[str, float]:
     out = {}
     try:
         for flt in FILTERS[1:]:
-            if not flt.supported():
-                continue
             best = np.inf
             for _ in range(2):
                 t0 = time.perf_counter()

@@ -104,10 +104,16 @@ def test_a_forked_child_resizes_big_batches_too() -> None:
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize(("setting", "expected"), [(3, 3), (1, 1), (64, 64), (0, None)])
-def test_resize_threads_setting(setting: int, expected: int | None) -> None:
-    auto = min(base.PARALLEL_RESIZE_THREADS, base.usable_cpus())
-    assert base.resize_workers(setting) == (auto if expected is None else expected)
+@pytest.mark.parametrize(("setting", "cpus", "expected"), [
+    (3, 32, 3), (1, 32, 1), (64, 2, 64),  # a setting is taken as it is
+    (0, 3, 3), (0, 32, base.PARALLEL_RESIZE_THREADS),  # 0: the usable CPUs, at most the cap
+])
+def test_resize_threads_setting(monkeypatch, setting: int, cpus: int, expected: int) -> None:
+    monkeypatch.setattr(base, "usable_cpus", lambda: cpus)
+    assert base.resize_workers(setting) == expected
+
+
+def test_a_negative_resize_threads_is_refused() -> None:
     with pytest.raises(ModelInputError, match="resize_threads must be >= 0"):
         crops_to_batch(varied_crops(PARALLEL_RESIZE_MIN), (256, 128), "crop", resize_threads=-1)
 

@@ -19,10 +19,7 @@ from refind.streaming.live import (
 )
 from refind.streaming.metrics import FRESHNESS_BUCKETS_S, BucketCounts, Metrics
 from refind.streaming.records import Frame
-from tests.cameras import HttpTsCamera, RtspCamera, free_port
-
-DATA = Path(__file__).resolve().parents[2] / "../shared/data"
-PETS_VIDEO = DATA / "pets09-s2l1/vtest.avi"
+from tests.cameras import PETS_VIDEO, HttpTsCamera, RtspCamera, free_port
 
 # Short delays so that reconnects happen within a test's few seconds.
 FAST = ReconnectConfig(initial_backoff_s=0.2, max_backoff_s=0.5, jitter=0.1, stall_timeout_s=1.5)
