@@ -39,6 +39,7 @@ import numpy as np
 
 from refind.indexer.config import GalleryConfig
 from refind.indexer.gallery import FaissGallery
+from refind.indexer.journal import fsync_dir
 from refind.indexer.metadata import RecentTrack, SqliteMetadata, TrackSummary
 from refind.indexer.record import EventRecord
 from refind.streaming.events import CropEvent, TrackEvent
@@ -84,11 +85,8 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(path.parent)
+
 
 
 def acquire_lock(path: Path, busy: Callable[[str], Exception]) -> int:

@@ -41,6 +41,16 @@ def journal_dir(data_dir: Path) -> Path:
     return Path(data_dir) / "events"
 
 
+
+def fsync_dir(directory: Path) -> None:
+    """Make the entries of ``directory`` (a file created or renamed there) durable."""
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 class EventJournal:
     """Append-only JSON-lines files of refind events, one file per topic kind."""
 
@@ -54,9 +64,12 @@ class EventJournal:
             by_kind.setdefault(event.topic_kind, []).append(encode(event) + b"\n")
         if not by_kind:
             return
+        made = not self.dir.is_dir()
         self.dir.mkdir(parents=True, exist_ok=True)
         for kind, lines in by_kind.items():
-            with open(self.dir / f"{kind}.jsonl", "a+b") as f:  # read: the last byte
+            path = self.dir / f"{kind}.jsonl"
+            made = made or not path.exists()
+            with open(path, "a+b") as f:  # read: the last byte
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # released when the file closes
                 end = os.fstat(f.fileno()).st_size
                 if end and os.pread(f.fileno(), 1, end - 1) != b"\n":
@@ -64,6 +77,9 @@ class EventJournal:
                 f.write(b"".join(lines))
                 f.flush()
                 os.fsync(f.fileno())
+        if made:  # a new file (or folder) is durable once its folder is
+            fsync_dir(self.dir)
+            fsync_dir(self.dir.parent)
 
     def read(self, kind: str) -> Iterator[Event]:
         """The events of one kind, oldest first; undecodable lines are skipped and logged."""
