@@ -41,7 +41,6 @@ def journal_dir(data_dir: Path) -> Path:
     return Path(data_dir) / "events"
 
 
-
 def fsync_dir(directory: Path) -> None:
     """Make the entries of ``directory`` (a file created or renamed there) durable."""
     dir_fd = os.open(directory, os.O_RDONLY)
