@@ -33,7 +33,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -226,7 +226,7 @@ class CameraActor:
                 message=s.message, frames_in=s.frames_in, frames_dropped=s.frames_dropped,
                 frames_processed=self._processed, reconnects=s.reconnects, rate_fps=s.rate_fps,
                 tracks_started=self._pipe.tracks_started, crops_stored=self._crops_stored,
-                events_published=published, freshness=replace(self._freshness, counts=list(self._freshness.counts)),
+                events_published=published, freshness=self._freshness.copy(),
                 freshness_s=list(self._fresh),
                 stage_seconds=self._pipe.times.snapshot(),
                 latency_p50_s=None if lat[0] is None else float(lat[0]),

@@ -84,6 +84,9 @@ class BucketCounts:
     def n(self) -> int:
         return sum(self.counts)
 
+    def copy(self) -> BucketCounts:
+        return BucketCounts(self.bounds, list(self.counts), self.total)
+
 
 class _Histograms:
     """One labelled histogram whose counts were kept elsewhere (``BucketCounts`` by label)."""
