@@ -224,8 +224,9 @@ class Supervisor:
         try:
             reports = ray.get([w.switch.remote(str(serving.root), model_id, dim, embedders)
                                for w in self.writers])
-        except BaseException:  # not every writer switched: the cameras go on as before until
-            self._hand_pool(self.embedders, self.live.model_id, self.live.dim)  # the retry
+        except BaseException:
+            # not every writer switched: the cameras go on with the live pool until the retry
+            self._hand_pool(self.embedders, self.live.model_id, self.live.dim)
             raise
         self._retiring.append((time.monotonic() + RETIRE_AFTER_S, self.embedders))
         self.embedders, self._next_pool = embedders, None

@@ -88,7 +88,6 @@ def atomic_write(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-
 def acquire_lock(path: Path, busy: Callable[[str], Exception]) -> int:
     """An fd holding an exclusive flock on ``path`` (closing it releases the lock); raises
     ``busy(holder)`` if another process holds it, ``holder`` being what that process wrote."""
