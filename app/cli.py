@@ -134,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--mllm-dir", type=Path, help="local Qwen2.5-VL model directory")
     x.add_argument("--boxes", choices=("gt", "detector"), default="gt",
                    help="candidates: the annotation's boxes or YOLOX person detections")
+    x.add_argument("--video", type=Path,
+                   help="the clip the frames come from: candidates get their motion from "
+                        "refind's own tracks of it (lines need a 1-based 'frame')")
+    x.add_argument("--split", choices=("all", "even", "odd"), default="all",
+                   help="alternate annotated frames: even = 1st, 3rd, ... (development), "
+                        "odd = 2nd, 4th, ... (held out)")
     _add_common(x, data_dir=False)
 
     p = sub.add_parser("serve", help="run live cameras on Ray with Kafka events and metrics")

@@ -535,8 +535,10 @@ def evaluate_refer(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, obj
     from refind.models.mllm_refer import MllmReranker
     from refind.models.registry import build_detector, build_reranker
 
-    items = eval_refer.read_annotations(args.annotations)  # bad input fails before models load
-    names = [args.rerank] if args.rerank else ["none", "attributes", "refer"]
+    items = eval_refer.split_items(eval_refer.read_annotations(args.annotations), args.split)
+    if args.video is not None and not args.video.is_file():
+        raise FileNotFoundError(f"--video not found: {args.video}")
+    names = [args.rerank] if args.rerank else ["none", "attributes", "compose", "refer"]
     if args.mllm_dir and "mllm" not in names and not args.rerank:
         names.append("mllm")
     store = ModelStore.from_config(cfg.models)
@@ -549,11 +551,17 @@ def evaluate_refer(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, obj
     candidates = None
     if args.boxes == "detector":
         candidates = eval_refer.detector_candidates(build_detector(cfg.detector, store))
-    results = eval_refer.evaluate_refer(items, rerankers, candidates, progress=not args.json)
+    motions = None
+    if args.video is not None:
+        motions = eval_refer.track_motions(args.video, cfg, progress=not args.json)
+    results = eval_refer.evaluate_refer(items, rerankers, candidates, progress=not args.json,
+                                        motions=motions)
     if not args.json:
-        print(f"{args.annotations}: {len(items)} expressions, candidates = {args.boxes} boxes")
+        print(f"{args.annotations} ({args.split}): {len(items)} expressions, candidates = "
+              f"{args.boxes} boxes, motion {'from ' + str(args.video) if motions else 'unknown'}")
         print(eval_refer.format_table(results))
-    return {"boxes": args.boxes, "results": results}
+    return {"boxes": args.boxes, "split": args.split, "n_expressions": len(items),
+            "motion": motions is not None, "results": results}
 
 
 def train_refer(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:

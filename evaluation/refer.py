@@ -39,6 +39,7 @@ from numpy.typing import ArrayLike
 
 from refind.models.base import Region, Reranker, RerankResult
 from refind.streaming.matching import iou_matrix
+from refind.streaming.motion import TrackMotion, track_motion
 
 log = logging.getLogger(__name__)
 
@@ -154,16 +155,68 @@ class KeepAll:
 
 # --- running an option over the annotations ---------------------------------------------------
 
-def _regions(image: np.ndarray, boxes: np.ndarray) -> list[Region]:
+def _regions(image: np.ndarray, boxes: np.ndarray,
+             motions: Sequence[TrackMotion | None] | None = None) -> list[Region]:
     h, w = image.shape[:2]
     out = []
-    for b in boxes:
+    for k, b in enumerate(boxes):
         x1, y1 = max(int(np.floor(b[0])), 0), max(int(np.floor(b[1])), 0)
         x2, y2 = min(int(np.ceil(b[2])), w), min(int(np.ceil(b[3])), h)
         x2, y2 = max(x2, x1 + 2), max(y2, y1 + 2)
         box = (float(b[0]), float(b[1]), float(b[2]), float(b[3]))
-        out.append(Region(image[y1:y2, x1:x2], box, (w, h), 0))
+        out.append(Region(image[y1:y2, x1:x2], box, (w, h), 0,
+                          motions[k] if motions is not None else None))
     return out
+
+
+def split_items(items: Sequence[ReferItem], split: str) -> list[ReferItem]:
+    """``all``, or alternate annotated frames in frame order: ``even`` keeps the 1st, 3rd, ...
+    frame (development: choices may be tuned on it), ``odd`` the 2nd, 4th, ... (held out).
+    A frame is the line's ``frame`` field, else its image."""
+    if split == "all":
+        return list(items)
+    if split not in ("even", "odd"):
+        raise ValueError(f"split must be all, even or odd, got {split!r}")
+    key = [str(it.extra.get("frame", it.image)) for it in items]
+    frames = sorted(set(key), key=lambda f: (len(f), f))
+    keep = set(frames[0 if split == "even" else 1 :: 2])
+    return [it for it, k in zip(items, key, strict=True) if k in keep]
+
+
+def track_motions(video: Path, cfg: object, window_s: float = 1.2, progress: bool = False,
+                  ) -> Callable[[ReferItem, np.ndarray], list[TrackMotion | None]]:
+    """Motion of each candidate from refind's own tracks of ``video``: the confirmed track whose
+    box overlaps the candidate most (IoU >= 0.3) at the item's ``frame`` (1-based), over
+    ``window_s`` seconds either side. Tracking runs once, with the configured detector and
+    tracker (``refind.evaluation.mot.track_video``)."""
+    from refind.evaluation.mot import track_video
+    from refind.streaming.sources import VideoSource
+
+    hyp, _ = track_video(video, cfg, progress=progress)  # type: ignore[arg-type]
+    fps = VideoSource(video, camera=video.stem).frame_rate()
+    if not fps:
+        raise ValueError(f"{video}: its header gives no frame rate, so motion cannot be timed")
+    half = max(int(round(window_s * fps)), 2)
+
+    def run(item: ReferItem, boxes: np.ndarray) -> list[TrackMotion | None]:
+        frame = int(item.extra.get("frame", 0))
+        here = hyp.frame == frame
+        if frame <= 0 or not here.any() or not len(boxes):
+            return [None] * len(boxes)
+        iou = iou_matrix(np.asarray(boxes, np.float64), hyp.xyxy[here])  # (m, k)
+        ids = hyp.track_id[here]
+        out: list[TrackMotion | None] = []
+        for row in iou:
+            j = int(np.argmax(row))
+            if row[j] < 0.3:
+                out.append(None)
+                continue
+            near = (hyp.track_id == ids[j]) & (np.abs(hyp.frame - frame) <= half)
+            order = np.argsort(hyp.frame[near])
+            out.append(track_motion(hyp.frame[near][order] / fps, hyp.xyxy[near][order]))
+        return out
+
+    return run
 
 
 def evaluate_refer(
@@ -171,9 +224,11 @@ def evaluate_refer(
     rerankers: dict[str, Reranker],
     candidates: Callable[[np.ndarray, ReferItem], np.ndarray] | None = None,
     progress: bool = False,
+    motions: Callable[[ReferItem, np.ndarray], list[TrackMotion | None]] | None = None,
 ) -> dict[str, dict[str, object]]:
     """HumanRef metrics per re-ranker; ``candidates(image, item)`` gives the (m, 4) boxes to choose
-    from (default: the annotation's boxes)."""
+    from (default: the annotation's boxes), ``motions(item, boxes)`` their tracks' motion
+    (``track_motions``; default: unknown)."""
     from tqdm import tqdm
 
     images: dict[Path, np.ndarray] = {}
@@ -187,7 +242,7 @@ def evaluate_refer(
             images[item.image] = img
         image = images[item.image]
         boxes = item.boxes if candidates is None else candidates(image, item)
-        regions = _regions(image, boxes)
+        regions = _regions(image, boxes, motions(item, boxes) if motions else None)
         target_boxes = item.boxes[list(item.targets)]
         for name, rr in rerankers.items():
             chosen = rr(item.expression, regions).selected if regions else np.zeros(0, bool)
@@ -216,8 +271,21 @@ def detector_candidates(detector: object, min_conf: float = 0.3,
 
 
 def format_table(results: dict[str, dict]) -> str:
+    """Overall figures per re-ranker, then DensityF1 (rejection for ``none``) per kind."""
     rows = [f"{'re-ranker':<12} {'recall':>7} {'precision':>9} {'DensityF1':>9} {'rejection':>9}"]
     for name, m in results.items():
         rows.append(f"{name:<12} {m['recall']:>7.3f} {m['precision']:>9.3f} "
                     f"{m['density_f1']:>9.3f} {m['rejection_rate']:>9.3f}")
+    kinds = sorted({k for m in results.values() for k in m.get("by_kind", {})})
+    if len(kinds) > 1:
+        rows.append("")
+        rows.append(f"{'by kind':<12} " + " ".join(f"{k:>10}" for k in kinds))
+        for name, m in results.items():
+            cells = []
+            for k in kinds:
+                km = m["by_kind"].get(k, {})
+                v = km.get("rejection_rate") if km.get("n_no_target") == km.get(
+                    "n_expressions") else km.get("density_f1")
+                cells.append(f"{v:>10.3f}" if v is not None else f"{'-':>10}")
+            rows.append(f"{name:<12} " + " ".join(cells))
     return "\n".join(rows)

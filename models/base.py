@@ -19,6 +19,7 @@ from typing import Literal, Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from refind.streaming.motion import TrackMotion
 from refind.streaming.records import Detections, Embeddings
 
 
@@ -166,13 +167,15 @@ class Region:
 
     crop: (h, w, 3) uint8 BGR; xyxy: the box in frame pixels; frame_wh: the frame's size, so
     positions ("leftmost", "near the edge") can be judged; group: regions with the same group
-    come from the same frame (relations such as "next to" hold only within a group).
+    come from the same frame (relations such as "next to" hold only within a group); motion:
+    how the person's track moves around that moment (None when unknown).
     """
 
     crop: np.ndarray = field(repr=False)
     xyxy: tuple[float, float, float, float]
     frame_wh: tuple[int, int]
     group: int = 0
+    motion: TrackMotion | None = None
 
 
 @dataclass(frozen=True)

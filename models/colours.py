@@ -26,6 +26,15 @@ SYNONYMS: dict[str, str] = {
     "gray": "grey", "dark": "black", "navy": "blue", "beige": "brown", "tan": "brown",
     "khaki": "brown", "maroon": "red", "violet": "purple", "silver": "grey", "cream": "white",
     "teal": "green", "olive": "green", "crimson": "red", "golden": "yellow", "gold": "yellow",
+    "burgundy": "red", "scarlet": "red", "wine": "red", "cherry": "red", "rust": "orange",
+    "amber": "orange", "coral": "orange", "peach": "orange", "mustard": "yellow",
+    "lemon": "yellow", "ochre": "brown", "camel": "brown", "chocolate": "brown", "coffee": "brown",
+    "bronze": "brown", "ivory": "white", "charcoal": "grey", "ash": "grey", "slate": "grey",
+    "turquoise": "blue", "cyan": "blue", "azure": "blue", "indigo": "blue", "denim": "blue",
+    "cobalt": "blue", "royal": "blue", "lime": "green", "emerald": "green", "mint": "green",
+    "khakis": "brown", "lilac": "purple", "lavender": "purple", "magenta": "pink",
+    "fuchsia": "pink", "rose": "pink", "ebony": "black",
+    "jet": "black",
 }  # fmt: skip
 
 # Pairs a camera confuses (partial credit 0.5 for a match across the pair).
@@ -49,33 +58,42 @@ def canonical_colour(word: str) -> str | None:
 
 def name_colour(bgr: np.ndarray) -> str:
     """Name the colour of one BGR sample ((3,) uint8)."""
-    b, g, r = (float(v) / 255.0 for v in np.asarray(bgr, dtype=np.float32).reshape(3))
-    mx, mn = max(r, g, b), min(r, g, b)
-    v, s = mx, (mx - mn) / mx if mx > 0 else 0.0
-    if v < 0.22:
-        return "black"
-    if s < 0.18 or (s < 0.28 and v < 0.45):
-        return "white" if v > 0.78 else "grey" if v > 0.32 else "black"
+    return COLOUR_NAMES[int(name_colours(np.asarray(bgr).reshape(1, 3))[0])]
+
+
+# Hue bands (degrees, upper bound exclusive) and the name of each, after the grey/black/white test.
+_HUE_BANDS = ((15, "red"), (40, "orange"), (70, "yellow"), (165, "green"), (255, "blue"),
+              (290, "purple"), (340, "pink"), (361, "red"))  # fmt: skip
+
+
+def name_colours(bgr: np.ndarray) -> np.ndarray:
+    """Indices into ``COLOUR_NAMES`` of (n, 3) uint8 BGR pixels, (n,) int64.
+
+    Dark by value first, then grey by saturation (a low-saturation dim pixel is black or grey),
+    then the hue band; dim orange and yellow are brown, pale red is pink.
+    """
+    px = np.asarray(bgr, np.float64).reshape(-1, 3) / 255.0
+    b, g, r = px[:, 0], px[:, 1], px[:, 2]
+    mx, mn = px.max(axis=1), px.min(axis=1)
     delta = mx - mn
-    if mx == r:
-        hue = 60.0 * (((g - b) / delta) % 6)
-    elif mx == g:
-        hue = 60.0 * ((b - r) / delta + 2)
-    else:
-        hue = 60.0 * ((r - g) / delta + 4)
-    if hue < 15 or hue >= 340:
-        return "pink" if s < 0.45 and v > 0.6 else "red"
-    if hue < 40:
-        return "brown" if v < 0.6 else "orange"
-    if hue < 70:
-        return "brown" if v < 0.45 else "yellow"
-    if hue < 165:
-        return "green"
-    if hue < 255:
-        return "blue"
-    if hue < 290:
-        return "purple"
-    return "pink"
+    v = mx
+    s = np.where(mx > 0, delta / np.maximum(mx, 1e-6), 0.0)
+    safe = np.maximum(delta, 1e-6)
+    hue = np.where(
+        mx == r, 60.0 * np.mod((g - b) / safe, 6),
+        np.where(mx == g, 60.0 * ((b - r) / safe + 2), 60.0 * ((r - g) / safe + 4)),
+    )  # fmt: skip
+    index = {name: i for i, name in enumerate(COLOUR_NAMES)}
+    bands = np.array([limit for limit, _ in _HUE_BANDS], np.float64)
+    band_names = np.array([index[name] for _, name in _HUE_BANDS])
+    out = band_names[np.searchsorted(bands, hue, side="right")]
+    out = np.where((out == index["red"]) & (s < 0.45) & (v > 0.6), index["pink"], out)
+    out = np.where((out == index["orange"]) & (v < 0.6), index["brown"], out)
+    out = np.where((out == index["yellow"]) & (v < 0.45), index["brown"], out)
+    greyish = (s < 0.18) | ((s < 0.28) & (v < 0.45))
+    grey = np.where(v > 0.78, index["white"], np.where(v > 0.32, index["grey"], index["black"]))
+    out = np.where(greyish, grey, out)
+    return np.where(v < 0.22, index["black"], out).astype(np.int64)
 
 
 def sample_colour(crop: np.ndarray, point_xy: tuple[float, float], frac: float = 0.08) -> np.ndarray:

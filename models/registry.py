@@ -33,6 +33,7 @@ EMBEDDERS: dict[str, str] = {
 }
 RERANKERS: dict[str, str] = {
     "attributes": "refind.models.attribute_verifier:AttributeVerifier",
+    "compose": "refind.models.referring:ComposingReferrer",
     "refer": "refind.models.refer:ReferReranker",
     "mllm": "refind.models.mllm_refer:MllmReranker",
 }

@@ -114,6 +114,17 @@ REGISTRY: dict[str, ModelSpec] = {
             "30f452b2ed2763f7bf429eea23f8f243ad0e7f3cdd7226db6888f1660efb3424",
             "6496b8d51741703c9e9c7f6474cb96c60de1856d7b4fd77235e48cea146066a5",
         ),
+        ModelSpec(
+            "blazepose-full",
+            (
+                ModelFile(
+                    "mediapipe/pose_landmark_full.tflite",
+                    "e9a5c5cb17f736fafd4c2ec1da3b3d331d6edbe8a0d32395855aeb2cdfd64b9f",
+                    "https://storage.googleapis.com/mediapipe-assets/pose_landmark_full.tflite",
+                ),
+            ),
+            "Apache-2.0 (Google MediaPipe BlazePose GHUM full)",
+        ),
         _omz(
             "person-attributes-recognition-crossroad-0230",
             "FP32",

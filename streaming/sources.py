@@ -130,6 +130,15 @@ class VideoSource:
         except av.error.FFmpegError:
             return None
 
+    def frame_rate(self) -> float | None:
+        """Frames per second of a file as its header says; None when it does not say."""
+        try:
+            with av.open(self.url) as c:
+                rate = c.streams.video[0].average_rate
+                return float(rate) if rate else None
+        except av.error.FFmpegError:
+            return None
+
     def __iter__(self) -> Iterator[Frame]:
         container = self.open()
         try:

@@ -1,0 +1,311 @@
+"""The composing referrer: each thing a text asks for checked against evidence, then combined.
+
+A re-ranker (``refind.models.base.Reranker``, registered as ``compose``) that reads the text into
+terms (``refind.models.language.parse_query``) and gives each candidate a probability per term
+from the evidence that bears on it:
+
+- colour of a part: the fraction f of the part's pixels (inside the BlazePose mask,
+  ``refind.models.body``) named that colour, half-counting a neighbouring name
+  (``colour_match``), through a logistic ``p = sigmoid((f - mid) / 0.07)``; ``mid`` is 0.25 for
+  garments, 0.35 for the outfit as a whole ("in black") and 0.04 for a carried thing ("holding
+  something white"), which covers little of a person;
+- attributes: the 0230 model's probability (weighted by how far it can be trusted, as in
+  ``refind.models.attribute_verifier.ATTRIBUTE_WEIGHTS``); hair shade from the hair pixels;
+- position: where the box stands in the frame (``left``: ``sigmoid((0.4 - cx / W) / 0.08)``),
+  superlatives against the other candidates of the same frame (1 for the extreme one, falling
+  with the gap), ``together`` from the distance to the nearest other person in heights;
+- motion: the candidate's ``TrackMotion`` (``refind.streaming.motion``): ``left`` is
+  ``sigmoid((-vx - 0.15) / 0.08)`` in heights per second, ``still`` and ``fast`` from the speed;
+  0.5 when the track's motion is unknown.
+
+A negated term uses ``1 - p``. The candidate's match probability is the weighted geometric mean
+of its terms' probabilities (``exp(sum w log p / sum w)``), so one failed term pulls it well down
+whatever the number of terms. Selection, within each frame (``Region.group``): every candidate
+at or above ``threshold`` when the text speaks of several people; the best one when it speaks of
+one; the best ``count`` when it names a number ("the two ...") as long as each reaches
+``count_floor``. Nobody is selected when no candidate passes, and when the text holds nothing
+checkable but words it could not read ("a child": nothing here can tell a child). Reasons read
+``top red 0.82, backpack 0.71, walking left 0.90``; a term under 0.5 is marked ✗, and the words
+not understood end the reason ("ignored: 'umbrella'").
+
+Example:
+    >>> referrer = ComposingReferrer.from_store(store)                   # doctest: +SKIP
+    >>> referrer("the woman in a red top walking left", regions).selected # doctest: +SKIP
+    array([False,  True, False])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from refind.models.attribute_verifier import ATTRIBUTE_WEIGHTS, MISS, AttributeVerifier
+from refind.models.base import ATTRIBUTE_NAMES, PersonAttributes, Region, RerankResult
+from refind.models.body import Body, PoseModel, part_colours
+from refind.models.colours import COLOUR_NAMES, colour_match
+from refind.models.language import ConceptMap, ReferQuery, Term, parse_query
+
+COLOUR_MID = {"top": 0.25, "bottom": 0.25, "shoes": 0.25, "head": 0.25, "outfit": 0.35,
+              "carried": 0.04, "person": 0.25}
+COLOUR_SCALE = {"carried": 0.015}
+LIGHT = ("white", "grey", "yellow", "orange", "pink")  # hair shades read as light
+WEIGHTS = {"colour": 1.0, "position": 1.0, "motion": 1.0, "hair": 0.75}
+P_MIN = 0.02  # a term's probability is floored here, so one term cannot zero a candidate
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(min(x, 50.0), -50.0)))
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What is known of one candidate: colour fractions per part, 0230 attributes (row of
+    ``attrs``), box, frame size and motion."""
+
+    colours: dict[str, np.ndarray]
+    attrs: np.ndarray  # (8,) float32 0230 probabilities
+    region: Region
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One term's probability for one candidate."""
+
+    term: Term
+    p: float
+    weight: float
+
+    def text(self) -> str:
+        mark = f" {MISS}" if self.p < 0.5 else ""
+        return f"{self.term.label()} {self.p:.2f}{mark}"
+
+
+class ComposingReferrer:
+    """Scores candidates against a text by composing per-term evidence (module docstring)."""
+
+    name = "compose"
+
+    def __init__(self, attributes: AttributeVerifier, pose: PoseModel | None,
+                 concepts: ConceptMap | None = None, threshold: float = 0.5,
+                 count_floor: float = 0.3, cache_size: int = 50_000) -> None:
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        self.attributes = attributes
+        self.pose = pose
+        self.concepts = concepts
+        self.threshold = threshold
+        self.count_floor = count_floor
+        self.cache_size = cache_size
+        self._colours: OrderedDict[bytes, dict[str, np.ndarray]] = OrderedDict()
+
+    @classmethod
+    def from_store(cls, store: object, threshold: float = 0.5) -> ComposingReferrer:
+        from refind.models.attributes import OpenVinoAttributes
+        from refind.models.language import minilm_embedder
+
+        embed = minilm_embedder()
+        return cls(AttributeVerifier(OpenVinoAttributes(store)), PoseModel(store),  # type: ignore[arg-type]
+                   ConceptMap(embed) if embed is not None else None, threshold)
+
+    # --- evidence --------------------------------------------------------------------------
+
+    def evidence(self, regions: Sequence[Region]) -> list[Evidence]:
+        """Colours per part (cached by the crop's pixels) and attributes of each region."""
+        crops = [r.crop for r in regions]
+        attrs: PersonAttributes = self.attributes.attributes(crops)
+        keys = [hashlib.blake2b(c.tobytes() + str(c.shape).encode(), digest_size=16).digest()
+                for c in crops]
+        todo = [i for i, k in enumerate(keys) if k not in self._colours]
+        if todo:
+            bodies: list[Body] = (self.pose([crops[i] for i in todo]) if self.pose is not None
+                                  else [_box_body(crops[i]) for i in todo])
+            for i, body in zip(todo, bodies, strict=True):
+                self._colours[keys[i]] = _with_outfit(part_colours(crops[i], body))
+        out = []
+        for i, k in enumerate(keys):
+            self._colours.move_to_end(k)
+            out.append(Evidence(self._colours[k], attrs.probs[i], regions[i]))
+        while len(self._colours) > self.cache_size:
+            self._colours.popitem(last=False)
+        return out
+
+    # --- scoring ---------------------------------------------------------------------------
+
+    def __call__(self, expression: str, regions: Sequence[Region]) -> RerankResult:
+        query = parse_query(expression, self.concepts)
+        return self.score(query, regions)
+
+    def score(self, query: ReferQuery, regions: Sequence[Region]) -> RerankResult:
+        n = len(regions)
+        tail = _tail(query)
+        if not query.checkable:
+            why = ("nothing in the text can be checked" + (f"; {tail}" if tail else "")
+                   if query.ignored else "the text names nothing to check: everyone kept")
+            keep = not query.ignored
+            return RerankResult(np.full(n, 1.0 if keep else 0.0, np.float32),
+                                np.full(n, keep, bool), (why,) * n)
+        evidence = self.evidence(regions)
+        plain = [t for t in query.terms if not t.superlative]
+        scored = [[_score_term(t, e, evidence) for t in plain] for e in evidence]
+        base = np.array([_combine(s) for s in scored], np.float32)
+        for t in (t for t in query.terms if t.superlative):
+            ps = _superlative(t, evidence, base, self.threshold)
+            for i in range(n):
+                scored[i].append(Scored(t, ps[i], WEIGHTS["position"]))
+        scores = np.array([_combine(s) for s in scored], np.float32)
+        selected = self._select(query, scores, [r.group for r in regions])
+        reasons = tuple(", ".join([*(s.text() for s in row), *([tail] if tail else [])])
+                        for row in scored)
+        return RerankResult(scores, selected, reasons)
+
+    def _select(self, query: ReferQuery, scores: np.ndarray, groups: Sequence[int]) -> np.ndarray:
+        selected = np.zeros(len(scores), bool)
+        for g in set(groups):
+            idx = np.array([i for i, x in enumerate(groups) if x == g])
+            order = idx[np.argsort(-scores[idx], kind="stable")]
+            if query.count is not None:
+                top = order[: query.count]
+                selected[top[scores[top] >= self.count_floor]] = True
+            elif query.plural:
+                selected[order[scores[order] >= self.threshold]] = True
+            elif scores[order[0]] >= self.threshold:
+                selected[order[0]] = True
+        return selected
+
+
+def _tail(query: ReferQuery) -> str:
+    parts = []
+    if query.mapped:
+        parts.append("read " + ", ".join(f"'{a}' as {b}" for a, b in query.mapped))
+    if query.ignored:
+        parts.append("ignored: " + ", ".join(f"'{w}'" for w in query.ignored))
+    return "; ".join(parts)
+
+
+def _combine(scored: Sequence[Scored]) -> float:
+    total = sum(s.weight for s in scored)
+    if total <= 0:
+        return 1.0
+    return float(math.exp(sum(s.weight * math.log(max(s.p, P_MIN)) for s in scored) / total))
+
+
+def _with_outfit(colours: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Add ``outfit``: top and bottom pixels together (weights by their share of the mask)."""
+    out = dict(colours)
+    out["outfit"] = (colours["top"] + colours["bottom"]) / 2.0
+    out["carried"] = colours["person"]
+    return out
+
+
+def _box_body(crop: np.ndarray) -> Body:
+    from refind.models.body import stand_in
+
+    return stand_in(crop)
+
+
+def _colour_p(term: Term, colours: dict[str, np.ndarray]) -> float:
+    fractions = colours.get(term.part, colours["person"])
+    f = sum(float(fractions[i]) * colour_match(term.value, name)
+            for i, name in enumerate(COLOUR_NAMES))
+    mid = COLOUR_MID.get(term.part, 0.25)
+    return _sigmoid((f - mid) / COLOUR_SCALE.get(term.part, 0.07))
+
+
+def _hair_p(light: bool, colours: dict[str, np.ndarray]) -> float:
+    hair = colours["hair"]
+    if hair.sum() <= 0:
+        return 0.5
+    f = float(sum(hair[COLOUR_NAMES.index(c)] for c in LIGHT))
+    return _sigmoid(((f if light else 1.0 - f) - 0.4) / 0.1)
+
+
+def _position_p(term: Term, e: Evidence, evidence: Sequence[Evidence]) -> float:
+    x1, y1, x2, y2 = e.region.xyxy
+    w, h = e.region.frame_wh
+    cx, cy = (x1 + x2) / 2 / max(w, 1), (y1 + y2) / 2 / max(h, 1)
+    foot = y2 / max(h, 1)
+    if term.value == "left":
+        return _sigmoid((0.4 - cx) / 0.08)
+    if term.value == "right":
+        return _sigmoid((cx - 0.6) / 0.08)
+    if term.value == "middle":
+        return _sigmoid((0.15 - abs(cx - 0.5)) / 0.06)
+    if term.value in ("near", "bottom"):
+        return _sigmoid(((foot if term.value == "near" else cy) - 0.65) / 0.08)
+    if term.value in ("far", "top"):
+        return _sigmoid((0.45 - (foot if term.value == "far" else cy)) / 0.08)
+    if term.value == "together":
+        height = max(y2 - y1, 1.0)
+        others = [o.region.xyxy for o in evidence
+                  if o is not e and o.region.group == e.region.group]
+        if not others:
+            return 0.1
+        d = min(math.hypot((o[0] + o[2] - x1 - x2) / 2, o[3] - y2) for o in others) / height
+        return _sigmoid((1.0 - d) / 0.25)
+    return 0.5
+
+
+def _motion_p(term: Term, e: Evidence) -> float:
+    m = e.region.motion
+    if m is None:
+        return 0.5
+    rules: dict[str, Callable[[], float]] = {
+        "left": lambda: _sigmoid((-m.vx - 0.15) / 0.08),
+        "right": lambda: _sigmoid((m.vx - 0.15) / 0.08),
+        "towards": lambda: _sigmoid((m.towards - 0.1) / 0.06),
+        "away": lambda: _sigmoid((-m.towards - 0.1) / 0.06),
+        "still": lambda: _sigmoid((m.still - 0.5) / 0.15),
+        "fast": lambda: _sigmoid((m.speed - 0.9) / 0.15),
+        "moving": lambda: _sigmoid((0.5 - m.still) / 0.15),
+    }
+    return rules[term.value]() if term.value in rules else 0.5
+
+
+def _score_term(term: Term, e: Evidence, evidence: Sequence[Evidence]) -> Scored:
+    weight = WEIGHTS.get(term.kind, 1.0)
+    if term.kind == "colour":
+        p = _colour_p(term, e.colours)
+    elif term.kind == "position":
+        p = _position_p(term, e, evidence)
+    elif term.kind == "motion":
+        p = _motion_p(term, e)
+    elif term.value in ("light_hair", "dark_hair", "bald"):
+        p, weight = _hair_p(term.value != "dark_hair", e.colours), WEIGHTS["hair"]
+    else:
+        p = float(e.attrs[ATTRIBUTE_NAMES.index(term.value)])
+        weight = ATTRIBUTE_WEIGHTS[term.value]
+    return Scored(term, 1.0 - p if term.negated else p, weight)
+
+
+def _superlative(term: Term, evidence: Sequence[Evidence], base: np.ndarray,
+                 threshold: float) -> list[float]:
+    """Superlative position per candidate, against the others of its frame that match the
+    rest of the text (all of them when none does): 1 for the extreme one, falling with the gap
+    (in fractions of the frame, scale 0.06)."""
+    def key(e: Evidence) -> float:
+        x1, _, x2, y2 = e.region.xyxy
+        w, h = e.region.frame_wh
+        cx = (x1 + x2) / 2 / max(w, 1)
+        return {"left": -cx, "right": cx, "near": y2 / max(h, 1), "bottom": y2 / max(h, 1),
+                "far": -y2 / max(h, 1), "top": -y2 / max(h, 1)}.get(term.value, 0.0)
+
+    out = [0.5] * len(evidence)
+    for g in {e.region.group for e in evidence}:
+        idx = [i for i, e in enumerate(evidence) if e.region.group == g]
+        pool = [i for i in idx if base[i] >= threshold] or idx
+        if term.value == "middle":
+            mean = float(np.mean([sum(evidence[i].region.xyxy[0::2]) / 2 for i in pool]))
+            values = {i: -abs(sum(evidence[i].region.xyxy[0::2]) / 2 - mean)
+                      / max(evidence[i].region.frame_wh[0], 1) for i in idx}
+        else:
+            values = {i: key(evidence[i]) for i in idx}
+        best = max(values[i] for i in pool)
+        for i in idx:
+            p = math.exp(-max(best - values[i], 0.0) / 0.06)
+            out[i] = 1.0 - p if term.negated else p
+    return out
