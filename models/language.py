@@ -89,6 +89,9 @@ PHRASE_ATTRIBUTES: dict[str, tuple[str, bool]] = {
     "blond hair": ("light_hair", True), "blonde hair": ("light_hair", True),
     "grey hair": ("light_hair", True), "white hair": ("light_hair", True),
     "black hair": ("dark_hair", True), "brown hair": ("dark_hair", True),
+    "light haired": ("light_hair", True), "fair haired": ("light_hair", True),
+    "grey haired": ("light_hair", True), "white haired": ("light_hair", True),
+    "dark haired": ("dark_hair", True), "black haired": ("dark_hair", True),
 }  # fmt: skip
 SHADES = {"dark": "dark", "light": "light", "bright": "bright", "pale": "light", "deep": "dark",
           "navy": "dark"}
@@ -136,7 +139,8 @@ STOPWORDS = {
 class Term:
     """One checkable thing a query asks for.
 
-    kind: colour | attribute | position | motion; value: a colour name (``COLOUR_NAMES``), an
+    kind: colour | attribute | position | motion | unknown (a thing the person must be or have
+    that no model here can see: "a child", "walking a dog"); value: a colour name (``COLOUR_NAMES``), an
     attribute, a position or a motion word (module docstring); part: where a colour is; shade:
     "dark" / "light" / "bright" or ""; superlative: "leftmost", "the closest" (judged against
     the other candidates of the same frame); negated: "without", "not"; words: the words read.
@@ -161,6 +165,8 @@ class Term:
             label = _SUPERLATIVES.get(self.value, self.value) if self.superlative else \
                 _POSITIONS.get(self.value, self.value)
             return f"{neg}{label}"
+        if self.kind == "unknown":
+            return f"{neg}{self.value} (no model sees it)"
         return f"{neg}{_ATTRIBUTE_LABELS.get(self.value, self.value)}"
 
 
@@ -220,7 +226,7 @@ class ConceptMap:
     """
 
     embed: Callable[[Sequence[str]], np.ndarray]
-    min_similarity: float = 0.6
+    min_similarity: float = 0.55
     _concepts: tuple[str, ...] = field(default_factory=concept_words)
     _matrix: np.ndarray | None = None
     _seen: dict[str, str | None] = field(default_factory=dict)
@@ -284,6 +290,8 @@ _POSITION_WORDS = {"left", "right", "leftmost", "rightmost", "middle", "centre",
                    "farthest", "far", "distance", "distant", "back", "background", "top",
                    "bottom", "upper", "lower", "towards", "toward", "away", "up", "down",
                    "foreground", "behind"}
+_INTENSIFIED = {"next", "behind", "beside", "by", "in", "at", "there", "past", "up", "under",
+                "above", "below", "near"}
 _FRAME_WORDS = ("picture", "frame", "image", "screen", "view")
 _GLUE = {"than", "whose", "where", "when", "s", "hand", "hands", "dark", "light", "long",
          "short", "sleeves", "sleeved", "hi-vis", "high-visibility", "back", "next", "between"}
@@ -396,15 +404,45 @@ def parse_query(text: str, concepts: ConceptMap | None = None) -> ReferQuery:
     for i, w in enumerate(words):
         if w in NUMBERS or w in PLURAL_WORDS:
             used[i] = True
-    ignored = tuple(dict.fromkeys(
-        raw[i] for i, w in enumerate(words)
-        if not used[i] and not _known(w) and len(w) > 1
-    ))
+    unknown = [i for i, w in enumerate(words) if not used[i] and not _known(w) and len(w) > 1]
+    ignored = tuple(dict.fromkeys(words[i] for i in unknown))
+    required = tuple(dict.fromkeys(words[i] for i in unknown if _required(words, i)))
+    terms += [Term("unknown", w, words=w) for w in required]
     # duplicates (the last word wins for the same kind, value, part and superlative)
     seen: dict[tuple[str, str, str, bool], Term] = {}
     for t in terms:
         seen[(t.kind, t.value, t.part, t.superlative)] = t
     return ReferQuery(text, tuple(seen.values()), count, plural, ignored, tuple(mapped))
+
+
+_HAVING = {"with", "carrying", "holding", "walking", "pushing", "pulling", "riding", "in",
+           "wearing", "using", "leading", "has", "having", "carries", "holds", "rides",
+           "pushes", "sitting", "lying", "kneeling", "playing", "eating", "drinking",
+           "smoking"}
+_PLACES = {"near", "behind", "beside", "of", "at", "by", "around", "along", "past", "across",
+           "next", "front", "between", "towards", "toward", "from", "to", "under", "above",
+           "below", "over", "against", "into", "onto", "than", "up", "down", "through"}
+
+
+def _required(words: list[str], i: int) -> bool:
+    """Does the unknown word at ``i`` name something the person must be or have? Yes for what
+    the person is ("a child", "a police officer": unknown words before any known content, after
+    the opening article) and what they hold or use ("walking a dog", "in a wheelchair"), unless
+    a place word comes first ("near the cones" describes a landmark, not the person) or a known
+    thing follows (then it says what that thing is like: "plastic bag", "knee-length coat")."""
+    if any(w in GARMENT_PART or w in CARRIED_WORDS or w in ATTRIBUTE_WORDS
+           for w in words[i + 1 : i + 4]):
+        return False
+    before = words[max(0, i - 3) : i]
+    for w in reversed(before):
+        if w in _PLACES:
+            return False
+        if w in _HAVING:
+            return True
+    lead = 0
+    while lead < len(words) and words[lead] in ("a", "an", "the", "some", "any"):
+        lead += 1
+    return lead > 0 and all(not _known(w) for w in words[lead : i + 1])
 
 
 def _colour_word(w: str) -> str | None:
@@ -510,9 +548,12 @@ def _position_terms(words: list[str], used: list[bool], negated_at: Callable[[in
         value, sup = None, False
         if w in ("leftmost", "rightmost"):
             value, sup = w[:-4], True
+        elif w == "right" and nxt in _INTENSIFIED:
+            used[i] = True  # "right next to", "right behind": not a side
+            continue
         elif w in ("left", "right"):
-            if nxt == "of":
-                continue  # "left of the lamp post": relative to a landmark
+            if nxt == "of" and prev not in ("far", "the", "extreme", "very"):
+                continue  # "just left of the lamp post": relative to a landmark
             value, sup = w, prev in ("far", "furthest", "farthest", "extreme", "very")
         elif w in ("closest", "nearest"):
             value, sup = "near", True

@@ -53,6 +53,15 @@ from refind.models.language import ConceptMap, ReferQuery, Term, parse_query
 COLOUR_MID = {"top": 0.25, "bottom": 0.25, "shoes": 0.25, "head": 0.25, "outfit": 0.35,
               "carried": 0.04, "person": 0.25}
 COLOUR_SCALE = {"carried": 0.015}
+# Black, grey and white pixels are everywhere (shadows, dim light, road): they only say a garment
+# is black, grey or white when they dominate it, so their midpoint is higher; a chromatic colour
+# is rare off its garment, so a smaller share is evidence.
+ACHROMATIC = ("black", "grey", "white")
+ACHROMATIC_MID = 0.6
+# credit for a neighbouring colour name: a camera mixes chromatic neighbours (red/orange), but
+# a dark chromatic garment only reads black under a "dark" or "navy" shade
+NEIGHBOUR_CREDIT, ACROSS_CREDIT, DARK_CREDIT = 0.5, 0.15, 0.5
+UNKNOWN_P = 0.2  # prior that a person has a thing the text asks for but no model can see
 LIGHT = ("white", "grey", "yellow", "orange", "pink")  # hair shades read as light
 WEIGHTS = {"colour": 1.0, "position": 1.0, "motion": 1.0, "hair": 0.75}
 P_MIN = 0.02  # a term's probability is floored here, so one term cannot zero a candidate
@@ -172,8 +181,8 @@ class ComposingReferrer:
                 top = order[: query.count]
                 selected[top[scores[top] >= self.count_floor]] = True
             elif query.plural:
-                selected[order[scores[order] >= self.threshold]] = True
-            elif scores[order[0]] >= self.threshold:
+                selected[order[scores[order] > self.threshold]] = True
+            elif scores[order[0]] > self.threshold:
                 selected[order[0]] = True
         return selected
 
@@ -208,11 +217,22 @@ def _box_body(crop: np.ndarray) -> Body:
     return stand_in(crop)
 
 
+def _credit(term: Term, seen: str) -> float:
+    """How much a pixel named ``seen`` counts for the colour ``term`` asks for."""
+    match = colour_match(term.value, seen)
+    if match in (0.0, 1.0):
+        return match
+    if (term.value in ACHROMATIC) == (seen in ACHROMATIC):
+        return NEIGHBOUR_CREDIT
+    return DARK_CREDIT if term.shade == "dark" and seen == "black" else ACROSS_CREDIT
+
+
 def _colour_p(term: Term, colours: dict[str, np.ndarray]) -> float:
     fractions = colours.get(term.part, colours["person"])
-    f = sum(float(fractions[i]) * colour_match(term.value, name)
-            for i, name in enumerate(COLOUR_NAMES))
+    f = sum(float(fractions[i]) * _credit(term, name) for i, name in enumerate(COLOUR_NAMES))
     mid = COLOUR_MID.get(term.part, 0.25)
+    if term.value in ACHROMATIC and term.part != "carried":
+        mid = max(mid, ACHROMATIC_MID)
     return _sigmoid((f - mid) / COLOUR_SCALE.get(term.part, 0.07))
 
 
@@ -274,6 +294,8 @@ def _score_term(term: Term, e: Evidence, evidence: Sequence[Evidence]) -> Scored
         p = _position_p(term, e, evidence)
     elif term.kind == "motion":
         p = _motion_p(term, e)
+    elif term.kind == "unknown":
+        p = UNKNOWN_P
     elif term.value in ("light_hair", "dark_hair", "bald"):
         p, weight = _hair_p(term.value != "dark_hair", e.colours), WEIGHTS["hair"]
     else:
@@ -297,7 +319,7 @@ def _superlative(term: Term, evidence: Sequence[Evidence], base: np.ndarray,
     out = [0.5] * len(evidence)
     for g in {e.region.group for e in evidence}:
         idx = [i for i, e in enumerate(evidence) if e.region.group == g]
-        pool = [i for i in idx if base[i] >= threshold] or idx
+        pool = [i for i in idx if base[i] > threshold] or idx
         if term.value == "middle":
             mean = float(np.mean([sum(evidence[i].region.xyxy[0::2]) / 2 for i in pool]))
             values = {i: -abs(sum(evidence[i].region.xyxy[0::2]) / 2 - mean)
