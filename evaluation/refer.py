@@ -196,7 +196,7 @@ def track_motions(video: Path, cfg: object, window_s: float = 1.2, progress: boo
     fps = VideoSource(video, camera=video.stem).frame_rate()
     if not fps:
         raise ValueError(f"{video}: its header gives no frame rate, so motion cannot be timed")
-    half = max(int(round(window_s * fps)), 2)
+    half = max(round(window_s * fps), 2)
 
     def run(item: ReferItem, boxes: np.ndarray) -> list[TrackMotion | None]:
         frame = int(item.extra.get("frame", 0))

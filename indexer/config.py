@@ -87,11 +87,13 @@ class SearchConfig(Section):
         description="How a tracklet's crop scores become one score: the best, or the mean of the "
         "best two (steadier against one lucky crop).",
     )
-    # Text queries are checked by the attribute verifier by default: on a plain ReID model it is
-    # the only way to read a description, and on an instructable one it explains each hit and
-    # says "nobody matches". Image queries are ranked by appearance alone unless asked.
+    # Text queries are checked by the composing referrer by default: it reads the operator's
+    # words into terms and checks each against the evidence of every candidate (part colours in
+    # the person mask, attributes, position, motion), explains each hit and says "nobody
+    # matches"; on hand-written expressions it leads the others (docs/refer.md). Image queries
+    # are ranked by appearance alone unless asked.
     rerank: Literal[RERANKER_NAMES] = Field(  # type: ignore[valid-type]
-        "attributes", description="Re-ranker of text queries (refind.models.registry.RERANKERS)."
+        "compose", description="Re-ranker of text queries (refind.models.registry.RERANKERS)."
     )
     image_rerank: Literal[RERANKER_NAMES] = Field(  # type: ignore[valid-type]
         "none", description="Re-ranker of image queries (applied when they carry text)."

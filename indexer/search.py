@@ -228,6 +228,8 @@ class SearchEngine:
                 return Ranked(self.search_vector(vector, query), task="text")
             return replace(self._retrieve_and_rerank(name, query.text, vector, query), task="text")
         name = "attributes" if name == "none" else name  # the only way to read the text here
+        if name == "compose" and self.rerankers is not None:
+            _check_composable(self.rerankers.get(name), query.text, self.embedder.model_id)
         if name == "attributes" and not checkable(parse_attributes(query.text)):
             raise QueryError(
                 f"model {self.embedder.model_id} cannot embed text, and {query.text!r} names "
@@ -319,3 +321,19 @@ class SearchEngine:
                 )
             )
         return out
+
+
+def _check_composable(reranker: object, text: str, model_id: str) -> None:
+    """A plain gallery is read only through the composing referrer: refuse text that names
+    nothing it can check on a stored tracklet (stored tracklets keep no motion yet)."""
+    from refind.models.language import parse_query
+
+    query = parse_query(text, getattr(reranker, "concepts", None))
+    if not any(t.kind != "motion" for t in query.terms):
+        unread = f" (not understood: {', '.join(query.ignored)})" if query.ignored else ""
+        raise QueryError(
+            f"model {model_id} cannot embed text, and {text!r} names nothing refind can check "
+            f"on a stored tracklet{unread}: name clothing colours, a bag, backpack or hat, hair, "
+            "a man or a woman, or where the person is in the frame (motion is not kept with "
+            "stored tracklets yet), or configure embedder type irm"
+        )

@@ -167,6 +167,8 @@ class Term:
             return f"{neg}{label}"
         if self.kind == "unknown":
             return f"{neg}{self.value} (no model sees it)"
+        if self.value == "is_male":
+            return "woman" if self.negated else "man"
         return f"{neg}{_ATTRIBUTE_LABELS.get(self.value, self.value)}"
 
 
@@ -479,6 +481,12 @@ def _coloured_part(words: list[str], start: int) -> tuple[str | None, int]:
 def _motion_terms(words: list[str], used: list[bool], negated_at: Callable[[int], bool],
                   ) -> list[Term]:
     terms: list[Term] = []
+    # "from right to left" / "from left to right"
+    for i in range(len(words) - 3):
+        if words[i] == "from" and words[i + 1] in ("left", "right") and words[i + 2] == "to" \
+                and words[i + 3] in ("left", "right"):
+            terms.append(Term("motion", words[i + 3], words=" ".join(words[i : i + 4])))
+            used[i + 1] = used[i + 3] = True
     verb_at = [i for i, w in enumerate(words) if w in MOTION_VERBS or w in STILL_WORDS]
     for i, w in enumerate(words):
         if w in STILL_WORDS and not used[i]:
@@ -522,12 +530,8 @@ def _motion_terms(words: list[str], used: list[bool], negated_at: Callable[[int]
             used[v] = True
         elif not found and words[v] in MOTION_VERBS:
             used[v] = True
-    # "from right to left" / "from left to right"
-    for i in range(len(words) - 3):
-        if words[i] == "from" and words[i + 1] in ("left", "right") and words[i + 2] == "to" \
-                and words[i + 3] in ("left", "right"):
-            terms.append(Term("motion", words[i + 3], words=" ".join(words[i : i + 4])))
-            used[i + 1] = used[i + 3] = True
+    if any(t.value in ("left", "right", "towards", "away", "fast") for t in terms):
+        terms = [t for t in terms if t.value != "moving"]  # a direction says it moves
     return terms
 
 

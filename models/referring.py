@@ -16,7 +16,7 @@ from the evidence that bears on it:
   with the gap), ``together`` from the distance to the nearest other person in heights;
 - motion: the candidate's ``TrackMotion`` (``refind.streaming.motion``): ``left`` is
   ``sigmoid((-vx - 0.15) / 0.08)`` in heights per second, ``still`` and ``fast`` from the speed;
-  0.5 when the track's motion is unknown.
+  a candidate whose track's motion is unknown is not judged on it (weight 0, "unknown").
 
 A negated term uses ``1 - p``. The candidate's match probability is the weighted geometric mean
 of its terms' probabilities (``exp(sum w log p / sum w)``), so one failed term pulls it well down
@@ -90,6 +90,8 @@ class Scored:
     weight: float
 
     def text(self) -> str:
+        if self.weight == 0.0:
+            return f"{self.term.label()} unknown"
         mark = f" {MISS}" if self.p < 0.5 else ""
         return f"{self.term.label()} {self.p:.2f}{mark}"
 
@@ -294,6 +296,8 @@ def _score_term(term: Term, e: Evidence, evidence: Sequence[Evidence]) -> Scored
         p = _position_p(term, e, evidence)
     elif term.kind == "motion":
         p = _motion_p(term, e)
+        if e.region.motion is None:  # no track to judge by: no evidence either way
+            weight = 0.0
     elif term.kind == "unknown":
         p = UNKNOWN_P
     elif term.value in ("light_hair", "dark_hair", "bald"):

@@ -60,13 +60,13 @@ def track_motion(times_s: ArrayLike, xyxy: ArrayLike) -> TrackMotion | None:
     b = np.asarray(xyxy, np.float64).reshape(-1, 4)
     if len(t) != len(b):
         raise ValueError(f"{len(t)} times for {len(b)} boxes")
-    if len(t) < 3 or t[-1] - t[0] < 0.3:
-        return None
     if np.any(np.diff(t) <= 0):
         raise ValueError("track times must increase")
+    if len(t) < 3 or t[-1] - t[0] < 0.3:
+        return None
     height = np.maximum(b[:, 3] - b[:, 1], 1.0)  # (n,)
     h = float(np.median(height))
-    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+    cx = (b[:, 0] + b[:, 2]) / 2
     vx = float(np.polyfit(t, cx, 1)[0]) / h
     # the feet move with the person; the head's y also moves when the box grows
     vy = float(np.polyfit(t, b[:, 3], 1)[0]) / h

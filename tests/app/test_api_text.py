@@ -52,7 +52,7 @@ def test_text_search_returns_tracks_with_reasons(client: httpx.Client, gallery: 
     assert body["plan"]["text"] == "a woman with long hair"
     assert body["plan"]["min_track_s"] == 5 and body["plan"]["parsed"] == [
         "tracks of at least 5 s"]
-    assert body["reranker"] == "attributes" and body["message"] is None
+    assert body["reranker"] == "compose" and body["message"] is None
     assert body["scanned_tracks"] >= 1 and body["scan_bounded"] is False
     hits = body["hits"]
     assert 1 <= len(hits) <= 5
@@ -102,7 +102,7 @@ def test_scopes_apply_to_cameras_named_in_the_text(client: httpx.Client) -> None
         ({"text": "on camera pets after 10:00"}, 400, "only filters"),
         ({"text": "a man", "cameras": ["nowhere"]}, 404, "unknown camera(s) nowhere"),
         ({"text": "a man after 25:00"}, 400, "not a time of day"),
-        ({"text": "a person walking quickly"}, 400, "names nothing the attribute model can check"),
+        ({"text": "a person walking quickly"}, 400, "names nothing refind can check"),
         ({"text": "a man", "k": 0}, 422, "k"),
         ({"text": "a man", "k": "many"}, 422, "k"),
         ({"text": "a man", "since": -1}, 422, "since"),
@@ -219,7 +219,7 @@ def test_a_hit_reason_is_what_the_attribute_model_reads(
     from refind.models.store import ModelStore
     from tests.conftest import MODELS_DIR
 
-    r = _text(client, text="someone in a black top", k=3)
+    r = _text(client, text="someone in a black top", k=3, rerank="attributes")
     assert r.status_code == 200 and r.json()["hits"]
     hit = r.json()["hits"][0]
     crop = cv2.imread(str(gallery / "crops" / hit["thumbnail_url"].removeprefix("/v1/crops/")))

@@ -67,7 +67,7 @@ def test_unreliable_attributes_never_drive_the_score() -> None:
 def test_registry_lists_valid_names_and_raises_import_failures(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    with pytest.raises(RegistryError, match="unknown re-ranker 'clip'; valid: none, attributes, "
+    with pytest.raises(RegistryError, match="unknown re-ranker 'clip'; valid: none, attributes, compose, "
                        "refer, mllm"):
         build_reranker("clip", store=None)
     with pytest.raises(ValueError, match=r"set search\.mllm_dir"):

@@ -93,7 +93,8 @@ def test_filters_in_the_text_restrict_the_results(engine: SearchEngine) -> None:
     assert every.hits and every.scanned_tracks and not every.scan_bounded
     assert {h.camera for h in every.hits} == {"pets", "gate"}
     assert min(_span_s(h) for h in every.hits) < 10  # so the next filter has work to do
-    assert all("black top (seen: black)" in h.reasons[0] for h in every.hits)
+    assert all(h.reasons[0].startswith("compose") and "top black" in h.reasons[0]
+               for h in every.hits)
 
     long = engine.search_text(_query("someone in a black top, seen for at least 10 s"))
     assert long.hits and all(_span_s(h) >= 10 for h in long.hits)
@@ -115,7 +116,7 @@ def test_nobody_matches_is_said_not_padded(engine: SearchEngine) -> None:
     ranked = engine.search_text(_query("a person in a yellow coat with a hat", k=10))
     assert ranked.hits == []
     assert ranked.message.startswith("no tracklet matches 'a person in a yellow coat with a hat'")
-    assert ranked.reranker == "attributes"
+    assert ranked.reranker == "compose"
 
 
 @pytest.mark.slow
@@ -153,9 +154,9 @@ def test_too_many_tracks_to_scan_are_searched_through_the_probe(engine: SearchEn
     ranked = small.search_text(_query("someone in a black top"))
     assert ranked.hits and ranked.scanned_tracks is None and not ranked.scan_bounded
     assert "through the attribute probe of irm-pets-v3" in ranked.message
-    # retrieved (a probe score: "appearance"), then confirmed by the attribute model
+    # retrieved (a probe score: "appearance"), then confirmed by the composing referrer
     assert all(h.reasons[0].startswith("appearance") for h in ranked.hits)
-    assert all("black top (seen: black)" in h.reasons[-1] for h in ranked.hits)
+    assert all("top black" in h.reasons[-1] for h in ranked.hits)
     newest = max(t.summary.end_ts_ns for t in engine.gallery.recent_tracks(100, NO_FILTER))
     assert any(h.end_ts_ns < newest - 10 * 10**9 for h in ranked.hits)  # not only recent ones
     assert len(ranked.hits) > 3  # more than the scan could have scored
@@ -182,7 +183,7 @@ def test_a_plain_model_refuses_instructions(
 
 @pytest.mark.slow
 def test_text_the_attribute_model_cannot_check_is_refused(engine: SearchEngine) -> None:
-    with pytest.raises(QueryError, match="names nothing the attribute model can check"):
+    with pytest.raises(QueryError, match="names nothing refind can check"):
         engine.search_text(_query("a person walking quickly"))
 
 

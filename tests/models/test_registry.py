@@ -25,7 +25,7 @@ from refind.models.registry import (
 @pytest.mark.parametrize(("kind", "registry", "name", "valid"), [
     ("detector", DETECTORS, "yolov9", "yolox"),
     ("embedder", EMBEDDERS, "clip", "openvino_reid, irm"),
-    ("re-ranker", RERANKERS, "none", "attributes, refer, mllm"),  # "none": no class to load
+    ("re-ranker", RERANKERS, "none", "attributes, compose, refer, mllm"),  # "none": no class to load
 ])
 def test_an_unknown_name_lists_the_valid_ones(kind, registry, name, valid):
     with pytest.raises(RegistryError, match=f"unknown {kind} {name!r}; valid: {valid}$"):
@@ -46,7 +46,7 @@ def test_every_registered_class_has_the_builder_the_registry_calls():
                 continue  # torch: tests/indexer/test_rerank.py builds them
             cls = load_class("model", registry, name)
             assert inspect.ismethod(getattr(cls, builder, None)), (name, builder)
-    assert RERANKER_NAMES == ("none", "attributes", "refer", "mllm")
+    assert RERANKER_NAMES == ("none", "attributes", "compose", "refer", "mllm")
 
 
 def test_choosing_the_default_models_loads_neither_torch_nor_transformers():
@@ -57,6 +57,7 @@ def test_choosing_the_default_models_loads_neither_torch_nor_transformers():
             "for name in ('yolox',): r.load_class('d', r.DETECTORS, name)\n"
             "r.load_class('e', r.EMBEDDERS, 'openvino_reid')\n"
             "r.load_class('r', r.RERANKERS, 'attributes')\n"
+            "r.load_class('r', r.RERANKERS, 'compose')\n"
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -1,0 +1,104 @@
+"""The query parser: operators' wording -> checkable terms, counts, negation, unknown words."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from refind.models.language import ConceptMap, parse_query
+
+
+def _terms(text: str) -> set[str]:
+    return set(parse_query(text).as_dict()["terms"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a woman without a bag in a red top", {"woman", "not bag", "top red"}),
+        ("man in a red and navy jacket", {"man", "top red", "top dark blue"}),
+        ("someone in a red-and-blue top", {"top red", "top blue"}),
+        ("guy holding something white, dark jacket and black trousers",
+         {"man", "carried white", "top dark black", "bottom black"}),
+        ("the guy in jeans", {"man", "bottom blue"}),
+        ("a person in burgundy trousers", {"bottom red"}),
+        ("person dressed completely in black", {"outfit black"}),
+        ("woman with long dark hair", {"woman", "dark hair", "long hair"}),
+        ("light-haired person", {"light hair"}),
+        ("light haired person", {"light hair"}),
+        ("someone with a dark bag on their back", {"backpack", "carried dark black"}),
+        ("the person walking to the left", {"walking left"}),
+        ("the man heading away from the camera", {"man", "going away"}),
+        ("people coming towards the camera", {"coming closer"}),
+        ("the man in black standing still", {"man", "outfit black", "standing still"}),
+        ("someone running", {"moving fast"}),
+        ("walks across the scene from right to left", {"walking left"}),
+        ("leftmost person", {"leftmost"}),
+        ("the person on the far left of the road", {"leftmost"}),
+        ("the person on the right", {"on the right"}),
+        ("closest person to the camera", {"closest"}),
+        ("the one furthest away", {"furthest"}),
+        ("the two people right next to each other", {"with others"}),
+        ("not the one in black", {"not outfit black"}),
+    ],
+)
+def test_terms(text: str, expected: set[str]) -> None:
+    assert _terms(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "count", "plural"),
+    [
+        ("the two men in black", 2, True),
+        ("all three people by the door", 3, True),
+        ("both of them", 2, True),
+        ("people walking away", None, True),
+        ("the man in the middle of the group of three", None, False),
+        ("the woman in red", None, False),
+    ],
+)
+def test_count(text: str, count: int | None, plural: bool) -> None:
+    q = parse_query(text)
+    assert (q.count, q.plural) == (count, plural)
+
+
+@pytest.mark.parametrize(
+    ("text", "ignored", "required"),
+    [
+        ("a child", ("child",), {"child"}),
+        ("someone walking a dog", ("dog",), {"dog"}),
+        ("a person in a wheelchair", ("wheelchair",), {"wheelchair"}),
+        ("the man near the cones", ("cones",), set()),  # a landmark: reported, not required
+        ("the woman on the grass", ("grass",), set()),
+        ("a white plastic bag", ("plastic",), set()),  # describes a known thing
+        ("the man smiling", ("smiling",), set()),
+    ],
+)
+def test_unknown_words_are_reported(text: str, ignored: tuple[str, ...],
+                                    required: set[str]) -> None:
+    q = parse_query(text)
+    assert q.ignored == ignored
+    assert {t.value for t in q.terms if t.kind == "unknown"} == required
+
+
+def test_concept_map_maps_unknown_words_to_the_nearest_concept() -> None:
+    # a deterministic stand-in encoder: one-hot per first letter, so "sweatpants" ~ "shorts"
+    def embed(texts):
+        out = np.zeros((len(texts), 26), np.float32)
+        for i, t in enumerate(texts):
+            out[i, ord(t[0]) - ord("a")] = 1.0
+        return out
+
+    cm = ConceptMap(embed, min_similarity=0.9)
+    q = parse_query("a man in grey zweatpants", cm)  # no concept starts with z
+    assert q.ignored == ("zweatpants",) and q.mapped == ()
+    mapped = cm("xylophone")
+    assert mapped is None
+    q = parse_query("a man in qanoraks", ConceptMap(embed, min_similarity=0.0))
+    assert q.mapped and q.mapped[0][0] == "qanoraks"
+
+
+def test_every_text_parses() -> None:
+    for text in ("", "   ", "!!!", "the", "a" * 500, "RED", "ñandú con sombrero"):
+        q = parse_query(text)
+        assert isinstance(q.terms, tuple)

@@ -1,0 +1,166 @@
+"""The composing referrer: per-term evidence, selection of one, several or nobody, reasons."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from refind.models.base import Region
+from refind.models.body import Body, part_colours, stand_in
+from refind.models.colours import COLOUR_NAMES, name_colours
+from refind.models.referring import ComposingReferrer
+from refind.streaming.motion import TrackMotion
+from tests.conftest import SHARED, need_models
+
+BGR = {"red": (30, 30, 200), "blue": (200, 80, 20), "black": (15, 15, 15),
+       "white": (245, 245, 245), "green": (40, 170, 40), "grey": (128, 128, 128)}
+ROAD = (90, 95, 100)  # a grey background
+
+
+def _person(top: str, bottom: str, h: int = 90, w: int = 36) -> np.ndarray:
+    """A crop of a person-shaped blob on a grey road: top colour above, bottom below."""
+    crop = np.full((h, w, 3), ROAD, np.uint8)
+    crop[int(0.2 * h) : int(0.52 * h), 8:-8] = BGR[top]
+    crop[int(0.52 * h) : int(0.95 * h), 10:-10] = BGR[bottom]
+    crop[: int(0.2 * h), 13:-13] = (40, 60, 110)  # head
+    return crop
+
+
+class _BoxPose:
+    """The mask a pose model would give for ``_person``: the coloured blob, not the road."""
+
+    model_id = "test-pose"
+
+    def __call__(self, crops):
+        out = []
+        for c in crops:
+            mask = np.any(np.abs(c.astype(int) - ROAD).sum(axis=2, keepdims=True) > 30, axis=2)
+            out.append(Body(np.zeros((33, 2), np.float32), np.zeros(33, np.float32), mask, 1.0,
+                            from_pose=False))
+        return out
+
+
+class _Attributes:
+    """0230-shaped attributes: everyone a man with no bag (the evidence under test is colour,
+    position and motion)."""
+
+    model_id = "test-attributes"
+
+    def attributes(self, crops):
+        from refind.models.base import PersonAttributes
+
+        n = len(crops)
+        probs = np.zeros((n, 8), np.float32)
+        probs[:, 0] = 0.9  # is_male
+        px = np.zeros((n, 3), np.uint8)
+        return PersonAttributes(probs, px, px, ("black",) * n, ("black",) * n)
+
+
+def _referrer() -> ComposingReferrer:
+    return ComposingReferrer(_Attributes(), _BoxPose())  # type: ignore[arg-type]
+
+
+def _walk(vx: float) -> TrackMotion:
+    return TrackMotion(vx=vx, vy=0.0, growth=0.0, speed=abs(vx), still=float(abs(vx) < 0.15),
+                       duration_s=2.0, height_px=90.0)
+
+
+# three people in one 480x360 frame: left red/blue walking left, middle black/black standing,
+# right green/black walking right
+PEOPLE = [
+    Region(_person("red", "blue"), (40, 100, 76, 190), (480, 360), 0, _walk(-0.7)),
+    Region(_person("black", "black"), (220, 120, 256, 210), (480, 360), 0, _walk(0.0)),
+    Region(_person("green", "black"), (400, 150, 436, 240), (480, 360), 0, _walk(0.7)),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "selected"),
+    [
+        ("the person in a red top", [0]),
+        ("someone in blue jeans", [0]),
+        ("the man in black", [1]),
+        ("person wearing a green jacket", [2]),
+        ("the person walking to the right", [2]),
+        ("the one standing still", [1]),
+        ("the leftmost person", [0]),
+        ("the person on the right", [2]),
+        ("people in black trousers", [1, 2]),
+        ("the two people in black trousers", [1, 2]),
+        ("someone in a yellow coat", []),           # nobody matches
+        ("a child", []),                            # nothing here can tell a child
+        ("not the one in black", [0]),              # singular: the best of the rest
+        ("people walking", [0, 2]),
+    ],
+)
+def test_selection(text: str, selected: list[int]) -> None:
+    result = _referrer()(text, PEOPLE)
+    assert list(np.nonzero(result.selected)[0]) == selected, result.reasons
+
+
+def test_reasons_name_the_evidence_and_the_words_not_read() -> None:
+    result = _referrer()("a man in a red top walking left near the fountain", PEOPLE)
+    assert result.selected.tolist() == [True, False, False]
+    assert result.reasons[0].startswith("top red 1.00")
+    assert "walking left" in result.reasons[0] and "ignored: 'fountain'" in result.reasons[0]
+    assert "✗" in result.reasons[1]  # what the middle person lacked
+
+
+def test_groups_are_judged_apart() -> None:
+    """Two frames: "the leftmost person" picks one per frame."""
+    regions = [Region(r.crop, r.xyxy, r.frame_wh, g, r.motion) for g in (0, 1) for r in PEOPLE]
+    result = _referrer()("the leftmost person", regions)
+    assert list(np.nonzero(result.selected)[0]) == [0, 3]
+
+
+def test_unknown_motion_is_neither_evidence_for_nor_against() -> None:
+    unknown = [Region(r.crop, r.xyxy, r.frame_wh, 0, None) for r in PEOPLE]
+    result = _referrer()("people in black trousers walking to the left", unknown)
+    assert list(np.nonzero(result.selected)[0]) == [1, 2]  # judged on the trousers alone
+    assert "walking left unknown" in result.reasons[0]
+
+
+def test_part_colours_count_only_the_mask_and_the_part() -> None:
+    crop = _person("red", "blue")
+    body = _BoxPose()([crop])[0]
+    colours = part_colours(crop, body)
+    red, blue = COLOUR_NAMES.index("red"), COLOUR_NAMES.index("blue")
+    assert colours["top"][red] > 0.8 and colours["bottom"][blue] > 0.8
+    assert colours["top"][COLOUR_NAMES.index("grey")] < 0.05  # the road is outside the mask
+    middle = stand_in(crop)
+    assert middle.mask[:, 0].sum() == 0 and middle.mask[:, crop.shape[1] // 2].all()
+
+
+def test_pixel_colour_names_match_single_samples() -> None:
+    from refind.models.colours import name_colour
+
+    px = np.random.default_rng(1).integers(0, 256, (2000, 3)).astype(np.uint8)
+    assert [COLOUR_NAMES[i] for i in name_colours(px)] == [name_colour(p) for p in px]
+
+
+@pytest.mark.slow
+def test_real_models_on_pets_frame(model_store) -> None:
+    """BlazePose + 0230 on PETS frame 493: the woman in the red jacket is found, the man in
+    the group walking towards the camera is not her, and a yellow coat finds nobody."""
+    need_models()
+    human = SHARED / "data" / "refer-human" / "s2l1_human.jsonl"
+    if not human.is_file():
+        pytest.skip(f"hand-written expressions not found: {human}")
+    line = next(json.loads(x) for x in human.read_text().splitlines()
+                if json.loads(x)["frame"] == 493)
+    image = cv2.imread(str(human.parent / line["image"]))
+    regions = []
+    for b in line["boxes"]:
+        x1, y1, x2, y2 = (round(v) for v in b)
+        regions.append(Region(image[y1:y2, x1:x2], tuple(b), (480, 360), 0))
+    referrer = ComposingReferrer.from_store(model_store)
+    red = referrer("the woman in the red jacket", regions)
+    assert red.selected.tolist() == [False, False, False, True], red.reasons
+    assert not referrer("someone in a yellow coat", regions).selected.any()
+    bodies = referrer.pose([r.crop for r in regions])  # type: ignore[union-attr]
+    assert all(b.from_pose for b in bodies)
+    boxes = bodies[3].part_boxes()
+    assert boxes["top"][1] < boxes["bottom"][1] < boxes["shoes"][3]
