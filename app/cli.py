@@ -141,6 +141,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="alternate annotated frames: even = 1st, 3rd, ... (development), "
                         "odd = 2nd, 4th, ... (held out)")
     _add_common(x, data_dir=False)
+    x = ev.add_parser("search", help="clip-level text queries through the real search: "
+                      "recall@1/@5, mAP over identities, DensityF1 and rejection (per kind)")
+    x.add_argument("--video", type=Path, required=True, help="the clip to ingest and search")
+    x.add_argument("--gt", type=Path, required=True, help="MOTChallenge ground truth of the clip")
+    x.add_argument("--gt-scale", type=float, default=1.0,
+                   help="multiply GT coordinates (0.625: PETS GT on 768x576, video 480x360)")
+    x.add_argument("--queries", type=Path, required=True,
+                   help='JSON lines {"text", "identities": [GT ids], "kind"}')
+    x.add_argument("--camera", help="camera name of the clip (default: the file's stem)")
+    x.add_argument("--split", choices=("all", "even", "odd"), default="all",
+                   help="alternate query lines: even = 1st, 3rd, ... (development), odd = 2nd, "
+                        "4th, ... (held out)")
+    _add_common(x)
 
     p = sub.add_parser("serve", help="run live cameras on Ray with Kafka events and metrics")
     p.add_argument("--data-dir", type=Path, help="gallery, metadata and crops directory")

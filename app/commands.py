@@ -24,7 +24,7 @@ from refind.indexer.metadata import SqliteMetadata
 from refind.indexer.query_plan import QueryPlan, check_query_text, plan_query, resolve_timezone
 from refind.indexer.rebuild import RebuildRefused
 from refind.indexer.rerank import RerankerPool
-from refind.indexer.search import QueryError, SearchEngine, read_query_image
+from refind.indexer.search import QueryError, Ranked, SearchEngine, read_query_image
 from refind.indexer.shards import ShardedGallery, existing_shards, shard_of
 from refind.indexer.sink import open_sink
 from refind.indexer.versions import serving_version
@@ -33,7 +33,13 @@ from refind.models.registry import build_embedder
 from refind.models.store import ModelStore, ModelStoreError
 from refind.streaming.boxes import crop_box
 from refind.streaming.config import NAME_PATTERN, ConfigError, IngestConfig
-from refind.streaming.records import CLIP_TIME_NS, ImageQuery, TextQuery, TrackletHit
+from refind.streaming.records import (
+    CLIP_TIME_NS,
+    ImageQuery,
+    SearchFilter,
+    TextQuery,
+    TrackletHit,
+)
 from refind.streaming.sources import SourceError, VideoSource
 
 CAMERA_NAME = re.compile(NAME_PATTERN)  # as in CameraConfig and the event schemas
@@ -250,6 +256,8 @@ def _clock_note(message: str | None, gallery: ShardedGallery) -> str:
 
 
 def evaluate(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
+    if args.eval_command == "search":
+        return evaluate_search(args, cfg)
     if args.eval_command == "refer":
         return evaluate_refer(args, cfg)
     if args.eval_command == "mot":
@@ -562,6 +570,98 @@ def evaluate_refer(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, obj
         print(eval_refer.format_table(results))
     return {"boxes": args.boxes, "split": args.split, "n_expressions": len(items),
             "motion": motions is not None, "results": results}
+
+
+def evaluate_search(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
+    """``refind eval search``: ingest the clip (unless ``--data-dir`` already holds it), run
+    every query through the same search as ``refind search``, judge it over ground-truth
+    identities (evaluation/search.py)."""
+    import tempfile
+
+    from refind.evaluation import search as eval_search
+    from refind.evaluation.mot_metrics import load_mot
+
+    queries = eval_search.read_queries(args.queries)  # bad input fails before models load
+    if args.split != "all":
+        queries = queries[0 if args.split == "even" else 1 :: 2]
+    for p in (args.video, args.gt):
+        if not p.is_file():
+            raise FileNotFoundError(f"not found: {p}")
+    camera = args.camera or args.video.stem
+    with tempfile.TemporaryDirectory(prefix="refind-eval-search-") as scratch:
+        if args.data_dir is None:  # a gallery of its own, gone afterwards
+            cfg = cfg.model_copy(update={"data_dir": Path(scratch)})
+        result = _search_clip(args, cfg, camera, queries, load_mot(args.gt, args.gt_scale))
+    if not args.json:
+        print(f"{args.queries} ({args.split}): {len(queries)} queries on {camera}, "
+              f"{result['tracklets']} tracklets ({result['tracklets_with_identity']} with an "
+              "identity)")
+        print(eval_search.format_table(result))
+    return result
+
+
+def _search_clip(args: argparse.Namespace, cfg: RefindConfig, camera: str,
+                 queries: list, gt: object) -> dict[str, object]:
+    from refind.evaluation import search as eval_search
+
+    serving = serving_version(cfg)
+    store = ModelStore.from_config(cfg.models)
+    if not _has_camera(serving.root, camera):
+        source = VideoSource(args.video, camera=camera, sample_fps=cfg.ingest.sample_fps)
+        run_ingest(serving.cfg, source, IngestPipeline.from_config(serving.cfg, store),
+                   quiet=args.json, root=serving.root)
+    embedder = build_embedder(serving.cfg.embedder, store)
+    crops_by_track = _crops_by_track(serving.root, camera, embedder.model_id)
+    identities = eval_search.track_identities(crops_by_track, gt)  # type: ignore[arg-type]
+    crops = CropStore.from_config(cfg)
+    tz = resolve_timezone(cfg.search.timezone)
+    rows, answers = [], []
+    with ShardedGallery.open(serving.root, cfg.gallery, embedder.model_id, embedder.dim) as gallery:
+        engine = SearchEngine(cfg.search, embedder, gallery, crops,
+                              RerankerPool(store, cfg.search.match_threshold, cfg.search.mllm_dir))
+        for q in tqdm(queries, desc="eval search", unit="query", disable=args.json,
+                      file=sys.stderr):
+            plan = plan_query(q.text, now=datetime.now(tz), known_cameras=[camera], tz=tz,
+                              cameras=[camera])
+            try:
+                ranked = engine.search_text(plan.text_query(len(crops_by_track) or 1))
+            except QueryError as err:  # refused, as `refind search` would: nothing found
+                ranked = Ranked([], str(err))
+            order = ranked.ranking or tuple(ranked.hits)
+            metrics = eval_search.identity_metrics(
+                [identities.get((h.camera, h.track_id)) for h in order],
+                [identities.get((h.camera, h.track_id)) for h in ranked.hits], set(q.identities))
+            rows.append((q, metrics))
+            answers.append({"text": q.text, "kind": q.kind, "identities": list(q.identities),
+                            "selected": [identities.get((h.camera, h.track_id))
+                                         for h in ranked.hits],
+                            "message": ranked.message, **metrics})
+    return eval_search.summarise(rows) | {
+        "tracklets": len(identities),
+        "tracklets_with_identity": sum(v is not None for v in identities.values()),
+        "queries": answers,
+    }
+
+
+def _has_camera(root: Path, camera: str) -> bool:
+    for shard in existing_shards(root):
+        with SqliteMetadata(shard / "metadata.sqlite3", read_only=True) as meta:
+            if camera in meta.cameras():
+                return True
+    return False
+
+
+def _crops_by_track(root: Path, camera: str, model_id: str) -> dict[tuple[str, int], list]:
+    """Every stored crop of ``camera``'s tracks, by track."""
+    out: dict[tuple[str, int], list] = {}
+    for shard in existing_shards(root):
+        with SqliteMetadata(shard / "metadata.sqlite3", read_only=True) as meta:
+            for recent in meta.recent_tracks(model_id, SearchFilter(cameras=(camera,)),
+                                             limit=10**9):
+                t = recent.summary
+                ids = meta.track_vector_ids(t.camera, t.track_id, model_id)
+                out[(t.camera, t.track_id)] = meta.crops(ids)
+    return out
 
 
 def train_refer(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:

@@ -106,8 +106,9 @@ class SearchConfig(Section):
         "rest is the retrieval (appearance) score.",
     )
     match_threshold: float = Field(
-        0.6, ge=0.0, le=1.0, description="Re-ranker score a tracklet needs to be returned; when "
-        "none reaches it the answer is 'no tracklet matches'.",
+        0.6, ge=0.0, le=1.0, description="Attribute-verifier score a tracklet needs to be "
+        "returned (rerank: attributes); when none reaches it the answer is 'no tracklet "
+        "matches'. The composing referrer selects by its own match probability (> 0.5).",
     )
     text_scan_tracks: int = Field(
         2000, ge=1, le=100_000, description="Plain ReID models cannot embed text: a text query "

@@ -7,6 +7,7 @@ Tracks are keyed by (camera, track_id): a track id is unique within its camera o
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -17,12 +18,14 @@ from typing import NamedTuple
 
 import numpy as np
 
+from refind.streaming.motion import TrackMotion
 from refind.streaming.records import NO_FILTER, CropRecord, Embeddings, SearchFilter, TrackSpan
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _IN_CHUNK = 500  # ids per "IN (...)" query, well under SQLite's variable limit
+VIEWS = 3  # crops of a track besides its best one that a summary names
 
 # A track's span as ``SqliteMetadata.track`` reports it: its crops, widened by the tracker's span.
 _TRACK_SPAN_NS = (
@@ -95,6 +98,8 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         f"CREATE TRIGGER track_spans_update AFTER UPDATE ON track_spans {_refresh_span('NEW')}",
         f"CREATE TRIGGER track_spans_delete AFTER DELETE ON track_spans {_refresh_span('OLD')}",
     ),
+    # How each track moved over its whole span (JSON of ``TrackMotion.as_dict``; NULL unknown).
+    5: ("ALTER TABLE track_spans ADD COLUMN motion TEXT",),
 }
 
 _CROP_COLUMNS = (
@@ -115,7 +120,8 @@ FROM crops c WHERE c.camera = ? AND c.track_id = ? GROUP BY c.camera, c.track_id
 
 @dataclass(frozen=True)
 class TrackSummary:
-    """One track of one camera: its time span, crop count and best (highest quality) crop."""
+    """One track of one camera: its time span, crop count, best (highest quality) crop and
+    motion."""
 
     camera: str
     track_id: int
@@ -123,6 +129,16 @@ class TrackSummary:
     end_ts_ns: int
     n_crops: int
     best: CropRecord
+    motion: TrackMotion | None = None  # how it moved, when the tracker's span recorded it
+    views: tuple[CropRecord, ...] = ()  # other crops of it, spread over its time (best first)
+
+
+def _motion_json(motion: TrackMotion | None) -> str | None:
+    return None if motion is None else json.dumps(motion.as_dict(), sort_keys=True)
+
+
+def _motion(text: str | None) -> TrackMotion | None:
+    return None if text is None else TrackMotion.from_dict(json.loads(text))
 
 
 def _record(row: tuple) -> CropRecord:
@@ -443,12 +459,13 @@ class SqliteMetadata:
             gone = self.forgotten_among({(s.camera, int(s.track_id)) for s in spans})
             spans = [s for s in spans if (s.camera, int(s.track_id)) not in gone]
             self._conn.executemany(
-                "INSERT INTO track_spans (camera, track_id, first_ts_ns, last_ts_ns) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (camera, track_id) DO UPDATE SET "
+                "INSERT INTO track_spans (camera, track_id, first_ts_ns, last_ts_ns, motion) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (camera, track_id) DO UPDATE SET "
                 "first_ts_ns = MIN(first_ts_ns, excluded.first_ts_ns), "
-                "last_ts_ns = MAX(last_ts_ns, excluded.last_ts_ns)",
-                [(s.camera, int(s.track_id), int(s.first_ts_ns), int(s.last_ts_ns))
-                 for s in spans],
+                "last_ts_ns = MAX(last_ts_ns, excluded.last_ts_ns), "
+                "motion = COALESCE(excluded.motion, motion)",
+                [(s.camera, int(s.track_id), int(s.first_ts_ns), int(s.last_ts_ns),
+                  _motion_json(s.motion)) for s in spans],
             )
 
     def track_vector_ids(self, camera: str, track_id: int, model_id: str) -> list[int]:
@@ -462,7 +479,7 @@ class SqliteMetadata:
         saw when that was recorded (``set_track_spans``), else its crops."""
         row = self._conn.execute(
             "SELECT t.start_ts_ns, t.end_ts_ns, t.n_crops, t.best_vector_id, s.first_ts_ns, "
-            "s.last_ts_ns FROM tracks t LEFT JOIN track_spans s "
+            "s.last_ts_ns, s.motion FROM tracks t LEFT JOIN track_spans s "
             "ON s.camera = t.camera AND s.track_id = t.track_id "
             "WHERE t.camera = ? AND t.track_id = ?",
             (camera, int(track_id)),
@@ -472,7 +489,20 @@ class SqliteMetadata:
         best = self.crops([row[3]])[0]
         start = row[0] if row[4] is None else min(row[0], row[4])
         end = row[1] if row[5] is None else max(row[1], row[5])
-        return TrackSummary(camera, int(track_id), start, end, row[2], best)
+        return TrackSummary(camera, int(track_id), start, end, row[2], best, _motion(row[6]),
+                            self._views(best))
+
+    def _views(self, best: CropRecord, n: int = VIEWS) -> tuple[CropRecord, ...]:
+        """Up to ``n`` other crops of ``best``'s track, of its model, spread over the track's
+        time (the best of each of n time slices), so evidence can be read from more than one."""
+        rows = [_record(r) for r in self._conn.execute(
+            f"SELECT {_CROP_COLUMNS} FROM crops WHERE camera = ? AND track_id = ? AND "
+            "model_id = ? AND vector_id != ? ORDER BY ts_ns",
+            (best.camera, best.track_id, best.model_id, best.vector_id))]
+        if len(rows) <= n:
+            return tuple(rows)
+        cuts = np.array_split(np.arange(len(rows)), n)
+        return tuple(max((rows[i] for i in cut), key=lambda r: r.quality) for cut in cuts)
 
     def max_track_id(self, camera: str) -> int:
         """Largest track id stored for ``camera`` (with crops or only a span), 0 when none
@@ -630,9 +660,10 @@ class SqliteMetadata:
 
     def track_spans(self) -> list[TrackSpan]:
         """Every recorded span (their boxes are not stored: zeros), by camera and track."""
-        return [TrackSpan(c, int(t), int(a), int(b)) for c, t, a, b in self._conn.execute(
-            "SELECT camera, track_id, first_ts_ns, last_ts_ns FROM track_spans ORDER BY 1, 2"
-        )]
+        return [TrackSpan(c, int(t), int(a), int(b), motion=_motion(m))
+                for c, t, a, b, m in self._conn.execute(
+                    "SELECT camera, track_id, first_ts_ns, last_ts_ns, motion FROM track_spans "
+                    "ORDER BY 1, 2")]
 
     def forgotten(self) -> list[ForgottenTrack]:
         """Every forgotten track, by camera and track."""

@@ -62,6 +62,7 @@ from refind.models.registry import build_embedder
 from refind.models.store import ModelStore
 from refind.streaming.config import KafkaConfig
 from refind.streaming.events import CropEvent, Event, ForgetEvent, TrackEvent, resolve_topic
+from refind.streaming.motion import TrackMotion
 from refind.streaming.records import CropRecord, TrackSpan
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,9 @@ def fold(events: Iterable[Event], n_shards: int) -> DurableRecord:
             record.max_vector_id = max(record.max_vector_id, e.vector_id)
         elif isinstance(e, TrackEvent) and e.phase == "end":
             key = (e.camera, e.track_id)
-            span = TrackSpan(e.camera, e.track_id, e.first_ts_ns, e.last_ts_ns, e.last_box)
+            motion = TrackMotion.from_dict(e.motion) if e.motion else None
+            span = TrackSpan(e.camera, e.track_id, e.first_ts_ns, e.last_ts_ns, e.last_box,
+                             motion=motion)
             record.spans[key] = record.spans[key].widened(span) if key in record.spans else span
         elif isinstance(e, ForgetEvent):
             key = (e.camera, e.track_id)

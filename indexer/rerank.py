@@ -98,6 +98,7 @@ class Reranked:
     hits: list[TrackletHit]
     message: str | None = None
     dropped: int = 0
+    ranking: tuple[TrackletHit, ...] = ()  # every candidate scored, best first, selected or not
 
 
 def _regions(hits: Sequence[TrackletHit], crops: CropStore) -> tuple[list[Region], list[int]]:
@@ -116,10 +117,17 @@ def _regions(hits: Sequence[TrackletHit], crops: CropStore) -> tuple[list[Region
         except CropStoreError as err:  # removed by retention or forget since the search
             log.warning("re-rank skips %s track %d: %s", h.camera, h.track_id, err)
             continue
+        views = []
+        for path in h.views:  # other crops of the tracklet: evidence over its time
+            try:
+                views.append(crops.read(path))
+            except CropStoreError:
+                continue
         w, ht = extent[h.camera]
         group = groups.setdefault((h.camera, h.best_frame_index), len(groups))
         regions.append(Region(crop=image, xyxy=h.best_xyxy,
-                              frame_wh=(math.ceil(w), math.ceil(ht)), group=group))
+                              frame_wh=(math.ceil(w), math.ceil(ht)), group=group,
+                              motion=h.motion, views=tuple(views)))
         kept.append(i)
     return regions, kept
 
@@ -157,9 +165,10 @@ def rerank_hits(
             score, why = rr, (f"{reranker.name} {rr:.2f}: {result.reasons[j]}",)
         scored.append((bool(result.selected[j]), replace(hit, score=score, reasons=why), rr, j))
     scored.sort(key=lambda s: s[1].score, reverse=True)
+    ranking = tuple(h for _, h, _, _ in scored)
     selected = [h for ok, h, _, _ in scored if ok]
     if selected:
-        return Reranked(selected, dropped=len(hits) - len(selected))
+        return Reranked(selected, dropped=len(hits) - len(selected), ranking=ranking)
     _, best, rr, j = max(scored, key=lambda s: s[2])
     reason = result.reasons[j]
     parts = re.split(r",\s(?![^()]*\))", reason)  # commas outside parentheses
@@ -170,4 +179,4 @@ def rerank_hits(
         what = f"lacked {', '.join(lacked)}" + (f" (had {', '.join(had)})" if had else "")
     message = (f"no tracklet matches {expression!r}: the best candidate, {best.camera} track "
                f"{best.track_id} ({reranker.name} score {rr:.2f}), {what}")
-    return Reranked([], message, len(hits))
+    return Reranked([], message, len(hits), ranking)

@@ -110,7 +110,8 @@ class Ranked:
     message: why there are no hits ("no tracklet matches ...") or that a text scan was bounded;
     reranker: the re-ranker applied ("none" if none); task: the embedder task used;
     scanned_tracks / scan_bounded: a text query on a plain ReID model scored that many tracks,
-    and stopped at ``search.text_scan_tracks``.
+    and stopped at ``search.text_scan_tracks``; ranking: every candidate the re-ranker scored,
+    best first, selected or not (what ``refind eval search`` ranks by; empty without one).
     """
 
     hits: list[TrackletHit]
@@ -119,6 +120,7 @@ class Ranked:
     task: str | None = None
     scanned_tracks: int | None = None
     scan_bounded: bool = False
+    ranking: tuple[TrackletHit, ...] = ()
 
 
 def choose_task(instruction: str | None, has_image: bool, task: str | None) -> str:
@@ -164,6 +166,7 @@ def _hit(summary: TrackSummary) -> TrackletHit:
         camera=summary.camera, track_id=summary.track_id, score=0.0,
         start_ts_ns=summary.start_ts_ns, end_ts_ns=summary.end_ts_ns, n_crops=summary.n_crops,
         best_frame_index=best.frame_index, best_xyxy=best.xyxy, thumbnail=best.crop_path,
+        motion=summary.motion, views=tuple(v.crop_path for v in summary.views),
     )
 
 
@@ -290,7 +293,7 @@ class SearchEngine:
             return Ranked(hits[:k])
         done = rerank_hits(reranker, text, hits, self.crops, weight=self.cfg.rerank_weight,
                            with_retrieval=with_retrieval)
-        return Ranked(done.hits[:k], done.message, reranker.name)
+        return Ranked(done.hits[:k], done.message, reranker.name, ranking=done.ranking)
 
     def _tracklets(self, hits: list[CropHit], k: int | None = None) -> list[TrackletHit]:
         """The best ``k`` tracklets (all if None) of the crop hits, best first."""
@@ -318,22 +321,24 @@ class SearchEngine:
                     best_frame_index=best_record.frame_index,
                     best_xyxy=best_record.xyxy,
                     thumbnail=best_record.crop_path,
+                    motion=summary.motion if summary else None,
+                    views=tuple(v.crop_path for v in summary.views
+                                if v.crop_path != best_record.crop_path) if summary else (),
                 )
             )
         return out
 
 
 def _check_composable(reranker: object, text: str, model_id: str) -> None:
-    """A plain gallery is read only through the composing referrer: refuse text that names
-    nothing it can check on a stored tracklet (stored tracklets keep no motion yet)."""
+    """A plain gallery is read only through the composing referrer: refuse text in which it
+    understands nothing at all, naming the words it could not read."""
     from refind.models.language import parse_query
 
     query = parse_query(text, getattr(reranker, "concepts", None))
-    if not any(t.kind != "motion" for t in query.terms):
+    if not query.terms:
         unread = f" (not understood: {', '.join(query.ignored)})" if query.ignored else ""
         raise QueryError(
-            f"model {model_id} cannot embed text, and {text!r} names nothing refind can check "
-            f"on a stored tracklet{unread}: name clothing colours, a bag, backpack or hat, hair, "
-            "a man or a woman, or where the person is in the frame (motion is not kept with "
-            "stored tracklets yet), or configure embedder type irm"
+            f"model {model_id} cannot embed text, and {text!r} names nothing refind can check"
+            f"{unread}: name clothing colours, a bag, backpack or hat, hair, a man or a woman, "
+            "where the person is in the frame or how they move, or configure embedder type irm"
         )

@@ -168,7 +168,8 @@ class Region:
     crop: (h, w, 3) uint8 BGR; xyxy: the box in frame pixels; frame_wh: the frame's size, so
     positions ("leftmost", "near the edge") can be judged; group: regions with the same group
     come from the same frame (relations such as "next to" hold only within a group); motion:
-    how the person's track moves around that moment (None when unknown).
+    how the person's track moves around that moment (None when unknown); views: other crops of
+    the same tracklet, so evidence can be read over its time (position comes from ``xyxy``).
     """
 
     crop: np.ndarray = field(repr=False)
@@ -176,6 +177,7 @@ class Region:
     frame_wh: tuple[int, int]
     group: int = 0
     motion: TrackMotion | None = None
+    views: tuple[np.ndarray, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,11 @@ from the evidence that bears on it:
 A negated term uses ``1 - p``. The candidate's match probability is the weighted geometric mean
 of its terms' probabilities (``exp(sum w log p / sum w)``), so one failed term pulls it well down
 whatever the number of terms. Selection, within each frame (``Region.group``): every candidate
-at or above ``threshold`` when the text speaks of several people; the best one when it speaks of
+above ``threshold`` when the text speaks of several people; the best one when it speaks of
 one; the best ``count`` when it names a number ("the two ...") as long as each reaches
-``count_floor``. Nobody is selected when no candidate passes, and when the text holds nothing
+``count_floor``. Across frames or tracklets (search: each tracklet is its own group), a text
+about one person keeps only the candidates within ``singular_margin`` of the best: one person
+seen as several tracklets scores alike, and a weaker match is someone else. Nobody is selected when no candidate passes, and when the text holds nothing
 checkable but words it could not read ("a child": nothing here can tell a child). Reasons read
 ``top red 0.82, backpack 0.71, walking left 0.90``; a term under 0.5 is marked ✗, and the words
 not understood end the reason ("ignored: 'umbrella'").
@@ -46,7 +48,7 @@ import numpy as np
 
 from refind.models.attribute_verifier import ATTRIBUTE_WEIGHTS, MISS, AttributeVerifier
 from refind.models.base import ATTRIBUTE_NAMES, PersonAttributes, Region, RerankResult
-from refind.models.body import Body, PoseModel, part_colours
+from refind.models.body import Body, PoseModel, part_colours, stand_in
 from refind.models.colours import COLOUR_NAMES, colour_match
 from refind.models.language import ConceptMap, ReferQuery, Term, parse_query
 
@@ -103,7 +105,8 @@ class ComposingReferrer:
 
     def __init__(self, attributes: AttributeVerifier, pose: PoseModel | None,
                  concepts: ConceptMap | None = None, threshold: float = 0.5,
-                 count_floor: float = 0.3, cache_size: int = 50_000) -> None:
+                 count_floor: float = 0.3, singular_margin: float = 0.1,
+                 cache_size: int = 50_000) -> None:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         self.attributes = attributes
@@ -111,6 +114,7 @@ class ComposingReferrer:
         self.concepts = concepts
         self.threshold = threshold
         self.count_floor = count_floor
+        self.singular_margin = singular_margin
         self.cache_size = cache_size
         self._colours: OrderedDict[bytes, dict[str, np.ndarray]] = OrderedDict()
 
@@ -126,23 +130,31 @@ class ComposingReferrer:
     # --- evidence --------------------------------------------------------------------------
 
     def evidence(self, regions: Sequence[Region]) -> list[Evidence]:
-        """Colours per part (cached by the crop's pixels) and attributes of each region."""
-        crops = [r.crop for r in regions]
+        """Colours per part and attributes of each region, averaged over its crop and its
+        ``views`` (other crops of the same tracklet); colours are cached by a crop's pixels."""
+        crops = [c for r in regions for c in (r.crop, *r.views)]
+        owner = np.array([i for i, r in enumerate(regions) for _ in range(1 + len(r.views))])
         attrs: PersonAttributes = self.attributes.attributes(crops)
         keys = [hashlib.blake2b(c.tobytes() + str(c.shape).encode(), digest_size=16).digest()
                 for c in crops]
-        todo = [i for i, k in enumerate(keys) if k not in self._colours]
+        todo = list({k: i for i, k in enumerate(keys) if k not in self._colours}.values())
         if todo:
             bodies: list[Body] = (self.pose([crops[i] for i in todo]) if self.pose is not None
-                                  else [_box_body(crops[i]) for i in todo])
+                                  else [stand_in(crops[i]) for i in todo])
             for i, body in zip(todo, bodies, strict=True):
                 self._colours[keys[i]] = _with_outfit(part_colours(crops[i], body))
-        out = []
-        for i, k in enumerate(keys):
+        per_crop = []
+        for k in keys:
             self._colours.move_to_end(k)
-            out.append(Evidence(self._colours[k], attrs.probs[i], regions[i]))
+            per_crop.append(self._colours[k])
         while len(self._colours) > self.cache_size:
             self._colours.popitem(last=False)
+        out = []
+        for i, region in enumerate(regions):
+            mine = np.nonzero(owner == i)[0]
+            colours = {part: np.mean([per_crop[j][part] for j in mine], axis=0)
+                       for part in per_crop[mine[0]]}
+            out.append(Evidence(colours, attrs.probs[mine].mean(axis=0), region))
         return out
 
     # --- scoring ---------------------------------------------------------------------------
@@ -186,6 +198,9 @@ class ComposingReferrer:
                 selected[order[scores[order] > self.threshold]] = True
             elif scores[order[0]] > self.threshold:
                 selected[order[0]] = True
+        if not query.plural and query.count is None and selected.any():
+            # one person, possibly seen as several tracklets: those about as good as the best
+            selected &= scores >= scores[selected].max() - self.singular_margin
         return selected
 
 
@@ -211,12 +226,6 @@ def _with_outfit(colours: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     out["outfit"] = (colours["top"] + colours["bottom"]) / 2.0
     out["carried"] = colours["person"]
     return out
-
-
-def _box_body(crop: np.ndarray) -> Body:
-    from refind.models.body import stand_in
-
-    return stand_in(crop)
 
 
 def _credit(term: Term, seen: str) -> float:

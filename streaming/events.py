@@ -153,14 +153,19 @@ class TrackEvent(BaseEvent):
     best_crop: str | None = Field(None, description="Path or URL of the best crop so far.")
     vector_ids: tuple[int, ...] = Field((), description="Gallery ids of the track's embeddings.")
     model_id: str | None = Field(None, min_length=1, description="Embedder of vector_ids.")
+    motion: dict[str, float] | None = Field(
+        None, description="How the track moved (phase end): vx, vy (person heights per second, "
+        "+x right, +y down), growth (d ln height / dt), speed, still (share of time standing), "
+        "duration_s, height_px; absent when too short to tell.")
 
     @classmethod
     def from_span(cls, span: TrackSpan, phase: TrackPhase, **fields: Any) -> TrackEvent:
         """The event of a track the tracker saw over ``span`` (at its last frame); ``fields``
         adds the crops (n_crops, best_crop, vector_ids, model_id)."""
+        motion = span.motion.as_dict() if span.motion is not None else None
         return cls(camera=span.camera, ts_ns=span.last_ts_ns, phase=phase,
                    track_id=span.track_id, first_ts_ns=span.first_ts_ns,
-                   last_ts_ns=span.last_ts_ns, last_box=span.last_xyxy, **fields)
+                   last_ts_ns=span.last_ts_ns, last_box=span.last_xyxy, motion=motion, **fields)
 
     @model_validator(mode="after")
     def _consistent(self) -> TrackEvent:

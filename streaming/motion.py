@@ -49,8 +49,62 @@ class TrackMotion:
         return self.vy + 2.0 * self.growth
 
     def as_dict(self) -> dict[str, float]:
-        return {k: round(float(getattr(self, k)), 4) for k in
-                ("vx", "vy", "growth", "speed", "still", "duration_s", "height_px")}
+        return {k: round(float(getattr(self, k)), 4) for k in _FIELDS}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, float]) -> TrackMotion:
+        """The motion ``as_dict`` wrote; a missing or unknown key is a ValueError naming it."""
+        missing = [k for k in _FIELDS if k not in d]
+        extra = [k for k in d if k not in _FIELDS]
+        if missing or extra:
+            raise ValueError(f"track motion needs {', '.join(_FIELDS)}; missing {missing}, "
+                             f"unknown {extra}")
+        return cls(**{k: float(d[k]) for k in _FIELDS})
+
+
+_FIELDS = ("vx", "vy", "growth", "speed", "still", "duration_s", "height_px")
+
+
+class TrackPath:
+    """The boxes of one open track over time, bounded: past ``cap`` samples every other one is
+    dropped and only every ``stride``-th new one is kept, so a track followed for hours costs
+    at most ``cap`` samples and still covers its whole time.
+
+    Example:
+        >>> path = TrackPath(cap=4)
+        >>> for i in range(10):
+        ...     path.add(i * 10**8, (i, 0, i + 10, 30))
+        >>> len(path), path.stride
+        (3, 4)
+    """
+
+    __slots__ = ("_seen", "_t", "_xyxy", "cap", "stride")
+
+    def __init__(self, cap: int = 256) -> None:
+        if cap < 2:
+            raise ValueError(f"cap must be at least 2, got {cap}")
+        self.cap, self.stride, self._seen = cap, 1, 0
+        self._t: list[int] = []
+        self._xyxy: list[tuple[float, float, float, float]] = []
+
+    def __len__(self) -> int:
+        return len(self._t)
+
+    def add(self, ts_ns: int, xyxy: tuple[float, float, float, float]) -> None:
+        self._seen += 1
+        if (self._seen - 1) % self.stride:
+            return
+        self._t.append(int(ts_ns))
+        self._xyxy.append(xyxy)
+        if len(self._t) > self.cap:
+            self._t, self._xyxy = self._t[::2], self._xyxy[::2]
+            self.stride *= 2
+
+    def motion(self) -> TrackMotion | None:
+        """The track's motion so far (``track_motion``), None while too short to tell."""
+        if len(self._t) < 3:
+            return None
+        return track_motion(np.asarray(self._t, np.float64) / 1e9, np.asarray(self._xyxy))
 
 
 def track_motion(times_s: ArrayLike, xyxy: ArrayLike) -> TrackMotion | None:

@@ -46,6 +46,7 @@ from refind.streaming.appearance import BoxEmbedder, EmbedFn
 from refind.streaming.config import CropConfig, TrackerConfig
 from refind.streaming.crops import CropSelector, as_stored
 from refind.streaming.metrics import Metrics
+from refind.streaming.motion import TrackPath
 from refind.streaming.records import Crop, Detections, Frame, Tracks, TrackSpan
 from refind.streaming.tracker import ByteTracker
 
@@ -115,12 +116,13 @@ class FrameResult:
 class _OpenTrack:
     """The span of a track still being reported (mutable, inside the pipeline only)."""
 
-    __slots__ = ("first_ts_ns", "frames", "last_ts_ns", "last_xyxy")
+    __slots__ = ("first_ts_ns", "frames", "last_ts_ns", "last_xyxy", "path")
 
     def __init__(self, ts_ns: int) -> None:
         self.first_ts_ns = self.last_ts_ns = ts_ns
         self.last_xyxy: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
         self.frames = 0
+        self.path = TrackPath()  # its boxes over time, for the motion of the ended track
 
 
 class CameraPipeline:
@@ -269,6 +271,7 @@ class CameraPipeline:
                 self.tracks_started += 1
             track.last_ts_ns = frame.ts_ns
             track.last_xyxy = tuple(round(v, 1) for v in box)  # type: ignore[assignment]
+            track.path.add(frame.ts_ns, track.last_xyxy)
             track.frames += 1
             if track.frames == 1:
                 started.append(self._span(tid, track))
@@ -283,7 +286,7 @@ class CameraPipeline:
             track = self._open.pop(tid, None)
             if track is None:  # confirmed but never reported in a frame: nothing was seen
                 continue
-            spans.append(self._span(tid, track))
+            spans.append(replace(self._span(tid, track), motion=track.path.motion()))
             notes = {f"{s.name}.{k}": v for s in self._stages for k, v in s.end(tid).items()}
             if notes:
                 analysis[tid] = notes

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from refind.streaming.motion import TrackMotion
+
 
 def _as_boxes(xyxy: np.ndarray, name: str) -> np.ndarray:
     boxes = np.asarray(xyxy, dtype=np.float32)
@@ -143,7 +145,8 @@ class TrackSpan:
 
     first_ts_ns, last_ts_ns: the first and last frame the track was reported in; last_xyxy: its
     box in the last of them (zeros when unknown, as in spans read back from storage); frames:
-    how many frames reported it (0 when unknown).
+    how many frames reported it (0 when unknown); motion: how it moved over the whole track
+    (``refind.streaming.motion``; set when the track ends, None when unknown).
 
     Example:
         >>> TrackSpan("gate", 7, 1_000, 3_000).seconds
@@ -156,6 +159,7 @@ class TrackSpan:
     last_ts_ns: int
     last_xyxy: Box = (0.0, 0.0, 0.0, 0.0)
     frames: int = 0
+    motion: TrackMotion | None = None
 
     def __post_init__(self) -> None:
         if self.last_ts_ns < self.first_ts_ns:
@@ -170,13 +174,15 @@ class TrackSpan:
 
     def widened(self, other: TrackSpan) -> TrackSpan:
         """The span covering this one and ``other`` (the same track recorded twice, say): the
-        later one's box, the larger frame count."""
+        later one's box, the larger frame count, the later known motion."""
         later = other if other.last_ts_ns >= self.last_ts_ns else self
+        earlier = self if later is other else other
         return replace(
             later,
             first_ts_ns=min(self.first_ts_ns, other.first_ts_ns),
             last_ts_ns=max(self.last_ts_ns, other.last_ts_ns),
             frames=max(self.frames, other.frames),
+            motion=later.motion if later.motion is not None else earlier.motion,
         )
 
 
@@ -386,6 +392,8 @@ class TrackletHit:
     best_xyxy: tuple[float, float, float, float]
     thumbnail: str
     reasons: tuple[str, ...] = ()  # why it ranks here, e.g. ("backpack 0.93", "red top")
+    motion: TrackMotion | None = None  # how the track moved, when its span recorded it
+    views: tuple[str, ...] = ()  # other crops of the track (paths, as thumbnail), for evidence
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -399,4 +407,5 @@ class TrackletHit:
             "best_xyxy": [round(v, 1) for v in self.best_xyxy],
             "thumbnail": self.thumbnail,
             "reasons": list(self.reasons),
+            "motion": self.motion.as_dict() if self.motion is not None else None,
         }

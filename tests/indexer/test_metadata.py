@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from refind.indexer.metadata import SCHEMA_VERSION, SqliteMetadata, _crop_filter
+from refind.streaming.motion import TrackMotion
 from refind.streaming.records import CropRecord, Embeddings, SearchFilter, TrackSpan
 from tests.indexer.conftest import CAMERAS, DIM, MODEL, crop_records
 
@@ -170,8 +171,37 @@ def test_track_span_covers_what_the_tracker_saw(meta):
     assert meta.track(rec.camera, rec.track_id).start_ts_ns == first
 
 
+def _undo_schema_5(conn: sqlite3.Connection) -> None:
+    """Take a database back to schema 4 (no motion column on track spans)."""
+    conn.execute("ALTER TABLE track_spans DROP COLUMN motion")
+    conn.execute("UPDATE schema_version SET version = 4")
+
+
+def test_schema_4_database_gets_track_motion(tmp_path):
+    db = tmp_path / "old.sqlite3"
+    meta = SqliteMetadata(db)
+    _add(meta, 3)
+    rec = meta.crops([0])[0]
+    meta.set_track_spans([TrackSpan(rec.camera, rec.track_id, 0, 10)])
+    meta.close()
+    with sqlite3.connect(db) as conn:
+        _undo_schema_5(conn)
+    meta = SqliteMetadata(db)
+    assert meta.schema_version() == SCHEMA_VERSION == 5
+    assert meta.track(rec.camera, rec.track_id).motion is None  # kept, motion unknown
+    moving = TrackMotion(vx=-0.7, vy=0.1, growth=0.02, speed=0.7, still=0.0, duration_s=4.0,
+                         height_px=80.0)
+    meta.set_track_spans([TrackSpan(rec.camera, rec.track_id, 0, 12, motion=moving)])
+    assert meta.track(rec.camera, rec.track_id).motion == moving
+    meta.set_track_spans([TrackSpan(rec.camera, rec.track_id, 0, 12)])  # unknown: kept
+    assert meta.track(rec.camera, rec.track_id).motion == moving
+    assert [s.motion for s in meta.track_spans()] == [moving]
+    meta.close()
+
+
 def _undo_schema_4(conn: sqlite3.Connection) -> None:
     """Take a database back to schema 3 (no track span column, its triggers or indexes)."""
+    _undo_schema_5(conn)
     for trigger in ("tracks_span_insert", "tracks_span_update", "track_spans_insert",
                     "track_spans_update", "track_spans_delete"):
         conn.execute(f"DROP TRIGGER {trigger}")
@@ -191,7 +221,7 @@ def test_schema_1_database_is_migrated(tmp_path):
             conn.execute(f"DROP TABLE {table}")
         conn.execute("UPDATE schema_version SET version = 1")
     meta = SqliteMetadata(db)
-    assert meta.schema_version() == SCHEMA_VERSION == 4
+    assert meta.schema_version() == SCHEMA_VERSION == 5
     meta.set_track_spans([TrackSpan("c", 1, 0, 10)])
     meta.close()
 
@@ -339,3 +369,15 @@ def test_min_track_filter_reads_tracks_first(meta):
     plan = " | ".join(r[3] for r in meta._conn.execute(
         f"EXPLAIN QUERY PLAN SELECT crops.vector_id FROM {source}", args))
     assert "crops_track_model_ts" in plan and "SCAN crops" not in plan, plan
+
+
+def test_a_summary_names_other_crops_of_the_track_spread_over_its_time(meta):
+    _add(meta, 200)  # 5 crops per track and camera: tracks of 5, best by quality
+    rec = meta.crops([0])[0]
+    summary = meta.track(rec.camera, rec.track_id)
+    views = summary.views
+    assert 0 < len(views) <= 3 and summary.best not in views
+    assert all((v.camera, v.track_id) == (rec.camera, rec.track_id) for v in views)
+    assert [v.ts_ns for v in views] == sorted(v.ts_ns for v in views)  # one per time slice
+    other = _add(meta, 5, model_id="other-model")  # a second model's copies are not views
+    assert other is not None and meta.track(rec.camera, rec.track_id).views == views

@@ -53,3 +53,48 @@ def test_bad_input_is_refused() -> None:
         track_motion(t[:-1], boxes)
     with pytest.raises(ValueError, match="increase"):
         track_motion(t[::-1], boxes)
+
+
+def test_an_ended_track_carries_its_motion_through_its_event() -> None:
+    """The pipeline follows a box walking right for 3 s; the ended span says so, and the track
+    end event (what the journal, Kafka and rebuild keep) carries the same motion back."""
+    from refind.streaming.config import CropConfig, TrackerConfig
+    from refind.streaming.events import TrackEvent
+    from refind.streaming.motion import TrackMotion
+    from refind.streaming.pipeline import CameraPipeline
+    from refind.streaming.records import Detections, Frame
+
+    pipe = CameraPipeline("gate", TrackerConfig(appearance_weight=0), CropConfig(),
+                          select_crops=False)
+    image = np.zeros((240, 320, 3), np.uint8)
+    for i in range(30):  # 10 fps, 20 px/s on a 120 px tall person: 1/6 height per second
+        x = 50 + 2 * i
+        pipe.process(Frame("gate", i, i * 10**8, image),
+                     Detections(np.array([[x, 50, x + 40, 170]], np.float32), np.array([0.9]),
+                                np.array([0])))
+    [span] = pipe.finish().ended
+    assert span.motion is not None
+    assert span.motion.vx == pytest.approx(1 / 6, abs=0.02) and span.motion.still < 0.5
+    event = TrackEvent.from_span(span, "end")
+    again = TrackEvent.model_validate_json(event.model_dump_json(by_alias=True))
+    back = TrackMotion.from_dict(again.motion)
+    assert back.vx == pytest.approx(span.motion.vx, abs=1e-3)
+    assert back.still == span.motion.still and back.duration_s == pytest.approx(span.seconds)
+
+
+def test_a_long_track_keeps_a_bounded_path() -> None:
+    from refind.streaming.motion import TrackPath
+
+    path = TrackPath(cap=64)
+    for i in range(10_000):  # 1000 s at 10 fps, walking left
+        path.add(i * 10**8, (1000 - 0.5 * i, 0, 1040 - 0.5 * i, 100))
+    assert len(path) <= 64
+    m = path.motion()
+    assert m is not None and m.duration_s > 990 and m.vx == pytest.approx(-0.05, abs=0.005)
+
+
+def test_motion_from_dict_names_bad_keys() -> None:
+    from refind.streaming.motion import TrackMotion
+
+    with pytest.raises(ValueError, match="missing"):
+        TrackMotion.from_dict({"vx": 1.0})
