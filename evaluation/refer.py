@@ -228,10 +228,12 @@ def evaluate_refer(
 ) -> dict[str, dict[str, object]]:
     """HumanRef metrics per re-ranker; ``candidates(image, item)`` gives the (m, 4) boxes to choose
     from (default: the annotation's boxes), ``motions(item, boxes)`` their tracks' motion
-    (``track_motions``; default: unknown)."""
+    (``track_motions``; default: unknown). Where a re-ranker located the part an expression is
+    about, ``parts`` lists it per line for the selected candidates."""
     from tqdm import tqdm
 
     images: dict[Path, np.ndarray] = {}
+    parts: dict[str, list[dict[str, object]]] = {k: [] for k in rerankers}
     pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {k: [] for k in rerankers}
     by_kind: dict[str, dict[str, list]] = {k: {} for k in rerankers}
     for item in tqdm(items, desc="eval refer", unit="expr", disable=not progress):
@@ -245,12 +247,18 @@ def evaluate_refer(
         regions = _regions(image, boxes, motions(item, boxes) if motions else None)
         target_boxes = item.boxes[list(item.targets)]
         for name, rr in rerankers.items():
-            chosen = rr(item.expression, regions).selected if regions else np.zeros(0, bool)
+            result = rr(item.expression, regions) if regions else None
+            chosen = result.selected if result is not None else np.zeros(0, bool)
+            if result is not None and result.parts:  # the text was about a part: where it is
+                parts[name].append({"line": item.line, "parts": [
+                    result.parts[i].to_json() for i in np.nonzero(chosen)[0]
+                    if result.parts[i] is not None]})
             pair = (target_boxes, boxes[np.asarray(chosen, bool)])
             pairs[name].append(pair)
             by_kind[name].setdefault(str(item.extra.get("kind", "all")), []).append(pair)
     return {
         name: summarise(p) | {"by_kind": {k: summarise(v) for k, v in sorted(by_kind[name].items())}}
+        | ({"parts": parts[name]} if parts[name] else {})
         for name, p in pairs.items()
     }
 

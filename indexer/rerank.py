@@ -163,7 +163,10 @@ def rerank_hits(
             why = (f"appearance {hit.score:.2f}", f"{reranker.name} {rr:.2f}: {result.reasons[j]}")
         else:
             score, why = rr, (f"{reranker.name} {rr:.2f}: {result.reasons[j]}",)
-        scored.append((bool(result.selected[j]), replace(hit, score=score, reasons=why), rr, j))
+        part = result.parts[j] if j < len(result.parts) else None
+        scored.append((bool(result.selected[j]),
+                       replace(hit, score=score, reasons=why,
+                               part=part.to_json() if part is not None else None), rr, j))
     scored.sort(key=lambda s: s[1].score, reverse=True)
     ranking = tuple(h for _, h, _, _ in scored)
     selected = [h for ok, h, _, _ in scored if ok]

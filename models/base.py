@@ -191,6 +191,24 @@ class RerankResult:
     scores: np.ndarray
     selected: np.ndarray
     reasons: tuple[str, ...]
+    parts: tuple[PartRegion | None, ...] = ()  # per region, when the text is about a part
+
+
+@dataclass(frozen=True)
+class PartRegion:
+    """Where a part of a person is ("her trousers", "the red bag"), in frame pixels.
+
+    part: top | bottom | shoes | hair | head; xyxy: its box; polygon: its outline ((k, 2) x, y
+    points, from the person mask cut by the body's keypoints), empty when unknown.
+    """
+
+    part: str
+    xyxy: tuple[float, float, float, float]
+    polygon: tuple[tuple[float, float], ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        return {"part": self.part, "box": [round(v, 1) for v in self.xyxy],
+                "polygon": [[round(x, 1), round(y, 1)] for x, y in self.polygon]}
 
 
 @runtime_checkable

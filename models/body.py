@@ -83,6 +83,22 @@ class Body:
         y = np.arange(h, dtype=np.float32)[:, None]  # (h, 1)
         return {part: self.mask & (y >= a) & (y < b) for part, (a, b) in self._rows().items()}
 
+    def part_outlines(self) -> dict[str, tuple[tuple[float, float, float, float],
+                                               tuple[tuple[float, float], ...]]]:
+        """Box and outline (the largest contour of its mask, simplified to ~1.5 px) of each
+        non-empty part, in crop pixels."""
+        out = {}
+        for part, m in self.part_masks().items():
+            contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                           cv2.CHAIN_APPROX_SIMPLE)
+            if not contours:
+                continue
+            c = cv2.approxPolyDP(max(contours, key=cv2.contourArea), 1.5, True).reshape(-1, 2)
+            x, y, w, h = cv2.boundingRect(m.astype(np.uint8))
+            out[part] = ((float(x), float(y), float(x + w), float(y + h)),
+                         tuple((float(px), float(py)) for px, py in c))
+        return out
+
     def part_boxes(self) -> dict[str, tuple[float, float, float, float]]:
         """The box (crop pixels, x1 y1 x2 y2) of each non-empty part."""
         out = {}

@@ -189,7 +189,9 @@ _ATTRIBUTE_LABELS = {"is_male": "man", "has_bag": "bag", "has_backpack": "backpa
 @dataclass(frozen=True)
 class ReferQuery:
     """What a text asks for: terms, how many people (``count``: an exact number or None;
-    ``plural``: several may match), the words not understood, and words mapped by MiniLM."""
+    ``plural``: several may match), the words not understood, words mapped by MiniLM, and the
+    part of the person the text is about, when it names a part before any person ("the red
+    bag", "his jacket", "her trousers": ``top``, ``bottom``, ``shoes``, ``hair``, ``head``)."""
 
     text: str
     terms: tuple[Term, ...] = ()
@@ -197,6 +199,7 @@ class ReferQuery:
     plural: bool = False
     ignored: tuple[str, ...] = ()
     mapped: tuple[tuple[str, str], ...] = ()
+    part: str | None = None  # the text is about this part of a person ("her trousers")
 
     @property
     def checkable(self) -> bool:
@@ -205,7 +208,7 @@ class ReferQuery:
     def as_dict(self) -> dict[str, object]:
         return {
             "terms": [t.label() for t in self.terms], "count": self.count, "plural": self.plural,
-            "ignored": list(self.ignored), "mapped": dict(self.mapped),
+            "ignored": list(self.ignored), "mapped": dict(self.mapped), "part": self.part,
         }  # fmt: skip
 
 
@@ -414,7 +417,30 @@ def parse_query(text: str, concepts: ConceptMap | None = None) -> ReferQuery:
     seen: dict[tuple[str, str, str, bool], Term] = {}
     for t in terms:
         seen[(t.kind, t.value, t.part, t.superlative)] = t
-    return ReferQuery(text, tuple(seen.values()), count, plural, ignored, tuple(mapped))
+    return ReferQuery(text, tuple(seen.values()), count, plural, ignored, tuple(mapped),
+                      _part_asked(words))
+
+
+PERSON_WORDS = {"person", "someone", "somebody", "one", "man", "woman", "guy", "lady", "people",
+                "men", "women", "individual", "pedestrian", "figure", "anyone", "everyone",
+                "gentleman", "girl", "boy", "child", "he", "she", "who"}
+# what a carried or worn thing's region is taken to be: a bag or backpack on the torso
+_PART_OF_THING = {"backpack": "top", "rucksack": "top", "knapsack": "top", "bag": "top",
+                  "handbag": "top", "purse": "top", "satchel": "top", "briefcase": "top",
+                  "hat": "head", "cap": "head", "beanie": "head", "helmet": "head"}
+
+
+def _part_asked(words: list[str]) -> str | None:
+    """The part a text is about: a garment or carried thing named before any person word."""
+    for w in words:
+        if w in PERSON_WORDS or (w in ATTRIBUTE_WORDS and ATTRIBUTE_WORDS[w][0] == "is_male" \
+                and w not in ("his", "her", "him")):
+            return None
+        if w in _PART_OF_THING:
+            return _PART_OF_THING[w]
+        if w in GARMENT_PART and w not in ("haired", "upper", "lower"):
+            return GARMENT_PART[w]
+    return None
 
 
 _HAVING = {"with", "carrying", "holding", "walking", "pushing", "pulling", "riding", "in",

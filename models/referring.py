@@ -42,12 +42,18 @@ import hashlib
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from refind.models.attribute_verifier import ATTRIBUTE_WEIGHTS, MISS, AttributeVerifier
-from refind.models.base import ATTRIBUTE_NAMES, PersonAttributes, Region, RerankResult
+from refind.models.base import (
+    ATTRIBUTE_NAMES,
+    PartRegion,
+    PersonAttributes,
+    Region,
+    RerankResult,
+)
 from refind.models.body import Body, PoseModel, part_colours, stand_in
 from refind.models.colours import COLOUR_NAMES, colour_match
 from refind.models.language import ConceptMap, ReferQuery, Term, parse_query
@@ -75,12 +81,24 @@ def _sigmoid(x: float) -> float:
 
 @dataclass(frozen=True)
 class Evidence:
-    """What is known of one candidate: colour fractions per part, 0230 attributes (row of
-    ``attrs``), box, frame size and motion."""
+    """What is known of one candidate: colour fractions per part, 0230 attributes, its region
+    (box, frame size, motion) and the outlines of its parts."""
 
     colours: dict[str, np.ndarray]
     attrs: np.ndarray  # (8,) float32 0230 probabilities
     region: Region
+    outlines: dict = field(default_factory=dict)  # part -> (box, polygon) in its crop's pixels
+
+    def part_region(self, part: str) -> PartRegion | None:
+        """Where ``part`` is in the frame: its box and outline mapped from the crop."""
+        if part not in self.outlines:
+            return None
+        (bx1, by1, bx2, by2), polygon = self.outlines[part]
+        x1, y1, x2, y2 = self.region.xyxy
+        h, w = self.region.crop.shape[:2]
+        sx, sy = (x2 - x1) / max(w, 1), (y2 - y1) / max(h, 1)
+        return PartRegion(part, (x1 + bx1 * sx, y1 + by1 * sy, x1 + bx2 * sx, y1 + by2 * sy),
+                          tuple((x1 + px * sx, y1 + py * sy) for px, py in polygon))
 
 
 @dataclass(frozen=True)
@@ -116,7 +134,8 @@ class ComposingReferrer:
         self.count_floor = count_floor
         self.singular_margin = singular_margin
         self.cache_size = cache_size
-        self._colours: OrderedDict[bytes, dict[str, np.ndarray]] = OrderedDict()
+        # per crop (by its pixels): colour fractions per part, and each part's box and outline
+        self._colours: OrderedDict[bytes, tuple[dict[str, np.ndarray], dict]] = OrderedDict()
 
     @classmethod
     def from_store(cls, store: object, threshold: float = 0.5) -> ComposingReferrer:
@@ -142,7 +161,8 @@ class ComposingReferrer:
             bodies: list[Body] = (self.pose([crops[i] for i in todo]) if self.pose is not None
                                   else [stand_in(crops[i]) for i in todo])
             for i, body in zip(todo, bodies, strict=True):
-                self._colours[keys[i]] = _with_outfit(part_colours(crops[i], body))
+                self._colours[keys[i]] = (_with_outfit(part_colours(crops[i], body)),
+                                          body.part_outlines())
         per_crop = []
         for k in keys:
             self._colours.move_to_end(k)
@@ -152,9 +172,10 @@ class ComposingReferrer:
         out = []
         for i, region in enumerate(regions):
             mine = np.nonzero(owner == i)[0]
-            colours = {part: np.mean([per_crop[j][part] for j in mine], axis=0)
-                       for part in per_crop[mine[0]]}
-            out.append(Evidence(colours, attrs.probs[mine].mean(axis=0), region))
+            colours = {part: np.mean([per_crop[j][0][part] for j in mine], axis=0)
+                       for part in per_crop[mine[0]][0]}
+            out.append(Evidence(colours, attrs.probs[mine].mean(axis=0), region,
+                                per_crop[mine[0]][1]))
         return out
 
     # --- scoring ---------------------------------------------------------------------------
@@ -184,7 +205,8 @@ class ComposingReferrer:
         selected = self._select(query, scores, [r.group for r in regions])
         reasons = tuple(", ".join([*(s.text() for s in row), *([tail] if tail else [])])
                         for row in scored)
-        return RerankResult(scores, selected, reasons)
+        parts = tuple(e.part_region(query.part) for e in evidence) if query.part else ()
+        return RerankResult(scores, selected, reasons, parts)
 
     def _select(self, query: ReferQuery, scores: np.ndarray, groups: Sequence[int]) -> np.ndarray:
         selected = np.zeros(len(scores), bool)

@@ -394,6 +394,7 @@ class TrackletHit:
     reasons: tuple[str, ...] = ()  # why it ranks here, e.g. ("backpack 0.93", "red top")
     motion: TrackMotion | None = None  # how the track moved, when its span recorded it
     views: tuple[str, ...] = ()  # other crops of the track (paths, as thumbnail), for evidence
+    part: dict[str, object] | None = None  # the part the text asked about (PartRegion.to_json)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -408,4 +409,5 @@ class TrackletHit:
             "thumbnail": self.thumbnail,
             "reasons": list(self.reasons),
             "motion": self.motion.as_dict() if self.motion is not None else None,
+            "part": self.part,
         }

@@ -164,3 +164,27 @@ def test_real_models_on_pets_frame(model_store) -> None:
     assert all(b.from_pose for b in bodies)
     boxes = bodies[3].part_boxes()
     assert boxes["top"][1] < boxes["bottom"][1] < boxes["shoes"][3]
+
+
+@pytest.mark.parametrize(("text", "part"), [
+    ("the red top", "top"), ("his jeans", "bottom"), ("her black shoes", "shoes"),
+    ("the blue backpack", "top"), ("the man in a red top", None), ("someone with a bag", None),
+])
+def test_a_text_about_a_part_names_it(text: str, part: str | None) -> None:
+    from refind.models.language import parse_query
+
+    assert parse_query(text).part == part
+
+
+def test_a_part_comes_back_with_its_box_and_outline_in_frame_pixels() -> None:
+    result = _referrer()("his blue jeans", PEOPLE)
+    assert result.selected.tolist() == [True, False, False]
+    part = result.parts[0]
+    assert part is not None and part.part == "bottom"
+    x1, y1, x2, y2 = PEOPLE[0].xyxy
+    bx1, by1, bx2, by2 = part.xyxy
+    assert x1 <= bx1 < bx2 <= x2 and (y1 + y2) / 2 <= by1 < by2 <= y2  # the lower half
+    assert len(part.polygon) >= 4
+    assert all(bx1 - 1 <= px <= bx2 + 1 and by1 - 1 <= py <= by2 + 1 for px, py in part.polygon)
+    assert part.to_json()["part"] == "bottom"
+    assert _referrer()("the man in blue jeans", PEOPLE).parts == ()  # about a person
