@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--split", choices=("all", "even", "odd"), default="all",
                    help="alternate annotated frames: even = 1st, 3rd, ... (development), "
                         "odd = 2nd, 4th, ... (held out)")
+    x.add_argument("--calibrate", action="store_true",
+                   help="fit the composing referrer's Platt scaling on these expressions "
+                        "(its uncalibrated scores) and print it with the calibration error")
     _add_common(x, data_dir=False)
     x = ev.add_parser("search", help="clip-level text queries through the real search: "
                       "recall@1/@5, mAP over identities, DensityF1 and rejection (per kind)")
@@ -150,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--queries", type=Path, required=True,
                    help='JSON lines {"text", "identities": [GT ids], "kind"}')
     x.add_argument("--camera", help="camera name of the clip (default: the file's stem)")
+    x.add_argument("--rerank", choices=RERANKER_NAMES,
+                   help="re-ranker of the text queries (default: search.rerank)")
     x.add_argument("--split", choices=("all", "even", "odd"), default="all",
                    help="alternate query lines: even = 1st, 3rd, ... (development), odd = 2nd, "
                         "4th, ... (held out)")

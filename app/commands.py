@@ -14,6 +14,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from refind.config import RefindConfig
@@ -546,6 +547,8 @@ def evaluate_refer(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, obj
     items = eval_refer.split_items(eval_refer.read_annotations(args.annotations), args.split)
     if args.video is not None and not args.video.is_file():
         raise FileNotFoundError(f"--video not found: {args.video}")
+    if args.calibrate:
+        return _calibrate_compose(args, cfg, items)
     names = [args.rerank] if args.rerank else ["none", "attributes", "compose", "refer"]
     if args.mllm_dir and "mllm" not in names and not args.rerank:
         names.append("mllm")
@@ -570,6 +573,35 @@ def evaluate_refer(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, obj
         print(eval_refer.format_table(results))
     return {"boxes": args.boxes, "split": args.split, "n_expressions": len(items),
             "motion": motions is not None, "results": results}
+
+
+def _calibrate_compose(args: argparse.Namespace, cfg: RefindConfig,
+                       items: list) -> dict[str, object]:
+    """``eval refer --calibrate``: Platt scaling of the composing referrer's composed scores on
+    ``items`` (models/referring.py keeps the result as CALIBRATION)."""
+    from refind.evaluation import refer as eval_refer
+    from refind.models.referring import ComposingReferrer, platt
+
+    store = ModelStore.from_config(cfg.models)
+    base = ComposingReferrer.from_store(store)
+    raw = ComposingReferrer(base.attributes, base.pose, base.concepts, calibration=None)
+    motions = (eval_refer.track_motions(args.video, cfg, progress=not args.json)
+               if args.video is not None else None)
+    labelled: dict[str, list[tuple[float, int]]] = {}
+    eval_refer.evaluate_refer(items, {"compose": raw}, None, progress=not args.json,
+                              motions=motions, scores_out=labelled)
+    pairs = labelled["compose"]
+    a, b = eval_refer.fit_platt(pairs)
+    probs = platt(np.array([x for x, _ in pairs]), (a, b))
+    calibrated = [(float(q), y) for q, (_, y) in zip(probs, pairs, strict=True)]
+    result = {"calibration": [round(a, 4), round(b, 4)], "candidates": len(pairs),
+              "ece_before": eval_refer.expected_calibration_error(pairs),
+              "ece_after": eval_refer.expected_calibration_error(calibrated)}
+    if not args.json:
+        print(f"compose on {args.annotations} ({args.split}): {len(pairs)} candidates; "
+              f"CALIBRATION = ({a:.4f}, {b:.4f}); calibration error {result['ece_before']:.3f} "
+              f"-> {result['ece_after']:.3f}")
+    return result
 
 
 def evaluate_search(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
@@ -624,7 +656,8 @@ def _search_clip(args: argparse.Namespace, cfg: RefindConfig, camera: str,
             plan = plan_query(q.text, now=datetime.now(tz), known_cameras=[camera], tz=tz,
                               cameras=[camera])
             try:
-                ranked = engine.search_text(plan.text_query(len(crops_by_track) or 1))
+                ranked = engine.search_text(plan.text_query(len(crops_by_track) or 1,
+                                                            rerank=args.rerank))
             except QueryError as err:  # refused, as `refind search` would: nothing found
                 ranked = Ranked([], str(err))
             order = ranked.ranking or tuple(ranked.hits)

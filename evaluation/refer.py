@@ -225,14 +225,20 @@ def evaluate_refer(
     candidates: Callable[[np.ndarray, ReferItem], np.ndarray] | None = None,
     progress: bool = False,
     motions: Callable[[ReferItem, np.ndarray], list[TrackMotion | None]] | None = None,
+    scores_out: dict[str, list[tuple[float, int]]] | None = None,
 ) -> dict[str, dict[str, object]]:
     """HumanRef metrics per re-ranker; ``candidates(image, item)`` gives the (m, 4) boxes to choose
     from (default: the annotation's boxes), ``motions(item, boxes)`` their tracks' motion
     (``track_motions``; default: unknown). Where a re-ranker located the part an expression is
-    about, ``parts`` lists it per line for the selected candidates."""
+    about, ``parts`` lists it per line for the selected candidates. ``ece`` is the expected
+    calibration error of the scores as probabilities that a candidate is a target;
+    ``scores_out``, when given, receives every (score, is target) pair per re-ranker."""
     from tqdm import tqdm
 
     images: dict[Path, np.ndarray] = {}
+    labelled: dict[str, list[tuple[float, int]]] = {k: [] for k in rerankers}
+    if scores_out is not None:
+        scores_out.update(labelled)  # the same lists, filled below
     parts: dict[str, list[dict[str, object]]] = {k: [] for k in rerankers}
     pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {k: [] for k in rerankers}
     by_kind: dict[str, dict[str, list]] = {k: {} for k in rerankers}
@@ -255,12 +261,64 @@ def evaluate_refer(
                     if result.parts[i] is not None]})
             pair = (target_boxes, boxes[np.asarray(chosen, bool)])
             pairs[name].append(pair)
+            if result is not None:  # each candidate's score against whether it is a target
+                labelled[name] += zip(result.scores.tolist(),
+                                      is_target(boxes, target_boxes).tolist(), strict=True)
             by_kind[name].setdefault(str(item.extra.get("kind", "all")), []).append(pair)
     return {
         name: summarise(p) | {"by_kind": {k: summarise(v) for k, v in sorted(by_kind[name].items())}}
         | ({"parts": parts[name]} if parts[name] else {})
+        | {"ece": expected_calibration_error(labelled[name])}
         for name, p in pairs.items()
     }
+
+
+def is_target(boxes: np.ndarray, targets: np.ndarray, min_iou: float = 0.5) -> np.ndarray:
+    """(m,) int: 1 for a candidate box that overlaps a target box (IoU >= ``min_iou``)."""
+    if not len(boxes) or not len(targets):
+        return np.zeros(len(boxes), np.int64)
+    iou = iou_matrix(np.asarray(boxes, np.float64).reshape(-1, 4),
+                     np.asarray(targets, np.float64).reshape(-1, 4))  # (m, t)
+    return (iou.max(axis=1) >= min_iou).astype(np.int64)
+
+
+def expected_calibration_error(labelled: Sequence[tuple[float, int]], bins: int = 10) -> float:
+    """Mean |score - share of targets| over ``bins`` equal score bins, weighted by their size
+    (NaN when empty)."""
+    if not labelled:
+        return float("nan")
+    s = np.array([x for x, _ in labelled], np.float64)
+    y = np.array([t for _, t in labelled], np.float64)
+    idx = np.clip((s * bins).astype(int), 0, bins - 1)
+    return float(sum(abs(s[idx == b].mean() - y[idx == b].mean()) * (idx == b).sum()
+                     for b in range(bins) if (idx == b).any()) / len(s))
+
+
+def fit_platt(labelled: Sequence[tuple[float, int]]) -> tuple[float, float]:
+    """Platt scaling: (a, b) with ``sigmoid(a * logit(score) + b)`` the probability that a
+    candidate is a target, by Newton's method on the log loss."""
+    s = np.clip(np.array([x for x, _ in labelled], np.float64), 1e-3, 1 - 1e-3)
+    y = np.array([t for _, t in labelled], np.float64)
+    x = np.log(s / (1 - s))
+
+    def loss(ab: np.ndarray) -> float:
+        z = ab[0] * x + ab[1]
+        return float(np.sum(np.logaddexp(0.0, z) - y * z))
+
+    ab = np.array([1.0, 0.0])
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-(ab[0] * x + ab[1])))
+        grad = np.array([np.sum((p - y) * x), np.sum(p - y)])
+        w = p * (1 - p)
+        hess = np.array([[np.sum(w * x * x), np.sum(w * x)], [np.sum(w * x), np.sum(w)]])
+        step = np.linalg.solve(hess + 1e-6 * np.eye(2), grad)
+        t, before = 1.0, loss(ab)
+        while t > 1e-4 and loss(ab - t * step) > before:  # a full Newton step can overshoot
+            t /= 2
+        ab = ab - t * step
+        if np.abs(t * step).max() < 1e-8:
+            break
+    return float(ab[0]), float(ab[1])
 
 
 def detector_candidates(detector: object, min_conf: float = 0.3,

@@ -18,9 +18,12 @@ from the evidence that bears on it:
   ``sigmoid((-vx - 0.15) / 0.08)`` in heights per second, ``still`` and ``fast`` from the speed;
   a candidate whose track's motion is unknown is not judged on it (weight 0, "unknown").
 
-A negated term uses ``1 - p``. The candidate's match probability is the weighted geometric mean
-of its terms' probabilities (``exp(sum w log p / sum w)``), so one failed term pulls it well down
-whatever the number of terms. Selection, within each frame (``Region.group``): every candidate
+A negated term uses ``1 - p``. The candidate's composed score is the weighted geometric mean of
+its terms' probabilities (``exp(sum w log p / sum w)``), so one failed term pulls it well down
+whatever the number of terms; the score it returns is that composition calibrated into the
+probability that the candidate is meant (Platt scaling, ``CALIBRATION``). Selection compares the
+composition with ``threshold`` (0.5, a calibrated probability of about 0.18: most candidates of
+a frame are not meant, so a match is rarer than the composition alone suggests). Selection, within each frame (``Region.group``): every candidate
 above ``threshold`` when the text speaks of several people; the best one when it speaks of
 one; the best ``count`` when it names a number ("the two ...") as long as each reaches
 ``count_floor``. Across frames or tracklets (search: each tracklet is its own group), a text
@@ -70,6 +73,11 @@ ACHROMATIC_MID = 0.6
 # a dark chromatic garment only reads black under a "dark" or "navy" shade
 NEIGHBOUR_CREDIT, ACROSS_CREDIT, DARK_CREDIT = 0.5, 0.15, 0.5
 UNKNOWN_P = 0.2  # prior that a person has a thing the text asks for but no model can see
+# Platt scaling of the composed score into the probability that a candidate is meant:
+# sigmoid(a * logit(score) + b), fitted by `refind eval refer --calibrate` on the development
+# half (--split even) of the hand-written PETS expressions (422 candidates). Expected
+# calibration error on the held-out half (466 candidates): 0.183 before, 0.059 after.
+CALIBRATION = (0.5487, -1.5285)
 LIGHT = ("white", "grey", "yellow", "orange", "pink")  # hair shades read as light
 WEIGHTS = {"colour": 1.0, "position": 1.0, "motion": 1.0, "hair": 0.75}
 P_MIN = 0.02  # a term's probability is floored here, so one term cannot zero a candidate
@@ -124,9 +132,11 @@ class ComposingReferrer:
     def __init__(self, attributes: AttributeVerifier, pose: PoseModel | None,
                  concepts: ConceptMap | None = None, threshold: float = 0.5,
                  count_floor: float = 0.3, singular_margin: float = 0.1,
+                 calibration: tuple[float, float] | None = CALIBRATION,
                  cache_size: int = 50_000) -> None:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        self.calibration = calibration
         self.attributes = attributes
         self.pose = pose
         self.concepts = concepts
@@ -191,7 +201,7 @@ class ComposingReferrer:
             why = ("nothing in the text can be checked" + (f"; {tail}" if tail else "")
                    if query.ignored else "the text names nothing to check: everyone kept")
             keep = not query.ignored
-            return RerankResult(np.full(n, 1.0 if keep else 0.0, np.float32),
+            return RerankResult(self._calibrated(np.full(n, 1.0 if keep else 0.0, np.float32)),
                                 np.full(n, keep, bool), (why,) * n)
         evidence = self.evidence(regions)
         plain = [t for t in query.terms if not t.superlative]
@@ -206,7 +216,11 @@ class ComposingReferrer:
         reasons = tuple(", ".join([*(s.text() for s in row), *([tail] if tail else [])])
                         for row in scored)
         parts = tuple(e.part_region(query.part) for e in evidence) if query.part else ()
-        return RerankResult(scores, selected, reasons, parts)
+        return RerankResult(self._calibrated(scores), selected, reasons, parts)
+
+    def _calibrated(self, scores: np.ndarray) -> np.ndarray:
+        """Composed scores as match probabilities (``CALIBRATION``; unchanged without one)."""
+        return scores if self.calibration is None else platt(scores, self.calibration)
 
     def _select(self, query: ReferQuery, scores: np.ndarray, groups: Sequence[int]) -> np.ndarray:
         selected = np.zeros(len(scores), bool)
@@ -224,6 +238,13 @@ class ComposingReferrer:
             # one person, possibly seen as several tracklets: those about as good as the best
             selected &= scores >= scores[selected].max() - self.singular_margin
         return selected
+
+
+def platt(scores: np.ndarray, ab: tuple[float, float]) -> np.ndarray:
+    """``sigmoid(a * logit(score) + b)`` of (n,) scores in [0, 1], as float32."""
+    a, b = ab
+    s = np.clip(np.asarray(scores, np.float64), 1e-3, 1 - 1e-3)
+    return (1.0 / (1.0 + np.exp(-(a * np.log(s / (1 - s)) + b)))).astype(np.float32)
 
 
 def _tail(query: ReferQuery) -> str:

@@ -120,3 +120,25 @@ def test_cli_bad_input_exits_2(tmp_path, capsys, line: str) -> None:
 def test_cli_missing_file_exits_2(tmp_path, capsys) -> None:
     assert main(["eval", "refer", "--annotations", str(tmp_path / "none.jsonl")]) == 2
     assert "annotations not found" in capsys.readouterr().err
+
+
+def test_calibration_helpers() -> None:
+    """ECE of perfectly calibrated scores is ~0; Platt scaling fixes an over-confident one."""
+    from refind.evaluation.refer import expected_calibration_error, fit_platt, is_target
+    from refind.models.referring import platt
+
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 1, 4000)
+    y = (rng.uniform(0, 1, 4000) < p).astype(int)
+    assert expected_calibration_error(list(zip(p, y, strict=True))) < 0.03
+    p = np.clip(p, 0.01, 0.99)
+    over = 1 / (1 + np.exp(-3 * np.log(p / (1 - p))))  # too sure both ways
+    pairs = list(zip(over, y, strict=True))
+    ab = fit_platt(pairs)
+    assert ab[0] == pytest.approx(1 / 3, abs=0.05) and ab[1] == pytest.approx(0, abs=0.1)
+    fixed = list(zip(platt(over, ab), y, strict=True))
+    assert expected_calibration_error(fixed) < expected_calibration_error(pairs) - 0.1
+    assert np.isnan(expected_calibration_error([]))
+    boxes = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32)
+    assert is_target(boxes, boxes[1:]).tolist() == [0, 1]
+    assert is_target(boxes, np.zeros((0, 4))).tolist() == [0, 0]
