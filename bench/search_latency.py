@@ -563,20 +563,28 @@ class PoolReranker:
         i = (hit.track_id + 31 * CAMERAS.index(hit.camera)) % self.n_pool
         return f"pool/0/{i:06d}.jpg"
 
+    def views(self, hit: TrackletHit) -> tuple[str, ...]:
+        """Other crops of the track, as a gallery summary names them (the next pool crops)."""
+        i = (hit.track_id + 31 * CAMERAS.index(hit.camera)) % self.n_pool
+        return tuple(f"pool/0/{(i + k) % self.n_pool:06d}.jpg" for k in range(1, len(hit.views) + 1))
+
     def __call__(self, text: str, hits: list[TrackletHit]) -> list[TrackletHit]:
         """The re-ranked, selected hits, as ``SearchEngine._rerank`` computes them."""
         from refind.indexer.rerank import rerank_hits
 
-        hits = [dataclasses.replace(h, thumbnail=self.thumbnail(h)) for h in hits]
+        hits = [dataclasses.replace(h, thumbnail=self.thumbnail(h), views=self.views(h))
+                for h in hits]
         return rerank_hits(self.reranker, text, hits, self.crops, weight=self.weight,  # type: ignore[arg-type]
                            with_retrieval=True).hits
 
     def forget(self) -> None:
-        """Empty the re-ranker's caches (crop attributes; refer's text tokens)."""
-        for holder in (self.reranker, getattr(self.reranker, "text", None)):
-            cache = getattr(holder, "_cache", None)
-            if cache is not None:
-                cache.clear()
+        """Empty the re-ranker's caches (crop attributes and colours; refer's text tokens)."""
+        for holder in (self.reranker, getattr(self.reranker, "text", None),
+                       getattr(self.reranker, "attributes", None)):
+            for name in ("_cache", "_colours"):
+                cache = getattr(holder, name, None)
+                if cache is not None:
+                    cache.clear()
 
 
 def build_pool_reranker(kind: str, cache: Path) -> PoolReranker:
@@ -869,7 +877,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--index", default="", help="FAISS factories separated by | (default: by size)")
     p.add_argument("--queries", type=int, default=200, help="queries per measurement")
     p.add_argument("--rerank", default="none",
-                   help="re-ranker(s) from none, attributes, refer (comma list; the full run's "
+                   help="re-ranker(s) from none, attributes, compose, refer (comma list; the "
+                   "full run's "
                    "stage uses the first)")
     p.add_argument("--rerank-queries", type=int, default=50, help="queries per re-rank timing")
     p.add_argument("--only", default="", help="comma list of sections measured alone and merged "
@@ -885,7 +894,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.sizes = args.sizes.split(",")
     args.rerank = args.rerank.split(",")
     args.only = [x for x in args.only.split(",") if x]
-    for values, valid, what in ((args.rerank, ("none", "attributes", "refer"), "re-ranker"),
+    for values, valid, what in ((args.rerank, ("none", "attributes", "compose", "refer"),
+                                 "re-ranker"),
                                 (args.only, SECTIONS, "section")):
         bad = [v for v in values if v not in valid]
         if bad:
