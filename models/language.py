@@ -19,16 +19,16 @@ It also reads how many people are meant (``count``: "the two" -> 2; ``plural`` f
 "everyone", "all three") and negation ("without a bag", "not the one in black" flip a term).
 Words it cannot use are kept in ``ignored`` so the answer can say so ("ignored: 'umbrella'").
 
-Words outside the lexicon may still be understood: ``ConceptMap`` maps an unknown word to the
+Words outside the lexicon (``refind.models.lexicon``) may still be understood: ``ConceptMap``
+maps an unknown word to the
 nearest known concept word with the MiniLM sentence encoder (cosine >= ``min_similarity``), so
 "burgundy" can become a colour or "trainers" footwear without a list entry; the mapping is
 reported in ``mapped``.
 
 Example:
-    >>> q = parse_query("a woman without a bag in a red top, walking left")
-    >>> [(t.kind, t.value, t.part, t.negated) for t in q.terms]
-    [('attribute', 'is_male', '', True), ('attribute', 'has_bag', '', True), \
-('colour', 'red', 'top', False), ('motion', 'left', '', False)]
+    >>> q = parse_query("a woman without a bag in a red top, walking left near the fountain")
+    >>> [t.label() for t in q.terms], q.ignored
+    (['top red', 'woman', 'not bag', 'walking left'], ('fountain',))
 """
 
 from __future__ import annotations
@@ -40,100 +40,33 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from refind.models.colours import COLOUR_NAMES, canonical_colour
+from refind.models.lexicon import (
+    ATTRIBUTE_WORDS,
+    AWAY_WORDS,
+    CAMERA_WORDS,
+    CARRIED_WORDS,
+    FAST_WORDS,
+    FRAME_WORDS,
+    GARMENT_PART,
+    GLUE,
+    HAVING,
+    INTENSIFIED,
+    MOTION_VERBS,
+    NEGATIONS,
+    NUMBERS,
+    PART_OF_THING,
+    PERSON_WORDS,
+    PHRASE_ATTRIBUTES,
+    PLACES,
+    PLURAL_WORDS,
+    SHADES,
+    STILL_WORDS,
+    TOGETHER_WORDS,
+    TOWARDS_WORDS,
+    known,
+)
 
-# --- the lexicon -------------------------------------------------------------------------------
-
-GARMENT_PART: dict[str, str] = {
-    **dict.fromkeys((
-        "top", "shirt", "t-shirt", "tshirt", "tee", "jacket", "coat", "sweater", "jumper",
-        "hoodie", "blouse", "pullover", "cardigan", "vest", "sweatshirt", "parka", "anorak",
-        "fleece", "raincoat", "overcoat", "gilet", "windbreaker", "suit", "uniform", "dress",
-        "tunic", "hood", "upper", "tank", "polo", "mac", "trenchcoat", "blazer", "puffer",
-    ), "top"),
-    **dict.fromkeys((
-        "trousers", "pants", "jeans", "shorts", "skirt", "bottoms", "leggings", "slacks", "chinos",
-        "joggers", "tracksuit", "khakis", "cargos", "lower", "legs",
-    ), "bottom"),
-    **dict.fromkeys(("shoes", "trainers", "sneakers", "boots", "shoe", "footwear", "sandals"),
-                    "shoes"),
-    **dict.fromkeys(("hair", "haired"), "hair"),
-    **dict.fromkeys(("hat", "cap", "beanie", "helmet", "headscarf", "hijab"), "head"),
-}
-CARRIED_WORDS = ("paper", "papers", "sheet", "folder", "bag", "bags", "carrier", "box", "package",
-                 "parcel", "file", "document", "documents", "envelope", "cup", "bottle", "phone")
-# word -> (attribute, value)
-ATTRIBUTE_WORDS: dict[str, tuple[str, bool]] = {
-    **dict.fromkeys(("man", "male", "guy", "gentleman", "men", "he", "his", "him", "bloke",
-                     "gentlemen", "guys", "lad", "sir"), ("is_male", True)),
-    **dict.fromkeys(("woman", "female", "lady", "women", "she", "her", "ladies", "girl", "madam"),
-                    ("is_male", False)),
-    **dict.fromkeys(("backpack", "rucksack", "knapsack", "backpacks"), ("has_backpack", True)),
-    **dict.fromkeys(("bag", "handbag", "purse", "briefcase", "satchel", "bags", "tote",
-                     "shoulderbag"), ("has_bag", True)),
-    **dict.fromkeys(("hat", "cap", "beanie", "helmet"), ("has_hat", True)),
-    **dict.fromkeys(("bald", "shaved"), ("bald", True)),
-    **dict.fromkeys(("blonde", "blond", "fair-haired", "light-haired", "grey-haired", "fair",
-                     "white-haired", "silver-haired"), ("light_hair", True)),
-    **dict.fromkeys(("dark-haired", "brunette", "black-haired", "brown-haired"),
-                    ("dark_hair", True)),
-    "sleeveless": ("has_longsleeves", False),
-    "long-haired": ("has_longhair", True), "short-haired": ("has_longhair", False),
-    "long-sleeved": ("has_longsleeves", True), "short-sleeved": ("has_longsleeves", False),
-}
-PHRASE_ATTRIBUTES: dict[str, tuple[str, bool]] = {
-    "long hair": ("has_longhair", True), "short hair": ("has_longhair", False),
-    "long sleeves": ("has_longsleeves", True), "short sleeves": ("has_longsleeves", False),
-    "on their back": ("has_backpack", True), "on his back": ("has_backpack", True),
-    "on her back": ("has_backpack", True), "light hair": ("light_hair", True),
-    "dark hair": ("dark_hair", True), "fair hair": ("light_hair", True),
-    "blond hair": ("light_hair", True), "blonde hair": ("light_hair", True),
-    "grey hair": ("light_hair", True), "white hair": ("light_hair", True),
-    "black hair": ("dark_hair", True), "brown hair": ("dark_hair", True),
-    "light haired": ("light_hair", True), "fair haired": ("light_hair", True),
-    "grey haired": ("light_hair", True), "white haired": ("light_hair", True),
-    "dark haired": ("dark_hair", True), "black haired": ("dark_hair", True),
-}  # fmt: skip
-SHADES = {"dark": "dark", "light": "light", "bright": "bright", "pale": "light", "deep": "dark",
-          "navy": "dark"}
-MOTION_VERBS = {
-    "walking", "walk", "walks", "walked", "heading", "heads", "head", "moving", "moves", "move",
-    "going", "goes", "go", "coming", "comes", "come", "crossing", "crosses", "strolling",
-    "strolls", "running", "runs", "jogging", "jogs", "hurrying", "hurries", "stepping",
-    "travelling", "traveling", "approaching", "approaches", "leaving", "leaves", "entering",
-    "enters", "passing", "passes", "wandering", "wanders", "pacing", "marching", "striding",
-    "rushing", "dashing", "sprinting", "making", "returning", "returns",
-}  # fmt: skip
-STILL_WORDS = {"standing", "stands", "stood", "still", "stationary", "waiting", "waits",
-               "stopped", "idle", "loitering", "lingering", "motionless", "static", "paused",
-               "pausing", "stopping", "stays", "staying", "immobile"}
-FAST_WORDS = {"running", "runs", "jogging", "jogs", "hurrying", "hurries", "briskly", "fast",
-              "quickly", "rushing", "dashing", "sprinting", "racing", "hastily", "rapidly"}
-TOWARDS_WORDS = {"towards", "toward", "approaching", "approaches", "down"}
-AWAY_WORDS = {"away", "up"}
-CAMERA_WORDS = {"camera", "us", "viewer", "lens", "foreground"}
-PLURAL_WORDS = {"people", "persons", "men", "women", "everyone", "everybody", "all", "both",
-                "they", "them", "ones", "guys", "ladies", "those"}
-TOGETHER_WORDS = {"together", "side-by-side", "group", "grouped", "clustered", "pair", "couple",
-                  "beside", "alongside", "accompanied"}
-NUMBERS = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "both": 2, "pair": 2,
-           "couple": 2}
-NEGATIONS = {"no", "not", "without", "never", "nor", "lacking", "isn't", "non", "except"}
-STOPWORDS = {
-    "a", "an", "the", "in", "on", "of", "with", "and", "or", "to", "who", "whom", "is", "are",
-    "was", "were", "be", "been", "that", "which", "one", "person", "someone", "somebody",
-    "anyone", "anybody", "individual", "figure", "pedestrian", "at", "by", "from", "into", "onto",
-    "their", "there", "this", "these", "it", "its", "as", "for", "wearing", "wears", "dressed",
-    "clothed", "clad", "has", "have", "having", "carrying", "carries", "holding", "holds",
-    "just", "very", "quite", "fairly", "rather", "also", "some", "something", "thing", "while",
-    "then", "over", "across", "along", "through", "around", "out", "off", "shows",
-    "seen", "visible", "frame", "picture", "image", "scene", "view", "shot", "side", "edge",
-    "part", "area", "half", "corner", "most", "only", "other", "another", "any", "can", "who's",
-    "whose", "i", "me", "my", "find", "show", "look", "looking", "like", "kind", "type",
-    "sort", "clothes", "clothing", "outfit", "colour", "color", "coloured", "colored", "tone",
-    "two-tone", "plain", "mostly", "mainly", "partly", "all", "completely", "entirely",
-    "totally", "head", "toe", "full", "wore", "worn", "sporting",
-}  # fmt: skip
-
+# --- what a text asks for -----------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Term:
@@ -274,160 +207,162 @@ def _tokens(text: str) -> list[str]:
     for w in re.findall(r"[a-z]+(?:['-][a-z]+)*|[,.;:!?]", text.lower()):
         if w in ",.;:!?":
             out.append(",")  # a clause boundary: colours do not reach across it
-        elif "-" in w and not (w in GARMENT_PART or w in ATTRIBUTE_WORDS or w in _GLUE):
+        elif "-" in w and not (w in GARMENT_PART or w in ATTRIBUTE_WORDS or w in GLUE):
             out += w.split("-")
         else:
             out.append(w)
     return out
 
 
-def _known(word: str) -> bool:
-    return (word == "," or word in STOPWORDS or word in GARMENT_PART or word in ATTRIBUTE_WORDS
-            or word in CARRIED_WORDS or word in MOTION_VERBS or word in STILL_WORDS
-            or word in FAST_WORDS or word in NUMBERS or word in NEGATIONS or word in SHADES
-            or word in PLURAL_WORDS or word in TOGETHER_WORDS or word in _POSITION_WORDS
-            or word in CAMERA_WORDS or canonical_colour(word) is not None
-            or word in _GLUE)
-
-
-_POSITION_WORDS = {"left", "right", "leftmost", "rightmost", "middle", "centre", "center",
-                   "central", "closest", "nearest", "close", "near", "front", "furthest",
-                   "farthest", "far", "distance", "distant", "back", "background", "top",
-                   "bottom", "upper", "lower", "towards", "toward", "away", "up", "down",
-                   "foreground", "behind"}
-_INTENSIFIED = {"next", "behind", "beside", "by", "in", "at", "there", "past", "up", "under",
-                "above", "below", "near"}
-_FRAME_WORDS = ("picture", "frame", "image", "screen", "view")
-_GLUE = {"than", "whose", "where", "when", "s", "hand", "hands", "dark", "light", "long",
-         "short", "sleeves", "sleeved", "hi-vis", "high-visibility", "back", "next", "between"}
-
-
 def parse_query(text: str, concepts: ConceptMap | None = None) -> ReferQuery:
     """Read ``text`` into a ``ReferQuery`` (module docstring). Never raises on words it does not
     know: they end in ``ignored`` (after ``concepts`` had a chance to map them)."""
     raw = _tokens(text)
+    words, mapped = _mapped(raw, concepts)
+    reader = _Reader(words)
+    reader.phrases()
+    reader.colours()
+    reader.garments_alone()
+    reader.attributes()
+    reader.terms += _motion_terms(words, reader.used, reader.negated_at)
+    reader.terms += _position_terms(words, reader.used, reader.negated_at)
+    count = next((NUMBERS[w] for i, w in enumerate(words)
+                  if w in NUMBERS and (i == 0 or words[i - 1] != "of")), None)
+    plural = (count is not None and count > 1) or any(w in PLURAL_WORDS for w in words)
+    reader.take(*(i for i, w in enumerate(words) if w in NUMBERS or w in PLURAL_WORDS))
+    unknown = [i for i, w in enumerate(words)
+               if not reader.used[i] and not known(w) and len(w) > 1]
+    ignored = tuple(dict.fromkeys(words[i] for i in unknown))
+    required = tuple(dict.fromkeys(words[i] for i in unknown if _required(words, i)))
+    reader.terms += [Term("unknown", w, words=w) for w in required]
+    # duplicates (the last word wins for the same kind, value, part and superlative)
+    seen: dict[tuple[str, str, str, bool], Term] = {}
+    for t in reader.terms:
+        seen[(t.kind, t.value, t.part, t.superlative)] = t
+    return ReferQuery(text, tuple(seen.values()), count, plural, ignored, tuple(mapped),
+                      _part_asked(words))
+
+
+def _mapped(raw: list[str], concepts: ConceptMap | None,
+            ) -> tuple[list[str], list[tuple[str, str]]]:
+    """The words with possessives cut ("man's" -> "man") and unknown ones mapped by
+    ``concepts``; and the mappings made."""
     words: list[str] = []
     mapped: list[tuple[str, str]] = []
     for w in raw:
         base = w.split("'")[0]
-        if not _known(base) and concepts is not None and len(base) > 2:
+        if not known(base) and concepts is not None and len(base) > 2:
             m = concepts(base)
             if m is not None and m != base:
                 mapped.append((base, m))
                 words.append(m)
                 continue
         words.append(base)
-    used = [False] * len(words)
-    terms: list[Term] = []
+    return words, mapped
 
-    def negated_at(i: int) -> bool:
-        window = words[max(0, i - 4) : i]
-        if "not" in window and "only" not in window:  # "not the one in black"
+
+class _Reader:
+    """The words of one text, which of them are read, and the terms read so far."""
+
+    def __init__(self, words: list[str]) -> None:
+        self.words = words
+        self.used = [False] * len(words)
+        self.terms: list[Term] = []
+
+    def negated_at(self, i: int) -> bool:
+        """Is the word at ``i`` negated: "not" up to four words before ("not the one in
+        black"), or another negation up to three before ("without a bag")?"""
+        window = self.words[max(0, i - 4) : i]
+        if "not" in window and "only" not in window:
             return True
-        return any(w in NEGATIONS for w in words[max(0, i - 3) : i])
+        return any(w in NEGATIONS for w in self.words[max(0, i - 3) : i])
 
-    def take(*idx: int) -> None:
+    def take(self, *idx: int) -> None:
         for j in idx:
-            if 0 <= j < len(words):
-                used[j] = True
+            if 0 <= j < len(self.words):
+                self.used[j] = True
 
-    # phrases first ("long hair", "on their back")
-    i = 0
-    while i < len(words) - 1:
-        for n in (3, 2):
-            phrase = " ".join(words[i : i + n])
-            if phrase in PHRASE_ATTRIBUTES:
-                name, value = PHRASE_ATTRIBUTES[phrase]
-                terms.append(Term("attribute", name, negated=negated_at(i) != (not value),
-                                  words=phrase))
-                take(*range(i, i + n))
-                if phrase.endswith(" hair") and i > 0 and words[i - 1] == "long":
-                    terms.append(Term("attribute", "has_longhair", words="long hair"))
-                    take(i - 1)
-                i += n - 1
-                break
-        i += 1
+    def phrases(self) -> None:
+        """Fixed phrases first ("long hair", "on their back", "light haired")."""
+        words, i = self.words, 0
+        while i < len(words) - 1:
+            for n in (3, 2):
+                phrase = " ".join(words[i : i + n])
+                if phrase in PHRASE_ATTRIBUTES:
+                    name, value = PHRASE_ATTRIBUTES[phrase]
+                    self.terms.append(Term("attribute", name, words=phrase,
+                                           negated=self.negated_at(i) != (not value)))
+                    self.take(*range(i, i + n))
+                    if phrase.endswith(" hair") and i > 0 and words[i - 1] == "long":
+                        self.terms.append(Term("attribute", "has_longhair", words="long hair"))
+                        self.take(i - 1)
+                    i += n - 1
+                    break
+            i += 1
 
-    # colours with what they colour
-    for i, w in enumerate(words):
-        if used[i]:
-            continue
-        colour, shade = _colour_word(w), _shade_before(words, i)
-        if w == "dark" and _colour_word(words[i + 1] if i + 1 < len(words) else "") is None:
-            colour, shade = "black", "dark"  # "dark jacket"
-        if colour is None:
-            continue
-        part, end = _coloured_part(words, i + 1)
-        if part is None:
-            held = any(x in ("something", "holding", "carrying", "holds", "carries")
-                       for x in words[max(0, i - 2) : i])
-            part = "carried" if held else "outfit"
-        elif part == "hair":
-            # "dark hair" / "light-haired": a hair shade rather than a colour
-            attr = "dark_hair" if colour in ("black", "brown") or shade == "dark" else "light_hair"
-            terms.append(Term("attribute", attr, negated=negated_at(i), words=w + " hair"))
-            if "long" in words[max(0, i - 2) : i]:
-                terms.append(Term("attribute", "has_longhair", words="long hair"))
-            take(i, *(j for j in range(i - 2, end) if 0 <= j < i and words[j] in
-                      ("long", "short", *SHADES)), end - 1)
-            continue
-        terms.append(Term("colour", colour, part, shade, negated=negated_at(i),
-                          words=" ".join([words[i], *words[end - 1 : end]]) if end > i + 1
-                          else words[i]))
-        # the colour word, its shade, and the garment; a colour between them is read in turn
-        take(i, *([i - 1] if shade and i > 0 and words[i - 1] in SHADES else []))
-        if end > i + 1:
-            take(end - 1, *(j for j in range(i + 1, end - 1) if words[j] in ("and", "-")))
+    def colours(self) -> None:
+        """Colours with what they colour: a garment within four words, else something held
+        ("holding something white") or the outfit ("in black"); hair colours are hair shades."""
+        words = self.words
+        for i, w in enumerate(words):
+            if self.used[i]:
+                continue
+            colour, shade = _colour_word(w), _shade_before(words, i)
+            if w == "dark" and _colour_word(words[i + 1] if i + 1 < len(words) else "") is None:
+                colour, shade = "black", "dark"  # "dark jacket"
+            if colour is None:
+                continue
+            part, end = _coloured_part(words, i + 1)
+            if part == "hair":
+                self._hair(i, colour, shade, end)
+                continue
+            if part is None:
+                held = any(x in ("something", "holding", "carrying", "holds", "carries")
+                           for x in words[max(0, i - 2) : i])
+                part = "carried" if held else "outfit"
+            read = " ".join([w, words[end - 1]]) if end > i + 1 else w
+            self.terms.append(Term("colour", colour, part, shade, negated=self.negated_at(i),
+                                   words=read))
+            # the colour word, its shade, and the garment; a colour between them is read in turn
+            self.take(i, *([i - 1] if shade and i > 0 and words[i - 1] in SHADES else []))
+            if end > i + 1:
+                self.take(end - 1, *(j for j in range(i + 1, end - 1) if words[j] in ("and", "-")))
 
-    # a garment alone still says something: "the guy in jeans" (jeans are blue)
-    for i, w in enumerate(words):
-        if not used[i] and w in ("jeans", "denim"):
-            terms.append(Term("colour", "blue", "bottom", negated=negated_at(i), words=w))
-            used[i] = True
+    def _hair(self, i: int, colour: str, shade: str, end: int) -> None:
+        """"dark hair" / "long blonde hair": a hair shade (and length) rather than a colour."""
+        words = self.words
+        attr = "dark_hair" if colour in ("black", "brown") or shade == "dark" else "light_hair"
+        self.terms.append(Term("attribute", attr, negated=self.negated_at(i),
+                               words=words[i] + " hair"))
+        if "long" in words[max(0, i - 2) : i]:
+            self.terms.append(Term("attribute", "has_longhair", words="long hair"))
+        self.take(i, end - 1, *(j for j in range(max(0, i - 2), i)
+                                if words[j] in ("long", "short", *SHADES)))
 
-    # attributes
-    for i, w in enumerate(words):
-        if used[i] or w not in ATTRIBUTE_WORDS:
-            continue
-        name, value = ATTRIBUTE_WORDS[w]
-        if w in ("bag", "bags") and i > 0 and words[i - 1] in ("carrier", "plastic", "shopping"):
-            used[i] = True  # a carrier bag is held, not worn: its colour was read above
-            continue
-        if name == "is_male" and w in ("his", "him", "her") and any(
-                t.kind == "attribute" and t.value == "is_male" for t in terms):
-            used[i] = True
-            continue
-        terms.append(Term("attribute", name, negated=negated_at(i) != (not value), words=w))
-        used[i] = True
+    def garments_alone(self) -> None:
+        """A garment alone still says something: "the guy in jeans" (jeans are blue)."""
+        for i, w in enumerate(self.words):
+            if not self.used[i] and w in ("jeans", "denim"):
+                self.terms.append(Term("colour", "blue", "bottom", negated=self.negated_at(i),
+                                       words=w))
+                self.used[i] = True
 
-    terms += _motion_terms(words, used, negated_at)
-    terms += _position_terms(words, used, negated_at)
-
-    count = next((NUMBERS[w] for i, w in enumerate(words)
-                  if w in NUMBERS and (i == 0 or words[i - 1] != "of")), None)
-    plural = (count is not None and count > 1) or any(w in PLURAL_WORDS for w in words)
-    for i, w in enumerate(words):
-        if w in NUMBERS or w in PLURAL_WORDS:
-            used[i] = True
-    unknown = [i for i, w in enumerate(words) if not used[i] and not _known(w) and len(w) > 1]
-    ignored = tuple(dict.fromkeys(words[i] for i in unknown))
-    required = tuple(dict.fromkeys(words[i] for i in unknown if _required(words, i)))
-    terms += [Term("unknown", w, words=w) for w in required]
-    # duplicates (the last word wins for the same kind, value, part and superlative)
-    seen: dict[tuple[str, str, str, bool], Term] = {}
-    for t in terms:
-        seen[(t.kind, t.value, t.part, t.superlative)] = t
-    return ReferQuery(text, tuple(seen.values()), count, plural, ignored, tuple(mapped),
-                      _part_asked(words))
-
-
-PERSON_WORDS = {"person", "someone", "somebody", "one", "man", "woman", "guy", "lady", "people",
-                "men", "women", "individual", "pedestrian", "figure", "anyone", "everyone",
-                "gentleman", "girl", "boy", "child", "he", "she", "who"}
-# what a carried or worn thing's region is taken to be: a bag or backpack on the torso
-_PART_OF_THING = {"backpack": "top", "rucksack": "top", "knapsack": "top", "bag": "top",
-                  "handbag": "top", "purse": "top", "satchel": "top", "briefcase": "top",
-                  "hat": "head", "cap": "head", "beanie": "head", "helmet": "head"}
+    def attributes(self) -> None:
+        """Attribute words: man / woman, bag, backpack, hat, hair, sleeves."""
+        words = self.words
+        for i, w in enumerate(words):
+            if self.used[i] or w not in ATTRIBUTE_WORDS:
+                continue
+            name, value = ATTRIBUTE_WORDS[w]
+            self.used[i] = True
+            if w in ("bag", "bags") and i > 0 and words[i - 1] in ("carrier", "plastic",
+                                                                      "shopping"):
+                continue  # a carrier bag is held, not worn: its colour was read above
+            if name == "is_male" and w in ("his", "him", "her") and any(
+                    t.kind == "attribute" and t.value == "is_male" for t in self.terms):
+                continue
+            self.terms.append(Term("attribute", name, words=w,
+                                   negated=self.negated_at(i) != (not value)))
 
 
 def _part_asked(words: list[str]) -> str | None:
@@ -436,20 +371,11 @@ def _part_asked(words: list[str]) -> str | None:
         if w in PERSON_WORDS or (w in ATTRIBUTE_WORDS and ATTRIBUTE_WORDS[w][0] == "is_male" \
                 and w not in ("his", "her", "him")):
             return None
-        if w in _PART_OF_THING:
-            return _PART_OF_THING[w]
+        if w in PART_OF_THING:
+            return PART_OF_THING[w]
         if w in GARMENT_PART and w not in ("haired", "upper", "lower"):
             return GARMENT_PART[w]
     return None
-
-
-_HAVING = {"with", "carrying", "holding", "walking", "pushing", "pulling", "riding", "in",
-           "wearing", "using", "leading", "has", "having", "carries", "holds", "rides",
-           "pushes", "sitting", "lying", "kneeling", "playing", "eating", "drinking",
-           "smoking"}
-_PLACES = {"near", "behind", "beside", "of", "at", "by", "around", "along", "past", "across",
-           "next", "front", "between", "towards", "toward", "from", "to", "under", "above",
-           "below", "over", "against", "into", "onto", "than", "up", "down", "through"}
 
 
 def _required(words: list[str], i: int) -> bool:
@@ -463,14 +389,14 @@ def _required(words: list[str], i: int) -> bool:
         return False
     before = words[max(0, i - 3) : i]
     for w in reversed(before):
-        if w in _PLACES:
+        if w in PLACES:
             return False
-        if w in _HAVING:
+        if w in HAVING:
             return True
     lead = 0
     while lead < len(words) and words[lead] in ("a", "an", "the", "some", "any"):
         lead += 1
-    return lead > 0 and all(not _known(w) for w in words[lead : i + 1])
+    return lead > 0 and all(not known(w) for w in words[lead : i + 1])
 
 
 def _colour_word(w: str) -> str | None:
@@ -578,7 +504,7 @@ def _position_terms(words: list[str], used: list[bool], negated_at: Callable[[in
         value, sup = None, False
         if w in ("leftmost", "rightmost"):
             value, sup = w[:-4], True
-        elif w == "right" and nxt in _INTENSIFIED:
+        elif w == "right" and nxt in INTENSIFIED:
             used[i] = True  # "right next to", "right behind": not a side
             continue
         elif w in ("left", "right"):
@@ -597,7 +523,7 @@ def _position_terms(words: list[str], used: list[bool], negated_at: Callable[[in
         elif w in ("middle", "centre", "center", "central"):
             value = "middle"
             sup = "group" in words[i : i + 5] or nxt == "of"
-        elif w in ("top", "bottom") and any(x in words[i : i + 4] for x in _FRAME_WORDS):
+        elif w in ("top", "bottom") and any(x in words[i : i + 4] for x in FRAME_WORDS):
             value = w
         elif w in TOGETHER_WORDS or (w == "each" and nxt == "other"):
             if not any(t.value == "together" for t in terms):
