@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from refind.config import RefindConfig
 from refind.indexer.blobs import CropStore, CropStoreError
+from refind.indexer.evidence import EvidenceStore
 from refind.indexer.gallery_store import GalleryLockedError
 from refind.indexer.ingest import IngestPipeline
 from refind.indexer.metadata import SqliteMetadata
@@ -205,7 +206,8 @@ def search(args: argparse.Namespace, cfg: RefindConfig) -> list[dict[str, object
     with ShardedGallery.open(serving.root, cfg.gallery, embedder.model_id, embedder.dim) as gallery:
         engine = SearchEngine(cfg.search, embedder, gallery, crops,
                               RerankerPool(store, cfg.search.match_threshold,
-                                           cfg.search.mllm_dir))
+                                           cfg.search.mllm_dir,
+                                           EvidenceStore.in_data_dir(cfg.data_dir)))
         if query is not None:
             ranked = engine.rank_image(query)
         else:
@@ -650,7 +652,8 @@ def _search_clip(args: argparse.Namespace, cfg: RefindConfig, camera: str,
     rows, answers = [], []
     with ShardedGallery.open(serving.root, cfg.gallery, embedder.model_id, embedder.dim) as gallery:
         engine = SearchEngine(cfg.search, embedder, gallery, crops,
-                              RerankerPool(store, cfg.search.match_threshold, cfg.search.mllm_dir))
+                              RerankerPool(store, cfg.search.match_threshold, cfg.search.mllm_dir,
+                                           EvidenceStore.in_data_dir(cfg.data_dir)))
         for q in tqdm(queries, desc="eval search", unit="query", disable=args.json,
                       file=sys.stderr):
             plan = plan_query(q.text, now=datetime.now(tz), known_cameras=[camera], tz=tz,

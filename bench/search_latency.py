@@ -588,15 +588,28 @@ class PoolReranker:
 
 
 def build_pool_reranker(kind: str, cache: Path) -> PoolReranker:
+    """The re-ranker ``kind`` over the crop pool. ``compose-stored`` is the composing referrer
+    reading crop evidence from disk (``refind.indexer.evidence``), filled once over the whole
+    pool first, as ingest fills it: its "cold" timings clear the memory cache only."""
     from refind.config import RefindConfig
+    from refind.indexer.evidence import EvidenceStore
     from refind.models.registry import build_reranker
     from refind.models.store import ModelStore
 
     cfg = RefindConfig()
-    built = build_reranker(kind, ModelStore.from_config(cfg.models), cfg.search.match_threshold)
+    name = "compose" if kind == "compose-stored" else kind
+    evidence = None
+    if kind == "compose-stored":
+        shutil.rmtree(cache / "evidence", ignore_errors=True)
+        evidence = EvidenceStore.in_data_dir(cache / "evidence")
+    built = build_reranker(name, ModelStore.from_config(cfg.models), cfg.search.match_threshold,
+                           evidence=evidence)
     if built is None:
         raise ValueError(f"re-ranker {kind!r} builds nothing to time")
     crops = crop_pool(cache)
+    if evidence is not None:  # as ingest would have: every pool crop read once
+        built.crop_evidence([crops.read(f"pool/0/{i:06d}.jpg")  # type: ignore[attr-defined]
+                             for i in range(POOL_SIZE)])
     return PoolReranker(built, crops, POOL_SIZE, cfg.search.rerank_weight)
 
 
@@ -877,9 +890,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--index", default="", help="FAISS factories separated by | (default: by size)")
     p.add_argument("--queries", type=int, default=200, help="queries per measurement")
     p.add_argument("--rerank", default="none",
-                   help="re-ranker(s) from none, attributes, compose, refer (comma list; the "
-                   "full run's "
-                   "stage uses the first)")
+                   help="re-ranker(s) from none, attributes, compose, compose-stored (crop "
+                   "evidence read from disk), refer (comma list; the full run's stage uses the "
+                   "first)")
     p.add_argument("--rerank-queries", type=int, default=50, help="queries per re-rank timing")
     p.add_argument("--only", default="", help="comma list of sections measured alone and merged "
                    f"into the day's file: {', '.join(SECTIONS)}")
@@ -894,7 +907,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.sizes = args.sizes.split(",")
     args.rerank = args.rerank.split(",")
     args.only = [x for x in args.only.split(",") if x]
-    for values, valid, what in ((args.rerank, ("none", "attributes", "compose", "refer"),
+    for values, valid, what in ((args.rerank, ("none", "attributes", "compose",
+                                               "compose-stored", "refer"),
                                  "re-ranker"),
                                 (args.only, SECTIONS, "section")):
         bad = [v for v in values if v not in valid]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from refind.config import RefindConfig
 from refind.indexer.blobs import CropStore
+from refind.indexer.evidence import EvidenceStore
 from refind.indexer.gallery_store import GalleryStore
 from refind.indexer.metadata import SqliteMetadata, StoredModel
 from refind.indexer.record import EventRecord
@@ -74,9 +75,14 @@ def model_stores(cfg: RefindConfig, shard: Path) -> Iterator[GalleryStore]:
             yield store
 
 
-def delete_files(crops: CropStore, records: list[CropRecord]) -> int:
-    """Delete the crop files of ``records`` (shared by every model's row of a crop)."""
-    return sum(crops.delete(path) for path in sorted({r.crop_path for r in records}))
+def delete_files(crops: CropStore, records: list[CropRecord],
+                 evidence: EvidenceStore | None = None) -> int:
+    """Delete the crop files of ``records`` (shared by every model's row of a crop), and what
+    text search read from them (``evidence``)."""
+    paths = sorted({r.crop_path for r in records})
+    if evidence is not None:
+        evidence.forget_paths(paths)
+    return sum(crops.delete(path) for path in paths)
 
 
 def _known(shard: Path, camera: str, track_id: int) -> tuple[bool, bool, list[int]]:
@@ -110,12 +116,13 @@ def forget_track(cfg: RefindConfig, camera: str, track_id: int, reason: str = ""
         vector_ids=tuple(sorted(v for ids in found.values() for v in ids)), reason=reason,
     ))
     crops = CropStore.from_config(cfg)
+    evidence = EvidenceStore.in_data_dir(cfg.data_dir)
     deleted = 0
     for shard in shards:
         removed: list[CropRecord] = []
         for store in model_stores(cfg, shard):
             removed += store.remove_track(camera, track_id, forget=True)
-        deleted += delete_files(crops, removed)
+        deleted += delete_files(crops, removed, evidence)
     redis_removed = _forget_in_redis(cfg, camera, track_id, vector_ids)
     log.info("forgot track %s/%d: %d vectors, %d crop files", camera, track_id,
              sum(len(v) for v in vector_ids.values()), deleted)

@@ -5,6 +5,8 @@ Plain Python, no Ray: ``actors/`` runs the same two pieces for live cameras. The
 decodes in a prefetch thread (the detector releases the GIL, so it never waits for the
 decoder); a file is never dropped from, only live sources drop frames (in ``actors/``). Crops are
 embedded in batches of ``embedder.batch_size``; a track's end is stored once its crops are.
+With ``ingest.referring_evidence`` each stored crop is also read for text search (BlazePose and
+the attribute model, ``refind.indexer.evidence``), so a first text query finds it read.
 
 Crash safety: crops are written first, then the durable record, then vectors and metadata in
 one SQLite transaction per batch (see ``GalleryStore``). A crash loses at most the batch in
@@ -22,6 +24,7 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from refind.config import RefindConfig
 from refind.indexer.sink import CropSink
@@ -31,6 +34,9 @@ from refind.models.store import ModelStore
 from refind.streaming.pipeline import CameraPipeline, EndGate
 from refind.streaming.records import Crop
 from refind.streaming.sources import VideoSource
+
+if TYPE_CHECKING:  # built only when ingest.referring_evidence is on
+    from refind.models.referring import ComposingReferrer
 
 
 @dataclass
@@ -65,15 +71,26 @@ class IngestReport:
 class IngestPipeline:
     """Runs a ``CameraPipeline`` over one source and stores what it chooses in a ``CropSink``."""
 
-    def __init__(self, cfg: RefindConfig, detector: Detector, embedder: ReidEmbedder) -> None:
+    def __init__(self, cfg: RefindConfig, detector: Detector, embedder: ReidEmbedder,
+                 referrer: ComposingReferrer | None = None) -> None:
         self.cfg = cfg
         self.detector = detector
         self.embedder = embedder
+        self.referrer = referrer  # reads stored crops for text search (ingest.referring_evidence)
 
     @classmethod
     def from_config(cls, cfg: RefindConfig, store: ModelStore | None = None) -> IngestPipeline:
         store = store or ModelStore.from_config(cfg.models)
-        return cls(cfg, build_detector(cfg.detector, store), build_embedder(cfg.embedder, store))
+        referrer = None
+        if cfg.ingest.referring_evidence:
+            from refind.indexer.evidence import EvidenceStore
+            from refind.models.referring import ComposingReferrer
+
+            evidence = EvidenceStore.in_data_dir(cfg.data_dir)
+            if evidence is not None:
+                referrer = ComposingReferrer.from_store(store, evidence=evidence)
+        return cls(cfg, build_detector(cfg.detector, store), build_embedder(cfg.embedder, store),
+                   referrer)
 
     def camera_pipeline(self, camera: str, id_offset: int = 0) -> CameraPipeline:
         """The stage loop for ``camera`` with this ingest's models and settings."""
@@ -122,6 +139,14 @@ class IngestPipeline:
         t0 = time.perf_counter()
         embeddings = self.embedder([c.image for c in crops])
         t1 = time.perf_counter()
-        sink.store(crops, embeddings)
+        stored = sink.store(crops, embeddings)
         timers["embed"] += t1 - t0
         timers["store"] += time.perf_counter() - t1
+        if self.referrer is not None and stored:  # the pixels stored are what a query reads
+            t2 = time.perf_counter()
+            by_path = {(r.camera, r.track_id, r.frame_index): r.crop_path for r in stored}
+            kept = [c for c in crops if (c.camera, c.track_id, c.frame_index) in by_path]
+            self.referrer.crop_evidence(
+                [c.image for c in kept],
+                [by_path[(c.camera, c.track_id, c.frame_index)] for c in kept])
+            timers["evidence"] = timers.get("evidence", 0.0) + time.perf_counter() - t2

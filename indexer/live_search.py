@@ -28,6 +28,7 @@ from typing import TypeVar
 from refind.config import RefindConfig
 from refind.indexer.blobs import CropStore
 from refind.indexer.config import GalleryConfig, SearchConfig
+from refind.indexer.evidence import EvidenceStore
 from refind.indexer.metadata import TrackSummary
 from refind.indexer.rerank import RerankerPool
 from refind.indexer.search import Ranked, SearchEngine, embed_image_query
@@ -180,7 +181,8 @@ class LiveSearch:
         if self._rerankers is None and self._cfg is not None:
             self._rerankers = RerankerPool(ModelStore.from_config(self._cfg.models),
                                            self.search_cfg.match_threshold,
-                                           self.search_cfg.mllm_dir)
+                                           self.search_cfg.mllm_dir,
+                                           EvidenceStore.in_data_dir(self._cfg.data_dir))
         return SearchEngine(self.search_cfg, self.embedder, gallery, self._crops, self._rerankers)
 
     def search_text(self, query: TextQuery) -> SearchResult:

@@ -44,11 +44,13 @@ class RerankerPool:
     text probe a plain gallery is searched through when it is too large to scan."""
 
     def __init__(
-        self, store: object, threshold: float = 0.6, mllm_dir: Path | None = None
+        self, store: object, threshold: float = 0.6, mllm_dir: Path | None = None,
+        evidence: object | None = None,
     ) -> None:
         self.store = store
         self.threshold = threshold
         self.mllm_dir = mllm_dir
+        self.evidence = evidence  # crop evidence on disk, for the composing referrer
         self._built: dict[str, Reranker | None] = {}
         # a load failure is kept with its first traceback: raising the same exception again
         # would grow its traceback by a query's frames each time
@@ -57,7 +59,7 @@ class RerankerPool:
     def get(self, name: str) -> Reranker | None:
         if name not in self._built:
             self._built[name] = build_reranker(name, self.store, self.threshold,
-                                               self.mllm_dir)
+                                               self.mllm_dir, self.evidence)
         return self._built[name]
 
     def text_probe(self, weights: str | None, model_id: str) -> AttributeProbe | None:
@@ -117,17 +119,18 @@ def _regions(hits: Sequence[TrackletHit], crops: CropStore) -> tuple[list[Region
         except CropStoreError as err:  # removed by retention or forget since the search
             log.warning("re-rank skips %s track %d: %s", h.camera, h.track_id, err)
             continue
-        views = []
+        views, paths = [], [h.thumbnail]
         for path in h.views:  # other crops of the tracklet: evidence over its time
             try:
                 views.append(crops.read(path))
+                paths.append(path)
             except CropStoreError:
                 continue
         w, ht = extent[h.camera]
         group = groups.setdefault((h.camera, h.best_frame_index), len(groups))
         regions.append(Region(crop=image, xyxy=h.best_xyxy,
                               frame_wh=(math.ceil(w), math.ceil(ht)), group=group,
-                              motion=h.motion, views=tuple(views)))
+                              motion=h.motion, views=tuple(views), paths=tuple(paths)))
         kept.append(i)
     return regions, kept
 

@@ -18,6 +18,7 @@ import time
 
 from refind.config import RefindConfig
 from refind.indexer.blobs import CropStore
+from refind.indexer.evidence import EvidenceStore
 from refind.indexer.forget import delete_files, model_stores
 from refind.indexer.versions import all_version_shards
 from refind.streaming.records import CLIP_TIME_NS, CropRecord, SearchFilter
@@ -39,6 +40,7 @@ def enforce_retention(cfg: RefindConfig, now_ns: int | None = None) -> dict[str,
     """Delete every crop older than its camera's retention period; returns what was removed."""
     now = time.time_ns() if now_ns is None else int(now_ns)
     crops = CropStore.from_config(cfg)
+    evidence = EvidenceStore.in_data_dir(cfg.data_dir)
     per_camera: dict[str, int] = {}
     undated: dict[str, int] = {}
     files = 0
@@ -56,7 +58,7 @@ def enforce_retention(cfg: RefindConfig, now_ns: int | None = None) -> dict[str,
                     cameras=(camera,), end_ts_ns=CLIP_TIME_NS - 1)))
                 if left:
                     undated[camera] = undated.get(camera, 0) + left
-        files += delete_files(crops, removed)
+        files += delete_files(crops, removed, evidence)
     total = sum(per_camera.values())
     if total:
         log.info("retention removed %d vectors (%d crop files) of %s", total, files,

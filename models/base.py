@@ -178,6 +178,7 @@ class Region:
     group: int = 0
     motion: TrackMotion | None = None
     views: tuple[np.ndarray, ...] = field(default=(), repr=False)
+    paths: tuple[str, ...] = ()  # where crop and views are stored, when they are
 
 
 @dataclass(frozen=True)

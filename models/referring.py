@@ -42,16 +42,19 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
-from refind.models.attribute_verifier import ATTRIBUTE_WEIGHTS, MISS, AttributeVerifier
+from refind.models.attribute_verifier import ATTRIBUTE_WEIGHTS, MISS
 from refind.models.base import (
     ATTRIBUTE_NAMES,
+    AttributeModel,
     PartRegion,
     PersonAttributes,
     Region,
@@ -124,16 +127,55 @@ class Scored:
         return f"{self.term.label()} {self.p:.2f}{mark}"
 
 
+@dataclass(frozen=True)
+class CropEvidence:
+    """What the referrer reads from one crop: colour fractions per part (``part_colours`` plus
+    ``outfit`` and ``carried``), each part's box and outline (crop pixels), the 0230
+    attribute probabilities ((8,) float32). Serialised by ``to_bytes`` for an evidence store."""
+
+    colours: dict[str, np.ndarray]
+    outlines: dict
+    attrs: np.ndarray
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({
+            "colours": {k: [round(float(x), 5) for x in v] for k, v in self.colours.items()},
+            "outlines": {k: [list(box), [list(pt) for pt in poly]]
+                         for k, (box, poly) in self.outlines.items()},
+            "attrs": [round(float(x), 5) for x in self.attrs],
+        }, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CropEvidence:
+        d = json.loads(data)
+        return cls({k: np.asarray(v, np.float32) for k, v in d["colours"].items()},
+                   {k: (tuple(box), tuple(tuple(pt) for pt in poly))
+                    for k, (box, poly) in d["outlines"].items()},
+                   np.asarray(d["attrs"], np.float32))
+
+
+class EvidenceCache(Protocol):
+    """Crop evidence kept outside the process (``refind.indexer.evidence.EvidenceStore``)."""
+
+    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, bytes]: ...
+
+    def put_many(self, rows: Sequence[tuple[bytes, bytes, str | None]]) -> None: ...
+
+
 class ComposingReferrer:
-    """Scores candidates against a text by composing per-term evidence (module docstring)."""
+    """Scores candidates against a text by composing per-term evidence (module docstring).
+
+    A crop's evidence is computed once: kept in memory (``cache_size`` crops) and, with a
+    ``store``, on disk, where ingest may already have put it (``ingest.referring_evidence``).
+    """
 
     name = "compose"
 
-    def __init__(self, attributes: AttributeVerifier, pose: PoseModel | None,
+    def __init__(self, attributes: AttributeModel, pose: PoseModel | None,
                  concepts: ConceptMap | None = None, threshold: float = 0.5,
                  count_floor: float = 0.3, singular_margin: float = 0.1,
                  calibration: tuple[float, float] | None = CALIBRATION,
-                 cache_size: int = 50_000) -> None:
+                 cache_size: int = 50_000, store: EvidenceCache | None = None) -> None:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         self.calibration = calibration
@@ -144,48 +186,76 @@ class ComposingReferrer:
         self.count_floor = count_floor
         self.singular_margin = singular_margin
         self.cache_size = cache_size
-        # per crop (by its pixels): colour fractions per part, and each part's box and outline
-        self._colours: OrderedDict[bytes, tuple[dict[str, np.ndarray], dict]] = OrderedDict()
+        self.store = store
+        self._colours: OrderedDict[bytes, CropEvidence] = OrderedDict()  # by key_of
+        models = f"{getattr(pose, 'model_id', 'no-pose')}|{attributes.model_id}"
+        self._models = models.encode()
 
     @classmethod
-    def from_store(cls, store: object, threshold: float = 0.5) -> ComposingReferrer:
+    def from_store(cls, store: object, threshold: float = 0.5,
+                   evidence: EvidenceCache | None = None) -> ComposingReferrer:
         from refind.models.attributes import OpenVinoAttributes
         from refind.models.language import minilm_embedder
 
         embed = minilm_embedder()
-        return cls(AttributeVerifier(OpenVinoAttributes(store)), PoseModel(store),  # type: ignore[arg-type]
-                   ConceptMap(embed) if embed is not None else None, threshold)
+        return cls(OpenVinoAttributes(store), PoseModel(store),  # type: ignore[arg-type]
+                   ConceptMap(embed) if embed is not None else None, threshold, store=evidence)
 
     # --- evidence --------------------------------------------------------------------------
 
-    def evidence(self, regions: Sequence[Region]) -> list[Evidence]:
-        """Colours per part and attributes of each region, averaged over its crop and its
-        ``views`` (other crops of the same tracklet); colours are cached by a crop's pixels."""
-        crops = [c for r in regions for c in (r.crop, *r.views)]
-        owner = np.array([i for i, r in enumerate(regions) for _ in range(1 + len(r.views))])
-        attrs: PersonAttributes = self.attributes.attributes(crops)
-        keys = [hashlib.blake2b(c.tobytes() + str(c.shape).encode(), digest_size=16).digest()
-                for c in crops]
+    def key_of(self, crop: np.ndarray) -> bytes:
+        """A crop's evidence key: its pixels and the models that read them."""
+        return hashlib.blake2b(crop.tobytes() + str(crop.shape).encode() + self._models,
+                               digest_size=16).digest()
+
+    def crop_evidence(self, crops: Sequence[np.ndarray],
+                      paths: Sequence[str | None] | None = None) -> list[CropEvidence]:
+        """The evidence of each crop: from memory, else the store, else computed (and kept in
+        both, with the stored crop's path when ``paths`` gives it)."""
+        keys = [self.key_of(c) for c in crops]
+        missing = list(dict.fromkeys(k for k in keys if k not in self._colours))
+        if missing and self.store is not None:
+            for k, data in self.store.get_many(missing).items():
+                self._colours[k] = CropEvidence.from_bytes(data)
         todo = list({k: i for i, k in enumerate(keys) if k not in self._colours}.values())
         if todo:
-            bodies: list[Body] = (self.pose([crops[i] for i in todo]) if self.pose is not None
-                                  else [stand_in(crops[i]) for i in todo])
-            for i, body in zip(todo, bodies, strict=True):
-                self._colours[keys[i]] = (_with_outfit(part_colours(crops[i], body)),
-                                          body.part_outlines())
-        per_crop = []
+            fresh = self._compute([crops[i] for i in todo])
+            for i, ev in zip(todo, fresh, strict=True):
+                self._colours[keys[i]] = ev
+            if self.store is not None:
+                self.store.put_many([(keys[i], ev.to_bytes(), paths[i] if paths else None)
+                                     for i, ev in zip(todo, fresh, strict=True)])
+        out = []
         for k in keys:
             self._colours.move_to_end(k)
-            per_crop.append(self._colours[k])
+            out.append(self._colours[k])
         while len(self._colours) > self.cache_size:
             self._colours.popitem(last=False)
+        return out
+
+    def _compute(self, crops: Sequence[np.ndarray]) -> list[CropEvidence]:
+        bodies: list[Body] = (self.pose(crops) if self.pose is not None
+                              else [stand_in(c) for c in crops])
+        attrs: PersonAttributes = self.attributes(crops)
+        return [CropEvidence(_with_outfit(part_colours(c, body)), body.part_outlines(),
+                             attrs.probs[i].astype(np.float32))
+                for i, (c, body) in enumerate(zip(crops, bodies, strict=True))]
+
+    def evidence(self, regions: Sequence[Region]) -> list[Evidence]:
+        """Colours per part and attributes of each region, averaged over its crop and its
+        ``views`` (other crops of the same tracklet)."""
+        crops = [c for r in regions for c in (r.crop, *r.views)]
+        owner = np.array([i for i, r in enumerate(regions) for _ in range(1 + len(r.views))])
+        paths = [p for r in regions for p in (r.paths if len(r.paths) == 1 + len(r.views)
+                                               else (None,) * (1 + len(r.views)))]
+        per_crop = self.crop_evidence(crops, paths)
         out = []
         for i, region in enumerate(regions):
             mine = np.nonzero(owner == i)[0]
-            colours = {part: np.mean([per_crop[j][0][part] for j in mine], axis=0)
-                       for part in per_crop[mine[0]][0]}
-            out.append(Evidence(colours, attrs.probs[mine].mean(axis=0), region,
-                                per_crop[mine[0]][1]))
+            colours = {part: np.mean([per_crop[j].colours[part] for j in mine], axis=0)
+                       for part in per_crop[mine[0]].colours}
+            attrs = np.mean([per_crop[j].attrs for j in mine], axis=0)
+            out.append(Evidence(colours, attrs, region, per_crop[mine[0]].outlines))
         return out
 
     # --- scoring ---------------------------------------------------------------------------

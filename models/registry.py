@@ -74,10 +74,12 @@ def build_embedder(section: EmbedderConfig, store: object) -> ReidEmbedder:
 
 
 def build_reranker(
-    name: str, store: object, threshold: float = 0.6, mllm_dir: Path | None = None
+    name: str, store: object, threshold: float = 0.6, mllm_dir: Path | None = None,
+    evidence: object | None = None,
 ) -> Reranker | None:
     """The re-ranker registered as ``name`` (None for "none"); the attribute verifier takes
-    ``threshold``, the MLLM re-ranker its model directory (``search.mllm_dir``)."""
+    ``threshold``, the MLLM re-ranker its model directory (``search.mllm_dir``), the composing
+    referrer a store of crop evidence (``refind.indexer.evidence.EvidenceStore``)."""
     if name == "none":
         return None
     if name not in RERANKERS:  # "none" is a valid choice too
@@ -87,4 +89,6 @@ def build_reranker(
         return cls.from_store(store, threshold)
     if name == "mllm":
         return cls.from_dir(mllm_dir)
+    if name == "compose":
+        return cls.from_store(store, evidence=evidence)
     return cls.from_store(store)

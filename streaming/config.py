@@ -147,6 +147,11 @@ class IngestConfig(Section):
     open_timeout_s: float = Field(
         10.0, gt=0.0, le=600.0, description="Give up opening a source after this long."
     )
+    referring_evidence: bool = Field(
+        True, description="Read each stored crop for text search as it is stored (BlazePose "
+        "mask and part colours, 0230 attributes; ~10 ms a crop) into <data_dir>/"
+        "evidence.sqlite3, so a first text query does not wait for it.",
+    )
 
 
 class CameraConfig(Section):

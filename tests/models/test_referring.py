@@ -49,7 +49,7 @@ class _Attributes:
 
     model_id = "test-attributes"
 
-    def attributes(self, crops):
+    def __call__(self, crops):
         from refind.models.base import PersonAttributes
 
         n = len(crops)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -103,7 +104,10 @@ def test_spans_say_when_and_where_the_tracker_saw_each_track():
     ended = {s.track_id: s for s in _all(results, "ended")}
     # confirmed on the second matched frame (min_hits 2): first reported there
     assert started[1].first_ts_ns == started[1].last_ts_ns == 1 * STEP_NS
-    assert ended[1] == TrackSpan("gate", 1, STEP_NS, 29 * STEP_NS, (78.0, 60.0, 118.0, 180.0), 29)
+    assert replace(ended[1], motion=None) == TrackSpan(
+        "gate", 1, STEP_NS, 29 * STEP_NS, (78.0, 60.0, 118.0, 180.0), 29)
+    assert started[1].motion is None  # motion is told when a track ends, over all of it
+    assert ended[1].motion is not None and ended[1].motion.duration_s == ended[1].seconds
     assert (ended[2].first_ts_ns, ended[2].last_ts_ns, ended[2].frames) == (
         11 * STEP_NS, 39 * STEP_NS, 29)
     # track 1 ended by the tracker (3 s after its last frame), track 2 by the end of the stream
