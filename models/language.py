@@ -45,11 +45,15 @@ from refind.models.lexicon import (
     AWAY_WORDS,
     CAMERA_WORDS,
     CARRIED_WORDS,
+    EDGE_SIDES,
+    ENTER_VERBS,
+    EXIT_VERBS,
     FAST_WORDS,
     FRAME_WORDS,
     GARMENT_PART,
     GLUE,
     HAVING,
+    IN_OUT,
     INTENSIFIED,
     MOTION_VERBS,
     NEGATIONS,
@@ -93,7 +97,8 @@ class Term:
         if self.kind == "colour":
             return f"{neg}{self.part} {(self.shade + ' ') if self.shade else ''}{self.value}"
         if self.kind == "motion":
-            return f"{neg}{_MOTION_LABELS.get(self.value, self.value)}"
+            side = f" {self.part}" if self.part else ""
+            return f"{neg}{_MOTION_LABELS.get(self.value, self.value)}{side}"
         if self.kind == "position":
             label = _SUPERLATIVES.get(self.value, self.value) if self.superlative else \
                 _POSITIONS.get(self.value, self.value)
@@ -106,6 +111,7 @@ class Term:
 
 
 _MOTION_LABELS = {"left": "walking left", "right": "walking right", "towards": "coming closer",
+                  "enter": "entering from the", "exit": "leaving at the",
                   "away": "going away", "still": "standing still", "fast": "moving fast",
                   "moving": "moving"}
 _POSITIONS = {"left": "on the left", "right": "on the right", "top": "up the frame",
@@ -439,7 +445,9 @@ def _motion_terms(words: list[str], used: list[bool], negated_at: Callable[[int]
                 and words[i + 3] in ("left", "right"):
             terms.append(Term("motion", words[i + 3], words=" ".join(words[i : i + 4])))
             used[i + 1] = used[i + 3] = True
-    verb_at = [i for i, w in enumerate(words) if w in MOTION_VERBS or w in STILL_WORDS]
+    terms += _enter_exit_terms(words, used, negated_at)
+    verb_at = [i for i, w in enumerate(words)
+               if (w in MOTION_VERBS or w in STILL_WORDS) and not used[i]]
     for i, w in enumerate(words):
         if w in STILL_WORDS and not used[i]:
             terms.append(Term("motion", "still", negated=negated_at(i), words=w))
@@ -484,6 +492,32 @@ def _motion_terms(words: list[str], used: list[bool], negated_at: Callable[[int]
             used[v] = True
     if any(t.value in ("left", "right", "towards", "away", "fast") for t in terms):
         terms = [t for t in terms if t.value != "moving"]  # a direction says it moves
+    return terms
+
+
+def _enter_exit_terms(words: list[str], used: list[bool], negated_at: Callable[[int], bool],
+                      ) -> list[Term]:
+    """"comes in from the left", "enters from the bottom", "leaves at the right edge", "walks
+    out on the left": the edge of the view a track began or ended at."""
+    terms: list[Term] = []
+    for i, w in enumerate(words):
+        if used[i]:
+            continue
+        kind = "enter" if w in ENTER_VERBS else "exit" if w in EXIT_VERBS else None
+        if kind is None and w in MOTION_VERBS and i + 1 < len(words) and words[i + 1] in IN_OUT:
+            kind = IN_OUT[words[i + 1]]
+        if kind is None:
+            continue
+        for j in range(i + 1, min(i + 7, len(words))):
+            if words[j] in EDGE_SIDES and not used[j]:
+                terms.append(Term("motion", kind, EDGE_SIDES[words[j]], negated=negated_at(i),
+                                  words=f"{w} {words[j]}"))
+                used[i] = used[j] = True
+                if i + 1 < len(words) and words[i + 1] in IN_OUT:
+                    used[i + 1] = True
+                break
+            if words[j] in ("and", ",", "then", "while", "but"):
+                break
     return terms
 
 

@@ -135,3 +135,12 @@ def known(word: str) -> bool:
             or word in PLURAL_WORDS or word in TOGETHER_WORDS or word in POSITION_WORDS
             or word in CAMERA_WORDS or canonical_colour(word) is not None
             or word in GLUE)
+
+
+# entering and leaving the view, and the edges they happen at
+ENTER_VERBS = {"enters", "enter", "entering", "entered", "appears", "appear", "appearing",
+               "appeared", "arrives", "arrive", "arriving", "arrived", "emerges", "emerging"}
+EXIT_VERBS = {"leaves", "leave", "leaving", "exits", "exit", "exiting", "exited", "disappears",
+              "disappear", "disappearing", "disappeared", "departs", "departing", "vanishes"}
+IN_OUT = {"in": "enter", "into": "enter", "out": "exit", "off": "exit"}  # "comes in", "walks out"
+EDGE_SIDES = {"left": "left", "right": "right", "top": "top", "bottom": "bottom"}

@@ -407,6 +407,9 @@ def _motion_p(term: Term, e: Evidence) -> float:
         "fast": lambda: _sigmoid((m.speed - 0.9) / 0.15),
         "moving": lambda: _sigmoid((0.5 - m.still) / 0.15),
     }
+    if term.value in ("enter", "exit"):
+        seen = m.enter if term.value == "enter" else m.exit
+        return 0.9 if seen == term.part else 0.3 if seen == "" else 0.1
     return rules[term.value]() if term.value in rules else 0.5
 
 
@@ -418,8 +421,10 @@ def _score_term(term: Term, e: Evidence, evidence: Sequence[Evidence]) -> Scored
         p = _position_p(term, e, evidence)
     elif term.kind == "motion":
         p = _motion_p(term, e)
-        if e.region.motion is None:  # no track to judge by: no evidence either way
-            weight = 0.0
+        m = e.region.motion
+        if m is None or (term.value in ("enter", "exit") and (
+                m.enter if term.value == "enter" else m.exit) is None):
+            weight = 0.0  # no track (or no frame size) to judge by: no evidence either way
     elif term.kind == "unknown":
         p = UNKNOWN_P
     elif term.value in ("light_hair", "dark_hair", "bald"):

@@ -153,10 +153,11 @@ class TrackEvent(BaseEvent):
     best_crop: str | None = Field(None, description="Path or URL of the best crop so far.")
     vector_ids: tuple[int, ...] = Field((), description="Gallery ids of the track's embeddings.")
     model_id: str | None = Field(None, min_length=1, description="Embedder of vector_ids.")
-    motion: dict[str, float] | None = Field(
+    motion: dict[str, float | str] | None = Field(
         None, description="How the track moved (phase end): vx, vy (person heights per second, "
         "+x right, +y down), growth (d ln height / dt), speed, still (share of time standing), "
-        "duration_s, height_px; absent when too short to tell.")
+        "duration_s, height_px, and enter / exit (left, right, top, bottom: the frame edge the "
+        "track began or ended at; absent when inside the frame); absent when too short.")
 
     @classmethod
     def from_span(cls, span: TrackSpan, phase: TrackPhase, **fields: Any) -> TrackEvent:

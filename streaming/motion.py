@@ -32,7 +32,9 @@ class TrackMotion:
     vx, vy: mean velocity of the box centre in heights per second (+x right, +y down the image);
     growth: mean d ln(box height) / dt per second (+ growing); speed: median speed over
     ``SPEED_WINDOW_S`` windows, heights per second; still: fraction of those windows slower
-    than ``STILL_SPEED``; height_px: the median box height the units are based on.
+    than ``STILL_SPEED``; height_px: the median box height the units are based on; enter,
+    exit: the edge of the frame the track began or ended at (``SIDES``), "" when it began or
+    ended inside the frame, None when the frame's size was not known.
     """
 
     vx: float
@@ -42,27 +44,48 @@ class TrackMotion:
     still: float
     duration_s: float
     height_px: float
+    enter: str | None = None
+    exit: str | None = None
 
     @property
     def towards(self) -> float:
         """How fast the person comes towards the camera (heights per second; < 0: away)."""
         return self.vy + 2.0 * self.growth
 
-    def as_dict(self) -> dict[str, float]:
-        return {k: round(float(getattr(self, k)), 4) for k in _FIELDS}
+    def as_dict(self) -> dict[str, float | str]:
+        out: dict[str, float | str] = {k: round(float(getattr(self, k)), 4) for k in _FIELDS}
+        return out | {k: getattr(self, k) for k in _SIDE_FIELDS if getattr(self, k) is not None}
 
     @classmethod
-    def from_dict(cls, d: dict[str, float]) -> TrackMotion:
-        """The motion ``as_dict`` wrote; a missing or unknown key is a ValueError naming it."""
+    def from_dict(cls, d: dict[str, float | str]) -> TrackMotion:
+        """The motion ``as_dict`` wrote (``enter`` and ``exit`` may be absent, as in motion
+        stored before they were kept); a missing or unknown key is a ValueError naming it."""
         missing = [k for k in _FIELDS if k not in d]
-        extra = [k for k in d if k not in _FIELDS]
+        extra = [k for k in d if k not in _FIELDS and k not in _SIDE_FIELDS]
         if missing or extra:
             raise ValueError(f"track motion needs {', '.join(_FIELDS)}; missing {missing}, "
                              f"unknown {extra}")
-        return cls(**{k: float(d[k]) for k in _FIELDS})
+        sides = {k: None if d.get(k) is None else str(d[k]) for k in _SIDE_FIELDS}
+        bad = [v for v in sides.values() if v and v not in SIDES]
+        if bad:
+            raise ValueError(f"track motion sides must be one of {', '.join(SIDES)}, got {bad}")
+        return cls(**{k: float(d[k]) for k in _FIELDS}, **sides)  # type: ignore[arg-type]
 
 
 _FIELDS = ("vx", "vy", "growth", "speed", "still", "duration_s", "height_px")
+_SIDE_FIELDS = ("enter", "exit")
+SIDES = ("left", "right", "top", "bottom")
+EDGE = 0.03  # a box this close to an edge (fraction of the frame) touches it
+
+
+def edge_of(xyxy: ArrayLike, frame_wh: tuple[int, int]) -> str:
+    """The frame edge a box touches (within ``EDGE`` of the frame's size; the nearest when it
+    touches two), or "" when it is inside the frame."""
+    x1, y1, x2, y2 = (float(v) for v in np.asarray(xyxy).reshape(4))
+    w, h = frame_wh
+    gaps = {"left": x1 / w, "right": (w - x2) / w, "top": y1 / h, "bottom": (h - y2) / h}
+    side, gap = min(gaps.items(), key=lambda kv: kv[1])
+    return side if gap <= EDGE else ""
 
 
 class TrackPath:
@@ -78,20 +101,22 @@ class TrackPath:
         (3, 4)
     """
 
-    __slots__ = ("_seen", "_t", "_xyxy", "cap", "stride")
+    __slots__ = ("_last", "_seen", "_t", "_xyxy", "cap", "frame_wh", "stride")
 
-    def __init__(self, cap: int = 256) -> None:
+    def __init__(self, cap: int = 256, frame_wh: tuple[int, int] | None = None) -> None:
         if cap < 2:
             raise ValueError(f"cap must be at least 2, got {cap}")
-        self.cap, self.stride, self._seen = cap, 1, 0
+        self.cap, self.stride, self._seen, self.frame_wh = cap, 1, 0, frame_wh
         self._t: list[int] = []
         self._xyxy: list[tuple[float, float, float, float]] = []
+        self._last: tuple[int, tuple[float, float, float, float]] | None = None
 
     def __len__(self) -> int:
         return len(self._t)
 
     def add(self, ts_ns: int, xyxy: tuple[float, float, float, float]) -> None:
         self._seen += 1
+        self._last = (int(ts_ns), xyxy)  # the last box always counts: where the track left
         if (self._seen - 1) % self.stride:
             return
         self._t.append(int(ts_ns))
@@ -102,14 +127,20 @@ class TrackPath:
 
     def motion(self) -> TrackMotion | None:
         """The track's motion so far (``track_motion``), None while too short to tell."""
-        if len(self._t) < 3:
+        t, boxes = list(self._t), list(self._xyxy)
+        if self._last is not None and self._last[0] > t[-1]:
+            t.append(self._last[0])
+            boxes.append(self._last[1])
+        if len(t) < 3:
             return None
-        return track_motion(np.asarray(self._t, np.float64) / 1e9, np.asarray(self._xyxy))
+        return track_motion(np.asarray(t, np.float64) / 1e9, np.asarray(boxes), self.frame_wh)
 
 
-def track_motion(times_s: ArrayLike, xyxy: ArrayLike) -> TrackMotion | None:
+def track_motion(times_s: ArrayLike, xyxy: ArrayLike,
+                 frame_wh: tuple[int, int] | None = None) -> TrackMotion | None:
     """The motion of a track seen at ``times_s`` ((n,) seconds, increasing) with boxes ``xyxy``
-    ((n, 4) pixels); None with fewer than 3 boxes or under 0.3 s, too short to tell."""
+    ((n, 4) pixels) in frames of ``frame_wh`` (for the edges it entered and left by; unknown
+    without it); None with fewer than 3 boxes or under 0.3 s, too short to tell."""
     t = np.asarray(times_s, np.float64).reshape(-1)
     b = np.asarray(xyxy, np.float64).reshape(-1, 4)
     if len(t) != len(b):
@@ -133,6 +164,8 @@ def track_motion(times_s: ArrayLike, xyxy: ArrayLike) -> TrackMotion | None:
         step = np.hypot(cx[j] - cx[i], b[j, 3] - b[i, 3]) / (t[j] - t[i]) / h  # (k,)
     else:  # shorter than one window: the whole track is one step
         step = np.array([np.hypot(cx[-1] - cx[0], b[-1, 3] - b[0, 3]) / (t[-1] - t[0]) / h])
+    enter = edge_of(b[0], frame_wh) if frame_wh else None
+    leave = edge_of(b[-1], frame_wh) if frame_wh else None
     return TrackMotion(vx=vx, vy=vy, growth=growth, speed=float(np.median(step)),
                        still=float(np.mean(step < STILL_SPEED)),
-                       duration_s=float(t[-1] - t[0]), height_px=h)
+                       duration_s=float(t[-1] - t[0]), height_px=h, enter=enter, exit=leave)

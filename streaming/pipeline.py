@@ -118,11 +118,12 @@ class _OpenTrack:
 
     __slots__ = ("first_ts_ns", "frames", "last_ts_ns", "last_xyxy", "path")
 
-    def __init__(self, ts_ns: int) -> None:
+    def __init__(self, ts_ns: int, frame_wh: tuple[int, int]) -> None:
         self.first_ts_ns = self.last_ts_ns = ts_ns
         self.last_xyxy: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
         self.frames = 0
-        self.path = TrackPath()  # its boxes over time, for the motion of the ended track
+        # its boxes over time, for the motion of the ended track and the edges it crossed
+        self.path = TrackPath(frame_wh=frame_wh)
 
 
 class CameraPipeline:
@@ -267,7 +268,8 @@ class CameraPipeline:
         for tid, box in zip(tracks.track_id.tolist(), tracks.xyxy.tolist(), strict=True):
             track = self._open.get(tid)
             if track is None:
-                track = self._open[tid] = _OpenTrack(frame.ts_ns)
+                h, w = frame.image.shape[:2]
+                track = self._open[tid] = _OpenTrack(frame.ts_ns, (w, h))
                 self.tracks_started += 1
             track.last_ts_ns = frame.ts_ns
             track.last_xyxy = tuple(round(v, 1) for v in box)  # type: ignore[assignment]

@@ -40,6 +40,11 @@ def _terms(text: str) -> set[str]:
         ("the one furthest away", {"furthest"}),
         ("the two people right next to each other", {"with others"}),
         ("not the one in black", {"not outfit black"}),
+        ("a woman entering from the left", {"woman", "entering from the left"}),
+        ("two people who come in from the bottom of the picture", {"entering from the bottom"}),
+        ("walks from right to left and leaves at the left edge",
+         {"walking left", "leaving at the left"}),
+        ("the man walking out on the right", {"man", "leaving at the right"}),
     ],
 )
 def test_terms(text: str, expected: set[str]) -> None:

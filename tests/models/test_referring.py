@@ -188,3 +188,18 @@ def test_a_part_comes_back_with_its_box_and_outline_in_frame_pixels() -> None:
     assert all(bx1 - 1 <= px <= bx2 + 1 and by1 - 1 <= py <= by2 + 1 for px, py in part.polygon)
     assert part.to_json()["part"] == "bottom"
     assert _referrer()("the man in blue jeans", PEOPLE).parts == ()  # about a person
+
+
+def test_entering_and_leaving_are_judged_by_the_edges_a_track_crossed() -> None:
+    from dataclasses import replace
+
+    sides = [("left", "right"), ("bottom", ""), ("right", "left")]
+    regions = [replace(r, motion=replace(r.motion, enter=a, exit=b))
+               for r, (a, b) in zip(PEOPLE, sides, strict=True)]
+    referrer = _referrer()
+    assert referrer("someone entering from the left", regions).selected.tolist() == [
+        True, False, False]
+    assert referrer("people who leave at the left edge", regions).selected.tolist() == [
+        False, False, True]
+    unknown = referrer("someone entering from the left", PEOPLE)  # sides unknown: not judged
+    assert "entering from the left unknown" in unknown.reasons[0]

@@ -98,3 +98,30 @@ def test_motion_from_dict_names_bad_keys() -> None:
 
     with pytest.raises(ValueError, match="missing"):
         TrackMotion.from_dict({"vx": 1.0})
+
+
+@pytest.mark.parametrize(("box", "side"), [
+    ((0, 100, 30, 200), "left"), ((610, 100, 640, 200), "right"), ((300, 0, 330, 90), "top"),
+    ((300, 380, 330, 480), "bottom"), ((300, 100, 330, 200), ""),
+])
+def test_edges(box, side) -> None:
+    from refind.streaming.motion import edge_of
+
+    assert edge_of(box, (640, 480)) == side
+
+
+def test_a_track_knows_the_edges_it_crossed_when_the_frame_size_is_known() -> None:
+    t = np.arange(0, 3.0, 0.1)
+    x = 600 - 200 * t  # from the right edge leftwards, ending inside the frame
+    boxes = np.stack([x, 100 + 0 * t, x + 40, 220 + 0 * t], axis=1)
+    m = track_motion(t, boxes, (640, 480))
+    assert (m.enter, m.exit) == ("right", "")
+    assert track_motion(t, boxes).enter is None  # no frame size: unknown, not "inside"
+    from refind.streaming.motion import TrackMotion
+
+    back = TrackMotion.from_dict(m.as_dict())
+    assert (back.enter, back.exit) == ("right", "")
+    old = {k: v for k, v in m.as_dict().items() if k not in ("enter", "exit")}
+    assert TrackMotion.from_dict(old).enter is None  # stored before sides were kept
+    with pytest.raises(ValueError, match="sides"):
+        TrackMotion.from_dict(old | {"enter": "sideways"})
