@@ -84,11 +84,14 @@ class IngestPipeline:
         referrer = None
         if cfg.ingest.referring_evidence:
             from refind.indexer.evidence import EvidenceStore
+            from refind.models.attributes import OpenVinoAttributes
+            from refind.models.body import PoseModel
             from refind.models.referring import ComposingReferrer
 
             evidence = EvidenceStore.in_data_dir(cfg.data_dir)
-            if evidence is not None:
-                referrer = ComposingReferrer.from_store(store, evidence=evidence)
+            if evidence is not None:  # reads crops only: no text, so no text encoder
+                referrer = ComposingReferrer(OpenVinoAttributes(store), PoseModel(store),
+                                             store=evidence)
         return cls(cfg, build_detector(cfg.detector, store), build_embedder(cfg.embedder, store),
                    referrer)
 
