@@ -77,8 +77,9 @@ class Term:
     """One checkable thing a query asks for.
 
     kind: colour | attribute | position | motion | unknown (a thing the person must be or have
-    that no model here can see: "a child", "walking a dog"); value: a colour name (``COLOUR_NAMES``), an
-    attribute, a position or a motion word (module docstring); part: where a colour is; shade:
+    that no model here can see: "a child", "walking a dog"); value: a colour name
+    (``COLOUR_NAMES``), an attribute, a position or a motion word (module docstring); part:
+    where a colour is, or the edge a track enters or leaves by; shade:
     "dark" / "light" / "bright" or ""; superlative: "leftmost", "the closest" (judged against
     the other candidates of the same frame); negated: "without", "not"; words: the words read.
     """
@@ -527,6 +528,12 @@ def _take_camera(words: list[str], used: list[bool], j: int) -> None:
             used[k] = True
 
 
+def _near_camera(words: list[str], i: int) -> bool:
+    """"near the camera", "close to the camera" at ``i``."""
+    return (words[i] in ("near", "close") and words[i + 1 : i + 2] in (["to"], ["the"])
+            and any(c in words[i + 1 : i + 4] for c in CAMERA_WORDS))
+
+
 def _position_terms(words: list[str], used: list[bool], negated_at: Callable[[int], bool],
                     ) -> list[Term]:
     terms: list[Term] = []
@@ -547,12 +554,12 @@ def _position_terms(words: list[str], used: list[bool], negated_at: Callable[[in
             value, sup = w, prev in ("far", "furthest", "farthest", "extreme", "very")
         elif w in ("closest", "nearest"):
             value, sup = "near", True
-        elif (w in ("near", "close") and nxt in ("to", "the") and \
-                any(c in words[i + 1 : i + 4] for c in CAMERA_WORDS)) or (w in ("front", "foreground") and prev not in ("in",)):
+        elif _near_camera(words, i) or (w in ("front", "foreground") and prev != "in"):
             value = "near"
         elif w in ("furthest", "farthest") and nxt not in ("left", "right"):
             value, sup = "far", True
-        elif w in ("distance", "distant", "background") or (w == "far" and nxt not in ("left", "right", "side")):
+        elif w in ("distance", "distant", "background") or (
+                w == "far" and nxt not in ("left", "right", "side")):
             value = "far"
         elif w in ("middle", "centre", "center", "central"):
             value = "middle"

@@ -4,34 +4,39 @@ A re-ranker (``refind.models.base.Reranker``, registered as ``compose``) that re
 terms (``refind.models.language.parse_query``) and gives each candidate a probability per term
 from the evidence that bears on it:
 
-- colour of a part: the fraction f of the part's pixels (inside the BlazePose mask,
-  ``refind.models.body``) named that colour, half-counting a neighbouring name
-  (``colour_match``), through a logistic ``p = sigmoid((f - mid) / 0.07)``; ``mid`` is 0.25 for
-  garments, 0.35 for the outfit as a whole ("in black") and 0.04 for a carried thing ("holding
-  something white"), which covers little of a person;
-- attributes: the 0230 model's probability (weighted by how far it can be trusted, as in
-  ``refind.models.attribute_verifier.ATTRIBUTE_WEIGHTS``); hair shade from the hair pixels;
-- position: where the box stands in the frame (``left``: ``sigmoid((0.4 - cx / W) / 0.08)``),
+- colour of a part: the share f of the part's pixels (inside the BlazePose mask,
+  ``refind.models.body``) named that colour, a neighbouring name counting half (a chromatic
+  name next to an achromatic one, 0.15; black for a "dark" or "navy" colour, half), through
+  ``p = sigmoid((f - mid) / 0.07)``. ``mid`` is 0.25 for a garment, 0.35 for the outfit as a
+  whole ("in red") and 0.04 (scale 0.015) for a carried thing ("holding something white"),
+  which covers little of a person; black, grey and white must dominate (``mid`` 0.6), since
+  shadows, dim light and the road give them everywhere;
+- attributes: the 0230 model's probability, weighted by how far it can be trusted
+  (``refind.models.attribute_verifier.ATTRIBUTE_WEIGHTS``); hair shade from the hair pixels;
+- position: where the box stands in its frame (``left``: ``sigmoid((0.4 - cx / W) / 0.08)``);
   superlatives against the other candidates of the same frame (1 for the extreme one, falling
-  with the gap), ``together`` from the distance to the nearest other person in heights;
+  with the gap); ``together`` from the distance to the nearest other person, in heights;
 - motion: the candidate's ``TrackMotion`` (``refind.streaming.motion``): ``left`` is
-  ``sigmoid((-vx - 0.15) / 0.08)`` in heights per second, ``still`` and ``fast`` from the speed;
-  a candidate whose track's motion is unknown is not judged on it (weight 0, "unknown").
+  ``sigmoid((-vx - 0.15) / 0.08)`` in heights per second, ``still`` and ``fast`` from the
+  speed, entering and leaving from the frame edges the track began and ended at. A candidate
+  whose motion is unknown is not judged on it (weight 0, "unknown");
+- a thing the person must be or have that no model here sees ("a child"): ``UNKNOWN_P``.
 
-A negated term uses ``1 - p``. The candidate's composed score is the weighted geometric mean of
-its terms' probabilities (``exp(sum w log p / sum w)``), so one failed term pulls it well down
-whatever the number of terms; the score it returns is that composition calibrated into the
-probability that the candidate is meant (Platt scaling, ``CALIBRATION``). Selection compares the
-composition with ``threshold`` (0.5, a calibrated probability of about 0.18: most candidates of
-a frame are not meant, so a match is rarer than the composition alone suggests). Selection, within each frame (``Region.group``): every candidate
-above ``threshold`` when the text speaks of several people; the best one when it speaks of
-one; the best ``count`` when it names a number ("the two ...") as long as each reaches
-``count_floor``. Across frames or tracklets (search: each tracklet is its own group), a text
-about one person keeps only the candidates within ``singular_margin`` of the best: one person
-seen as several tracklets scores alike, and a weaker match is someone else. Nobody is selected when no candidate passes, and when the text holds nothing
-checkable but words it could not read ("a child": nothing here can tell a child). Reasons read
-``top red 0.82, backpack 0.71, walking left 0.90``; a term under 0.5 is marked ✗, and the words
-not understood end the reason ("ignored: 'umbrella'").
+A negated term uses ``1 - p``. The composed score is the weighted geometric mean of the terms'
+probabilities (``exp(sum w log p / sum w)``): one failed term pulls it well down whatever the
+number of terms. The score returned is that composition calibrated into the probability that
+the candidate is meant (Platt scaling, ``CALIBRATION``).
+
+Selection compares the composition with ``threshold`` (0.5; a calibrated probability of about
+0.18, since most candidates of a frame are not meant), within each frame (``Region.group``):
+every candidate above it when the text speaks of several people, the best one when it speaks
+of one, the best ``count`` when it names a number ("the two ...") as long as each reaches
+``count_floor``. Across frames or tracklets (in search each tracklet is its own group), a text
+about one person keeps the candidates within ``singular_margin`` of the best: one person seen as
+several tracklets scores alike, a weaker match is someone else. Nobody is selected when no
+candidate passes, or when the text holds nothing checkable, only words it could not read.
+Reasons read ``top red 0.82, backpack 0.71, walking left 0.90``; a term under 0.5 is marked ✗,
+and the words not understood end the reason ("ignored: 'umbrella'").
 
 Example:
     >>> referrer = ComposingReferrer.from_store(store)                   # doctest: +SKIP
@@ -334,7 +339,8 @@ def _combine(scored: Sequence[Scored]) -> float:
 
 
 def _with_outfit(colours: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Add ``outfit``: top and bottom pixels together (weights by their share of the mask)."""
+    """Add ``outfit`` (the mean of top and bottom shares) and ``carried`` (the whole person:
+    what is held is somewhere on them)."""
     out = dict(colours)
     out["outfit"] = (colours["top"] + colours["bottom"]) / 2.0
     out["carried"] = colours["person"]
@@ -394,10 +400,17 @@ def _position_p(term: Term, e: Evidence, evidence: Sequence[Evidence]) -> float:
     return 0.5
 
 
-def _motion_p(term: Term, e: Evidence) -> float:
+def _motion_p(term: Term, e: Evidence) -> float | None:
+    """The probability of a motion term, None when the track does not tell (no motion, or
+    no frame edges for entering and leaving)."""
     m = e.region.motion
     if m is None:
-        return 0.5
+        return None
+    if term.value in ("enter", "exit"):
+        seen = m.enter if term.value == "enter" else m.exit
+        if seen is None:
+            return None
+        return 0.9 if seen == term.part else 0.3 if seen == "" else 0.1
     rules: dict[str, Callable[[], float]] = {
         "left": lambda: _sigmoid((-m.vx - 0.15) / 0.08),
         "right": lambda: _sigmoid((m.vx - 0.15) / 0.08),
@@ -407,10 +420,7 @@ def _motion_p(term: Term, e: Evidence) -> float:
         "fast": lambda: _sigmoid((m.speed - 0.9) / 0.15),
         "moving": lambda: _sigmoid((0.5 - m.still) / 0.15),
     }
-    if term.value in ("enter", "exit"):
-        seen = m.enter if term.value == "enter" else m.exit
-        return 0.9 if seen == term.part else 0.3 if seen == "" else 0.1
-    return rules[term.value]() if term.value in rules else 0.5
+    return rules[term.value]() if term.value in rules else None
 
 
 def _score_term(term: Term, e: Evidence, evidence: Sequence[Evidence]) -> Scored:
@@ -420,11 +430,8 @@ def _score_term(term: Term, e: Evidence, evidence: Sequence[Evidence]) -> Scored
     elif term.kind == "position":
         p = _position_p(term, e, evidence)
     elif term.kind == "motion":
-        p = _motion_p(term, e)
-        m = e.region.motion
-        if m is None or (term.value in ("enter", "exit") and (
-                m.enter if term.value == "enter" else m.exit) is None):
-            weight = 0.0  # no track (or no frame size) to judge by: no evidence either way
+        found = _motion_p(term, e)
+        p, weight = (0.5, 0.0) if found is None else (found, weight)  # unknown: not judged
     elif term.kind == "unknown":
         p = UNKNOWN_P
     elif term.value in ("light_hair", "dark_hair", "bald"):
