@@ -467,15 +467,9 @@ def _motion_terms(words: list[str], used: list[bool], negated_at: Callable[[int]
                 terms.append(Term("motion", w, negated=negated_at(v), words=f"{words[v]} {w}"))
                 used[j] = used[v] = found = True
                 break
-            if w in TOWARDS_WORDS and not used[j]:
-                terms.append(Term("motion", "towards", negated=negated_at(v),
-                                  words=f"{words[v]} {w}"))
-                used[j] = used[v] = found = True
-                _take_camera(words, used, j)
-                break
-            if w in AWAY_WORDS and not used[j]:
-                terms.append(Term("motion", "away", negated=negated_at(v),
-                                  words=f"{words[v]} {w}"))
+            way = "towards" if w in TOWARDS_WORDS else "away" if w in AWAY_WORDS else None
+            if way is not None and not used[j]:
+                terms.append(Term("motion", way, negated=negated_at(v), words=f"{words[v]} {w}"))
                 used[j] = used[v] = found = True
                 _take_camera(words, used, j)
                 break

@@ -123,19 +123,19 @@ class VideoSource:
         """Frames in a file as its header says (for progress bars); None for live sources."""
         if self.live:
             return None
-        try:
-            with av.open(self.url) as c:
-                n = c.streams.video[0].frames
-                return int(n) if n else None
-        except av.error.FFmpegError:
-            return None
+        n = self._header("frames")
+        return int(n) if n else None
 
     def frame_rate(self) -> float | None:
         """Frames per second of a file as its header says; None when it does not say."""
+        rate = self._header("average_rate")
+        return float(rate) if rate else None
+
+    def _header(self, field: str) -> object:
+        """One field of the video stream's header (None when the file cannot be read)."""
         try:
             with av.open(self.url) as c:
-                rate = c.streams.video[0].average_rate
-                return float(rate) if rate else None
+                return getattr(c.streams.video[0], field)
         except av.error.FFmpegError:
             return None
 
