@@ -578,13 +578,11 @@ class PoolReranker:
                            with_retrieval=True).hits
 
     def forget(self) -> None:
-        """Empty the re-ranker's caches (crop attributes and colours; refer's text tokens)."""
-        for holder in (self.reranker, getattr(self.reranker, "text", None),
-                       getattr(self.reranker, "attributes", None)):
-            for name in ("_cache", "_colours"):
-                cache = getattr(holder, name, None)
-                if cache is not None:
-                    cache.clear()
+        """Empty the re-ranker's caches (what was read from crops; refer's text tokens)."""
+        for holder in (self.reranker, getattr(self.reranker, "text", None)):
+            kept = getattr(holder, "_kept", None)
+            if kept is not None:
+                kept.clear()
 
 
 def build_pool_reranker(kind: str, cache: Path) -> PoolReranker:

@@ -236,9 +236,9 @@ def evaluate_refer(
     from tqdm import tqdm
 
     images: dict[Path, np.ndarray] = {}
-    labelled: dict[str, list[tuple[float, int]]] = {k: [] for k in rerankers}
-    if scores_out is not None:
-        scores_out.update(labelled)  # the same lists, filled below
+    labelled = scores_out if scores_out is not None else {}
+    for name in rerankers:
+        labelled[name] = []
     parts: dict[str, list[dict[str, object]]] = {k: [] for k in rerankers}
     pairs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {k: [] for k in rerankers}
     by_kind: dict[str, dict[str, list]] = {k: {} for k in rerankers}

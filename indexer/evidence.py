@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -59,11 +59,8 @@ class EvidenceStore:
     def get_many(self, keys: Sequence[bytes]) -> dict[bytes, bytes]:
         """The stored evidence of those ``keys`` that have some."""
         out: dict[bytes, bytes] = {}
-        unique = list(dict.fromkeys(keys))
         with self._lock:
-            for start in range(0, len(unique), _IN_CHUNK):
-                chunk = unique[start : start + _IN_CHUNK]
-                marks = ",".join("?" * len(chunk))
+            for chunk, marks in _chunks(list(dict.fromkeys(keys))):
                 out.update(self._conn.execute(
                     f"SELECT key, data FROM evidence WHERE key IN ({marks})", chunk))
         return out
@@ -80,12 +77,9 @@ class EvidenceStore:
 
     def forget_paths(self, paths: Sequence[str]) -> int:
         """Delete the evidence read from these stored crops (forget, retention); how many."""
-        unique = sorted(set(paths))
         removed = 0
         with self._lock:
-            for start in range(0, len(unique), _IN_CHUNK):
-                chunk = unique[start : start + _IN_CHUNK]
-                marks = ",".join("?" * len(chunk))
+            for chunk, marks in _chunks(sorted(set(paths))):
                 removed += self._conn.execute(
                     f"DELETE FROM evidence WHERE crop_path IN ({marks})", chunk).rowcount
             self._conn.commit()
@@ -98,3 +92,10 @@ class EvidenceStore:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _chunks(values: list) -> Iterator[tuple[list, str]]:
+    """``values`` in chunks of ``_IN_CHUNK``, each with its "?,?,..." placeholders."""
+    for start in range(0, len(values), _IN_CHUNK):
+        chunk = values[start : start + _IN_CHUNK]
+        yield chunk, ",".join("?" * len(chunk))

@@ -28,7 +28,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import cv2
 import numpy as np
@@ -41,6 +41,9 @@ from refind.models.attribute_verifier import checkable
 from refind.models.base import TASKS, InstructableEmbedder, ReidEmbedder
 from refind.models.text_attributes import parse_attributes
 from refind.streaming.records import CropHit, ImageQuery, SearchFilter, TextQuery, TrackletHit
+
+if TYPE_CHECKING:  # the composing referrer (cv2, OpenVINO) is loaded only when chosen
+    from refind.models.referring import ComposingReferrer
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +235,8 @@ class SearchEngine:
             return replace(self._retrieve_and_rerank(name, query.text, vector, query), task="text")
         name = "attributes" if name == "none" else name  # the only way to read the text here
         if name == "compose" and self.rerankers is not None:
-            _check_composable(self.rerankers.get(name), query.text, self.embedder.model_id)
+            _check_composable(self.rerankers.get(name),  # type: ignore[arg-type]
+                              query.text, self.embedder.model_id)
         if name == "attributes" and not checkable(parse_attributes(query.text)):
             raise QueryError(
                 f"model {self.embedder.model_id} cannot embed text, and {query.text!r} names "
@@ -329,12 +333,10 @@ class SearchEngine:
         return out
 
 
-def _check_composable(reranker: object, text: str, model_id: str) -> None:
+def _check_composable(reranker: ComposingReferrer, text: str, model_id: str) -> None:
     """A plain gallery is read only through the composing referrer: refuse text in which it
     understands nothing at all, naming the words it could not read."""
-    from refind.models.language import parse_query
-
-    query = parse_query(text, getattr(reranker, "concepts", None))
+    query = reranker.read(text)
     if not query.terms:
         unread = f" (not understood: {', '.join(query.ignored)})" if query.ignored else ""
         raise QueryError(

@@ -23,8 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,9 +31,11 @@ import numpy as np
 from refind.models.base import (
     ATTRIBUTE_NAMES,
     AttributeModel,
+    Kept,
     PersonAttributes,
     Region,
     RerankResult,
+    crop_key,
 )
 from refind.models.colours import colour_match
 from refind.models.text_attributes import WantedAttributes, parse_attributes
@@ -131,26 +131,21 @@ class AttributeVerifier:
         self.model = model
         self.threshold = threshold
         self.cache_size = cache_size
-        self._cache: OrderedDict[bytes, tuple[np.ndarray, np.ndarray, np.ndarray, str, str]] = (
-            OrderedDict()
-        )
+        # per crop (by its pixels): probs, top and bottom BGR samples, their colour names
+        self._kept: Kept[bytes, tuple[np.ndarray, np.ndarray, np.ndarray, str, str]] = Kept(
+            cache_size)
 
     def attributes(self, crops: Sequence[np.ndarray]) -> PersonAttributes:
         """The model's attributes of ``crops``, from the cache where it has them."""
-        keys = [hashlib.blake2b(c.tobytes() + str(c.shape).encode(), digest_size=16).digest()
-                for c in crops]
-        todo = sorted({i for i, key in enumerate(keys) if key not in self._cache})
-        if todo:
-            fresh = self.model([crops[i] for i in todo])
-            for j, i in enumerate(todo):
-                self._cache[keys[i]] = (fresh.probs[j], fresh.top_bgr[j], fresh.bottom_bgr[j],
-                                        fresh.top_colour[j], fresh.bottom_colour[j])
-        rows = []
-        for key in keys:
-            self._cache.move_to_end(key)
-            rows.append(self._cache[key])
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        keys = [crop_key(c) for c in crops]
+        by_key = dict(zip(keys, crops, strict=True))
+
+        def run(todo: list[bytes]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, str, str]]:
+            fresh = self.model([by_key[k] for k in todo])
+            return [(fresh.probs[j], fresh.top_bgr[j], fresh.bottom_bgr[j],
+                     fresh.top_colour[j], fresh.bottom_colour[j]) for j in range(len(todo))]
+
+        rows = self._kept(keys, run)
         if not rows:
             empty = np.zeros((0, 3), np.uint8)
             return PersonAttributes(np.zeros((0, len(ATTRIBUTE_NAMES)), np.float32), empty,

@@ -7,20 +7,66 @@ A model runner is a plain class: ``__init__`` loads, ``__call__`` runs one batch
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import os
 import threading
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 import cv2
 import numpy as np
 
 from refind.streaming.motion import TrackMotion
 from refind.streaming.records import Detections, Embeddings
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class Kept(Generic[K, V]):
+    """Values by key, at most ``size`` of them (least recently used dropped first); a call
+    computes the missing ones in one batch (encoded texts, what a model read from a crop).
+
+    Example:
+        >>> kept = Kept(size=2)
+        >>> kept(["a", "b", "a"], lambda todo: [k.upper() for k in todo])
+        ['A', 'B', 'A']
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._kept: OrderedDict[K, V] = OrderedDict()
+
+    def __call__(self, keys: Sequence[K], compute: Callable[[list[K]], Sequence[V]]) -> list[V]:
+        """The values of ``keys``, ``compute`` running once on the missing ones (sorted)."""
+        found = {k: self._kept[k] for k in set(keys) if k in self._kept}
+        todo = sorted(set(keys) - found.keys())  # type: ignore[type-var]
+        if todo:
+            found.update(zip(todo, compute(todo), strict=True))
+        for key, value in found.items():
+            self._kept[key] = value
+            self._kept.move_to_end(key)
+        while len(self._kept) > self.size:
+            self._kept.popitem(last=False)
+        return [found[k] for k in keys]
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def clear(self) -> None:
+        self._kept.clear()
+
+
+def crop_key(crop: np.ndarray, salt: bytes = b"") -> bytes:
+    """A 16-byte key of a crop's pixels (and ``salt``: the models that read them), by which
+    what a model read from it is kept."""
+    return hashlib.blake2b(crop.tobytes() + str(crop.shape).encode() + salt,
+                           digest_size=16).digest()
 
 
 class ModelInputError(ValueError):

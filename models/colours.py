@@ -64,6 +64,9 @@ def name_colour(bgr: np.ndarray) -> str:
 # Hue bands (degrees, upper bound exclusive) and the name of each, after the grey/black/white test.
 _HUE_BANDS = ((15, "red"), (40, "orange"), (70, "yellow"), (165, "green"), (255, "blue"),
               (290, "purple"), (340, "pink"), (361, "red"))  # fmt: skip
+_INDEX = {name: i for i, name in enumerate(COLOUR_NAMES)}
+_BAND_LIMITS = np.array([limit for limit, _ in _HUE_BANDS], np.float64)
+_BAND_NAMES = np.array([_INDEX[name] for _, name in _HUE_BANDS])
 
 
 def name_colours(bgr: np.ndarray) -> np.ndarray:
@@ -83,10 +86,8 @@ def name_colours(bgr: np.ndarray) -> np.ndarray:
         mx == r, 60.0 * np.mod((g - b) / safe, 6),
         np.where(mx == g, 60.0 * ((b - r) / safe + 2), 60.0 * ((r - g) / safe + 4)),
     )  # fmt: skip
-    index = {name: i for i, name in enumerate(COLOUR_NAMES)}
-    bands = np.array([limit for limit, _ in _HUE_BANDS], np.float64)
-    band_names = np.array([index[name] for _, name in _HUE_BANDS])
-    out = band_names[np.searchsorted(bands, hue, side="right")]
+    index = _INDEX
+    out = _BAND_NAMES[np.searchsorted(_BAND_LIMITS, hue, side="right")]
     out = np.where((out == index["red"]) & (s < 0.45) & (v > 0.6), index["pink"], out)
     out = np.where((out == index["orange"]) & (v < 0.6), index["brown"], out)
     out = np.where((out == index["yellow"]) & (v < 0.45), index["brown"], out)

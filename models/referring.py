@@ -46,10 +46,8 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -60,10 +58,12 @@ from refind.models.attribute_verifier import ATTRIBUTE_WEIGHTS, MISS
 from refind.models.base import (
     ATTRIBUTE_NAMES,
     AttributeModel,
+    Kept,
     PartRegion,
     PersonAttributes,
     Region,
     RerankResult,
+    crop_key,
 )
 from refind.models.body import Body, PoseModel, part_colours, stand_in
 from refind.models.colours import COLOUR_NAMES, colour_match
@@ -192,7 +192,7 @@ class ComposingReferrer:
         self.singular_margin = singular_margin
         self.cache_size = cache_size
         self.store = store
-        self._colours: OrderedDict[bytes, CropEvidence] = OrderedDict()  # by key_of
+        self._kept: Kept[bytes, CropEvidence] = Kept(cache_size)  # by key_of
         models = f"{getattr(pose, 'model_id', 'no-pose')}|{attributes.model_id}"
         self._models = models.encode()
 
@@ -210,33 +210,26 @@ class ComposingReferrer:
 
     def key_of(self, crop: np.ndarray) -> bytes:
         """A crop's evidence key: its pixels and the models that read them."""
-        return hashlib.blake2b(crop.tobytes() + str(crop.shape).encode() + self._models,
-                               digest_size=16).digest()
+        return crop_key(crop, self._models)
 
     def crop_evidence(self, crops: Sequence[np.ndarray],
                       paths: Sequence[str | None] | None = None) -> list[CropEvidence]:
         """The evidence of each crop: from memory, else the store, else computed (and kept in
         both, with the stored crop's path when ``paths`` gives it)."""
         keys = [self.key_of(c) for c in crops]
-        missing = list(dict.fromkeys(k for k in keys if k not in self._colours))
-        if missing and self.store is not None:
-            for k, data in self.store.get_many(missing).items():
-                self._colours[k] = CropEvidence.from_bytes(data)
-        todo = list({k: i for i, k in enumerate(keys) if k not in self._colours}.values())
-        if todo:
-            fresh = self._compute([crops[i] for i in todo])
-            for i, ev in zip(todo, fresh, strict=True):
-                self._colours[keys[i]] = ev
-            if self.store is not None:
-                self.store.put_many([(keys[i], ev.to_bytes(), paths[i] if paths else None)
-                                     for i, ev in zip(todo, fresh, strict=True)])
-        out = []
-        for k in keys:
-            self._colours.move_to_end(k)
-            out.append(self._colours[k])
-        while len(self._colours) > self.cache_size:
-            self._colours.popitem(last=False)
-        return out
+        crop_of = dict(zip(keys, crops, strict=True))
+        path_of = dict(zip(keys, paths or [None] * len(keys), strict=True))
+        return self._kept(keys, lambda todo: self._read(todo, crop_of, path_of))
+
+    def _read(self, keys: list[bytes], crop_of: dict[bytes, np.ndarray],
+              path_of: dict[bytes, str | None]) -> list[CropEvidence]:
+        """Evidence of crops not in memory: from the store, else computed and stored."""
+        stored = self.store.get_many(keys) if self.store is not None else {}
+        todo = [k for k in keys if k not in stored]
+        fresh = dict(zip(todo, self._compute([crop_of[k] for k in todo]), strict=True))
+        if self.store is not None and fresh:
+            self.store.put_many([(k, ev.to_bytes(), path_of[k]) for k, ev in fresh.items()])
+        return [fresh[k] if k in fresh else CropEvidence.from_bytes(stored[k]) for k in keys]
 
     def _compute(self, crops: Sequence[np.ndarray]) -> list[CropEvidence]:
         bodies: list[Body] = (self.pose(crops) if self.pose is not None
@@ -265,9 +258,12 @@ class ComposingReferrer:
 
     # --- scoring ---------------------------------------------------------------------------
 
+    def read(self, expression: str) -> ReferQuery:
+        """What ``expression`` asks for, with this referrer's word mapping."""
+        return parse_query(expression, self.concepts)
+
     def __call__(self, expression: str, regions: Sequence[Region]) -> RerankResult:
-        query = parse_query(expression, self.concepts)
-        return self.score(query, regions)
+        return self.score(self.read(expression), regions)
 
     def score(self, query: ReferQuery, regions: Sequence[Region]) -> RerankResult:
         n = len(regions)

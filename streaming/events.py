@@ -157,7 +157,8 @@ class TrackEvent(BaseEvent):
         None, description="How the track moved (phase end): vx, vy (person heights per second, "
         "+x right, +y down), growth (d ln height / dt), speed, still (share of time standing), "
         "duration_s, height_px, and enter / exit (left, right, top, bottom: the frame edge the "
-        "track began or ended at; absent when inside the frame); absent when too short.")
+        "track began or ended at; empty when inside the frame, absent when the frame size was "
+        "not known); absent when too short to tell.")
 
     @classmethod
     def from_span(cls, span: TrackSpan, phase: TrackPhase, **fields: Any) -> TrackEvent:

@@ -128,7 +128,7 @@ class TrackPath:
     def motion(self) -> TrackMotion | None:
         """The track's motion so far (``track_motion``), None while too short to tell."""
         t, boxes = list(self._t), list(self._xyxy)
-        if self._last is not None and self._last[0] > t[-1]:
+        if self._last is not None and t and self._last[0] > t[-1]:
             t.append(self._last[0])
             boxes.append(self._last[1])
         if len(t) < 3:

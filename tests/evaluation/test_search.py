@@ -103,3 +103,6 @@ def test_eval_search_on_pets(tmp_path, pets_video, capsys) -> None:
         assert set(q["identities"]) <= set(range(1, 20))
         if q["kind"] != "none":
             assert 0.0 <= q["recall_at_5"] <= 1.0 and 0.0 <= q["map"] <= 1.0
+    [nobody] = [q for q in result["queries"] if q["kind"] == "none"]
+    assert nobody["selected"] == [] and nobody["rejected"] == 1.0  # a yellow hi-vis vest
+    assert any(q.get("recall_at_5", 0.0) > 0 for q in result["queries"])  # someone is found

@@ -9,24 +9,24 @@ import pytest
 from refind.models.base import ATTRIBUTE_NAMES, AttributeModel, ModelInputError
 from refind.models.colours import canonical_colour, colour_match, name_colour, sample_colour
 
+# BGR samples and the name each must get
+LABELLED = [
+    ((0, 0, 0), "black"),
+    ((20, 20, 25), "black"),
+    ((128, 128, 128), "grey"),
+    ((245, 245, 245), "white"),
+    ((30, 30, 200), "red"),
+    ((0, 140, 255), "orange"),
+    ((30, 70, 110), "brown"),
+    ((0, 220, 230), "yellow"),
+    ((40, 170, 40), "green"),
+    ((200, 80, 20), "blue"),
+    ((160, 40, 120), "purple"),
+    ((190, 160, 250), "pink"),
+]
 
-@pytest.mark.parametrize(
-    ("bgr", "name"),
-    [
-        ((0, 0, 0), "black"),
-        ((20, 20, 25), "black"),
-        ((128, 128, 128), "grey"),
-        ((245, 245, 245), "white"),
-        ((30, 30, 200), "red"),
-        ((0, 140, 255), "orange"),
-        ((30, 70, 110), "brown"),
-        ((0, 220, 230), "yellow"),
-        ((40, 170, 40), "green"),
-        ((200, 80, 20), "blue"),
-        ((160, 40, 120), "purple"),
-        ((190, 160, 250), "pink"),
-    ],
-)
+
+@pytest.mark.parametrize(("bgr", "name"), LABELLED)
 def test_colour_names(bgr: tuple[int, int, int], name: str) -> None:
     assert name_colour(np.array(bgr, np.uint8)) == name
 

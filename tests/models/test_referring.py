@@ -134,11 +134,15 @@ def test_part_colours_count_only_the_mask_and_the_part() -> None:
     assert middle.mask[:, 0].sum() == 0 and middle.mask[:, crop.shape[1] // 2].all()
 
 
-def test_pixel_colour_names_match_single_samples() -> None:
-    from refind.models.colours import name_colour
+def test_pixel_colour_names_in_one_batch() -> None:
+    """Every pixel of a mixed batch gets its own name (the labelled samples of
+    tests/models/test_attributes.py, shuffled and repeated)."""
+    from tests.models.test_attributes import LABELLED
 
-    px = np.random.default_rng(1).integers(0, 256, (2000, 3)).astype(np.uint8)
-    assert [COLOUR_NAMES[i] for i in name_colours(px)] == [name_colour(p) for p in px]
+    rng = np.random.default_rng(1)
+    order = rng.permutation(np.repeat(np.arange(len(LABELLED)), 5))
+    px = np.array([LABELLED[i][0] for i in order], np.uint8)
+    assert [COLOUR_NAMES[i] for i in name_colours(px)] == [LABELLED[i][1] for i in order]
 
 
 @pytest.mark.slow
