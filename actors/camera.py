@@ -98,9 +98,8 @@ class CameraReport:
 class _StoreJob:
     """One batch of crops on its way through the embedder pool to the writer."""
 
-    n_crops: int
     crops_ref: ObjectRef
-    track_ids: list[int]
+    track_ids: list[int]  # one per crop
     model_id: str = ""  # the model ``embeddings`` are of
     embeddings: ObjectRef | None = None  # ObjectRef of the pool's Embeddings
     result: ObjectRef | None = None  # ObjectRef of the writer's list[CropRecord]
@@ -342,7 +341,7 @@ class CameraActor:
             t0 = time.perf_counter()
             self._wait_oldest()
             self._pipe.times.add("store_wait", time.perf_counter() - t0)
-        job = _StoreJob(len(crops), ray.put(crops), [c.track_id for c in crops])
+        job = _StoreJob(ray.put(crops), [c.track_id for c in crops])
         self._gate.sent(job.track_ids)
         self._stores.append(job)
         self._send(job)
@@ -416,9 +415,9 @@ class CameraActor:
         self._stores.remove(job)
         self._gate.done(job.track_ids)
         with self._lock:
-            self._crops_failed += job.n_crops
+            self._crops_failed += len(job.track_ids)
         log.error("%s: %d crops of tracks %s were not stored: %s", self._cam.name,
-                  job.n_crops, sorted(set(job.track_ids))[:10], err)
+                  len(job.track_ids), sorted(set(job.track_ids))[:10], err)
 
     def _send_ends(self) -> None:
         """Ended tracks whose crops are all stored go to the writer (recorded there)."""

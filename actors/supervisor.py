@@ -306,7 +306,7 @@ class Supervisor:
             if name not in self._cameras:
                 raise KeyError(f"no camera {name!r}; cameras: {', '.join(sorted(self._cameras))}")
             _, actor = self._cameras.pop(name)
-        return self._stop_actor(actor)
+        return self._stop_actors({name: actor})[name]
 
     def cameras(self) -> list[str]:
         return sorted(self._cameras)
@@ -317,9 +317,6 @@ class Supervisor:
             num_cpus=0, max_restarts=self.cfg.ray.max_restarts, max_concurrency=4,
             name=f"camera-{cam.name}", get_if_exists=False,
         ).remote(self.cfg, cam, self.detectors, self.embedders, self.writers[shard], shard)
-
-    def _stop_actor(self, actor: ActorHandle) -> CameraReport | None:
-        return self._stop_actors({"": actor})[""]
 
     def _stop_actors(self, actors: dict[str, ActorHandle]) -> dict[str, CameraReport | None]:
         """Stop cameras together (each stores what it holds, up to its own STOP_WAIT_S), then

@@ -278,8 +278,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# The optional extras (pyproject.toml) of the modules they bring.
-
 # name -> (module with main(argv), what it writes)
 DATASET_BUILDERS = {
     "pets-reid": ("refind.datasets.build_pets_reid", "ReID query/gallery folders"),

@@ -197,9 +197,14 @@ def run_serve(
     finally:
         server.shutdown()
         finals = supervisor.stop()
-        stored = sum(r.crops_stored for r in finals.values() if r is not None)
+        reports = [r for r in finals.values() if r is not None]
+        stored = sum(r.crops_stored for r in reports)
+        failed = sum(r.crops_failed for r in reports)
+        silent = len(finals) - len(reports)
+        outcome = ("every accepted crop stored and recorded" if not failed and not silent else
+                   f"{failed} crops failed to store, {silent} cameras did not report")
         print(f"refind serve stopped: {len(finals)} cameras, {stored} crops stored this run "
-              "(every accepted crop stored and recorded)", flush=True)
+              f"({outcome})", flush=True)
 
 
 def supervise(supervisor: Supervisor, cfg: RefindConfig, stop: threading.Event) -> None:

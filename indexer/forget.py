@@ -35,7 +35,6 @@ from refind.streaming.events import ForgetEvent
 from refind.streaming.records import CropRecord
 
 log = logging.getLogger(__name__)
-_FLUSH_S = 30.0  # how long forgetting waits for Kafka to take the tombstone
 
 
 class UnknownTrackError(ValueError):
@@ -147,6 +146,6 @@ def _record(cfg: RefindConfig, event: ForgetEvent) -> bool:
     record = EventRecord.open(cfg)
     try:
         record.append([event])
-        return record.bus is not None and record.flush(_FLUSH_S)
+        return record.bus is not None and record.flush()
     finally:
         record.close()

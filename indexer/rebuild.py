@@ -86,6 +86,11 @@ class DurableRecord:
     def tombstones(self) -> list[ForgottenTrack]:
         return [ForgottenTrack(c, t, ns) for (c, t), ns in sorted(self.forgotten.items())]
 
+    def forget(self, camera: str, track_id: int, ns: int) -> None:
+        """Keep a track forgotten, since the earliest time it was."""
+        key = (camera, track_id)
+        self.forgotten[key] = min(self.forgotten.get(key, ns), ns)
+
 
 @dataclass
 class RebuildReport:
@@ -156,8 +161,7 @@ def fold(events: Iterable[Event], n_shards: int) -> DurableRecord:
                              motion=motion)
             record.spans[key] = record.spans[key].widened(span) if key in record.spans else span
         elif isinstance(e, ForgetEvent):
-            key = (e.camera, e.track_id)
-            record.forgotten[key] = min(record.forgotten.get(key, e.ts_ns), e.ts_ns)
+            record.forget(e.camera, e.track_id, e.ts_ns)
             record.max_vector_id = max([record.max_vector_id, *e.vector_ids])
     return record
 
@@ -197,9 +201,7 @@ def rebuild_gallery(
         start = time.perf_counter()
         record = fold(_read_events(cfg, from_kafka, idle_s), cfg.ray.index_writers)
         for gone in _forgotten_in(old_shards):  # forgotten here, whatever the record lacks
-            key = (gone.camera, gone.track_id)
-            record.forgotten[key] = min(record.forgotten.get(key, gone.forgotten_ns),
-                                        gone.forgotten_ns)
+            record.forget(gone.camera, gone.track_id, gone.forgotten_ns)
         todo = {s: [e for _, e in sorted(c.items()) if (e.camera, e.track_id) not in
                     record.forgotten] for s, c in record.crops.items()}
         report.record_crops = sum(len(c) for c in todo.values())
@@ -316,8 +318,7 @@ def _rebuild_shard(meta: SqliteMetadata, events: list[CropEvent], record: Durabl
                 if len(report.missing_examples) < 5:
                     report.missing_examples.append(f"{r.crop_path}: {failed[r.vector_id]}")
         bar.update(len(chunk))
-    meta.set_track_spans(span for key, span in sorted(record.spans.items())
-                         if key not in record.forgotten)
+    meta.set_track_spans(span for _, span in sorted(record.spans.items()))  # forgotten: left out
 
 
 def _switch_root(cfg: RefindConfig, serving_cfg: RefindConfig, model_id: str, dim: int,

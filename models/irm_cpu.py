@@ -31,8 +31,7 @@ import logging
 import math
 import shutil
 import tempfile
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -44,6 +43,7 @@ from refind.models.attribute_probe import IRM_TEACHER, AttributeProbe
 from refind.models.base import (
     INT8_SUFFIX,
     TASKS,
+    Kept,
     ModelInputError,
     check_bgr_image,
     crops_to_batch,
@@ -289,26 +289,11 @@ class TextStates(Protocol):
 TEXTS_KEPT = 4096  # encoded texts an encoder keeps (about 50 KB each), least recently used go
 
 
-class KeptTexts:
+class KeptTexts(Kept[str, np.ndarray]):
     """Encoded texts by text, at most ``size`` of them (least recently used dropped first)."""
 
     def __init__(self, size: int = TEXTS_KEPT) -> None:
-        self.size = size
-        self._kept: OrderedDict[str, np.ndarray] = OrderedDict()
-
-    def __call__(self, texts: Sequence[str],
-                 encode: Callable[[list[str]], list[np.ndarray]]) -> list[np.ndarray]:
-        """The states of ``texts``, ``encode`` running once on those not kept."""
-        found = {t: self._kept[t] for t in set(texts) if t in self._kept}
-        todo = sorted(set(texts) - found.keys())
-        if todo:
-            found.update(zip(todo, encode(todo), strict=True))
-        for text, states in found.items():
-            self._kept[text] = states
-            self._kept.move_to_end(text)
-        while len(self._kept) > self.size:
-            self._kept.popitem(last=False)
-        return [found[t] for t in texts]
+        super().__init__(size)
 
 
 class OpenVinoText:
@@ -393,11 +378,21 @@ def probe_texts(probe: AttributeProbe | None, texts: Sequence[str],
     return vectors, learned
 
 
-def unedited_warning(model_id: str, task: str) -> str:
-    """What a teacher-only image path means for an instructed photo query."""
-    return (f"{model_id}: this instruction does not change photo queries (its image path is the "
-            "0277 teacher's, see its model card; only attribute text naming attributes or "
-            f"colours does): this {task} query ranks as plain ReID")
+class UneditedWarning:
+    """Once per embedder: a teacher-only image path ignores an instructed photo query's
+    instruction (unless the attribute probe edited it), and the log says so."""
+
+    def __init__(self, model_id: str, teacher_only: bool, logger: logging.Logger) -> None:
+        self.model_id, self.teacher_only, self.logger = model_id, teacher_only, logger
+        self.warned = False
+
+    def __call__(self, task: str, edited: bool) -> None:
+        if task != "reid" and self.teacher_only and not edited and not self.warned:
+            self.warned = True
+            self.logger.warning(
+                "%s: this instruction does not change photo queries (its image path is the "
+                "0277 teacher's, see its model card; only attribute text naming attributes or "
+                "colours does): this %s query ranks as plain ReID", self.model_id, task)
 
 
 # ---- the embedder ----------------------------------------------------------------------------
@@ -425,8 +420,8 @@ class IrmCpuEmbedder:
         self.batch_size = batch_size
         self.probe = probe
         # a teacher-only image path: the gallery vector is [t, t] / sqrt 2 (IrmHead.parts)
-        self.teacher_shortcut = self._teacher_only = teacher_only
-        self._warned = False
+        self.teacher_shortcut = teacher_only
+        self._warn_unedited = UneditedWarning(model_id, teacher_only, log)
 
     @classmethod
     def from_config(cls, cfg: IrmEmbedderConfig, store: object) -> object:
@@ -509,12 +504,6 @@ class IrmCpuEmbedder:
         if self.head.text is None:
             raise ModelInputError(f"{self.model_id}: this export has no text encoder")
         return self.head.text
-
-    def _warn_unedited(self, task: str, edited: bool) -> None:
-        """Once: a teacher-only image path ignores this photo query's instruction."""
-        if task != "reid" and self._teacher_only and not edited and not self._warned:
-            self._warned = True
-            log.warning("%s", unedited_warning(self.model_id, task))
 
 
 def _gpu_wanted(device: str) -> bool:

@@ -32,11 +32,11 @@ from refind.models.irm_cpu import (
     TEACHER,
     Backbone,
     OpenVinoBackbone,
+    UneditedWarning,
     probe_edit,
     probe_texts,
     read_instruction,
     resolve_weights,
-    unedited_warning,
 )
 from refind.models.irm_export import GalleryGraph
 from refind.models.minilm import MiniLmTokens, pad_states
@@ -155,11 +155,10 @@ class IrmEmbedder:
         self.dim = head.cfg.out_dim
         self.batch_size = batch_size
         self._text = text
-        self._teacher_only = head.image_path_is_teacher()
-        self._warned = False  # the teacher-only warning, once per embedder
         # With a teacher-only image path the gallery vector is the normalised 0277 embedding,
         # twice, / sqrt 2 (see IrmHead.parts): computed directly, the head is not run.
-        self.teacher_shortcut = self._teacher_only
+        self.teacher_shortcut = head.image_path_is_teacher()
+        self._warn_unedited = UneditedWarning(self.model_id, self.teacher_shortcut, log)
         self._compile_cpu = compile_cpu and self.device.type == "cpu"
 
     @functools.cached_property
@@ -283,12 +282,6 @@ class IrmEmbedder:
             edited = probe.compose(result.vectors, text_vector)  # type: ignore[union-attr]
             result = Embeddings(edited, self.model_id)  # type: ignore[arg-type]
         return result
-
-    def _warn_unedited(self, task: str, edited: bool) -> None:
-        """Once per embedder: a teacher-only image path ignores this photo query's instruction."""
-        if task != "reid" and self._teacher_only and not edited and not self._warned:
-            self._warned = True
-            log.warning("%s", unedited_warning(self.model_id, task))
 
     @torch.inference_mode()
     def embed_text(self, texts: Sequence[str]) -> Embeddings:

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,10 +47,12 @@ class RegistryError(ValueError):
     """An unknown model name; the message lists the valid ones."""
 
 
-def load_class(kind: str, registry: dict[str, str], name: str) -> type:
-    """The class registered as ``name``; RegistryError naming the valid names when unknown."""
+def load_class(kind: str, registry: dict[str, str], name: str,
+               valid: Sequence[str] | None = None) -> type:
+    """The class registered as ``name``; RegistryError naming the valid names (``valid``,
+    default the registry's) when unknown."""
     if name not in registry:
-        raise RegistryError(f"unknown {kind} {name!r}; valid: {', '.join(registry)}")
+        raise RegistryError(f"unknown {kind} {name!r}; valid: {', '.join(valid or registry)}")
     module_name, _, class_name = registry[name].partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -82,9 +85,7 @@ def build_reranker(
     referrer a store of crop evidence (``refind.indexer.evidence.EvidenceStore``)."""
     if name == "none":
         return None
-    if name not in RERANKERS:  # "none" is a valid choice too
-        raise RegistryError(f"unknown re-ranker {name!r}; valid: {', '.join(RERANKER_NAMES)}")
-    cls = load_class("re-ranker", RERANKERS, name)
+    cls = load_class("re-ranker", RERANKERS, name, RERANKER_NAMES)  # "none" is valid too
     if name == "attributes":
         return cls.from_store(store, threshold)
     if name == "mllm":

@@ -95,9 +95,6 @@ class _Histograms:
         self.name, self.doc, self.label, self.bounds = name, doc, label, bounds
         self.rows: dict[str, BucketCounts] = {}
 
-    def row(self, value: str) -> BucketCounts:
-        return self.rows.setdefault(value, BucketCounts(self.bounds))
-
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.name, self.doc, labels=[self.label])
         edges = [*(floatToGoString(b) for b in self.bounds), "+Inf"]
@@ -182,9 +179,6 @@ class Metrics:
 
     def add_stage(self, camera: str, stage: str, seconds: float) -> None:
         self.stage_seconds.labels(camera=camera, stage=stage).inc(seconds)
-
-    def observe_freshness(self, camera: str, seconds: float) -> None:
-        self.freshness.row(camera).observe(seconds)
 
     def set_freshness(self, camera: str, counts: BucketCounts) -> None:
         """A camera's freshness counts as its actor kept them (since it started)."""

@@ -190,7 +190,7 @@ class CameraPipeline:
         use = embedder is not None and self._tracker_cfg.appearance_weight > 0
         self._boxes = BoxEmbedder(embedder) if use else None  # type: ignore[arg-type]
         new = getattr(embedder, "model_id", None) if use else None
-        if old is not None and (new is None or new != old):
+        if old is not None and new != old:
             self._tracker.forget_appearance()
 
     @property

@@ -257,7 +257,9 @@ def test_metrics_render_and_reject_unknown_state() -> None:
     m.set_camera_state("gate", "live")
     m.frames_dropped.labels(camera="gate", stage="camera_queue").inc(3)
     m.add_stage("gate", "detect", 0.02)
-    m.observe_freshness("gate", 1.5)
+    counts = BucketCounts(FRESHNESS_BUCKETS_S)
+    counts.observe(1.5)
+    m.set_freshness("gate", counts)
     text = m.render().decode()
     for line in [
         'refind_camera_state{camera="gate",state="live"} 1.0',
