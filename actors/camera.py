@@ -318,6 +318,8 @@ class CameraActor:
         """Send the result's crops to be stored and its ended tracks through the gate."""
         if result.crops:
             self._submit(list(result.crops))
+        for clip in result.clips:  # not waited on: a clip lost to a writer restart is no crop
+            self._writer.put_clip.remote(clip)
         self._gate.ended(result.ended)
         self._send_ends()
 

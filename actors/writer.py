@@ -35,6 +35,7 @@ from refind.indexer.metadata import RecentTrack, TrackSummary
 from refind.indexer.reindex import EmbedCrops, embed_copies
 from refind.indexer.shards import shard_dir
 from refind.indexer.sink import open_sink
+from refind.streaming.clips import TrackClip
 from refind.streaming.records import (
     NO_FILTER,
     Crop,
@@ -101,6 +102,10 @@ class IndexWriterActor:
         self._ended += len(self._sink.end_tracks(spans))
         self._save_due()
         return len(spans)
+
+    def put_clip(self, clip: TrackClip) -> str | None:
+        """Store an ended track's clip beside its crops (refused for a forgotten track)."""
+        return self._sink.put_clip(clip)
 
     def _save_due(self) -> None:
         if time.monotonic() - self._last_save >= self._cfg.serve.save_interval_s:

@@ -30,12 +30,16 @@ import hashlib
 import logging
 import math
 import posixpath
+import re
+import secrets
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Annotated, Literal, TypeVar
 from urllib.parse import quote
 
-from fastapi import Depends, FastAPI, File, Form, Path, Request, Security, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Header, Path, Query, Request, Security, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
@@ -43,10 +47,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile as StarletteUpload
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from refind.app.api_guard import ApiError, AuditLog, KeyRing, Principal, RequestMetrics, UploadLimit
+from refind.app.api_guard import (
+    ApiError,
+    AuditLog,
+    KeyRing,
+    Principal,
+    RequestMetrics,
+    Sessions,
+    UploadLimit,
+)
+from refind.app.config import ApiKeyConfig
 from refind.config import RefindConfig
-from refind.indexer.blobs import CropStore, CropStoreError, safe_name
+from refind.indexer.blobs import CropStore, CropStoreError, clip_path, context_path, safe_name
+from refind.indexer.forget import UnknownTrackError
 from refind.indexer.live_search import GalleryUnavailable, LiveSearch, SearchResult
+from refind.indexer.metadata import TrackSummary
 from refind.indexer.query_plan import MAX_MIN_TRACK_S, UnknownCamera, check_query_text, plan_query
 from refind.indexer.search import QueryError, decode_query_image
 from refind.models.base import ModelInputError
@@ -62,6 +77,10 @@ log = logging.getLogger(__name__)
 
 SEARCH_PATH = "/v1/search/image"
 TEXT_PATH = "/v1/search/text"
+SIMILAR_PATH = "/v1/tracks/{camera}/{track_id}/similar"
+FORGET_PATH = "/v1/tracks/{camera}/{track_id}/forget"
+PHOTO_PATH = "/ui/search/photo"  # the web UI's photo search form (refind.app.web)
+INSTRUCTION_FIELDS = ("min_track_s", "instruction", "instruction_image", "task", "rerank")
 MAX_TEXT_BODY_BYTES = 64 * 1024  # a 1000-character query and its filters fit many times over
 MAX_SECONDS = 4e9  # timestamps are int64 nanoseconds (up to 9.2e9 s): year 2096 is plenty
 FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries and the small text fields
@@ -70,7 +89,13 @@ _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API 
 
 
 def _principal(request: Request, key: Annotated[str | None, Security(_api_key)]) -> Principal:
+    """The caller: by its X-API-Key header, else by its web UI session cookie."""
     keys: KeyRing = request.app.state.keys
+    if not key:
+        sessions: Sessions = request.app.state.sessions
+        found = sessions.principal(request.cookies.get(Sessions.COOKIE))
+        if found is not None:
+            return found
     return keys.authenticate(key)
 
 
@@ -179,7 +204,87 @@ class TextSearch(BaseModel):
     rerank: RerankerName | None = Field(None, description="Re-ranker; default search.rerank")
 
 
+class ForgetBody(BaseModel):
+    """The body of ``POST /v1/tracks/{camera}/{track_id}/forget``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(..., min_length=1, max_length=500,
+                        description="Why this person is forgotten (kept in the audit log)")
+
+
+@dataclass(frozen=True)
+class Operations:
+    """What the API does, for the web UI's pages to do the same way (same checks, same audit)."""
+
+    cfg: RefindConfig
+    live: LiveSearch
+    crops: CropStore
+    text_search: Callable[..., tuple[SearchResult, dict[str, object]]]
+    image_search: Callable[..., SearchResult]
+    similar_search: Callable[..., SearchResult]
+    forget: Callable[..., dict[str, object]]
+    respond: Callable[[SearchResult], dict[str, object]]
+    audit: AuditLog
+    text_body: type[TextSearch] = TextSearch
+
+
 # ---- response pieces -----------------------------------------------------------------------
+
+
+def clip_url(camera: str, track_id: int) -> str:
+    return f"/v1/clips/{quote(camera, safe='')}/{int(track_id)}"
+
+
+def byte_range(data: bytes, media_type: str, header: str | None) -> Response:
+    """``data``, or the one byte range a ``Range: bytes=a-b`` header asks for (206): what a
+    browser's video element needs to seek."""
+    size = len(data)
+    base = {"Accept-Ranges": "bytes", "Cache-Control": "private"}
+    m = re.fullmatch(r"bytes=(\d*)-(\d*)", (header or "").strip())
+    if m is None or (not m[1] and not m[2]):
+        return Response(data, media_type=media_type, headers=base)
+    if m[1]:
+        start, end = int(m[1]), min(int(m[2]) if m[2] else size - 1, size - 1)
+    else:  # the last N bytes
+        start, end = max(0, size - int(m[2])), size - 1
+    if start >= size or start > end:
+        return Response(status_code=416, headers=base | {"Content-Range": f"bytes */{size}"})
+    return Response(data[start:end + 1], status_code=206, media_type=media_type,
+                    headers=base | {"Content-Range": f"bytes {start}-{end}/{size}"})
+
+
+def camera_report(cfg: RefindConfig, live: LiveSearch, crops: CropStore) -> list[dict[str, object]]:
+    """Per camera: its newest stored track and that crop's frame, and, when metadata is in
+    Redis, the live state its reader last reported (state, message, frames in and dropped,
+    reconnects, when)."""
+    rows: dict[str, dict[str, object]] = {}
+    for item in live.overview():
+        newest = item["newest"]
+        row: dict[str, object] = {"camera": item["camera"], "state": None, "newest": None}
+        if isinstance(newest, TrackSummary):
+            best = newest.best
+            context = context_path(best.crop_path)
+            row["newest"] = {
+                "track_id": newest.track_id, "end_ts": newest.end_ts_ns / 1e9,
+                "thumbnail_url": crop_url(best.crop_path),
+                "frame_url": crop_url(context) if crops.exists(context) else None,
+            }
+        rows[str(item["camera"])] = row
+    if cfg.metadata.type == "redis":
+        from refind.indexer.redis_meta import MetadataUnavailable, RedisMetadata
+
+        try:
+            entries = RedisMetadata(cfg.metadata).cameras()  # type: ignore[arg-type]
+        except MetadataUnavailable as err:
+            entries = []
+            log.warning("camera status: redis unavailable: %s", err)
+        for e in entries:
+            row = rows.setdefault(e.name, {"camera": e.name, "newest": None})
+            row |= {"state": str(e.state), "message": e.message,
+                    "frames_in": e.counters.frames_in, "frames_dropped": e.counters.frames_dropped,
+                    "reconnects": e.counters.reconnects, "updated": e.updated_ns / 1e9}
+    return [rows[name] for name in sorted(rows)]
 
 
 def crop_url(rel: str) -> str:
@@ -249,10 +354,13 @@ def create_app(
     app = FastAPI(title="refind", version="1", lifespan=lifespan,
                   description="Find a person across camera streams by photo.")
     app.state.keys = keys
+    app.state.sessions = Sessions(cfg.api.session_idle_min * 60)
     _install_error_handlers(app)
     counts = Metrics()
     app.add_middleware(UploadLimit, path=SEARCH_PATH, max_bytes=max_image_bytes + FORM_OVERHEAD_BYTES)
     app.add_middleware(UploadLimit, path=TEXT_PATH, max_bytes=MAX_TEXT_BODY_BYTES)
+    app.add_middleware(UploadLimit, path=PHOTO_PATH,
+                       max_bytes=2 * max_image_bytes + FORM_OVERHEAD_BYTES)
     app.add_middleware(RequestMetrics, metrics=counts, fixed_paths=(SEARCH_PATH, TEXT_PATH))
 
     def known_cameras(cameras: tuple[str, ...]) -> list[str]:
@@ -329,11 +437,15 @@ def create_app(
             raise ApiError(501, f"not available on this server: {err}") from None
 
     def respond(result: SearchResult) -> dict[str, object]:
-        hits = [h.to_json() | {"thumbnail_url": crop_url(h.thumbnail),
-                               "reason": reason(h, cfg.search.aggregation)}
-                for h in result.hits]
-        return {"hits": hits, "message": result.message, **result.details,
-                "took_ms": result.took_ms}
+        def card(h: TrackletHit) -> dict[str, object]:
+            return h.to_json() | {"thumbnail_url": crop_url(h.thumbnail),
+                                  "reason": reason(h, cfg.search.aggregation)}
+
+        out = {"hits": [card(h) for h in result.hits], "message": result.message,
+               **result.details, "took_ms": result.took_ms}
+        if result.best is not None:
+            out["best_candidate"] = card(result.best)
+        return out
 
     def build_text_query(who: Principal, body: TextSearch, entry: dict[str, object]) -> TextQuery:
         """The query of a text search body (its plan noted in ``entry``); raises on bad input."""
@@ -377,12 +489,77 @@ def create_app(
                      "tracks": [[h.camera, h.track_id] for h in result.hits]})
         return result
 
+    def text_search(who: Principal, body: TextSearch,
+                    endpoint: str = TEXT_PATH) -> tuple[SearchResult, dict[str, object]]:
+        """An audited text search: its result and its plan (what the words were read as)."""
+        query_json = body.model_dump() | {"text": body.text[:1000], "text_chars": len(body.text)}
+        entry: dict[str, object] = {"key": who.name, "endpoint": endpoint, "query": query_json}
+        result = audited_search(entry, lambda: build_text_query(who, body, entry), live.search_text)
+        return result, entry["plan"]  # type: ignore[return-value]
+
+    def image_search(
+        who: Principal, image: UploadFile | None, fields: Mapping[str, object],
+        endpoint: str = SEARCH_PATH,
+    ) -> SearchResult:
+        """An audited photo search of a form's fields (k, cameras, since, until, box, and the
+        instruction fields)."""
+        entry: dict[str, object] = {"key": who.name, "endpoint": endpoint}
+        text = {n: v if isinstance(v, str) or v is None else None for n, v in fields.items()}
+        more = {n: v for n, v in fields.items()
+                if n in INSTRUCTION_FIELDS and v is not None}
+        return audited_search(
+            entry,
+            lambda: build_query(who, image, text.get("k"), text.get("cameras"), text.get("since"),
+                                text.get("until"), text.get("box"), entry, more),
+            live.search,
+        )
+
+    def similar_search(who: Principal, camera: str, track_id: int, k: int,
+                       endpoint: str) -> SearchResult:
+        """Audited "find similar": tracklets like a stored track, within the key's cameras."""
+        who.check_cameras([camera], "view")
+        if live.track(camera, track_id) is None:
+            raise ApiError(404, f"camera {camera!r} has no track {track_id}")
+        entry: dict[str, object] = {"key": who.name, "endpoint": endpoint,
+                                    "query": {"camera": camera, "track_id": track_id, "k": k}}
+        scope = tuple(sorted(who.cameras)) if who.cameras is not None else ()
+        return audited_search(
+            entry, lambda: (camera, track_id),
+            lambda q: live.search_similar(q[0], q[1], k, cameras=scope),  # type: ignore[arg-type]
+        )
+
+    def forget_person(who: Principal, camera: str, track_id: int, reason: str,
+                      endpoint: str) -> dict[str, object]:
+        """Forget a track for good, for a key allowed to, with a reason; audited either way."""
+        entry: dict[str, object] = {"key": who.name, "endpoint": endpoint, "camera": camera,
+                                    "track_id": track_id, "reason": reason[:500]}
+        try:
+            who.check_cameras([camera], "forget tracks of")
+            if not who.may_forget:
+                raise ApiError(403, f"key {who.name!r} may not forget people: give it "
+                                    "`forget: true` in api.keys")
+            if not reason.strip():
+                raise ApiError(400, "say why this person is forgotten (a reason is required)")
+            try:
+                report = live.forget(camera, track_id, reason.strip()[:500])
+            except UnknownTrackError as err:
+                raise ApiError(404, str(err)) from None
+        except ApiError as err:
+            audit.write({**entry, "status": err.status, "error": err.message})
+            raise
+        out = {"camera": report.camera, "track_id": report.track_id,
+               "vectors_deleted": sum(len(v) for v in report.vector_ids.values()),
+               "crop_files_deleted": report.crops_deleted}
+        audit.write({**entry, "status": 200, **out})
+        return out
+
+    app.state.ops = Operations(cfg, live, crops, text_search, image_search, similar_search,
+                               forget_person, respond, audit)
+
     @app.post(TEXT_PATH, summary="Rank tracklets of a described person; filters in words too")
     def search_text(who: Caller, body: TextSearch) -> dict[str, object]:
-        query_json = body.model_dump() | {"text": body.text[:1000], "text_chars": len(body.text)}
-        entry: dict[str, object] = {"key": who.name, "endpoint": TEXT_PATH, "query": query_json}
-        result = audited_search(entry, lambda: build_text_query(who, body, entry), live.search_text)
-        return respond(result) | {"plan": entry["plan"]}
+        result, plan = text_search(who, body)
+        return respond(result) | {"plan": plan}
 
     @app.post(SEARCH_PATH, summary="Rank tracklets like the person in a photo")
     def search_image(
@@ -404,16 +581,26 @@ def create_app(
         rerank: Annotated[str | None, Form(description="none, attributes, refer or mllm; "
                                            "default search.image_rerank")] = None,
     ) -> dict[str, object]:
-        entry: dict[str, object] = {"key": who.name, "endpoint": SEARCH_PATH}
-        more = {"min_track_s": min_track_s, "instruction": instruction,
-                "instruction_image": instruction_image, "task": task, "rerank": rerank}
-        result = audited_search(
-            entry,
-            lambda: build_query(who, image, k, cameras, since, until, box, entry,
-                                {n: v for n, v in more.items() if v is not None}),
-            live.search,
-        )
-        return respond(result)
+        fields = {"k": k, "cameras": cameras, "since": since, "until": until, "box": box,
+                  "min_track_s": min_track_s, "instruction": instruction,
+                  "instruction_image": instruction_image, "task": task, "rerank": rerank}
+        return respond(image_search(who, image, fields))
+
+    @app.get("/v1/tracks/{camera}/{track_id}/similar",
+             summary="Tracklets like a stored track (find similar), the track itself left out")
+    def similar(
+        who: Caller, camera: str, track_id: Annotated[int, Path(ge=0, le=2**62)],
+        k: Annotated[int, Query(ge=1, le=1000)] = 10,
+    ) -> dict[str, object]:
+        return respond(similar_search(who, camera, track_id, k, SIMILAR_PATH))
+
+    @app.post("/v1/tracks/{camera}/{track_id}/forget",
+              summary="Forget a person's track for good (keys with forget: true; audited)")
+    def forget(
+        who: Caller, camera: str, track_id: Annotated[int, Path(ge=0, le=2**62)],
+        body: ForgetBody,
+    ) -> dict[str, object]:
+        return forget_person(who, camera, track_id, body.reason, FORGET_PATH)
 
     @app.get("/v1/tracks/{camera}/{track_id}", summary="A track's time span and stored crops")
     def track(
@@ -424,12 +611,28 @@ def create_app(
         if found is None:
             raise ApiError(404, f"camera {camera!r} has no track {track_id}")
         summary, records = found
+        has_clip = crops.exists(clip_path(camera, track_id))
         return {
             "camera": summary.camera, "track_id": summary.track_id,
             "start_ts": summary.start_ts_ns / 1e9, "end_ts": summary.end_ts_ns / 1e9,
             "n_crops": summary.n_crops, "best": _crop_json(summary.best),
             "crops": [_crop_json(r) for r in records],
+            "motion": summary.motion.as_dict() if summary.motion is not None else None,
+            "clip_url": clip_url(camera, track_id) if has_clip else None,
         }
+
+    @app.get("/v1/clips/{camera}/{track_id}", summary="A track's clip (H.264 MP4, box drawn)",
+             response_class=Response, responses={200: {"content": {"video/mp4": {}}}})
+    def clip(
+        who: Caller, camera: str, track_id: Annotated[int, Path(ge=0, le=2**62)],
+        range_header: Annotated[str | None, Header(alias="Range")] = None,
+    ) -> Response:
+        who.check_cameras([camera], "view")
+        try:
+            data = crops.read_bytes(clip_path(camera, track_id))
+        except CropStoreError:
+            raise ApiError(404, f"camera {camera!r} track {track_id} has no clip") from None
+        return byte_range(data, "video/mp4", range_header)
 
     @app.get("/v1/crops/{path:path}", summary="One stored crop (JPEG)",
              response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
@@ -454,6 +657,13 @@ def create_app(
     def list_cameras(who: Caller) -> dict[str, object]:
         return {"cameras": [c for c in live.cameras() if who.sees(c)]}
 
+    @app.get("/v1/cameras/status",
+             summary="Each camera this key sees: live state (when metadata is in Redis), "
+             "counters, newest track and its frame")
+    def camera_status(who: Caller) -> dict[str, object]:
+        return {"cameras": [c for c in camera_report(cfg, live, crops) if who.sees(c["camera"])],
+                "live_link": cfg.metadata.type == "redis", "now": time.time()}
+
     @app.get("/healthz", summary="Liveness and what is searchable now")
     def healthz() -> dict[str, object]:
         return {"status": "ok", **live.stats()}
@@ -462,6 +672,9 @@ def create_app(
     def metrics() -> Response:
         return Response(counts.render(), media_type=CONTENT_TYPE)
 
+    from refind.app.web import install_ui
+
+    install_ui(app)
     return app
 
 
@@ -469,8 +682,31 @@ def serve_api(cfg: RefindConfig) -> None:
     """Run the API with uvicorn on ``api.host``:``api.port`` until interrupted."""
     import uvicorn
 
+    cfg, key = with_session_key(cfg)
     app = create_app(cfg)
-    if cfg.api.allow_anonymous and cfg.api.host not in ("127.0.0.1", "::1", "localhost"):
+    if cfg.api.allow_anonymous and cfg.api.host not in LOOPBACK:
         log.warning("api.allow_anonymous on %s: anyone who can reach it sees every camera",
                     cfg.api.host)
-    uvicorn.run(app, host=cfg.api.host, port=cfg.api.port, log_level="info")
+    if key is not None:
+        print(f"refind api: no api.keys are configured, so this run made one key, valid until it "
+              f"stops (loopback only; may see and forget every camera):\n\n    {key}\n\n"
+              f"Open http://{cfg.api.host}:{cfg.api.port}/ and enter it, or send it as the "
+              "X-API-Key header. Configure api.keys to keep keys across runs.", flush=True)
+    uvicorn.run(app, host=cfg.api.host, port=cfg.api.port, log_level="info",
+                timeout_graceful_shutdown=5)
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def with_session_key(cfg: RefindConfig) -> tuple[RefindConfig, str | None]:
+    """``cfg`` as it is when it has keys or allows anonymous callers; else, on a loopback host,
+    ``cfg`` with one random key for this run (named ``operator``, every camera, may forget) and
+    that key, as Jupyter does for its token. Another host with no keys stays refused."""
+    if cfg.api.keys or cfg.api.allow_anonymous or cfg.api.host not in LOOPBACK:
+        return cfg, None
+    key = secrets.token_urlsafe(24)
+    entry = ApiKeyConfig(name="operator", key_sha256=hashlib.sha256(key.encode()).hexdigest(),
+                         forget=True)
+    api = cfg.api.model_copy(update={"keys": (entry,)})
+    return cfg.model_copy(update={"api": api}), key

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import secrets
 import threading
 import time
 from collections.abc import Iterable
@@ -39,6 +40,7 @@ class Principal:
 
     name: str
     cameras: frozenset[str] | None
+    may_forget: bool = False
 
     def check_cameras(self, cameras: Iterable[str], what: str) -> None:
         """Raise 403 naming the cameras outside this key's scope."""
@@ -65,7 +67,7 @@ class KeyRing:
     @classmethod
     def from_config(cls, cfg: ApiConfig) -> KeyRing:
         keys = {
-            k.key_sha256: Principal(k.name, frozenset(k.cameras) if k.cameras else None)
+            k.key_sha256: Principal(k.name, frozenset(k.cameras) if k.cameras else None, k.forget)
             for k in cfg.keys
         }
         return cls(keys, cfg.allow_anonymous)
@@ -84,6 +86,45 @@ class KeyRing:
         if found is None:
             raise ApiError(401, "unknown API key")
         return found
+
+
+class Sessions:
+    """Web UI sessions: a key entered once in a browser becomes a random session token (sent
+    back as an HttpOnly, SameSite=Strict cookie), so the key itself is never stored in the
+    browser. Sessions live in this process's memory: a restart signs everyone out. A session
+    unused for ``idle_s`` ends."""
+
+    COOKIE = "refind_session"
+
+    def __init__(self, idle_s: float) -> None:
+        self.idle_s = idle_s
+        self._lock = threading.Lock()
+        self._by_token: dict[str, tuple[Principal, float]] = {}
+
+    def start(self, principal: Principal) -> str:
+        token = secrets.token_urlsafe(32)
+        now = time.monotonic()
+        with self._lock:
+            self._by_token = {t: v for t, v in self._by_token.items() if now - v[1] < self.idle_s}
+            self._by_token[token] = (principal, now)
+        return token
+
+    def principal(self, token: str | None) -> Principal | None:
+        """Who the session ``token`` is, refreshing it; None when unknown or ended."""
+        if not token:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            found = self._by_token.get(token)
+            if found is None or now - found[1] >= self.idle_s:
+                self._by_token.pop(token, None)
+                return None
+            self._by_token[token] = (found[0], now)
+            return found[0]
+
+    def end(self, token: str | None) -> None:
+        with self._lock:
+            self._by_token.pop(token or "", None)
 
 
 class AuditLog:

@@ -23,7 +23,13 @@ from refind.indexer.evidence import EvidenceStore
 from refind.indexer.gallery_store import GalleryLockedError
 from refind.indexer.ingest import IngestPipeline
 from refind.indexer.metadata import SqliteMetadata
-from refind.indexer.query_plan import QueryPlan, check_query_text, plan_query, resolve_timezone
+from refind.indexer.query_plan import (
+    QueryPlan,
+    check_query_text,
+    plan_query,
+    resolve_timezone,
+    time_text,
+)
 from refind.indexer.rebuild import RebuildRefused
 from refind.indexer.rerank import RerankerPool
 from refind.indexer.search import QueryError, Ranked, SearchEngine, read_query_image
@@ -135,13 +141,6 @@ def _start_ns(text: str | None, cfg: RefindConfig) -> int:
     return int(when.timestamp() * 1e9)
 
 
-def _when(ts_ns: int, tz: tzinfo) -> str:
-    """A time as people read it: seconds into a clip, or a clock time."""
-    if ts_ns < CLIP_TIME_NS:
-        return f"{ts_ns / 1e9:.1f} s"
-    return datetime.fromtimestamp(ts_ns / 1e9, tz).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def format_hits(hits: list[TrackletHit], crops: CropStore, tz: tzinfo = UTC) -> str:
     if not hits:
         return "no matching tracklets"
@@ -150,7 +149,7 @@ def format_hits(hits: list[TrackletHit], crops: CropStore, tz: tzinfo = UTC) -> 
     for i, h in enumerate(hits, 1):
         rows.append(
             f"{i:>4}  {h.camera:<12} {h.track_id:>6} {h.score:>6.3f}  "
-            f"{_when(h.start_ts_ns, tz):>19} {_when(h.end_ts_ns, tz):>19} {h.n_crops:>5}  "
+            f"{time_text(h.start_ts_ns, tz):>19} {time_text(h.end_ts_ns, tz):>19} {h.n_crops:>5}  "
             f"{crops.location(h.thumbnail)}"
         )
         if h.reasons:

@@ -32,6 +32,10 @@ class ApiKeyConfig(Section):
     cameras: tuple[str, ...] = Field(
         (), description="Cameras this key may search and view; empty = every camera."
     )
+    forget: bool = Field(
+        False, description="May this key forget people (delete a track for good) on its cameras? "
+        "Every forget is audited with its reason."
+    )
 
 
 class ApiConfig(Section):
@@ -49,6 +53,10 @@ class ApiConfig(Section):
     )
     audit_log: Path | None = Field(
         None, description="JSON-lines file recording every search; None = <data_dir>/audit.jsonl."
+    )
+    session_idle_min: float = Field(
+        480.0, gt=0.0, le=10080.0, description="A web UI session (a key entered once in the "
+        "browser) ends after this many minutes unused."
     )
     max_upload_mb: float = Field(
         20.0, gt=0.0, le=20.0,

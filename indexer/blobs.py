@@ -1,5 +1,9 @@
 """Crop and thumbnail storage: JPEG files under one root, a directory or an fsspec URL.
 
+Beside each crop ``<camera>/<track>/<frame>.jpg`` lies its context view ``<frame>.ctx.jpg`` (the
+downscaled frame with the box drawn), and each track's clip is ``<camera>/<track>/clip.mp4``;
+deleting a crop deletes its context view.
+
 Paths handed out are relative to the root; ``resolve`` refuses any path that would leave it, so a
 path that arrives from a request can never read files outside the crop store. A local root is
 written atomically (temporary file, then rename); an object store (``s3://bucket/crops``, any
@@ -37,6 +41,20 @@ def safe_name(name: str) -> str:
     return cleaned[:120]
 
 
+CONTEXT_SUFFIX = ".ctx.jpg"
+CLIP_NAME = "clip.mp4"
+
+
+def context_path(rel: str) -> str:
+    """Where the downscaled frame of the crop at ``rel`` is stored: beside it."""
+    return rel[: -len(".jpg")] + CONTEXT_SUFFIX if rel.endswith(".jpg") else rel + CONTEXT_SUFFIX
+
+
+def clip_path(camera: str, track_id: int) -> str:
+    """Where a track's clip is stored: in its crops' folder."""
+    return f"{safe_name(camera)}/{int(track_id)}/{CLIP_NAME}"
+
+
 def _check_relative(rel: str) -> str:
     if not rel or rel.startswith("/") or "\\" in rel or "\x00" in rel:
         raise CropStoreError(f"invalid crop path {rel!r}")
@@ -71,34 +89,55 @@ class CropStore:
         return cls(cfg.data_dir / "crops", cfg.crops.jpeg_quality, cfg.blobs.url)
 
     def put(self, camera: str, track_id: int, frame_index: int, image: np.ndarray,
-            jpeg: bytes = b"") -> str:
-        """Store one crop (its ``jpeg`` bytes as they are, else ``image`` encoded); returns its
-        path relative to the root."""
+            jpeg: bytes = b"", context: bytes = b"") -> str:
+        """Store one crop (its ``jpeg`` bytes as they are, else ``image`` encoded) and, when
+        given, the JPEG of its downscaled frame beside it (``context_path``); returns the
+        crop's path relative to the root."""
         rel = f"{safe_name(camera)}/{int(track_id)}/{int(frame_index):06d}.jpg"
         if not jpeg:
             ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
             if not ok:
                 raise CropStoreError(f"could not encode crop {rel} as JPEG")
             jpeg = buf.tobytes()
+        if context:  # first, so a crop that is stored always has its context
+            self._write(context_path(rel), context)
+        self._write(rel, jpeg)
+        return rel
+
+    def put_clip(self, camera: str, track_id: int, data: bytes) -> str:
+        """Store a track's MP4 clip (``refind.streaming.clips``); returns its relative path."""
+        rel = clip_path(camera, track_id)
+        self._write(rel, data)
+        return rel
+
+    def exists(self, rel: str) -> bool:
+        try:
+            if self._fs is not None:
+                return bool(self._fs.exists(f"{self._base}/{_check_relative(rel)}"))
+            return self.resolve(rel).is_file()
+        except CropStoreError:
+            return False
+
+    def _write(self, rel: str, data: bytes) -> None:
         if self._fs is not None:
             key = f"{self._base}/{rel}"
             try:
-                self._fs.pipe_file(key, jpeg)
+                self._fs.pipe_file(key, data)
             except FileNotFoundError:  # filesystems with folders (file://) need them made
                 self._fs.makedirs(posixpath.dirname(key), exist_ok=True)
-                self._fs.pipe_file(key, jpeg)
-            return rel
+                self._fs.pipe_file(key, data)
+            return
         target = self.root / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".part-", suffix=".jpg")
+        suffix = posixpath.splitext(rel)[1]
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".part-", suffix=suffix)
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(jpeg)
+                f.write(data)
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return rel
 
     def resolve(self, rel: str) -> Path:
         """Absolute path of a stored crop (local roots); refuses any escape from the root."""
@@ -124,7 +163,16 @@ class CropStore:
             raise CropStoreError(f"crop {rel!r} is missing: {err}") from None
 
     def delete(self, rel: str) -> bool:
-        """Delete a stored crop; False if it was already gone."""
+        """Delete a stored crop and its context frame; False if the crop was already gone."""
+        if rel.endswith(".jpg") and not rel.endswith(CONTEXT_SUFFIX):
+            self._delete(context_path(rel))
+        return self._delete(rel)
+
+    def delete_clip(self, camera: str, track_id: int) -> bool:
+        """Delete a track's clip; False if it had none."""
+        return self._delete(clip_path(camera, track_id))
+
+    def _delete(self, rel: str) -> bool:
         try:
             if self._fs is not None:
                 self._fs.rm_file(f"{self._base}/{_check_relative(rel)}")

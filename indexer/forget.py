@@ -76,11 +76,14 @@ def model_stores(cfg: RefindConfig, shard: Path) -> Iterator[GalleryStore]:
 
 def delete_files(crops: CropStore, records: list[CropRecord],
                  evidence: EvidenceStore | None = None) -> int:
-    """Delete the crop files of ``records`` (shared by every model's row of a crop), and what
-    text search read from them (``evidence``)."""
+    """Delete the crop files of ``records`` (shared by every model's row of a crop) with their
+    context views, what text search read from them (``evidence``), and their tracks' clips (a
+    clip shows the whole track: it goes with the first of its crops); returns crops deleted."""
     paths = sorted({r.crop_path for r in records})
     if evidence is not None:
         evidence.forget_paths(paths)
+    for camera, track_id in sorted({(r.camera, r.track_id) for r in records}):
+        crops.delete_clip(camera, track_id)
     return sum(crops.delete(path) for path in paths)
 
 

@@ -117,6 +117,8 @@ class IngestPipeline:
             pending += result.crops
             gate.sent(c.track_id for c in result.crops)
             gate.ended(result.ended)
+            for clip in result.clips:
+                sink.put_clip(clip)
             if len(pending) >= self.cfg.embedder.batch_size or result.frame is None:
                 self._store(pending, sink, timers)
                 gate.done(c.track_id for c in pending)

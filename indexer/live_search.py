@@ -21,25 +21,35 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
+
+import numpy as np
 
 from refind.config import RefindConfig
 from refind.indexer.blobs import CropStore
 from refind.indexer.config import GalleryConfig, SearchConfig
 from refind.indexer.evidence import EvidenceStore
+from refind.indexer.forget import ForgetReport, forget_track
 from refind.indexer.metadata import TrackSummary
 from refind.indexer.rerank import RerankerPool
-from refind.indexer.search import Ranked, SearchEngine, embed_image_query
+from refind.indexer.search import QueryError, Ranked, SearchEngine, embed_image_query
 from refind.indexer.shards import ShardedGallery, existing_shards
 from refind.indexer.versions import registry_stamp, serving_version
 from refind.models.base import ReidEmbedder
 from refind.models.registry import build_embedder
 from refind.models.store import ModelStore
-from refind.streaming.records import CropRecord, ImageQuery, TextQuery, TrackletHit
+from refind.streaming.records import (
+    CropRecord,
+    ImageQuery,
+    SearchFilter,
+    TextQuery,
+    TrackletHit,
+)
 
 T = TypeVar("T")
+SIMILAR_SEEDS = 4  # stored crops of a track whose mean vector seeds "find similar"
 log = logging.getLogger(__name__)
 
 
@@ -55,13 +65,16 @@ class SearchResult:
     took_ms: dict[str, float] = field(default_factory=dict)
     message: str | None = None  # "no tracklet matches ...", or a bounded text scan
     details: dict[str, object] = field(default_factory=dict)  # reranker, task, scanned_tracks
+    best: TrackletHit | None = None  # no hits: the nearest miss the message names
 
 
 def _result(ranked: Ranked, took: dict[str, float]) -> SearchResult:
     details: dict[str, object] = {"reranker": ranked.reranker, "task": ranked.task}
     if ranked.scanned_tracks is not None:
         details |= {"scanned_tracks": ranked.scanned_tracks, "scan_bounded": ranked.scan_bounded}
-    return SearchResult(ranked.hits, took, ranked.message, details)
+    if ranked.understood is not None:
+        details["understood"] = ranked.understood
+    return SearchResult(ranked.hits, took, ranked.message, details, ranked.best)
 
 
 def _ms(since: float) -> float:
@@ -234,6 +247,97 @@ class LiveSearch:
                 return {"model_id": self.model_id, "shards": 0, "vectors": 0}
             return {"model_id": self.model_id, "shards": len(gallery.shards),
                     "vectors": len(gallery)}
+
+        return self._on_gallery_thread(run)
+
+    def search_similar(
+        self, camera: str, track_id: int, k: int, cameras: tuple[str, ...] = (),
+        start_ts_ns: int | None = None, end_ts_ns: int | None = None,
+        min_track_s: float | None = None,
+    ) -> SearchResult:
+        """"Find similar": tracklets like the stored track ``camera``/``track_id``, by the mean
+        of its best crops' vectors (re-embedded from the stored crops, so any model works); the
+        track itself is left out. QueryError when the track is unknown."""
+        t0 = time.perf_counter()
+
+        def run() -> SearchResult:
+            gallery = self._current()
+            summary = gallery.track(camera, track_id)
+            if summary is None or self._crops is None:
+                raise QueryError(f"camera {camera!r} has no track {track_id} to search from")
+            seeds = [summary.best, *summary.views][:SIMILAR_SEEDS]
+            images = [self._crops.read(r.crop_path) for r in seeds]
+            with self._embed_lock:
+                vectors = self.embedder(images).vectors
+            mean = vectors.mean(axis=0, keepdims=True)
+            mean /= max(float(np.linalg.norm(mean)), 1e-12)
+            query = ImageQuery(image=images[0], k=k + 1, cameras=cameras,
+                               start_ts_ns=start_ts_ns, end_ts_ns=end_ts_ns,
+                               min_track_s=min_track_s, rerank="none")
+            embed_ms = _ms(t0)
+            t = time.perf_counter()
+            ranked = self._engine(gallery).rank_vector(mean.astype(np.float32), query, "reid")
+            hits = [h for h in ranked.hits if (h.camera, h.track_id) != (camera, track_id)][:k]
+            took = {"embed": embed_ms, "search": _ms(t), "total": _ms(t0)}
+            return _result(replace(ranked, hits=hits), took)
+
+        return self._on_gallery_thread(run)
+
+    def describe_track(self, records: list[CropRecord]) -> list[str]:
+        """A stored track's looks in words (colours per part, attributes), read from up to
+        ``SIMILAR_SEEDS`` of its crops (``records``) by the composing referrer; [] when the
+        referrer cannot be built here."""
+        if self._crops is None or not records:
+            return []
+        chosen = sorted(records, key=lambda r: -r.quality)[:SIMILAR_SEEDS]
+        paths = [r.crop_path for r in chosen]
+        crops = self._crops
+
+        def run() -> list[str]:
+            try:
+                referrer = self._engine(self._current()).rerankers.get("compose")  # type: ignore[union-attr]
+            except (ImportError, OSError, ValueError, RuntimeError) as err:
+                log.warning("tracklet description unavailable: %s", err)
+                return []
+            describe = getattr(referrer, "describe", None)
+            if describe is None:
+                return []
+            return describe([crops.read(p) for p in paths], paths)
+
+        return self._on_gallery_thread(run)
+
+    def overview(self) -> list[dict[str, object]]:
+        """Per camera with stored tracks: its newest track (summary) and when it was seen."""
+
+        def run() -> list[dict[str, object]]:
+            try:
+                gallery = self._current()
+            except GalleryUnavailable:
+                return []
+            out = []
+            for camera in gallery.cameras():
+                newest = gallery.recent_tracks(1, SearchFilter(cameras=(camera,)))
+                out.append({"camera": camera,
+                            "newest": newest[0].summary if newest else None,
+                            "last_crop_ts_ns": newest[0].last_crop_ts_ns if newest else None})
+            return out
+
+        return self._on_gallery_thread(run)
+
+    def forget(self, camera: str, track_id: int, reason: str) -> ForgetReport:
+        """Forget a track for good (``refind.indexer.forget``), then reopen the gallery so no
+        search sees it again. Needs the deployment's config."""
+        if self._cfg is None:
+            raise RuntimeError("forgetting needs the deployment's config")
+        cfg = self._cfg
+
+        def run() -> ForgetReport:
+            try:
+                return forget_track(cfg, camera, track_id, reason=reason)
+            finally:
+                if self._gallery is not None:
+                    self._gallery.close()
+                    self._gallery = None
 
         return self._on_gallery_thread(run)
 

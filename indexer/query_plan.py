@@ -37,7 +37,7 @@ from datetime import UTC, date, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from refind.indexer.search import QueryError
-from refind.streaming.records import TextQuery
+from refind.streaming.records import CLIP_TIME_NS, TextQuery
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,14 @@ def resolve_timezone(name: str) -> tzinfo:
         return UTC if name.upper() == "UTC" else ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as err:
         raise QueryError(f"unknown time zone {name!r}: {err}") from None
+
+
+def time_text(ts_ns: int, tz: tzinfo) -> str:
+    """A stored time as people read it: seconds into a clip (a gallery ingested without a start
+    time), or a clock time in ``tz``."""
+    if ts_ns < CLIP_TIME_NS:
+        return f"{ts_ns / 1e9:.1f} s"
+    return datetime.fromtimestamp(ts_ns / 1e9, tz).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def check_query_text(text: object, what: str = "query text") -> str:

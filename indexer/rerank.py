@@ -101,6 +101,7 @@ class Reranked:
     message: str | None = None
     dropped: int = 0
     ranking: tuple[TrackletHit, ...] = ()  # every candidate scored, best first, selected or not
+    best: TrackletHit | None = None  # with no hits: the candidate the message names
 
 
 def _regions(hits: Sequence[TrackletHit], crops: CropStore) -> tuple[list[Region], list[int]]:
@@ -185,4 +186,4 @@ def rerank_hits(
         what = f"lacked {', '.join(lacked)}" + (f" (had {', '.join(had)})" if had else "")
     message = (f"no tracklet matches {expression!r}: the best candidate, {best.camera} track "
                f"{best.track_id} ({reranker.name} score {rr:.2f}), {what}")
-    return Reranked([], message, len(hits), ranking)
+    return Reranked([], message, len(hits), ranking, best=best)

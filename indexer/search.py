@@ -114,7 +114,8 @@ class Ranked:
     reranker: the re-ranker applied ("none" if none); task: the embedder task used;
     scanned_tracks / scan_bounded: a text query on a plain ReID model scored that many tracks,
     and stopped at ``search.text_scan_tracks``; ranking: every candidate the re-ranker scored,
-    best first, selected or not (what ``refind eval search`` ranks by; empty without one).
+    best first, selected or not (what ``refind eval search`` ranks by; empty without one);
+    understood: how the re-ranker read the words (terms, ignored words), when it says.
     """
 
     hits: list[TrackletHit]
@@ -124,6 +125,8 @@ class Ranked:
     scanned_tracks: int | None = None
     scan_bounded: bool = False
     ranking: tuple[TrackletHit, ...] = ()
+    understood: dict[str, object] | None = None  # how the re-ranker read the words, if it says
+    best: TrackletHit | None = None  # no hits: the nearest miss the message names
 
 
 def choose_task(instruction: str | None, has_image: bool, task: str | None) -> str:
@@ -297,7 +300,10 @@ class SearchEngine:
             return Ranked(hits[:k])
         done = rerank_hits(reranker, text, hits, self.crops, weight=self.cfg.rerank_weight,
                            with_retrieval=with_retrieval)
-        return Ranked(done.hits[:k], done.message, reranker.name, ranking=done.ranking)
+        read = getattr(reranker, "read", None)  # a referrer that says how it read the words
+        understood = read(text).as_dict() if callable(read) else None
+        return Ranked(done.hits[:k], done.message, reranker.name, ranking=done.ranking,
+                      understood=understood, best=done.best)
 
     def _tracklets(self, hits: list[CropHit], k: int | None = None) -> list[TrackletHit]:
         """The best ``k`` tracklets (all if None) of the crop hits, best first."""

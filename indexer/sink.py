@@ -25,6 +25,7 @@ from refind.indexer.gallery_store import GalleryStore
 from refind.indexer.record import EventRecord
 from refind.indexer.redis_mirror import RedisMirror
 from refind.indexer.shards import shard_dir
+from refind.streaming.clips import TrackClip
 from refind.streaming.events import TrackEvent
 from refind.streaming.records import Crop, CropRecord, Embeddings, TrackSpan
 
@@ -71,7 +72,8 @@ class CropSink:
                 frame_index=c.frame_index, ts_ns=c.ts_ns,
                 xyxy=tuple(float(v) for v in c.xyxy),  # type: ignore[arg-type]
                 confidence=float(c.confidence), quality=float(c.quality),
-                crop_path=self.crops.put(c.camera, c.track_id, c.frame_index, c.image, c.jpeg),
+                crop_path=self.crops.put(c.camera, c.track_id, c.frame_index, c.image, c.jpeg,
+                                         c.context_jpeg),
                 model_id=embeddings.model_id,
             )
             for i, c in enumerate(crops)
@@ -86,6 +88,12 @@ class CropSink:
         if self.redis is not None:
             self._mirror(stored)
         return stored
+
+    def put_clip(self, clip: TrackClip) -> str | None:
+        """Store an ended track's clip; a forgotten track's is refused (None)."""
+        if self.gallery.is_forgotten(clip.camera, clip.track_id):
+            return None
+        return self.crops.put_clip(clip.camera, clip.track_id, clip.data)
 
     def end_tracks(self, spans: Sequence[TrackSpan]) -> list[TrackEvent]:
         """Tracks ended (after their crops were stored): recorded, spans kept, Redis told."""

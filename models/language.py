@@ -108,7 +108,7 @@ class Term:
             return f"{neg}{self.value} (no model sees it)"
         if self.value == "is_male":
             return "woman" if self.negated else "man"
-        return f"{neg}{_ATTRIBUTE_LABELS.get(self.value, self.value)}"
+        return f"{neg}{ATTRIBUTE_LABELS.get(self.value, self.value)}"
 
 
 _MOTION_LABELS = {"left": "walking left", "right": "walking right", "towards": "coming closer",
@@ -120,7 +120,7 @@ _POSITIONS = {"left": "on the left", "right": "on the right", "top": "up the fra
               "middle": "in the middle", "together": "with others"}
 _SUPERLATIVES = {"left": "leftmost", "right": "rightmost", "top": "highest", "bottom": "lowest",
                  "near": "closest", "far": "furthest", "middle": "most central"}
-_ATTRIBUTE_LABELS = {"is_male": "man", "has_bag": "bag", "has_backpack": "backpack",
+ATTRIBUTE_LABELS = {"is_male": "man", "has_bag": "bag", "has_backpack": "backpack",
                      "has_hat": "hat", "has_longhair": "long hair",
                      "has_longsleeves": "long sleeves", "light_hair": "light hair",
                      "dark_hair": "dark hair", "bald": "bald"}

@@ -67,7 +67,13 @@ from refind.models.base import (
 )
 from refind.models.body import Body, PoseModel, part_colours, stand_in
 from refind.models.colours import COLOUR_NAMES, colour_match
-from refind.models.language import ConceptMap, ReferQuery, Term, parse_query
+from refind.models.language import (
+    ATTRIBUTE_LABELS,
+    ConceptMap,
+    ReferQuery,
+    Term,
+    parse_query,
+)
 
 COLOUR_MID = {"top": 0.25, "bottom": 0.25, "shoes": 0.25, "head": 0.25, "outfit": 0.35,
               "carried": 0.04, "person": 0.25}
@@ -88,6 +94,7 @@ UNKNOWN_P = 0.2  # prior that a person has a thing the text asks for but no mode
 CALIBRATION = (0.5487, -1.5285)
 LIGHT = ("white", "grey", "yellow", "orange", "pink")  # hair shades read as light
 WEIGHTS = {"colour": 1.0, "position": 1.0, "motion": 1.0, "hair": 0.75}
+DESCRIBE_MIN_FRACTION = 0.25  # a part's main colour is named when it covers this much of it
 P_MIN = 0.02  # a term's probability is floored here, so one term cannot zero a candidate
 
 
@@ -238,6 +245,32 @@ class ComposingReferrer:
         return [CropEvidence(_with_outfit(part_colours(c, body)), body.part_outlines(),
                              attrs.probs[i].astype(np.float32))
                 for i, (c, body) in enumerate(zip(crops, bodies, strict=True))]
+
+    def describe(self, crops: Sequence[np.ndarray],
+                 paths: Sequence[str | None] | None = None) -> list[str]:
+        """What a tracklet looks like, in words, from its crops (averaged): each part's main
+        colour ("top: red 46%") and the attributes more likely than not ("man 81%")."""
+        found = self.crop_evidence(crops, paths)
+        if not found:
+            return []
+        out = []
+        for part, word in (("top", "top"), ("bottom", "bottom"), ("shoes", "shoes"),
+                           ("hair", "hair")):
+            fractions = [e.colours[part] for e in found if part in e.colours]
+            if not fractions:
+                continue
+            mean = np.mean(fractions, axis=0)
+            best = int(np.argmax(mean))
+            if mean[best] >= DESCRIBE_MIN_FRACTION:
+                out.append(f"{word}: {COLOUR_NAMES[best]} {mean[best]:.0%}")
+        attrs = np.mean([e.attrs for e in found], axis=0)
+        for name, p in zip(ATTRIBUTE_NAMES, attrs, strict=True):
+            label = ATTRIBUTE_LABELS.get(name)
+            if label is not None and p >= 0.5:
+                out.append(f"{label} {p:.0%}")
+        if "is_male" in ATTRIBUTE_NAMES and attrs[ATTRIBUTE_NAMES.index("is_male")] < 0.5:
+            out.append(f"woman {1 - attrs[ATTRIBUTE_NAMES.index('is_male')]:.0%}")
+        return out
 
     def evidence(self, regions: Sequence[Region]) -> list[Evidence]:
         """Colours per part and attributes of each region, averaged over its crop and its

@@ -137,6 +137,18 @@ class CropConfig(Section):
         "track ends; the same in ingest, live and evaluation.",
     )
     jpeg_quality: int = Field(90, ge=30, le=100, description="JPEG quality of stored crops.")
+    context_px: int = Field(
+        384, ge=0, le=4096, description="Longest side of the downscaled frame stored beside each "
+        "crop with its box drawn (the UI's context view); 0 stores none.",
+    )
+    clip_px: int = Field(
+        320, ge=0, le=4096, description="Longest side of each track's H.264 clip (its analysed "
+        "frames with its box drawn, refind.streaming.clips); 0 records no clips.",
+    )
+    clip_max_frames: int = Field(
+        48, ge=2, le=1000, description="Frames in a track's clip at most: a longer track is "
+        "sampled evenly over its life.",
+    )
 
 
 class IngestConfig(Section):

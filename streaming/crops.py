@@ -13,7 +13,8 @@ and pollutes the gallery). Otherwise its quality in (0, 1] is the product of thr
 Kept crops of one track are at least ``min_gap_s`` apart in time: a candidate too close to kept
 crops replaces them only if it beats all of them; otherwise a candidate replaces the weakest kept
 crop when the track already has ``max_per_track``. Only the pixels of accepted candidates are
-copied; no frame is held.
+copied, with a downscaled copy of their frame (``context_px``) for the context view; no full
+frame is held.
 
 Example:
     >>> selector = CropSelector(CropConfig())
@@ -29,6 +30,7 @@ import cv2
 import numpy as np
 
 from refind.streaming.boxes import pixel_box
+from refind.streaming.clips import draw_box, scaled
 from refind.streaming.config import CropConfig
 from refind.streaming.records import Crop, Frame, Tracks
 
@@ -52,8 +54,12 @@ def as_stored(crop: Crop, jpeg_quality: int) -> Crop:
     image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError(f"crop of track {crop.track_id}: its JPEG does not decode")
+    context = crop.context_jpeg
+    if crop.context is not None:
+        ok, ctx = cv2.imencode(".jpg", crop.context, [cv2.IMWRITE_JPEG_QUALITY, 80])
+        context = ctx.tobytes() if ok else b""
     return Crop(crop.camera, crop.track_id, crop.frame_index, crop.ts_ns, crop.xyxy,
-                crop.confidence, crop.quality, image, data)
+                crop.confidence, crop.quality, image, data, context_jpeg=context)
 
 
 class CropSelector:
@@ -74,6 +80,7 @@ class CropSelector:
         self._kept: dict[int, list[Crop]] = {}
         self._first_ts: dict[int, int] = {}
         self._published: dict[int, set[int]] = {}
+        self._small: tuple[tuple[str, int], np.ndarray, float] | None = None  # frame's context
 
     def update(self, frame: Frame, tracks: Tracks) -> None:
         """Consider every track box of ``frame`` as a candidate crop."""
@@ -117,6 +124,16 @@ class CropSelector:
         """Finish every track still held (end of stream)."""
         return self.finish(sorted(self._kept))
 
+    def _context(self, frame: Frame, xyxy: tuple[float, float, float, float]) -> np.ndarray:
+        """The frame downscaled once (shared by the frame's crops), copied, the box drawn."""
+        key = (frame.camera, frame.index)
+        if self._small is None or self._small[0] != key:
+            self._small = (key, *scaled(frame.image, self.cfg.context_px))
+        _, small, scale = self._small
+        view = small.copy()
+        draw_box(view, xyxy, scale)
+        return view
+
     def quality(self, image: np.ndarray, confidence: float) -> float:
         """Quality in (0, 1] of a crop image ((h, w, 3) uint8) with its detection score."""
         size = min(1.0, image.shape[0] / self.cfg.full_quality_height_px)
@@ -154,14 +171,17 @@ class CropSelector:
             drop = [weakest]
         else:
             drop = []
+        xyxy = (float(x1), float(y1), float(x2), float(y2))
+        context = self._context(frame, xyxy) if self.cfg.context_px else None
         crop = Crop(
             camera=frame.camera,
             track_id=tid,
             frame_index=frame.index,
             ts_ns=frame.ts_ns,
-            xyxy=(float(x1), float(y1), float(x2), float(y2)),
+            xyxy=xyxy,
             confidence=conf,
             quality=q,
             image=view.copy(),
+            context=context,
         )
         self._kept[tid] = [c for c in kept if all(c is not d for d in drop)] + [crop]

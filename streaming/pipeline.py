@@ -15,14 +15,17 @@ and the dataset builders. Per analysed frame, in this order:
    is handed out ``crops.early_after_s`` after its first candidate (so a live person is
    searchable before the track ends), and the rest of its crops when it ends; each is encoded
    as the JPEG it will be stored as, and carries that JPEG's pixels (``crops.as_stored``), so
-   ingest, a re-index and a rebuild all embed the same pixels.
+   ingest, a re-index and a rebuild all embed the same pixels; each crop carries a downscaled
+   view of its frame with its box drawn (``crops.context_px``);
+6. the ``ClipRecorder`` samples the frame for its tracks; an ended track's clip (an MP4 of its
+   frames with its box drawn, ``crops.clip_px``) comes with its end.
 
 Each step returns a ``FrameResult``: the tracks, the tracks started and ended (``TrackSpan``:
-when and where the tracker saw them), the crops ready to embed, and what the stages said of the
-ended tracks. Embedding and storing are the caller's: offline they are calls, live they are
-actor calls in flight. ``run`` is the offline driver: it decodes in a prefetch thread, detects in
-batches of ``detector_batch`` frames, and yields one result per frame and a last one from
-``finish`` (every track still open ends there).
+when and where the tracker saw them), the crops ready to embed, what the stages said of the
+ended tracks, and their clips. Embedding and storing are the caller's: offline they are calls,
+live they are actor calls in flight. ``run`` is the offline driver: it decodes in a prefetch
+thread, detects in batches of ``detector_batch`` frames, and yields one result per frame and a
+last one from ``finish`` (every track still open ends there).
 
 Example:
     >>> pipe = CameraPipeline("gate", cfg.tracker, cfg.crops, detector, embedder)  # doctest: +SKIP
@@ -43,6 +46,7 @@ from typing import Protocol
 import numpy as np
 
 from refind.streaming.appearance import BoxEmbedder, EmbedFn
+from refind.streaming.clips import ClipRecorder, TrackClip
 from refind.streaming.config import CropConfig, TrackerConfig
 from refind.streaming.crops import CropSelector, as_stored
 from refind.streaming.metrics import Metrics
@@ -101,7 +105,8 @@ class FrameResult:
     frame: the analysed frame (None for the end-of-stream step); tracks: its confirmed tracks,
     ids offset; started / ended: tracks first reported in this frame / ended by it; crops: chosen
     crops ready to embed (best first per track); analysis: per ended track id, what each stage
-    concluded (``"<stage>.<name>" -> value``).
+    concluded (``"<stage>.<name>" -> value``); clips: the ended tracks' clips
+    (``refind.streaming.clips``).
     """
 
     frame: Frame | None
@@ -111,6 +116,7 @@ class FrameResult:
     ended: tuple[TrackSpan, ...] = ()
     crops: tuple[Crop, ...] = ()
     analysis: Mapping[int, Mapping[str, float]] = field(default_factory=dict)
+    clips: tuple[TrackClip, ...] = ()
 
 
 class _OpenTrack:
@@ -171,6 +177,8 @@ class CameraPipeline:
         self._crop_cfg = crops
         self._tracker = ByteTracker(tracker, camera)
         self._selector = CropSelector(crops) if select_crops else None
+        self._clips = (ClipRecorder(crops.clip_px, crops.clip_max_frames)
+                       if select_crops and crops.clip_px else None)
         self._early = early_crops
         self._stages = tuple(stages)
         self._open: dict[int, _OpenTrack] = {}
@@ -233,19 +241,24 @@ class CameraPipeline:
                 crops += self._selector.early(frame.ts_ns, self._crop_cfg.early_after_s)
             crops += self._selector.finish(ended)
             crops = [as_stored(c, self._crop_cfg.jpeg_quality) for c in crops]
-        self.times.add("crops", time.perf_counter() - t2)
+        t3 = time.perf_counter()
+        self.times.add("crops", t3 - t2)
+        if self._clips is not None:
+            self._clips.update(frame, tracks)
+            self.times.add("clips", time.perf_counter() - t3)
         self.frames += 1
         self.detections += len(dets)
-        spans, analysis = self._end(ended)
-        return FrameResult(frame, dets, tracks, started, spans, tuple(crops), analysis)
+        spans, analysis, clips = self._end(ended)
+        return FrameResult(frame, dets, tracks, started, spans, tuple(crops), analysis, clips)
 
     def finish(self) -> FrameResult:
         """End of stream: every open track ends; the crops they still hold."""
         ended = [t + self.id_offset for t in self._tracker.flush()]
         crops = self._selector.finish(ended) if self._selector is not None else []
         crops = [as_stored(c, self._crop_cfg.jpeg_quality) for c in crops]
-        spans, analysis = self._end(ended)
-        return FrameResult(None, Detections.empty(), None, (), spans, tuple(crops), analysis)
+        spans, analysis, clips = self._end(ended)
+        return FrameResult(None, Detections.empty(), None, (), spans, tuple(crops), analysis,
+                           clips)
 
     def run(self, frames: Iterable[Frame], prefetch_batches: int = 4) -> Iterator[FrameResult]:
         """Offline: decode ahead in a thread, detect in batches, one result per frame, then the
@@ -281,9 +294,17 @@ class CameraPipeline:
 
     def _end(
         self, track_ids: list[int]
-    ) -> tuple[tuple[TrackSpan, ...], dict[int, Mapping[str, float]]]:
+    ) -> tuple[tuple[TrackSpan, ...], dict[int, Mapping[str, float]], tuple[TrackClip, ...]]:
         spans: list[TrackSpan] = []
         analysis: dict[int, Mapping[str, float]] = {}
+        clips: list[TrackClip] = []
+        t0 = time.perf_counter()
+        for tid in track_ids:
+            clip = self._clips.end(tid) if self._clips is not None else None
+            if clip is not None:
+                clips.append(clip)
+        if self._clips is not None and track_ids:
+            self.times.add("clips", time.perf_counter() - t0)
         for tid in track_ids:
             track = self._open.pop(tid, None)
             if track is None:  # confirmed but never reported in a frame: nothing was seen
@@ -292,7 +313,7 @@ class CameraPipeline:
             notes = {f"{s.name}.{k}": v for s in self._stages for k, v in s.end(tid).items()}
             if notes:
                 analysis[tid] = notes
-        return tuple(spans), analysis
+        return tuple(spans), analysis, tuple(clips)
 
     def _span(self, tid: int, track: _OpenTrack) -> TrackSpan:
         return TrackSpan(self.camera, tid, track.first_ts_ns, track.last_ts_ns, track.last_xyxy,

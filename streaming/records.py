@@ -193,7 +193,9 @@ class Crop:
     image: (h, w, 3) uint8 BGR cut from the frame at ``xyxy``; quality: higher is better;
     jpeg: the crop as it will be stored, once encoded (``refind.streaming.crops.as_stored``); image is
     then that JPEG's decoded pixels, so a vector made from it is the vector a re-index or a
-    rebuild makes from the stored crop.
+    rebuild makes from the stored crop. context: the downscaled frame with the box drawn
+    (``refind.streaming.clips.context_frame``), as pixels until ``as_stored`` encodes it as
+    ``context_jpeg``.
     """
 
     camera: str
@@ -205,6 +207,8 @@ class Crop:
     quality: float
     image: np.ndarray = field(repr=False)
     jpeg: bytes = field(default=b"", repr=False)
+    context: np.ndarray | None = field(default=None, repr=False)
+    context_jpeg: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
         if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != np.uint8:

@@ -1,0 +1,545 @@
+"""The operator's screen: pages for searching, reviewing a tracklet, watching cameras and alerts.
+
+Served by ``refind api`` on the same origin as the JSON API, from server-rendered Jinja2
+templates (``app/templates``) and two small scripts and a style sheet (``app/static``), all in
+the package: nothing is fetched from elsewhere at run time, and there is no build step. Every
+search runs through the API's own functions (``refind.app.api.Operations``): the same key
+scopes, the same checks, the same audit lines.
+
+Pages:
+- ``/``: one search box; the filters read from the words come back as chips that can be removed
+  (each removal is a link: the filters live in the URL, so a search can be bookmarked); a photo
+  search (file, drag-and-drop or paste, a box drawn to pick the person, an instruction or a
+  garment photo); a grid of tracklet cards with the reasons each was chosen; "no one matches"
+  with the nearest miss and what it lacked; "more"; "find similar" from any card (``?like=``).
+- ``/tracks/{camera}/{track_id}``: the crops over time, the frame around a crop with its box,
+  the track's clip, its times, looks and motion, and "forget this person" (with a reason).
+- ``/cameras``: a tile per camera (live state when metadata is in Redis; frames per second and
+  drops, updated every 2 s), its newest track and that frame.
+- ``/alerts``: alerts as they arrive over server-sent events (``/v1/alerts/stream``).
+
+A browser signs in once per session at ``/login`` with an API key: the key becomes a random
+session token in an HttpOnly, SameSite=Strict cookie (``refind.app.api_guard.Sessions``), which
+the JSON routes accept too, so crops and clips load in ``<img>`` and ``<video>``. Forms that
+change something are POSTs; a POST whose Origin is another site is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+import cv2
+import numpy as np
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from refind.app.api import PHOTO_PATH, camera_report
+from refind.app.api_guard import ApiError, Principal, Sessions
+from refind.indexer.blobs import clip_path, context_path
+from refind.indexer.query_plan import resolve_timezone, time_text
+from refind.indexer.search import QueryError
+from refind.streaming.records import CLIP_TIME_NS
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+PUBLIC_STATIC = {"ui.css"}  # the sign-in page's look; every other file needs a session
+PAGE = 24  # cards per page; "more" asks for another page
+SSE_SECONDS = 25.0  # one alert stream lasts this long; the browser reconnects by itself
+CSP = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self'; style-src 'self'; "
+       "script-src 'self'; connect-src 'self'; frame-ancestors 'none'; form-action 'self'; "
+       "base-uri 'none'")
+
+
+class AlertHub:
+    """Alerts handed to every open ``/v1/alerts/stream``. Watchlists publish here (one
+    ``publish`` per alert, a JSON-able dict); a page that is open receives each one."""
+
+    def __init__(self) -> None:
+        self._queues: set[asyncio.Queue[dict[str, Any]]] = set()
+        self.published = 0
+
+    def publish(self, alert: dict[str, Any]) -> None:
+        self.published += 1
+        for q in list(self._queues):
+            if q.qsize() < 1000:  # a page that stopped reading loses alerts, not memory
+                q.put_nowait(alert)
+
+    async def stream(self, seconds: float) -> AsyncIterator[str]:
+        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._queues.add(q)
+        try:
+            yield "retry: 2000\nevent: hello\ndata: {}\n\n"
+            loop = asyncio.get_running_loop()
+            end = loop.time() + seconds
+            while (left := end - loop.time()) > 0:
+                try:
+                    alert = await asyncio.wait_for(q.get(), timeout=min(left, 10.0))
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                yield f"event: alert\ndata: {json.dumps(alert)}\n\n"
+        finally:
+            self._queues.discard(q)
+
+
+# ---- small helpers the templates use ------------------------------------------------------
+
+
+def _who(request: Request) -> Principal | None:
+    """The signed-in operator, or the anonymous one where the API allows it, else None."""
+    found = request.app.state.sessions.principal(request.cookies.get(Sessions.COOKIE))
+    if found is not None:
+        return found
+    try:
+        return request.app.state.keys.authenticate(None)
+    except ApiError:
+        return None
+
+
+def _to_login(request: Request) -> RedirectResponse:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path on this site: never another host (an open redirect)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+def _same_origin(request: Request) -> bool:
+    """A POST from this site (or from a client that sends no Origin, like curl)."""
+    origin = request.headers.get("origin")
+    if not origin or origin == "null":
+        return origin is None
+    return urlsplit(origin).netloc == request.headers.get("host", "")
+
+
+def _seconds(text: str | None, tz_name: str, what: str) -> float | None:
+    """A datetime-local value ("2026-12-06T14:00", in the search time zone) or plain seconds
+    (a clip's time) -> epoch seconds; ApiError(400) names a bad one."""
+    if text is None or not text.strip():
+        return None
+    value = text.strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise ApiError(400, f"{what} must be a date and time like 2026-12-06T14:00, "
+                            f"got {value!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=resolve_timezone(tz_name))
+    return when.timestamp()
+
+
+def _local(seconds: float | None, tz_name: str) -> str:
+    """Epoch seconds -> a datetime-local value, or the seconds of a clip time."""
+    if seconds is None:
+        return ""
+    if seconds * 1e9 < CLIP_TIME_NS:
+        return f"{seconds:g}"
+    return datetime.fromtimestamp(seconds, resolve_timezone(tz_name)).strftime("%Y-%m-%dT%H:%M")
+
+
+def _reasons(hit: dict[str, Any]) -> list[dict[str, Any]]:
+    """A hit's reasons as chips: each term, marked when it was not seen."""
+    out = []
+    for text in hit.get("reasons") or [hit.get("reason", "")]:
+        for part in _split_terms(str(text)):
+            out.append({"text": part.replace(" ✗", ""), "missed": "✗" in part})
+    return [r for r in out if r["text"]]
+
+
+def _split_terms(text: str) -> list[str]:
+    """Split on commas and semicolons outside parentheses."""
+    parts, depth, cur = [], 0, []
+    for ch in text:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch in ",;" and depth == 0:
+            parts.append("".join(cur).strip())
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur).strip())
+    return [p for p in parts if p]
+
+
+def _motion_words(motion: dict[str, Any] | None) -> list[str]:
+    if not motion:
+        return []
+    words = []
+    speed, vx, vy = motion.get("speed", 0.0), motion.get("vx", 0.0), motion.get("vy", 0.0)
+    if motion.get("still"):
+        words.append("standing still")
+    elif speed:
+        side = "right" if vx > 0 else "left"
+        depth = "towards the camera" if motion.get("growth", 0.0) > 0 else "away"
+        words.append(f"walking {side}" if abs(vx) >= abs(vy) else f"walking {depth}")
+    if motion.get("enter"):
+        words.append(f"entered at the {motion['enter']}")
+    if motion.get("exit"):
+        words.append(f"left at the {motion['exit']}")
+    if motion.get("duration"):
+        words.append(f"seen for {motion['duration']:.1f} s")
+    return words
+
+
+def _thumbnail_data_url(data: bytes) -> str | None:
+    """The uploaded photo, small, as a data: URL to show beside its results."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        return None
+    scale = min(1.0, 320 / max(image.shape[:2]))
+    if scale < 1.0:
+        image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode() if ok else None
+
+
+# ---- the pages ----------------------------------------------------------------------------
+
+
+def install_ui(app: FastAPI) -> None:
+    """Add the pages, the static files and the alert stream to the API's ``app``."""
+    templates = Jinja2Templates(directory=str(TEMPLATES))
+    ops = app.state.ops
+    cfg = ops.cfg
+    tz = cfg.search.timezone
+    zone = resolve_timezone(tz)
+    alerts = app.state.alerts = AlertHub()
+    router = APIRouter(include_in_schema=False)
+
+    def when(seconds: float) -> str:
+        return time_text(int(seconds * 1e9), zone)
+
+    templates.env.globals |= {"when": when, "motion_words": _motion_words}
+
+    def page(request: Request, name: str, who: Principal | None, status: int = 200,
+             **context: Any) -> HTMLResponse:
+        response = templates.TemplateResponse(
+            request, name, {"who": who, "nav": name.split(".")[0], **context},
+            status_code=status)
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "same-origin"
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    def cards(payload: dict[str, Any]) -> list[dict[str, Any]]:
+        out = []
+        for rank, hit in enumerate(payload["hits"], 1):
+            out.append(hit | {"rank": rank, "chips": _reasons(hit),
+                              "url": f"/tracks/{quote(hit['camera'], safe='')}/{hit['track_id']}"})
+        return out
+
+    def nearest(payload: dict[str, Any]) -> dict[str, Any] | None:
+        best = payload.get("best_candidate")
+        if not best:
+            return None
+        return best | {"chips": _reasons(best),
+                       "url": f"/tracks/{quote(best['camera'], safe='')}/{best['track_id']}"}
+
+    # -- signing in ---------------------------------------------------------------------------
+
+    @router.get("/login", response_class=HTMLResponse)
+    def login_form(request: Request, next: str = "/") -> HTMLResponse:
+        return page(request, "login.html", None, next=_safe_next(next), error=None)
+
+    @router.post("/login", response_class=HTMLResponse)
+    async def login(request: Request) -> Response:
+        form = await request.form()
+        target = _safe_next(str(form.get("next") or "/"))
+        if not _same_origin(request):
+            return page(request, "login.html", None, 403, next=target,
+                        error="This sign-in came from another site and was refused.")
+        try:
+            who = app.state.keys.authenticate(str(form.get("key") or "").strip() or None)
+        except ApiError as err:
+            ops.audit.write({"key": None, "endpoint": "/login", "status": 401,
+                             "error": err.message})
+            return page(request, "login.html", None, 401, next=target,
+                        error="That key is not valid. Check it and try again (keys are listed "
+                              "as sha256 hashes under api.keys in the config).")
+        token = app.state.sessions.start(who)
+        ops.audit.write({"key": who.name, "endpoint": "/login", "status": 200})
+        response = RedirectResponse(target, status_code=303)
+        response.set_cookie(Sessions.COOKIE, token, httponly=True, samesite="strict",
+                            secure=request.url.scheme == "https", path="/")
+        return response
+
+    @router.post("/logout")
+    def logout(request: Request) -> Response:
+        app.state.sessions.end(request.cookies.get(Sessions.COOKIE))
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(Sessions.COOKIE, path="/")
+        return response
+
+    # -- search ----------------------------------------------------------------------------
+
+    def search_context(request: Request, who: Principal) -> dict[str, Any]:
+        """Everything the search page shows for the query in the URL."""
+        params = request.query_params
+        q = params.get("q", "")
+        cameras = [c for c in params.getlist("camera") if c.strip()]
+        k = params.get("k", str(PAGE))
+        context: dict[str, Any] = {
+            "q": q, "cameras": cameras, "since": params.get("since", ""),
+            "until": params.get("until", ""), "min_track": params.get("min_track", ""),
+            "known_cameras": [c for c in ops.live.cameras() if who.sees(c)],
+            "results": None, "error": None, "chips": [], "read": None, "mode": "text",
+            "flash": params.get("flash"), "like": params.get("like", ""),
+        }
+        try:
+            k_value = max(1, min(1000, int(k)))
+        except ValueError:
+            k_value = PAGE
+        context["k"] = k_value
+        try:
+            if context["like"]:
+                camera, _, track = context["like"].rpartition("/")
+                if not camera or not track.isdigit():
+                    raise ApiError(400, f"like={context['like']!r}: expected CAMERA/TRACK")
+                result = ops.similar_search(who, camera, int(track), k_value, "/ (find similar)")
+                context |= {"mode": "like", "seed": {"camera": camera, "track_id": int(track),
+                                                     "url": f"/tracks/{quote(camera, safe='')}/"
+                                                            f"{int(track)}"}}
+                payload = ops.respond(result)
+            elif q.strip():
+                since = _seconds(context["since"], tz, "since")
+                until = _seconds(context["until"], tz, "until")
+                min_track = float(context["min_track"]) if context["min_track"] else None
+                body = ops.text_body(text=q, k=k_value, cameras=cameras, since=since,
+                                     until=until, min_track_s=min_track)
+                result, plan = ops.text_search(who, body, "/ (text)")
+                payload = ops.respond(result) | {"plan": plan}
+                context["chips"] = filter_chips(q, plan, payload.get("understood"))
+                context["read"] = payload.get("understood")
+            else:
+                return context
+        except ValidationError as err:
+            context["error"] = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}"
+                                         for e in err.errors())
+            return context
+        except (ApiError, QueryError, ValueError) as err:
+            context["error"] = getattr(err, "message", str(err))
+            return context
+        context["results"] = cards(payload)
+        context["message"] = payload.get("message")
+        context["nearest"] = nearest(payload)
+        context["took_ms"] = payload.get("took_ms", {}).get("total")
+        context["more_url"] = (request.url.path + "?" + urlencode(
+            [(n, v) for n, v in params.multi_items() if n != "k"] + [("k", k_value + PAGE)])
+            if len(payload["hits"]) >= k_value and k_value + PAGE <= 1000 else None)
+        return context
+
+    def filter_chips(q: str, plan: dict[str, Any], understood: dict[str, Any] | None
+                     ) -> list[dict[str, Any]]:
+        """Chips of what the query was read as. Removing a filter is a link: the text without
+        its filters plus the other filters as URL fields (so they stay removable one by one)."""
+        base = {"q": plan.get("text") or q, "camera": list(plan.get("cameras") or []),
+                "since": _local(plan.get("since"), tz), "until": _local(plan.get("until"), tz),
+                "min_track": "" if plan.get("min_track_s") is None else
+                f"{plan['min_track_s']:g}"}
+
+        def without(field: str, value: str | None = None) -> str:
+            fields = dict(base)
+            if field == "camera":
+                fields["camera"] = [c for c in base["camera"] if c != value]
+            else:
+                fields[field] = ""
+            pairs = [("q", fields["q"])] + [("camera", c) for c in fields["camera"]]
+            pairs += [(n, fields[n]) for n in ("since", "until", "min_track") if fields[n]]
+            return "/?" + urlencode(pairs)
+
+        chips = [{"kind": "camera", "label": f"camera {c}", "remove": without("camera", c)}
+                 for c in base["camera"]]
+        if plan.get("since") is not None:
+            chips.append({"kind": "time", "label": f"from {when(plan['since'])}",
+                          "remove": without("since")})
+        if plan.get("until") is not None:
+            chips.append({"kind": "time", "label": f"until {when(plan['until'])}",
+                          "remove": without("until")})
+        if plan.get("min_track_s") is not None:
+            chips.append({"kind": "length", "label": f"tracks ≥ {plan['min_track_s']:g} s",
+                          "remove": without("min_track")})
+        if understood:
+            chips += [{"kind": "term", "label": t} for t in understood.get("terms", [])]
+            if understood.get("ignored"):
+                chips.append({"kind": "ignored",
+                              "label": "ignored: " + ", ".join(understood["ignored"])})
+        return chips
+
+    @router.get("/", response_class=HTMLResponse)
+    def search_page(request: Request) -> Response:
+        who = _who(request)
+        if who is None:
+            return _to_login(request)
+        return page(request, "search.html", who, **search_context(request, who))
+
+    @router.post(PHOTO_PATH, response_class=HTMLResponse)
+    async def photo_search(request: Request) -> Response:
+        who = _who(request)
+        if who is None:
+            return _to_login(request)
+        if not _same_origin(request):
+            return page(request, "search.html", who, 403, **_empty(who),
+                        error="This search came from another site and was refused.")
+        form = await request.form()
+        image = form.get("image")
+        upload = image if isinstance(image, UploadFile) and image.filename else None
+        garment = form.get("instruction_image")
+        fields: dict[str, Any] = {
+            "k": str(form.get("k") or PAGE), "box": str(form.get("box") or "") or None,
+            "cameras": ",".join(str(c) for c in form.getlist("camera") if str(c).strip()) or None,
+            "instruction": str(form.get("instruction") or "") or None,
+            "instruction_image": garment if isinstance(garment, UploadFile) and
+            garment.filename else None,
+        }
+        context = _empty(who) | {"mode": "photo", "instruction": fields["instruction"] or "",
+                                 "cameras": [c for c in (fields["cameras"] or "").split(",") if c]}
+        try:
+            if upload is None:
+                raise ApiError(400, "choose a photo first: drop it here, paste it, or pick a file")
+            data = await upload.read()
+            await upload.seek(0)
+            context["photo"] = _thumbnail_data_url(data)
+            result = await asyncio.to_thread(ops.image_search, who, upload, fields, PHOTO_PATH)
+        except ApiError as err:
+            return page(request, "search.html", who, err.status, **context, error=err.message)
+        payload = ops.respond(result)
+        context |= {"results": cards(payload), "message": payload.get("message"),
+                    "nearest": nearest(payload), "took_ms": payload.get("took_ms", {}).get("total")}
+        return page(request, "search.html", who, **context)
+
+    def _empty(who: Principal) -> dict[str, Any]:
+        return {"q": "", "cameras": [], "since": "", "until": "", "min_track": "", "k": PAGE,
+                "known_cameras": [c for c in ops.live.cameras() if who.sees(c)],
+                "results": None, "error": None, "chips": [], "read": None, "mode": "text",
+                "flash": None, "like": "", "more_url": None}
+
+    # -- a tracklet --------------------------------------------------------------------------
+
+    @router.get("/tracks/{camera}/{track_id}", response_class=HTMLResponse)
+    def track_page(request: Request, camera: str, track_id: int) -> Response:
+        who = _who(request)
+        if who is None:
+            return _to_login(request)
+        if not who.sees(camera):
+            return page(request, "error.html", who, 403,
+                        error=f"key {who.name!r} may not view camera {camera!r}")
+        found = ops.live.track(camera, track_id)
+        if found is None:
+            return page(request, "error.html", who, 404,
+                        error=f"camera {camera!r} has no track {track_id} (it may have been "
+                              "forgotten, or removed by retention)")
+        summary, records = found
+        crops = [{"ts": r.ts_ns / 1e9, "frame_index": r.frame_index,
+                  "url": "/v1/crops/" + quote(r.crop_path, safe="/"),
+                  "context_url": "/v1/crops/" + quote(context_path(r.crop_path), safe="/")
+                  if ops.crops.exists(context_path(r.crop_path)) else None,
+                  "best": r.crop_path == summary.best.crop_path} for r in records]
+        best = next((c for c in crops if c["best"]), crops[0] if crops else None)
+        clip = (f"/v1/clips/{quote(camera, safe='')}/{track_id}"
+                if ops.crops.exists(clip_path(camera, track_id)) else None)
+        looks = ops.live.describe_track(records)
+        motion = summary.motion.as_dict() if summary.motion is not None else None
+        duration = (summary.end_ts_ns - summary.start_ts_ns) / 1e9
+        return page(request, "track.html", who, camera=camera, track_id=track_id,
+                    start=summary.start_ts_ns / 1e9, end=summary.end_ts_ns / 1e9,
+                    duration=duration, n_crops=summary.n_crops, crops=crops, best=best,
+                    clip=clip, looks=looks, motion=motion,
+                    like_url="/?" + urlencode({"like": f"{camera}/{track_id}"}),
+                    may_forget=who.may_forget, error=None)
+
+    @router.post("/tracks/{camera}/{track_id}/forget", response_class=HTMLResponse)
+    async def forget(request: Request, camera: str, track_id: int) -> Response:
+        who = _who(request)
+        if who is None:
+            return _to_login(request)
+        if not _same_origin(request):
+            return page(request, "error.html", who, 403,
+                        error="This request came from another site and was refused.")
+        form = await request.form()
+        if form.get("confirm") != "yes":
+            return page(request, "error.html", who, 400,
+                        error="Tick the box to confirm: forgetting deletes this person's crops, "
+                              "vectors and clip for good.")
+        try:
+            report = await asyncio.to_thread(ops.forget, who, camera, track_id,
+                                             str(form.get("reason") or ""),
+                                             f"/tracks/{camera}/{track_id}/forget")
+        except ApiError as err:
+            return page(request, "error.html", who, err.status, error=err.message)
+        note = (f"Forgot {camera} track {track_id}: {report['vectors_deleted']} vectors and "
+                f"{report['crop_files_deleted']} crops deleted, for good.")
+        return RedirectResponse("/?" + urlencode({"flash": note}), status_code=303)
+
+    # -- cameras and alerts ------------------------------------------------------------------
+
+    @router.get("/cameras", response_class=HTMLResponse)
+    def cameras_page(request: Request) -> Response:
+        who = _who(request)
+        if who is None:
+            return _to_login(request)
+        tiles = [t for t in camera_report(cfg, ops.live, ops.crops) if who.sees(t["camera"])]
+        return page(request, "cameras.html", who, tiles=tiles,
+                    live_link=cfg.metadata.type == "redis")
+
+    @router.get("/alerts", response_class=HTMLResponse)
+    def alerts_page(request: Request) -> Response:
+        who = _who(request)
+        if who is None:
+            return _to_login(request)
+        return page(request, "alerts.html", who, published=alerts.published)
+
+    @app.get("/v1/alerts/stream", summary="Alerts as server-sent events (watchlists publish)",
+             response_class=StreamingResponse)
+    def alert_stream(request: Request) -> StreamingResponse:
+        who = _who(request) or app.state.keys.authenticate(request.headers.get("x-api-key"))
+        stream = alerts.stream(SSE_SECONDS)
+
+        async def visible() -> AsyncIterator[str]:
+            async for chunk in stream:
+                if chunk.startswith("event: alert"):
+                    camera = json.loads(chunk.split("data: ", 1)[1]).get("camera", "")
+                    if not who.sees(str(camera)):
+                        continue
+                yield chunk
+
+        return StreamingResponse(visible(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store"})
+
+    # -- static files ----------------------------------------------------------------------
+
+    types = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
+
+    @router.get("/static/{name}")
+    def static(request: Request, name: str) -> Response:
+        path = (STATIC / name).resolve()
+        if path.parent != STATIC or not path.is_file() or path.suffix not in types:
+            return Response("not found", status_code=404, media_type="text/plain")
+        if name not in PUBLIC_STATIC and _who(request) is None:
+            return Response("sign in first", status_code=401, media_type="text/plain")
+        return Response(path.read_bytes(), media_type=types[path.suffix],
+                        headers={"Cache-Control": "private, max-age=300"})
+
+    app.include_router(router)
