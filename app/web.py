@@ -49,6 +49,7 @@ from refind.app.api_guard import ApiError, Principal, Sessions
 from refind.indexer.blobs import clip_path, context_path
 from refind.indexer.query_plan import resolve_timezone, time_text
 from refind.indexer.search import QueryError
+from refind.streaming.clips import draw_box, scaled
 from refind.streaming.records import CLIP_TIME_NS
 
 log = logging.getLogger(__name__)
@@ -203,14 +204,20 @@ def _motion_words(motion: dict[str, Any] | None) -> list[str]:
     return words
 
 
-def _thumbnail_data_url(data: bytes) -> str | None:
-    """The uploaded photo, small, as a data: URL to show beside its results."""
+def _thumbnail_data_url(data: bytes, box: str | None = None) -> str | None:
+    """The uploaded photo, small, with the box drawn on it (when one was), as a data: URL to
+    show beside its results."""
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         return None
-    scale = min(1.0, 320 / max(image.shape[:2]))
-    if scale < 1.0:
-        image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    image, scale = scaled(image, 320)
+    try:
+        xyxy = [float(v) for v in (box or "").split(",")] if box else []
+    except ValueError:
+        xyxy = []
+    if len(xyxy) == 4:
+        image = image.copy()
+        draw_box(image, xyxy, scale)
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
     return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode() if ok else None
 
@@ -421,7 +428,7 @@ def install_ui(app: FastAPI) -> None:
                 raise ApiError(400, "choose a photo first: drop it here, paste it, or pick a file")
             data = await upload.read()
             await upload.seek(0)
-            context["photo"] = _thumbnail_data_url(data)
+            context["photo"] = _thumbnail_data_url(data, fields["box"])
             result = await asyncio.to_thread(ops.image_search, who, upload, fields, PHOTO_PATH)
         except ApiError as err:
             return page(request, "search.html", who, err.status, **context, error=err.message)

@@ -6,8 +6,9 @@
 #   torch        + the IRM embedder, the refer re-ranker, training (torch, transformers, MiniLM)
 #   live         + Ray, Kafka client, Redis client (`refind serve`)
 #   test         + every extra, the test tools, and the servers tests start: Debian's
-#                redis-server, ffmpeg and gst-rtsp-server (test cameras); the Tansu Kafka
-#                broker comes from PyPI
+#                redis-server, ffmpeg and gst-rtsp-server (test cameras), and chromium (the
+#                web UI's browser tests, driven by Playwright; no browser download); the Tansu
+#                Kafka broker comes from PyPI
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
@@ -16,7 +17,7 @@ apt_pkgs=(libgl1 libglib2.0-0)
 if [[ ",$extras," == *",test,"* ]]; then
   apt_pkgs+=(ffmpeg redis-server python3-gi gir1.2-gst-rtsp-server-1.0
              gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly
-             gstreamer1.0-libav)
+             gstreamer1.0-libav chromium)
 fi
 need=()
 for pkg in "${apt_pkgs[@]}"; do

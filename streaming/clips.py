@@ -68,7 +68,7 @@ def scaled(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
 def draw_box(image: np.ndarray, xyxy, scale: float) -> None:
     """Draw the box ``xyxy`` (frame pixels) on ``image`` (scaled by ``scale``), in place."""
     x1, y1, x2, y2 = (round(v * scale) for v in xyxy)
-    thickness = max(1, round(max(image.shape[:2]) / 240))
+    thickness = max(2, round(max(image.shape[:2]) / 240))
     cv2.rectangle(image, (x1, y1), (x2, y2), BOX_BGR, thickness)
 
 
