@@ -27,16 +27,19 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import posixpath
 import re
 import secrets
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, File, Form, Header, Path, Query, Request, Security, UploadFile
@@ -80,6 +83,7 @@ TEXT_PATH = "/v1/search/text"
 SIMILAR_PATH = "/v1/tracks/{camera}/{track_id}/similar"
 FORGET_PATH = "/v1/tracks/{camera}/{track_id}/forget"
 PHOTO_PATH = "/ui/search/photo"  # the web UI's photo search form (refind.app.web)
+SERVE_TIMEOUT_S = 5.0  # a call to refind serve's control port
 INSTRUCTION_FIELDS = ("min_track_s", "instruction", "instruction_image", "task", "rerank")
 MAX_TEXT_BODY_BYTES = 64 * 1024  # a 1000-character query and its filters fit many times over
 MAX_SECONDS = 4e9  # timestamps are int64 nanoseconds (up to 9.2e9 s): year 2096 is plenty
@@ -226,6 +230,7 @@ class Operations:
     forget: Callable[..., dict[str, object]]
     respond: Callable[[SearchResult], dict[str, object]]
     audit: AuditLog
+    manage_camera: Callable[..., dict[str, object]]
     text_body: type[TextSearch] = TextSearch
 
 
@@ -255,9 +260,9 @@ def byte_range(data: bytes, media_type: str, header: str | None) -> Response:
 
 
 def camera_report(cfg: RefindConfig, live: LiveSearch, crops: CropStore) -> list[dict[str, object]]:
-    """Per camera: its newest stored track and that crop's frame, and, when metadata is in
-    Redis, the live state its reader last reported (state, message, frames in and dropped,
-    reconnects, when)."""
+    """Per camera: its newest stored track and that crop's frame, and its live state: from
+    ``refind serve`` (``api.serve_url``: state, frames per second, drops, freshness) or from
+    Redis when metadata is there (state, frames in and dropped, reconnects, when)."""
     rows: dict[str, dict[str, object]] = {}
     for item in live.overview():
         newest = item["newest"]
@@ -284,7 +289,44 @@ def camera_report(cfg: RefindConfig, live: LiveSearch, crops: CropStore) -> list
             row |= {"state": str(e.state), "message": e.message,
                     "frames_in": e.counters.frames_in, "frames_dropped": e.counters.frames_dropped,
                     "reconnects": e.counters.reconnects, "updated": e.updated_ns / 1e9}
+    if cfg.api.serve_url:
+        for name, report in serve_call(cfg, "GET", "/cameras").items():
+            row = rows.setdefault(name, {"camera": name, "newest": None})
+            if "state" not in report:  # serve could not reach the camera's actor
+                row |= {"state": "failed", "message": str(report.get("error", ""))}
+                continue
+            fresh = report.get("freshness") or {}
+            counts = fresh.get("counts") or []
+            row |= {"state": report["state"],
+                    "message": report.get("error") or report.get("message", ""),
+                    "frames_in": report["frames_in"], "frames_dropped": report["frames_dropped"],
+                    "rate_fps": report["rate_fps"], "crops_stored": report["crops_stored"],
+                    "freshness_s": fresh.get("total", 0.0) / sum(counts) if sum(counts) else None,
+                    "latency_p95_s": report.get("latency_p95_s"), "updated": time.time()}
     return [rows[name] for name in sorted(rows)]
+
+
+def serve_call(cfg: RefindConfig, method: str, path: str,
+               body: dict[str, object] | None = None) -> dict[str, Any]:
+    """A call to ``refind serve``'s control port (``api.serve_url``); its refusals come back as
+    ApiError with serve's own message, an unreachable serve as 503 naming the URL."""
+    base = (cfg.api.serve_url or "").rstrip("/")
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base + path, data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=SERVE_TIMEOUT_S) as r:
+            return json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        try:
+            message = json.loads(err.read()).get("error", str(err))
+        except ValueError:
+            message = str(err)
+        raise ApiError(err.code if 400 <= err.code < 500 else 502,
+                       f"refind serve refused: {message}") from None
+    except (OSError, ValueError) as err:
+        raise ApiError(503, f"refind serve at {base} (api.serve_url) did not answer: {err}; is "
+                            "it running?") from None
 
 
 def crop_url(rel: str) -> str:
@@ -553,8 +595,30 @@ def create_app(
         audit.write({**entry, "status": 200, **out})
         return out
 
+    def manage_camera(who: Principal, method: str, name: str,
+                      camera: dict[str, object] | None, endpoint: str) -> dict[str, object]:
+        """Add (``POST`` with its config) or remove (``DELETE``) a live camera through
+        ``refind serve``, for a key allowed to; audited either way."""
+        entry: dict[str, object] = {"key": who.name, "endpoint": endpoint, "method": method,
+                                    "camera": name}
+        try:
+            if not who.may_manage_cameras:
+                raise ApiError(403, f"key {who.name!r} may not add or remove cameras: give it "
+                                    "`manage_cameras: true` in api.keys")
+            who.check_cameras([name], "manage")
+            if not cfg.api.serve_url:
+                raise ApiError(409, "this API is not linked to refind serve: set api.serve_url "
+                                    "to serve's control port to add and remove cameras")
+            path = "/cameras" if method == "POST" else f"/cameras/{quote(name, safe='')}"
+            out = serve_call(cfg, method, path, camera)
+        except ApiError as err:
+            audit.write({**entry, "status": err.status, "error": err.message})
+            raise
+        audit.write({**entry, "status": 200})
+        return out
+
     app.state.ops = Operations(cfg, live, crops, text_search, image_search, similar_search,
-                               forget_person, respond, audit)
+                               forget_person, respond, audit, manage_camera)
 
     @app.post(TEXT_PATH, summary="Rank tracklets of a described person; filters in words too")
     def search_text(who: Caller, body: TextSearch) -> dict[str, object]:
@@ -657,12 +721,26 @@ def create_app(
     def list_cameras(who: Caller) -> dict[str, object]:
         return {"cameras": [c for c in live.cameras() if who.sees(c)]}
 
+    @app.post("/v1/cameras", summary="Add a live camera to refind serve (api.serve_url; keys "
+              "with manage_cameras: true)", status_code=201)
+    def add_camera(who: Caller, body: dict[str, Any]) -> dict[str, object]:
+        name = body.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise ApiError(400, "a camera needs a name (and a url)")
+        return manage_camera(who, "POST", name, body, "/v1/cameras")
+
+    @app.delete("/v1/cameras/{name}", summary="Remove a live camera from refind serve (its "
+                "stored tracks stay)")
+    def remove_camera(who: Caller, name: str) -> dict[str, object]:
+        return manage_camera(who, "DELETE", name, None, "/v1/cameras/{name}")
+
     @app.get("/v1/cameras/status",
              summary="Each camera this key sees: live state (when metadata is in Redis), "
              "counters, newest track and its frame")
     def camera_status(who: Caller) -> dict[str, object]:
         return {"cameras": [c for c in camera_report(cfg, live, crops) if who.sees(c["camera"])],
-                "live_link": cfg.metadata.type == "redis", "now": time.time()}
+                "live_link": bool(cfg.api.serve_url) or cfg.metadata.type == "redis",
+                "now": time.time()}
 
     @app.get("/healthz", summary="Liveness and what is searchable now")
     def healthz() -> dict[str, object]:
@@ -689,7 +767,7 @@ def serve_api(cfg: RefindConfig) -> None:
                     cfg.api.host)
     if key is not None:
         print(f"refind api: no api.keys are configured, so this run made one key, valid until it "
-              f"stops (loopback only; may see and forget every camera):\n\n    {key}\n\n"
+              f"stops (loopback only; may see, forget and manage every camera):\n\n    {key}\n\n"
               f"Open http://{cfg.api.host}:{cfg.api.port}/ and enter it, or send it as the "
               "X-API-Key header. Configure api.keys to keep keys across runs.", flush=True)
     uvicorn.run(app, host=cfg.api.host, port=cfg.api.port, log_level="info",
@@ -701,12 +779,13 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 def with_session_key(cfg: RefindConfig) -> tuple[RefindConfig, str | None]:
     """``cfg`` as it is when it has keys or allows anonymous callers; else, on a loopback host,
-    ``cfg`` with one random key for this run (named ``operator``, every camera, may forget) and
+    ``cfg`` with one random key for this run (named ``operator``: every camera, may forget and
+    manage cameras) and
     that key, as Jupyter does for its token. Another host with no keys stays refused."""
     if cfg.api.keys or cfg.api.allow_anonymous or cfg.api.host not in LOOPBACK:
         return cfg, None
     key = secrets.token_urlsafe(24)
     entry = ApiKeyConfig(name="operator", key_sha256=hashlib.sha256(key.encode()).hexdigest(),
-                         forget=True)
+                         forget=True, manage_cameras=True)
     api = cfg.api.model_copy(update={"keys": (entry,)})
     return cfg.model_copy(update={"api": api}), key

@@ -41,6 +41,7 @@ class Principal:
     name: str
     cameras: frozenset[str] | None
     may_forget: bool = False
+    may_manage_cameras: bool = False
 
     def check_cameras(self, cameras: Iterable[str], what: str) -> None:
         """Raise 403 naming the cameras outside this key's scope."""
@@ -67,7 +68,8 @@ class KeyRing:
     @classmethod
     def from_config(cls, cfg: ApiConfig) -> KeyRing:
         keys = {
-            k.key_sha256: Principal(k.name, frozenset(k.cameras) if k.cameras else None, k.forget)
+            k.key_sha256: Principal(k.name, frozenset(k.cameras) if k.cameras else None, k.forget,
+                                    k.manage_cameras)
             for k in cfg.keys
         }
         return cls(keys, cfg.allow_anonymous)

@@ -36,6 +36,10 @@ class ApiKeyConfig(Section):
         False, description="May this key forget people (delete a track for good) on its cameras? "
         "Every forget is audited with its reason."
     )
+    manage_cameras: bool = Field(
+        False, description="May this key add and remove live cameras (through api.serve_url)? "
+        "Audited."
+    )
 
 
 class ApiConfig(Section):
@@ -53,6 +57,12 @@ class ApiConfig(Section):
     )
     audit_log: Path | None = Field(
         None, description="JSON-lines file recording every search; None = <data_dir>/audit.jsonl."
+    )
+    serve_url: str | None = Field(
+        None, pattern=r"^https?://[^\s/]+(:\d+)?/?$", description="`refind serve`'s control "
+        "port (http://HOST:PORT, serve.host/serve.port): the UI's cameras page then shows each "
+        "camera live and adds and removes cameras. None: stored tracks only (and live state "
+        "from Redis when metadata is there)."
     )
     session_idle_min: float = Field(
         480.0, gt=0.0, le=10080.0, description="A web UI session (a key entered once in the "

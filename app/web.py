@@ -507,9 +507,54 @@ def install_ui(app: FastAPI) -> None:
         who = _who(request)
         if who is None:
             return _to_login(request)
-        tiles = [t for t in camera_report(cfg, ops.live, ops.crops) if who.sees(t["camera"])]
-        return page(request, "cameras.html", who, tiles=tiles,
-                    live_link=cfg.metadata.type == "redis")
+        error = request.query_params.get("error")
+        try:
+            tiles = [t for t in camera_report(cfg, ops.live, ops.crops) if who.sees(t["camera"])]
+        except ApiError as err:  # serve did not answer: what is stored, and why no live state
+            error = err.message
+            tiles = [t for t in camera_report(cfg.model_copy(update={"api": cfg.api.model_copy(
+                update={"serve_url": None})}), ops.live, ops.crops) if who.sees(t["camera"])]
+        return page(request, "cameras.html", who, tiles=tiles, serve=bool(cfg.api.serve_url),
+                    live_link=bool(cfg.api.serve_url) or cfg.metadata.type == "redis",
+                    manage=who.may_manage_cameras and bool(cfg.api.serve_url), error=error,
+                    flash=request.query_params.get("flash"))
+
+    @router.post("/cameras/add")
+    async def add_camera(request: Request) -> Response:
+        who = _who(request)
+        if who is None:
+            return _to_login(request)
+        form = await request.form()
+        name, url = str(form.get("name") or "").strip(), str(form.get("url") or "").strip()
+        camera: dict[str, object] = {"name": name, "url": url}
+        if str(form.get("sample_fps") or "").strip():
+            camera["sample_fps"] = str(form.get("sample_fps")).strip()
+        return await camera_change(request, who, "POST", name, camera,
+                                   f"Added camera {name}: it shows here once it is running.")
+
+    @router.post("/cameras/{name}/remove")
+    async def remove_camera(request: Request, name: str) -> Response:
+        who = _who(request)
+        if who is None:
+            return _to_login(request)
+        return await camera_change(request, who, "DELETE", name, None,
+                                   f"Removed camera {name}; its stored tracks stay searchable.")
+
+    async def camera_change(request: Request, who: Principal, method: str, name: str,
+                            camera: dict[str, object] | None, done: str) -> Response:
+        if not _same_origin(request):
+            return page(request, "error.html", who, 403,
+                        error="This request came from another site and was refused.")
+        try:
+            if not name:
+                raise ApiError(400, "a camera needs a name and a URL (rtsp://, http(s)://, "
+                                    "udp:// or a file)")
+            await asyncio.to_thread(ops.manage_camera, who, method, name, camera,
+                                    f"/cameras ({'add' if method == 'POST' else 'remove'})")
+        except ApiError as err:
+            return RedirectResponse("/cameras?" + urlencode({"error": err.message}),
+                                    status_code=303)
+        return RedirectResponse("/cameras?" + urlencode({"flash": done}), status_code=303)
 
     @router.get("/alerts", response_class=HTMLResponse)
     def alerts_page(request: Request) -> Response:

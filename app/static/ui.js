@@ -134,14 +134,16 @@ document.querySelectorAll(".strip button.crop").forEach((button) => {
           state.textContent = cam.state;
           state.className = "state state-" + cam.state;
         }
-        if (cam.frames_in !== undefined) {
+        if (cam.rate_fps !== undefined) {
+          set(".fps", Number(cam.rate_fps).toFixed(1));
+        } else if (cam.frames_in !== undefined) {
           const prev = last[cam.camera];
           if (prev && body.now > prev.t) set(".fps", ((cam.frames_in - prev.n) / (body.now - prev.t)).toFixed(1));
           last[cam.camera] = { n: cam.frames_in, t: body.now };
-          set(".drops", String(cam.frames_dropped));
-          set(".reconnects", String(cam.reconnects));
-          set(".updated", Math.max(0, body.now - cam.updated).toFixed(1) + " s ago");
         }
+        if (cam.frames_dropped !== undefined) set(".drops", String(cam.frames_dropped));
+        if (cam.freshness_s !== undefined && cam.freshness_s !== null) set(".freshness", Number(cam.freshness_s).toFixed(2) + " s");
+        if (cam.updated !== undefined) set(".updated", Math.max(0, body.now - cam.updated).toFixed(1) + " s ago");
       }
     } catch (err) { /* the next poll tries again */ }
   }

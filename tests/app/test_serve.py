@@ -76,3 +76,62 @@ def test_health_metrics_and_cameras_at_run_time(ray_local, tiny_video: Path, tmp
     finally:
         server.shutdown()
         sup.stop()
+
+
+def test_the_ui_shows_serve_cameras_live_and_adds_and_removes_them(
+    ray_local, tiny_video: Path, tmp_path
+) -> None:
+    """The API linked to a running serve (api.serve_url): its cameras page reads each camera's
+    live report, and a key allowed to manage cameras adds and removes them through serve."""
+    pytest.importorskip("fastapi", reason="the API extra is not installed")
+    import httpx
+
+    from refind.app.api import create_app
+    from tests.app.api_server import Server, sha
+
+    need_models()
+    camera = {"name": "a", "url": str(tiny_video), "realtime": True, "loop": True,
+              "sample_fps": 5}
+    live_cfg = {"data_dir": str(tmp_path), "cameras": [camera],
+                "ray": {"detector_num_cpus": 0, "embedder_num_cpus": 0}}
+    sup = Supervisor(parse_config(live_cfg))
+    sup.start()
+    server = start_http(sup, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    keys = [{"name": "admin", "key_sha256": sha("admin-key"), "manage_cameras": True},
+            {"name": "viewer", "key_sha256": sha("viewer-key")}]
+    api_cfg = parse_config(live_cfg | {"api": {"keys": keys, "serve_url": base}})
+    try:
+        assert wait_until(lambda: sup.status()["a"].frames_processed > 0, 60)
+        with Server(create_app(api_cfg)) as api, httpx.Client(base_url=api.url,
+                                                              timeout=60) as c:
+            assert c.post("/login", data={"key": "admin-key"}).status_code == 303
+            status = c.get("/v1/cameras/status").json()
+            (row,) = status["cameras"]
+            assert status["live_link"] and row["camera"] == "a" and row["state"] == "live"
+            assert row["rate_fps"] > 0 and row["frames_in"] > 0
+            page = c.get("/cameras").text
+            assert 'class="state state-live">live' in page and 'id="add-camera"' in page
+            added = c.post("/cameras/add", data={"name": "b", "url": str(tiny_video),
+                                                 "sample_fps": "5"})
+            assert added.status_code == 303 and "Added+camera+b" in added.headers["location"]
+            assert wait_until(lambda: "b" in sup.status(), 30)
+            again = c.post("/cameras/add", data={"name": "b", "url": str(tiny_video)})
+            assert "already+exists" in again.headers["location"]  # serve's own refusal, shown
+            assert c.post("/cameras/a/remove").status_code == 303
+            assert "a" not in sup.status()
+            viewer = httpx.Client(base_url=api.url, timeout=60)
+            assert viewer.post("/login", data={"key": "viewer-key"}).status_code == 303
+            refused = viewer.delete("/v1/cameras/b")
+            assert refused.status_code == 403 and "manage_cameras" in refused.json()["error"]
+            assert "b" in sup.status()
+        server.shutdown()
+        # serve gone: the page says so and still shows what is stored
+        with Server(create_app(api_cfg)) as api, httpx.Client(base_url=api.url,
+                                                              timeout=60) as c:
+            c.post("/login", data={"key": "admin-key"})
+            page = c.get("/cameras").text
+            assert "did not answer" in page
+    finally:
+        server.shutdown()
+        sup.stop()
