@@ -38,7 +38,7 @@ from refind.actors.runtime import init_ray
 from refind.actors.writer import IndexWriterActor
 from refind.config import RefindConfig
 from refind.indexer.gallery_store import GalleryLockedError
-from refind.indexer.metadata import RecentTrack, TrackSummary
+from refind.indexer.metadata import TrackSummary
 from refind.indexer.search import SearchEngine
 from refind.indexer.shards import merge_shard_hits, shard_of
 from refind.indexer.versions import Serving, VersionError, registry_stamp, serving_version
@@ -75,10 +75,15 @@ class _WriterGallery:
         refs = [w.search.remote(vectors, k_crops, filt) for w in self._writers]
         return merge_shard_hits(ray.get(refs), k_crops)
 
-    def recent_tracks(self, limit: int, filt: SearchFilter = NO_FILTER) -> list[RecentTrack]:
-        found = [t for rows in ray.get([w.recent_tracks.remote(limit, filt)
-                                        for w in self._writers]) for t in rows]
-        found.sort(key=lambda t: (-t.last_crop_ts_ns, t.summary.camera, t.summary.track_id))
+    def count_tracks(self, limit: int, filt: SearchFilter = NO_FILTER) -> int:
+        return min(limit, sum(ray.get([w.count_tracks.remote(limit, filt)
+                                       for w in self._writers])))
+
+    def recent_track_keys(self, limit: int, filt: SearchFilter = NO_FILTER
+                          ) -> list[tuple[int, str, int]]:
+        found = [k for rows in ray.get([w.recent_track_keys.remote(limit, filt)
+                                        for w in self._writers]) for k in rows]
+        found.sort(key=lambda k: (-k[0], k[1], k[2]))
         return found[:limit]
 
     def tracks(self, keys: list[tuple[str, int]]) -> dict[tuple[str, int], TrackSummary]:

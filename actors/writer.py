@@ -31,7 +31,7 @@ from ray.actor import ActorHandle
 from refind.actors.pools import Pool, PoolEmbedder
 from refind.config import RefindConfig
 from refind.indexer.gallery_store import GalleryStore
-from refind.indexer.metadata import RecentTrack, TrackSummary
+from refind.indexer.metadata import TrackSummary
 from refind.indexer.reindex import EmbedCrops, embed_copies
 from refind.indexer.shards import shard_dir
 from refind.indexer.sink import open_sink
@@ -181,8 +181,12 @@ class IndexWriterActor:
     ) -> list[list[CropHit]]:
         return self._gallery.search(vectors, k_crops, filt)
 
-    def recent_tracks(self, limit: int, filt: SearchFilter = NO_FILTER) -> list[RecentTrack]:
-        return self._gallery.recent_tracks(limit, filt)
+    def count_tracks(self, limit: int, filt: SearchFilter = NO_FILTER) -> int:
+        return self._gallery.count_tracks(limit, filt)
+
+    def recent_track_keys(self, limit: int, filt: SearchFilter = NO_FILTER
+                          ) -> list[tuple[int, str, int]]:
+        return self._gallery.recent_track_keys(limit, filt)
 
     def tracks(self, keys: list[tuple[str, int]]) -> dict[tuple[str, int], TrackSummary]:
         return self._gallery.tracks(keys)

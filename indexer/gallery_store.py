@@ -362,6 +362,15 @@ class GalleryStore:
         seen first."""
         return self.metadata.recent_tracks(self._model_id, filt, limit)
 
+    def count_tracks(self, limit: int, filt: SearchFilter = NO_FILTER) -> int:
+        """Tracks with crops of this model within the filter, counted up to ``limit``."""
+        return self.metadata.count_tracks(self._model_id, filt, limit)
+
+    def recent_track_keys(self, limit: int, filt: SearchFilter = NO_FILTER
+                          ) -> list[tuple[int, str, int]]:
+        """(last crop time, camera, track id) of ``recent_tracks``, without summaries."""
+        return self.metadata.recent_track_keys(self._model_id, filt, limit)
+
     def close(self) -> None:
         """Close SQLite and release the writer lock (the index is not saved: call save())."""
         if self._meta is not None:

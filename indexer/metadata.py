@@ -439,17 +439,34 @@ class SqliteMetadata:
     ) -> list[RecentTrack]:
         """Tracks of ``model_id`` with crops within the filter (as ``ids_matching``), most
         recently seen first, at most ``limit``."""
+        out = []
+        for last, camera, track_id in self.recent_track_keys(model_id, filt, limit):
+            summary = self.track(camera, track_id)
+            if summary is not None:
+                out.append(RecentTrack(last, summary))
+        return out
+
+    def count_tracks(self, model_id: str, filt: SearchFilter = NO_FILTER,
+                     limit: int = 1000) -> int:
+        """How many tracks of ``model_id`` have crops within the filter, counted up to
+        ``limit`` (the scan stops there: ~20 ms at 800k crops, where ordering every track by
+        time takes a second)."""
+        source, args = _crop_filter(model_id, filt)
+        sql = (f"SELECT COUNT(*) FROM (SELECT DISTINCT crops.camera, crops.track_id FROM {source} "
+               "LIMIT ?)")
+        return int(self._conn.execute(sql, [*args, int(limit)]).fetchone()[0])
+
+    def recent_track_keys(
+        self, model_id: str, filt: SearchFilter = NO_FILTER, limit: int = 1000
+    ) -> list[tuple[int, str, int]]:
+        """(time of its last crop, camera, track id) of the tracks ``recent_tracks`` returns,
+        without their summaries: one query, for counting and choosing before reading."""
         source, args = _crop_filter(model_id, filt)
         sql = (f"SELECT crops.camera, crops.track_id, MAX(crops.ts_ns) AS last FROM {source} "
                "GROUP BY crops.camera, crops.track_id "
                "ORDER BY last DESC, crops.camera, crops.track_id LIMIT ?")
         found = self._conn.execute(sql, [*args, int(limit)]).fetchall()
-        out = []
-        for camera, track_id, last in found:
-            summary = self.track(camera, int(track_id))
-            if summary is not None:
-                out.append(RecentTrack(int(last), summary))
-        return out
+        return [(int(last), camera, int(track_id)) for camera, track_id, last in found]
 
     def set_track_spans(self, spans: Iterable[TrackSpan]) -> None:
         """Record when the tracker saw tracks (widening a span already recorded); a forgotten

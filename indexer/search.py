@@ -35,7 +35,7 @@ import numpy as np
 
 from refind.indexer.blobs import CropStore
 from refind.indexer.config import SearchConfig
-from refind.indexer.metadata import RecentTrack, TrackSummary
+from refind.indexer.metadata import TrackSummary
 from refind.indexer.rerank import RerankerPool, rerank_hits
 from refind.models.attribute_verifier import checkable
 from refind.models.base import TASKS, InstructableEmbedder, ReidEmbedder
@@ -100,7 +100,10 @@ class Gallery(Protocol):
     def search(self, query_vectors: np.ndarray, k_crops: int, filt: SearchFilter, /
                ) -> list[list[CropHit]]: ...
 
-    def recent_tracks(self, limit: int, filt: SearchFilter, /) -> list[RecentTrack]: ...
+    def count_tracks(self, limit: int, filt: SearchFilter, /) -> int: ...
+
+    def recent_track_keys(self, limit: int, filt: SearchFilter, /
+                          ) -> list[tuple[int, str, int]]: ...
 
     def tracks(self, keys: Sequence[tuple[str, int]], /
                ) -> dict[tuple[str, int], TrackSummary]: ...
@@ -248,11 +251,13 @@ class SearchEngine:
                 "embedder type irm)"
             )
         cap = self.cfg.text_scan_tracks
-        found = self.gallery.recent_tracks(cap + 1, query.filter)
-        bounded = len(found) > cap
+        bounded = self.gallery.count_tracks(cap + 1, query.filter) > cap  # a count, no reads
         if bounded and (by_probe := self._search_text_by_probe(name, query)) is not None:
             return by_probe
-        candidates = [_hit(t.summary) for t in found[:cap]]
+        keys = self.gallery.recent_track_keys(cap, query.filter)
+        summaries = self.gallery.tracks([(camera, track) for _, camera, track in keys[:cap]])
+        candidates = [_hit(summaries[(camera, track)]) for _, camera, track in keys[:cap]
+                      if (camera, track) in summaries]
         ranked = self._rerank(name, query.text, candidates, query.k, False)
         message = ranked.message
         if not candidates:

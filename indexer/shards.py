@@ -105,6 +105,23 @@ class ShardedGallery:
         found.sort(key=lambda t: (-t.last_crop_ts_ns, t.summary.camera, t.summary.track_id))
         return found[:limit]
 
+    def count_tracks(self, limit: int, filt: SearchFilter = NO_FILTER) -> int:
+        """Tracks within the filter over all shards (a camera's tracks live in one shard),
+        counted up to ``limit``."""
+        total = 0
+        for s in self.shards:
+            total += s.count_tracks(limit - total, filt)
+            if total >= limit:
+                break
+        return total
+
+    def recent_track_keys(self, limit: int, filt: SearchFilter = NO_FILTER
+                          ) -> list[tuple[int, str, int]]:
+        """(last crop time, camera, track id) of ``recent_tracks``, without summaries."""
+        found = [k for s in self.shards for k in s.recent_track_keys(limit, filt)]
+        found.sort(key=lambda k: (-k[0], k[1], k[2]))
+        return found[:limit]
+
     def track(self, camera: str, track_id: int) -> TrackSummary | None:
         return self.tracks([(camera, track_id)]).get((camera, track_id))
 
