@@ -30,6 +30,7 @@ import asyncio
 import base64
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
@@ -59,6 +60,7 @@ TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 PUBLIC_STATIC = {"ui.css"}  # the sign-in page's look; every other file needs a session
 PAGE = 24  # cards per page; "more" asks for another page
+_SCORE_PREFIX = re.compile(r"^[a-z_]+ \d+\.\d+: ")  # a re-ranker's name and score
 SSE_SECONDS = 25.0  # one alert stream lasts this long; the browser reconnects by itself
 CSP = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self'; style-src 'self'; "
        "script-src 'self'; connect-src 'self'; frame-ancestors 'none'; form-action 'self'; "
@@ -164,7 +166,8 @@ def _reasons(hit: dict[str, Any]) -> list[dict[str, Any]]:
     """A hit's reasons as chips: each term, marked when it was not seen."""
     out = []
     for text in hit.get("reasons") or [hit.get("reason", "")]:
-        for part in _split_terms(str(text)):
+        text = _SCORE_PREFIX.sub("", str(text))  # "compose 0.53: top black": the card has it
+        for part in _split_terms(text):
             out.append({"text": part.replace(" ✗", ""), "missed": "✗" in part})
     return [r for r in out if r["text"]]
 
