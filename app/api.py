@@ -396,7 +396,8 @@ def create_app(
     app = FastAPI(title="refind", version="1", lifespan=lifespan,
                   description="Find a person across camera streams by photo.")
     app.state.keys = keys
-    app.state.sessions = Sessions(cfg.api.session_idle_min * 60)
+    app.state.sessions = Sessions(keys, cfg.api.session_hours * 3600,
+                                  (cfg.api.session_secret or "").encode() or None)
     _install_error_handlers(app)
     counts = Metrics()
     app.add_middleware(UploadLimit, path=SEARCH_PATH, max_bytes=max_image_bytes + FORM_OVERHEAD_BYTES)

@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -74,6 +75,10 @@ class KeyRing:
         }
         return cls(keys, cfg.allow_anonymous)
 
+    def by_name(self, name: str) -> Principal | None:
+        """The principal of the configured key named ``name`` (a signed session names it)."""
+        return next((p for p in self._keys.values() if p.name == name), None)
+
     def authenticate(self, key: str | None) -> Principal:
         """The principal of ``key``; raises 401 when it is missing or unknown."""
         if not self._keys and self.allow_anonymous:
@@ -91,42 +96,66 @@ class KeyRing:
 
 
 class Sessions:
-    """Web UI sessions: a key entered once in a browser becomes a random session token (sent
-    back as an HttpOnly, SameSite=Strict cookie), so the key itself is never stored in the
-    browser. Sessions live in this process's memory: a restart signs everyone out. A session
-    unused for ``idle_s`` ends."""
+    """Web UI sessions: a key entered once in a browser becomes a signed session token (sent
+    back as an HttpOnly, SameSite=Strict cookie), so the key itself is never kept in the
+    browser. A token names its key and when it expires, signed with HMAC-SHA256 under
+    ``secret``: any replica holding the same secret accepts it, and nothing is stored per
+    session. Each use looks the key up again, so a key removed from the config ends its
+    sessions; a token signed out is refused by the replica that signed it out (others accept it
+    until it expires: keep ``lifetime_s`` short where that matters)."""
 
     COOKIE = "refind_session"
 
-    def __init__(self, idle_s: float) -> None:
-        self.idle_s = idle_s
+    def __init__(self, keys: KeyRing, lifetime_s: float, secret: bytes | None = None) -> None:
+        self.keys = keys
+        self.lifetime_s = lifetime_s
+        self._secret = secret or secrets.token_bytes(32)
         self._lock = threading.Lock()
-        self._by_token: dict[str, tuple[Principal, float]] = {}
+        self._ended: dict[str, float] = {}  # token -> its expiry, until then
 
     def start(self, principal: Principal) -> str:
-        token = secrets.token_urlsafe(32)
-        now = time.monotonic()
-        with self._lock:
-            self._by_token = {t: v for t, v in self._by_token.items() if now - v[1] < self.idle_s}
-            self._by_token[token] = (principal, now)
-        return token
+        body = json.dumps({"k": principal.name, "e": round(time.time() + self.lifetime_s),
+                           "n": secrets.token_urlsafe(9)}, separators=(",", ":")).encode()
+        return f"{_b64(body)}.{_b64(self._sign(body))}"
 
     def principal(self, token: str | None) -> Principal | None:
-        """Who the session ``token`` is, refreshing it; None when unknown or ended."""
-        if not token:
+        """Who the session ``token`` is; None when it is malformed, forged, expired, signed out
+        here, or its key is no longer configured."""
+        if not token or token.count(".") != 1 or len(token) > 512:
             return None
-        now = time.monotonic()
-        with self._lock:
-            found = self._by_token.get(token)
-            if found is None or now - found[1] >= self.idle_s:
-                self._by_token.pop(token, None)
+        body_text, mac_text = token.split(".")
+        try:
+            body, mac = _unb64(body_text), _unb64(mac_text)
+            if not hmac.compare_digest(mac, self._sign(body)):
                 return None
-            self._by_token[token] = (found[0], now)
-            return found[0]
+            claims = json.loads(body)
+            name, expiry = str(claims["k"]), float(claims["e"])
+        except (ValueError, KeyError, TypeError):
+            return None
+        with self._lock:
+            if time.time() >= expiry or token in self._ended:
+                return None
+        return self.keys.by_name(name)
 
     def end(self, token: str | None) -> None:
+        """Sign ``token`` out (on this replica: see the class docstring)."""
+        if self.principal(token) is None:
+            return
+        now = time.time()
         with self._lock:
-            self._by_token.pop(token or "", None)
+            self._ended = {t: e for t, e in self._ended.items() if e > now}
+            self._ended[str(token)] = now + self.lifetime_s
+
+    def _sign(self, body: bytes) -> bytes:
+        return hmac.new(self._secret, body, hashlib.sha256).digest()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 class AuditLog:

@@ -64,9 +64,15 @@ class ApiConfig(Section):
         "camera live and adds and removes cameras. None: stored tracks only (and live state "
         "from Redis when metadata is there)."
     )
-    session_idle_min: float = Field(
-        480.0, gt=0.0, le=10080.0, description="A web UI session (a key entered once in the "
-        "browser) ends after this many minutes unused."
+    session_hours: float = Field(
+        12.0, gt=0.0, le=720.0, description="A web UI sign-in (a key entered once in a browser) "
+        "lasts this long, or until the browser signs out."
+    )
+    session_secret: str | None = Field(
+        None, min_length=32, json_schema_extra=SECRET, description="Signs web UI sessions, so "
+        "every replica of the API accepts a session any of them started: set the same secret "
+        "(32+ characters, e.g. ${REFIND_SESSION_SECRET}) on all of them. None: a random secret "
+        "per process (sessions end when it restarts)."
     )
     max_upload_mb: float = Field(
         20.0, gt=0.0, le=20.0,

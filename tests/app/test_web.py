@@ -15,7 +15,8 @@ pytest.importorskip("fastapi", reason="the API extra is not installed (pip insta
 import httpx
 
 from refind.app.api import create_app, with_session_key
-from refind.app.api_guard import KeyRing, Principal, Sessions
+from refind.app.api_guard import KeyRing, Sessions
+from refind.app.config import ApiConfig, ApiKeyConfig
 from refind.app.web import _safe_next
 from refind.config import parse_config
 from refind.indexer.blobs import clip_path
@@ -75,15 +76,26 @@ def test_a_sign_in_from_another_site_is_refused(web: Server) -> None:
     assert _safe_next("/tracks/a/1") == "/tracks/a/1"
 
 
-def test_sessions_end_when_idle() -> None:
-    sessions = Sessions(idle_s=0.05)
-    token = sessions.start(Principal("desk", None))
-    assert sessions.principal(token) == Principal("desk", None)
-    import time
-
-    time.sleep(0.08)
-    assert sessions.principal(token) is None
+def test_sessions_are_signed_expire_and_follow_the_key_config() -> None:
+    ring = KeyRing.from_config(ApiConfig(keys=(ApiKeyConfig(name="desk", key_sha256=sha(KEY)),)))
+    desk = ring.authenticate(KEY)
+    sessions = Sessions(ring, lifetime_s=3600, secret=b"s" * 32)
+    token = sessions.start(desk)
+    assert KEY not in token and sessions.principal(token) == desk
+    # another replica with the same secret accepts it; one with another secret does not
+    assert Sessions(ring, 3600, b"s" * 32).principal(token) == desk
+    assert Sessions(ring, 3600, b"t" * 32).principal(token) is None
+    body, mac = token.split(".")
+    forged = body.replace(body[5], "A" if body[5] != "A" else "B") + "." + mac
+    assert sessions.principal(forged) is None
     assert sessions.principal(None) is None and sessions.principal("made-up") is None
+    assert Sessions(ring, lifetime_s=-1, secret=b"s" * 32).principal(
+        Sessions(ring, -1, b"s" * 32).start(desk)) is None  # expired
+    emptied = KeyRing.from_config(ApiConfig(keys=(ApiKeyConfig(name="other",
+                                                               key_sha256=sha("x")),)))
+    assert Sessions(emptied, 3600, b"s" * 32).principal(token) is None  # the key was removed
+    sessions.end(token)
+    assert sessions.principal(token) is None  # signed out
 
 
 def test_text_search_page_shows_chips_cards_and_removal_links(web: Server,

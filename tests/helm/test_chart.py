@@ -131,8 +131,10 @@ def _load_rendered_config(
 ) -> RefindConfig:
     text = _config_text(docs)
     for name in PLACEHOLDER.findall(text):
-        # A value of the shape each secret takes (key_sha256 must be 64 hex digits).
+        # A value of the shape each secret takes (key_sha256 must be 64 hex digits; a session
+        # secret at least 32 characters).
         monkeypatch.setenv(name, "0" * 64 if "SHA256" in name else f"secret-{name.lower()}")
+    monkeypatch.setenv("REFIND_SESSION_SECRET", "s" * 32)
     path = tmp_path / "config.yaml"
     path.write_text(text, encoding="utf-8")
     return load_config(path)
