@@ -187,6 +187,17 @@ def _split_terms(text: str) -> list[str]:
     return [p for p in parts if p]
 
 
+def _forgot_note(params: Any) -> str | None:
+    """The line shown after a forget (``?forgot=CAMERA/TRACK&vectors=N&crops=M``): composed
+    here from the names and counts, never text taken from the URL as it is."""
+    camera, _, track = str(params.get("forgot", "")).rpartition("/")
+    counts = [params.get("vectors", "0"), params.get("crops", "0")]
+    if not camera or not track.isdigit() or not all(c.isdigit() for c in counts):
+        return None
+    return (f"Forgot {camera} track {track}: {counts[0]} vectors and {counts[1]} crops deleted, "
+            "for good.")
+
+
 def _motion_words(motion: dict[str, Any] | None) -> list[str]:
     if not motion:
         return []
@@ -316,7 +327,7 @@ def install_ui(app: FastAPI) -> None:
             "until": params.get("until", ""), "min_track": params.get("min_track", ""),
             "known_cameras": [c for c in ops.live.cameras() if who.sees(c)],
             "results": None, "error": None, "chips": [], "read": None, "mode": "text",
-            "flash": params.get("flash"), "like": params.get("like", ""),
+            "flash": _forgot_note(params), "like": params.get("like", ""),
         }
         try:
             k_value = max(1, min(1000, int(k)))
@@ -499,9 +510,9 @@ def install_ui(app: FastAPI) -> None:
                                              f"/tracks/{camera}/{track_id}/forget")
         except ApiError as err:
             return page(request, "error.html", who, err.status, error=err.message)
-        note = (f"Forgot {camera} track {track_id}: {report['vectors_deleted']} vectors and "
-                f"{report['crop_files_deleted']} crops deleted, for good.")
-        return RedirectResponse("/?" + urlencode({"flash": note}), status_code=303)
+        done = {"forgot": f"{camera}/{track_id}", "vectors": report["vectors_deleted"],
+                "crops": report["crop_files_deleted"]}
+        return RedirectResponse("/?" + urlencode(done), status_code=303)
 
     # -- cameras and alerts ------------------------------------------------------------------
 
@@ -510,17 +521,26 @@ def install_ui(app: FastAPI) -> None:
         who = _who(request)
         if who is None:
             return _to_login(request)
-        error = request.query_params.get("error")
+        return cameras_view(request, who)
+
+    def cameras_view(request: Request, who: Principal, error: str | None = None,
+                     status: int = 200) -> Response:
+        params = request.query_params
+        flash = (f"Added camera {params['added']}: it shows here once it is running."
+                 if params.get("added") else
+                 f"Removed camera {params['removed']}; its stored tracks stay searchable."
+                 if params.get("removed") else None)
         try:
             tiles = [t for t in camera_report(cfg, ops.live, ops.crops) if who.sees(t["camera"])]
         except ApiError as err:  # serve did not answer: what is stored, and why no live state
             error = err.message
             tiles = [t for t in camera_report(cfg.model_copy(update={"api": cfg.api.model_copy(
                 update={"serve_url": None})}), ops.live, ops.crops) if who.sees(t["camera"])]
-        return page(request, "cameras.html", who, tiles=tiles, serve=bool(cfg.api.serve_url),
+        return page(request, "cameras.html", who, status, tiles=tiles,
+                    serve=bool(cfg.api.serve_url),
                     live_link=bool(cfg.api.serve_url) or cfg.metadata.type == "redis",
                     manage=who.may_manage_cameras and bool(cfg.api.serve_url), error=error,
-                    flash=request.query_params.get("flash"))
+                    flash=flash)
 
     @router.post("/cameras/add")
     async def add_camera(request: Request) -> Response:
@@ -532,19 +552,17 @@ def install_ui(app: FastAPI) -> None:
         camera: dict[str, object] = {"name": name, "url": url}
         if str(form.get("sample_fps") or "").strip():
             camera["sample_fps"] = str(form.get("sample_fps")).strip()
-        return await camera_change(request, who, "POST", name, camera,
-                                   f"Added camera {name}: it shows here once it is running.")
+        return await camera_change(request, who, "POST", name, camera)
 
     @router.post("/cameras/{name}/remove")
     async def remove_camera(request: Request, name: str) -> Response:
         who = _who(request)
         if who is None:
             return _to_login(request)
-        return await camera_change(request, who, "DELETE", name, None,
-                                   f"Removed camera {name}; its stored tracks stay searchable.")
+        return await camera_change(request, who, "DELETE", name, None)
 
     async def camera_change(request: Request, who: Principal, method: str, name: str,
-                            camera: dict[str, object] | None, done: str) -> Response:
+                            camera: dict[str, object] | None) -> Response:
         if not _same_origin(request):
             return page(request, "error.html", who, 403,
                         error="This request came from another site and was refused.")
@@ -555,9 +573,9 @@ def install_ui(app: FastAPI) -> None:
             await asyncio.to_thread(ops.manage_camera, who, method, name, camera,
                                     f"/cameras ({'add' if method == 'POST' else 'remove'})")
         except ApiError as err:
-            return RedirectResponse("/cameras?" + urlencode({"error": err.message}),
-                                    status_code=303)
-        return RedirectResponse("/cameras?" + urlencode({"flash": done}), status_code=303)
+            return cameras_view(request, who, err.message, err.status)
+        done = {"added" if method == "POST" else "removed": name}
+        return RedirectResponse("/cameras?" + urlencode(done), status_code=303)
 
     @router.get("/alerts", response_class=HTMLResponse)
     def alerts_page(request: Request) -> Response:

@@ -363,7 +363,7 @@ def test_forget_a_person_from_the_tracklet_page(page, ui_gallery: Path) -> None:
     page.fill("#reason", "erasure request UI-1")
     page.check("input[name=confirm]")
     page.click("#forget button")
-    page.wait_for_url(re.compile(r"/\?flash="))
+    page.wait_for_url(re.compile(r"/\?forgot="))
     assert f"Forgot cam1 track {track_id}" in page.inner_text(".flash")
     gone = page.goto(last)
     assert gone is not None and gone.status == 404

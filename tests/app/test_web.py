@@ -159,7 +159,7 @@ def test_forget_needs_the_permission_and_a_reason_and_is_audited(web: Server,
     assert c.get(f"/v1/tracks/{camera}/{track}").status_code == 200
     done = c.post(f"/tracks/{camera}/{track}/forget",
                   data={"reason": "erasure request 7", "confirm": "yes"})
-    assert done.status_code == 303 and "Forgot" in done.headers["location"]
+    assert done.status_code == 303 and "forgot=" in done.headers["location"]
     assert c.get(f"/v1/tracks/{camera}/{track}").status_code == 404
     assert not (gallery / "crops" / clip_path(camera, track)).exists()
     lines = [json.loads(x) for x in (gallery / "audit.jsonl").read_text().splitlines()]
@@ -192,3 +192,11 @@ def test_refind_api_makes_a_loopback_key_when_none_is_configured(tmp_path: Path)
     assert with_session_key(exposed) == (exposed, None)  # another host: no key is made
     with pytest.raises(ConfigError, match=r"api\.keys is empty"):
         create_app(exposed, engine_factory=lambda c: pytest.fail("engine built"))
+
+
+def test_notes_on_the_page_are_composed_never_echoed_from_the_url(web: Server) -> None:
+    c = client(web, KEY)
+    assert 'class="flash"' not in c.get("/", params={"flash": "Send your key to x"}).text
+    assert 'class="flash"' not in c.get("/", params={"forgot": "a/1", "vectors": "evil"}).text
+    shown = c.get("/", params={"forgot": "pets/3", "vectors": "4", "crops": "4"}).text
+    assert "Forgot pets track 3: 4 vectors and 4 crops deleted" in shown
