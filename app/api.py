@@ -55,9 +55,12 @@ from refind.app.api_guard import (
     AuditLog,
     KeyRing,
     Principal,
+    RateLimit,
+    RateLimited,
     RequestMetrics,
     Sessions,
     UploadLimit,
+    check_camera_url,
 )
 from refind.app.config import ApiKeyConfig
 from refind.config import RefindConfig
@@ -67,8 +70,9 @@ from refind.indexer.live_search import GalleryUnavailable, LiveSearch, SearchRes
 from refind.indexer.metadata import TrackSummary
 from refind.indexer.query_plan import MAX_MIN_TRACK_S, UnknownCamera, check_query_text, plan_query
 from refind.indexer.search import QueryError, decode_query_image
-from refind.models.base import ModelInputError
+from refind.models.base import ModelInputError, ModelUnavailable
 from refind.models.registry import RERANKER_NAMES, RegistryError
+from refind.models.store import ModelStoreError
 from refind.streaming.boxes import crop_box
 from refind.streaming.config import ConfigError
 from refind.streaming.metrics import CONTENT_TYPE, Metrics
@@ -206,6 +210,29 @@ class TextSearch(BaseModel):
     min_track_s: float | None = Field(None, ge=0.0, le=MAX_MIN_TRACK_S, allow_inf_nan=False,
                                       description="Only tracks seen at least this long")
     rerank: RerankerName | None = Field(None, description="Re-ranker; default search.rerank")
+
+
+class ErrorBody(BaseModel):
+    """Every refusal: one sentence naming the problem and, where there is one, the fix."""
+
+    error: str
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": what} for code, what in (
+        (400, "Bad input: the message names the field and what it takes"),
+        (401, "Missing or unknown API key (X-API-Key), and no signed-in session"),
+        (403, "The key may not do this, or not on this camera"),
+        (404, "No such camera, track, crop or clip"),
+        (409, "Not possible in this deployment: a re-ranker or model it has not set up, or no "
+              "refind serve linked (the message names the setting)"),
+        (413, "Body over the limit (api.max_upload_mb, api.max_body_kb)"),
+        (422, "The request does not match the schema"),
+        (429, "Over the key's api.searches_per_min: retry after Retry-After seconds"),
+        (502, "refind serve refused"),
+        (503, "No gallery yet, or refind serve does not answer"),
+    )
+}
 
 
 class ForgetBody(BaseModel):
@@ -357,6 +384,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError) -> JSONResponse:
         headers = {"WWW-Authenticate": "X-API-Key"} if err.status == 401 else None
+        if isinstance(err, RateLimited):
+            headers = {"Retry-After": str(err.retry_after_s)}
         return _error(err.status, err.message, headers)
 
     @app.exception_handler(RequestValidationError)
@@ -393,17 +422,22 @@ def create_app(
         yield
         live.close()
 
-    app = FastAPI(title="refind", version="1", lifespan=lifespan,
-                  description="Find a person across camera streams by photo.")
+    app = FastAPI(title="refind", version="1", lifespan=lifespan, responses=ERROR_RESPONSES,
+                  description="Find a person across camera streams by photo or description.")
     app.state.keys = keys
     app.state.sessions = Sessions(keys, cfg.api.session_hours * 3600,
                                   (cfg.api.session_secret or "").encode() or None)
     _install_error_handlers(app)
     counts = Metrics()
     app.add_middleware(UploadLimit, path=SEARCH_PATH, max_bytes=max_image_bytes + FORM_OVERHEAD_BYTES)
-    app.add_middleware(UploadLimit, path=TEXT_PATH, max_bytes=MAX_TEXT_BODY_BYTES)
+    app.add_middleware(UploadLimit, path=TEXT_PATH, max_bytes=MAX_TEXT_BODY_BYTES,
+                       what="a text search's limit")
     app.add_middleware(UploadLimit, path=PHOTO_PATH,
                        max_bytes=2 * max_image_bytes + FORM_OVERHEAD_BYTES)
+    app.add_middleware(UploadLimit, path=None, max_bytes=cfg.api.max_body_kb * 1024,
+                       skip=(SEARCH_PATH, TEXT_PATH, PHOTO_PATH), what="api.max_body_kb")
+    searches = RateLimit(cfg.api.searches_per_min, "api.searches_per_min")
+    app.state.sign_ins = RateLimit(cfg.api.sign_ins_per_min, "api.sign_ins_per_min")
     app.add_middleware(RequestMetrics, metrics=counts, fixed_paths=(SEARCH_PATH, TEXT_PATH))
 
     def known_cameras(cameras: tuple[str, ...]) -> list[str]:
@@ -476,8 +510,10 @@ def create_app(
             return fn()
         except (QueryError, ModelInputError, RegistryError) as err:
             raise ApiError(400, str(err)) from None
-        except ImportError as err:  # a re-ranker or model whose code is not installed
-            raise ApiError(501, f"not available on this server: {err}") from None
+        except (ImportError, ModelUnavailable) as err:  # a model this server has not set up
+            raise ApiError(409, f"not available on this server: {err}") from None
+        except ModelStoreError as err:  # weights missing or damaged on this server
+            raise ApiError(503, f"a model's weights are not available: {err}") from None
 
     def respond(result: SearchResult) -> dict[str, object]:
         def card(h: TrackletHit) -> dict[str, object]:
@@ -517,8 +553,10 @@ def create_app(
         make_query: Callable[[], Q],
         search: Callable[[Q], SearchResult],
     ) -> SearchResult:
-        """Build a query (bad input: 400), run it, and audit the outcome: hits or the error."""
+        """Build a query (bad input: 400), run it, and audit the outcome: hits or the error.
+        A key over ``api.searches_per_min`` gets 429 (audited too)."""
         try:
+            searches.take(f"key {entry['key']!r}")
             try:
                 query = make_query()
             except (QueryError, ValueError) as err:
@@ -610,6 +648,9 @@ def create_app(
             if not cfg.api.serve_url:
                 raise ApiError(409, "this API is not linked to refind serve: set api.serve_url "
                                     "to serve's control port to add and remove cameras")
+            if camera is not None:
+                check_camera_url(str(camera.get("url", "")), cfg.api.camera_url_schemes,
+                                 cfg.api.camera_hosts)
             path = "/cameras" if method == "POST" else f"/cameras/{quote(name, safe='')}"
             out = serve_call(cfg, method, path, camera)
         except ApiError as err:

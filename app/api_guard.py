@@ -12,13 +12,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
+import math
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -159,18 +163,169 @@ def _unb64(text: str) -> bytes:
 
 
 class AuditLog:
-    """Appends one JSON line per audited request (thread-safe; flushed, not fsynced)."""
+    """Appends one JSON line per audited request (thread-safe; flushed, not fsynced).
+
+    The log is append-only and tamper-evident: each line carries ``prev``, the sha256 of the
+    line before it (of the empty string for the first), so editing, deleting or reordering a
+    line breaks the chain at the next one; ``verify_audit_log`` (``refind audit verify``) checks
+    it. A restarted API continues the chain from the file's last line.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._prev: str | None = None  # sha256 of the last line, read lazily
 
     def write(self, entry: dict[str, object]) -> None:
-        line = json.dumps({"ts": round(time.time(), 3), **entry}, separators=(",", ":"))
-        with self._lock, self.path.open("a", encoding="utf-8") as f:
-            f.write(line + "\n")
-            f.flush()
+        with self._lock:
+            if self._prev is None:
+                self._prev = _line_hash(_last_line(self.path))
+            line = json.dumps({"ts": round(time.time(), 3), **entry, "prev": self._prev},
+                              separators=(",", ":"))
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(line + "\n")
+                f.flush()
+            self._prev = _line_hash(line)
+
+
+def _line_hash(line: str) -> str:
+    return hashlib.sha256(line.encode("utf-8")).hexdigest()
+
+
+def _last_line(path: Path) -> str:
+    """The last complete line of ``path`` ("" when it is empty or missing)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            block = b""
+            while size > 0 and block.count(b"\n") < 2:
+                step = min(size, 65536)
+                size -= step
+                f.seek(size)
+                block = f.read(step) + block
+    except FileNotFoundError:
+        return ""
+    lines = block.rstrip(b"\n").split(b"\n")
+    return lines[-1].decode("utf-8") if lines and lines[-1] else ""
+
+
+@dataclass(frozen=True)
+class AuditCheck:
+    """What ``verify_audit_log`` found: lines read, lines before the chain began (written by
+    an older refind), and the first line (1-based) whose ``prev`` does not match, if any."""
+
+    lines: int
+    unchained: int
+    broken_at: int | None
+    problem: str | None = None
+
+
+def verify_audit_log(path: Path) -> AuditCheck:
+    """Check the hash chain of the audit log at ``path``."""
+    prev_line: str | None = None
+    unchained = chained = 0
+    with Path(path).open(encoding="utf-8") as f:
+        for n, raw in enumerate(f, 1):
+            line = raw.rstrip("\n")
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                return AuditCheck(n, unchained, n, f"line {n} is not JSON")
+            if "prev" not in entry:
+                if chained:
+                    return AuditCheck(n, unchained, n, f"line {n} has no prev after the chain began")
+                unchained += 1
+            else:
+                expected = _line_hash(prev_line or "")
+                if entry["prev"] != expected:
+                    return AuditCheck(n, unchained, n, f"line {n}: prev {entry['prev'][:12]}... "
+                                      f"is not the hash of line {n - 1} ({expected[:12]}...): a "
+                                      "line before it was changed, removed or inserted")
+                chained += 1
+            prev_line = line
+    return AuditCheck(unchained + chained, unchained, None)
+
+
+class RateLimit:
+    """Token buckets by name (a key, a client address): ``per_min`` requests a minute, in bursts
+    of up to ``per_min / 2`` (thirty seconds' worth, at least 1); 0 is no limit. ``take`` raises
+    ApiError 429 with the seconds to wait."""
+
+    def __init__(self, per_min: int, what: str) -> None:
+        self.per_min = per_min
+        self.what = what
+        self.burst = max(1.0, per_min / 2)
+        self._lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}  # name -> (tokens, at)
+
+    def take(self, name: str) -> None:
+        if self.per_min <= 0:
+            return
+        now = time.monotonic()
+        rate = self.per_min / 60.0
+        with self._lock:
+            if len(self._buckets) > 10_000:  # forget idle ones: they would be full anyway
+                self._buckets = {k: v for k, v in self._buckets.items()
+                                 if now - v[1] < self.burst / rate}
+            tokens, at = self._buckets.get(name, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - at) * rate)
+            if tokens < 1.0:
+                wait = math.ceil((1.0 - tokens) / rate)
+                self._buckets[name] = (tokens, now)
+                raise RateLimited(f"{name} is over {self.what} ({self.per_min} a minute): retry "
+                                  f"in {wait} s", wait)
+            self._buckets[name] = (tokens - 1.0, now)
+
+
+class RateLimited(ApiError):
+    """429, with the seconds to wait (sent as Retry-After)."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(429, message)
+        self.retry_after_s = retry_after_s
+
+
+def check_camera_url(url: str, schemes: Iterable[str], hosts: Iterable[str]) -> None:
+    """Refuse (ApiError 400) a camera URL added at run time whose scheme is not in ``schemes``
+    (a bare path is ``file``), or whose host is not in ``hosts`` (names or CIDR ranges) when
+    that is given, or resolves to a loopback, link-local (cloud metadata) or unspecified
+    address that ``hosts`` does not list."""
+    schemes, hosts = tuple(schemes), tuple(hosts)
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower() if "://" in url else "file"
+    if scheme not in schemes:
+        raise ApiError(400, f"camera URL scheme {scheme!r} is not allowed here (allowed: "
+                            f"{', '.join(schemes)}; api.camera_url_schemes)")
+    if scheme == "file":
+        return
+    host = parts.hostname
+    if not host:
+        raise ApiError(400, f"camera URL {parts.scheme}://... has no host")
+    try:
+        found = {ipaddress.ip_address(a[4][0].split("%")[0])
+                 for a in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
+    except (OSError, ValueError, UnicodeError) as err:
+        raise ApiError(400, f"camera host {host!r} does not resolve: {err}") from None
+    listed = any(_host_matches(host, found, entry) for entry in hosts)
+    if hosts and not listed:
+        raise ApiError(400, f"camera host {host!r} is not in api.camera_hosts "
+                            f"({', '.join(hosts)})")
+    internal = sorted(str(a) for a in found if a.is_loopback or a.is_link_local
+                      or a.is_unspecified)
+    if internal and not listed:
+        raise ApiError(400, f"camera host {host!r} is an internal address ({', '.join(internal)}):"
+                            " refused unless api.camera_hosts lists it")
+
+
+def _host_matches(host: str, addresses: set[ipaddress.IPv4Address | ipaddress.IPv6Address],
+                  entry: str) -> bool:
+    try:
+        net = ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return host.lower() == entry.lower()
+    return bool(addresses) and all(a in net for a in addresses)
 
 
 def _json_response(status: int, message: str) -> list[Message]:
@@ -184,22 +339,31 @@ def _json_response(status: int, message: str) -> list[Message]:
 
 
 class UploadLimit:
-    """ASGI wrapper: bodies sent to ``path`` over ``max_bytes`` get 413 before any parsing.
+    """ASGI wrapper: bodies sent to ``path`` (or, with ``path`` None, to any path but ``skip``)
+    over ``max_bytes`` get 413 before any parsing.
 
     Checks the declared Content-Length first, then counts the bytes as they stream in (a chunked
     upload has no length); the body is then replayed to the app from memory.
     """
 
-    def __init__(self, app: ASGIApp, path: str, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, path: str | None, max_bytes: int,
+                 skip: Iterable[str] = (), what: str = "api.max_upload_mb + form") -> None:
         self.app = app
-        self.path = path
+        self.path = path  # None: every path but those in ``skip`` (their own limits)
+        self.skip = frozenset(skip)
         self.max_bytes = max_bytes
+        self.what = what
 
     def _too_large(self) -> str:
-        return f"request body over {self.max_bytes / 2**20:.1f} MiB (api.max_upload_mb + form)"
+        size = (f"{self.max_bytes / 2**20:.1f} MiB" if self.max_bytes >= 2**20
+                else f"{self.max_bytes // 1024} KiB")
+        return f"request body over {size} ({self.what})"
+
+    def _applies(self, path: str) -> bool:
+        return path == self.path if self.path is not None else path not in self.skip
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != self.path:
+        if scope["type"] != "http" or not self._applies(scope["path"]):
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")

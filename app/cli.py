@@ -185,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", default="", help="why, carried by the tombstone event")
     _add_common(p)
 
+    p = sub.add_parser("audit", help="check the API's audit log")
+    au = p.add_subparsers(dest="audit_command", required=True)
+    v = au.add_parser("verify", help="check the hash chain of the audit log (exit 2 if broken)")
+    v.add_argument("--log", type=Path, help="the log (default: api.audit_log, else "
+                   "<data_dir>/audit.jsonl)")
+    _add_common(v)
+
     p = sub.add_parser("retention", help="delete crops older than each camera's retention")
     _add_common(p)
 
@@ -314,6 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "events": commands.events,
         "eval": commands.evaluate,
         "forget": commands.forget,
+        "audit": commands.audit,
         "retention": commands.retention,
         "train": commands.train,
         "reindex": commands.reindex,

@@ -36,7 +36,13 @@ from refind.indexer.search import QueryError, Ranked, SearchEngine, read_query_i
 from refind.indexer.shards import ShardedGallery, existing_shards, shard_of
 from refind.indexer.sink import open_sink
 from refind.indexer.versions import serving_version
-from refind.models.base import INT8_SUFFIX, ModelInputError, ReidEmbedder, model_name
+from refind.models.base import (
+    INT8_SUFFIX,
+    ModelInputError,
+    ModelUnavailable,
+    ReidEmbedder,
+    model_name,
+)
 from refind.models.registry import build_embedder
 from refind.models.store import ModelStore, ModelStoreError
 from refind.streaming.boxes import crop_box
@@ -65,6 +71,7 @@ USER_ERRORS = (
     SourceError,
     ModelStoreError,
     ModelInputError,
+    ModelUnavailable,
     QueryError,
     CropStoreError,
     GalleryLockedError,
@@ -392,6 +399,22 @@ def forget(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
         print(f"forgot track {args.track} of {args.camera!r}: {n} vectors, "
               f"{report.crops_deleted} crop files deleted")
     return report.to_json()
+
+
+def audit(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
+    from refind.app.api_guard import verify_audit_log
+
+    path = args.log or cfg.api.audit_log or cfg.data_dir / "audit.jsonl"
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no audit log at {path}: give --log, or the config the API ran "
+                                "with")
+    check = verify_audit_log(Path(path))
+    if check.broken_at is not None:
+        raise ValueError(f"the audit log {path} is broken: {check.problem}")
+    if not args.json:
+        older = f" ({check.unchained} older lines before the chain)" if check.unchained else ""
+        print(f"audit log {path}: {check.lines} lines, hash chain intact{older}")
+    return {"log": str(path), "lines": check.lines, "unchained": check.unchained, "intact": True}
 
 
 def retention(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:

@@ -74,6 +74,27 @@ class ApiConfig(Section):
         "(32+ characters, e.g. ${REFIND_SESSION_SECRET}) on all of them. None: a random secret "
         "per process (sessions end when it restarts)."
     )
+    searches_per_min: int = Field(
+        120, ge=0, le=100_000, description="Searches one key may make a minute (in bursts of "
+        "up to half of that); over it: 429 with Retry-After. 0: no limit."
+    )
+    sign_ins_per_min: int = Field(
+        30, ge=0, le=10_000, description="Web UI sign-in attempts from one client address a "
+        "minute, in bursts of up to half of that (slows key guessing). 0: no limit."
+    )
+    max_body_kb: int = Field(
+        64, ge=1, le=10_240, description="Largest request body of every route but the searches "
+        "(they have their own limits), in KiB: 413 above it."
+    )
+    camera_url_schemes: tuple[str, ...] = Field(
+        ("rtsp", "rtsps", "http", "https", "udp"), description="URL schemes a camera added "
+        "through the API may use (add `file` to allow paths on the serve host)."
+    )
+    camera_hosts: tuple[str, ...] = Field(
+        (), description="Hosts (names or CIDR ranges like 10.4.0.0/16) a camera added through the "
+        "API may be on; empty: any host but loopback, link-local (cloud metadata) and unspecified "
+        "addresses, which are always refused unless listed here."
+    )
     max_upload_mb: float = Field(
         20.0, gt=0.0, le=20.0,
         description="Largest query image accepted, in MiB (the query decoder's cap is 20).",

@@ -46,7 +46,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from refind.app.api import PHOTO_PATH, camera_report
-from refind.app.api_guard import ApiError, Principal, Sessions
+from refind.app.api_guard import ApiError, Principal, RateLimited, Sessions
 from refind.indexer.blobs import clip_path, context_path
 from refind.indexer.query_plan import resolve_timezone, time_text
 from refind.indexer.search import QueryError
@@ -292,6 +292,16 @@ def install_ui(app: FastAPI) -> None:
         if not _same_origin(request):
             return page(request, "login.html", None, 403, next=target,
                         error="This sign-in came from another site and was refused.")
+        address = request.client.host if request.client else "unknown"
+        try:
+            app.state.sign_ins.take(f"address {address}")
+        except RateLimited as err:
+            ops.audit.write({"key": None, "endpoint": "/login", "status": 429,
+                             "address": address})
+            response = page(request, "login.html", None, 429, next=target,
+                            error=f"Too many sign-in attempts from here: {err.message}.")
+            response.headers["Retry-After"] = str(err.retry_after_s)
+            return response
         try:
             who = app.state.keys.authenticate(str(form.get("key") or "").strip() or None)
         except ApiError as err:

@@ -69,6 +69,12 @@ def crop_key(crop: np.ndarray, salt: bytes = b"") -> bytes:
                            digest_size=16).digest()
 
 
+class ModelUnavailable(RuntimeError):
+    """A model this deployment has not set up (no local weights configured, an extra not
+    installed): the request is fine, this server cannot answer it; the message names the
+    setting that would."""
+
+
 class ModelInputError(ValueError):
     """An input a model cannot take (wrong shape, dtype, empty); the message names it."""
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from refind.models.base import Region, RerankResult
+from refind.models.base import ModelUnavailable, Region, RerankResult
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class MllmReranker:
         """Built from a local model directory (``search.mllm_dir``; no such weights are
         distributed with refind); a clear error naming the setting when there is none."""
         if model_dir is None:
-            raise ValueError("the mllm re-ranker needs a local Qwen2.5-VL model directory: set "
+            raise ModelUnavailable("the mllm re-ranker needs a local Qwen2.5-VL model directory: set "
                              "search.mllm_dir in the config (refind eval refer also takes "
                              "--mllm-dir)")
         return cls(Path(model_dir))

@@ -33,7 +33,10 @@ def api_config(data_dir: Path, **api: object) -> dict[str, object]:
     return {
         "data_dir": str(data_dir),
         "models": {"dir": str(MODELS_DIR), "allow_download": False},
-        "api": {"max_upload_mb": MAX_UPLOAD_MB, **api},
+        # the API tests search and sign in far faster than operators: no rate limits unless a
+        # test sets them
+        "api": {"max_upload_mb": MAX_UPLOAD_MB, "searches_per_min": 0, "sign_ins_per_min": 0,
+                **api},
     }
 
 

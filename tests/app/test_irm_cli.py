@@ -37,7 +37,8 @@ def test_irm_gallery_searched_by_text_and_instruction(tmp_path, monkeypatch, cap
     assert main(["search", "--text", "a person in a dark top", *common]) == 0
     text_hits = json.loads(capsys.readouterr().out)
     assert text_hits and all(h["camera"] == "pets" for h in text_hits)
-    photo = next((tmp_path / "data" / "crops").rglob("*.jpg"))
+    photo = next(p for p in (tmp_path / "data" / "crops").rglob("*.jpg")
+                 if not p.name.endswith(".ctx.jpg"))  # a crop, not its frame
     assert main(["search", "--image", str(photo), "--k", "3", *common]) == 0
     plain = json.loads(capsys.readouterr().out)
     assert plain and Path(plain[0]["thumbnail"]).parent == photo.parent  # its own track first

@@ -100,7 +100,9 @@ def test_the_ui_shows_serve_cameras_live_and_adds_and_removes_them(
     base = f"http://127.0.0.1:{server.server_address[1]}"
     keys = [{"name": "admin", "key_sha256": sha("admin-key"), "manage_cameras": True},
             {"name": "viewer", "key_sha256": sha("viewer-key")}]
-    api_cfg = parse_config(live_cfg | {"api": {"keys": keys, "serve_url": base}})
+    # the test cameras are files on this machine: allowed here, refused by default
+    api_cfg = parse_config(live_cfg | {"api": {"keys": keys, "serve_url": base,
+                                               "camera_url_schemes": ["file", "rtsp"]}})
     try:
         assert wait_until(lambda: sup.status()["a"].frames_processed > 0, 60)
         with Server(create_app(api_cfg)) as api, httpx.Client(base_url=api.url,
@@ -119,6 +121,8 @@ def test_the_ui_shows_serve_cameras_live_and_adds_and_removes_them(
             assert wait_until(lambda: "b" in sup.status(), 30)
             again = c.post("/cameras/add", data={"name": "b", "url": str(tiny_video)})
             assert again.status_code == 400 and "already exists" in again.text  # serve's words
+            refused = c.post("/cameras/add", data={"name": "c", "url": "rtsp://127.0.0.1/x"})
+            assert refused.status_code == 400 and "internal address" in refused.text
             assert c.post("/cameras/a/remove").status_code == 303
             assert "a" not in sup.status()
             viewer = httpx.Client(base_url=api.url, timeout=60)

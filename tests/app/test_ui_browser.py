@@ -49,7 +49,7 @@ def ui_gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _config(data: Path) -> Path:
     cfg = yaml.safe_load((REPO / "configs" / "irm.yaml").read_text())
     cfg |= {"data_dir": str(data), "models": {"dir": str(MODELS_DIR), "allow_download": False},
-            "api": {"host": "127.0.0.1", "port": 0, "keys": [
+            "api": {"host": "127.0.0.1", "port": 0, "sign_ins_per_min": 0, "keys": [
                 {"name": "desk", "key_sha256": sha(KEY), "forget": True},
                 {"name": "other-desk", "key_sha256": sha(SCOPED_KEY), "cameras": ["gate"]},
             ]}}
@@ -371,3 +371,18 @@ def test_forget_a_person_from_the_tracklet_page(page, ui_gallery: Path) -> None:
     entry = [e for e in audit_lines(ui_gallery) if str(e.get("endpoint", "")).endswith("/forget")]
     assert entry[-1]["reason"] == "erasure request UI-1" and entry[-1]["key"] == "desk"
     assert not list((ui_gallery / "crops" / "cam1" / str(track_id)).glob("*.jpg"))
+
+
+def test_keys_and_sessions_never_reach_the_logs(browser, api_url: str,
+                                                ui_gallery: Path) -> None:
+    """After every test above: the keys and the session tokens appear in no log line."""
+    context = browser.new_context(base_url=api_url)
+    page = context.new_page()
+    sign_in(page)
+    page.goto("/?q=a+man+in+a+black+top")
+    tokens = [c["value"] for c in context.cookies() if c["name"] == "refind_session"]
+    context.close()
+    assert tokens
+    logs = (ui_gallery / "api.log").read_text() + (ui_gallery / "audit.jsonl").read_text()
+    for secret in (KEY, SCOPED_KEY, *tokens):
+        assert secret not in logs

@@ -16,7 +16,7 @@ import pytest
 from refind.indexer.blobs import CropStore
 from refind.indexer.rerank import RerankerPool, rerank_hits
 from refind.models.attribute_verifier import AttributeVerifier, checkable, verify
-from refind.models.base import ATTRIBUTE_NAMES, PersonAttributes, Region
+from refind.models.base import ATTRIBUTE_NAMES, ModelUnavailable, PersonAttributes, Region
 from refind.models.registry import RERANKERS, RegistryError, build_reranker
 from refind.models.text_attributes import WantedAttributes, parse_attributes
 from refind.streaming.records import TrackletHit
@@ -70,7 +70,7 @@ def test_registry_lists_valid_names_and_raises_import_failures(
     with pytest.raises(RegistryError, match="unknown re-ranker 'clip'; valid: none, attributes, compose, "
                        "refer, mllm"):
         build_reranker("clip", store=None)
-    with pytest.raises(ValueError, match=r"set search\.mllm_dir"):
+    with pytest.raises(ModelUnavailable, match=r"set search\.mllm_dir"):
         build_reranker("mllm", store=None)
     assert build_reranker("none", store=None) is None
     monkeypatch.setitem(RERANKERS, "broken", "refind.models.no_such_module:Nothing")
