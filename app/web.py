@@ -34,12 +34,12 @@ import re
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote, urlencode, urlsplit
 
 import cv2
 import numpy as np
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
@@ -111,6 +111,21 @@ def _who(request: Request) -> Principal | None:
         return request.app.state.keys.authenticate(None)
     except ApiError:
         return None
+
+
+class SignInNeeded(Exception):
+    """A page asked for without a session: the browser goes to the sign-in, and back after."""
+
+
+def _operator(request: Request) -> Principal:
+    """The signed-in operator of a page (a FastAPI dependency); SignInNeeded without one."""
+    who = _who(request)
+    if who is None:
+        raise SignInNeeded
+    return who
+
+
+Operator = Annotated[Principal, Depends(_operator)]
 
 
 def _to_login(request: Request) -> RedirectResponse:
@@ -248,6 +263,10 @@ def install_ui(app: FastAPI) -> None:
     zone = resolve_timezone(tz)
     alerts = app.state.alerts = AlertHub()
     router = APIRouter(include_in_schema=False)
+
+    @app.exception_handler(SignInNeeded)
+    async def sign_in_first(request: Request, err: SignInNeeded) -> RedirectResponse:
+        return _to_login(request)
 
     def when(seconds: float) -> str:
         return time_text(int(seconds * 1e9), zone)
@@ -420,17 +439,11 @@ def install_ui(app: FastAPI) -> None:
         return chips
 
     @router.get("/", response_class=HTMLResponse)
-    def search_page(request: Request) -> Response:
-        who = _who(request)
-        if who is None:
-            return _to_login(request)
+    def search_page(request: Request, who: Operator) -> Response:
         return page(request, "search.html", who, **search_context(request, who))
 
     @router.post(PHOTO_PATH, response_class=HTMLResponse)
-    async def photo_search(request: Request) -> Response:
-        who = _who(request)
-        if who is None:
-            return _to_login(request)
+    async def photo_search(request: Request, who: Operator) -> Response:
         if not _same_origin(request):
             return page(request, "search.html", who, 403, **_empty(who),
                         error="This search came from another site and was refused.")
@@ -470,10 +483,7 @@ def install_ui(app: FastAPI) -> None:
     # -- a tracklet --------------------------------------------------------------------------
 
     @router.get("/tracks/{camera}/{track_id}", response_class=HTMLResponse)
-    def track_page(request: Request, camera: str, track_id: int) -> Response:
-        who = _who(request)
-        if who is None:
-            return _to_login(request)
+    def track_page(request: Request, who: Operator, camera: str, track_id: int) -> Response:
         if not who.sees(camera):
             return page(request, "error.html", who, 403,
                         error=f"key {who.name!r} may not view camera {camera!r}")
@@ -502,10 +512,7 @@ def install_ui(app: FastAPI) -> None:
                     may_forget=who.may_forget, error=None)
 
     @router.post("/tracks/{camera}/{track_id}/forget", response_class=HTMLResponse)
-    async def forget(request: Request, camera: str, track_id: int) -> Response:
-        who = _who(request)
-        if who is None:
-            return _to_login(request)
+    async def forget(request: Request, who: Operator, camera: str, track_id: int) -> Response:
         if not _same_origin(request):
             return page(request, "error.html", who, 403,
                         error="This request came from another site and was refused.")
@@ -527,10 +534,7 @@ def install_ui(app: FastAPI) -> None:
     # -- cameras and alerts ------------------------------------------------------------------
 
     @router.get("/cameras", response_class=HTMLResponse)
-    def cameras_page(request: Request) -> Response:
-        who = _who(request)
-        if who is None:
-            return _to_login(request)
+    def cameras_page(request: Request, who: Operator) -> Response:
         return cameras_view(request, who)
 
     def cameras_view(request: Request, who: Principal, error: str | None = None,
@@ -553,10 +557,7 @@ def install_ui(app: FastAPI) -> None:
                     flash=flash)
 
     @router.post("/cameras/add")
-    async def add_camera(request: Request) -> Response:
-        who = _who(request)
-        if who is None:
-            return _to_login(request)
+    async def add_camera(request: Request, who: Operator) -> Response:
         form = await request.form()
         name, url = str(form.get("name") or "").strip(), str(form.get("url") or "").strip()
         camera: dict[str, object] = {"name": name, "url": url}
@@ -565,10 +566,7 @@ def install_ui(app: FastAPI) -> None:
         return await camera_change(request, who, "POST", name, camera)
 
     @router.post("/cameras/{name}/remove")
-    async def remove_camera(request: Request, name: str) -> Response:
-        who = _who(request)
-        if who is None:
-            return _to_login(request)
+    async def remove_camera(request: Request, who: Operator, name: str) -> Response:
         return await camera_change(request, who, "DELETE", name, None)
 
     async def camera_change(request: Request, who: Principal, method: str, name: str,
@@ -588,10 +586,7 @@ def install_ui(app: FastAPI) -> None:
         return RedirectResponse("/cameras?" + urlencode(done), status_code=303)
 
     @router.get("/alerts", response_class=HTMLResponse)
-    def alerts_page(request: Request) -> Response:
-        who = _who(request)
-        if who is None:
-            return _to_login(request)
+    def alerts_page(request: Request, who: Operator) -> Response:
         return page(request, "alerts.html", who, published=alerts.published)
 
     @app.get("/v1/alerts/stream", summary="Alerts as server-sent events (watchlists publish)",
