@@ -66,6 +66,7 @@ from refind.app.config import ApiKeyConfig
 from refind.config import RefindConfig
 from refind.indexer.blobs import CropStore, CropStoreError, clip_path, context_path, safe_name
 from refind.indexer.forget import UnknownTrackError
+from refind.indexer.gallery_store import GalleryLockedError
 from refind.indexer.live_search import GalleryUnavailable, LiveSearch, SearchResult
 from refind.indexer.metadata import TrackSummary
 from refind.indexer.query_plan import MAX_MIN_TRACK_S, UnknownCamera, check_query_text, plan_query
@@ -625,6 +626,10 @@ def create_app(
                 report = live.forget(camera, track_id, reason.strip()[:500])
             except UnknownTrackError as err:
                 raise ApiError(404, str(err)) from None
+            except GalleryLockedError as err:  # refind serve or an ingest writes it now
+                raise ApiError(409, f"cannot forget now: {err}. Nothing was changed; forget "
+                                    "again when that writer has stopped (forgetting through "
+                                    "refind serve's own writers is not built yet)") from None
         except ApiError as err:
             audit.write({**entry, "status": err.status, "error": err.message})
             raise

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from pathlib import Path
 from refind.config import RefindConfig
 from refind.indexer.blobs import CropStore
 from refind.indexer.evidence import EvidenceStore
-from refind.indexer.gallery_store import GalleryStore
+from refind.indexer.gallery_store import GalleryStore, lock_gallery
 from refind.indexer.metadata import SqliteMetadata, StoredModel
 from refind.indexer.record import EventRecord
 from refind.indexer.shards import shard_number
@@ -113,6 +114,8 @@ def forget_track(cfg: RefindConfig, camera: str, track_id: int, reason: str = ""
         if ids:
             found.setdefault(shard_number(shard), set()).update(ids)
     vector_ids = {n: tuple(sorted(ids)) for n, ids in sorted(found.items())}
+    for shard in shards:  # a live writer holds a shard: refuse before any tombstone is written
+        os.close(lock_gallery(shard))
     published = _record(cfg, ForgetEvent(
         camera=camera, ts_ns=time.time_ns(), track_id=track_id,
         vector_ids=tuple(sorted(v for ids in found.values() for v in ids)), reason=reason,

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Literal, TypeVar, get_args
 
 from refind.indexer.config import RedisMetadataConfig
-from refind.streaming.config import NAME_PATTERN
+from refind.streaming.config import NAME_PATTERN, redact_credentials
 from refind.streaming.events import CameraState
 
 log = logging.getLogger(__name__)
@@ -109,10 +109,6 @@ def _check_choice(value: str, choices: tuple[str, ...], what: str) -> None:
         raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(choices)}")
 
 
-def _redacted(url: str) -> str:
-    return re.sub(r"//[^@/]*@", "//***@", url)
-
-
 class RedisMetadata:
     """Camera registry, track metadata and vector id mappings in one Redis database.
 
@@ -146,7 +142,7 @@ class RedisMetadata:
             return fn()
         except self._errors as err:
             raise MetadataUnavailable(
-                f"Redis at {_redacted(self.cfg.url)} unavailable for {op} after "
+                f"Redis at {redact_credentials(self.cfg.url)} unavailable for {op} after "
                 f"{self.cfg.retries} retries: {err}"
             ) from err
 

@@ -9,6 +9,7 @@ own section.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import (
@@ -30,6 +31,21 @@ NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 SECRET = {"secret": True}
 """``json_schema_extra`` of a field that may hold a secret: only such fields expand ``${VAR}``
 placeholders from the environment when a config file is loaded (``refind.config``)."""
+
+
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/@]*@")
+
+
+def redact_credentials(text: str) -> str:
+    """``text`` with the user and password of every URL in it replaced by ``***``
+    (``rtsp://viewer:pw@10.0.4.21/s`` -> ``rtsp://***@10.0.4.21/s``): for messages, logs,
+    events and pages, where a camera's or a server's URL may appear.
+
+    Example:
+        >>> redact_credentials("opening rtsp://viewer:pw@10.0.4.21/s, then redis://:x@r:6379")
+        'opening rtsp://***@10.0.4.21/s, then redis://***@r:6379'
+    """
+    return _USERINFO.sub(r"\1***@", text)
 
 
 class Section(BaseModel):

@@ -33,7 +33,7 @@ from typing import TypeVar
 
 import av
 
-from refind.streaming.config import CameraConfig, LiveConfig
+from refind.streaming.config import CameraConfig, LiveConfig, redact_credentials
 from refind.streaming.events import CameraState
 from refind.streaming.flow import AdaptiveSampler, Backoff, DropOldestQueue
 from refind.streaming.metrics import Metrics
@@ -135,7 +135,7 @@ class LiveCamera:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._state = CameraState.CONNECTING
-        self._message = f"not started: {cfg.url}"
+        self._message = redact_credentials(f"not started: {cfg.url}")
         self._n = _Counters()
 
     @property
@@ -310,6 +310,7 @@ class LiveCamera:
             self.metrics.queue_depth.labels(camera=self.name, stage=QUEUE_STAGE).set(depth)
 
     def _set_state(self, state: CameraState, message: str) -> None:
+        message = redact_credentials(message)  # it goes to logs, events, Redis and pages
         with self._lock:
             if self._stop.is_set() and state not in (CameraState.STOPPED, CameraState.FAILED):
                 return  # a late report from a reader that is being stopped

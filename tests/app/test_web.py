@@ -200,3 +200,27 @@ def test_notes_on_the_page_are_composed_never_echoed_from_the_url(web: Server) -
     assert 'class="flash"' not in c.get("/", params={"forgot": "a/1", "vectors": "evil"}).text
     shown = c.get("/", params={"forgot": "pets/3", "vectors": "4", "crops": "4"}).text
     assert "Forgot pets track 3: 4 vectors and 4 crops deleted" in shown
+
+
+def test_forget_while_a_writer_holds_the_gallery_changes_nothing(web: Server,
+                                                                  gallery: Path) -> None:
+    """refind serve or an ingest writing the gallery: a clear 409, no tombstone, track kept."""
+    import os
+
+    from refind.indexer.gallery_store import lock_gallery
+    from refind.indexer.shards import existing_shards
+
+    camera, track = a_track(web)
+    journal = gallery / "events" / "forget.jsonl"
+    before = journal.read_text() if journal.exists() else ""
+    fd = lock_gallery(existing_shards(gallery)[0])  # as a live writer holds it
+    try:
+        r = client(web, KEY).post(f"/v1/tracks/{camera}/{track}/forget", json={"reason": "x"})
+    finally:
+        os.close(fd)
+    assert r.status_code == 409 and "cannot forget now" in r.json()["error"]
+    assert (journal.read_text() if journal.exists() else "") == before
+    assert client(web, KEY).get(f"/v1/tracks/{camera}/{track}").status_code == 200
+    lines = [json.loads(x) for x in (gallery / "audit.jsonl").read_text().splitlines()]
+    last = [x for x in lines if str(x.get("endpoint", "")).endswith("/forget")][-1]
+    assert last["status"] == 409 and last["reason"] == "x"
