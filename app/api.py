@@ -105,7 +105,7 @@ def _principal(request: Request, key: Annotated[str | None, Security(_api_key)])
         found = sessions.principal(request.cookies.get(Sessions.COOKIE))
         if found is not None:
             return found
-    return keys.authenticate(key)
+    return keys.authenticate(key, f"address {request.client.host if request.client else '?'}")
 
 
 Caller = Annotated[Principal, Depends(_principal)]
@@ -438,7 +438,6 @@ def create_app(
     app.add_middleware(UploadLimit, path=None, max_bytes=cfg.api.max_body_kb * 1024,
                        skip=(SEARCH_PATH, TEXT_PATH, PHOTO_PATH), what="api.max_body_kb")
     searches = RateLimit(cfg.api.searches_per_min, "api.searches_per_min")
-    app.state.sign_ins = RateLimit(cfg.api.sign_ins_per_min, "api.sign_ins_per_min")
     app.add_middleware(RequestMetrics, metrics=counts, fixed_paths=(SEARCH_PATH, TEXT_PATH))
 
     def known_cameras(cameras: tuple[str, ...]) -> list[str]:

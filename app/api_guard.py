@@ -10,17 +10,19 @@ Example:
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import ipaddress
 import json
 import math
+import os
 import secrets
 import socket
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -47,6 +49,7 @@ class Principal:
     cameras: frozenset[str] | None
     may_forget: bool = False
     may_manage_cameras: bool = False
+    key_sha256: str = field(default="", repr=False)  # which key: a rotated key is another
 
     def check_cameras(self, cameras: Iterable[str], what: str) -> None:
         """Raise 403 naming the cameras outside this key's scope."""
@@ -66,27 +69,41 @@ ANONYMOUS = Principal("anonymous", None)
 class KeyRing:
     """API keys by their sha256; a presented key is hashed and compared in constant time."""
 
-    def __init__(self, keys: dict[str, Principal], allow_anonymous: bool) -> None:
+    def __init__(self, keys: dict[str, Principal], allow_anonymous: bool,
+                 failures_per_min: int = 0) -> None:
         self._keys = keys  # sha256 hex -> principal
         self.allow_anonymous = allow_anonymous
+        self.failures = RateLimit(failures_per_min, "api.key_failures_per_min")
 
     @classmethod
     def from_config(cls, cfg: ApiConfig) -> KeyRing:
         keys = {
             k.key_sha256: Principal(k.name, frozenset(k.cameras) if k.cameras else None, k.forget,
-                                    k.manage_cameras)
+                                    k.manage_cameras, k.key_sha256)
             for k in cfg.keys
         }
-        return cls(keys, cfg.allow_anonymous)
+        return cls(keys, cfg.allow_anonymous, cfg.key_failures_per_min)
 
     def by_name(self, name: str) -> Principal | None:
         """The principal of the configured key named ``name`` (a signed session names it)."""
         return next((p for p in self._keys.values() if p.name == name), None)
 
-    def authenticate(self, key: str | None) -> Principal:
-        """The principal of ``key``; raises 401 when it is missing or unknown."""
+    def authenticate(self, key: str | None, source: str | None = None) -> Principal:
+        """The principal of ``key``; raises 401 when it is missing or unknown. With ``source``
+        (the client's address), a source over ``api.key_failures_per_min`` wrong keys gets 429
+        (RateLimited) before its key is even looked at."""
         if not self._keys and self.allow_anonymous:
             return ANONYMOUS
+        if source is not None:
+            self.failures.check(source)
+        try:
+            return self._find(key)
+        except ApiError:
+            if source is not None and key:  # a wrong key, not a missing one, is a guess
+                self.failures.spend(source)
+            raise
+
+    def _find(self, key: str | None) -> Principal:
         if not key:
             raise ApiError(401, "missing API key: send it in the X-API-Key header")
         digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
@@ -102,11 +119,12 @@ class KeyRing:
 class Sessions:
     """Web UI sessions: a key entered once in a browser becomes a signed session token (sent
     back as an HttpOnly, SameSite=Strict cookie), so the key itself is never kept in the
-    browser. A token names its key and when it expires, signed with HMAC-SHA256 under
-    ``secret``: any replica holding the same secret accepts it, and nothing is stored per
-    session. Each use looks the key up again, so a key removed from the config ends its
-    sessions; a token signed out is refused by the replica that signed it out (others accept it
-    until it expires: keep ``lifetime_s`` short where that matters)."""
+    browser. A token names its key (and marks which key of that name, so a rotated key ends the
+    old key's sessions) and when it expires, signed with HMAC-SHA256 under ``secret``: any
+    replica holding the same secret accepts it, and nothing is stored per session. Each use
+    looks the key up again, so a key removed or rotated in the config ends its sessions; a
+    token signed out is refused by the replica that signed it out (others accept it until it
+    expires: keep ``lifetime_s`` short where that matters)."""
 
     COOKIE = "refind_session"
 
@@ -118,9 +136,15 @@ class Sessions:
         self._ended: dict[str, float] = {}  # token -> its expiry, until then
 
     def start(self, principal: Principal) -> str:
-        body = json.dumps({"k": principal.name, "e": round(time.time() + self.lifetime_s),
+        body = json.dumps({"k": principal.name, "f": self._key_mark(principal),
+                           "e": round(time.time() + self.lifetime_s),
                            "n": secrets.token_urlsafe(9)}, separators=(",", ":")).encode()
         return f"{_b64(body)}.{_b64(self._sign(body))}"
+
+    def _key_mark(self, principal: Principal) -> str:
+        """Which key a session was started with, without carrying its hash: a session of a
+        rotated key (same name, new key) is refused."""
+        return self._sign(b"key:" + principal.key_sha256.encode()).hex()[:16]
 
     def principal(self, token: str | None) -> Principal | None:
         """Who the session ``token`` is; None when it is malformed, forged, expired, signed out
@@ -133,13 +157,16 @@ class Sessions:
             if not hmac.compare_digest(mac, self._sign(body)):
                 return None
             claims = json.loads(body)
-            name, expiry = str(claims["k"]), float(claims["e"])
+            name, mark, expiry = str(claims["k"]), str(claims["f"]), float(claims["e"])
         except (ValueError, KeyError, TypeError):
             return None
         with self._lock:
             if time.time() >= expiry or token in self._ended:
                 return None
-        return self.keys.by_name(name)
+        found = self.keys.by_name(name)
+        if found is None or not hmac.compare_digest(self._key_mark(found), mark):
+            return None
+        return found
 
     def end(self, token: str | None) -> None:
         """Sign ``token`` out (on this replica: see the class docstring)."""
@@ -165,26 +192,33 @@ def _unb64(text: str) -> bytes:
 class AuditLog:
     """Appends one JSON line per audited request (thread-safe; flushed, not fsynced).
 
-    The log is append-only and tamper-evident: each line carries ``prev``, the sha256 of the
-    line before it (of the empty string for the first), so editing, deleting or reordering a
-    line breaks the chain at the next one; ``verify_audit_log`` (``refind audit verify``) checks
-    it. A restarted API continues the chain from the file's last line.
+    The log is append-only and tamper-evident. Each writer (an API process; replicas may share
+    one file) names itself in ``w`` and carries ``prev``: the sha256 of its own previous line,
+    or for its first line the sha256 of the file's last line when it started (of "" for an
+    empty file). So editing, removing or inserting a line breaks a chain at the next line of
+    the same writer, and every writer's chain hangs from a line before it;
+    ``verify_audit_log`` (``refind audit verify``) checks both. Lines cut from the very end of
+    the file leave no trace. A line cut short by a crash is reported as damage.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._prev: str | None = None  # sha256 of the last line, read lazily
+        self._prev: str | None = None  # sha256 of this writer's last line, read lazily
+        self._writer = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
     def write(self, entry: dict[str, object]) -> None:
         with self._lock:
+            start = ""
             if self._prev is None:
-                self._prev = _line_hash(_last_line(self.path))
-            line = json.dumps({"ts": round(time.time(), 3), **entry, "prev": self._prev},
-                              separators=(",", ":"))
+                last, ended = _last_line(self.path)
+                self._prev = _line_hash(last)
+                start = "" if ended else "\n"  # a line cut short stays, on a line of its own
+            line = json.dumps({"ts": round(time.time(), 3), **entry, "w": self._writer,
+                               "prev": self._prev}, separators=(",", ":"))
             with self.path.open("a", encoding="utf-8") as f:
-                f.write(line + "\n")
+                f.write(start + line + "\n")
                 f.flush()
             self._prev = _line_hash(line)
 
@@ -193,8 +227,9 @@ def _line_hash(line: str) -> str:
     return hashlib.sha256(line.encode("utf-8")).hexdigest()
 
 
-def _last_line(path: Path) -> str:
-    """The last complete line of ``path`` ("" when it is empty or missing)."""
+def _last_line(path: Path) -> tuple[str, bool]:
+    """The last line of ``path`` ("" when it is empty or missing), and whether the file ends
+    with a newline."""
     try:
         with path.open("rb") as f:
             f.seek(0, 2)
@@ -206,46 +241,59 @@ def _last_line(path: Path) -> str:
                 f.seek(size)
                 block = f.read(step) + block
     except FileNotFoundError:
-        return ""
+        return "", True
+    ended = not block or block.endswith(b"\n")
     lines = block.rstrip(b"\n").split(b"\n")
-    return lines[-1].decode("utf-8") if lines and lines[-1] else ""
+    return (lines[-1].decode("utf-8", "replace") if lines else ""), ended
 
 
 @dataclass(frozen=True)
 class AuditCheck:
     """What ``verify_audit_log`` found: lines read, lines before the chain began (written by
-    an older refind), and the first line (1-based) whose ``prev`` does not match, if any."""
+    an older refind), writers seen, and the first line (1-based) that breaks it, if any."""
 
     lines: int
     unchained: int
     broken_at: int | None
     problem: str | None = None
+    writers: int = 0
 
 
 def verify_audit_log(path: Path) -> AuditCheck:
-    """Check the hash chain of the audit log at ``path``."""
-    prev_line: str | None = None
-    unchained = chained = 0
-    with Path(path).open(encoding="utf-8") as f:
+    """Check the hash chains of the audit log at ``path`` (see ``AuditLog``)."""
+    seen = {_line_hash("")}  # hashes of the lines so far: where a new writer may hang from
+    last: dict[str, str] = {}  # writer -> hash of its last line
+    unchained = n = 0
+
+    def broken(problem: str) -> AuditCheck:
+        return AuditCheck(n, unchained, n, problem, len(last))
+
+    with Path(path).open(encoding="utf-8", errors="replace") as f:
         for n, raw in enumerate(f, 1):
             line = raw.rstrip("\n")
             try:
                 entry = json.loads(line)
             except ValueError:
-                return AuditCheck(n, unchained, n, f"line {n} is not JSON")
-            if "prev" not in entry:
-                if chained:
-                    return AuditCheck(n, unchained, n, f"line {n} has no prev after the chain began")
+                return broken(f"line {n} is not JSON (changed, or a write cut short)")
+            if not isinstance(entry, dict):
+                return broken(f"line {n} is not a JSON object")
+            prev, writer = entry.get("prev"), str(entry.get("w", ""))
+            if prev is None:
+                if last:
+                    return broken(f"line {n} has no prev after the chain began")
                 unchained += 1
-            else:
-                expected = _line_hash(prev_line or "")
-                if entry["prev"] != expected:
-                    return AuditCheck(n, unchained, n, f"line {n}: prev {entry['prev'][:12]}... "
-                                      f"is not the hash of line {n - 1} ({expected[:12]}...): a "
-                                      "line before it was changed, removed or inserted")
-                chained += 1
-            prev_line = line
-    return AuditCheck(unchained + chained, unchained, None)
+            elif not isinstance(prev, str):
+                return broken(f"line {n}: prev is not a hash")
+            elif writer in last and prev != last[writer]:
+                return broken(f"line {n}: prev {prev[:12]}... is not the hash of its writer's "
+                              "line before it: a line was changed, removed or inserted")
+            elif writer not in last and prev not in seen:
+                return broken(f"line {n}: its writer's first line follows no line before it")
+            digest = _line_hash(line)
+            seen.add(digest)
+            if prev is not None:
+                last[writer] = digest
+    return AuditCheck(n, unchained, None, None, len(last))
 
 
 class RateLimit:
@@ -261,6 +309,20 @@ class RateLimit:
         self._buckets: dict[str, tuple[float, float]] = {}  # name -> (tokens, at)
 
     def take(self, name: str) -> None:
+        """Spend one request of ``name``'s; RateLimited (429) when it has none left."""
+        self._use(name, spend=True)
+
+    def check(self, name: str) -> None:
+        """RateLimited when ``name`` has nothing left, spending nothing (count failures only:
+        ``check`` first, ``spend`` on a failure)."""
+        self._use(name, spend=False)
+
+    def spend(self, name: str) -> None:
+        """Spend one of ``name``'s, down to none, never refusing."""
+        with contextlib.suppress(RateLimited):
+            self._use(name, spend=True)
+
+    def _use(self, name: str, spend: bool) -> None:
         if self.per_min <= 0:
             return
         now = time.monotonic()
@@ -276,7 +338,7 @@ class RateLimit:
                 self._buckets[name] = (tokens, now)
                 raise RateLimited(f"{name} is over {self.what} ({self.per_min} a minute): retry "
                                   f"in {wait} s", wait)
-            self._buckets[name] = (tokens - 1.0, now)
+            self._buckets[name] = (tokens - (1.0 if spend else 0.0), now)
 
 
 class RateLimited(ApiError):
@@ -312,11 +374,21 @@ def check_camera_url(url: str, schemes: Iterable[str], hosts: Iterable[str]) -> 
     if hosts and not listed:
         raise ApiError(400, f"camera host {host!r} is not in api.camera_hosts "
                             f"({', '.join(hosts)})")
-    internal = sorted(str(a) for a in found if a.is_loopback or a.is_link_local
-                      or a.is_unspecified)
+    internal = sorted(str(a) for a in found if _internal(a))
     if internal and not listed:
         raise ApiError(400, f"camera host {host!r} is an internal address ({', '.join(internal)}):"
                             " refused unless api.camera_hosts lists it")
+
+
+def _internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Loopback, link-local or unspecified, also when wrapped in an IPv6 address (IPv4-mapped,
+    6to4, NAT64: ``[::ffff:169.254.169.254]`` is the metadata service too)."""
+    inner: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [address]
+    if isinstance(address, ipaddress.IPv6Address):
+        inner += [a for a in (address.ipv4_mapped, address.sixtofour) if a is not None]
+        if address in ipaddress.ip_network("64:ff9b::/96"):  # NAT64: the IPv4 address last
+            inner.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return any(a.is_loopback or a.is_link_local or a.is_unspecified for a in inner)
 
 
 def _host_matches(host: str, addresses: set[ipaddress.IPv4Address | ipaddress.IPv6Address],

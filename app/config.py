@@ -78,9 +78,10 @@ class ApiConfig(Section):
         120, ge=0, le=100_000, description="Searches one key may make a minute (in bursts of "
         "up to half of that); over it: 429 with Retry-After. 0: no limit."
     )
-    sign_ins_per_min: int = Field(
-        30, ge=0, le=10_000, description="Web UI sign-in attempts from one client address a "
-        "minute, in bursts of up to half of that (slows key guessing). 0: no limit."
+    key_failures_per_min: int = Field(
+        30, ge=0, le=10_000, description="Wrong keys one client address may present a minute "
+        "(at the web UI's sign-in or in X-API-Key), in bursts of up to half of that; then 429 "
+        "until it recovers, even for a right key (slows key guessing). 0: no limit."
     )
     max_body_kb: int = Field(
         64, ge=1, le=10_240, description="Largest request body of every route but the searches "

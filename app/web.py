@@ -311,18 +311,17 @@ def install_ui(app: FastAPI) -> None:
         if not _same_origin(request):
             return page(request, "login.html", None, 403, next=target,
                         error="This sign-in came from another site and was refused.")
-        address = request.client.host if request.client else "unknown"
+        address = request.client.host if request.client else "?"
         try:
-            app.state.sign_ins.take(f"address {address}")
+            who = app.state.keys.authenticate(str(form.get("key") or "").strip() or None,
+                                              f"address {address}")
         except RateLimited as err:
             ops.audit.write({"key": None, "endpoint": "/login", "status": 429,
                              "address": address})
             response = page(request, "login.html", None, 429, next=target,
-                            error=f"Too many sign-in attempts from here: {err.message}.")
+                            error=f"Too many wrong keys from here: {err.message}.")
             response.headers["Retry-After"] = str(err.retry_after_s)
             return response
-        try:
-            who = app.state.keys.authenticate(str(form.get("key") or "").strip() or None)
         except ApiError as err:
             ops.audit.write({"key": None, "endpoint": "/login", "status": 401,
                              "error": err.message})

@@ -35,7 +35,7 @@ def api_config(data_dir: Path, **api: object) -> dict[str, object]:
         "models": {"dir": str(MODELS_DIR), "allow_download": False},
         # the API tests search and sign in far faster than operators: no rate limits unless a
         # test sets them
-        "api": {"max_upload_mb": MAX_UPLOAD_MB, "searches_per_min": 0, "sign_ins_per_min": 0,
+        "api": {"max_upload_mb": MAX_UPLOAD_MB, "searches_per_min": 0, "key_failures_per_min": 0,
                 **api},
     }
 

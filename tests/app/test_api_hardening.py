@@ -57,6 +57,33 @@ def test_audit_log_chain_shows_an_edit_a_removal_and_continues_after_a_restart(
     assert verify_audit_log(path).broken_at == 2
 
 
+def test_audit_log_shared_by_two_replicas_keeps_both_chains(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    a, b = AuditLog(path), AuditLog(path)  # two API processes on one shared volume
+    for i in range(6):
+        (a if i % 2 else b).write({"key": "desk", "n": i})
+    check = verify_audit_log(path)
+    assert (check.lines, check.writers, check.broken_at) == (6, 2, None)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:3] + lines[4:]) + "\n")  # one of a's lines removed
+    assert verify_audit_log(path).broken_at == 5
+
+
+def test_a_line_cut_short_by_a_crash_is_reported_and_later_lines_stay_whole(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    AuditLog(path).write({"key": "desk"})
+    with path.open("a") as f:
+        f.write('{"ts":1,"key":"des')  # the process died mid-write
+    AuditLog(path).write({"key": "desk", "after": "restart"})
+    assert json.loads(path.read_text().splitlines()[-1])["after"] == "restart"
+    check = verify_audit_log(path)
+    assert check.broken_at == 2 and "cut short" in str(check.problem)
+    path.write_text("[1, 2]\n")
+    assert "not a JSON object" in str(verify_audit_log(path).problem)
+
+
 def test_audit_log_written_before_the_chain_is_reported_as_older(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     path.write_text('{"ts":1,"key":"old"}\n{"ts":2,"key":"old"}\n')
@@ -95,6 +122,10 @@ def test_rate_limit_allows_a_burst_then_says_when_to_retry() -> None:
         ("http://169.254.169.254/latest/meta-data", None, (), "internal address"),
         ("http://0.0.0.0:8080/", None, (), "internal address"),
         ("rtsp://[::1]/x", None, (), "internal address"),
+        ("http://[::ffff:169.254.169.254]/", None, (), "internal address"),
+        ("rtsp://[::ffff:127.0.0.1]:8554/cam", None, (), "internal address"),
+        ("http://[64:ff9b::a9fe:a9fe]/", None, (), "internal address"),
+        ("http://[2002:7f00:1::]/", None, (), "internal address"),
         ("rtsp://127.0.0.1:8554/cam", None, ("127.0.0.1/32",), None),
         ("rtsp://10.4.0.21/s", None, ("10.4.0.0/16",), None),
         ("rtsp://10.5.0.21/s", None, ("10.4.0.0/16",), "not in api.camera_hosts"),
@@ -120,7 +151,7 @@ def test_camera_urls_are_checked_against_the_allow_list(
 @pytest.fixture(scope="module")
 def limited(gallery: Path) -> Iterator[Server]:
     keys = [{"name": "desk", "key_sha256": sha(KEY), "forget": True, "manage_cameras": True}]
-    cfg = parse_config(api_config(gallery, keys=keys, searches_per_min=4, sign_ins_per_min=4,
+    cfg = parse_config(api_config(gallery, keys=keys, searches_per_min=4, key_failures_per_min=4,
                                   max_body_kb=8, serve_url="http://127.0.0.1:9"))
     with Server(create_app(cfg)) as s:
         yield s
@@ -171,12 +202,19 @@ def test_searches_over_the_key_limit_get_429_with_retry_after(limited: Server,
     assert last["status"] == 429 and last["key"] == "desk"  # refusals are audited
 
 
-def test_sign_in_attempts_are_limited_per_address(limited: Server) -> None:
-    c = httpx.Client(base_url=limited.url, timeout=30)
-    codes = [c.post("/login", data={"key": f"guess-{i}"}).status_code for i in range(3)]
-    assert codes == [401, 401, 429]
-    r = c.post("/login", data={"key": KEY})  # even the right key waits
-    assert r.status_code == 429 and "Too many sign-in attempts" in r.text
+def test_right_keys_are_never_counted_as_failures() -> None:
+    from refind.app.api_guard import KeyRing
+    from refind.app.config import ApiConfig, ApiKeyConfig
+
+    ring = KeyRing.from_config(ApiConfig(keys=(ApiKeyConfig(name="d", key_sha256=sha(KEY)),),
+                                         key_failures_per_min=2))
+    for _ in range(50):
+        assert ring.authenticate(KEY, "address 10.0.0.1").name == "d"
+    with pytest.raises(ApiError):
+        ring.authenticate("wrong", "address 10.0.0.1")
+    with pytest.raises(RateLimited):
+        ring.authenticate(KEY, "address 10.0.0.1")  # out of tries: wait, even with the key
+    assert ring.authenticate(KEY, "address 10.0.0.2").name == "d"  # another address
 
 
 def test_bodies_over_the_limit_are_refused_on_every_route(limited: Server) -> None:
@@ -199,3 +237,16 @@ def test_camera_added_through_the_api_is_checked_before_serve_is_asked(limited: 
     assert r.status_code == 503 and "did not answer" in r.json()["error"]  # serve is not there
     last = json.loads((gallery / "audit.jsonl").read_text().splitlines()[-1])
     assert last["endpoint"] == "/v1/cameras" and last["status"] == 503
+
+
+def test_wrong_keys_are_limited_per_address_at_sign_in_and_in_the_header(
+    limited: Server,
+) -> None:
+    """Last in the module: it leaves this address out of tries for a while."""
+    c = httpx.Client(base_url=limited.url, timeout=30)
+    codes = [c.post("/login", data={"key": f"guess-{i}"}).status_code for i in range(2)]
+    assert codes == [401, 401]  # a burst of two wrong keys at 4 a minute
+    assert c.get("/v1/cameras", headers={"X-API-Key": "guess-3"}).status_code == 429
+    r = c.post("/login", data={"key": KEY})  # even the right key waits now
+    assert r.status_code == 429 and "Too many wrong keys" in r.text
+    assert int(r.headers["retry-after"]) >= 1

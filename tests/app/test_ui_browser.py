@@ -49,7 +49,7 @@ def ui_gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _config(data: Path) -> Path:
     cfg = yaml.safe_load((REPO / "configs" / "irm.yaml").read_text())
     cfg |= {"data_dir": str(data), "models": {"dir": str(MODELS_DIR), "allow_download": False},
-            "api": {"host": "127.0.0.1", "port": 0, "sign_ins_per_min": 0, "keys": [
+            "api": {"host": "127.0.0.1", "port": 0, "key_failures_per_min": 0, "keys": [
                 {"name": "desk", "key_sha256": sha(KEY), "forget": True},
                 {"name": "other-desk", "key_sha256": sha(SCOPED_KEY), "cameras": ["gate"]},
             ]}}

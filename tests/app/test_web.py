@@ -94,6 +94,9 @@ def test_sessions_are_signed_expire_and_follow_the_key_config() -> None:
     emptied = KeyRing.from_config(ApiConfig(keys=(ApiKeyConfig(name="other",
                                                                key_sha256=sha("x")),)))
     assert Sessions(emptied, 3600, b"s" * 32).principal(token) is None  # the key was removed
+    rotated = KeyRing.from_config(ApiConfig(keys=(ApiKeyConfig(name="desk",
+                                                               key_sha256=sha("new-key")),)))
+    assert Sessions(rotated, 3600, b"s" * 32).principal(token) is None  # same name, new key
     sessions.end(token)
     assert sessions.principal(token) is None  # signed out
 
