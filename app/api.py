@@ -281,8 +281,10 @@ def byte_range(data: bytes, media_type: str, header: str | None) -> Response:
         start, end = int(m[1]), min(int(m[2]) if m[2] else size - 1, size - 1)
     else:  # the last N bytes
         start, end = max(0, size - int(m[2])), size - 1
-    if start >= size or start > end:
+    if start >= size:  # past the end: unsatisfiable
         return Response(status_code=416, headers=base | {"Content-Range": f"bytes */{size}"})
+    if start > end:  # "bytes=5-3" is not a valid range (RFC 9110 14.1.1): the whole of it
+        return Response(data, media_type=media_type, headers=base)
     return Response(data[start:end + 1], status_code=206, media_type=media_type,
                     headers=base | {"Content-Range": f"bytes {start}-{end}/{size}"})
 
@@ -423,7 +425,10 @@ def create_app(
         yield
         live.close()
 
+    # no /docs or /redoc: they load their scripts from a CDN, and the UI works offline; the
+    # schema itself is at /openapi.json
     app = FastAPI(title="refind", version="1", lifespan=lifespan, responses=ERROR_RESPONSES,
+                  docs_url=None, redoc_url=None,
                   description="Find a person across camera streams by photo or description.")
     app.state.keys = keys
     app.state.sessions = Sessions(keys, cfg.api.session_hours * 3600,
@@ -512,6 +517,8 @@ def create_app(
             raise ApiError(400, str(err)) from None
         except (ImportError, ModelUnavailable) as err:  # a model this server has not set up
             raise ApiError(409, f"not available on this server: {err}") from None
+        except CropStoreError as err:  # a crop gone from the store (retention, a forget)
+            raise ApiError(404, f"a stored crop is missing: {err}") from None
         except ModelStoreError as err:  # weights missing or damaged on this server
             raise ApiError(503, f"a model's weights are not available: {err}") from None
 

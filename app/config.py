@@ -68,6 +68,11 @@ class ApiConfig(Section):
         12.0, gt=0.0, le=720.0, description="A web UI sign-in (a key entered once in a browser) "
         "lasts this long, or until the browser signs out."
     )
+    secure_cookies: bool = Field(
+        False, description="Mark the UI's session cookie Secure (sent over HTTPS only): set it "
+        "when operators reach the API over HTTPS through a proxy that ends TLS; a request that "
+        "arrives over HTTPS gets it anyway."
+    )
     session_secret: str | None = Field(
         None, min_length=32, json_schema_extra=SECRET, description="Signs web UI sessions, so "
         "every replica of the API accepts a session any of them started: set the same secret "

@@ -1,7 +1,7 @@
 """The operator's screen: pages for searching, reviewing a tracklet, watching cameras and alerts.
 
 Served by ``refind api`` on the same origin as the JSON API, from server-rendered Jinja2
-templates (``app/templates``) and two small scripts and a style sheet (``app/static``), all in
+templates (``app/templates``), one small script and a style sheet (``app/static``), all in
 the package: nothing is fetched from elsewhere at run time, and there is no build step. Every
 search runs through the API's own functions (``refind.app.api.Operations``): the same key
 scopes, the same checks, the same audit lines.
@@ -18,7 +18,7 @@ Pages:
   drops, updated every 2 s), its newest track and that frame.
 - ``/alerts``: alerts as they arrive over server-sent events (``/v1/alerts/stream``).
 
-A browser signs in once per session at ``/login`` with an API key: the key becomes a random
+A browser signs in once per session at ``/login`` with an API key: the key becomes a signed
 session token in an HttpOnly, SameSite=Strict cookie (``refind.app.api_guard.Sessions``), which
 the JSON routes accept too, so crops and clips load in ``<img>`` and ``<video>``. Forms that
 change something are POSTs; a POST whose Origin is another site is refused.
@@ -45,12 +45,14 @@ from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from refind.app.api import PHOTO_PATH, camera_report
+from refind.app.api import PHOTO_PATH, camera_report, clip_url, crop_url
 from refind.app.api_guard import ApiError, Principal, RateLimited, Sessions
 from refind.indexer.blobs import clip_path, context_path
+from refind.indexer.live_search import GalleryUnavailable
 from refind.indexer.query_plan import resolve_timezone, time_text
 from refind.indexer.search import QueryError
 from refind.streaming.clips import draw_box, scaled
+from refind.streaming.config import NAME_PATTERN
 from refind.streaming.records import CLIP_TIME_NS
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,7 @@ TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 PUBLIC_STATIC = {"ui.css"}  # the sign-in page's look; every other file needs a session
 PAGE = 24  # cards per page; "more" asks for another page
+_CAMERA = re.compile(NAME_PATTERN)  # what a camera's name may be: the only text notices echo
 _SCORE_PREFIX = re.compile(r"^[a-z_]+ \d+\.\d+: ")  # a re-ranker's name and score
 SSE_SECONDS = 25.0  # one alert stream lasts this long; the browser reconnects by itself
 CSP = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self'; style-src 'self'; "
@@ -129,7 +132,11 @@ Operator = Annotated[Principal, Depends(_operator)]
 
 
 def _to_login(request: Request) -> RedirectResponse:
+    """To the sign-in, coming back to this page after it (a form's POST comes back to the
+    search page: the form is not sent again)."""
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    if request.method != "GET":
+        target = "/"
     return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
 
 
@@ -204,10 +211,11 @@ def _split_terms(text: str) -> list[str]:
 
 def _forgot_note(params: Any) -> str | None:
     """The line shown after a forget (``?forgot=CAMERA/TRACK&vectors=N&crops=M``): composed
-    here from the names and counts, never text taken from the URL as it is."""
+    here from a camera name (its own pattern) and numbers; other text from the URL is never
+    shown."""
     camera, _, track = str(params.get("forgot", "")).rpartition("/")
     counts = [params.get("vectors", "0"), params.get("crops", "0")]
-    if not camera or not track.isdigit() or not all(c.isdigit() for c in counts):
+    if not _CAMERA.fullmatch(camera) or not track.isdigit() or not all(c.isdigit() for c in counts):
         return None
     return (f"Forgot {camera} track {track}: {counts[0]} vectors and {counts[1]} crops deleted, "
             "for good.")
@@ -332,7 +340,8 @@ def install_ui(app: FastAPI) -> None:
         ops.audit.write({"key": who.name, "endpoint": "/login", "status": 200})
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(Sessions.COOKIE, token, httponly=True, samesite="strict",
-                            secure=request.url.scheme == "https", path="/")
+                            secure=cfg.api.secure_cookies or request.url.scheme == "https",
+                            path="/")
         return response
 
     @router.post("/logout")
@@ -350,11 +359,9 @@ def install_ui(app: FastAPI) -> None:
         q = params.get("q", "")
         cameras = [c for c in params.getlist("camera") if c.strip()]
         k = params.get("k", str(PAGE))
-        context: dict[str, Any] = {
+        context = _empty(who) | {
             "q": q, "cameras": cameras, "since": params.get("since", ""),
             "until": params.get("until", ""), "min_track": params.get("min_track", ""),
-            "known_cameras": [c for c in ops.live.cameras() if who.sees(c)],
-            "results": None, "error": None, "chips": [], "read": None, "mode": "text",
             "flash": _forgot_note(params), "like": params.get("like", ""),
         }
         try:
@@ -388,7 +395,7 @@ def install_ui(app: FastAPI) -> None:
             context["error"] = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}"
                                          for e in err.errors())
             return context
-        except (ApiError, QueryError, ValueError) as err:
+        except (ApiError, QueryError, ValueError, GalleryUnavailable) as err:
             context["error"] = getattr(err, "message", str(err))
             return context
         context["results"] = cards(payload)
@@ -464,20 +471,26 @@ def install_ui(app: FastAPI) -> None:
                 raise ApiError(400, "choose a photo first: drop it here, paste it, or pick a file")
             data = await upload.read()
             await upload.seek(0)
-            context["photo"] = _thumbnail_data_url(data, fields["box"])
+            context["photo"] = await asyncio.to_thread(_thumbnail_data_url, data, fields["box"])
             result = await asyncio.to_thread(ops.image_search, who, upload, fields, PHOTO_PATH)
         except ApiError as err:
             return page(request, "search.html", who, err.status, **context, error=err.message)
+        except GalleryUnavailable as err:
+            return page(request, "search.html", who, 503, **context, error=str(err))
         payload = ops.respond(result)
         context |= {"results": cards(payload), "message": payload.get("message"),
                     "nearest": nearest(payload), "took_ms": payload.get("took_ms", {}).get("total")}
         return page(request, "search.html", who, **context)
 
     def _empty(who: Principal) -> dict[str, Any]:
+        """The search page with nothing asked yet."""
+        try:
+            known = [c for c in ops.live.cameras() if who.sees(c)]
+        except GalleryUnavailable:  # a fresh install: the page still shows, saying so below
+            known = []
         return {"q": "", "cameras": [], "since": "", "until": "", "min_track": "", "k": PAGE,
-                "known_cameras": [c for c in ops.live.cameras() if who.sees(c)],
-                "results": None, "error": None, "chips": [], "read": None, "mode": "text",
-                "flash": None, "like": "", "more_url": None}
+                "known_cameras": known, "results": None, "error": None, "chips": [],
+                "read": None, "mode": "text", "flash": None, "like": "", "more_url": None}
 
     # -- a tracklet --------------------------------------------------------------------------
 
@@ -486,20 +499,22 @@ def install_ui(app: FastAPI) -> None:
         if not who.sees(camera):
             return page(request, "error.html", who, 403,
                         error=f"key {who.name!r} may not view camera {camera!r}")
-        found = ops.live.track(camera, track_id)
+        try:
+            found = ops.live.track(camera, track_id)
+        except GalleryUnavailable as err:
+            return page(request, "error.html", who, 503, error=str(err))
         if found is None:
             return page(request, "error.html", who, 404,
                         error=f"camera {camera!r} has no track {track_id} (it may have been "
                               "forgotten, or removed by retention)")
         summary, records = found
         crops = [{"ts": r.ts_ns / 1e9, "frame_index": r.frame_index,
-                  "url": "/v1/crops/" + quote(r.crop_path, safe="/"),
-                  "context_url": "/v1/crops/" + quote(context_path(r.crop_path), safe="/")
+                  "url": crop_url(r.crop_path),
+                  "context_url": crop_url(context_path(r.crop_path))
                   if ops.crops.exists(context_path(r.crop_path)) else None,
                   "best": r.crop_path == summary.best.crop_path} for r in records]
         best = next((c for c in crops if c["best"]), crops[0] if crops else None)
-        clip = (f"/v1/clips/{quote(camera, safe='')}/{track_id}"
-                if ops.crops.exists(clip_path(camera, track_id)) else None)
+        clip = clip_url(camera, track_id) if ops.crops.exists(clip_path(camera, track_id)) else None
         looks = ops.live.describe_track(records)
         motion = summary.motion.as_dict() if summary.motion is not None else None
         duration = (summary.end_ts_ns - summary.start_ts_ns) / 1e9
@@ -538,11 +553,11 @@ def install_ui(app: FastAPI) -> None:
 
     def cameras_view(request: Request, who: Principal, error: str | None = None,
                      status: int = 200) -> Response:
-        params = request.query_params
-        flash = (f"Added camera {params['added']}: it shows here once it is running."
-                 if params.get("added") else
-                 f"Removed camera {params['removed']}; its stored tracks stay searchable."
-                 if params.get("removed") else None)
+        added, removed = (request.query_params.get(k, "") for k in ("added", "removed"))
+        flash = (f"Added camera {added}: it shows here once it is running."
+                 if _CAMERA.fullmatch(added) else
+                 f"Removed camera {removed}; its stored tracks stay searchable."
+                 if _CAMERA.fullmatch(removed) else None)
         try:
             tiles = [t for t in camera_report(cfg, ops.live, ops.crops) if who.sees(t["camera"])]
         except ApiError as err:  # serve did not answer: what is stored, and why no live state

@@ -49,6 +49,7 @@ from refind.streaming.records import (
 )
 
 T = TypeVar("T")
+OVERVIEW_TTL_S = 5.0  # how long the cameras' newest tracks are reused
 SIMILAR_SEEDS = 4  # stored crops of a track whose mean vector seeds "find similar"
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class LiveSearch:
         # every gallery call runs on this one thread: SQLite connections are bound to theirs
         self._gallery_thread = ThreadPoolExecutor(1, thread_name_prefix="live-gallery")
         self._gallery: ShardedGallery | None = None
+        self._overview: tuple[float, list[dict[str, object]]] | None = None
         self._shard_dirs: list[Path] = []
 
     @classmethod
@@ -294,20 +296,23 @@ class LiveSearch:
         crops = self._crops
 
         def run() -> list[str]:
-            try:
+            try:  # a missing crop is a CropStoreError, a ValueError: nothing to describe then
                 referrer = self._engine(self._current()).rerankers.get("compose")  # type: ignore[union-attr]
+                describe = getattr(referrer, "describe", None)
+                return describe([crops.read(p) for p in paths], paths) if describe else []
             except (ImportError, OSError, ValueError, RuntimeError) as err:
                 log.warning("tracklet description unavailable: %s", err)
                 return []
-            describe = getattr(referrer, "describe", None)
-            if describe is None:
-                return []
-            return describe([crops.read(p) for p in paths], paths)
 
         return self._on_gallery_thread(run)
 
     def overview(self) -> list[dict[str, object]]:
-        """Per camera with stored tracks: its newest track (summary) and when it was seen."""
+        """Per camera with stored tracks: its newest track (summary) and when it was seen.
+        Kept for ``OVERVIEW_TTL_S``: the cameras page asks every 2 s, and each look groups a
+        camera's crops on the gallery thread that searches need."""
+        kept = self._overview
+        if kept is not None and time.monotonic() - kept[0] < OVERVIEW_TTL_S:
+            return kept[1]
 
         def run() -> list[dict[str, object]]:
             try:
@@ -322,7 +327,9 @@ class LiveSearch:
                             "last_crop_ts_ns": newest[0].last_crop_ts_ns if newest else None})
             return out
 
-        return self._on_gallery_thread(run)
+        found = self._on_gallery_thread(run)
+        self._overview = (time.monotonic(), found)
+        return found
 
     def forget(self, camera: str, track_id: int, reason: str) -> ForgetReport:
         """Forget a track for good (``refind.indexer.forget``), then reopen the gallery so no
@@ -335,6 +342,7 @@ class LiveSearch:
             try:
                 return forget_track(cfg, camera, track_id, reason=reason)
             finally:
+                self._overview = None
                 if self._gallery is not None:
                     self._gallery.close()
                     self._gallery = None

@@ -194,7 +194,7 @@ class Crop:
     jpeg: the crop as it will be stored, once encoded (``refind.streaming.crops.as_stored``); image is
     then that JPEG's decoded pixels, so a vector made from it is the vector a re-index or a
     rebuild makes from the stored crop. context: the downscaled frame with the box drawn
-    (``refind.streaming.clips.context_frame``), as pixels until ``as_stored`` encodes it as
+    (``refind.streaming.crops.CropSelector``), as pixels until ``as_stored`` encodes it as
     ``context_jpeg``.
     """
 

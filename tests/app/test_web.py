@@ -131,6 +131,8 @@ def test_clip_is_served_whole_or_by_range_within_the_key_scope(web: Server,
     assert tail.status_code == 206 and tail.content == whole.content[-10:]
     past = c.get(meta["clip_url"], headers={"Range": f"bytes={len(whole.content)}-"})
     assert past.status_code == 416
+    backwards = c.get(meta["clip_url"], headers={"Range": "bytes=5-3"})
+    assert backwards.status_code == 200 and backwards.content == whole.content
     assert client(web, SCOPED).get(meta["clip_url"]).status_code == 403
     assert c.get(f"/v1/clips/{camera}/999999").status_code == 404
     context = meta["best"]["url"].replace(".jpg", ".ctx.jpg")
