@@ -65,7 +65,7 @@ def test_unknown_key_says_so() -> None:
          r"cameras\[0\].rtsp_transport: \$\{VAR\} placeholders are only for secrets"),
         ("api: {keys: [{name: a, key_sha256: '" + "0" * 64 + "', cameras: ['${GATE}']}]}",
          r"api.keys\[0\].cameras\[0\]: \$\{VAR\} placeholders are only for secrets \(.*"
-         r"cameras\[\].url, .*api.keys\[\].key_sha256\)"),
+         r"cameras\[\].url, .*api.keys\[\].key_sha256, api.session_secret\)"),
     ],
 )
 def test_bad_files(tmp_path: Path, text: str, message: str) -> None:
