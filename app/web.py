@@ -14,8 +14,9 @@ Pages:
   with the nearest miss and what it lacked; "more"; "find similar" from any card (``?like=``).
 - ``/tracks/{camera}/{track_id}``: the crops over time, the frame around a crop with its box,
   the track's clip, its times, looks and motion, and "forget this person" (with a reason).
-- ``/cameras``: a tile per camera (live state when metadata is in Redis; frames per second and
-  drops, updated every 2 s), its newest track and that frame.
+- ``/cameras``: a tile per camera with its newest track and that frame, and its live state
+  (from ``refind serve`` through ``api.serve_url``, else from Redis metadata: frames per second,
+  drops, freshness, updated every 2 s); adding and removing cameras through serve.
 - ``/alerts``: alerts as they arrive over server-sent events (``/v1/alerts/stream``).
 
 A browser signs in once per session at ``/login`` with an API key: the key becomes a signed
@@ -71,8 +72,8 @@ CSP = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self'; style-
 
 
 class AlertHub:
-    """Alerts handed to every open ``/v1/alerts/stream``. Watchlists publish here (one
-    ``publish`` per alert, a JSON-able dict); a page that is open receives each one."""
+    """Alerts handed to every open ``/v1/alerts/stream``: whatever calls ``publish`` (one call
+    per alert, a JSON-able dict; watchlists, when they are built) reaches each open page."""
 
     def __init__(self) -> None:
         self._queues: set[asyncio.Queue[dict[str, Any]]] = set()
