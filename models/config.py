@@ -43,9 +43,29 @@ class YoloxDetectorConfig(Section):
     threads: int = Field(0, ge=0, le=256, description="onnxruntime intra-op threads; 0 = auto.")
 
 
-# Plugin sections: each holds one type today; a second type turns these into unions
-# discriminated on `type:` (with the current type as the default tag).
-DetectorConfig = YoloxDetectorConfig
+class OmzPersonDetectorConfig(Section):
+    """An Open Model Zoo person detector (SSD-style, person only) on OpenVINO's CPU runner:
+    person-detection-0200 (256x256), -0202 (512x512) or person-detection-retail-0013."""
+
+    type: Literal["omz_person"] = "omz_person"
+    model: str = Field(
+        "person-detection-0202", description="Model store name: person-detection-0200, "
+        "person-detection-0202 or person-detection-retail-0013.",
+    )
+    conf_threshold: float = Field(
+        0.1, ge=0.0, le=1.0, description="Lowest score kept (the tracker uses low boxes too)."
+    )
+    nms_iou: float = Field(0.45, gt=0.0, le=1.0, description="IoU above which NMS suppresses.")
+    batch_size: int = Field(4, ge=1, le=64, description="Frames per inference call.")
+    threads: int = Field(0, ge=0, le=256, description="OpenVINO inference threads; 0 = auto.")
+
+
+# Plugin sections: unions discriminated on `type:` (the embedded default's type when left out).
+DetectorConfig = Annotated[
+    Annotated[YoloxDetectorConfig, Tag("yolox")]
+    | Annotated[OmzPersonDetectorConfig, Tag("omz_person")],
+    type_tag("yolox"),
+]
 
 
 class OpenVinoReidConfig(Section):

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 DETECTORS: dict[str, str] = {
     "yolox": "refind.models.yolox:YoloxDetector",
+    "omz_person": "refind.models.omz_detector:OmzPersonDetector",
 }
 EMBEDDERS: dict[str, str] = {
     "openvino_reid": "refind.models.openvino_reid:OpenVinoReidEmbedder",

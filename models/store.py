@@ -90,6 +90,26 @@ REGISTRY: dict[str, ModelSpec] = {
             ),
             "Apache-2.0 (Megvii YOLOX), COCO 2017",
         ),
+        # the OMZ person detectors: checksums of the FP16 IR in ../shared/models (the OMZ 2023.0
+        # release files are expected to be the same; not verifiable from this machine)
+        _omz(
+            "person-detection-0200",
+            "FP16",
+            "9e606417b926e9f4ef25cd0da52c0f610fa699f906a110745dee6ea79de55c8f",
+            "4f2905754c76c9495bcbc6c15e2a37a0ea155f700b3dd03ebcbfee64ba056dc0",
+        ),
+        _omz(
+            "person-detection-0202",
+            "FP16",
+            "8f74065c0ceeb05f4821c007fe0afc4c571621e2259e3955c2b23db3c4e6e261",
+            "7308b43b533777a15de372d79c7d06cf099aa25a5515589dbd1193e29d5db49c",
+        ),
+        _omz(
+            "person-detection-retail-0013",
+            "FP16",
+            "6b9e969a0e8144c399424bbc2aae3796bd3455832600885aa126c7514c00b643",
+            "4f7b51a97be06dbd6f4171832b3413e56bae3e71b89f60f3579949635ae53534",
+        ),
         _omz(
             "person-reidentification-retail-0277",
             "FP16",

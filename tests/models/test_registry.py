@@ -23,7 +23,7 @@ from refind.models.registry import (
 
 
 @pytest.mark.parametrize(("kind", "registry", "name", "valid"), [
-    ("detector", DETECTORS, "yolov9", "yolox"),
+    ("detector", DETECTORS, "yolov9", "yolox, omz_person"),
     ("embedder", EMBEDDERS, "clip", "openvino_reid, irm"),
     ("re-ranker", RERANKERS, "none", "attributes, compose, refer, mllm"),  # "none": no class to load
 ])

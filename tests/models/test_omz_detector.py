@@ -1,0 +1,51 @@
+"""The Open Model Zoo person detectors on real PETS frames: each finds the people the ground
+truth has (recall and precision at IoU 0.5 over a few frames), in frame pixels, as person boxes."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from refind.config import parse_config
+from refind.models.registry import build_detector
+from refind.streaming.matching import iou_matrix
+from tests.conftest import PETS_VIDEO, need_models, need_pets, pets_gt_boxes
+
+FRAMES = (1, 101, 201, 301, 401)  # 1-based MOT frame numbers
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[np.ndarray]:
+    need_pets()
+    cap = cv2.VideoCapture(str(PETS_VIDEO))
+    out = []
+    for n in FRAMES:
+        cap.set(cv2.CAP_PROP_POS_FRAMES, n - 1)
+        ok, frame = cap.read()
+        assert ok
+        out.append(frame)
+    cap.release()
+    return out
+
+
+@pytest.mark.parametrize("name", ["person-detection-0200", "person-detection-0202",
+                                  "person-detection-retail-0013"])
+def test_finds_the_people_of_the_ground_truth(name: str, frames, model_store) -> None:
+    need_models()
+    cfg = parse_config({"detector": {"type": "omz_person", "model": name}})
+    detector = build_detector(cfg.detector, model_store)
+    assert detector.model_id.startswith(f"{name}@")
+    found = detector(frames)
+    hits = n_gt = n_det = 0
+    for n, frame, dets in zip(FRAMES, frames, found, strict=True):
+        assert (dets.class_id == 0).all()
+        h, w = frame.shape[:2]
+        assert (dets.xyxy[:, [0, 2]] <= w).all() and (dets.xyxy[:, [1, 3]] <= h).all()
+        sure = dets.xyxy[dets.confidence >= 0.3]
+        gt = np.array(list(pets_gt_boxes(n).values()))
+        n_gt, n_det = n_gt + len(gt), n_det + len(sure)
+        if len(gt) and len(sure):
+            hits += int((iou_matrix(gt, sure).max(axis=1) >= 0.5).sum())
+    recall, precision = hits / n_gt, hits / max(n_det, 1)
+    assert recall >= 0.7 and precision >= 0.7, (name, recall, precision)
