@@ -105,8 +105,10 @@ class HttpTsCamera:
             "-f", "mpegts", "-listen", "1", self.url,
         ]  # fmt: skip
 
-    def start(self, wait_s: float = 5.0) -> None:
-        """Bring the camera up on its port; returns once ffmpeg listens."""
+    def start(self, wait_s: float = 20.0) -> None:
+        """Bring the camera up on its port; returns once ffmpeg listens (on a loaded machine
+        a restart on the same port took over 5 s once: the wait is generous, the usual start
+        is well under a second)."""
         with self._lock:
             if self._up:
                 return
