@@ -40,7 +40,7 @@ from refind.config import RefindConfig
 from refind.indexer.gallery_store import GalleryLockedError
 from refind.indexer.metadata import TrackSummary
 from refind.indexer.search import SearchEngine
-from refind.indexer.shards import merge_shard_hits, shard_of
+from refind.indexer.shards import merge_recent_keys, merge_shard_hits, shard_of
 from refind.indexer.versions import Serving, VersionError, registry_stamp, serving_version
 from refind.streaming.config import CameraConfig
 from refind.streaming.records import NO_FILTER, CropHit, ImageQuery, SearchFilter, TrackletHit
@@ -81,10 +81,8 @@ class _WriterGallery:
 
     def recent_track_keys(self, limit: int, filt: SearchFilter = NO_FILTER
                           ) -> list[tuple[int, str, int]]:
-        found = [k for rows in ray.get([w.recent_track_keys.remote(limit, filt)
-                                        for w in self._writers]) for k in rows]
-        found.sort(key=lambda k: (-k[0], k[1], k[2]))
-        return found[:limit]
+        return merge_recent_keys(
+            ray.get([w.recent_track_keys.remote(limit, filt) for w in self._writers]), limit)
 
     def tracks(self, keys: list[tuple[str, int]]) -> dict[tuple[str, int], TrackSummary]:
         """Summaries of the known tracks among ``keys``: one call to every writer."""

@@ -259,7 +259,6 @@ class Operations:
     respond: Callable[[SearchResult], dict[str, object]]
     audit: AuditLog
     manage_camera: Callable[..., dict[str, object]]
-    text_body: type[TextSearch] = TextSearch
 
 
 # ---- response pieces -----------------------------------------------------------------------

@@ -46,7 +46,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from refind.app.api import PHOTO_PATH, camera_report, clip_url, crop_url
+from refind.app.api import PHOTO_PATH, TextSearch, camera_report, clip_url, crop_url
 from refind.app.api_guard import ApiError, Principal, RateLimited, Sessions
 from refind.indexer.blobs import clip_path, context_path
 from refind.indexer.live_search import GalleryUnavailable
@@ -384,7 +384,7 @@ def install_ui(app: FastAPI) -> None:
                 since = _seconds(context["since"], tz, "since")
                 until = _seconds(context["until"], tz, "until")
                 min_track = float(context["min_track"]) if context["min_track"] else None
-                body = ops.text_body(text=q, k=k_value, cameras=cameras, since=since,
+                body = TextSearch(text=q, k=k_value, cameras=cameras, since=since,
                                      until=until, min_track_s=min_track)
                 result, plan = ops.text_search(who, body, "/ (text)")
                 payload = ops.respond(result) | {"plan": plan}

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import os
 import platform
@@ -37,7 +36,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from report import code_version, write_result  # noqa: E402
 from search_latency import DEFAULT_CACHE  # noqa: E402
-from ui_pages import build  # noqa: E402
+from ui_pages import build, start_api, wait_for  # noqa: E402
 
 from refind.config import RefindConfig  # noqa: E402
 from refind.models.registry import build_embedder  # noqa: E402
@@ -49,29 +48,6 @@ TEXTS = ("a man in a black top", "a woman with a backpack", "someone in a red ja
 SHARED = REPO / ".." / "shared" / "data"
 CLIPS = (SHARED / "pets09-s2l1" / "vtest.avi",
          SHARED / "intel-sample-videos" / "one-by-one-person-detection.mp4")
-
-
-def wait_for(url: str, proc: subprocess.Popen, what: str, seconds: float = 240) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                return
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit(f"{what} did not start") from None
-            time.sleep(0.5)
-
-
-def start_api(data_dir: Path, port: int) -> subprocess.Popen:
-    cfg = {"data_dir": str(data_dir), "api": {"port": port, "searches_per_min": 0, "keys": [
-        {"name": "load", "key_sha256": hashlib.sha256(KEY.encode()).hexdigest()}]}}
-    path = data_dir / "load.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "refind.app.cli", "api", "--config", str(path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(f"http://127.0.0.1:{port}/healthz", proc, "refind api")
-    return proc
 
 
 def start_cameras(n: int, work: Path, port: int) -> subprocess.Popen:
@@ -158,7 +134,7 @@ def main() -> None:
                                  "seconds_each": args.seconds, "cameras": args.cameras}
     with tempfile.TemporaryDirectory(prefix="refind-load-") as tmp:
         serve = start_cameras(args.cameras, Path(tmp), args.serve_port) if args.cameras else None
-        api = start_api(data_dir, args.port)
+        api = start_api(data_dir, args.port, KEY, "load", searches_per_min=0)
         try:
             if serve is not None:
                 time.sleep(20)  # the cameras past their start

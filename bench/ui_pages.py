@@ -80,22 +80,31 @@ def build(data_dir: Path, n: int, model_id: str, dim: int) -> dict[str, object]:
     return want
 
 
-def start_api(data_dir: Path, port: int) -> subprocess.Popen:
-    cfg = {"data_dir": str(data_dir), "api": {"port": port, "keys": [
-        {"name": "bench", "key_sha256": hashlib.sha256(KEY.encode()).hexdigest()}]}}
-    path = data_dir / "api.yaml"
+def wait_for(url: str, proc: subprocess.Popen, what: str, seconds: float = 240) -> None:
+    """Return once ``url`` answers; SystemExit when ``proc`` ends or time runs out first."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit(f"{what} did not start") from None
+            time.sleep(0.5)
+
+
+def start_api(data_dir: Path, port: int, key: str = KEY, name: str = "api",
+              **api: object) -> subprocess.Popen:
+    """``refind api`` over ``data_dir`` on ``port`` with one key (and any other api settings),
+    its config written to ``<data_dir>/<name>.yaml``; returns once it answers."""
+    cfg = {"data_dir": str(data_dir), "api": {"port": port, **api, "keys": [
+        {"name": "bench", "key_sha256": hashlib.sha256(key.encode()).hexdigest()}]}}
+    path = data_dir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     proc = subprocess.Popen([sys.executable, "-m", "refind.app.cli", "api", "--config", str(path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5):
-                return proc
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit("refind api did not start") from None
-            time.sleep(0.5)
+    wait_for(f"http://127.0.0.1:{port}/healthz", proc, "refind api")
+    return proc
 
 
 def painted(page) -> dict[str, float]:  # type: ignore[no-untyped-def]

@@ -42,6 +42,14 @@ def shard_of(camera: str, n_shards: int) -> int:
     return zlib.crc32(camera.encode()) % n_shards
 
 
+def merge_recent_keys(per_shard: Sequence[Sequence[tuple[int, str, int]]],
+                      limit: int) -> list[tuple[int, str, int]]:
+    """The ``limit`` most recent (last crop time, camera, track id) of several shards' lists."""
+    found = [k for rows in per_shard for k in rows]
+    found.sort(key=lambda k: (-k[0], k[1], k[2]))
+    return found[:limit]
+
+
 def merge_shard_hits(
     per_shard: Sequence[list[list[CropHit]]], k_crops: int
 ) -> list[list[CropHit]]:
@@ -118,9 +126,7 @@ class ShardedGallery:
     def recent_track_keys(self, limit: int, filt: SearchFilter = NO_FILTER
                           ) -> list[tuple[int, str, int]]:
         """(last crop time, camera, track id) of ``recent_tracks``, without summaries."""
-        found = [k for s in self.shards for k in s.recent_track_keys(limit, filt)]
-        found.sort(key=lambda k: (-k[0], k[1], k[2]))
-        return found[:limit]
+        return merge_recent_keys([s.recent_track_keys(limit, filt) for s in self.shards], limit)
 
     def track(self, camera: str, track_id: int) -> TrackSummary | None:
         return self.tracks([(camera, track_id)]).get((camera, track_id))
