@@ -52,6 +52,7 @@ from refind.indexer.blobs import clip_path, context_path
 from refind.indexer.live_search import GalleryUnavailable
 from refind.indexer.query_plan import resolve_timezone, time_text
 from refind.indexer.search import QueryError
+from refind.models.referring import describe_motion
 from refind.streaming.clips import draw_box, scaled
 from refind.streaming.config import NAME_PATTERN
 from refind.streaming.records import CLIP_TIME_NS
@@ -222,26 +223,6 @@ def _forgot_note(params: Any) -> str | None:
             "for good.")
 
 
-def _motion_words(motion: dict[str, Any] | None) -> list[str]:
-    if not motion:
-        return []
-    words = []
-    speed, vx, vy = motion.get("speed", 0.0), motion.get("vx", 0.0), motion.get("vy", 0.0)
-    if motion.get("still"):
-        words.append("standing still")
-    elif speed:
-        side = "right" if vx > 0 else "left"
-        depth = "towards the camera" if motion.get("growth", 0.0) > 0 else "away"
-        words.append(f"walking {side}" if abs(vx) >= abs(vy) else f"walking {depth}")
-    if motion.get("enter"):
-        words.append(f"entered at the {motion['enter']}")
-    if motion.get("exit"):
-        words.append(f"left at the {motion['exit']}")
-    if motion.get("duration"):
-        words.append(f"seen for {motion['duration']:.1f} s")
-    return words
-
-
 def _thumbnail_data_url(data: bytes, box: str | None = None) -> str | None:
     """The uploaded photo, small, with the box drawn on it (when one was), as a data: URL to
     show beside its results."""
@@ -280,7 +261,7 @@ def install_ui(app: FastAPI) -> None:
     def when(seconds: float) -> str:
         return time_text(int(seconds * 1e9), zone)
 
-    templates.env.globals |= {"when": when, "motion_words": _motion_words}
+    templates.env.globals |= {"when": when}
 
     def page(request: Request, name: str, who: Principal | None, status: int = 200,
              **context: Any) -> HTMLResponse:
@@ -517,7 +498,7 @@ def install_ui(app: FastAPI) -> None:
         best = next((c for c in crops if c["best"]), crops[0] if crops else None)
         clip = clip_url(camera, track_id) if ops.crops.exists(clip_path(camera, track_id)) else None
         looks = ops.live.describe_track(records)
-        motion = summary.motion.as_dict() if summary.motion is not None else None
+        motion = describe_motion(summary.motion) if summary.motion is not None else []
         duration = (summary.end_ts_ns - summary.start_ts_ns) / 1e9
         return page(request, "track.html", who, camera=camera, track_id=track_id,
                     start=summary.start_ts_ns / 1e9, end=summary.end_ts_ns / 1e9,

@@ -99,7 +99,7 @@ class Term:
             return f"{neg}{self.part} {(self.shade + ' ') if self.shade else ''}{self.value}"
         if self.kind == "motion":
             side = f" {self.part}" if self.part else ""
-            return f"{neg}{_MOTION_LABELS.get(self.value, self.value)}{side}"
+            return f"{neg}{MOTION_LABELS.get(self.value, self.value)}{side}"
         if self.kind == "position":
             label = _SUPERLATIVES.get(self.value, self.value) if self.superlative else \
                 _POSITIONS.get(self.value, self.value)
@@ -111,7 +111,7 @@ class Term:
         return f"{neg}{ATTRIBUTE_LABELS.get(self.value, self.value)}"
 
 
-_MOTION_LABELS = {"left": "walking left", "right": "walking right", "towards": "coming closer",
+MOTION_LABELS = {"left": "walking left", "right": "walking right", "towards": "coming closer",
                   "enter": "entering from the", "exit": "leaving at the",
                   "away": "going away", "still": "standing still", "fast": "moving fast",
                   "moving": "moving"}

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -69,11 +69,13 @@ from refind.models.body import Body, PoseModel, part_colours, stand_in
 from refind.models.colours import COLOUR_NAMES, colour_match
 from refind.models.language import (
     ATTRIBUTE_LABELS,
+    MOTION_LABELS,
     ConceptMap,
     ReferQuery,
     Term,
     parse_query,
 )
+from refind.streaming.motion import TrackMotion
 
 COLOUR_MID = {"top": 0.25, "bottom": 0.25, "shoes": 0.25, "head": 0.25, "outfit": 0.35,
               "carried": 0.04, "person": 0.25}
@@ -440,16 +442,32 @@ def _motion_p(term: Term, e: Evidence) -> float | None:
         if seen is None:
             return None
         return 0.9 if seen == term.part else 0.3 if seen == "" else 0.1
-    rules: dict[str, Callable[[], float]] = {
-        "left": lambda: _sigmoid((-m.vx - 0.15) / 0.08),
-        "right": lambda: _sigmoid((m.vx - 0.15) / 0.08),
-        "towards": lambda: _sigmoid((m.towards - 0.1) / 0.06),
-        "away": lambda: _sigmoid((-m.towards - 0.1) / 0.06),
-        "still": lambda: _sigmoid((m.still - 0.5) / 0.15),
-        "fast": lambda: _sigmoid((m.speed - 0.9) / 0.15),
-        "moving": lambda: _sigmoid((0.5 - m.still) / 0.15),
+    return motion_probabilities(m).get(term.value)
+
+
+def motion_probabilities(m: TrackMotion) -> dict[str, float]:
+    """How likely each motion word is of a track that moved as ``m`` does."""
+    return {
+        "left": _sigmoid((-m.vx - 0.15) / 0.08),
+        "right": _sigmoid((m.vx - 0.15) / 0.08),
+        "towards": _sigmoid((m.towards - 0.1) / 0.06),
+        "away": _sigmoid((-m.towards - 0.1) / 0.06),
+        "still": _sigmoid((m.still - 0.5) / 0.15),
+        "fast": _sigmoid((m.speed - 0.9) / 0.15),
+        "moving": _sigmoid((0.5 - m.still) / 0.15),
     }
-    return rules[term.value]() if term.value in rules else None
+
+
+def describe_motion(m: TrackMotion) -> list[str]:
+    """A track's motion in words, by the same rules a text query is checked with: the motion
+    words more likely than not ("walking left"), and the edges it entered and left at."""
+    words = [MOTION_LABELS[w] for w, p in motion_probabilities(m).items()
+             if p >= 0.5 and w != "moving"]
+    if m.enter:
+        words.append(f"{MOTION_LABELS['enter']} {m.enter}")
+    if m.exit:
+        words.append(f"{MOTION_LABELS['exit']} {m.exit}")
+    return words
 
 
 def _score_term(term: Term, e: Evidence, evidence: Sequence[Evidence]) -> Scored:

@@ -207,3 +207,16 @@ def test_entering_and_leaving_are_judged_by_the_edges_a_track_crossed() -> None:
         False, False, True]
     unknown = referrer("someone entering from the left", PEOPLE)  # sides unknown: not judged
     assert "entering from the left unknown" in unknown.reasons[0]
+
+
+def test_a_track_is_described_by_the_rules_a_query_is_checked_with() -> None:
+    from refind.models.referring import describe_motion
+    from refind.streaming.motion import TrackMotion
+
+    walking = TrackMotion(vx=-0.6, vy=0.0, growth=0.0, speed=0.6, still=0.2, duration_s=8.0,
+                          height_px=100.0, enter="right", exit="left")
+    assert describe_motion(walking) == ["walking left", "entering from the right",
+                                        "leaving at the left"]
+    standing = TrackMotion(vx=0.0, vy=0.0, growth=0.0, speed=0.02, still=0.9, duration_s=8.0,
+                           height_px=100.0)
+    assert describe_motion(standing) == ["standing still"]
