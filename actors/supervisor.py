@@ -33,6 +33,7 @@ import ray
 from ray.actor import ActorHandle
 
 from refind.actors.camera import STOP_WAIT_S, CameraActor, CameraReport
+from refind.actors.identity import IdentityActor
 from refind.actors.pools import DetectorActor, EmbedderActor, Pool, PoolEmbedder
 from refind.actors.runtime import init_ray
 from refind.actors.writer import IndexWriterActor
@@ -103,6 +104,7 @@ class Supervisor:
         self.detectors: list[ActorHandle] = []
         self.embedders: list[ActorHandle] = []
         self.writers: list[ActorHandle] = []
+        self.identity: ActorHandle | None = None  # global ids and watch alerts
         self._engine: SearchEngine | None = None
         self._lock = threading.RLock()  # the actor graph: HTTP threads and the serve loop
         self.live: LiveVersion | None = None
@@ -114,6 +116,7 @@ class Supervisor:
         self._retry_at = 0.0
         self._retiring: list[tuple[float, list[ActorHandle]]] = []
         self.writer_finals: list[dict[str, Any]] = []  # the writers' stats when they closed
+        self.identity_final: dict[str, Any] | None = None  # the identity actor's, when it closed
 
     def start(self) -> None:
         """Start the actors for the serving version (with its embedder) and every camera."""
@@ -128,9 +131,11 @@ class Supervisor:
             for _ in range(rc.detector_actors)
         ]
         self.embedders, model_id, dim = self._start_embedders(serving)
+        if self.cfg.identities.enabled:
+            self.identity = IdentityActor.options(num_cpus=0, **self._opts()).remote(self.cfg)
         self.writers = [
             IndexWriterActor.options(num_cpus=0, **self._opts()).remote(
-                self.cfg, i, str(serving.root), model_id, dim)
+                self.cfg, i, str(serving.root), model_id, dim, self.identity)
             for i in range(rc.index_writers)
         ]
         ray.get([w.stats.remote() for w in self.writers])  # fail now if a shard cannot open
@@ -377,6 +382,16 @@ class Supervisor:
             "writer": ray.get([w.stats.remote() for w in self.writers]),
         }
 
+    def identity_stats(self) -> dict[str, Any] | None:
+        """The identity actor's counters (None when identities are off)."""
+        if self.identity is None:
+            return None
+        try:
+            return ray.get(self.identity.stats.remote(), timeout=10)
+        except ray.exceptions.RayError as err:
+            log.warning("identity actor did not answer: %s", err)
+            return None
+
     def restarts(self) -> dict[str, int]:
         return dict(self._restarts)
 
@@ -404,6 +419,13 @@ class Supervisor:
                     self.writer_finals.append(ray.get(w.close.remote(), timeout=60))
                 except ray.exceptions.RayError as err:
                     log.warning("index writer did not close cleanly: %s", err)
+            if self.identity is not None:  # after the writers: their last news has reached it
+                try:
+                    self.identity_final = ray.get(self.identity.close.remote(), timeout=60)
+                except ray.exceptions.RayError as err:
+                    log.warning("identity actor did not close cleanly: %s", err)
+                ray.kill(self.identity)
+                self.identity = None
             self._retire_due(everything=True)
             pending = self._next_pool[0] if self._next_pool else []
             for a in [*self.detectors, *self.embedders, *self.writers, *pending]:

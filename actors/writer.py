@@ -31,6 +31,7 @@ from ray.actor import ActorHandle
 from refind.actors.pools import Pool, PoolEmbedder
 from refind.config import RefindConfig
 from refind.indexer.gallery_store import GalleryStore
+from refind.indexer.identity_service import crop_news
 from refind.indexer.metadata import TrackSummary
 from refind.indexer.reindex import EmbedCrops, embed_copies
 from refind.indexer.shards import shard_dir
@@ -65,8 +66,10 @@ class IndexWriterActor:
         {'model_id': 'reid-0288@cd', 'caught_up': 12, 'failed': 0, 'id_floor': 4711}
     """
 
-    def __init__(self, cfg: RefindConfig, shard: int, root: str, model_id: str, dim: int) -> None:
+    def __init__(self, cfg: RefindConfig, shard: int, root: str, model_id: str, dim: int,
+                 identity: ActorHandle | None = None) -> None:
         self._cfg = cfg
+        self._identity = identity  # told of every crop stored and track ended (fire and forget)
         self._shard = shard
         self._root = Path(root)
         # the durable record (journal, and Kafka when on) and Redis: the same as `refind ingest`
@@ -94,12 +97,16 @@ class IndexWriterActor:
                 f"{embeddings.model_id} are refused (re-embed with the serving model)"
             )
         records = self._sink.store(crops, embeddings)
+        if self._identity is not None and records:
+            self._identity.crops.remote(crop_news(crops, embeddings, records))
         self._save_due()
         return records
 
     def end_tracks(self, spans: list[TrackSpan]) -> int:
         """Tracks ended after their crops were stored: recorded with their crops, spans kept."""
         self._ended += len(self._sink.end_tracks(spans))
+        if self._identity is not None and spans:
+            self._identity.ended.remote(spans)
         self._save_due()
         return len(spans)
 

@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -67,6 +68,7 @@ from refind.config import RefindConfig
 from refind.indexer.blobs import CropStore, CropStoreError, clip_path, context_path, safe_name
 from refind.indexer.forget import UnknownTrackError
 from refind.indexer.gallery_store import GalleryLockedError
+from refind.indexer.identity_service import GlobalIds, people_of
 from refind.indexer.live_search import GalleryUnavailable, LiveSearch, SearchResult
 from refind.indexer.metadata import TrackSummary
 from refind.indexer.query_plan import MAX_MIN_TRACK_S, UnknownCamera, check_query_text, plan_query
@@ -417,11 +419,19 @@ def create_app(
     audit = AuditLog(cfg.api.audit_log or cfg.data_dir / "audit.jsonl")
     crops = CropStore.from_config(cfg)
     live = engine_factory(cfg)
+    global_ids = GlobalIds(cfg.data_dir)
     max_image_bytes = int(cfg.api.max_upload_mb * 2**20)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from refind.app.api_watch import alerts_path, follow_alerts
+
+        stop = asyncio.Event()  # new alerts in the durable record reach the open streams
+        feed = asyncio.create_task(follow_alerts(alerts_path(cfg), app.state.alerts.publish,
+                                                 stop))
         yield
+        stop.set()
+        await feed
         live.close()
 
     # no /docs or /redoc: they load their scripts from a CDN, and the UI works offline; the
@@ -526,7 +536,11 @@ def create_app(
             return h.to_json() | {"thumbnail_url": crop_url(h.thumbnail),
                                   "reason": reason(h, cfg.search.aggregation)}
 
-        out = {"hits": [card(h) for h in result.hits], "message": result.message,
+        keys = [(h.camera, h.track_id) for h in result.hits]
+        ids = global_ids.lookup(keys, live.model_id)
+        out = {"hits": [card(h) | {"global_id": ids.get((h.camera, h.track_id))}
+                        for h in result.hits],
+               "people": people_of(keys, ids), "message": result.message,
                **result.details, "took_ms": result.took_ms}
         if result.best is not None:
             out["best_candidate"] = card(result.best)
@@ -802,9 +816,11 @@ def create_app(
     def metrics() -> Response:
         return Response(counts.render(), media_type=CONTENT_TYPE)
 
+    from refind.app.api_watch import install_watches
     from refind.app.web import install_ui
 
     install_ui(app)
+    install_watches(app, cfg, live, audit)
     return app
 
 
@@ -819,7 +835,7 @@ def serve_api(cfg: RefindConfig) -> None:
                     cfg.api.host)
     if key is not None:
         print(f"refind api: no api.keys are configured, so this run made one key, valid until it "
-              f"stops (loopback only; may see, forget and manage every camera):\n\n    {key}\n\n"
+              f"stops (loopback only; may see, forget and manage every camera and watch):\n\n    {key}\n\n"
               f"Open http://{cfg.api.host}:{cfg.api.port}/ and enter it, or send it as the "
               "X-API-Key header. Configure api.keys to keep keys across runs.", flush=True)
     uvicorn.run(app, host=cfg.api.host, port=cfg.api.port, log_level="info",
@@ -831,13 +847,13 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 def with_session_key(cfg: RefindConfig) -> tuple[RefindConfig, str | None]:
     """``cfg`` as it is when it has keys or allows anonymous callers; else, on a loopback host,
-    ``cfg`` with one random key for this run (named ``operator``: every camera, may forget and
-    manage cameras) and
+    ``cfg`` with one random key for this run (named ``operator``: every camera, may forget,
+    manage cameras and watches) and
     that key, as Jupyter does for its token. Another host with no keys stays refused."""
     if cfg.api.keys or cfg.api.allow_anonymous or cfg.api.host not in LOOPBACK:
         return cfg, None
     key = secrets.token_urlsafe(24)
     entry = ApiKeyConfig(name="operator", key_sha256=hashlib.sha256(key.encode()).hexdigest(),
-                         forget=True, manage_cameras=True)
+                         forget=True, manage_cameras=True, manage_watches=True)
     api = cfg.api.model_copy(update={"keys": (entry,)})
     return cfg.model_copy(update={"api": api}), key

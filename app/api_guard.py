@@ -50,6 +50,7 @@ class Principal:
     may_forget: bool = False
     may_manage_cameras: bool = False
     key_sha256: str = field(default="", repr=False)  # which key: a rotated key is another
+    may_manage_watches: bool = False
 
     def check_cameras(self, cameras: Iterable[str], what: str) -> None:
         """Raise 403 naming the cameras outside this key's scope."""
@@ -79,7 +80,7 @@ class KeyRing:
     def from_config(cls, cfg: ApiConfig) -> KeyRing:
         keys = {
             k.key_sha256: Principal(k.name, frozenset(k.cameras) if k.cameras else None, k.forget,
-                                    k.manage_cameras, k.key_sha256)
+                                    k.manage_cameras, k.key_sha256, k.manage_watches)
             for k in cfg.keys
         }
         return cls(keys, cfg.allow_anonymous, cfg.key_failures_per_min)

@@ -144,6 +144,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fit the composing referrer's Platt scaling on these expressions "
                         "(its uncalibrated scores) and print it with the calibration error")
     _add_common(x, data_dir=False)
+    x = ev.add_parser("mtmc", help="global person ids over several cameras: joint IDF1/IDP/IDR "
+                      "(AI City), ids mixing people, people split, false merges")
+    x.add_argument("--gt", action="append", default=[], metavar="CAMERA=GT.txt", required=True,
+                   help="MOTChallenge ground truth of a camera, in its source's pixels (x "
+                        "--gt-scale); repeat per camera; cameras without one count false merges")
+    x.add_argument("--gt-scale", type=float, default=1.0,
+                   help="multiply GT coordinates (0.625: PETS GT on 768x576, video 480x360)")
+    x.add_argument("--frames", metavar="FIRST:LAST",
+                   help="score only these 1-based frames (the linker still sees the earlier ones)")
+    _add_common(x, data_dir=False)
+    x = ev.add_parser("watch", help="photo watches from each person's first tracklet: alert "
+                      "precision, recall and latency on the rest of the footage")
+    x.add_argument("--gt", action="append", default=[], metavar="CAMERA=GT.txt", required=True,
+                   help="MOTChallenge ground truth of a camera (as for eval mtmc)")
+    x.add_argument("--gt-scale", type=float, default=1.0, help="multiply GT coordinates")
+    x.add_argument("--threshold", type=float, default=0.9, help="the watches' threshold")
+    x.add_argument("--calibrate", action="store_true", help="fit the photo watches' Platt "
+                   "scaling on the development people (even ids) and print it")
+    _add_common(x, data_dir=False)
     x = ev.add_parser("search", help="clip-level text queries through the real search: "
                       "recall@1/@5, mAP over identities, DensityF1 and rejection (per kind)")
     x.add_argument("--video", type=Path, required=True, help="the clip to ingest and search")
@@ -178,6 +197,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max", type=int, help="stop after this many events")
     t.add_argument("--timeout", type=float, help="stop after this many seconds without events")
     _add_common(t, data_dir=False)
+
+    p = sub.add_parser("watch", help="standing queries: alert when a person shows up live")
+    wa = p.add_subparsers(dest="watch_command", required=True)
+    w = wa.add_parser("add", help="watch for the person in a photo, or a description")
+    w.add_argument("name", help="the watch's name (1-64 of A-Z a-z 0-9 _ . -)")
+    what = w.add_mutually_exclusive_group(required=True)
+    what.add_argument("--image", type=Path, help="a photo of the person (one person in it)")
+    what.add_argument("--text", help='a description: "woman in a red coat with a backpack"')
+    w.add_argument("--instruction", help="with --image: what to change or ignore, e.g. "
+                   '"ignore the clothes" (an instructable ReID model only)')
+    w.add_argument("--threshold", type=float, help="alert when the probability that a tracklet "
+                   "is the person is at least this (0-1; default 0.9; the same meaning for a "
+                   "photo and a text)")
+    w.add_argument("--camera", action="append", default=[], help="only this camera (repeat)")
+    _add_common(w)
+    w = wa.add_parser("list", help="the watches")
+    _add_common(w)
+    w = wa.add_parser("remove", help="stop a watch and delete it")
+    w.add_argument("name")
+    _add_common(w)
 
     p = sub.add_parser("forget", help="delete a track's crops, vectors and metadata for good")
     p.add_argument("--track", type=int, required=True, help="track id (within its camera)")
@@ -321,6 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "events": commands.events,
         "eval": commands.evaluate,
         "forget": commands.forget,
+        "watch": commands.watch,
         "audit": commands.audit,
         "retention": commands.retention,
         "train": commands.train,

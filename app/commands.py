@@ -269,6 +269,14 @@ def evaluate(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
         return evaluate_search(args, cfg)
     if args.eval_command == "refer":
         return evaluate_refer(args, cfg)
+    if args.eval_command == "mtmc":
+        from refind.app.identity_commands import evaluate_mtmc_command
+
+        return evaluate_mtmc_command(args, cfg)
+    if args.eval_command == "watch":
+        from refind.app.identity_commands import evaluate_watch_command
+
+        return evaluate_watch_command(args, cfg)
     if args.eval_command == "mot":
         from refind.evaluation.mot import evaluate_mot
 
@@ -388,6 +396,12 @@ def serve(args: argparse.Namespace, cfg: RefindConfig) -> None:
         raise ConfigError(f"{args.config}: no cameras configured (add a `cameras:` list)")
     serving_version(cfg)  # an unreadable versions.json fails here, before Ray starts
     run_serve(cfg)  # live ingestion writes the serving version and follows its alias
+
+
+def watch(args: argparse.Namespace, cfg: RefindConfig) -> object:
+    from refind.app.identity_commands import watch as run_watch
+
+    return run_watch(args, cfg)
 
 
 def forget(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:

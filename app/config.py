@@ -40,6 +40,10 @@ class ApiKeyConfig(Section):
         False, description="May this key add and remove live cameras (through api.serve_url)? "
         "Audited."
     )
+    manage_watches: bool = Field(
+        False, description="May this key add and remove watches (standing queries that alert "
+        "when a person shows up) on its cameras? Audited."
+    )
 
 
 class ApiConfig(Section):

@@ -77,6 +77,12 @@ def render_metrics(snapshot: dict[str, Any]) -> bytes:
             m.pool_batches.labels(pool=pool, actor=str(i)).inc(row["batches"])
             m.pool_items.labels(pool=pool, actor=str(i)).inc(row["items"])
             m.pool_busy.labels(pool=pool, actor=str(i)).inc(row["busy_s"])
+    identity = snapshot.get("identity")
+    if identity:
+        for key, counter in m.identity.items():
+            counter.inc(identity.get(key, 0))
+        m.identity_open.set(identity.get("open_tracks", 0))
+        m.watches.set(identity.get("watches", 0))
     return m.render()
 
 
@@ -159,7 +165,8 @@ class _Server(ThreadingHTTPServer):
             if time.monotonic() - self._at > max_age_s:
                 self._snap = {"cameras": self.supervisor.status(),
                               "pools": self.supervisor.pool_stats(),
-                              "version": self.supervisor.version_info()}
+                              "version": self.supervisor.version_info(),
+                              "identity": self.supervisor.identity_stats()}
                 self._at = time.monotonic()
             return self._snap
 

@@ -261,7 +261,7 @@ def install_ui(app: FastAPI) -> None:
     def when(seconds: float) -> str:
         return time_text(int(seconds * 1e9), zone)
 
-    templates.env.globals |= {"when": when}
+    templates.env.globals |= {"when": when, "crop_url": crop_url}
 
     def page(request: Request, name: str, who: Principal | None, status: int = 200,
              **context: Any) -> HTMLResponse:
@@ -583,7 +583,14 @@ def install_ui(app: FastAPI) -> None:
 
     @router.get("/alerts", response_class=HTMLResponse)
     def alerts_page(request: Request, who: Operator) -> Response:
-        return page(request, "alerts.html", who, published=alerts.published)
+        from refind.app.api_watch import alerts_path, newest_alerts
+        from refind.indexer.watchlist import WatchStore
+
+        recent = [a for a in newest_alerts(alerts_path(cfg), 200)
+                  if who.sees(str(a.get("camera", "")))][:50]
+        watches = [w for w in WatchStore.in_data_dir(cfg.data_dir).all().values()
+                   if who.cameras is None or set(w.cameras) & who.cameras]
+        return page(request, "alerts.html", who, recent=recent, watches=watches)
 
     @app.get("/v1/alerts/stream", summary="Alerts as server-sent events (watchlists publish)",
              response_class=StreamingResponse)

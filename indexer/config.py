@@ -155,3 +155,54 @@ class RetentionConfig(Section):
         description="`refind retention` (run it on a schedule) deletes crops older than this, "
         "for cameras without retention_days; None = keep forever.",
     )
+
+
+class CameraLink(Section):
+    """Two cameras a person walks between, and how long that takes."""
+
+    a: str = Field(..., pattern=NAME_PATTERN, description="One camera.")
+    b: str = Field(..., pattern=NAME_PATTERN, description="The other camera (either way).")
+    min_s: float = Field(0.0, ge=0.0, le=86_400.0, description="Shortest walk between them.")
+    max_s: float = Field(600.0, gt=0.0, le=86_400.0, description="Longest walk between them.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CameraLink:
+        if self.max_s < self.min_s:
+            raise ValueError(f"camera link {self.a}-{self.b}: max_s {self.max_s} < min_s "
+                             f"{self.min_s}")
+        return self
+
+
+class IdentityConfig(Section):
+    """Global person ids across cameras (``refind.indexer.identities``)."""
+
+    enabled: bool = Field(True, description="Give every tracklet a global person id.")
+    link_threshold: float = Field(
+        0.5, ge=-1.0, le=1.0, description="Cosine between a tracklet's mean ReID vector and an "
+        "identity's nearest tracklet at which the tracklet joins the identity.",
+    )
+    merge_threshold: float = Field(
+        0.65, ge=-1.0, le=1.0, description="Cosine between two identities' nearest tracklets at "
+        "which they are merged (when nothing in time or the camera graph forbids it).",
+    )
+    split_threshold: float = Field(
+        0.4, ge=-1.0, le=1.0, description="A tracklet whose vector, updated, falls below this "
+        "cosine to every other tracklet of its identity is split off.",
+    )
+    overlap_tolerance_s: float = Field(
+        0.5, ge=0.0, le=60.0, description="Two tracklets of one identity may overlap in time by "
+        "this much (a track's end is reported late) in cameras whose views do not overlap.",
+    )
+    overlapping_views: tuple[tuple[str, str], ...] = Field(
+        (), description="Pairs of cameras whose views overlap: one person may be in both at once.",
+    )
+    links: tuple[CameraLink, ...] = Field(
+        (), description="The camera graph: which cameras a person walks between, and how long "
+        "it takes. Empty: any camera to any other, any time apart. With links, a person may "
+        "go from one camera to another only along a link within its travel times (or stay in "
+        "one camera).",
+    )
+    window_s: float = Field(
+        3600.0, gt=0.0, le=31_536_000.0, description="Identities not seen for this long are no "
+        "longer candidates for new tracklets (bounds the cost per tracklet).",
+    )

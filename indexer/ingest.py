@@ -5,7 +5,9 @@ Plain Python, no Ray: ``actors/`` runs the same two pieces for live cameras. The
 decodes in a prefetch thread (the detector releases the GIL, so it never waits for the
 decoder); a file is never dropped from, only live sources drop frames (in ``actors/``). Crops are
 embedded in batches of ``embedder.batch_size``; a track's end is stored once its crops are.
-With ``ingest.referring_evidence`` each stored crop is also read for text search (BlazePose and
+With ``identities.enabled`` every stored crop's track gets its global person id and is checked
+against the watches (``refind.indexer.identity_service``, as live). With
+``ingest.referring_evidence`` each stored crop is also read for text search (BlazePose and
 the attribute model, ``refind.indexer.evidence``), so a first text query finds it read.
 
 Crash safety: crops are written first, then the durable record, then vectors and metadata in
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from refind.config import RefindConfig
+from refind.indexer.identity_service import IdentityService, crop_news, referrer_text_scorer
 from refind.indexer.sink import CropSink
 from refind.models.base import Detector, ReidEmbedder
 from refind.models.registry import build_detector, build_embedder
@@ -77,6 +80,7 @@ class IngestPipeline:
         self.detector = detector
         self.embedder = embedder
         self.referrer = referrer  # reads stored crops for text search (ingest.referring_evidence)
+        self.identities: IdentityService | None = None  # global ids and watches, per run
 
     @classmethod
     def from_config(cls, cfg: RefindConfig, store: ModelStore | None = None) -> IngestPipeline:
@@ -109,6 +113,9 @@ class IngestPipeline:
         as frames are analysed."""
         start = time.perf_counter()
         pipe = self.camera_pipeline(source.camera, sink.max_track_id(source.camera))
+        if self.cfg.identities.enabled:
+            self.identities = IdentityService(self.cfg, sink.record,
+                                              lambda: referrer_text_scorer(self.cfg))
         gate = EndGate()
         pending: list[Crop] = []
         timers = {"embed": 0.0, "store": 0.0}
@@ -125,12 +132,20 @@ class IngestPipeline:
                 pending = []
             if gate.waiting:
                 t0 = time.perf_counter()
-                sink.end_tracks(gate.release())
+                ended = gate.release()
+                sink.end_tracks(ended)
                 timers["store"] += time.perf_counter() - t0
+                if self.identities is not None:
+                    t1 = time.perf_counter()
+                    self.identities.ended(ended)
+                    timers["identities"] = (timers.get("identities", 0.0)
+                                            + time.perf_counter() - t1)
             if on_frames is not None and result.frame is not None:
                 on_frames(1)
         t0 = time.perf_counter()
         sink.save()
+        if self.identities is not None:
+            self.identities.close()
         timers["store"] += time.perf_counter() - t0
         return IngestReport(
             camera=source.camera, frames=pipe.frames, detections=pipe.detections,
@@ -147,6 +162,10 @@ class IngestPipeline:
         stored = sink.store(crops, embeddings)
         timers["embed"] += t1 - t0
         timers["store"] += time.perf_counter() - t1
+        if self.identities is not None and stored:
+            t3 = time.perf_counter()
+            self.identities.crops(crop_news(crops, embeddings, stored))
+            timers["identities"] = timers.get("identities", 0.0) + time.perf_counter() - t3
         if self.referrer is not None and stored:  # the pixels stored are what a query reads
             t2 = time.perf_counter()
             by_path = {(r.camera, r.track_id, r.frame_index): r.crop_path for r in stored}

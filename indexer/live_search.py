@@ -122,6 +122,12 @@ class LiveSearch:
     def model_id(self) -> str:
         return self.embedder.model_id
 
+    def embed_photo(self, query: ImageQuery) -> tuple[np.ndarray, str]:
+        """The (1, D) vector of ``query``'s photo (with its instruction) and its model_id."""
+        with self._embed_lock:
+            vector, _ = embed_image_query(self.embedder, query)
+            return vector, self.embedder.model_id
+
     def _on_gallery_thread(self, fn: Callable[[], T]) -> T:
         return self._gallery_thread.submit(fn).result()
 

@@ -27,6 +27,7 @@ from refind.app.config import ApiConfig, ServeConfig
 from refind.indexer.config import (
     BlobStoreConfig,
     GalleryConfig,
+    IdentityConfig,
     MetadataConfig,
     RetentionConfig,
     SearchConfig,
@@ -72,6 +73,7 @@ class RefindConfig(Section):
     serve: ServeConfig = ServeConfig()
     retention: RetentionConfig = RetentionConfig()
     api: ApiConfig = ApiConfig()
+    identities: IdentityConfig = IdentityConfig()
 
     @model_validator(mode="after")
     def _unique_camera_names(self) -> RefindConfig:

@@ -46,3 +46,37 @@ def crop_box(image: np.ndarray, xyxy: Sequence[float]) -> np.ndarray:
     if x2 - x1 < 2 or y2 - y1 < 2:
         raise ValueError(f"crop box {tuple(xyxy)} is empty inside a {w}x{h} image")
     return np.ascontiguousarray(image[y1:y2, x1:x2])
+
+
+Region = tuple[float, float, float, float]
+"""Part of a source's frame as fractions of its width and height: x1, y1, x2, y2 in [0, 1]."""
+
+
+def check_region(region: Region) -> Region:
+    """``region`` as floats, or ValueError naming what is wrong with it."""
+    x1, y1, x2, y2 = (float(v) for v in region)
+    if not (0.0 <= x1 < x2 <= 1.0 and 0.0 <= y1 < y2 <= 1.0):
+        raise ValueError(f"region {tuple(region)} must be x1, y1, x2, y2 fractions of the frame "
+                         "with 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1 (e.g. [0, 0, 0.5, 1] for "
+                         "the left half)")
+    return x1, y1, x2, y2
+
+
+def region_px(region: Region, width: int, height: int) -> tuple[int, int, int, int]:
+    """The pixel box (x1, y1, x2, y2; x2, y2 exclusive) of ``region`` in a width x height frame,
+    never empty.
+
+    Example:
+        >>> region_px((0.0, 0.0, 0.5, 1.0), 480, 360)
+        (0, 0, 240, 360)
+    """
+    x1, y1 = round(region[0] * width), round(region[1] * height)
+    x2 = max(round(region[2] * width), x1 + 1)
+    y2 = max(round(region[3] * height), y1 + 1)
+    return x1, y1, min(x2, width), min(y2, height)
+
+
+def cut_region(image: np.ndarray, region: Region) -> np.ndarray:
+    """The ``region`` of an (h, w, 3) frame, as its own contiguous (h', w', 3) array."""
+    x1, y1, x2, y2 = region_px(region, image.shape[1], image.shape[0])
+    return np.ascontiguousarray(image[y1:y2, x1:x2])

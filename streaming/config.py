@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    field_validator,
 )
 
 
@@ -201,6 +202,18 @@ class CameraConfig(Section):
         None, gt=0.0, le=36_500.0,
         description="Delete this camera's crops older than this; None = retention.default_days.",
     )
+    region: tuple[float, float, float, float] | None = Field(
+        None, description="Analyse only this part of the source's frame: x1, y1, x2, y2 as "
+        "fractions of its width and height (e.g. [0, 0, 0.5, 1], the left half); one wide view "
+        "split into several cameras. None: the whole frame.",
+    )
+
+    @field_validator("region")
+    @classmethod
+    def _region_inside_frame(cls, region: tuple[float, float, float, float] | None):
+        from refind.streaming.boxes import check_region
+
+        return None if region is None else check_region(region)
 
 
 class ReconnectConfig(Section):
@@ -240,6 +253,10 @@ class KafkaConfig(Section):
     )
     publish_detections: bool = Field(
         True, description="Also publish per-frame detections (the busiest topic)."
+    )
+    publish_embeddings: bool = Field(
+        False, description="Also publish each track's mean ReID vector with its model_id and "
+        "global id (topic <prefix>.embeddings), for consumers who build on refind's ReID."
     )
     linger_ms: int = Field(20, ge=0, le=10_000, description="Producer batching delay.")
     delivery_timeout_s: float = Field(

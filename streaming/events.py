@@ -15,7 +15,13 @@ Topics (``topic_for``), one per kind, under ``KafkaConfig.topic_prefix``:
 - ``<prefix>.crops``: ``CropEvent``, a crop was stored and its embedding added to the gallery;
 - ``<prefix>.camera-status``: ``CameraStatusEvent``, a camera's connection state and counters;
 - ``<prefix>.forget``: ``ForgetEvent``, a tombstone: a track was forgotten (its crops, vectors
-  and metadata deleted); consumers delete what they hold of it and never store it again.
+  and metadata deleted); consumers delete what they hold of it and never store it again;
+- ``<prefix>.identities``: ``IdentityEvent``, a track's global person id: assigned (every track
+  with a stored crop gets one, at its first crop), and every revision: a merge of two global ids
+  or a track split off one (``refind.indexer.identities``);
+- ``<prefix>.alerts``: ``AlertEvent``, a watch matched a track (``refind.indexer.watchlist``);
+- ``<prefix>.embeddings``: ``EmbeddingEvent``, a track's mean ReID vector with its ``model_id``
+  and global id, at each update (only when ``KafkaConfig.publish_embeddings``).
 
 Delivery guarantee (the same on every topic), as published by ``refind.streaming.bus.EventBus``:
 
@@ -246,9 +252,85 @@ class ForgetEvent(BaseEvent):
     reason: str = Field("", max_length=2000, description="Why, as the operator gave it.")
 
 
-Event = DetectionEvent | TrackEvent | CropEvent | CameraStatusEvent | ForgetEvent
+class IdentityEvent(BaseEvent):
+    """A track's global person id, or a revision of it (``refind.indexer.identities``).
+
+    ``kind``: ``assigned`` (track ``track_id`` is person ``global_id``; ``previous_global_id``
+    is set when it was someone else before), ``merged`` (every track of ``previous_global_id``
+    is now ``global_id``; ``track_id`` names the track that caused it) or ``split`` (the track
+    left ``previous_global_id``; an ``assigned`` follows). ``ts_ns``: the track's last frame.
+
+    Example:
+        >>> e = IdentityEvent(camera="gate", ts_ns=5, kind="assigned", track_id=7, global_id=3,
+        ...                   model_id="m@1")
+        >>> decode(encode(e)) == e
+        True
+    """
+
+    topic_kind: ClassVar[str] = "identities"
+
+    schema_id: Literal["refind.identity.v1"] = Field("refind.identity.v1", alias="schema")
+    kind: Literal["assigned", "merged", "split"]
+    track_id: int = Field(..., ge=0, description="Unique within the camera.")
+    global_id: int = Field(..., ge=1, description="The person's id across cameras.")
+    previous_global_id: int | None = Field(None, ge=1, description="The id before the change.")
+    similarity: float | None = Field(None, ge=-1.0, le=1.0,
+                                     description="Cosine that decided it, when one did.")
+    model_id: str = Field(..., min_length=1, description="ReID model the ids are made with.")
+
+
+class AlertEvent(BaseEvent):
+    """A watch (standing query) matched a track, as soon as the track had a good crop.
+
+    Example:
+        >>> e = AlertEvent(camera="gate", ts_ns=9, watch="visitor", track_id=7, global_id=3,
+        ...                first_ts_ns=1, score=0.93, reasons=("photo watch",))
+        >>> decode(encode(e)) == e
+        True
+    """
+
+    topic_kind: ClassVar[str] = "alerts"
+
+    schema_id: Literal["refind.alert.v1"] = Field("refind.alert.v1", alias="schema")
+    watch: str = Field(..., pattern=NAME_PATTERN, description="The watch's name.")
+    track_id: int = Field(..., ge=0, description="Unique within the camera.")
+    global_id: int | None = Field(None, ge=1, description="The person's id across cameras.")
+    first_ts_ns: int = Field(..., ge=0, description="First frame of the track, ns.")
+    score: float = Field(..., ge=0.0, le=1.0,
+                         description="Probability that the track is the person watched.")
+    reasons: tuple[str, ...] = Field((), description="Why, in words.")
+    thumbnail: str | None = Field(None, description="Path or URL of the crop that matched.")
+
+
+class EmbeddingEvent(BaseEvent):
+    """A track's ReID vector (the unit mean of its stored crops' vectors), for consumers who
+    build on refind's ReID; ``final`` when the track has ended.
+
+    Example:
+        >>> e = EmbeddingEvent(camera="gate", ts_ns=9, track_id=7, global_id=3, model_id="m@1",
+        ...                    vector=(0.6, 0.8), crops=2, final=True)
+        >>> decode(encode(e)) == e
+        True
+    """
+
+    topic_kind: ClassVar[str] = "embeddings"
+
+    schema_id: Literal["refind.embedding.v1"] = Field("refind.embedding.v1", alias="schema")
+    track_id: int = Field(..., ge=0, description="Unique within the camera.")
+    global_id: int | None = Field(None, ge=1, description="The person's id across cameras.")
+    model_id: str = Field(..., min_length=1, description="The ReID model (vectors of two "
+                          "models do not compare).")
+    vector: tuple[float, ...] = Field(..., min_length=1, max_length=8192,
+                                      description="Unit-length float32 values.")
+    crops: int = Field(..., ge=1, description="Crops the vector averages.")
+    final: bool = Field(False, description="The track has ended.")
+
+
+Event = (DetectionEvent | TrackEvent | CropEvent | CameraStatusEvent | ForgetEvent
+         | IdentityEvent | AlertEvent | EmbeddingEvent)
 EVENT_TYPES: tuple[type[BaseEvent], ...] = (
-    DetectionEvent, TrackEvent, CropEvent, CameraStatusEvent, ForgetEvent,
+    DetectionEvent, TrackEvent, CropEvent, CameraStatusEvent, ForgetEvent, IdentityEvent,
+    AlertEvent, EmbeddingEvent,
 )
 _BY_SCHEMA: dict[str, type[BaseEvent]] = {
     t.model_fields["schema_id"].default: t for t in EVENT_TYPES

@@ -240,6 +240,7 @@ class LiveCamera:
                 open_timeout_s=stall_s + PROBE_ALLOWANCE_S,
                 read_timeout_s=stall_s,
                 rtsp_transport=self.cfg.rtsp_transport,
+                region=self.cfg.region,
             )
             with closing(iter(source)) as frames:
                 self._deliver_all(frames)

@@ -88,6 +88,15 @@ class BucketCounts:
         return BucketCounts(self.bounds, list(self.counts), self.total)
 
 
+IDENTITY_COUNTERS = {
+    "crops": "Stored crops the identity actor linked.",
+    "tracks_ended": "Ended tracks the identity actor relinked with their final span.",
+    "changes": "Global id changes (assigned, merged, split) published.",
+    "alerts": "Watch alerts raised.",
+    "link_seconds": "Seconds spent linking tracks into global ids.",
+}
+
+
 class _Histograms:
     """One labelled histogram whose counts were kept elsewhere (``BucketCounts`` by label)."""
 
@@ -169,6 +178,11 @@ class Metrics:
                                    "index version live ingestion writes.", ["model_id"])
         self.alias_switches = counter("alias_switches", "Serving alias switches live ingestion "
                                       "has followed.", [])
+        self.identity = {key: counter(f"identity_{key}", doc, [])
+                         for key, doc in IDENTITY_COUNTERS.items()}
+        self.identity_open = gauge("identity_open_tracks", "Tracks the identity actor holds "
+                                   "open (a crop stored, not ended yet).", [])
+        self.watches = gauge("watches", "Watches (standing queries) in force.", [])
 
     def set_camera_state(self, camera: str, state: str) -> None:
         """Mark ``state`` (one of CAMERA_STATES) as the camera's current state."""

@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 
 import av
 
+from refind.streaming.boxes import Region, check_region, cut_region
 from refind.streaming.records import Frame
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ def is_live_url(url: str) -> bool:
 class VideoSource:
     """Decodes one camera or file into Frames, optionally sampled down to ``sample_fps``.
 
+    ``region`` cuts a part of every frame (an operator splitting a wide view into cameras):
+    boxes, crops and tracks are then in the region's pixels.
     Timestamps: files use presentation time (pts) from the start of the file, plus ``start_ns``
     (the wall-clock time of its first frame, when known; 0 counts from 1970-01-01 00:00 UTC);
     live URLs use the wall-clock time a frame was received, since a camera's pts need not
@@ -65,8 +68,10 @@ class VideoSource:
         rtsp_transport: str = "tcp",
         max_corrupt_run: int = 50,
         start_ns: int = 0,
+        region: Region | None = None,
     ) -> None:
         self.url = str(url)
+        self.region = check_region(region) if region is not None else None
         self.start_ns = start_ns
         self.camera = camera
         self.sample_fps = sample_fps
@@ -179,6 +184,8 @@ class VideoSource:
                 next_keep_ns = max(next_keep_ns + step_ns, ts_ns) if step_ns else 0
                 self.stats.yielded += 1
                 image = vf.to_ndarray(format="bgr24")
+                if self.region is not None:
+                    image = cut_region(image, self.region)
                 yield Frame(self.camera, index, ts_ns, image, received_ns=time.time_ns())
         if self.stats.decoded == 0:
             raise SourceError(f"{self.url!r}: no frame could be decoded")

@@ -163,11 +163,18 @@ document.querySelectorAll(".strip button.crop").forEach((button) => {
     const a = JSON.parse(ev.data);
     const li = document.createElement("li");
     li.className = "alert";
+    if (a.thumbnail) {
+      const img = document.createElement("img");
+      img.src = "/v1/crops/" + a.thumbnail.split("/").map(encodeURIComponent).join("/");
+      img.alt = `The crop that matched ${a.watch}`;
+      li.append(img);
+    }
     const link = document.createElement("a");
     link.href = `/tracks/${encodeURIComponent(a.camera)}/${a.track_id}`;
     link.textContent = `${a.watch || "watch"}: ${a.camera} track ${a.track_id}`;
+    const person = a.global_id ? ` · person ${a.global_id}` : "";
     li.append(link, document.createTextNode(
-      ` · score ${Number(a.score || 0).toFixed(2)} · ${a.time || ""} ${(a.reasons || []).join("; ")}`));
+      ` · score ${Number(a.score || 0).toFixed(2)}${person} · ${(a.reasons || []).join("; ")}`));
     list.prepend(li);
     none.hidden = true;
   });

@@ -40,6 +40,11 @@ def test_default_yaml_equals_embedded_defaults() -> None:
         ({"trackr": {}}, "trackr"),
         ({"tracker": {"max_lost_s": -1}}, "tracker.max_lost_s"),
         ({"ingest": {"sample_fps": "fast"}}, "ingest.sample_fps"),
+        ({"cameras": [{"name": "a", "url": "x.mp4", "region": [0.5, 0, 0.4, 1]}]},
+         r"cameras.0.region.*left half"),
+        ({"identities": {"links": [{"a": "x", "b": "y", "min_s": 9, "max_s": 1}]}},
+         "identities.links.0"),
+        ({"identities": {"link_threshold": 2}}, "identities.link_threshold"),
         ([1, 2], "top level must be a mapping"),
     ],
 )

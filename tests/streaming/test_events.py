@@ -7,11 +7,14 @@ import pytest
 from pydantic import ValidationError
 
 from refind.streaming.events import (
+    AlertEvent,
     CameraStatusEvent,
     CropEvent,
     DetectionEvent,
+    EmbeddingEvent,
     EventDecodeError,
     ForgetEvent,
+    IdentityEvent,
     TrackEvent,
     decode,
     encode,
@@ -34,6 +37,13 @@ EVENTS = [
     CameraStatusEvent(camera="dock_1", ts_ns=3, state="reconnecting", message="EOF from RTSP",
                       frames_in=120, frames_dropped=4, reconnects=1),
     ForgetEvent(camera="gate", ts_ns=11, track_id=3, vector_ids=(41, 42), reason="GDPR erasure"),
+    IdentityEvent(camera="gate", ts_ns=12, kind="merged", track_id=3, global_id=2,
+                  previous_global_id=5, similarity=0.81, model_id="reid-0277"),
+    AlertEvent(camera="gate", ts_ns=13, watch="visitor", track_id=3, global_id=2,
+               first_ts_ns=10, score=0.93, reasons=("photo watch", "cosine 0.81"),
+               thumbnail="gate/3/1.jpg"),
+    EmbeddingEvent(camera="gate", ts_ns=14, track_id=3, global_id=None, model_id="reid-0277",
+                   vector=(0.6, 0.8), crops=2, final=True),
 ]
 
 
@@ -53,6 +63,9 @@ def test_round_trip_keeps_every_field(event):
         (CropEvent, "site-1.refind", "site-1.refind.crops"),
         (CameraStatusEvent, "refind", "refind.camera-status"),
         (ForgetEvent, "refind", "refind.forget"),
+        (IdentityEvent, "refind", "refind.identities"),
+        (AlertEvent, "site-1", "site-1.alerts"),
+        (EmbeddingEvent, "refind", "refind.embeddings"),
         (EVENTS[2], "refind", "refind.tracks"),
     ],
 )
@@ -120,6 +133,14 @@ def test_decode_refuses_with_a_clear_error(data, message):
         (lambda: CameraStatusEvent(camera="gate 2", ts_ns=0, state="live"), "camera"),
         (lambda: CameraStatusEvent(camera="g", ts_ns=-1, state="live"), "ts_ns"),
         (lambda: CameraStatusEvent(camera="g", ts_ns=0, state="live", fps=3), "fps"),
+        (lambda: IdentityEvent(camera="g", ts_ns=0, kind="renamed", track_id=1, global_id=1,
+                               model_id="m"), "kind"),
+        (lambda: IdentityEvent(camera="g", ts_ns=0, kind="assigned", track_id=1, global_id=0,
+                               model_id="m"), "global_id"),
+        (lambda: AlertEvent(camera="g", ts_ns=0, watch="w", track_id=1, first_ts_ns=0,
+                            score=1.5), "score"),
+        (lambda: EmbeddingEvent(camera="g", ts_ns=0, track_id=1, model_id="m", vector=(),
+                                crops=1), "vector"),
     ],
 )
 def test_invalid_events_are_refused(make, message):

@@ -7,6 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from refind.streaming.sources import SourceError, VideoSource
@@ -135,3 +136,25 @@ def test_udp_mpegts_stream(tiny_video: Path) -> None:
     reader.join(timeout=20)
     assert len(frames) >= 20, (len(frames), errors)
     assert [f.index for f in frames] == list(range(len(frames)))
+
+
+@pytest.mark.parametrize("region, hw", [
+    ((0.0, 0.0, 0.5, 1.0), (48, 32)),
+    ((0.5, 0.25, 1.0, 0.75), (24, 32)),
+    ((0.0, 0.0, 1.0, 1.0), (48, 64)),
+])
+def test_a_region_cuts_every_frame(tiny_video: Path, region, hw) -> None:
+    whole = list(VideoSource(tiny_video, camera="c"))
+    cut = list(VideoSource(tiny_video, camera="c", region=region))
+    assert [f.size_hw for f in cut] == [hw] * 20
+    assert [f.ts_ns for f in cut] == [f.ts_ns for f in whole]
+    x1, y1 = round(region[0] * 64), round(region[1] * 48)
+    assert np.array_equal(cut[7].image, whole[7].image[y1:y1 + hw[0], x1:x1 + hw[1]])
+    assert cut[7].image.flags["C_CONTIGUOUS"]
+
+
+@pytest.mark.parametrize("region", [(0.5, 0, 0.5, 1), (0, 0, 1.2, 1), (-0.1, 0, 1, 1),
+                                    (0, 0.9, 1, 0.1)])
+def test_a_bad_region_is_refused_with_the_fix(tiny_video: Path, region) -> None:
+    with pytest.raises(ValueError, match=r"fractions of the frame .*left half"):
+        VideoSource(tiny_video, camera="c", region=region)

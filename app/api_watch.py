@@ -1,0 +1,176 @@
+"""Watchlists over HTTP, and the alerts they raise as a stream.
+
+- ``GET /v1/watches``: the watches a key's cameras are covered by (no vectors);
+- ``POST /v1/watches`` (multipart: ``name``, ``text`` or ``image`` [+ ``instruction``],
+  ``threshold``, ``cameras``): a new watch, for keys with ``manage_watches: true``; a
+  camera-scoped key must name cameras within its scope; audited;
+- ``DELETE /v1/watches/{name}``: remove one (same keys; audited);
+- ``GET /v1/alerts?limit=N``: the newest alerts from the durable record (``events/alerts.jsonl``
+  under ``data_dir``, written by the identity actor of ``refind serve`` or by ``refind ingest``);
+- the alerts appended to that record while the API runs are handed to every open
+  ``/v1/alerts/stream`` (server-sent events, ``refind.app.web.AlertHub``) within a poll
+  (``ALERT_POLL_S``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, File, Form, Query, UploadFile
+
+from refind.app.api import Caller
+from refind.app.api_guard import ApiError, AuditLog, Principal
+from refind.app.identity_commands import add_watch
+from refind.config import RefindConfig
+from refind.indexer.journal import journal_dir
+from refind.indexer.live_search import LiveSearch
+from refind.indexer.search import QueryError
+from refind.indexer.watchlist import Watch, WatchError, WatchStore
+
+log = logging.getLogger(__name__)
+
+ALERT_POLL_S = 0.25  # how often the alerts record is checked for new lines
+MAX_ALERTS_SHOWN = 1000
+
+
+def alerts_path(cfg: RefindConfig) -> Path:
+    return journal_dir(cfg.data_dir) / "alerts.jsonl"
+
+
+def newest_alerts(path: Path, limit: int) -> list[dict[str, Any]]:
+    """The newest ``limit`` alerts of the record, newest first (torn lines skipped)."""
+    if not path.is_file():
+        return []
+    kept: deque[str] = deque(maxlen=limit)
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            kept.append(line)
+    out = []
+    for line in reversed(kept):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+async def follow_alerts(path: Path, publish: Any, stop: asyncio.Event) -> None:
+    """Hand every alert appended to ``path`` from now on to ``publish`` (one dict each)."""
+    offset = path.stat().st_size if path.is_file() else 0
+    partial = b""
+    while not stop.is_set():
+        try:
+            size = path.stat().st_size if path.is_file() else 0
+            if size < offset:  # replaced by a new record: start at its beginning
+                offset, partial = 0, b""
+            if size > offset:
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    data = partial + f.read(size - offset)
+                offset = size
+                *lines, partial = data.split(b"\n")
+                for line in lines:
+                    try:
+                        publish(json.loads(line))
+                    except (json.JSONDecodeError, UnicodeDecodeError):
+                        log.warning("skipping an unreadable line of %s", path)
+        except OSError as err:
+            log.warning("cannot read alerts from %s: %s", path, err)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), ALERT_POLL_S)
+
+
+def _public(watch: Watch) -> dict[str, object]:
+    return watch.model_dump(exclude={"vector"})
+
+
+def install_watches(app: FastAPI, cfg: RefindConfig, live: LiveSearch, audit: AuditLog) -> None:
+    """The watch endpoints (module docstring) on ``app``; the app's lifespan runs the feed
+    (``follow_alerts``)."""
+    store = WatchStore.in_data_dir(cfg.data_dir)
+    path = alerts_path(cfg)
+
+    def visible(who: Principal, watch: Watch) -> bool:
+        return who.cameras is None or bool(set(watch.cameras or ()) & who.cameras)
+
+    def check_manager(who: Principal, cameras: tuple[str, ...]) -> None:
+        if not who.may_manage_watches:
+            raise ApiError(403, f"key {who.name!r} may not add or remove watches: give it "
+                                "`manage_watches: true` in api.keys")
+        if who.cameras is not None and not cameras:
+            raise ApiError(403, f"key {who.name!r} sees only some cameras: name them in "
+                                "`cameras` (a watch of every camera is for unscoped keys)")
+        who.check_cameras(cameras, "watch")
+
+    @app.get("/v1/watches", summary="Watches (standing queries) on the key's cameras")
+    def list_watches(who: Caller) -> dict[str, object]:
+        return {"watches": [_public(w) for w in store.all().values() if visible(who, w)]}
+
+    @app.post("/v1/watches", status_code=201,
+              summary="Watch for a person (photo or description); alerts as they show up")
+    def create_watch(
+        who: Caller,
+        name: Annotated[str, Form(description="1-64 of A-Z a-z 0-9 _ . -")],
+        text: Annotated[str | None, Form(description="A description of the person")] = None,
+        image: Annotated[UploadFile | None, File(description="A photo of the person")] = None,
+        instruction: Annotated[str | None, Form(description="With image: what to change or "
+                                                "ignore (instructable models)")] = None,
+        threshold: Annotated[float | None, Form(gt=0.0, lt=1.0, description=(
+            "Probability that a track is the person at which to alert (default 0.9)"))] = None,
+        cameras: Annotated[str | None, Form(description="Comma list; default every camera")]
+        = None,
+    ) -> dict[str, object]:
+        wanted = tuple(c.strip() for c in (cameras or "").split(",") if c.strip())
+        entry: dict[str, object] = {"key": who.name, "endpoint": "/v1/watches",
+                                    "method": "POST", "watch": name, "cameras": list(wanted)}
+        try:
+            check_manager(who, wanted)
+            data = None
+            if image is not None:
+                data = image.file.read(int(cfg.api.max_upload_mb * 2**20) + 1)
+                if len(data) > cfg.api.max_upload_mb * 2**20:
+                    raise ApiError(413, f"image is over api.max_upload_mb "
+                                        f"({cfg.api.max_upload_mb} MiB)")
+            made = add_watch(cfg, store, name, image=data, instruction=instruction or None,
+                             text=text if text and text.strip() else None, threshold=threshold,
+                             cameras=wanted, created_by=who.name, embed=live.embed_photo)
+        except (WatchError, QueryError) as err:
+            code = 409 if isinstance(err, WatchError) and "exists" in str(err) else 400
+            audit.write({**entry, "status": code, "error": str(err)})
+            raise ApiError(code, str(err)) from None
+        except ApiError as err:
+            audit.write({**entry, "status": err.status, "error": err.message})
+            raise
+        audit.write({**entry, "status": 201, "kind": made.kind})
+        return _public(made)
+
+    @app.delete("/v1/watches/{name}", summary="Stop a watch and delete it (audited)")
+    def delete_watch(who: Caller, name: str) -> dict[str, object]:
+        entry: dict[str, object] = {"key": who.name, "endpoint": "/v1/watches/{name}",
+                                    "method": "DELETE", "watch": name}
+        try:
+            try:
+                watch = store.get(name)
+            except WatchError as err:
+                raise ApiError(404, str(err)) from None
+            check_manager(who, watch.cameras)
+            store.remove(name)
+        except ApiError as err:
+            audit.write({**entry, "status": err.status, "error": err.message})
+            raise
+        audit.write({**entry, "status": 200})
+        return {"removed": name}
+
+    @app.get("/v1/alerts", summary="The newest alerts, newest first")
+    def recent_alerts(
+        who: Caller, limit: Annotated[int, Query(ge=1, le=MAX_ALERTS_SHOWN)] = 50,
+    ) -> dict[str, object]:
+        rows = [a for a in newest_alerts(path, MAX_ALERTS_SHOWN)
+                if who.sees(str(a.get("camera", "")))]
+        return {"alerts": rows[:limit]}

@@ -1,0 +1,320 @@
+"""Global ids and watch alerts for tracks as their crops are stored: one plain class that the
+live identity actor (``actors/identity.py``) and offline ingest both run.
+
+``IdentityService.crops`` hears of every stored crop (its track, time, ReID vector, where it is
+stored); ``ended`` of every ended track. For each track touched it:
+
+1. updates the track's mean vector and links it (``refind.indexer.identities``): the
+   ``IdentityEvent`` s of what changed go to the durable record (the journal under
+   ``data_dir/events``, and Kafka when it is on);
+2. checks it against every watch (``refind.indexer.watchlist``) at once, at its first crop, not
+   when it ends: an ``AlertEvent`` goes to the record (``events/alerts.jsonl`` is what the API
+   streams to operators);
+3. with ``kafka.publish_embeddings``, publishes the track's vector (``EmbeddingEvent``).
+
+Vectors of different ReID models never meet: each ``model_id`` has its own linker, kept as
+``data_dir/identities/<model_id>.json`` (written atomically every ``save_interval_s`` and on
+close), so a restarted actor picks up where it was, and ``refind reindex`` can write a new
+model's identities before the alias moves.
+
+Example:
+    >>> service = IdentityService(cfg, EventRecord.open(cfg))              # doctest: +SKIP
+    >>> service.crops([CropNews("gate", 7, ts, vector, model_id, "gate/7/1.jpg")])  # doctest: +SKIP
+    [Alert(watch='visitor', camera='gate', track_id=7, ...)]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from refind.config import RefindConfig
+from refind.indexer.gallery_store import atomic_write
+from refind.indexer.identities import IdentityChange, IdentityLinker, Tracklet, mean_vector
+from refind.indexer.record import EventRecord
+from refind.indexer.watchlist import Alert, TextScorer, TrackletView, WatchMatcher, WatchStore
+from refind.streaming.events import AlertEvent, BaseEvent, EmbeddingEvent, IdentityEvent
+from refind.streaming.records import Crop, CropRecord, Embeddings, TrackSpan
+
+log = logging.getLogger(__name__)
+
+KEPT_CROPS = 4  # crops of an open track kept (decoded) for text watches
+
+
+@dataclass(frozen=True)
+class CropNews:
+    """One crop stored for a track: its ReID vector ((d,) float32 of ``model_id``), where it
+    is stored, and its JPEG (for text watches; may be empty)."""
+
+    camera: str
+    track_id: int
+    ts_ns: int
+    vector: np.ndarray = field(repr=False)
+    model_id: str
+    crop_path: str = ""
+    jpeg: bytes = field(default=b"", repr=False)
+
+
+@dataclass
+class _Open:
+    """What the service holds of a track still open."""
+
+    first_ts_ns: int
+    last_ts_ns: int
+    vectors: list[np.ndarray] = field(default_factory=list)
+    jpegs: list[bytes] = field(default_factory=list)
+    thumbnail: str = ""
+    model_id: str = ""
+
+
+def crop_news(crops: Sequence[Crop], embeddings: Embeddings, stored: Sequence[CropRecord]
+              ) -> list[CropNews]:
+    """News of the crops that were stored (``stored``: their records), with their vectors."""
+    row = {(c.camera, c.track_id, c.frame_index): i for i, c in enumerate(crops)}
+    out = []
+    for rec in stored:
+        i = row.get((rec.camera, rec.track_id, rec.frame_index))
+        if i is not None:
+            out.append(CropNews(rec.camera, rec.track_id, rec.ts_ns, embeddings.vectors[i],
+                                embeddings.model_id, rec.crop_path, crops[i].jpeg))
+    return out
+
+
+def state_path(data_dir: Path, model_id: str) -> Path:
+    """Where the global ids of ``model_id``'s vectors are kept."""
+    return Path(data_dir) / "identities" / f"{re.sub(r'[^A-Za-z0-9_.@-]', '_', model_id)}.json"
+
+
+def load_linker(cfg: RefindConfig, model_id: str) -> IdentityLinker:
+    """The saved linker of ``model_id`` under ``cfg.data_dir``, or a new one."""
+    path = state_path(cfg.data_dir, model_id)
+    if path.is_file():
+        return IdentityLinker.from_json(path.read_text(encoding="utf-8"), cfg.identities)
+    return IdentityLinker(cfg.identities)
+
+
+class IdentityService:
+    """See the module docstring. One owner calls it (an actor runs one call at a time)."""
+
+    def __init__(self, cfg: RefindConfig, record: EventRecord | None = None,
+                 text_scorer: Callable[[], TextScorer] | None = None,
+                 save_interval_s: float = 2.0) -> None:
+        self.cfg = cfg
+        self.record = record
+        self.watches = WatchMatcher(WatchStore.in_data_dir(cfg.data_dir))
+        self._make_text_scorer = text_scorer
+        self._linkers: dict[str, IdentityLinker] = {}
+        self._open: dict[tuple[str, int], _Open] = {}
+        self._dirty: set[str] = set()
+        self._saved_at = time.monotonic()
+        self.save_interval_s = save_interval_s
+        self.counts = {"crops": 0, "tracks_ended": 0, "changes": 0, "alerts": 0}
+        self.link_seconds = 0.0
+
+    def linker(self, model_id: str) -> IdentityLinker:
+        if model_id not in self._linkers:
+            self._linkers[model_id] = load_linker(self.cfg, model_id)
+        return self._linkers[model_id]
+
+    # --- news --------------------------------------------------------------------------------
+
+    def crops(self, news: Sequence[CropNews]) -> list[Alert]:
+        """Stored crops: link their tracks, check them against the watches; the alerts."""
+        touched: list[tuple[str, int]] = []
+        for n in news:
+            key = (n.camera, n.track_id)
+            track = self._open.get(key)
+            if track is None or track.model_id != n.model_id:  # a new model starts afresh
+                track = self._open[key] = _Open(n.ts_ns, n.ts_ns, model_id=n.model_id,
+                                                thumbnail=n.crop_path)
+            track.first_ts_ns = min(track.first_ts_ns, n.ts_ns)
+            track.last_ts_ns = max(track.last_ts_ns, n.ts_ns)
+            track.vectors.append(np.asarray(n.vector, np.float32).reshape(-1))
+            if n.jpeg:
+                track.jpegs = [*track.jpegs, n.jpeg][-KEPT_CROPS:]
+            if key not in touched:
+                touched.append(key)
+        self.counts["crops"] += len(news)
+        alerts: list[Alert] = []
+        events: list[BaseEvent] = []
+        for key in touched:
+            alerts += self._update(key, self._open[key], None, events)
+        self._publish(events)
+        self._save_due()
+        return alerts
+
+    def ended(self, spans: Sequence[TrackSpan]) -> list[Alert]:
+        """Ended tracks: their final spans relinked; what the service held of them let go."""
+        alerts: list[Alert] = []
+        events: list[BaseEvent] = []
+        for span in spans:
+            track = self._open.pop((span.camera, span.track_id), None)
+            if track is None:
+                continue  # no crop was stored: no identity
+            self.counts["tracks_ended"] += 1
+            alerts += self._update((span.camera, span.track_id), track, span, events)
+        self._publish(events)
+        if spans:
+            for linker in self._linkers.values():
+                linker.prune(max(s.last_ts_ns for s in spans))
+        self._save_due()
+        return alerts
+
+    def _update(self, key: tuple[str, int], track: _Open, span: TrackSpan | None,
+                events: list[BaseEvent]) -> list[Alert]:
+        linker = self.linker(track.model_id)
+        vector = mean_vector(np.stack(track.vectors))
+        first = min(track.first_ts_ns, span.first_ts_ns) if span else track.first_ts_ns
+        last = max(track.last_ts_ns, span.last_ts_ns) if span else track.last_ts_ns
+        t0 = time.perf_counter()
+        changes = linker.observe(Tracklet(key[0], key[1], first, last, vector,
+                                          len(track.vectors), span is not None))
+        self.link_seconds += time.perf_counter() - t0
+        self._dirty.add(track.model_id)
+        self.counts["changes"] += len(changes)
+        events += [_identity_event(c, track.model_id) for c in changes]
+        gid = linker.global_id(*key)
+        if self.cfg.kafka.publish_embeddings:
+            events.append(EmbeddingEvent(
+                camera=key[0], ts_ns=last, track_id=key[1], global_id=gid,
+                model_id=track.model_id, vector=tuple(float(x) for x in vector),
+                crops=len(track.vectors), final=span is not None))
+        if self._make_text_scorer is not None and self.watches.text_scorer is None and any(
+                w.kind == "text" for w in self.watches.store.all().values()):
+            self.watches.text_scorer = self._make_text_scorer()
+        crops = tuple(img for img in (_decode(j) for j in track.jpegs) if img is not None)
+        alerts = self.watches.check(TrackletView(key[0], key[1], last, first, vector,
+                                                 track.model_id, gid, crops,
+                                                 track.thumbnail or None))
+        self.counts["alerts"] += len(alerts)
+        events += [AlertEvent(camera=a.camera, ts_ns=a.ts_ns, watch=a.watch,
+                              track_id=a.track_id, global_id=a.global_id,
+                              first_ts_ns=a.first_ts_ns, score=min(1.0, a.score),
+                              reasons=a.reasons, thumbnail=a.thumbnail) for a in alerts]
+        return alerts
+
+    def _publish(self, events: list[BaseEvent]) -> None:
+        if self.record is not None and events:
+            journal = [e for e in events if not isinstance(e, EmbeddingEvent)]
+            self.record.journal.append(journal)
+            if self.record.bus is not None:
+                refused = sum(not self.record.bus.publish(e) for e in events)
+                if refused:
+                    log.error("Kafka refused %d identity/alert events (buffer full); those "
+                              "but embeddings are in the journal", refused)
+
+    # --- answers and state ---------------------------------------------------------------------
+
+    def global_ids(self, keys: Sequence[tuple[str, int]], model_id: str) -> dict[tuple[str, int],
+                                                                            int]:
+        linker = self.linker(model_id)
+        return {k: g for k in keys if (g := linker.global_id(*k)) is not None}
+
+    def stats(self) -> dict[str, object]:
+        linkers = {m: {"tracklets": len(x.tracklets), "identities": len(x.members),
+                       "retired": len(x.retired), "comparisons": x.comparisons}
+                   for m, x in self._linkers.items()}
+        return {**self.counts, "open_tracks": len(self._open), "watches":
+                len(self.watches.store.all()), "link_seconds": round(self.link_seconds, 4),
+                "linkers": linkers}
+
+    def _save_due(self) -> None:
+        if time.monotonic() - self._saved_at >= self.save_interval_s:
+            self.save()
+
+    def save(self) -> None:
+        for model_id in sorted(self._dirty):
+            path = state_path(self.cfg.data_dir, model_id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, self._linkers[model_id].to_json().encode("utf-8"))
+        self._dirty.clear()
+        self._saved_at = time.monotonic()
+
+    def close(self) -> None:
+        self.save()
+
+
+def _identity_event(change: IdentityChange, model_id: str) -> IdentityEvent:
+    sim = None if change.similarity is None else max(-1.0, min(1.0, change.similarity))
+    return IdentityEvent(camera=change.camera, ts_ns=change.ts_ns, kind=change.kind,
+                         track_id=change.track_id, global_id=change.global_id,
+                         previous_global_id=change.previous, similarity=sim, model_id=model_id)
+
+
+def _decode(jpeg: bytes) -> np.ndarray | None:
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    return image if image is not None and image.size else None
+
+
+def referrer_text_scorer(cfg: RefindConfig) -> TextScorer:
+    """Text watches' scorer: the composing referrer's calibrated probability that a tracklet
+    (its crops, as views of one person) is the person described."""
+    from refind.models.base import Region
+    from refind.models.referring import ComposingReferrer
+    from refind.models.store import ModelStore
+
+    referrer = ComposingReferrer.from_store(ModelStore.from_config(cfg.models))
+
+    def score(text: str, crops: Sequence[np.ndarray]) -> tuple[float, str]:
+        h, w = crops[0].shape[:2]
+        region = Region(crop=crops[0], xyxy=(0.0, 0.0, float(w), float(h)), frame_wh=(w, h),
+                        views=tuple(crops[1:]))
+        result = referrer(text, [region])
+        return float(result.scores[0]), result.reasons[0]
+
+    return score
+
+
+class GlobalIds:
+    """Global ids read from the saved state (for the search API, another process than the
+    identity actor): re-read when the file changed, at most once a second."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self._by_model: dict[str, tuple[int, dict[tuple[str, int], int]]] = {}
+        self._checked: dict[str, float] = {}
+
+    def lookup(self, keys: Sequence[tuple[str, int]], model_id: str) -> dict[tuple[str, int], int]:
+        ids = self._ids(model_id)
+        return {k: ids[k] for k in keys if k in ids}
+
+    def _ids(self, model_id: str) -> dict[tuple[str, int], int]:
+        now = time.monotonic()
+        held = self._by_model.get(model_id)
+        if held is not None and now - self._checked.get(model_id, 0.0) < 1.0:
+            return held[1]
+        self._checked[model_id] = now
+        path = state_path(self.data_dir, model_id)
+        try:
+            mtime = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return {}
+        if held is None or held[0] != mtime:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            ids = {(str(c), int(t)): int(g) for c, t, g in doc.get("retired", [])}
+            ids |= {(str(r["camera"]), int(r["track_id"])): int(r["global_id"])
+                    for r in doc["tracklets"]}
+            held = self._by_model[model_id] = (mtime, ids)
+        return held[1]
+
+
+def people_of(hits: Sequence[tuple[str, int]], ids: dict[tuple[str, int], int]
+              ) -> list[dict[str, object]]:
+    """Hits grouped by global id, in the order of each person's best hit: "this person: 3
+    cameras, 5 tracklets"."""
+    groups: dict[int, list[tuple[str, int]]] = {}
+    for key in hits:
+        gid = ids.get(key)
+        if gid is not None:
+            groups.setdefault(gid, []).append(key)
+    return [{"global_id": gid, "cameras": sorted({c for c, _ in keys}),
+             "tracklets": [{"camera": c, "track_id": t} for c, t in keys]}
+            for gid, keys in groups.items()]

@@ -1,0 +1,308 @@
+"""Watchlists: standing queries checked against every new or updated tracklet, live.
+
+A ``Watch`` is a photo (its ReID vector, with the instruction it was embedded with, and the
+model's ``model_id``) or a text (read by the composing referrer), with a threshold and
+optionally the cameras it covers. ``WatchStore`` keeps each watch as one JSON file under
+``<data_dir>/watches/``, written atomically: watches survive restarts and gallery rebuilds, a
+name is never silently replaced, and only ``remove`` deletes one.
+
+**One number, one meaning.** A watch's score is the probability that the tracklet is the
+person watched, however the watch was made:
+
+- a text watch's score is the composing referrer's calibrated probability that a candidate is
+  the target (``refind.models.referring.CALIBRATION``, fitted by ``refind eval refer
+  --calibrate``);
+- a photo watch's score is Platt scaling of the cosine between the watch's vector and the
+  tracklet's mean vector, ``sigmoid(a * logit((cos + 1) / 2) + b)``, fitted per ReID model on
+  same-person and other-person tracklet pairs (``PHOTO_CALIBRATION``, fitted by ``refind eval
+  watch --calibrate``).
+
+So ``--threshold 0.9`` asks for the same confidence from a photo watch and a text watch.
+
+``WatchMatcher.check`` scores one tracklet against every watch and raises at most one
+``Alert`` per tracklet per watch; a tracklet of a global id already alerted in that camera
+does not alert again, a new camera or a new global id does.
+
+Example:
+    >>> store = WatchStore(Path(tmp) / "watches")                          # doctest: +SKIP
+    >>> store.add(photo_watch("gate-visitor", vector, model_id, threshold=0.9))  # doctest: +SKIP
+    >>> WatchMatcher(store).check(view)                                     # doctest: +SKIP
+    [Alert(watch='gate-visitor', camera='gate', track_id=7, score=0.97, ...)]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from refind.streaming.config import NAME_PATTERN
+
+log = logging.getLogger(__name__)
+
+PHOTO_CALIBRATION: dict[str, tuple[float, float]] = {
+    # model name (model_id before "@") -> Platt (a, b); refind eval watch --calibrate
+    "person-reidentification-retail-0277": (3.5535, -6.7853),  # PETS left/right, even ids
+}
+DEFAULT_THRESHOLD = 0.9
+MAX_WATCHES = 1000
+
+
+class WatchError(ValueError):
+    """A watch that cannot be made, found or kept; the message says what to do."""
+
+
+class Watch(BaseModel):
+    """One standing query (see the module docstring); stored as JSON."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(..., pattern=NAME_PATTERN)
+    kind: Literal["photo", "text"]
+    threshold: float = Field(DEFAULT_THRESHOLD, gt=0.0, lt=1.0)
+    cameras: tuple[str, ...] = ()
+    text: str | None = Field(None, max_length=500)
+    instruction: str | None = Field(None, max_length=500)
+    vector: tuple[float, ...] | None = None
+    model_id: str | None = None
+    created_ns: int = 0
+    created_by: str = ""
+
+    @field_validator("cameras")
+    @classmethod
+    def _camera_names(cls, cameras: tuple[str, ...]) -> tuple[str, ...]:
+        for c in cameras:
+            if not re.fullmatch(NAME_PATTERN, c):
+                raise ValueError(f"camera {c!r}: names are 1-64 of A-Z a-z 0-9 _ . -")
+        return cameras
+
+    def model_post_init(self, _: object) -> None:
+        if self.kind == "photo" and (self.vector is None or not self.model_id):
+            raise ValueError(f"photo watch {self.name!r} needs a vector and its model_id")
+        if self.kind == "text" and not (self.text and self.text.strip()):
+            raise ValueError(f"text watch {self.name!r} needs a text")
+
+    def covers(self, camera: str) -> bool:
+        return not self.cameras or camera in self.cameras
+
+
+def photo_watch(name: str, vector: np.ndarray, model_id: str, threshold: float = DEFAULT_THRESHOLD,
+                cameras: Sequence[str] = (), instruction: str | None = None,
+                created_by: str = "") -> Watch:
+    """A photo watch from its query vector ((d,) or (1, d), unit length)."""
+    vec = np.asarray(vector, np.float32).reshape(-1)
+    vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
+    return _watch(name=name, kind="photo", threshold=threshold, cameras=tuple(cameras),
+                  instruction=instruction, vector=tuple(round(float(x), 6) for x in vec),
+                  model_id=model_id, created_ns=time.time_ns(), created_by=created_by)
+
+
+def text_watch(name: str, text: str, threshold: float = DEFAULT_THRESHOLD,
+               cameras: Sequence[str] = (), created_by: str = "") -> Watch:
+    return _watch(name=name, kind="text", threshold=threshold, cameras=tuple(cameras),
+                  text=text.strip(), created_ns=time.time_ns(), created_by=created_by)
+
+
+def _watch(**fields: object) -> Watch:
+    """A Watch, or WatchError naming each bad field in one line."""
+    try:
+        return Watch(**fields)  # type: ignore[arg-type]
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'watch'}: {e['msg']}"
+                             for e in err.errors(include_url=False))
+        raise WatchError(f"watch {fields.get('name')!r}: {problems}") from None
+
+
+class WatchStore:
+    """Watches as JSON files in one folder; re-read when the folder changes."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self._seen: tuple[int, int] | None = None
+        self._watches: dict[str, Watch] = {}
+
+    @classmethod
+    def in_data_dir(cls, data_dir: Path) -> WatchStore:
+        return cls(Path(data_dir) / "watches")
+
+    def _path(self, name: str) -> Path:
+        if not re.fullmatch(NAME_PATTERN, name):
+            raise WatchError(f"watch name {name!r}: use 1-64 of A-Z a-z 0-9 _ . -")
+        return self.folder / f"{name}.json"
+
+    def add(self, watch: Watch, photo_jpeg: bytes | None = None) -> Watch:
+        """Store a new watch (and its photo, kept so that a new ReID model can re-embed it);
+        a name in use is refused (remove the old one first)."""
+        path = self._path(watch.name)
+        if path.exists():
+            raise WatchError(f"a watch named {watch.name!r} exists; remove it first "
+                             f"(refind watch remove {watch.name}) or choose another name")
+        if len(self.all()) >= MAX_WATCHES:
+            raise WatchError(f"{MAX_WATCHES} watches exist; remove some before adding more")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if photo_jpeg:
+            path.with_suffix(".jpg").write_bytes(photo_jpeg)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(watch.model_dump_json(), encoding="utf-8")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.link(tmp, path)  # fails if the name appeared meanwhile: never replaced
+        tmp.unlink()
+        self._seen = None
+        return watch
+
+    def remove(self, name: str) -> Watch:
+        path = self._path(name)
+        watch = self.get(name)
+        path.unlink()
+        path.with_suffix(".jpg").unlink(missing_ok=True)
+        self._seen = None
+        return watch
+
+    def photo(self, name: str) -> bytes | None:
+        """The photo a watch was made from (JPEG), when it has one."""
+        path = self._path(name).with_suffix(".jpg")
+        return path.read_bytes() if path.is_file() else None
+
+    def get(self, name: str) -> Watch:
+        found = self.all().get(name)
+        if found is None:
+            raise WatchError(f"no watch named {name!r}; `refind watch list` shows them")
+        return found
+
+    def all(self) -> dict[str, Watch]:
+        """Every watch by name (re-read when a file was added or removed)."""
+        try:
+            stat = self.folder.stat()
+        except FileNotFoundError:
+            return {}
+        stamp = (stat.st_mtime_ns, len(os.listdir(self.folder)))
+        if stamp != self._seen:
+            watches = {}
+            for path in sorted(self.folder.glob("*.json")):
+                try:
+                    w = Watch.model_validate_json(path.read_text(encoding="utf-8"))
+                except (OSError, ValueError) as err:
+                    log.error("watch file %s is unreadable and is skipped: %s", path, err)
+                    continue
+                watches[w.name] = w
+            self._watches, self._seen = watches, stamp
+        return dict(self._watches)
+
+
+def photo_probability(cosine: np.ndarray | float, model_id: str) -> np.ndarray:
+    """P(same person) of ReID cosines under ``model_id``'s Platt scaling."""
+    ab = PHOTO_CALIBRATION.get(model_id.split("@")[0])
+    if ab is None:
+        raise WatchError(f"photo watches have no calibration for model {model_id}: run "
+                         "`refind eval watch --calibrate` and add it to PHOTO_CALIBRATION")
+    s = np.clip((np.asarray(cosine, np.float64) + 1.0) / 2.0, 1e-4, 1 - 1e-4)
+    return 1.0 / (1.0 + np.exp(-(ab[0] * np.log(s / (1 - s)) + ab[1])))
+
+
+@dataclass(frozen=True)
+class TrackletView:
+    """What the matcher sees of a tracklet: its mean vector (of ``model_id``), its crops'
+    pixels (for text watches; may be empty) and where its best crop is stored."""
+
+    camera: str
+    track_id: int
+    ts_ns: int
+    first_ts_ns: int
+    vector: np.ndarray = field(repr=False)
+    model_id: str
+    global_id: int | None = None
+    crops: tuple[np.ndarray, ...] = field(default=(), repr=False)
+    thumbnail: str | None = None
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A watch matched a tracklet: the record behind the ``refind.alerts`` topic."""
+
+    watch: str
+    camera: str
+    track_id: int
+    global_id: int | None
+    ts_ns: int
+    first_ts_ns: int
+    score: float
+    reasons: tuple[str, ...]
+    thumbnail: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {"watch": self.watch, "camera": self.camera, "track_id": self.track_id,
+                "global_id": self.global_id, "ts_ns": self.ts_ns,
+                "first_ts_ns": self.first_ts_ns, "score": round(self.score, 4),
+                "reasons": list(self.reasons), "thumbnail": self.thumbnail}
+
+
+TextScorer = Callable[[str, Sequence[np.ndarray]], tuple[float, str]]
+"""(text, a tracklet's crops) -> (probability it is the person described, why)."""
+
+
+class WatchMatcher:
+    """Scores tracklets against every watch of a store and decides which alert (see the
+    module docstring). ``text_scorer`` is needed only for text watches (built lazily by the
+    caller: it loads the attribute and pose models)."""
+
+    def __init__(self, store: WatchStore, text_scorer: TextScorer | None = None) -> None:
+        self.store = store
+        self.text_scorer = text_scorer
+        self._alerted: set[tuple[str, str, int]] = set()  # (watch, camera, track id)
+        self._alerted_ids: set[tuple[str, str, int]] = set()  # (watch, camera, global id)
+        self.checked = 0
+
+    def score(self, watch: Watch, view: TrackletView) -> tuple[float, str]:
+        if watch.kind == "photo":
+            if watch.model_id != view.model_id:
+                return 0.0, f"watch made with {watch.model_id}, tracklet of {view.model_id}"
+            cos = float(np.asarray(watch.vector, np.float32) @ view.vector)
+            return float(photo_probability(cos, view.model_id)), f"looks alike (cosine {cos:.2f})"
+        if self.text_scorer is None or not view.crops:
+            return 0.0, "text watches need the tracklet's crops and the referrer"
+        return self.text_scorer(watch.text or "", view.crops)
+
+    def check(self, view: TrackletView) -> list[Alert]:
+        """Alerts of ``view`` (none for a tracklet or identity already alerted here)."""
+        out = []
+        for watch in self.store.all().values():
+            if not watch.covers(view.camera) or (watch.name, view.camera,
+                                                 view.track_id) in self._alerted:
+                continue
+            if view.global_id is not None and (watch.name, view.camera,
+                                               view.global_id) in self._alerted_ids:
+                continue
+            self.checked += 1
+            score, why = self.score(watch, view)
+            if score < watch.threshold:
+                continue
+            self._alerted.add((watch.name, view.camera, view.track_id))
+            if view.global_id is not None:
+                self._alerted_ids.add((watch.name, view.camera, view.global_id))
+            out.append(Alert(watch.name, view.camera, view.track_id, view.global_id,
+                             view.ts_ns, view.first_ts_ns, score,
+                             (f"{watch.kind} watch", why, f"p {score:.2f} >= {watch.threshold}"),
+                             view.thumbnail))
+        return out
+
+
+def append_alerts(path: Path, alerts: Sequence[Alert]) -> None:
+    """Append alerts to the durable journal (JSON lines) the API streams from."""
+    if not alerts:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        for a in alerts:
+            f.write(json.dumps(a.to_json()) + "\n")
+        f.flush()
+        os.fsync(f.fileno())

@@ -1,0 +1,113 @@
+"""Watchlists: durable storage that never replaces, one calibrated meaning, one alert per
+tracklet per watch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from refind.indexer.watchlist import (
+    PHOTO_CALIBRATION,
+    TrackletView,
+    WatchError,
+    WatchMatcher,
+    WatchStore,
+    photo_probability,
+    photo_watch,
+    text_watch,
+)
+
+MODEL = "person-reidentification-retail-0277@82039b1bb986"
+AXES = np.eye(4, dtype=np.float32)
+
+
+def view(camera: str, track: int, v: np.ndarray, gid: int | None = None,
+         crops: tuple[np.ndarray, ...] = ()) -> TrackletView:
+    return TrackletView(camera, track, 10, 0, v, MODEL, gid, crops, f"{camera}/{track}.jpg")
+
+
+def test_store_keeps_refuses_and_removes(tmp_path: Path) -> None:
+    store = WatchStore(tmp_path / "w")
+    assert store.all() == {}
+    store.add(photo_watch("visitor", AXES[0], MODEL, 0.8, ["gate"]), b"\xff\xd8jpeg")
+    store.add(text_watch("red-coat", "woman in a red coat", cameras=()))
+    with pytest.raises(WatchError, match="exists; remove it first"):
+        store.add(text_watch("visitor", "anyone"))
+    again = WatchStore(tmp_path / "w")  # another process, or after a restart
+    assert sorted(again.all()) == ["red-coat", "visitor"]
+    assert again.get("visitor").threshold == 0.8 and again.photo("visitor") == b"\xff\xd8jpeg"
+    assert again.get("visitor").cameras == ("gate",)
+    again.remove("visitor")
+    assert sorted(store.all()) == ["red-coat"] and not (tmp_path / "w" / "visitor.jpg").exists()
+    with pytest.raises(WatchError, match="no watch named 'visitor'"):
+        store.remove("visitor")
+
+
+@pytest.mark.parametrize("make, problem", [
+    (lambda: text_watch("bad name", "x"), "name"),
+    (lambda: text_watch("ok", "x", threshold=1.5), "threshold"),
+    (lambda: text_watch("ok", "x", cameras=["no way"]), "cameras"),
+    (lambda: text_watch("ok", "   "), "needs a text"),
+])
+def test_bad_watches_name_the_problem(make, problem: str) -> None:
+    with pytest.raises(WatchError, match=problem):
+        make()
+
+
+def test_an_unreadable_file_is_skipped_not_fatal(tmp_path: Path) -> None:
+    store = WatchStore(tmp_path)
+    store.add(text_watch("fine", "a man"))
+    (tmp_path / "broken.json").write_text("{not json", encoding="utf-8")
+    assert list(WatchStore(tmp_path).all()) == ["fine"]
+
+
+def test_photo_probability_is_monotonic_and_calibrated_per_model() -> None:
+    p = photo_probability(np.array([-0.2, 0.3, 0.6, 0.9]), MODEL)
+    assert np.all(np.diff(p) > 0) and 0.0 < p[0] < p[-1] < 1.0
+    assert MODEL.split("@")[0] in PHOTO_CALIBRATION
+    with pytest.raises(WatchError, match="no calibration for model other@1"):
+        photo_probability(0.5, "other@1")
+
+
+def test_one_alert_per_tracklet_and_again_for_a_new_camera_or_person(tmp_path: Path) -> None:
+    store = WatchStore(tmp_path)
+    store.add(photo_watch("visitor", AXES[0], MODEL, threshold=0.5))
+    store.add(photo_watch("gate-only", AXES[0], MODEL, threshold=0.5, cameras=["gate"]))
+    matcher = WatchMatcher(store)
+    first = matcher.check(view("hall", 1, AXES[0], gid=7))
+    assert [a.watch for a in first] == ["visitor"]  # gate-only does not cover the hall
+    assert first[0].score > 0.5 and first[0].thumbnail == "hall/1.jpg"
+    assert matcher.check(view("hall", 1, AXES[0], gid=7)) == []  # the same tracklet, updated
+    assert matcher.check(view("hall", 2, AXES[0], gid=7)) == []  # same person, same camera
+    assert sorted(a.watch for a in matcher.check(view("gate", 3, AXES[0], gid=7))) == [
+        "gate-only", "visitor"]  # a new camera
+    assert len(matcher.check(view("hall", 4, AXES[0], gid=8))) == 1  # a new person
+    assert matcher.check(view("hall", 5, AXES[1], gid=9)) == []  # someone else
+
+
+def test_a_watch_of_another_model_never_matches(tmp_path: Path) -> None:
+    store = WatchStore(tmp_path)
+    store.add(photo_watch("visitor", AXES[0], "other-model@1", threshold=0.5))
+    assert WatchMatcher(store).check(view("hall", 1, AXES[0])) == []
+
+
+def test_text_watches_use_the_text_scorer_with_the_tracklets_crops(tmp_path: Path) -> None:
+    store = WatchStore(tmp_path)
+    store.add(text_watch("red", "a person in red", threshold=0.6))
+    seen = []
+
+    def scorer(text: str, crops) -> tuple[float, str]:
+        seen.append((text, len(crops)))
+        red = float(np.mean([c[..., 2].mean() > 128 for c in crops]))
+        return red, "red top" if red else "no red"
+
+    matcher = WatchMatcher(store, scorer)
+    red = np.zeros((8, 4, 3), np.uint8)
+    red[..., 2] = 255
+    grey = np.full((8, 4, 3), 90, np.uint8)
+    assert matcher.check(view("hall", 1, AXES[0], crops=(grey,))) == []
+    alerts = matcher.check(view("hall", 2, AXES[0], crops=(red, red)))
+    assert [(a.watch, a.track_id, a.reasons[1]) for a in alerts] == [("red", 2, "red top")]
+    assert seen == [("a person in red", 1), ("a person in red", 2)]
