@@ -134,7 +134,7 @@ def run_reindex(
         switch_now = switch and (not failed or skip_unreadable)
         report.removed, report.crops = job.finish(switch=switch_now)
         report.switched = switch_now
-    result = report.to_json()
+    result = report.to_json() | {"identities": job.identities}
     if failed and not skip_unreadable:
         raise UnreadableCropsError(
             f"{len(failed)} crop(s) could not be read or embedded ({result['failed_examples'][0]}"

@@ -39,6 +39,7 @@ import numpy as np
 from refind.config import RefindConfig
 from refind.indexer.gallery_store import atomic_write
 from refind.indexer.identities import IdentityChange, IdentityLinker, Tracklet, mean_vector
+from refind.indexer.metadata import SqliteMetadata
 from refind.indexer.record import EventRecord
 from refind.indexer.watchlist import Alert, TextScorer, TrackletView, WatchMatcher, WatchStore
 from refind.streaming.events import AlertEvent, BaseEvent, EmbeddingEvent, IdentityEvent
@@ -318,3 +319,40 @@ def people_of(hits: Sequence[tuple[str, int]], ids: dict[tuple[str, int], int]
     return [{"global_id": gid, "cameras": sorted({c for c, _ in keys}),
              "tracklets": [{"camera": c, "track_id": t} for c, t in keys]}
             for gid, keys in groups.items()]
+
+
+def relink_gallery(cfg: RefindConfig, metas: Sequence[SqliteMetadata], model_id: str) -> dict:
+    """Global ids for every track of a gallery (its shards' ``metas``) from ``model_id``'s
+    vectors, written as that model's saved state: what ``refind reindex`` does for a new model.
+    Tracks are linked in the order they ended, each with its final span and mean vector. A
+    state already saved for the model is kept beside, renamed, never overwritten."""
+    vectors: dict[tuple[str, int], list[np.ndarray]] = {}
+    times: dict[tuple[str, int], list[int]] = {}
+    spans: dict[tuple[str, int], TrackSpan] = {}
+    for meta in metas:
+        for ids, vecs in meta.vectors_after(-1, model_id):
+            found = meta.crops_found(ids.tolist())
+            for vid, vec in zip(ids.tolist(), vecs, strict=True):
+                rec = found.get(vid)
+                if rec is not None:
+                    key = (rec.camera, rec.track_id)
+                    vectors.setdefault(key, []).append(vec)
+                    times.setdefault(key, []).append(rec.ts_ns)
+        spans |= {(s.camera, s.track_id): s for s in meta.track_spans()}
+    linker = IdentityLinker(cfg.identities)
+    order = sorted(vectors, key=lambda k: (spans[k].last_ts_ns if k in spans else max(times[k])))
+    t0 = time.perf_counter()
+    for key in order:
+        span = spans.get(key)
+        first = min(times[key]) if span is None else min(span.first_ts_ns, min(times[key]))
+        last = max(times[key]) if span is None else max(span.last_ts_ns, max(times[key]))
+        linker.observe(Tracklet(key[0], key[1], first, last, mean_vector(np.stack(vectors[key])),
+                                len(vectors[key]), True))
+    seconds = time.perf_counter() - t0
+    path = state_path(cfg.data_dir, model_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        path.rename(path.with_name(f"{path.stem}.before-{time.time_ns()}.json"))
+    atomic_write(path, linker.to_json().encode("utf-8"))
+    return {"tracks": len(order), "global_ids": len(linker.groups()),
+            "link_ms_per_track": round(1e3 * seconds / max(len(order), 1), 3), "path": str(path)}

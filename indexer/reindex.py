@@ -15,8 +15,10 @@ The plain half of ``refind reindex`` (``actors/reindex.py`` runs the embedding o
   once.
 - ``finish()`` reconciles the target with the source (rows the source removed meanwhile, by
   forgetting or retention, leave the target too; tombstones, track spans and the id floor are
-  copied), builds and saves the target's FAISS indexes, marks it ``ready`` and switches the
-  serving alias (one atomic file replace). The source version is kept until deleted.
+  copied), builds and saves the target's FAISS indexes, links its tracks into global ids with
+  the new model's vectors (``refind.indexer.identity_service.relink_gallery``), marks it
+  ``ready`` and switches the serving alias (one atomic file replace). The source version is
+  kept until deleted.
 
 Example:
     >>> with ReindexJob.open(cfg, target_cfg) as job:                          # doctest: +SKIP
@@ -40,6 +42,7 @@ import numpy as np
 from refind.config import RefindConfig
 from refind.indexer.blobs import CropStore, CropStoreError
 from refind.indexer.gallery_store import GalleryStore, acquire_lock
+from refind.indexer.identity_service import relink_gallery
 from refind.indexer.metadata import SqliteMetadata
 from refind.indexer.shards import existing_shards
 from refind.indexer.versions import (
@@ -206,6 +209,7 @@ class ReindexJob:
         )
         self._src: dict[str, SqliteMetadata] = {}
         self._dst: dict[str, SqliteMetadata] = {}
+        self.identities: dict[str, object] | None = None  # finish(): the new model's global ids
         try:
             for shard in existing_shards(source.path(self.data_dir)):
                 self._src[shard.name] = SqliteMetadata(shard / "metadata.sqlite3", read_only=True)
@@ -311,6 +315,10 @@ class ReindexJob:
                               self.target.dim) as store:
                 store.save()
         crops = self.done()
+        if self.cfg.identities.enabled:  # the new model's global ids, before it serves
+            self.identities = relink_gallery(self.cfg, list(self._dst.values()),
+                                             self.target.model_id)
+            log.info("global ids for %s: %s", self.target.model_id, self.identities)
 
         def change(reg: Registry | None) -> Registry:
             if reg is None or self.target.model_id not in reg.versions:

@@ -141,6 +141,12 @@ def test_reindex_killed_half_way_resumes_exactly_once_while_searches_answer(
         meta.close()
     with GalleryStore(shard, cfg.gallery, report["target"], 256, read_only=True) as g:
         assert len(g) == len(ids)
+    # the new model's global ids were made from its own vectors, for every track
+    linked = report["identities"]
+    tracks = {(r.camera, r.track_id) for r in records}
+    assert linked["tracks"] == len(tracks) and 1 <= linked["global_ids"] <= len(tracks)
+    state = json.loads(Path(linked["path"]).read_text())
+    assert report["target"] in linked["path"] and len(state["tracklets"]) == len(tracks)
     # searches never failed, and were answered by the old version, then by the new one
     assert searcher.errors == []
     assert searcher.by_model[old_model] > 0 and searcher.by_model[report["target"]] >= 3

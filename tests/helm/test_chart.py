@@ -283,6 +283,9 @@ class _IdleSupervisor:
     def version_info(self) -> dict[str, object]:
         return {"model_id": None, "root": None, "alias_switches": 0, "alias_error": None}
 
+    def identity_stats(self) -> None:
+        return None
+
 
 class _EmptyGallery:
     """What the API asks of the live search engine, before any ingest."""
