@@ -275,9 +275,17 @@ def install_ui(app: FastAPI) -> None:
         return response
 
     def cards(payload: dict[str, Any]) -> list[dict[str, Any]]:
+        """The hits as cards; a card whose person (global id) has other hits here says so."""
+        people = {p["global_id"]: p for p in payload.get("people", [])}
         out = []
         for rank, hit in enumerate(payload["hits"], 1):
-            out.append(hit | {"rank": rank, "chips": _reasons(hit),
+            person = people.get(hit.get("global_id"))
+            same = None
+            if person is not None and len(person["tracklets"]) > 1:
+                cams = person["cameras"]
+                same = (f"person {person['global_id']}: {len(person['tracklets'])} tracklets "
+                        f"here, {len(cams)} camera{'s' if len(cams) > 1 else ''}")
+            out.append(hit | {"rank": rank, "chips": _reasons(hit), "person": same,
                               "url": f"/tracks/{quote(hit['camera'], safe='')}/{hit['track_id']}"})
         return out
 

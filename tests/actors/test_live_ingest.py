@@ -17,13 +17,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 
 from refind.actors.supervisor import Supervisor, wait_until
 from refind.config import parse_config
 from refind.streaming.bus import ensure_topics
 from refind.streaming.config import KafkaConfig
 from refind.streaming.consumer import EventConsumer
-from refind.streaming.events import CameraStatusEvent, CropEvent, TrackEvent, topic_for
+from refind.streaming.events import (
+    AlertEvent,
+    CameraStatusEvent,
+    CropEvent,
+    IdentityEvent,
+    TrackEvent,
+    topic_for,
+)
 from tests.cameras import INTEL_VIDEO as INTEL
 from tests.conftest import PETS_VIDEO, need_models, need_pets, pets_gt_boxes
 
@@ -58,6 +66,14 @@ def _events(sup: Supervisor) -> tuple[int, int]:
     writers = sup.pool_stats()["writer"]
     return (camera.events_published + sum(w["events_published"] for w in writers),
             camera.events_sent + sum(w["events_sent"] for w in writers))
+
+
+def _answers(actor) -> bool:
+    try:
+        ray.get(actor.stats.remote(), timeout=5)
+        return True
+    except ray.exceptions.RayError:
+        return False
 
 
 def _pets_frame(index: int) -> np.ndarray:
@@ -98,7 +114,22 @@ def test_two_live_cameras_events_metadata_and_search(
     intel = http_camera_factory(INTEL)
     cfg = _config(tmp_path, {"pets": pets.url, "intel": intel.url}, tansu.bootstrap,
                   redis_server.url)
-    topics = [topic_for(kind) for kind in (TrackEvent, CropEvent, CameraStatusEvent)]
+    # a watch on the pets camera only, made from a ground-truth crop of a PETS person; its
+    # threshold is low so that this person, or someone like them, alerts within the test
+    frame = _pets_frame(29)
+    boxes = pets_gt_boxes(30)
+    ident = max(boxes, key=lambda i: boxes[i][3] - boxes[i][1])
+    x1, y1, x2, y2 = (int(v) for v in boxes[ident])
+    import cv2
+
+    from refind.app.identity_commands import add_watch
+    from refind.indexer.watchlist import WatchStore
+
+    photo = cv2.imencode(".jpg", frame[y1:y2, x1:x2])[1].tobytes()
+    add_watch(cfg, WatchStore.in_data_dir(cfg.data_dir), "pets-person", image=photo,
+              threshold=0.05, cameras=("pets",))
+    topics = [topic_for(kind) for kind in (TrackEvent, CropEvent, CameraStatusEvent,
+                                           IdentityEvent, AlertEvent)]
     seen: list = []
     stop = threading.Event()
     sup = Supervisor(cfg)
@@ -112,10 +143,6 @@ def test_two_live_cameras_events_metadata_and_search(
         ), sup.status()
         # a person from PETS, found by photo while ingesting (the stream plays the clip from
         # its start, so live frame i is clip frame i): a clean ground-truth crop of frame 30
-        frame = _pets_frame(29)
-        boxes = pets_gt_boxes(30)
-        ident = max(boxes, key=lambda i: boxes[i][3] - boxes[i][1])
-        x1, y1, x2, y2 = (int(v) for v in boxes[ident])
         hits = sup.search_image(np.ascontiguousarray(frame[y1:y2, x1:x2]), k=3)
         assert hits and hits[0].camera == "pets", hits
         # and a person from the Intel camera, by a crop of a stored Intel thumbnail's frame
@@ -131,8 +158,6 @@ def test_two_live_cameras_events_metadata_and_search(
         from refind.app.cli import main
 
         q = tmp_path / "q.jpg"
-        import cv2
-
         cv2.imwrite(str(q), frame[y1:y2, x1:x2])
         capsys.readouterr()
         assert main(["search", "--image", str(q), "--data-dir", str(cfg.data_dir), "--json"]) == 0
@@ -155,6 +180,25 @@ def test_two_live_cameras_events_metadata_and_search(
         kinds = {(e.schema_id.split(".")[1], e.camera) for e in seen}
         for cam in ("pets", "intel"):
             assert ("track", cam) in kinds and ("crop", cam) in kinds, kinds
+        # global ids for both cameras' tracks, and the watch's alerts from its camera only
+        assert wait_until(lambda: {e.camera for e in seen if isinstance(e, IdentityEvent)}
+                          == {"pets", "intel"}, timeout_s=30)
+        assert wait_until(lambda: any(isinstance(e, AlertEvent) for e in seen), timeout_s=60)
+        alerts = [e for e in seen if isinstance(e, AlertEvent)]
+        assert {a.camera for a in alerts} == {"pets"} and alerts[0].watch == "pets-person"
+        assert all(a.global_id is not None and a.score >= 0.05 for a in alerts)
+        record = (cfg.data_dir / "events" / "alerts.jsonl").read_text().splitlines()
+        assert {json.loads(x)["event_id"] for x in record} >= {a.event_id for a in alerts}
+        # the identity actor restarted by Ray (its process killed) goes on from its state
+        linked = [(e.camera, e.track_id) for e in seen if isinstance(e, IdentityEvent)]
+        model = sup.live.model_id
+        time.sleep(2.5)  # its state is saved every 2 s while news comes in
+        held = ray.get(sup.identity.global_ids.remote(linked, model))
+        ray.kill(sup.identity, no_restart=False)
+        assert wait_until(lambda: _answers(sup.identity), timeout_s=60)
+        after = ray.get(sup.identity.global_ids.remote(linked, model))
+        kept = [k for k, v in held.items() if after.get(k) == v]
+        assert held and len(kept) >= 0.8 * len(held), (held, after)  # at most ~2 s lost
     finally:
         stop.set()
         consumer.join(timeout=10)
