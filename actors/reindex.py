@@ -27,7 +27,9 @@ import ray
 from refind.actors.runtime import init_ray
 from refind.config import RefindConfig
 from refind.indexer.reindex import EmbedCrops, ReindexJob, ReindexReport
+from refind.indexer.search import photo_embed
 from refind.indexer.versions import VersionError, with_model
+from refind.indexer.watchlist import WatchStore, reembed_watches
 from refind.models.registry import build_embedder
 from refind.models.store import ModelStore
 
@@ -134,7 +136,10 @@ def run_reindex(
         switch_now = switch and (not failed or skip_unreadable)
         report.removed, report.crops = job.finish(switch=switch_now)
         report.switched = switch_now
-    result = report.to_json() | {"identities": job.identities}
+    # photo watches go on matching under the new model: their photos embedded by it
+    watches = reembed_watches(WatchStore.in_data_dir(cfg.data_dir), photo_embed(build_embedder(
+        target_cfg.embedder, ModelStore.from_config(target_cfg.models))))
+    result = report.to_json() | {"identities": job.identities, "watches_reembedded": watches}
     if failed and not skip_unreadable:
         raise UnreadableCropsError(
             f"{len(failed)} crop(s) could not be read or embedded ({result['failed_examples'][0]}"

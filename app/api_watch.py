@@ -32,6 +32,7 @@ from refind.indexer.journal import journal_dir
 from refind.indexer.live_search import LiveSearch
 from refind.indexer.search import QueryError
 from refind.indexer.watchlist import Watch, WatchError, WatchStore
+from refind.streaming.records import ImageQuery
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,9 @@ def install_watches(app: FastAPI, cfg: RefindConfig, live: LiveSearch, audit: Au
                                         f"({cfg.api.max_upload_mb} MiB)")
             made = add_watch(cfg, store, name, image=data, instruction=instruction or None,
                              text=text if text and text.strip() else None, threshold=threshold,
-                             cameras=wanted, created_by=who.name, embed=live.embed_photo)
+                             cameras=wanted, created_by=who.name,
+                             embed=lambda photo, instruction: live.embed_photo(
+                                 ImageQuery(image=photo, instruction=instruction)))
         except (WatchError, QueryError) as err:
             code = 409 if isinstance(err, WatchError) and "exists" in str(err) else 400
             audit.write({**entry, "status": code, "error": str(err)})

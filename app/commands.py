@@ -131,6 +131,10 @@ def ingest(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
             f"({result['fps']} frames/s): {result['tracks']} tracks, {result['crops']} crops; "
             f"gallery now holds {result['gallery_vectors']} vectors in {cfg.data_dir}"
         )
+        alerts = result.get("identity", {}).get("alerts")
+        if alerts:
+            print(f"{alerts} watch alert(s): refind api shows them at /alerts; they are in "
+                  f"{cfg.data_dir / 'events' / 'alerts.jsonl'}")
     return result
 
 

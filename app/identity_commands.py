@@ -4,21 +4,25 @@ and ``refind watch add|list|remove``."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from refind.config import RefindConfig
 from refind.indexer.query_plan import check_query_text
-from refind.indexer.search import QueryError, decode_query_image, embed_image_query
+from refind.indexer.search import QueryError, decode_query_image, photo_embed
 from refind.indexer.versions import serving_version
-from refind.indexer.watchlist import DEFAULT_THRESHOLD, Watch, WatchStore, photo_watch, text_watch
-from refind.models.base import ReidEmbedder
+from refind.indexer.watchlist import (
+    DEFAULT_THRESHOLD,
+    PhotoEmbed,
+    Watch,
+    WatchStore,
+    photo_probability,
+    photo_watch,
+    text_watch,
+)
 from refind.models.registry import build_embedder
 from refind.models.store import ModelStore
-from refind.streaming.records import ImageQuery
 
 
 def parse_frames(text: str | None) -> tuple[int, int] | None:
@@ -113,9 +117,9 @@ def add_watch(cfg: RefindConfig, store: WatchStore, name: str, *,
               image: Path | bytes | None = None, instruction: str | None = None,
               text: str | None = None, threshold: float | None = None,
               cameras: tuple[str, ...] = (), created_by: str = "",
-              embed: Callable[[ImageQuery], tuple[np.ndarray, str]] | None = None) -> Watch:
+              embed: PhotoEmbed | None = None) -> Watch:
     """Make and store a photo watch (``image``: a path or the bytes of a photo of one person;
-    ``embed``: its (1, D) vector and model_id, default the serving ReID model) or a text watch
+    ``embed``: its vector and model_id, default the serving ReID model) or a text watch
     (``text``)."""
     threshold = DEFAULT_THRESHOLD if threshold is None else threshold
     if (image is None) == (text is None):
@@ -133,16 +137,10 @@ def add_watch(cfg: RefindConfig, store: WatchStore, name: str, *,
         instruction = check_query_text(instruction, "--instruction")
     if embed is None:
         serving = serving_version(cfg).cfg
-        embed = serving_embed(build_embedder(serving.embedder,
-                                             ModelStore.from_config(serving.models)))
-    vector, model_id = embed(ImageQuery(image=photo, instruction=instruction))
+        embed = photo_embed(build_embedder(serving.embedder,
+                                           ModelStore.from_config(serving.models)))
+    vector, model_id = embed(photo, instruction)
+    photo_probability(0.5, model_id, cfg.identities.photo_calibration)  # calibrated, or refused
     ok, jpeg = cv2.imencode(".jpg", photo, [cv2.IMWRITE_JPEG_QUALITY, 90])
     return store.add(photo_watch(name, vector, model_id, threshold, cameras, instruction,
                                  created_by), jpeg.tobytes() if ok else None)
-
-
-def serving_embed(embedder: ReidEmbedder) -> Callable[[ImageQuery], tuple[np.ndarray, str]]:
-    def embed(query: ImageQuery) -> tuple[np.ndarray, str]:
-        return embed_image_query(embedder, query)[0], embedder.model_id
-
-    return embed

@@ -98,7 +98,7 @@ def _trial(cfg: RefindConfig, runs: list[CameraRun], truth: dict[tuple[str, int]
            folder: Path) -> dict:
     store = WatchStore(folder)
     pending = sorted((photos[p] for p in people & set(photos)), key=lambda ph: ph.at_ns)
-    matcher = WatchMatcher(store)
+    matcher = WatchMatcher(store, calibration=cfg.identities.photo_calibration)
     linker = IdentityLinker(cfg.identities)
     updates = sorted((u for r in runs for u in r.updates), key=lambda u: (u.at_ns, u.camera))
     present = {p for p in people & set(photos)
@@ -160,7 +160,8 @@ def evaluate_watch(cfg: RefindConfig, gts: dict[str, Path], gt_scale: float, fol
         return out
     for name, people in parts.items():
         pairs = _scores(photos, runs, truth, people)
-        probs = photo_probability(np.array([c for c, _ in pairs]), model_id)
+        probs = photo_probability(np.array([c for c, _ in pairs]), model_id,
+                                  cfg.identities.photo_calibration)
         result = _trial(cfg, runs, truth, photos, people, model_id, threshold, folder / name)
         result["ece"] = round(expected_calibration_error(
             list(zip(probs.tolist(), [y for _, y in pairs], strict=True))), 4)

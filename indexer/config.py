@@ -206,3 +206,8 @@ class IdentityConfig(Section):
         3600.0, gt=0.0, le=31_536_000.0, description="Identities not seen for this long are no "
         "longer candidates for new tracklets (bounds the cost per tracklet).",
     )
+    photo_calibration: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="Platt scaling (a, b) of photo watches' cosines per "
+        "ReID model name, as `refind eval watch --calibrate` prints it; added to the built-in "
+        "ones (refind.indexer.watchlist.PHOTO_CALIBRATION).",
+    )

@@ -110,7 +110,8 @@ class IdentityService:
                  save_interval_s: float = 2.0) -> None:
         self.cfg = cfg
         self.record = record
-        self.watches = WatchMatcher(WatchStore.in_data_dir(cfg.data_dir))
+        self.watches = WatchMatcher(WatchStore.in_data_dir(cfg.data_dir),
+                                    calibration=cfg.identities.photo_calibration)
         self._make_text_scorer = text_scorer
         self._linkers: dict[str, IdentityLinker] = {}
         self._open: dict[tuple[str, int], _Open] = {}

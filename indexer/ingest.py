@@ -53,6 +53,7 @@ class IngestReport:
     crops: int = 0
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    identity: dict[str, int] = field(default_factory=dict)  # global id changes and alerts
 
     @property
     def fps(self) -> float:
@@ -68,6 +69,7 @@ class IngestReport:
             "seconds": round(self.seconds, 3),
             "fps": round(self.fps, 2),
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+            "identity": self.identity,
         }
 
 
@@ -151,6 +153,8 @@ class IngestPipeline:
             camera=source.camera, frames=pipe.frames, detections=pipe.detections,
             tracks=pipe.tracks_started, crops=sink.stored,
             seconds=time.perf_counter() - start, stage_seconds=pipe.times.snapshot() | timers,
+            identity={k: self.identities.counts[k] for k in ("changes", "alerts")}
+            if self.identities is not None else {},
         )
 
     def _store(self, crops: list[Crop], sink: CropSink, timers: dict[str, float]) -> None:

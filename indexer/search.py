@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -162,6 +162,17 @@ def embed_image_query(embedder: ReidEmbedder, query: ImageQuery) -> tuple[np.nda
             "embedder type irm (an instructable model) to search with an instruction"
         )
     return embedder([query.image]).vectors, task  # (1, D)
+
+
+def photo_embed(embedder: ReidEmbedder) -> Callable[[np.ndarray, str | None],
+                                                    tuple[np.ndarray, str]]:
+    """(photo, instruction) -> (its (1, D) vector, model_id) with ``embedder``."""
+
+    def embed(photo: np.ndarray, instruction: str | None) -> tuple[np.ndarray, str]:
+        vector, _ = embed_image_query(embedder, ImageQuery(image=photo, instruction=instruction))
+        return vector, embedder.model_id
+
+    return embed
 
 
 def _joined(message: str | None, note: str) -> str:

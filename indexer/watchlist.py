@@ -32,12 +32,11 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -74,6 +73,9 @@ class Watch(BaseModel):
     instruction: str | None = Field(None, max_length=500)
     vector: tuple[float, ...] | None = None
     model_id: str | None = None
+    more_vectors: dict[str, tuple[float, ...]] = Field(
+        default_factory=dict, description="The photo embedded by other ReID models (model_id "
+        "-> vector), added by `refind reindex`, so the watch goes on matching after a switch.")
     created_ns: int = 0
     created_by: str = ""
 
@@ -93,6 +95,13 @@ class Watch(BaseModel):
 
     def covers(self, camera: str) -> bool:
         return not self.cameras or camera in self.cameras
+
+    def vector_for(self, model_id: str) -> np.ndarray | None:
+        """The photo's (d,) vector under ``model_id``, when it has one."""
+        if model_id == self.model_id and self.vector is not None:
+            return np.asarray(self.vector, np.float32)
+        found = self.more_vectors.get(model_id)
+        return None if found is None else np.asarray(found, np.float32)
 
 
 def photo_watch(name: str, vector: np.ndarray, model_id: str, threshold: float = DEFAULT_THRESHOLD,
@@ -160,6 +169,23 @@ class WatchStore:
         self._seen = None
         return watch
 
+    def add_vector(self, name: str, model_id: str, vector: np.ndarray) -> Watch:
+        """Keep ``name``'s photo as embedded by another model (``refind reindex``); the file is
+        replaced atomically with everything else in it unchanged."""
+        watch = self.get(name)
+        vec = np.asarray(vector, np.float32).reshape(-1)
+        vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
+        updated = watch.model_copy(update={"more_vectors": watch.more_vectors | {
+            model_id: tuple(round(float(x), 6) for x in vec)}})
+        path = self._path(name)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(updated.model_dump_json(), encoding="utf-8")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self._seen = None
+        return updated
+
     def remove(self, name: str) -> Watch:
         path = self._path(name)
         watch = self.get(name)
@@ -199,12 +225,17 @@ class WatchStore:
         return dict(self._watches)
 
 
-def photo_probability(cosine: np.ndarray | float, model_id: str) -> np.ndarray:
-    """P(same person) of ReID cosines under ``model_id``'s Platt scaling."""
-    ab = PHOTO_CALIBRATION.get(model_id.split("@")[0])
+def photo_probability(cosine: np.ndarray | float, model_id: str,
+                      more: Mapping[str, tuple[float, float]] | None = None) -> np.ndarray:
+    """P(same person) of ReID cosines under ``model_id``'s Platt scaling (``more``:
+    ``identities.photo_calibration``, by model name)."""
+    name = model_id.split("@")[0]
+    ab = (more or {}).get(name) or PHOTO_CALIBRATION.get(name)
     if ab is None:
         raise WatchError(f"photo watches have no calibration for model {model_id}: run "
-                         "`refind eval watch --calibrate` and add it to PHOTO_CALIBRATION")
+                         "`refind eval watch --calibrate --config CAMERAS.yaml --gt ...` on "
+                         f"footage with ground truth and set identities.photo_calibration "
+                         f"{{{name}: [a, b]}}")
     s = np.clip((np.asarray(cosine, np.float64) + 1.0) / 2.0, 1e-4, 1 - 1e-4)
     return 1.0 / (1.0 + np.exp(-(ab[0] * np.log(s / (1 - s)) + ab[1])))
 
@@ -255,19 +286,35 @@ class WatchMatcher:
     module docstring). ``text_scorer`` is needed only for text watches (built lazily by the
     caller: it loads the attribute and pose models)."""
 
-    def __init__(self, store: WatchStore, text_scorer: TextScorer | None = None) -> None:
+    def __init__(self, store: WatchStore, text_scorer: TextScorer | None = None,
+                 calibration: Mapping[str, tuple[float, float]] | None = None) -> None:
         self.store = store
         self.text_scorer = text_scorer
+        self.calibration = dict(calibration or {})
         self._alerted: set[tuple[str, str, int]] = set()  # (watch, camera, track id)
         self._alerted_ids: set[tuple[str, str, int]] = set()  # (watch, camera, global id)
+        self._warned: set[tuple[str, str]] = set()
         self.checked = 0
 
     def score(self, watch: Watch, view: TrackletView) -> tuple[float, str]:
         if watch.kind == "photo":
-            if watch.model_id != view.model_id:
+            mine = watch.vector_for(view.model_id)
+            if mine is None:
+                if (watch.name, view.model_id) not in self._warned:
+                    self._warned.add((watch.name, view.model_id))
+                    log.warning("photo watch %r has no vector for model %s (made with %s): "
+                                "refind reindex adds it, or add the watch again", watch.name,
+                                view.model_id, watch.model_id)
                 return 0.0, f"watch made with {watch.model_id}, tracklet of {view.model_id}"
-            cos = float(np.asarray(watch.vector, np.float32) @ view.vector)
-            return float(photo_probability(cos, view.model_id)), f"looks alike (cosine {cos:.2f})"
+            cos = float(mine @ view.vector)
+            try:
+                p = float(photo_probability(cos, view.model_id, self.calibration))
+            except WatchError as err:
+                if (watch.name, view.model_id) not in self._warned:
+                    self._warned.add((watch.name, view.model_id))
+                    log.error("photo watch %r cannot be scored: %s", watch.name, err)
+                return 0.0, str(err)
+            return p, f"looks alike (cosine {cos:.2f})"
         if self.text_scorer is None or not view.crops:
             return 0.0, "text watches need the tracklet's crops and the referrer"
         return self.text_scorer(watch.text or "", view.crops)
@@ -296,13 +343,26 @@ class WatchMatcher:
         return out
 
 
-def append_alerts(path: Path, alerts: Sequence[Alert]) -> None:
-    """Append alerts to the durable journal (JSON lines) the API streams from."""
-    if not alerts:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        for a in alerts:
-            f.write(json.dumps(a.to_json()) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+PhotoEmbed = Callable[[np.ndarray, str | None], tuple[np.ndarray, str]]
+"""(a photo's BGR pixels, its instruction) -> ((1, d) or (d,) vector, model_id)."""
+
+
+def reembed_watches(store: WatchStore, embed: PhotoEmbed) -> int:
+    """Give every photo watch a vector from ``embed``'s model (``refind reindex``, for the new
+    model), from the photo it was made from; returns how many were added."""
+    import cv2
+
+    added = 0
+    for watch in store.all().values():
+        jpeg = store.photo(watch.name) if watch.kind == "photo" else None
+        if jpeg is None:
+            continue
+        photo = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        if photo is None:
+            log.error("the photo of watch %r is unreadable; it is not re-embedded", watch.name)
+            continue
+        vector, model_id = embed(photo, watch.instruction)
+        if watch.vector_for(model_id) is None:
+            store.add_vector(watch.name, model_id, vector)
+            added += 1
+    return added

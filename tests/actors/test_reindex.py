@@ -19,11 +19,13 @@ import numpy as np
 import pytest
 
 from refind.app.cli import main
+from refind.app.identity_commands import add_watch
 from refind.config import RefindConfig
 from refind.indexer.gallery_store import GalleryStore
 from refind.indexer.live_search import LiveSearch
 from refind.indexer.metadata import SqliteMetadata
 from refind.indexer.versions import read_registry, serving_version
+from refind.indexer.watchlist import WatchStore
 from refind.streaming.records import ImageQuery
 from tests.conftest import REPO
 from tests.indexer.test_reindex import M0288, copy_gallery, ingest_small_gallery
@@ -90,6 +92,8 @@ def test_reindex_killed_half_way_resumes_exactly_once_while_searches_answer(
     ids, records = _source(cfg)
     photo = cv2.imread(str(cfg.data_dir / "crops" / max(records, key=lambda r: r.quality)
                            .crop_path))
+    store = WatchStore.in_data_dir(cfg.data_dir)
+    add_watch(cfg, store, "visitor", image=cv2.imencode(".jpg", photo)[1].tobytes())
     live = LiveSearch.from_config(cfg)
     old_model = live.model_id
     searcher = Searcher(live, photo)
@@ -141,6 +145,10 @@ def test_reindex_killed_half_way_resumes_exactly_once_while_searches_answer(
         meta.close()
     with GalleryStore(shard, cfg.gallery, report["target"], 256, read_only=True) as g:
         assert len(g) == len(ids)
+    # the photo watch was embedded by the new model too (and keeps its first vector)
+    assert report["watches_reembedded"] == 1
+    watch = WatchStore.in_data_dir(cfg.data_dir).get("visitor")
+    assert watch.vector_for(report["target"]) is not None and watch.model_id == old_model
     # the new model's global ids were made from its own vectors, for every track
     linked = report["identities"]
     tracks = {(r.camera, r.track_id) for r in records}

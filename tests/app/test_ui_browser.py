@@ -330,7 +330,10 @@ def test_find_similar_from_a_card(page) -> None:
     assert not any(re.search(rf"track {seed_track}\b", h) for h in hits)  # not itself
 
 
-def test_cameras_and_alerts_pages(page, shots: Path) -> None:
+def test_cameras_and_alerts_pages(page, shots: Path, ui_gallery: Path) -> None:
+    from refind.indexer.journal import EventJournal, journal_dir
+    from refind.streaming.events import AlertEvent
+
     sign_in(page)
     page.goto("/cameras")
     tile = page.locator(".tile[data-camera=cam1]")
@@ -338,9 +341,30 @@ def test_cameras_and_alerts_pages(page, shots: Path) -> None:
     assert page.evaluate("document.querySelector('.tile img').naturalWidth") > 100
     check_accessible(page)
     page.screenshot(path=str(shots / "ui-cameras.png"))
+    # an alert in the record before the page opens, and one written while it is open (as the
+    # identity actor writes them), each with its track's stored crop
+    crops = sorted((ui_gallery / "crops" / "cam1").glob("*/*.jpg"))
+    crops = [c for c in crops if not c.name.endswith(".ctx.jpg")]
+
+    def alert(crop: Path, score: float) -> AlertEvent:
+        track = int(crop.parent.name)
+        return AlertEvent(camera="cam1", ts_ns=10**9 * track, watch="red-coat",
+                          track_id=track, global_id=track, first_ts_ns=10**9 * track,
+                          score=score, reasons=("text watch", "red top 0.91"),
+                          thumbnail=str(crop.relative_to(ui_gallery / "crops")))
+
+    journal = EventJournal(journal_dir(ui_gallery))
+    journal.append([alert(crops[0], 0.93)])
     page.goto("/alerts")
     wait_until(page, "document.getElementById('alert-state').textContent == 'connected'")
+    assert page.locator(".alert").count() == 1
+    journal.append([alert(crops[-1], 0.97)])
+    wait_until(page, "document.querySelectorAll('.alert').length == 2")
+    first = page.locator(".alert").first.inner_text()
+    assert "red-coat: cam1 track" in first and "0.97" in first and "person" in first
+    wait_until(page, "[...document.querySelectorAll('.alert img')].every(i => i.naturalWidth > 0)")
     check_accessible(page)
+    page.screenshot(path=str(shots / "ui-alerts.png"))
 
 
 def test_a_scoped_key_sees_only_its_cameras(page) -> None:

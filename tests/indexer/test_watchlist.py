@@ -111,3 +111,58 @@ def test_text_watches_use_the_text_scorer_with_the_tracklets_crops(tmp_path: Pat
     alerts = matcher.check(view("hall", 2, AXES[0], crops=(red, red)))
     assert [(a.watch, a.track_id, a.reasons[1]) for a in alerts] == [("red", 2, "red top")]
     assert seen == [("a person in red", 1), ("a person in red", 2)]
+
+
+def test_a_new_model_gets_the_photo_embedded_again(tmp_path: Path) -> None:
+    """After a re-index the photo watch matches tracklets of the new model, from its photo."""
+    import cv2
+
+    from refind.indexer.watchlist import reembed_watches
+
+    store = WatchStore(tmp_path)
+    photo = np.full((64, 32, 3), 200, np.uint8)
+    store.add(photo_watch("visitor", AXES[0], MODEL, threshold=0.5, instruction="no hat"),
+              cv2.imencode(".jpg", photo)[1].tobytes())
+    store.add(text_watch("words", "a man"))
+    matcher = WatchMatcher(store)
+    new = TrackletView("hall", 1, 10, 0, AXES[1], "person-reidentification-retail-0277@new")
+    assert matcher.check(new) == []  # no vector for the new model yet
+    calls = []
+
+    def embed(image: np.ndarray, instruction: str | None) -> tuple[np.ndarray, str]:
+        calls.append((image.shape, instruction))
+        return AXES[1][None], new.model_id
+
+    assert reembed_watches(store, embed) == 1 and calls == [((64, 32, 3), "no hat")]
+    assert reembed_watches(store, embed) == 0  # already there: nothing to do
+    again = WatchStore(tmp_path).get("visitor")
+    assert again.vector == store.get("visitor").vector and again.model_id == MODEL  # kept
+    assert [a.watch for a in WatchMatcher(store).check(new)] == ["visitor"]
+
+
+def test_an_uncalibrated_model_is_refused_at_creation_and_never_crashes_matching(
+        tmp_path: Path) -> None:
+    from refind.app.identity_commands import add_watch
+    from refind.config import RefindConfig
+    from refind.indexer.config import IdentityConfig
+
+    store = WatchStore(tmp_path)
+    cfg = RefindConfig(data_dir=tmp_path)
+    photo = np.full((64, 32, 3), 200, np.uint8)
+    import cv2
+
+    jpeg = cv2.imencode(".jpg", photo)[1].tobytes()
+
+    def embed(image: np.ndarray, instruction: str | None) -> tuple[np.ndarray, str]:
+        return AXES[0], "irm-new@1"
+
+    with pytest.raises(WatchError, match=r"identities.photo_calibration \{irm-new: \[a, b\]\}"):
+        add_watch(cfg, store, "v", image=jpeg, embed=embed)
+    assert store.all() == {}  # nothing half-made
+    calibrated = cfg.model_copy(update={"identities": IdentityConfig(
+        photo_calibration={"irm-new": (4.0, -3.0)})})
+    add_watch(calibrated, store, "v", image=jpeg, embed=embed, threshold=0.5)
+    view = TrackletView("hall", 1, 10, 0, AXES[0], "irm-new@1")
+    assert WatchMatcher(store).check(view) == []  # a matcher without it: logged, no alert
+    alerts = WatchMatcher(store, calibration={"irm-new": (4.0, -3.0)}).check(view)
+    assert [a.watch for a in alerts] == ["v"] and alerts[0].score > 0.9
