@@ -13,7 +13,7 @@ stored); ``ended`` of every ended track. For each track touched it:
 3. with ``kafka.publish_embeddings``, publishes the track's vector (``EmbeddingEvent``).
 
 Vectors of different ReID models never meet: each ``model_id`` has its own linker, kept as
-``data_dir/identities/<model_id>.json`` (written atomically every ``save_interval_s`` and on
+``data_dir/identities/<model_id, made a file name>.json`` (written atomically every ``save_interval_s`` and on
 close), so a restarted actor picks up where it was, and ``refind reindex`` can write a new
 model's identities before the alias moves.
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ import cv2
 import numpy as np
 
 from refind.config import RefindConfig
-from refind.indexer.gallery_store import atomic_write
+from refind.indexer.gallery_store import atomic_write, index_stem
 from refind.indexer.identities import IdentityChange, IdentityLinker, Tracklet, mean_vector
 from refind.indexer.metadata import SqliteMetadata
 from refind.indexer.record import EventRecord
@@ -91,7 +90,7 @@ def crop_news(crops: Sequence[Crop], embeddings: Embeddings, stored: Sequence[Cr
 
 def state_path(data_dir: Path, model_id: str) -> Path:
     """Where the global ids of ``model_id``'s vectors are kept."""
-    return Path(data_dir) / "identities" / f"{re.sub(r'[^A-Za-z0-9_.@-]', '_', model_id)}.json"
+    return Path(data_dir) / "identities" / f"{index_stem(model_id)}.json"
 
 
 def load_linker(cfg: RefindConfig, model_id: str) -> IdentityLinker:

@@ -44,6 +44,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from refind.indexer.gallery_store import atomic_write
 from refind.streaming.config import NAME_PATTERN
 
 log = logging.getLogger(__name__)
@@ -177,12 +178,7 @@ class WatchStore:
         vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
         updated = watch.model_copy(update={"more_vectors": watch.more_vectors | {
             model_id: tuple(round(float(x), 6) for x in vec)}})
-        path = self._path(name)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(updated.model_dump_json(), encoding="utf-8")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(self._path(name), updated.model_dump_json().encode("utf-8"))
         self._seen = None
         return updated
 

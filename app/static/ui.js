@@ -161,8 +161,11 @@ document.querySelectorAll(".strip button.crop").forEach((button) => {
   source.addEventListener("error", () => { state.textContent = "reconnecting…"; });
   source.addEventListener("alert", (ev) => {
     const a = JSON.parse(ev.data);
+    // shown already (in the page as it was served, or sent twice: delivery is at least once)
+    if (a.event_id && [...list.children].some((li) => li.dataset.event === a.event_id)) return;
     const li = document.createElement("li");
     li.className = "alert";
+    if (a.event_id) li.dataset.event = a.event_id;
     if (a.thumbnail) {
       const img = document.createElement("img");
       img.src = "/v1/crops/" + a.thumbnail.split("/").map(encodeURIComponent).join("/");
@@ -173,8 +176,11 @@ document.querySelectorAll(".strip button.crop").forEach((button) => {
     link.href = `/tracks/${encodeURIComponent(a.camera)}/${a.track_id}`;
     link.textContent = `${a.watch || "watch"}: ${a.camera} track ${a.track_id}`;
     const person = a.global_id ? ` · person ${a.global_id}` : "";
+    const why = document.createElement("span");
+    why.className = "muted";
+    why.textContent = (a.reasons || []).join("; ");
     li.append(link, document.createTextNode(
-      ` · score ${Number(a.score || 0).toFixed(2)}${person} · ${(a.reasons || []).join("; ")}`));
+      ` · score ${Number(a.score || 0).toFixed(2)}${person} · just now `), why);
     list.prepend(li);
     none.hidden = true;
   });

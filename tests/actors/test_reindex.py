@@ -22,6 +22,7 @@ from refind.app.cli import main
 from refind.app.identity_commands import add_watch
 from refind.config import RefindConfig
 from refind.indexer.gallery_store import GalleryStore
+from refind.indexer.identity_service import state_path
 from refind.indexer.live_search import LiveSearch
 from refind.indexer.metadata import SqliteMetadata
 from refind.indexer.versions import read_registry, serving_version
@@ -154,7 +155,8 @@ def test_reindex_killed_half_way_resumes_exactly_once_while_searches_answer(
     tracks = {(r.camera, r.track_id) for r in records}
     assert linked["tracks"] == len(tracks) and 1 <= linked["global_ids"] <= len(tracks)
     state = json.loads(Path(linked["path"]).read_text())
-    assert report["target"] in linked["path"] and len(state["tracklets"]) == len(tracks)
+    assert Path(linked["path"]) == state_path(cfg.data_dir, report["target"])
+    assert len(state["tracklets"]) == len(tracks)
     # searches never failed, and were answered by the old version, then by the new one
     assert searcher.errors == []
     assert searcher.by_model[old_model] > 0 and searcher.by_model[report["target"]] >= 3
