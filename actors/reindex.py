@@ -134,11 +134,12 @@ def run_reindex(
         report.failed = {v: e for (_, v), e in failed.items()}
         report.seconds = time.perf_counter() - start
         switch_now = switch and (not failed or skip_unreadable)
+        # photo watches match under the new model from the moment it serves: their photos
+        # embedded by it first
+        watches = reembed_watches(WatchStore.in_data_dir(cfg.data_dir), photo_embed(
+            build_embedder(target_cfg.embedder, ModelStore.from_config(target_cfg.models))))
         report.removed, report.crops = job.finish(switch=switch_now)
         report.switched = switch_now
-    # photo watches go on matching under the new model: their photos embedded by it
-    watches = reembed_watches(WatchStore.in_data_dir(cfg.data_dir), photo_embed(build_embedder(
-        target_cfg.embedder, ModelStore.from_config(target_cfg.models))))
     result = report.to_json() | {"identities": job.identities, "watches_reembedded": watches}
     if failed and not skip_unreadable:
         raise UnreadableCropsError(

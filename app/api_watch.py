@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,7 +31,8 @@ from refind.config import RefindConfig
 from refind.indexer.journal import journal_dir
 from refind.indexer.live_search import LiveSearch
 from refind.indexer.search import QueryError
-from refind.indexer.watchlist import Watch, WatchError, WatchStore
+from refind.indexer.watchlist import Watch, WatchError, WatchExists, WatchStore
+from refind.models.base import ModelInputError
 from refind.streaming.records import ImageQuery
 
 log = logging.getLogger(__name__)
@@ -45,18 +46,54 @@ def alerts_path(cfg: RefindConfig) -> Path:
 
 
 def newest_alerts(path: Path, limit: int) -> list[dict[str, Any]]:
-    """The newest ``limit`` alerts of the record, newest first (torn lines skipped)."""
+    """The newest ``limit`` alerts of the record, newest first, read from its end (torn lines
+    skipped; alerts of tracks forgotten since, by the record's tombstones, left out)."""
     if not path.is_file():
         return []
-    kept: deque[str] = deque(maxlen=limit)
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            kept.append(line)
-    out = []
-    for line in reversed(kept):
+    gone = _forgotten(path.parent / "forget.jsonl")
+    out: list[dict[str, Any]] = []
+    for line in _lines_from_end(path):
         try:
-            out.append(json.loads(line))
+            alert = json.loads(line)
         except json.JSONDecodeError:
+            continue
+        if (alert.get("camera"), alert.get("track_id")) in gone:
+            continue
+        out.append(alert)
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _lines_from_end(path: Path, block: int = 1 << 16) -> Iterator[bytes]:
+    """The lines of a file, last first, reading it backwards a block at a time."""
+    with open(path, "rb") as f:
+        end = f.seek(0, 2)
+        tail = b""
+        while end > 0:
+            start = max(0, end - block)
+            f.seek(start)
+            chunk = f.read(end - start) + tail
+            lines = chunk.split(b"\n")
+            tail = lines.pop(0) if start > 0 else b""
+            for line in reversed(lines):
+                if line.strip():
+                    yield line
+            end = start
+        if tail.strip():
+            yield tail
+
+
+def _forgotten(path: Path) -> set[tuple[str, int]]:
+    """(camera, track) of every tombstone in the record."""
+    if not path.is_file():
+        return set()
+    out = set()
+    for line in path.read_bytes().splitlines():
+        try:
+            event = json.loads(line)
+            out.add((event["camera"], int(event["track_id"])))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             continue
     return out
 
@@ -87,8 +124,14 @@ async def follow_alerts(path: Path, publish: Any, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), ALERT_POLL_S)
 
 
-def _public(watch: Watch) -> dict[str, object]:
-    return watch.model_dump(exclude={"vector"})
+def public(watch: Watch) -> dict[str, object]:
+    """What a watch shows to callers: not its vectors (the person's biometric template)."""
+    return watch.model_dump(exclude={"vector", "more_vectors"})
+
+
+def visible(who: Principal, watch: Watch) -> bool:
+    """A camera-scoped key sees the watches that cover only cameras it sees."""
+    return who.cameras is None or (bool(watch.cameras) and set(watch.cameras) <= who.cameras)
 
 
 def install_watches(app: FastAPI, cfg: RefindConfig, live: LiveSearch, audit: AuditLog) -> None:
@@ -96,9 +139,6 @@ def install_watches(app: FastAPI, cfg: RefindConfig, live: LiveSearch, audit: Au
     (``follow_alerts``)."""
     store = WatchStore.in_data_dir(cfg.data_dir)
     path = alerts_path(cfg)
-
-    def visible(who: Principal, watch: Watch) -> bool:
-        return who.cameras is None or bool(set(watch.cameras or ()) & who.cameras)
 
     def check_manager(who: Principal, cameras: tuple[str, ...]) -> None:
         if not who.may_manage_watches:
@@ -111,7 +151,7 @@ def install_watches(app: FastAPI, cfg: RefindConfig, live: LiveSearch, audit: Au
 
     @app.get("/v1/watches", summary="Watches (standing queries) on the key's cameras")
     def list_watches(who: Caller) -> dict[str, object]:
-        return {"watches": [_public(w) for w in store.all().values() if visible(who, w)]}
+        return {"watches": [public(w) for w in store.all().values() if visible(who, w)]}
 
     @app.post("/v1/watches", status_code=201,
               summary="Watch for a person (photo or description); alerts as they show up")
@@ -143,15 +183,18 @@ def install_watches(app: FastAPI, cfg: RefindConfig, live: LiveSearch, audit: Au
                              cameras=wanted, created_by=who.name,
                              embed=lambda photo, instruction: live.embed_photo(
                                  ImageQuery(image=photo, instruction=instruction)))
-        except (WatchError, QueryError) as err:
-            code = 409 if isinstance(err, WatchError) and "exists" in str(err) else 400
+        except (WatchError, QueryError, ModelInputError) as err:
+            code = 409 if isinstance(err, WatchExists) else 400
             audit.write({**entry, "status": code, "error": str(err)})
             raise ApiError(code, str(err)) from None
         except ApiError as err:
             audit.write({**entry, "status": err.status, "error": err.message})
             raise
+        except Exception as err:  # a bug or a broken disk: audited as what it was
+            audit.write({**entry, "status": 500, "error": f"{type(err).__name__}: {err}"})
+            raise
         audit.write({**entry, "status": 201, "kind": made.kind})
-        return _public(made)
+        return public(made)
 
     @app.delete("/v1/watches/{name}", summary="Stop a watch and delete it (audited)")
     def delete_watch(who: Caller, name: str) -> dict[str, object]:
@@ -163,7 +206,10 @@ def install_watches(app: FastAPI, cfg: RefindConfig, live: LiveSearch, audit: Au
             except WatchError as err:
                 raise ApiError(404, str(err)) from None
             check_manager(who, watch.cameras)
-            store.remove(name)
+            try:
+                store.remove(name)
+            except WatchError as err:  # removed by another caller meanwhile
+                raise ApiError(404, str(err)) from None
         except ApiError as err:
             audit.write({**entry, "status": err.status, "error": err.message})
             raise
@@ -175,5 +221,9 @@ def install_watches(app: FastAPI, cfg: RefindConfig, live: LiveSearch, audit: Au
         who: Caller, limit: Annotated[int, Query(ge=1, le=MAX_ALERTS_SHOWN)] = 50,
     ) -> dict[str, object]:
         rows = [a for a in newest_alerts(path, MAX_ALERTS_SHOWN)
-                if who.sees(str(a.get("camera", "")))]
-        return {"alerts": rows[:limit]}
+                if who.sees(str(a.get("camera", "")))][:limit]
+        # where people were seen: who read it is audited like a search
+        audit.write({"key": who.name, "endpoint": "/v1/alerts", "method": "GET", "status": 200,
+                     "limit": limit, "returned": [[a.get("camera"), a.get("track_id")]
+                                                  for a in rows]})
+        return {"alerts": rows}

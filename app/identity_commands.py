@@ -90,7 +90,7 @@ def watch(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object] | li
     """``refind watch add|list|remove``."""
     store = WatchStore.in_data_dir(cfg.data_dir)
     if args.watch_command == "list":
-        watches = [w.model_dump(exclude={"vector"}) for w in store.all().values()]
+        watches = [w.model_dump(exclude={"vector", "more_vectors"}) for w in store.all().values()]
         if not args.json:
             for w in watches:
                 what = w["text"] if w["kind"] == "text" else "photo" + (
@@ -110,7 +110,7 @@ def watch(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object] | li
     if not args.json:
         print(f"watching for {made.name!r} ({made.kind}, threshold {made.threshold}) on "
               f"{', '.join(made.cameras) or 'all cameras'}")
-    return made.model_dump(exclude={"vector"})
+    return made.model_dump(exclude={"vector", "more_vectors"})
 
 
 def add_watch(cfg: RefindConfig, store: WatchStore, name: str, *,

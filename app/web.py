@@ -591,13 +591,13 @@ def install_ui(app: FastAPI) -> None:
 
     @router.get("/alerts", response_class=HTMLResponse)
     def alerts_page(request: Request, who: Operator) -> Response:
-        from refind.app.api_watch import alerts_path, newest_alerts
+        from refind.app.api_watch import alerts_path, newest_alerts, visible
         from refind.indexer.watchlist import WatchStore
 
         recent = [a for a in newest_alerts(alerts_path(cfg), 200)
                   if who.sees(str(a.get("camera", "")))][:50]
         watches = [w for w in WatchStore.in_data_dir(cfg.data_dir).all().values()
-                   if who.cameras is None or set(w.cameras) & who.cameras]
+                   if visible(who, w)]
         return page(request, "alerts.html", who, recent=recent, watches=watches)
 
     @app.get("/v1/alerts/stream", summary="Alerts as server-sent events (watchlists publish)",

@@ -115,10 +115,9 @@ def _trial(cfg: RefindConfig, runs: list[CameraRun], truth: dict[tuple[str, int]
                                 len(u.vectors), u.ended))
         view = TrackletView(u.camera, u.track_id, u.at_ns, u.first_ts_ns, vec, model_id,
                             linker.global_id(u.camera, u.track_id))
-        for alert in matcher.check(view):
+        own = {f"person-{p}" for p, ph in photos.items() if ph.source == (u.camera, u.track_id)}
+        for alert in matcher.check(view, skip=own):  # a watch is not checked on its own photo
             person = int(alert.watch.split("-", 1)[1])
-            if (u.camera, u.track_id) == photos[person].source:
-                continue  # the watch's own photo
             alerts += 1
             if truth.get((u.camera, u.track_id)) == person:
                 right += 1

@@ -167,6 +167,9 @@ class CameraLink(Section):
 
     @model_validator(mode="after")
     def _ordered(self) -> CameraLink:
+        if self.a == self.b:
+            raise ValueError(f"camera link {self.a}-{self.b}: a link joins two cameras (one "
+                             "camera is always walkable to itself)")
         if self.max_s < self.min_s:
             raise ValueError(f"camera link {self.a}-{self.b}: max_s {self.max_s} < min_s "
                              f"{self.min_s}")
@@ -211,3 +214,12 @@ class IdentityConfig(Section):
         "ReID model name, as `refind eval watch --calibrate` prints it; added to the built-in "
         "ones (refind.indexer.watchlist.PHOTO_CALIBRATION).",
     )
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self) -> IdentityConfig:
+        if not self.split_threshold <= self.link_threshold <= self.merge_threshold:
+            raise ValueError(
+                f"need split_threshold ({self.split_threshold}) <= link_threshold "
+                f"({self.link_threshold}) <= merge_threshold ({self.merge_threshold}): else a "
+                "tracklet could be split off and linked back at every update")
+        return self

@@ -28,6 +28,7 @@ from refind.config import RefindConfig
 from refind.indexer.blobs import CropStore
 from refind.indexer.evidence import EvidenceStore
 from refind.indexer.gallery_store import GalleryStore, lock_gallery
+from refind.indexer.identity_service import forget_identities
 from refind.indexer.metadata import SqliteMetadata, StoredModel
 from refind.indexer.record import EventRecord
 from refind.indexer.shards import shard_number
@@ -129,6 +130,7 @@ def forget_track(cfg: RefindConfig, camera: str, track_id: int, reason: str = ""
             removed += store.remove_track(camera, track_id, forget=True)
         deleted += delete_files(crops, removed, evidence)
     redis_removed = _forget_in_redis(cfg, camera, track_id, vector_ids)
+    forget_identities(cfg.data_dir, camera, track_id)  # its mean vector and global id too
     log.info("forgot track %s/%d: %d vectors, %d crop files", camera, track_id,
              sum(len(v) for v in vector_ids.values()), deleted)
     return ForgetReport(camera, int(track_id), vector_ids, deleted, redis_removed, published)

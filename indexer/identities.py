@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -136,9 +136,13 @@ class IdentityLinker:
         self.tracklets[key] = tracklet
         changes: list[IdentityChange] = []
         current = self.identity_of.get(key)
+        if current is None and key in self.retired:  # news of a retired one: linked afresh
+            current = self.retired.pop(key)
+            self.members.setdefault(current, set()).add(key)
+            self.identity_of[key] = current
         if current is not None:
             if self._still_belongs(tracklet, current):
-                return self._merge_around(current, tracklet.last_ts_ns)
+                return self._merge_around(current, tracklet)
             self._remove(key)
             changes.append(IdentityChange("split", current, *key, tracklet.last_ts_ns,
                                           previous=current))
@@ -151,19 +155,19 @@ class IdentityLinker:
         self.identity_of[key] = gid
         changes.append(IdentityChange("assigned", gid, *key, tracklet.last_ts_ns,
                                       previous=current, similarity=sim))
-        return changes + self._merge_around(gid, tracklet.last_ts_ns)
+        return changes + self._merge_around(gid, tracklet)
 
     def global_id(self, camera: str, track_id: int) -> int | None:
         key = (camera, track_id)
         return self.identity_of.get(key, self.retired.get(key))
 
-    def prune(self, now_ns: int) -> int:
-        """Retire identities not seen for ``window_s`` before ``now_ns``: their tracklets keep
-        their global ids but drop their vectors and are no longer compared. Returns how many
-        tracklets were retired."""
+    def prune(self, now_ns: int, keep: Set[TrackKey] = frozenset()) -> int:
+        """Retire identities not seen for ``window_s`` before ``now_ns`` (none with a tracklet
+        in ``keep``: tracks still open): their tracklets keep their global ids but drop their
+        vectors and are no longer compared. Returns how many tracklets were retired."""
         horizon = now_ns - int(self.cfg.window_s * 1e9)
         old = [gid for gid, keys in self.members.items()
-               if all(self.tracklets[k].last_ts_ns < horizon for k in keys)]
+               if not keys & keep and all(self.tracklets[k].last_ts_ns < horizon for k in keys)]
         n = 0
         for gid in old:
             for key in self.members.pop(gid):
@@ -191,8 +195,9 @@ class IdentityLinker:
                 best, best_sim = gid, sim
         return best, best_sim
 
-    def _merge_around(self, gid: int, ts_ns: int) -> list[IdentityChange]:
-        """Merge ``gid`` with every feasible identity alike enough, the older id surviving."""
+    def _merge_around(self, gid: int, cause: Tracklet) -> list[IdentityChange]:
+        """Merge ``gid`` with every feasible identity alike enough, the older id surviving;
+        each change names the tracklet whose news caused it."""
         changes: list[IdentityChange] = []
         while True:
             mine = [self.tracklets[k] for k in self.members[gid]]
@@ -202,8 +207,7 @@ class IdentityLinker:
                     continue
                 theirs = [self.tracklets[k] for k in self.members[other]]
                 sim = max(self._similarity(t, theirs) for t in mine)
-                if sim >= self.cfg.merge_threshold and all(
-                        self._feasible(t, theirs) for t in mine):
+                if sim >= self.cfg.merge_threshold and self._consistent([*mine, *theirs]):
                     found = (other, sim)
                     break
             if found is None:
@@ -213,9 +217,8 @@ class IdentityLinker:
             for key in self.members.pop(gone):
                 self.members[keep].add(key)
                 self.identity_of[key] = keep
-            anchor = next(iter(sorted(self.members[keep])))
-            changes.append(IdentityChange("merged", keep, *anchor, ts_ns, previous=gone,
-                                          similarity=sim))
+            changes.append(IdentityChange("merged", keep, *cause.key, cause.last_ts_ns,
+                                          previous=gone, similarity=sim))
             gid = keep
 
     def _remove(self, key: TrackKey) -> None:
@@ -265,6 +268,15 @@ class IdentityLinker:
             return True
         return all(self._walkable(a, b) for a, b in ((before, tracklet), (tracklet, after))
                    if a is not None and b is not None)
+
+    def _consistent(self, tracklets: list[Tracklet]) -> bool:
+        """Whether one person could be all of ``tracklets``: no two at once where that is
+        impossible, and every step between them in time walkable along the camera graph."""
+        ordered = sorted(tracklets, key=lambda t: (t.first_ts_ns, t.last_ts_ns))
+        for i, t in enumerate(ordered):
+            if not self._feasible(t, ordered[i + 1:]) or not self._feasible(t, ordered[:i]):
+                return False
+        return True
 
     def _walkable(self, a: Tracklet, b: Tracklet) -> bool:
         """Whether a person can go from tracklet ``a`` (earlier) to ``b`` along the graph."""

@@ -47,6 +47,7 @@ from refind.streaming.records import Crop, CropRecord, Embeddings, TrackSpan
 log = logging.getLogger(__name__)
 
 KEPT_CROPS = 4  # crops of an open track kept (decoded) for text watches
+ID_BLOCK = 1000  # global ids reserved on disk at a time (never handed out twice)
 
 
 @dataclass(frozen=True)
@@ -94,11 +95,30 @@ def state_path(data_dir: Path, model_id: str) -> Path:
 
 
 def load_linker(cfg: RefindConfig, model_id: str) -> IdentityLinker:
-    """The saved linker of ``model_id`` under ``cfg.data_dir``, or a new one."""
+    """The saved linker of ``model_id`` under ``cfg.data_dir``, or a new one; its next id is
+    above every id ever reserved for the model (``reserve_ids``), saved or not."""
     path = state_path(cfg.data_dir, model_id)
-    if path.is_file():
-        return IdentityLinker.from_json(path.read_text(encoding="utf-8"), cfg.identities)
-    return IdentityLinker(cfg.identities)
+    linker = (IdentityLinker.from_json(path.read_text(encoding="utf-8"), cfg.identities)
+              if path.is_file() else IdentityLinker(cfg.identities))
+    linker.next_id = max(linker.next_id, reserved_ids(cfg.data_dir, model_id))
+    return linker
+
+
+def reserved_ids(data_dir: Path, model_id: str) -> int:
+    """The id below which ids of ``model_id`` may have been handed out (1 when none were)."""
+    path = state_path(data_dir, model_id).with_suffix(".ids")
+    try:
+        return int(path.read_text(encoding="utf-8").strip() or 1)
+    except FileNotFoundError:
+        return 1
+
+
+def reserve_ids(data_dir: Path, model_id: str, below: int) -> None:
+    """Record, durably, that ids below ``below`` may be handed out: a service that restarts
+    from an older state never hands one out again."""
+    path = state_path(data_dir, model_id).with_suffix(".ids")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, f"{below}\n".encode())
 
 
 class IdentityService:
@@ -113,16 +133,31 @@ class IdentityService:
                                     calibration=cfg.identities.photo_calibration)
         self._make_text_scorer = text_scorer
         self._linkers: dict[str, IdentityLinker] = {}
+        self._reserved: dict[str, int] = {}  # per model: ids below it may be handed out
+        self._stamp: dict[str, tuple[int | None, float]] = {}  # state file mtime, checked at
         self._open: dict[tuple[str, int], _Open] = {}
         self._dirty: set[str] = set()
         self._saved_at = time.monotonic()
         self.save_interval_s = save_interval_s
         self.counts = {"crops": 0, "tracks_ended": 0, "changes": 0, "alerts": 0}
         self.link_seconds = 0.0
+        self._scorer_retry_at = 0.0
 
     def linker(self, model_id: str) -> IdentityLinker:
-        if model_id not in self._linkers:
+        """``model_id``'s linker; loaded again when another process (``refind reindex``)
+        rewrote its state since this service last read or wrote it."""
+        now = time.monotonic()
+        known, checked = self._stamp.get(model_id, (None, 0.0))
+        if model_id in self._linkers and now - checked < 1.0:
+            return self._linkers[model_id]
+        mtime = _mtime(state_path(self.cfg.data_dir, model_id))
+        if model_id not in self._linkers or mtime != known:
+            if model_id in self._linkers:
+                log.warning("global ids of %s were rewritten by another process (refind "
+                            "reindex?): reloading them", model_id)
             self._linkers[model_id] = load_linker(self.cfg, model_id)
+            self._reserved[model_id] = reserved_ids(self.cfg.data_dir, model_id)
+        self._stamp[model_id] = (mtime, now)
         return self._linkers[model_id]
 
     # --- news --------------------------------------------------------------------------------
@@ -164,8 +199,13 @@ class IdentityService:
             alerts += self._update((span.camera, span.track_id), track, span, events)
         self._publish(events)
         if spans:
+            now = max(s.last_ts_ns for s in spans)
+            lost = [k for k, t in self._open.items()
+                    if t.last_ts_ns < now - int(self.cfg.identities.window_s * 1e9)]
+            for key in lost:  # a track whose end never came (its writer lost it)
+                del self._open[key]
             for linker in self._linkers.values():
-                linker.prune(max(s.last_ts_ns for s in spans))
+                linker.prune(now, keep=set(self._open))
         self._save_due()
         return alerts
 
@@ -175,6 +215,9 @@ class IdentityService:
         vector = mean_vector(np.stack(track.vectors))
         first = min(track.first_ts_ns, span.first_ts_ns) if span else track.first_ts_ns
         last = max(track.last_ts_ns, span.last_ts_ns) if span else track.last_ts_ns
+        if linker.next_id >= self._reserved.get(track.model_id, 1):  # before it is handed out
+            self._reserved[track.model_id] = linker.next_id + ID_BLOCK
+            reserve_ids(self.cfg.data_dir, track.model_id, self._reserved[track.model_id])
         t0 = time.perf_counter()
         changes = linker.observe(Tracklet(key[0], key[1], first, last, vector,
                                           len(track.vectors), span is not None))
@@ -188,9 +231,7 @@ class IdentityService:
                 camera=key[0], ts_ns=last, track_id=key[1], global_id=gid,
                 model_id=track.model_id, vector=tuple(float(x) for x in vector),
                 crops=len(track.vectors), final=span is not None))
-        if self._make_text_scorer is not None and self.watches.text_scorer is None and any(
-                w.kind == "text" for w in self.watches.store.all().values()):
-            self.watches.text_scorer = self._make_text_scorer()
+        self._text_scorer_if_needed()
         crops = tuple(img for img in (_decode(j) for j in track.jpegs) if img is not None)
         alerts = self.watches.check(TrackletView(key[0], key[1], last, first, vector,
                                                  track.model_id, gid, crops,
@@ -201,6 +242,20 @@ class IdentityService:
                               first_ts_ns=a.first_ts_ns, score=min(1.0, a.score),
                               reasons=a.reasons, thumbnail=a.thumbnail) for a in alerts]
         return alerts
+
+    def _text_scorer_if_needed(self) -> None:
+        """Build the text watches' scorer when the first text watch appears (it loads the
+        attribute and pose models); a failure is logged, and tried again a minute later."""
+        if self._make_text_scorer is None or self.watches.text_scorer is not None:
+            return
+        if time.monotonic() < self._scorer_retry_at or not any(
+                w.kind == "text" for w in self.watches.store.all().values()):
+            return
+        try:
+            self.watches.text_scorer = self._make_text_scorer()
+        except Exception as err:  # missing models or extras: text watches wait, ids go on
+            self._scorer_retry_at = time.monotonic() + 60.0
+            log.error("text watches cannot be checked (tried again in 60 s): %s", err)
 
     def _publish(self, events: list[BaseEvent]) -> None:
         if self.record is not None and events:
@@ -236,6 +291,7 @@ class IdentityService:
             path = state_path(self.cfg.data_dir, model_id)
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, self._linkers[model_id].to_json().encode("utf-8"))
+            self._stamp[model_id] = (_mtime(path), time.monotonic())
         self._dirty.clear()
         self._saved_at = time.monotonic()
 
@@ -248,6 +304,13 @@ def _identity_event(change: IdentityChange, model_id: str) -> IdentityEvent:
     return IdentityEvent(camera=change.camera, ts_ns=change.ts_ns, kind=change.kind,
                          track_id=change.track_id, global_id=change.global_id,
                          previous_global_id=change.previous, similarity=sim, model_id=model_id)
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
 
 
 def _decode(jpeg: bytes) -> np.ndarray | None:
@@ -323,9 +386,10 @@ def people_of(hits: Sequence[tuple[str, int]], ids: dict[tuple[str, int], int]
 
 def relink_gallery(cfg: RefindConfig, metas: Sequence[SqliteMetadata], model_id: str) -> dict:
     """Global ids for every track of a gallery (its shards' ``metas``) from ``model_id``'s
-    vectors, written as that model's saved state: what ``refind reindex`` does for a new model.
-    Tracks are linked in the order they ended, each with its final span and mean vector. A
-    state already saved for the model is kept beside, renamed, never overwritten."""
+    vectors, written as that model's saved state and published as ``IdentityEvent`` s of that
+    model: what ``refind reindex`` does for a new model. Tracks are linked in the order they
+    ended, each with its final span and mean vector. A state already saved for the model is
+    kept beside, renamed, never overwritten."""
     vectors: dict[tuple[str, int], list[np.ndarray]] = {}
     times: dict[tuple[str, int], list[int]] = {}
     spans: dict[tuple[str, int], TrackSpan] = {}
@@ -340,19 +404,47 @@ def relink_gallery(cfg: RefindConfig, metas: Sequence[SqliteMetadata], model_id:
                     times.setdefault(key, []).append(rec.ts_ns)
         spans |= {(s.camera, s.track_id): s for s in meta.track_spans()}
     linker = IdentityLinker(cfg.identities)
+    linker.next_id = reserved_ids(cfg.data_dir, model_id)  # above any id handed out before
     order = sorted(vectors, key=lambda k: (spans[k].last_ts_ns if k in spans else max(times[k])))
+    changes: list[IdentityChange] = []
     t0 = time.perf_counter()
     for key in order:
         span = spans.get(key)
         first = min(times[key]) if span is None else min(span.first_ts_ns, min(times[key]))
         last = max(times[key]) if span is None else max(span.last_ts_ns, max(times[key]))
-        linker.observe(Tracklet(key[0], key[1], first, last, mean_vector(np.stack(vectors[key])),
-                                len(vectors[key]), True))
+        changes += linker.observe(Tracklet(key[0], key[1], first, last,
+                                           mean_vector(np.stack(vectors[key])),
+                                           len(vectors[key]), True))
     seconds = time.perf_counter() - t0
+    reserve_ids(cfg.data_dir, model_id, linker.next_id)
     path = state_path(cfg.data_dir, model_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         path.rename(path.with_name(f"{path.stem}.before-{time.time_ns()}.json"))
     atomic_write(path, linker.to_json().encode("utf-8"))
+    # consumers learn the new model's ids as they learn live ones (each event names its model)
+    record = EventRecord.open(cfg)
+    try:
+        for start in range(0, len(changes), 1000):
+            record.append([_identity_event(c, model_id) for c in changes[start:start + 1000]])
+    finally:
+        record.close()
     return {"tracks": len(order), "global_ids": len(linker.groups()),
             "link_ms_per_track": round(1e3 * seconds / max(len(order), 1), 3), "path": str(path)}
+
+
+def forget_identities(data_dir: Path, camera: str, track_id: int) -> int:
+    """Remove a forgotten track from every saved identity state (each model's, and the ones
+    kept beside by a re-index): its vector and its global id. Returns the files changed."""
+    changed = 0
+    for path in sorted((Path(data_dir) / "identities").glob("*.json")):
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        rows = [r for r in doc.get("tracklets", [])
+                if (r["camera"], int(r["track_id"])) != (camera, track_id)]
+        retired = [r for r in doc.get("retired", []) if (r[0], int(r[1])) != (camera, track_id)]
+        if len(rows) != len(doc.get("tracklets", [])) or len(retired) != len(
+                doc.get("retired", [])):
+            atomic_write(path, json.dumps(doc | {"tracklets": rows, "retired": retired})
+                         .encode("utf-8"))
+            changed += 1
+    return changed

@@ -32,11 +32,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -55,10 +58,15 @@ PHOTO_CALIBRATION: dict[str, tuple[float, float]] = {
 }
 DEFAULT_THRESHOLD = 0.9
 MAX_WATCHES = 1000
+REMEMBERED = 200_000  # tracklets and identities remembered as alerted (memory stays bounded)
 
 
 class WatchError(ValueError):
     """A watch that cannot be made, found or kept; the message says what to do."""
+
+
+class WatchExists(WatchError):
+    """A watch of that name exists already (it is never replaced)."""
 
 
 class Watch(BaseModel):
@@ -149,45 +157,53 @@ class WatchStore:
             raise WatchError(f"watch name {name!r}: use 1-64 of A-Z a-z 0-9 _ . -")
         return self.folder / f"{name}.json"
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One writer of the folder at a time, across processes (the API, the CLI, reindex)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / ".lock", "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # released when the file closes
+            yield
+        self._seen = None
+
     def add(self, watch: Watch, photo_jpeg: bytes | None = None) -> Watch:
         """Store a new watch (and its photo, kept so that a new ReID model can re-embed it);
         a name in use is refused (remove the old one first)."""
         path = self._path(watch.name)
-        if path.exists():
-            raise WatchError(f"a watch named {watch.name!r} exists; remove it first "
-                             f"(refind watch remove {watch.name}) or choose another name")
-        if len(self.all()) >= MAX_WATCHES:
-            raise WatchError(f"{MAX_WATCHES} watches exist; remove some before adding more")
-        self.folder.mkdir(parents=True, exist_ok=True)
-        if photo_jpeg:
-            path.with_suffix(".jpg").write_bytes(photo_jpeg)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(watch.model_dump_json(), encoding="utf-8")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.link(tmp, path)  # fails if the name appeared meanwhile: never replaced
-        tmp.unlink()
-        self._seen = None
+        with self._locked():
+            if path.exists():
+                raise WatchExists(f"a watch named {watch.name!r} exists; remove it first "
+                                  f"(refind watch remove {watch.name}) or choose another name")
+            if len(self.all()) >= MAX_WATCHES:
+                raise WatchError(f"{MAX_WATCHES} watches exist; remove some before adding more")
+            if photo_jpeg:  # the photo first: a watch file always has its photo beside it
+                atomic_write(path.with_suffix(".jpg"), photo_jpeg)
+            atomic_write(path, watch.model_dump_json().encode("utf-8"))
         return watch
 
-    def add_vector(self, name: str, model_id: str, vector: np.ndarray) -> Watch:
+    def add_vector(self, name: str, model_id: str, vector: np.ndarray) -> Watch | None:
         """Keep ``name``'s photo as embedded by another model (``refind reindex``); the file is
-        replaced atomically with everything else in it unchanged."""
-        watch = self.get(name)
+        replaced atomically with everything else in it unchanged. None when the watch was
+        removed meanwhile (it is not brought back)."""
         vec = np.asarray(vector, np.float32).reshape(-1)
         vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
-        updated = watch.model_copy(update={"more_vectors": watch.more_vectors | {
-            model_id: tuple(round(float(x), 6) for x in vec)}})
-        atomic_write(self._path(name), updated.model_dump_json().encode("utf-8"))
-        self._seen = None
+        with self._locked():
+            self._seen = None
+            watch = self.all().get(name)
+            if watch is None:
+                return None
+            updated = watch.model_copy(update={"more_vectors": watch.more_vectors | {
+                model_id: tuple(round(float(x), 6) for x in vec)}})
+            atomic_write(self._path(name), updated.model_dump_json().encode("utf-8"))
         return updated
 
     def remove(self, name: str) -> Watch:
         path = self._path(name)
-        watch = self.get(name)
-        path.unlink()
-        path.with_suffix(".jpg").unlink(missing_ok=True)
-        self._seen = None
+        with self._locked():
+            self._seen = None
+            watch = self.get(name)
+            path.unlink()
+            path.with_suffix(".jpg").unlink(missing_ok=True)
         return watch
 
     def photo(self, name: str) -> bytes | None:
@@ -287,8 +303,9 @@ class WatchMatcher:
         self.store = store
         self.text_scorer = text_scorer
         self.calibration = dict(calibration or {})
-        self._alerted: set[tuple[str, str, int]] = set()  # (watch, camera, track id)
-        self._alerted_ids: set[tuple[str, str, int]] = set()  # (watch, camera, global id)
+        # what alerted already, the oldest forgotten first past REMEMBERED: (watch, camera,
+        # track id) and (watch, camera, model, global id), as ids are per model
+        self._alerted: OrderedDict[tuple, None] = OrderedDict()
         self._warned: set[tuple[str, str]] = set()
         self.checked = 0
 
@@ -313,25 +330,32 @@ class WatchMatcher:
             return p, f"looks alike (cosine {cos:.2f})"
         if self.text_scorer is None or not view.crops:
             return 0.0, "text watches need the tracklet's crops and the referrer"
-        return self.text_scorer(watch.text or "", view.crops)
+        try:
+            return self.text_scorer(watch.text or "", view.crops)
+        except Exception as err:  # a model that failed on these crops: logged, no alert
+            log.error("text watch %r could not score %s/%d: %s", watch.name, view.camera,
+                      view.track_id, err)
+            return 0.0, f"not scored: {err}"
 
-    def check(self, view: TrackletView) -> list[Alert]:
-        """Alerts of ``view`` (none for a tracklet or identity already alerted here)."""
+    def check(self, view: TrackletView, skip: Set[str] = frozenset()) -> list[Alert]:
+        """Alerts of ``view`` (none for a tracklet or identity already alerted here; none of
+        the watches named in ``skip``)."""
         out = []
         for watch in self.store.all().values():
-            if not watch.covers(view.camera) or (watch.name, view.camera,
-                                                 view.track_id) in self._alerted:
-                continue
-            if view.global_id is not None and (watch.name, view.camera,
-                                               view.global_id) in self._alerted_ids:
+            keys = [(watch.name, view.camera, view.track_id)]
+            if view.global_id is not None:
+                keys.append((watch.name, view.camera, view.model_id, view.global_id))
+            if (watch.name in skip or not watch.covers(view.camera)
+                    or any(k in self._alerted for k in keys)):
                 continue
             self.checked += 1
             score, why = self.score(watch, view)
             if score < watch.threshold:
                 continue
-            self._alerted.add((watch.name, view.camera, view.track_id))
-            if view.global_id is not None:
-                self._alerted_ids.add((watch.name, view.camera, view.global_id))
+            for k in keys:
+                self._alerted[k] = None
+            while len(self._alerted) > REMEMBERED:
+                self._alerted.popitem(last=False)
             out.append(Alert(watch.name, view.camera, view.track_id, view.global_id,
                              view.ts_ns, view.first_ts_ns, score,
                              (f"{watch.kind} watch", why, f"p {score:.2f} >= {watch.threshold}"),
@@ -358,7 +382,7 @@ def reembed_watches(store: WatchStore, embed: PhotoEmbed) -> int:
             log.error("the photo of watch %r is unreadable; it is not re-embedded", watch.name)
             continue
         vector, model_id = embed(photo, watch.instruction)
-        if watch.vector_for(model_id) is None:
-            store.add_vector(watch.name, model_id, vector)
+        if watch.vector_for(model_id) is None and store.add_vector(watch.name, model_id,
+                                                                   vector) is not None:
             added += 1
     return added

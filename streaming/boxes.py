@@ -70,7 +70,7 @@ def region_px(region: Region, width: int, height: int) -> tuple[int, int, int, i
         >>> region_px((0.0, 0.0, 0.5, 1.0), 480, 360)
         (0, 0, 240, 360)
     """
-    x1, y1 = round(region[0] * width), round(region[1] * height)
+    x1, y1 = min(round(region[0] * width), width - 1), min(round(region[1] * height), height - 1)
     x2 = max(round(region[2] * width), x1 + 1)
     y2 = max(round(region[3] * height), y1 + 1)
     return x1, y1, min(x2, width), min(y2, height)

@@ -257,7 +257,7 @@ class IdentityEvent(BaseEvent):
 
     ``kind``: ``assigned`` (track ``track_id`` is person ``global_id``; ``previous_global_id``
     is set when it was someone else before), ``merged`` (every track of ``previous_global_id``
-    is now ``global_id``; ``track_id`` names the track that caused it) or ``split`` (the track
+    is now ``global_id``; ``track_id`` names the track whose news caused it) or ``split`` (the track
     left ``previous_global_id``; an ``assigned`` follows). ``ts_ns``: the track's last frame.
 
     Example:

@@ -60,7 +60,7 @@ def test_watches_are_made_listed_refused_and_removed(web: Server, gallery: Path)
                       files={"image": ("p.jpg", crop.read_bytes(), "image/jpeg")})
     assert photo.status_code == 201, photo.text
     assert photo.json()["kind"] == "photo" and photo.json()["model_id"].startswith("person-")
-    assert "vector" not in photo.json()
+    assert "vector" not in photo.json() and "more_vectors" not in photo.json()
     for bad, why in (({"name": "z"}, "--image"), ({"name": "z", "text": "x", "threshold": "2"},
                                                   "threshold"),
                      ({"name": "bad name", "text": "x"}, "name")):

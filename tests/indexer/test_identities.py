@@ -130,3 +130,26 @@ def test_bad_input_is_refused() -> None:
 def test_mean_vector_is_unit() -> None:
     m = mean_vector(np.stack([AXES[0], AXES[1]]))
     assert np.isclose(np.linalg.norm(m), 1.0) and np.allclose(m[:2], [0.7071, 0.7071], atol=1e-3)
+
+
+def test_merge_along_a_chain_of_links() -> None:
+    """c1 -> c3 -> c2: two identities joined through the camera between them, though c1 and
+    c2 have no link of their own."""
+    links = (CameraLink(a="c1", b="c3", max_s=10), CameraLink(a="c3", b="c2", max_s=10))
+    cfg = IdentityConfig(links=links, link_threshold=0.9, merge_threshold=0.9)
+    linker = IdentityLinker(cfg)
+    assert ids(linker, [t("c1", 1, 0, 2, vec(1, 0.3)), t("c2", 1, 8, 9, vec(1, -0.3))]) == [1, 2]
+    changes = linker.observe(t("c3", 1, 4, 6, vec(1, 0)))  # .96 to both: links, then merges
+    assert [(c.kind, c.global_id, c.track_id) for c in changes] == [
+        ("assigned", 1, 1), ("merged", 1, 1)]
+    assert linker.groups() == {1: [("c1", 1), ("c2", 1), ("c3", 1)]}
+
+
+def test_prune_keeps_open_tracks_and_a_retired_one_is_linked_again() -> None:
+    linker = IdentityLinker(IdentityConfig(window_s=60.0))
+    ids(linker, [t("a", 1, 0, 5, AXES[0], ended=False), t("b", 1, 0, 5, AXES[1])])
+    assert linker.prune(now_ns=100 * S, keep={("a", 1)}) == 1  # b/1 only: a/1 is still open
+    assert linker.global_id("a", 1) == 1 and linker.global_id("b", 1) == 2
+    changes = linker.observe(t("b", 1, 0, 120, AXES[1]))  # news of the retired one after all
+    assert [(c.kind, c.global_id) for c in changes] == []  # it keeps its id, listed once
+    assert linker.groups() == {1: [("a", 1)], 2: [("b", 1)]}

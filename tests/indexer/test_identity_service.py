@@ -66,8 +66,23 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
     assert state_path(tmp_path, MODEL).is_file()
     again = service(tmp_path)  # the actor restarted
     again.crops([news("yard", 9, 5.0, AXES[1]), news("yard", 10, 5.0, AXES[2])])
-    assert again.global_ids([("gate", 1), ("yard", 9), ("yard", 10)], MODEL) == {
-        ("gate", 1): 1, ("yard", 9): 2, ("yard", 10): 3}
+    ids = again.global_ids([("gate", 1), ("hall", 4), ("yard", 9), ("yard", 10)], MODEL)
+    assert ids[("gate", 1)] == 1 and ids[("yard", 9)] == ids[("hall", 4)] == 2  # linked
+    assert ids[("yard", 10)] > 2  # a new person: a new id (past the ids reserved before)
+
+
+def test_ids_are_never_handed_out_twice_after_a_crash(tmp_path: Path) -> None:
+    """Events went out, the state was not saved (the process died): the ids in those events
+    are never given to someone else."""
+    cfg = RefindConfig(data_dir=tmp_path)
+    first = IdentityService(cfg, EventRecord(EventJournal(journal_dir(tmp_path))),
+                            save_interval_s=3600.0)
+    first.crops([news("gate", n, float(n), AXES[n % 4]) for n in range(1, 4)])
+    published = {e["global_id"] for e in lines(tmp_path, "identities")}
+    assert published == {1, 2, 3} and not state_path(tmp_path, MODEL).exists()  # never saved
+    second = service(tmp_path)
+    second.crops([news("yard", 1, 9.0, -AXES[0])])
+    assert second.global_ids([("yard", 1)], MODEL)[("yard", 1)] not in published
 
 
 def test_models_never_mix(tmp_path: Path) -> None:
@@ -92,3 +107,16 @@ def test_global_ids_are_read_by_another_process_and_grouped(tmp_path: Path) -> N
          "tracklets": [{"camera": "gate", "track_id": 1}, {"camera": "yard", "track_id": 2}]},
         {"global_id": 2, "cameras": ["hall"], "tracklets": [{"camera": "hall", "track_id": 4}]}]
     assert GlobalIds(tmp_path / "nothing").lookup([("gate", 1)], MODEL) == {}
+
+
+def test_a_forgotten_track_leaves_every_saved_state(tmp_path: Path) -> None:
+    from refind.indexer.identity_service import forget_identities
+
+    svc = service(tmp_path)
+    svc.crops([news("gate", 1, 1.0, AXES[0]), news("hall", 4, 1.2, AXES[1])])
+    svc.crops([news("gate", 1, 9.0, AXES[0], model="other@1")])
+    svc.close()
+    assert forget_identities(tmp_path, "gate", 1) == 2  # both models' states held it
+    assert GlobalIds(tmp_path).lookup([("gate", 1), ("hall", 4)], MODEL) == {("hall", 4): 2}
+    assert "gate" not in state_path(tmp_path, "other@1").read_text()
+    assert forget_identities(tmp_path, "gate", 1) == 0

@@ -166,3 +166,23 @@ def test_an_uncalibrated_model_is_refused_at_creation_and_never_crashes_matching
     assert WatchMatcher(store).check(view) == []  # a matcher without it: logged, no alert
     alerts = WatchMatcher(store, calibration={"irm-new": (4.0, -3.0)}).check(view)
     assert [a.watch for a in alerts] == ["v"] and alerts[0].score > 0.9
+
+
+def test_ids_of_two_models_are_not_confused_and_a_failing_scorer_alerts_nothing(
+        tmp_path: Path) -> None:
+    store = WatchStore(tmp_path)
+    store.add(photo_watch("visitor", AXES[0], MODEL, threshold=0.5))
+    store.add(text_watch("words", "a man", threshold=0.5))
+
+    def broken(text: str, crops) -> tuple[float, str]:
+        raise RuntimeError("attribute model crashed")
+
+    matcher = WatchMatcher(store, broken)
+    assert [a.watch for a in matcher.check(view("hall", 1, AXES[0], gid=7,
+                                                crops=(np.zeros((8, 4, 3), np.uint8),)))] == [
+        "visitor"]  # the text watch failed on its own; the photo watch still alerted
+    other_model = TrackletView("hall", 2, 10, 0, AXES[0], MODEL + "x", 7)
+    store.add(photo_watch("other", AXES[0], MODEL + "x", threshold=0.5))
+    # global id 7 of another model is another person: it may alert
+    assert "other" in [a.watch for a in matcher.check(other_model)]
+    assert matcher.check(view("hall", 3, AXES[0], gid=7), skip={"visitor"}) == []

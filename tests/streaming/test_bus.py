@@ -202,8 +202,8 @@ def test_tail_stops_when_idle_and_skips_undecodable(tansu):
 
     cfg = _cfg(tansu.bootstrap)
     assert sorted(ensure_topics(cfg, partitions=1)) == [
-        f"{cfg.topic_prefix}.{k}" for k in ("camera-status", "crops", "detections", "forget",
-                                               "tracks")]
+        f"{cfg.topic_prefix}.{k}" for k in ("alerts", "camera-status", "crops", "detections",
+                                               "embeddings", "forget", "identities", "tracks")]
     assert ensure_topics(cfg) == []
     topic = topic_for(TrackEvent, cfg.topic_prefix)
     raw = KafkaProducer(bootstrap_servers=tansu.bootstrap)
