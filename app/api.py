@@ -68,7 +68,7 @@ from refind.config import RefindConfig
 from refind.indexer.blobs import CropStore, CropStoreError, clip_path, context_path, safe_name
 from refind.indexer.forget import UnknownTrackError
 from refind.indexer.gallery_store import GalleryLockedError
-from refind.indexer.identity_service import GlobalIds, people_of
+from refind.indexer.identity_state import GlobalIds, people_of
 from refind.indexer.live_search import GalleryUnavailable, LiveSearch, SearchResult
 from refind.indexer.metadata import TrackSummary
 from refind.indexer.query_plan import MAX_MIN_TRACK_S, UnknownCamera, check_query_text, plan_query

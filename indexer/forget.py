@@ -28,7 +28,7 @@ from refind.config import RefindConfig
 from refind.indexer.blobs import CropStore
 from refind.indexer.evidence import EvidenceStore
 from refind.indexer.gallery_store import GalleryStore, lock_gallery
-from refind.indexer.identity_service import forget_identities
+from refind.indexer.identity_state import forget_identities
 from refind.indexer.metadata import SqliteMetadata, StoredModel
 from refind.indexer.record import EventRecord
 from refind.indexer.shards import shard_number

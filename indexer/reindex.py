@@ -42,7 +42,7 @@ import numpy as np
 from refind.config import RefindConfig
 from refind.indexer.blobs import CropStore, CropStoreError
 from refind.indexer.gallery_store import GalleryStore, acquire_lock
-from refind.indexer.identity_service import relink_gallery
+from refind.indexer.identity_state import relink_gallery
 from refind.indexer.metadata import SqliteMetadata
 from refind.indexer.shards import existing_shards
 from refind.indexer.versions import (

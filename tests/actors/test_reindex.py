@@ -22,7 +22,7 @@ from refind.app.cli import main
 from refind.app.identity_commands import add_watch
 from refind.config import RefindConfig
 from refind.indexer.gallery_store import GalleryStore
-from refind.indexer.identity_service import state_path
+from refind.indexer.identity_state import state_path
 from refind.indexer.live_search import LiveSearch
 from refind.indexer.metadata import SqliteMetadata
 from refind.indexer.versions import read_registry, serving_version

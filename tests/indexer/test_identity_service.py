@@ -9,13 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from refind.config import RefindConfig
-from refind.indexer.identity_service import (
-    CropNews,
-    GlobalIds,
-    IdentityService,
-    people_of,
-    state_path,
-)
+from refind.indexer.identity_service import CropNews, IdentityService
+from refind.indexer.identity_state import GlobalIds, people_of, state_path
 from refind.indexer.journal import EventJournal, journal_dir
 from refind.indexer.record import EventRecord
 from refind.indexer.watchlist import WatchStore, photo_watch
@@ -110,7 +105,7 @@ def test_global_ids_are_read_by_another_process_and_grouped(tmp_path: Path) -> N
 
 
 def test_a_forgotten_track_leaves_every_saved_state(tmp_path: Path) -> None:
-    from refind.indexer.identity_service import forget_identities
+    from refind.indexer.identity_state import forget_identities
 
     svc = service(tmp_path)
     svc.crops([news("gate", 1, 1.0, AXES[0]), news("hall", 4, 1.2, AXES[1])])
