@@ -440,6 +440,7 @@ def create_app(
                   docs_url=None, redoc_url=None,
                   description="Find a person across camera streams by photo or description.")
     app.state.keys = keys
+    app.state.global_ids = global_ids
     app.state.sessions = Sessions(keys, cfg.api.session_hours * 3600,
                                   (cfg.api.session_secret or "").encode() or None)
     _install_error_handlers(app)

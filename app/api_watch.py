@@ -18,7 +18,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -124,6 +125,20 @@ async def follow_alerts(path: Path, publish: Any, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), ALERT_POLL_S)
 
 
+def parse_cameras(text: str | None) -> tuple[str, ...]:
+    """``"gate, hall"`` -> ("gate", "hall")."""
+    return tuple(dict.fromkeys(c.strip() for c in (text or "").split(",") if c.strip()))
+
+
+@dataclass(frozen=True)
+class WatchOps:
+    """What the UI's watch forms do, through the same checks and audit as the JSON routes."""
+
+    store: WatchStore
+    make: Callable[..., Watch]
+    drop: Callable[..., None]
+
+
 def public(watch: Watch) -> dict[str, object]:
     """What a watch shows to callers: not its vectors (the person's biometric template)."""
     return watch.model_dump(exclude={"vector", "more_vectors"})
@@ -153,34 +168,18 @@ def install_watches(app: FastAPI, cfg: RefindConfig, live: LiveSearch, audit: Au
     def list_watches(who: Caller) -> dict[str, object]:
         return {"watches": [public(w) for w in store.all().values() if visible(who, w)]}
 
-    @app.post("/v1/watches", status_code=201,
-              summary="Watch for a person (photo or description); alerts as they show up")
-    def create_watch(
-        who: Caller,
-        name: Annotated[str, Form(description="1-64 of A-Z a-z 0-9 _ . -")],
-        text: Annotated[str | None, Form(description="A description of the person")] = None,
-        image: Annotated[UploadFile | None, File(description="A photo of the person")] = None,
-        instruction: Annotated[str | None, Form(description="With image: what to change or "
-                                                "ignore (instructable models)")] = None,
-        threshold: Annotated[float | None, Form(gt=0.0, lt=1.0, description=(
-            "Probability that a track is the person at which to alert (default 0.9)"))] = None,
-        cameras: Annotated[str | None, Form(description="Comma list; default every camera")]
-        = None,
-    ) -> dict[str, object]:
-        wanted = tuple(c.strip() for c in (cameras or "").split(",") if c.strip())
-        entry: dict[str, object] = {"key": who.name, "endpoint": "/v1/watches",
-                                    "method": "POST", "watch": name, "cameras": list(wanted)}
+    def make(who: Principal, name: str, *, text: str | None = None, image: bytes | None = None,
+             instruction: str | None = None, threshold: float | None = None,
+             cameras: tuple[str, ...] = (), endpoint: str = "/v1/watches",
+             source: str | None = None) -> Watch:
+        """A new watch for ``who`` (checked, stored, audited); ApiError when refused."""
+        entry: dict[str, object] = {"key": who.name, "endpoint": endpoint, "method": "POST",
+                                    "watch": name, "cameras": list(cameras), "source": source}
         try:
-            check_manager(who, wanted)
-            data = None
-            if image is not None:
-                data = image.file.read(int(cfg.api.max_upload_mb * 2**20) + 1)
-                if len(data) > cfg.api.max_upload_mb * 2**20:
-                    raise ApiError(413, f"image is over api.max_upload_mb "
-                                        f"({cfg.api.max_upload_mb} MiB)")
-            made = add_watch(cfg, store, name, image=data, instruction=instruction or None,
+            check_manager(who, cameras)
+            made = add_watch(cfg, store, name, image=image, instruction=instruction or None,
                              text=text if text and text.strip() else None, threshold=threshold,
-                             cameras=wanted, created_by=who.name,
+                             cameras=cameras, created_by=who.name,
                              embed=lambda photo, instruction: live.embed_photo(
                                  ImageQuery(image=photo, instruction=instruction)))
         except (WatchError, QueryError, ModelInputError) as err:
@@ -194,12 +193,12 @@ def install_watches(app: FastAPI, cfg: RefindConfig, live: LiveSearch, audit: Au
             audit.write({**entry, "status": 500, "error": f"{type(err).__name__}: {err}"})
             raise
         audit.write({**entry, "status": 201, "kind": made.kind})
-        return public(made)
+        return made
 
-    @app.delete("/v1/watches/{name}", summary="Stop a watch and delete it (audited)")
-    def delete_watch(who: Caller, name: str) -> dict[str, object]:
-        entry: dict[str, object] = {"key": who.name, "endpoint": "/v1/watches/{name}",
-                                    "method": "DELETE", "watch": name}
+    def drop(who: Principal, name: str, endpoint: str = "/v1/watches/{name}") -> None:
+        """Remove ``who``'s watch ``name`` (checked, audited); ApiError when refused."""
+        entry: dict[str, object] = {"key": who.name, "endpoint": endpoint, "method": "DELETE",
+                                    "watch": name}
         try:
             try:
                 watch = store.get(name)
@@ -214,6 +213,35 @@ def install_watches(app: FastAPI, cfg: RefindConfig, live: LiveSearch, audit: Au
             audit.write({**entry, "status": err.status, "error": err.message})
             raise
         audit.write({**entry, "status": 200})
+
+    app.state.watches = WatchOps(store, make, drop)
+
+    @app.post("/v1/watches", status_code=201,
+              summary="Watch for a person (photo or description); alerts as they show up")
+    def create_watch(
+        who: Caller,
+        name: Annotated[str, Form(description="1-64 of A-Z a-z 0-9 _ . -")],
+        text: Annotated[str | None, Form(description="A description of the person")] = None,
+        image: Annotated[UploadFile | None, File(description="A photo of the person")] = None,
+        instruction: Annotated[str | None, Form(description="With image: what to change or "
+                                                "ignore (instructable models)")] = None,
+        threshold: Annotated[float | None, Form(gt=0.0, lt=1.0, description=(
+            "Probability that a track is the person at which to alert (default 0.9)"))] = None,
+        cameras: Annotated[str | None, Form(description="Comma list; default every camera")]
+        = None,
+    ) -> dict[str, object]:
+        data = None
+        if image is not None:
+            data = image.file.read(int(cfg.api.max_upload_mb * 2**20) + 1)
+            if len(data) > cfg.api.max_upload_mb * 2**20:
+                raise ApiError(413, f"image is over api.max_upload_mb "
+                                    f"({cfg.api.max_upload_mb} MiB)")
+        return public(make(who, name, text=text, image=data, instruction=instruction,
+                           threshold=threshold, cameras=parse_cameras(cameras)))
+
+    @app.delete("/v1/watches/{name}", summary="Stop a watch and delete it (audited)")
+    def delete_watch(who: Caller, name: str) -> dict[str, object]:
+        drop(who, name)
         return {"removed": name}
 
     @app.get("/v1/alerts", summary="The newest alerts, newest first")

@@ -48,10 +48,12 @@ from starlette.datastructures import UploadFile
 
 from refind.app.api import PHOTO_PATH, TextSearch, camera_report, clip_url, crop_url
 from refind.app.api_guard import ApiError, Principal, RateLimited, Sessions
+from refind.app.api_watch import alerts_path, newest_alerts, parse_cameras, visible
 from refind.indexer.blobs import clip_path, context_path
 from refind.indexer.live_search import GalleryUnavailable
 from refind.indexer.query_plan import resolve_timezone, time_text
 from refind.indexer.search import QueryError
+from refind.indexer.watchlist import WatchStore
 from refind.models.referring import describe_motion
 from refind.streaming.clips import draw_box, scaled
 from refind.streaming.config import NAME_PATTERN
@@ -508,12 +510,23 @@ def install_ui(app: FastAPI) -> None:
         looks = ops.live.describe_track(records)
         motion = describe_motion(summary.motion) if summary.motion is not None else []
         duration = (summary.end_ts_ns - summary.start_ts_ns) / 1e9
+        person = None
+        found_person = request.app.state.global_ids.person(camera, track_id, ops.live.model_id)
+        if found_person is not None:
+            gid, keys = found_person
+            seen = [(c, t) for c, t in keys if who.sees(c) and (c, t) != (camera, track_id)]
+            person = {"global_id": gid, "cameras": sorted({c for c, _ in seen}),
+                      "tracklets": [{"camera": c, "track_id": t,
+                                     "url": f"/tracks/{quote(c, safe='')}/{t}"}
+                                    for c, t in seen]}
         return page(request, "track.html", who, camera=camera, track_id=track_id,
                     start=summary.start_ts_ns / 1e9, end=summary.end_ts_ns / 1e9,
                     duration=duration, n_crops=summary.n_crops, crops=crops, best=best,
-                    clip=clip, looks=looks, motion=motion,
+                    clip=clip, looks=looks, motion=motion, person=person,
                     like_url="/?" + urlencode({"like": f"{camera}/{track_id}"}),
-                    may_forget=who.may_forget, error=None)
+                    may_forget=who.may_forget, may_watch=who.may_manage_watches,
+                    scope=",".join(sorted(who.cameras)) if who.cameras is not None else "",
+                    error=None)
 
     @router.post("/tracks/{camera}/{track_id}/forget", response_class=HTMLResponse)
     async def forget(request: Request, who: Operator, camera: str, track_id: int) -> Response:
@@ -534,6 +547,56 @@ def install_ui(app: FastAPI) -> None:
         done = {"forgot": f"{camera}/{track_id}", "vectors": report["vectors_deleted"],
                 "crops": report["crop_files_deleted"]}
         return RedirectResponse("/?" + urlencode(done), status_code=303)
+
+    # -- watches -----------------------------------------------------------------------------
+
+    @router.post("/watches/add", response_class=HTMLResponse)
+    async def add_watch_form(request: Request, who: Operator) -> Response:
+        """A watch from the alerts page (a description) or a tracklet page (its best crop as
+        the photo); the same checks and audit as ``POST /v1/watches``."""
+        if not _same_origin(request):
+            return page(request, "error.html", who, 403,
+                        error="This request came from another site and was refused.")
+        form = await request.form()
+        name = str(form.get("name") or "").strip()
+        source = str(form.get("from_track") or "")
+        try:
+            threshold = float(str(form.get("threshold") or "0.9"))
+        except ValueError:
+            return page(request, "error.html", who, 400, error="threshold must be a number "
+                        "between 0 and 1, e.g. 0.9")
+        cameras = parse_cameras(str(form.get("cameras") or ""))
+        image = None
+        try:
+            if source:
+                camera, _, track = source.rpartition("/")
+                if not camera or not track.isdigit() or not who.sees(camera):
+                    raise ApiError(400, f"from_track={source!r}: expected a CAMERA/TRACK you "
+                                        "may see")
+                found = ops.live.track(camera, int(track))
+                if found is None:
+                    raise ApiError(404, f"camera {camera!r} has no track {track}")
+                image = ops.crops.read_bytes(found[0].best.crop_path)
+            watches = request.app.state.watches
+            await asyncio.to_thread(
+                watches.make, who, name, text=None if source else str(form.get("text") or ""),
+                image=image, threshold=threshold, cameras=cameras, endpoint="/watches/add",
+                source=source or None)
+        except ApiError as err:
+            return page(request, "error.html", who, err.status, error=err.message)
+        return RedirectResponse("/alerts?" + urlencode({"watched": name}), status_code=303)
+
+    @router.post("/watches/{name}/remove", response_class=HTMLResponse)
+    async def remove_watch_form(request: Request, who: Operator, name: str) -> Response:
+        if not _same_origin(request):
+            return page(request, "error.html", who, 403,
+                        error="This request came from another site and was refused.")
+        try:
+            await asyncio.to_thread(request.app.state.watches.drop, who, name,
+                                    "/watches/{name}/remove")
+        except ApiError as err:
+            return page(request, "error.html", who, err.status, error=err.message)
+        return RedirectResponse("/alerts?" + urlencode({"unwatched": name}), status_code=303)
 
     # -- cameras and alerts ------------------------------------------------------------------
 
@@ -591,14 +654,20 @@ def install_ui(app: FastAPI) -> None:
 
     @router.get("/alerts", response_class=HTMLResponse)
     def alerts_page(request: Request, who: Operator) -> Response:
-        from refind.app.api_watch import alerts_path, newest_alerts, visible
-        from refind.indexer.watchlist import WatchStore
-
         recent = [a for a in newest_alerts(alerts_path(cfg), 200)
                   if who.sees(str(a.get("camera", "")))][:50]
         watches = [w for w in WatchStore.in_data_dir(cfg.data_dir).all().values()
                    if visible(who, w)]
-        return page(request, "alerts.html", who, recent=recent, watches=watches)
+        params = request.query_params
+        flash = None  # composed here, echoing only a watch-shaped name
+        for key, what in (("watched", "Watching for {}: alerts appear here."),
+                          ("unwatched", "Removed watch {}.")):
+            name = params.get(key, "")
+            if re.fullmatch(NAME_PATTERN, name):
+                flash = what.format(name)
+        return page(request, "alerts.html", who, recent=recent, watches=watches, flash=flash,
+                    may_watch=who.may_manage_watches,
+                    scope=",".join(sorted(who.cameras)) if who.cameras is not None else "")
 
     @app.get("/v1/alerts/stream", summary="Alerts as server-sent events (watchlists publish)",
              response_class=StreamingResponse)

@@ -108,7 +108,7 @@ class IdentityService:
         self._make_text_scorer = text_scorer
         self._linkers: dict[str, IdentityLinker] = {}
         self._reserved: dict[str, int] = {}  # per model: ids below it may be handed out
-        self._stamp: dict[str, tuple[int | None, float]] = {}  # state file mtime, checked at
+        self._stamp: dict[str, tuple[int | None, float]] = {}  # (state file mtime, checked at)
         self._open: dict[tuple[str, int], _Open] = {}
         self._dirty: set[str] = set()
         self._saved_at = time.monotonic()

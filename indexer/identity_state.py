@@ -78,6 +78,15 @@ class GlobalIds:
         ids = self._ids(model_id)
         return {k: ids[k] for k in keys if k in ids}
 
+    def person(self, camera: str, track_id: int, model_id: str
+               ) -> tuple[int, list[tuple[str, int]]] | None:
+        """The global id of a track and every track of that person (itself too), sorted."""
+        ids = self._ids(model_id)
+        gid = ids.get((camera, track_id))
+        if gid is None:
+            return None
+        return gid, sorted(k for k, g in ids.items() if g == gid)
+
     def _ids(self, model_id: str) -> dict[tuple[str, int], int]:
         now = time.monotonic()
         held = self._by_model.get(model_id)

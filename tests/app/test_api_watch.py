@@ -121,3 +121,39 @@ def test_search_hits_carry_global_ids_and_people(web: Server, gallery: Path) -> 
     assert all(isinstance(h["global_id"], int) for h in body["hits"])
     grouped = sum(len(p["tracklets"]) for p in body["people"])
     assert grouped == len(body["hits"]) and len(body["people"]) <= len(body["hits"])
+
+
+def signed_in(server: Server, key: str) -> httpx.Client:
+    c = httpx.Client(base_url=server.url, timeout=60)
+    assert c.post("/login", data={"key": key, "next": "/"}).status_code == 303
+    return c
+
+
+def test_watch_from_a_tracklet_page_and_from_the_alerts_page(web: Server, gallery: Path) -> None:
+    track = int(next(p for p in (gallery / "crops" / "pets").iterdir() if p.is_dir()).name)
+    c = signed_in(web, WATCHER)
+    page = c.get(f"/tracks/pets/{track}").text
+    assert "This person elsewhere" in page and "Person " in page and 'action="/watches/add"' in page
+    made = c.post("/watches/add", data={"from_track": f"pets/{track}", "name": "seen-once",
+                                        "threshold": "0.8", "cameras": "pets"})
+    assert made.status_code == 303 and made.headers["location"] == "/alerts?watched=seen-once"
+    shown = c.get("/alerts?watched=seen-once").text
+    assert "Watching for seen-once" in shown and 'action="/watches/seen-once/remove"' in shown
+    watch = client(web, WATCHER).get("/v1/watches").json()["watches"]
+    assert {"name": "seen-once", "kind": "photo", "cameras": ["pets"]}.items() <= next(
+        w for w in watch if w["name"] == "seen-once").items()
+    text = c.post("/watches/add", data={"name": "by-words", "text": "a man in black"})
+    assert text.status_code == 303
+    bad = c.post("/watches/add", data={"name": "x", "text": "a man", "threshold": "lots"})
+    assert bad.status_code == 400 and "threshold must be a number" in bad.text
+    foreign = c.post("/watches/add", data={"name": "y", "text": "a man"},
+                     headers={"Origin": "https://evil.example"})
+    assert foreign.status_code == 403
+    assert c.get("/alerts?watched=<b>x</b>").text.count("Watching for") == 0  # never echoed
+    for name in ("seen-once", "by-words"):
+        gone = c.post(f"/watches/{name}/remove")
+        assert gone.status_code == 303 and gone.headers["location"].endswith(f"unwatched={name}")
+    desk = signed_in(web, KEYS["desk"])
+    assert 'action="/watches/add"' not in desk.get(f"/tracks/pets/{track}").text
+    refused = desk.post("/watches/add", data={"name": "z", "text": "a man"})
+    assert refused.status_code == 403 and "manage_watches: true" in refused.text
