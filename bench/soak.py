@@ -148,7 +148,8 @@ def run(args: argparse.Namespace, data: Path) -> dict:
     sup.start()
     reader = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=group,
                            auto_offset_reset="earliest", enable_auto_commit=False,
-                           session_timeout_ms=6000, consumer_timeout_ms=200)
+                           session_timeout_ms=6000, fetch_max_wait_ms=100,
+                           consumer_timeout_ms=1000)  # idle longer than a fetch waits
     reader.subscribe([topic])
     live = LiveSearch.from_config(cfg)
     searcher = Searcher(live, query)
