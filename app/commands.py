@@ -21,6 +21,7 @@ from refind.config import RefindConfig
 from refind.indexer.blobs import CropStore, CropStoreError
 from refind.indexer.evidence import EvidenceStore
 from refind.indexer.gallery_store import GalleryLockedError
+from refind.indexer.identity_state import GlobalIds
 from refind.indexer.ingest import IngestPipeline
 from refind.indexer.metadata import SqliteMetadata
 from refind.indexer.query_plan import (
@@ -230,9 +231,25 @@ def search(args: argparse.Namespace, cfg: RefindConfig) -> list[dict[str, object
                 ranked = replace(ranked, message=_clock_note(ranked.message, gallery))
     if ranked.message:  # "no tracklet matches ...": a clear line, exit 0, an empty list
         print(ranked.message, file=sys.stderr if args.json else sys.stdout)
+    ids = GlobalIds(cfg.data_dir).lookup([(h.camera, h.track_id) for h in ranked.hits],
+                                         embedder.model_id)
     if not args.json and (ranked.hits or not ranked.message):
         print(format_hits(ranked.hits, crops, resolve_timezone(cfg.search.timezone)))
-    return [h.to_json() | {"thumbnail": crops.location(h.thumbnail)} for h in ranked.hits]
+        for gid, ranks in _same_person(ranked.hits, ids).items():
+            print(f"ranks {', '.join(map(str, ranks))}: linked as one person (global id {gid})")
+    return [h.to_json() | {"thumbnail": crops.location(h.thumbnail),
+                           "global_id": ids.get((h.camera, h.track_id))} for h in ranked.hits]
+
+
+def _same_person(hits: list[TrackletHit], ids: dict[tuple[str, int], int]
+                 ) -> dict[int, list[int]]:
+    """Global id -> the 1-based ranks of its hits, for ids with more than one hit."""
+    ranks: dict[int, list[int]] = {}
+    for i, h in enumerate(hits, 1):
+        gid = ids.get((h.camera, h.track_id))
+        if gid is not None:
+            ranks.setdefault(gid, []).append(i)
+    return {g: r for g, r in ranks.items() if len(r) > 1}
 
 
 def _check_gallery(root: Path, cfg: RefindConfig, model_id: str) -> None:

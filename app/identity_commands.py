@@ -93,10 +93,10 @@ def watch(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object] | li
         watches = [w.model_dump(exclude={"vector", "more_vectors"}) for w in store.all().values()]
         if not args.json:
             for w in watches:
-                what = w["text"] if w["kind"] == "text" else "photo" + (
+                what = f"text {w['text']!r}" if w["kind"] == "text" else "photo" + (
                     f" + {w['instruction']!r}" if w["instruction"] else "")
                 cams = ", ".join(w["cameras"]) or "all cameras"
-                print(f"{w['name']}: {w['kind']} {what!r} >= {w['threshold']} on {cams}")
+                print(f"{w['name']}: {what}, alerts at p >= {w['threshold']} on {cams}")
             if not watches:
                 print("no watches: add one with refind watch add NAME --image P | --text T")
         return watches

@@ -72,6 +72,7 @@ def test_ingest_then_find_person_by_photo(
     assert 1 <= len(hits) <= 5
     for key in ("track_id", "camera", "score", "start_ts", "end_ts", "thumbnail"):
         assert key in hits[0]
+    assert all(isinstance(h["global_id"], int) for h in hits)  # ingest linked every track
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     assert all(Path(h["thumbnail"]).is_file() for h in hits)
     top = hits[0]
