@@ -72,16 +72,22 @@ def tree(root: psutil.Process) -> list[psutil.Process]:
     return [root, *root.children(recursive=True)]
 
 
-def resources() -> tuple[float, int]:
-    """(RSS in MiB, open fds) of this process and everything under it."""
+def resources() -> tuple[float, int, dict[str, float]]:
+    """(RSS in MiB, open fds) of this process and everything under it, and the RSS per kind of
+    process (Ray names its workers after the actor they run: ``ray::CameraActor``)."""
     rss, fds = 0, 0
+    by_kind: dict[str, float] = {}
     for p in tree(psutil.Process()):
         try:
-            rss += p.memory_info().rss
+            mine = p.memory_info().rss
             fds += p.num_fds()
+            title = (p.cmdline() or [p.name()])[0]
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    return rss / 2**20, fds
+        rss += mine
+        kind = title.split()[0].rsplit("/", 1)[-1][:40]
+        by_kind[kind] = round(by_kind.get(kind, 0.0) + mine / 2**20, 1)
+    return rss / 2**20, fds, by_kind
 
 
 class Searcher(threading.Thread):
@@ -162,7 +168,7 @@ def run(args: argparse.Namespace, data: Path) -> dict:
             for _ in reader:  # a consumer reading as fast as it can: what is left is lag
                 pass
             reader.commit()
-            rss, fds = resources()
+            rss, fds, by_kind = resources()
             reports = {n: r for n, r in sup.status().items() if not isinstance(r, str)}
             writers = sup.pool_stats()["writer"]
             published = (sum(r.events_published for r in reports.values())
@@ -184,6 +190,7 @@ def run(args: argparse.Namespace, data: Path) -> dict:
                 "search_p95_ms": round(float(np.quantile(searcher.ms[-60:], 0.95)), 1)
                 if searcher.ms else None,
                 "search_errors": len(searcher.errors),
+                "rss_mib_by_process": by_kind,
             })
             print(json.dumps(samples[-1]), file=sys.stderr, flush=True)
             time.sleep(args.every)
@@ -210,8 +217,15 @@ def growth(samples: list[dict], key: str, after_s: float) -> float | None:
 
 def summarise(samples: list[dict], args: argparse.Namespace, searcher: Searcher) -> dict:
     rss, fds = growth(samples, "rss_mib", args.warmup), growth(samples, "fds", args.warmup)
+    after = [x for x in samples if x["t_s"] >= args.warmup]
+    growers = {}
+    if len(after) >= 6:
+        first, last = after[0]["rss_mib_by_process"], after[-1]["rss_mib_by_process"]
+        growers = dict(sorted(((k, round(last[k] - first.get(k, 0.0), 1)) for k in last),
+                              key=lambda kv: -kv[1])[:6])
     return {
         "rss_growth_after_warmup": rss, "fds_growth_after_warmup": fds,
+        "rss_mib_growth_by_process": growers,
         "target_growth": 0.05,
         "growth_under_target": rss is not None and fds is not None and max(rss, fds) < 0.05,
         "frames_analysed": samples[-1]["frames"] if samples else 0,
