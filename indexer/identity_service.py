@@ -143,8 +143,7 @@ class IdentityService:
             key = (n.camera, n.track_id)
             track = self._open.get(key)
             if track is None or track.model_id != n.model_id:  # a new model starts afresh
-                track = self._open[key] = _Open(n.ts_ns, n.ts_ns, model_id=n.model_id,
-                                                thumbnail=n.crop_path)
+                track = self._open[key] = self._reopen(key, n.model_id, n.ts_ns, n.crop_path)
             track.first_ts_ns = min(track.first_ts_ns, n.ts_ns)
             track.last_ts_ns = max(track.last_ts_ns, n.ts_ns)
             track.vectors.append(np.asarray(n.vector, np.float32).reshape(-1))
@@ -166,9 +165,12 @@ class IdentityService:
         alerts: list[Alert] = []
         events: list[BaseEvent] = []
         for span in spans:
-            track = self._open.pop((span.camera, span.track_id), None)
-            if track is None:
-                continue  # no crop was stored: no identity
+            key = (span.camera, span.track_id)
+            track = self._open.pop(key, None)
+            if track is None:  # held before a restart, else no crop was stored: no identity
+                track = self._reopen(key, None, span.first_ts_ns, "")
+                if not track.vectors:
+                    continue
             self.counts["tracks_ended"] += 1
             alerts += self._update((span.camera, span.track_id), track, span, events)
         self._publish(events)
@@ -182,6 +184,17 @@ class IdentityService:
                 linker.prune(now, keep=set(self._open))
         self._save_due()
         return alerts
+
+    def _reopen(self, key: tuple[str, int], model_id: str | None, ts_ns: int,
+                thumbnail: str) -> _Open:
+        """A track to hold: what the saved state knows of it (a restarted service goes on
+        with its vector and span, weighted by its crops), else a new one."""
+        for model in [model_id] if model_id else list(self._linkers):
+            known = self.linker(model).tracklets.get(key)
+            if known is not None:
+                return _Open(known.first_ts_ns, known.last_ts_ns, [known.vector] * known.crops,
+                             thumbnail=thumbnail, model_id=model)
+        return _Open(ts_ns, ts_ns, model_id=model_id or "", thumbnail=thumbnail)
 
     def _update(self, key: tuple[str, int], track: _Open, span: TrackSpan | None,
                 events: list[BaseEvent]) -> list[Alert]:

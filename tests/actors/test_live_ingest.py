@@ -123,6 +123,7 @@ def test_two_live_cameras_events_metadata_and_search(
     import cv2
 
     from refind.app.identity_commands import add_watch
+    from refind.indexer.identity_state import GlobalIds
     from refind.indexer.watchlist import WatchStore
 
     photo = cv2.imencode(".jpg", frame[y1:y2, x1:x2])[1].tobytes()
@@ -193,12 +194,13 @@ def test_two_live_cameras_events_metadata_and_search(
         linked = [(e.camera, e.track_id) for e in seen if isinstance(e, IdentityEvent)]
         model = sup.live.model_id
         time.sleep(2.5)  # its state is saved every 2 s while news comes in
-        held = ray.get(sup.identity.global_ids.remote(linked, model))
+        saved = GlobalIds(cfg.data_dir).lookup(linked, model)  # what a restart reads
         ray.kill(sup.identity, no_restart=False)
         assert wait_until(lambda: _answers(sup.identity), timeout_s=60)
         after = ray.get(sup.identity.global_ids.remote(linked, model))
-        kept = [k for k, v in held.items() if after.get(k) == v]
-        assert held and len(kept) >= 0.8 * len(held), (held, after)  # at most ~2 s lost
+        kept = [k for k, v in saved.items() if after.get(k) == v]
+        # every saved id is back; a merge made by news after the restart may move a few
+        assert saved and len(kept) >= 0.8 * len(saved), (saved, after)
     finally:
         stop.set()
         consumer.join(timeout=10)

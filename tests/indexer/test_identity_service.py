@@ -115,3 +115,23 @@ def test_a_forgotten_track_leaves_every_saved_state(tmp_path: Path) -> None:
     assert GlobalIds(tmp_path).lookup([("gate", 1), ("hall", 4)], MODEL) == {("hall", 4): 2}
     assert "gate" not in state_path(tmp_path, "other@1").read_text()
     assert forget_identities(tmp_path, "gate", 1) == 0
+
+
+def test_a_restarted_service_goes_on_with_an_open_track(tmp_path: Path) -> None:
+    """A track open across a restart keeps its id and the crops seen before it (its vector is
+    not replaced by the next crop's alone), and its end is still linked."""
+    svc = service(tmp_path)
+    lean = AXES[0] * 0.8 + AXES[1] * 0.6
+    svc.crops([news("gate", 1, 1.0, AXES[0]), news("gate", 1, 2.0, AXES[0]),
+               news("gate", 1, 3.0, AXES[0]), news("hall", 2, 1.0, AXES[1])])
+    svc.close()
+    again = service(tmp_path)
+    changes_before = len(lines(tmp_path, "identities"))
+    again.crops([news("gate", 1, 4.0, lean)])  # alone it would be nearer hall/2 than before
+    again.ended([TrackSpan("gate", 1, int(0.5 * S), 5 * S)])
+    assert again.global_ids([("gate", 1), ("hall", 2)], MODEL) == {("gate", 1): 1,
+                                                                   ("hall", 2): 2}
+    assert len(lines(tmp_path, "identities")) == changes_before  # no split, no new id
+    assert again.stats()["tracks_ended"] == 1
+    held = again.linker(MODEL).tracklets[("gate", 1)]
+    assert held.crops == 4 and held.vector @ AXES[0] > 0.95  # 3 crops before, 1 after
