@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import ray
@@ -46,7 +47,7 @@ class IdentityActor:
         return self._service.global_ids(keys, model_id)
 
     def stats(self) -> dict[str, Any]:
-        return self._service.stats()
+        return self._service.stats() | {"pid": os.getpid()}
 
     def close(self) -> dict[str, Any]:
         """Save the state and flush the record's Kafka events; the final stats."""

@@ -68,12 +68,12 @@ def _events(sup: Supervisor) -> tuple[int, int]:
             camera.events_sent + sum(w["events_sent"] for w in writers))
 
 
-def _answers(actor) -> bool:
+def _pid(actor) -> int | None:
+    """The process an actor runs in now (None while it is down or restarting)."""
     try:
-        ray.get(actor.stats.remote(), timeout=5)
-        return True
+        return ray.get(actor.stats.remote(), timeout=5)["pid"]
     except ray.exceptions.RayError:
-        return False
+        return None
 
 
 def _pets_frame(index: int) -> np.ndarray:
@@ -195,8 +195,9 @@ def test_two_live_cameras_events_metadata_and_search(
         model = sup.live.model_id
         time.sleep(2.5)  # its state is saved every 2 s while news comes in
         saved = GlobalIds(cfg.data_dir).lookup(linked, model)  # what a restart reads
+        before = ray.get(sup.identity.stats.remote())["pid"]
         ray.kill(sup.identity, no_restart=False)
-        assert wait_until(lambda: _answers(sup.identity), timeout_s=60)
+        assert wait_until(lambda: _pid(sup.identity) not in (None, before), timeout_s=60)
         after = ray.get(sup.identity.global_ids.remote(linked, model))
         kept = [k for k, v in saved.items() if after.get(k) == v]
         # every saved id is back; a merge made by news after the restart may move a few
