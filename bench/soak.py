@@ -85,7 +85,8 @@ def resources() -> tuple[float, int, dict[str, float]]:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
         rss += mine
-        kind = title.split()[0].rsplit("/", 1)[-1][:40]
+        # Ray titles a worker "ray::Actor.method" while a method runs: the actor is the kind
+        kind = title.split()[0].rsplit("/", 1)[-1].split(".")[0][:40]
         by_kind[kind] = round(by_kind.get(kind, 0.0) + mine / 2**20, 1)
     return rss / 2**20, fds, by_kind
 
