@@ -44,6 +44,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from report import code_version  # noqa: E402  (bench/report.py)
+from watch_alerts import a_person  # noqa: E402  (bench/watch_alerts.py)
 
 from refind.actors.config import RayConfig  # noqa: E402
 from refind.actors.runtime import init_ray, shutdown_ray  # noqa: E402
@@ -55,17 +56,6 @@ from refind.indexer.watchlist import WatchStore  # noqa: E402
 from refind.streaming.records import ImageQuery  # noqa: E402
 from tests.cameras import INTEL_VIDEO, PETS_VIDEO, HttpTsCamera  # noqa: E402
 from tests.servers import TansuServer, _tansu_bin, free_port  # noqa: E402
-
-
-def photo() -> np.ndarray:
-    """A person from PETS frame 100 (the search's query)."""
-    cap = cv2.VideoCapture(str(PETS_VIDEO))
-    cap.set(cv2.CAP_PROP_POS_FRAMES, 100)
-    ok, frame = cap.read()
-    cap.release()
-    if not ok:
-        raise SystemExit(f"cannot read {PETS_VIDEO}")
-    return np.ascontiguousarray(frame[90:200, 250:300])
 
 
 def tree(root: psutil.Process) -> list[psutil.Process]:
@@ -144,9 +134,9 @@ def run(args: argparse.Namespace, data: Path) -> dict:
                   "publish_detections": False},
         "ray": {"num_cpus": os.cpu_count(), "detector_num_cpus": 0, "embedder_num_cpus": 0},
     })
-    query = photo()
-    add_watch(cfg, WatchStore.in_data_dir(cfg.data_dir), "soak",
-              image=cv2.imencode(".jpg", query)[1].tobytes(), threshold=0.9)
+    jpeg = a_person(PETS_VIDEO)
+    query = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    add_watch(cfg, WatchStore.in_data_dir(cfg.data_dir), "soak", image=jpeg, threshold=0.9)
     from kafka import KafkaConsumer
 
     group = f"soak-{uuid.uuid4().hex[:8]}"

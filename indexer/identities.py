@@ -35,7 +35,6 @@ Example:
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterable, Set
 from dataclasses import dataclass, field
 from typing import Literal
@@ -43,8 +42,6 @@ from typing import Literal
 import numpy as np
 
 from refind.indexer.config import IdentityConfig
-
-log = logging.getLogger(__name__)
 
 TrackKey = tuple[str, int]
 """A tracklet's name: (camera, track id)."""
@@ -98,10 +95,6 @@ class IdentityChange:
     previous: int | None = None
     similarity: float | None = None
 
-    def to_json(self) -> dict[str, object]:
-        return {"kind": self.kind, "global_id": self.global_id, "camera": self.camera,
-                "track_id": self.track_id, "ts_ns": self.ts_ns, "previous": self.previous,
-                "similarity": self.similarity}
 
 
 def mean_vector(vectors: np.ndarray) -> np.ndarray:

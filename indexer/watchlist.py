@@ -282,11 +282,6 @@ class Alert:
     reasons: tuple[str, ...]
     thumbnail: str | None = None
 
-    def to_json(self) -> dict[str, object]:
-        return {"watch": self.watch, "camera": self.camera, "track_id": self.track_id,
-                "global_id": self.global_id, "ts_ns": self.ts_ns,
-                "first_ts_ns": self.first_ts_ns, "score": round(self.score, 4),
-                "reasons": list(self.reasons), "thumbnail": self.thumbnail}
 
 
 TextScorer = Callable[[str, Sequence[np.ndarray]], tuple[float, str]]
