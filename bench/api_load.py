@@ -36,11 +36,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from report import code_version, write_result  # noqa: E402
 from search_latency import DEFAULT_CACHE  # noqa: E402
-from ui_pages import build, start_api, wait_for  # noqa: E402
-
-from refind.config import RefindConfig  # noqa: E402
-from refind.models.registry import build_embedder  # noqa: E402
-from refind.models.store import ModelStore  # noqa: E402
+from ui_pages import cached_gallery, start_api, wait_for  # noqa: E402
 
 KEY = "bench-load-key"
 TEXTS = ("a man in a black top", "a woman with a backpack", "someone in a red jacket",
@@ -125,10 +121,7 @@ def main() -> None:
     parser.add_argument("--serve-port", type=int, default=8099)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
-    cfg = RefindConfig()
-    embedder = build_embedder(cfg.embedder, ModelStore.from_config(cfg.models))
-    data_dir = args.cache / f"n{args.crops}"
-    info = build(data_dir, args.crops, embedder.model_id, embedder.dim)
+    data_dir, info = cached_gallery(args.cache, args.crops)
     photo = next((data_dir / "crops" / "pool").rglob("*.jpg")).read_bytes()
     result: dict[str, object] = {"benchmark": "api_load", "gallery": info,
                                  "seconds_each": args.seconds, "cameras": args.cameras}

@@ -129,6 +129,15 @@ def stats(rows: list[dict[str, float]]) -> dict[str, object]:
     return out
 
 
+def cached_gallery(cache: Path, crops: int) -> tuple[Path, dict[str, object]]:
+    """The benchmark gallery of ``crops`` crops for the default embedder, under ``cache``:
+    its data directory and what it holds."""
+    cfg = RefindConfig()
+    embedder = build_embedder(cfg.embedder, ModelStore.from_config(cfg.models))
+    data_dir = cache / f"n{crops}"
+    return data_dir, build(data_dir, crops, embedder.model_id, embedder.dim)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--crops", type=int, default=800_000)
@@ -139,10 +148,7 @@ def main() -> None:
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
-    cfg = RefindConfig()
-    embedder = build_embedder(cfg.embedder, ModelStore.from_config(cfg.models))
-    data_dir = args.cache / f"n{args.crops}"
-    info = build(data_dir, args.crops, embedder.model_id, embedder.dim)
+    data_dir, info = cached_gallery(args.cache, args.crops)
     photo = next((data_dir / "crops" / "pool").rglob("*.jpg"))
     proc = start_api(data_dir, args.port)
     base = f"http://127.0.0.1:{args.port}"
