@@ -245,14 +245,10 @@ class IdentityService:
             log.error("text watches cannot be checked (tried again in 60 s): %s", err)
 
     def _publish(self, events: list[BaseEvent]) -> None:
+        """Ids and alerts to the durable record; the tracks' vectors to Kafka only."""
         if self.record is not None and events:
-            journal = [e for e in events if not isinstance(e, EmbeddingEvent)]
-            self.record.journal.append(journal)
-            if self.record.bus is not None:
-                refused = sum(not self.record.bus.publish(e) for e in events)
-                if refused:
-                    log.error("Kafka refused %d identity/alert events (buffer full); those "
-                              "but embeddings are in the journal", refused)
+            self.record.append([e for e in events if not isinstance(e, EmbeddingEvent)],
+                               stream=[e for e in events if isinstance(e, EmbeddingEvent)])
 
     # --- answers and state ---------------------------------------------------------------------
 

@@ -46,14 +46,17 @@ class EventRecord:
         bus = EventBus(cfg.kafka) if cfg.kafka.enabled else None
         return cls(EventJournal(journal_dir(cfg.data_dir)), bus)
 
-    def append(self, events: Sequence[BaseEvent]) -> None:
-        """Journal ``events`` (fsync'ed), then hand them to Kafka."""
+    def append(self, events: Sequence[BaseEvent], stream: Sequence[BaseEvent] = ()) -> None:
+        """Journal ``events`` (fsync'ed), then hand them to Kafka; ``stream`` goes to Kafka
+        only (derived data, such as each track's vector, that a rebuild does not need)."""
         self.journal.append(events)
         if self.bus is not None:
-            refused = sum(not self.bus.publish(e) for e in events)
+            sent = [*events, *stream]
+            refused = sum(not self.bus.publish(e) for e in sent)
             if refused:
-                log.error("Kafka refused %d of %d events (its buffer is full); they are in "
-                          "the journal %s", refused, len(events), self.journal.dir)
+                log.error("Kafka refused %d of %d events (its buffer is full); all but the "
+                          "stream-only ones are in the journal %s", refused, len(sent),
+                          self.journal.dir)
 
     def stats(self) -> BusStats | None:
         """Kafka delivery counters, None without Kafka."""
