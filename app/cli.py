@@ -231,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "<data_dir>/audit.jsonl)")
     _add_common(v)
 
+    p = sub.add_parser("check", help="check the gallery against its durable record: crops "
+                       "recorded but not stored, stored twice or unrecorded (exit 2 if any)")
+    _add_common(p)
+
     p = sub.add_parser("retention", help="delete crops older than each camera's retention")
     _add_common(p)
 
@@ -362,6 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "forget": commands.forget,
         "watch": commands.watch,
         "audit": commands.audit,
+        "check": commands.check,
         "retention": commands.retention,
         "train": commands.train,
         "reindex": commands.reindex,

@@ -7,6 +7,7 @@ Each handler takes the parsed arguments and the validated config and returns a J
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import sys
@@ -450,6 +451,16 @@ def audit(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
         older = f" ({check.unchained} older lines before the chain)" if check.unchained else ""
         print(f"audit log {path}: {check.lines} lines, hash chain intact{older}")
     return {"log": str(path), "lines": check.lines, "unchained": check.unchained, "intact": True}
+
+
+def check(args: argparse.Namespace, cfg: RefindConfig) -> None:
+    from refind.indexer.verify import check_gallery
+
+    report = check_gallery(cfg)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.summary())
+    if not report.ok:
+        raise ValueError("the gallery does not match its durable record (above); "
+                         "`refind rebuild` rebuilds it from the record")
 
 
 def retention(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:

@@ -60,15 +60,27 @@ class CropSink:
 
     def store(self, crops: Sequence[Crop], embeddings: Embeddings) -> list[CropRecord]:
         """Write crops as JPEG, then record and commit them with their vectors; returns the
-        records stored (a forgotten track's crops are refused and their JPEGs deleted)."""
+        records stored, in the order of ``crops`` (a forgotten track's crops are refused and
+        their JPEGs deleted).
+
+        Idempotent: a crop already stored (same camera, track and frame, by this model: a write
+        retried after a writer died between its commit and its answer) is not stored again; its
+        stored record is returned."""
         if len(crops) != len(embeddings):
             raise ValueError(f"{len(crops)} crops but {len(embeddings)} embeddings")
         if not crops:
             return []
+        before = self.gallery.metadata.stored_already(
+            [(c.camera, c.track_id, c.frame_index) for c in crops], embeddings.model_id)
+        new = [i for i, c in enumerate(crops)
+               if (c.camera, c.track_id, c.frame_index) not in before]
+        if before:
+            log.info("shard %d: %d crops were stored already (a retried write); kept once",
+                     self.shard, len(crops) - len(new))
         first_id = self.gallery.next_vector_id()
         records = [
             CropRecord(
-                vector_id=first_id + i, camera=c.camera, track_id=c.track_id,
+                vector_id=first_id + n, camera=c.camera, track_id=c.track_id,
                 frame_index=c.frame_index, ts_ns=c.ts_ns,
                 xyxy=tuple(float(v) for v in c.xyxy),  # type: ignore[arg-type]
                 confidence=float(c.confidence), quality=float(c.quality),
@@ -76,9 +88,10 @@ class CropSink:
                                          c.context_jpeg),
                 model_id=embeddings.model_id,
             )
-            for i, c in enumerate(crops)
+            for n, c in enumerate(crops[i] for i in new)
         ]
-        stored = self.gallery.add(records, embeddings)
+        vectors = Embeddings(embeddings.vectors[new], embeddings.model_id)
+        stored = self.gallery.add(records, vectors) if records else []
         if len(stored) < len(records):
             kept = {r.vector_id for r in stored}
             for r in records:
@@ -87,7 +100,9 @@ class CropSink:
         self.stored += len(stored)
         if self.redis is not None:
             self._mirror(stored)
-        return stored
+        by_key = {(r.camera, r.track_id, r.frame_index): r for r in stored} | before
+        return [by_key[k] for k in ((c.camera, c.track_id, c.frame_index) for c in crops)
+                if k in by_key]
 
     def put_clip(self, clip: TrackClip) -> str | None:
         """Store an ended track's clip; a forgotten track's is refused (None)."""
