@@ -30,6 +30,7 @@ is stored once, by the model of the version it lands in.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -92,6 +93,8 @@ class CameraReport:
     stores_in_flight: int = 0  # crop batches being embedded and written
     store_waits: int = 0  # times the loop waited because max_stores_in_flight were in flight
     crops_failed: int = 0  # crops whose store failed (logged at ERROR)
+    pid: int = 0  # the actor's process
+    detect_failed: int = 0  # frames lost because their detector died (Ray restarts it)
 
 
 @dataclass(eq=False)  # one job is itself, whatever it holds
@@ -202,6 +205,7 @@ class CameraActor:
         self._fresh: deque[float] = deque(maxlen=FRESH_KEPT)
         self._latency: deque[float] = deque(maxlen=1000)  # receive -> tracked, last frames
         self._processed = self._crops_stored = self._crops_failed = self._store_waits = 0
+        self._detect_failed = 0  # frames lost because their detector died
         self._in_flight = 0
         self._error: str | None = None
         self._live.start()
@@ -234,6 +238,7 @@ class CameraActor:
                 model_id=self._model_id, error=self._error, events_sent=sent,
                 events_failed=failed, stores_in_flight=len(self._stores),
                 store_waits=self._store_waits, crops_failed=self._crops_failed,
+                pid=os.getpid(), detect_failed=self._detect_failed,
             )
 
     def stop(self) -> CameraReport:
@@ -298,7 +303,15 @@ class CameraActor:
             if not ready:
                 return
             pending.popleft()
-            self._process(frame, ray.get(ref))
+            try:
+                dets = ray.get(ref)
+            except ray.exceptions.RayActorError as err:  # the detector died; Ray restarts it
+                with self._lock:
+                    self._detect_failed += 1
+                log.warning("%s: frame %d lost: its detector did not answer (%s)",
+                            self._cam.name, frame.index, type(err).__name__)
+                continue
+            self._process(frame, dets)
             block = False
 
     def _process(self, frame: Frame, dets: Detections) -> None:

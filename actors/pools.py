@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -90,7 +91,7 @@ class DetectorActor:
         return await self._batcher.submit(image)
 
     async def stats(self) -> dict[str, float]:
-        return self._batcher.stats()
+        return self._batcher.stats() | {"pid": os.getpid()}
 
 
 @ray.remote
@@ -122,7 +123,11 @@ class EmbedderActor:
         return self.model_id, self.dim
 
     async def stats(self) -> dict[str, float]:
-        return self._batcher.stats()
+        return self._batcher.stats() | {"pid": os.getpid()}
+
+
+RESTART_WAIT_S = 60.0  # longest a call waits for a pool actor that Ray is restarting
+RETRY_EVERY_S = 0.2
 
 
 class Pool:
@@ -146,4 +151,19 @@ class PoolEmbedder:
         self._pool, self.model_id, self.dim = pool, model_id, dim
 
     def __call__(self, crops: Sequence[np.ndarray]) -> Embeddings:
-        return ray.get(self._pool.pick().embed.remote(list(crops)))
+        """Embed on the next actor; while actors are down (Ray restarts them) the call goes to
+        the next one, and waits at most ``RESTART_WAIT_S`` for one to answer."""
+        crops = list(crops)
+        deadline: float | None = None
+        while True:
+            try:
+                return ray.get(self._pool.pick().embed.remote(crops))
+            except ray.exceptions.RayActorError as err:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + RESTART_WAIT_S
+                    log.warning("embedder %s did not answer (%s); trying again for up to "
+                                "%.0f s", self.model_id, type(err).__name__, RESTART_WAIT_S)
+                if now >= deadline:
+                    raise
+                time.sleep(RETRY_EVERY_S)

@@ -375,12 +375,21 @@ class Supervisor:
                     replaced.append(name)
         return replaced
 
-    def pool_stats(self) -> dict[str, list[dict[str, float]]]:
-        return {
-            "detector": ray.get([d.stats.remote() for d in self.detectors]),
-            "embedder": ray.get([e.stats.remote() for e in self.embedders]),
-            "writer": ray.get([w.stats.remote() for w in self.writers]),
-        }
+    def pool_stats(self, timeout_s: float = 10.0) -> dict[str, list[dict[str, Any]]]:
+        """Each pool actor's counters; ``{"error": ...}`` for one that did not answer (Ray is
+        restarting it, say)."""
+        refs = {pool: [a.stats.remote() for a in actors] for pool, actors in (
+            ("detector", self.detectors), ("embedder", self.embedders),
+            ("writer", self.writers))}
+        out: dict[str, list[dict[str, Any]]] = {}
+        for pool, pending in refs.items():
+            out[pool] = []
+            for ref in pending:
+                try:
+                    out[pool].append(ray.get(ref, timeout=timeout_s))
+                except (ray.exceptions.RayError, TimeoutError) as err:
+                    out[pool].append({"error": f"{type(err).__name__}: {err}"})
+        return out
 
     def identity_stats(self) -> dict[str, Any] | None:
         """The identity actor's counters (None when identities are off)."""

@@ -19,6 +19,7 @@ version hands out can never name a crop of the old one (ids stay collision-free 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -205,7 +206,8 @@ class IndexWriterActor:
         return {"vectors": len(self._gallery), "added": self._sink.stored,
                 "ended": self._ended, "caught_up": self._caught_up,
                 "events_published": bus.accepted if bus else 0,
-                "events_sent": bus.sent if bus else 0, "events_failed": bus.failed if bus else 0}
+                "events_sent": bus.sent if bus else 0, "events_failed": bus.failed if bus else 0,
+                "pid": os.getpid()}
 
     def close(self) -> dict[str, Any]:
         """Save, flush the record's Kafka events, close; the final stats."""

@@ -34,6 +34,8 @@ import math
 import posixpath
 import re
 import secrets
+import signal
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -839,8 +841,16 @@ def serve_api(cfg: RefindConfig) -> None:
               f"stops (loopback only; may see, forget and manage every camera and watch):\n\n    {key}\n\n"
               f"Open http://{cfg.api.host}:{cfg.api.port}/ and enter it, or send it as the "
               "X-API-Key header. Configure api.keys to keep keys across runs.", flush=True)
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again once its
+    # own handlers are gone: these take it, so a clean stop exits with status 0
+    stopped_by: list[int] = []
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda n, _: stopped_by.append(n))
     uvicorn.run(app, host=cfg.api.host, port=cfg.api.port, log_level="info",
                 timeout_graceful_shutdown=5)
+    if stopped_by:
+        print(f"refind api stopped ({signal.Signals(stopped_by[0]).name})", flush=True)
 
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")

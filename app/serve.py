@@ -24,6 +24,8 @@ from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import ray
+
 from refind.actors.camera import CameraReport
 from refind.actors.supervisor import Supervisor
 from refind.config import RefindConfig
@@ -67,6 +69,8 @@ def render_metrics(snapshot: dict[str, Any]) -> bytes:
     m.alias_switches.inc(version.get("alias_switches", 0))
     for pool, rows in snapshot.get("pools", {}).items():
         for i, row in enumerate(rows):
+            if "error" in row:  # down (Ray restarting it): /healthz says so
+                continue
             if pool == "writer":
                 m.writer_vectors.labels(shard=str(i)).set(row["vectors"])
                 m.writer_crops.labels(shard=str(i)).inc(row["added"])
@@ -109,9 +113,15 @@ class _Handler(BaseHTTPRequestHandler):
             broken = [n for n, r in cams.items() if not isinstance(r, CameraReport)]
             states = {n: (r.state if isinstance(r, CameraReport) else r) for n, r in cams.items()}
             version = snap.get("version", {})
-            bad = bool(broken or version.get("alias_error"))
-            self._json(503 if bad else 200, {"status": "degraded" if bad else "ok",
-                                             "cameras": states, **version})
+            down = {f"{pool} {i}": row["error"] for pool, rows in snap.get("pools", {}).items()
+                    for i, row in enumerate(rows) if "error" in row}
+            if self.server.supervisor.identity is not None and snap.get("identity") is None:
+                down["identity"] = "the identity actor did not answer"
+            bad = bool(broken or down or version.get("alias_error"))
+            body = {"status": "degraded" if bad else "ok", "cameras": states, **version}
+            if down:
+                body["actors_down"] = down
+            self._json(503 if bad else 200, body)
         elif self.path == "/metrics":
             self._send(200, render_metrics(snap), CONTENT_TYPE)
         elif self.path == "/cameras":
@@ -189,11 +199,10 @@ def run_serve(
     """Run until SIGINT/SIGTERM (or ``stop`` is set): supervise, save shards, serve HTTP.
     ``on_start(supervisor)`` is called once everything runs."""
     stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
+    on_signal(stop)
     supervisor = Supervisor(cfg)
     supervisor.start()
+    on_signal(stop)  # again: starting Ray installed its own handlers (stack dumps, exit 15)
     if on_start is not None:
         on_start(supervisor)
     server = start_http(supervisor, cfg.serve.host, cfg.serve.port)
@@ -214,15 +223,25 @@ def run_serve(
               f"({outcome})", flush=True)
 
 
+def on_signal(stop: threading.Event) -> None:
+    """SIGINT and SIGTERM set ``stop`` (from the main thread only: Python's rule)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+
+
 def supervise(supervisor: Supervisor, cfg: RefindConfig, stop: threading.Event) -> None:
     """The serve loop until ``stop``: follow the serving alias, check actors, save shards."""
     last_check = last_save = time.monotonic()
     while not stop.wait(ALIAS_POLL_S):
-        supervisor.follow_alias()
-        now = time.monotonic()
-        if now - last_check >= CHECK_EVERY_S:
-            supervisor.check()
-            last_check = now
-        if now - last_save >= cfg.serve.save_interval_s:
-            supervisor.save()
-            last_save = time.monotonic()
+        try:
+            supervisor.follow_alias()
+            now = time.monotonic()
+            if now - last_check >= CHECK_EVERY_S:
+                last_check = now
+                supervisor.check()
+            if now - last_save >= cfg.serve.save_interval_s:
+                last_save = time.monotonic()
+                supervisor.save()
+        except ray.exceptions.RayError as err:  # an actor down meanwhile: Ray restarts it
+            log.warning("supervision: %s (trying again)", err)
