@@ -95,6 +95,7 @@ class CameraReport:
     crops_failed: int = 0  # crops whose store failed (logged at ERROR)
     pid: int = 0  # the actor's process
     detect_failed: int = 0  # frames lost because their detector died (Ray restarts it)
+    store_error: str | None = None  # why the latest store failed; None once one succeeds again
 
 
 @dataclass(eq=False)  # one job is itself, whatever it holds
@@ -206,6 +207,7 @@ class CameraActor:
         self._latency: deque[float] = deque(maxlen=1000)  # receive -> tracked, last frames
         self._processed = self._crops_stored = self._crops_failed = self._store_waits = 0
         self._detect_failed = 0  # frames lost because their detector died
+        self._store_error: str | None = None  # the latest store failure, until a success
         self._in_flight = 0
         self._error: str | None = None
         self._live.start()
@@ -239,6 +241,7 @@ class CameraActor:
                 events_failed=failed, stores_in_flight=len(self._stores),
                 store_waits=self._store_waits, crops_failed=self._crops_failed,
                 pid=os.getpid(), detect_failed=self._detect_failed,
+                store_error=self._store_error,
             )
 
     def stop(self) -> CameraReport:
@@ -416,6 +419,7 @@ class CameraActor:
         self._gate.done(job.track_ids)
         now = time.time_ns()
         with self._lock:
+            self._store_error = None
             self._crops_stored += len(records)
             for rec in records:
                 if rec.track_id in self._searchable:
@@ -431,6 +435,8 @@ class CameraActor:
         self._gate.done(job.track_ids)
         with self._lock:
             self._crops_failed += len(job.track_ids)
+            cause = getattr(err, "cause", None) or err  # a RayTaskError carries the writer's
+            self._store_error = f"{type(cause).__name__}: {cause}"
         log.error("%s: %d crops of tracks %s were not stored: %s", self._cam.name,
                   len(job.track_ids), sorted(set(job.track_ids))[:10], err)
 

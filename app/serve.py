@@ -2,8 +2,10 @@
 
 Endpoints (``serve.host``:``serve.port``):
 - ``GET /healthz``: 200 with every camera's state and the index version live ingestion writes
-  (``model_id``, ``alias_switches``) while the system runs; 503 when a camera actor does not
-  answer or a switch to a new serving version failed (``alias_error``).
+  (``model_id``, ``alias_switches``) while the system runs; 503 ("degraded") when a camera actor
+  does not answer, a pool, writer or identity actor is down (``actors_down``: Ray is restarting
+  it), a camera's latest crop store failed (``store_errors``: a full disk, say) or a switch to a
+  new serving version failed (``alias_error``).
 - ``GET /metrics``: Prometheus text: per camera frames in / dropped / processed, reconnects,
   state, sample rate, tracks, crops, events, freshness; per pool batches and busy seconds; the
   model of the version written (``refind_serving_model_info``) and the alias switches followed
@@ -117,10 +119,14 @@ class _Handler(BaseHTTPRequestHandler):
                     for i, row in enumerate(rows) if "error" in row}
             if self.server.supervisor.identity is not None and snap.get("identity") is None:
                 down["identity"] = "the identity actor did not answer"
-            bad = bool(broken or down or version.get("alias_error"))
+            failing = {n: r.store_error for n, r in cams.items()
+                       if isinstance(r, CameraReport) and r.store_error}
+            bad = bool(broken or down or failing or version.get("alias_error"))
             body = {"status": "degraded" if bad else "ok", "cameras": states, **version}
             if down:
                 body["actors_down"] = down
+            if failing:  # crops are being lost: a full disk, a crop store that refuses writes
+                body["store_errors"] = failing
             self._json(503 if bad else 200, body)
         elif self.path == "/metrics":
             self._send(200, render_metrics(snap), CONTENT_TYPE)

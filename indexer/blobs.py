@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import re
@@ -33,6 +34,11 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 class CropStoreError(ValueError):
     """A crop path that is invalid, points outside the store, or cannot be read."""
+
+
+class CropStoreFull(OSError):
+    """The crop store's volume is full (or over quota): nothing is written until space is
+    freed."""
 
 
 def safe_name(name: str) -> str:
@@ -130,13 +136,21 @@ class CropStore:
         target = self.root / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         suffix = posixpath.splitext(rel)[1]
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".part-", suffix=suffix)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".part-", suffix=suffix)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise CropStoreFull(
+                    errno.ENOSPC, f"the crop store at {self.root} is full ({err.strerror}): "
+                    "free space there or give it a bigger volume (blobs.url); crops are not "
+                    "stored until then") from err
             raise
 
     def resolve(self, rel: str) -> Path:

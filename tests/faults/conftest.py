@@ -164,7 +164,9 @@ class LiveRun:
         data = json.loads(body)
         cams = ",".join(sorted({str(v).split(":")[0] for v in data.get("cameras", {}).values()}))
         down = ", ".join(sorted(data.get("actors_down", {})))
-        return f"{code} {data.get('status')} (cameras: {cams}{'; down: ' + down if down else ''})"
+        errors = "; ".join(f"{k}: {v}" for k, v in sorted(data.get("store_errors", {}).items()))
+        return (f"{code} {data.get('status')} (cameras: {cams}"
+                f"{'; down: ' + down if down else ''}{'; store errors: ' + errors if errors else ''})")
 
     def recorded(self) -> set[CropKey]:
         return set(recorded_crops(Path(self.cfg.data_dir), self.model_id)[0])

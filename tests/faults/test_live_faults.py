@@ -5,8 +5,10 @@ crop recorded before a fault is in the gallery exactly once (tests/faults/confte
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -133,3 +135,72 @@ def test_kill_each_actor_kind_then_restart_redis_and_kafka(
     for row in rows:
         assert row.recovery_s is not None, row
         assert row.lost == 0 and row.duplicates == 0, row
+
+
+def _mount_tmpfs(path, size: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs for the full-disk fault (needs root): {done.stderr}")
+
+
+def _fill(path) -> None:
+    """Take every byte left on the filesystem of ``path``."""
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * (1 << 16))
+                f.flush()
+        except OSError as err:
+            assert err.errno == errno.ENOSPC, err
+
+
+def test_crop_store_disk_full_then_freed(ray_local, http_camera_factory, tmp_path,
+                                         fault_table) -> None:
+    need_models()
+    need_pets()
+    cam = http_camera_factory(PETS_VIDEO)
+    cfg = _config(tmp_path, {"pets": cam.url}, None, None)
+    crops_dir = cfg.data_dir / "crops"
+    _mount_tmpfs(crops_dir, "16m")
+    filler = crops_dir / "filler"
+    try:
+        run = LiveRun(cfg)
+        try:
+            run.wait_for_crops(5)
+            failed_before = run.sup.status()["pets"].crops_failed
+            _fill(filler)
+
+            def failing() -> bool:
+                report = run.sup.status()["pets"]
+                return not isinstance(report, str) and report.crops_failed > failed_before
+
+            full = run.inject("crop store's disk full", lambda: None, failing, timeout_s=60)
+            assert full.recovery_s is not None, "no store failed on a full disk"
+            time.sleep(3)  # full for a while
+            n = len(run.recorded())
+            freed = run.inject("crop store's disk freed again", filler.unlink,
+                               lambda: _crops_since(run, n) and "200" in run.health())
+            report = run.sup.status()["pets"]
+            lost_while_full = report.crops_failed - failed_before
+            run.wait_for_crops(3)
+        finally:
+            run.stop()
+        rows = run.rows()
+    finally:
+        subprocess.run(["umount", "-l", str(crops_dir)], check=False)
+    # one row: full, then freed; what was chosen while full is named and counted, never
+    # half-stored
+    seen = f"{full.seen}; after freeing: {freed.seen}".replace(str(cfg.data_dir), "DATA_DIR")
+    row = rows[0]
+    row.fault = "crop store's disk full (a tmpfs), then space freed"
+    row.recovery_s = freed.recovery_s
+    row.duplicates += rows[1].duplicates
+    row.seen = (f"{seen}. {lost_while_full} crops chosen while it was full were refused "
+                "(counted in refind_crops_failed, logged at ERROR)")
+    fault_table.add(row)
+    assert "No space left on device" in full.seen, full.seen
+    assert freed.recovery_s is not None, freed
+    assert all(r.lost == 0 and r.duplicates == 0 for r in rows), rows
+    assert check_gallery(run.cfg).ok, check_gallery(run.cfg).summary()
