@@ -47,7 +47,7 @@ from refind.actors.writer import StaleModelError
 from refind.config import RefindConfig
 from refind.indexer.redis_meta import CameraCounters
 from refind.indexer.redis_mirror import RedisMirror
-from refind.streaming.clock import LIVE_CLOCK
+from refind.streaming.clock import live_now_ns
 from refind.streaming.config import CameraConfig
 from refind.streaming.events import CameraStatusEvent, DetectionEvent, TrackEvent
 from refind.streaming.live import CameraStatus, LiveCamera
@@ -329,7 +329,7 @@ class CameraActor:
         with self._lock:
             self._processed += 1
             if frame.received_ns:
-                self._latency.append((LIVE_CLOCK.now_ns() - frame.received_ns) / 1e9)
+                self._latency.append((live_now_ns() - frame.received_ns) / 1e9)
 
     def _after(self, result: FrameResult) -> None:
         """Send the result's crops to be stored and its ended tracks through the gate."""
@@ -418,7 +418,7 @@ class CameraActor:
             return
         self._stores.remove(job)
         self._gate.done(job.track_ids)
-        now = LIVE_CLOCK.now_ns()  # the clock the frames were timed by
+        now = live_now_ns()  # the clock the frames were timed by
         with self._lock:
             self._store_error = None
             self._crops_stored += len(records)

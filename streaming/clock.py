@@ -59,3 +59,9 @@ class SteadyWallClock:
 
 
 LIVE_CLOCK = SteadyWallClock()  # one per process: every live source and camera actor in it
+
+
+def live_now_ns() -> int:
+    """Now on this process's live clock (a function, so that code shipped to Ray actors by
+    value refers to the clock of the process it runs in)."""
+    return LIVE_CLOCK.now_ns()

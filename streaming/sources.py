@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 import av
 
 from refind.streaming.boxes import Region, check_region, cut_region
-from refind.streaming.clock import LIVE_CLOCK
+from refind.streaming.clock import live_now_ns
 from refind.streaming.records import Frame
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ class VideoSource:
                 image = vf.to_ndarray(format="bgr24")
                 if self.region is not None:
                     image = cut_region(image, self.region)
-                yield Frame(self.camera, index, ts_ns, image, received_ns=LIVE_CLOCK.now_ns())
+                yield Frame(self.camera, index, ts_ns, image, received_ns=live_now_ns())
         if self.stats.decoded == 0:
             raise SourceError(f"{self.url!r}: no frame could be decoded")
 
@@ -199,7 +199,7 @@ class VideoSource:
     def _timestamp_ns(self, vf: av.VideoFrame) -> int:
         """Capture time of a frame, never going backwards within one source."""
         if self.live:
-            ts = LIVE_CLOCK.now_ns()  # a step of the host's clock neither stalls nor reorders
+            ts = live_now_ns()  # a step of the host's clock neither stalls nor reorders
         else:
             if vf.time is not None and not self._count_clock:
                 ts = round(vf.time * 1e9)
