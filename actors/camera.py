@@ -95,6 +95,7 @@ class CameraReport:
     store_waits: int = 0  # times the loop waited because max_stores_in_flight were in flight
     crops_failed: int = 0  # crops whose store failed (logged at ERROR)
     pid: int = 0  # the actor's process
+    node_id: str = ""  # the Ray node it runs on
     detect_failed: int = 0  # frames lost because their detector died (Ray restarts it)
     store_error: str | None = None  # why the latest store failed; None once one succeeds again
 
@@ -208,6 +209,7 @@ class CameraActor:
         self._latency: deque[float] = deque(maxlen=1000)  # receive -> tracked, last frames
         self._processed = self._crops_stored = self._crops_failed = self._store_waits = 0
         self._detect_failed = 0  # frames lost because their detector died
+        self._node_id = ray.get_runtime_context().get_node_id()
         self._store_error: str | None = None  # the latest store failure, until a success
         self._in_flight = 0
         self._error: str | None = None
@@ -241,7 +243,7 @@ class CameraActor:
                 model_id=self._model_id, error=self._error, events_sent=sent,
                 events_failed=failed, stores_in_flight=len(self._stores),
                 store_waits=self._store_waits, crops_failed=self._crops_failed,
-                pid=os.getpid(), detect_failed=self._detect_failed,
+                pid=os.getpid(), node_id=self._node_id, detect_failed=self._detect_failed,
                 store_error=self._store_error,
             )
 

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import ray
 from ray.actor import ActorHandle
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from refind.actors.camera import STOP_WAIT_S, CameraActor, CameraReport
 from refind.actors.identity import IdentityActor
@@ -101,6 +102,7 @@ class Supervisor:
         self.cfg = cfg
         self._cameras: dict[str, tuple[CameraConfig, ActorHandle]] = {}
         self._restarts: dict[str, int] = {}
+        self._placed: dict[str, str] = {}  # camera -> the node it was placed on
         self.detectors: list[ActorHandle] = []
         self.embedders: list[ActorHandle] = []
         self.writers: list[ActorHandle] = []
@@ -324,7 +326,20 @@ class Supervisor:
         return CameraActor.options(
             num_cpus=0, max_restarts=self.cfg.ray.max_restarts, max_concurrency=4,
             name=f"camera-{cam.name}", get_if_exists=False,
+            scheduling_strategy=self._place(cam.name),
         ).remote(self.cfg, cam, self.detectors, self.embedders, self.writers[shard], shard)
+
+    def _place(self, name: str) -> NodeAffinitySchedulingStrategy:
+        """The alive node running the fewest cameras. A camera whose node is lost cannot be
+        restarted there: its actor dies, and ``check`` places a new one on a node alive."""
+        alive = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+        load = {node: 0 for node in alive}
+        for other, node in self._placed.items():
+            if other != name and other in self._cameras and node in load:
+                load[node] += 1
+        node = min(alive, key=lambda n: (load[n], alive.index(n)))
+        self._placed[name] = node
+        return NodeAffinitySchedulingStrategy(node_id=node, soft=False)
 
     def _stop_actors(self, actors: dict[str, ActorHandle]) -> dict[str, CameraReport | None]:
         """Stop cameras together (each stores what it holds, up to its own STOP_WAIT_S), then

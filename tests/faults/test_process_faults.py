@@ -52,13 +52,13 @@ class Serve:
     """`refind serve --config C` in a session of its own (so a signal to its group is what a
     terminal's Ctrl-C sends), its output in a file."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
         self.config, self.log = config, log
         self.cfg = load_config(config)
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "refind.app.cli", "serve", "--config", str(config)],
-                stdout=out, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+                stdout=out, stderr=subprocess.STDOUT, env=env or _env(), start_new_session=True)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
