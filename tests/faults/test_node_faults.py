@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -72,8 +74,11 @@ def test_a_worker_node_lost_mid_stream(http_camera_factory, tmp_path, fault_tabl
     if not RAY.is_file():
         pytest.skip(f"the ray command is not installed beside {sys.executable}")
     address = f"127.0.0.1:{free_port()}"
+    # a temp dir of its own keeps the cluster out of /tmp/ray/ray_current_cluster, which a
+    # later `ray.init()` on this machine would try to join (short: Ray's socket paths)
+    temp = Path(tempfile.mkdtemp(prefix="rf-ray-", dir="/tmp"))
     head = _ray_node(["--head", f"--port={address.split(':')[1]}", "--num-cpus=2",
-                      "--include-dashboard=false"], tmp_path / "head.log")
+                      "--include-dashboard=false", f"--temp-dir={temp}"], tmp_path / "head.log")
     node = None
     serve = None
     try:
@@ -131,6 +136,7 @@ def test_a_worker_node_lost_mid_stream(http_camera_factory, tmp_path, fault_tabl
         for proc in (serve.proc if serve else None, node, head):
             if proc is not None:
                 _kill_group(proc)
+        shutil.rmtree(temp, ignore_errors=True)
     row = _row(f"kill -9 of a Ray worker node (its raylet and workers) running camera "
                f"{', '.join(sorted(lost))}", serve, before, took,
                "camera states: " + "; then ".join(seen)
