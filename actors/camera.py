@@ -35,21 +35,18 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import ray
 from ray import ObjectRef
 from ray.actor import ActorHandle
 
+from refind.actors.camera_events import CameraEvents
 from refind.actors.pools import Pool, PoolEmbedder
 from refind.actors.writer import StaleModelError
 from refind.config import RefindConfig
-from refind.indexer.redis_meta import CameraCounters
-from refind.indexer.redis_mirror import RedisMirror
 from refind.streaming.clock import live_now_ns
 from refind.streaming.config import CameraConfig
-from refind.streaming.events import CameraStatusEvent, DetectionEvent, TrackEvent
 from refind.streaming.live import CameraStatus, LiveCamera
 from refind.streaming.metrics import FRESHNESS_BUCKETS_S, BucketCounts
 from refind.streaming.pipeline import CameraPipeline, EndGate, FrameResult
@@ -98,6 +95,7 @@ class CameraReport:
     node_id: str = ""  # the Ray node it runs on
     detect_failed: int = 0  # frames lost because their detector died (Ray restarts it)
     store_error: str | None = None  # why the latest store failed; None once one succeeds again
+    corrupt_packets: int = 0  # packets the decoder could not decode (skipped)
 
 
 @dataclass(eq=False)  # one job is itself, whatever it holds
@@ -111,61 +109,6 @@ class _StoreJob:
     result: ObjectRef | None = None  # ObjectRef of the writer's list[CropRecord]
     deadline: float | None = None  # set at the first refusal: tried again until then
     retry_at: float | None = None  # set while waiting out a version switch
-
-
-class _Events:
-    """What the camera itself publishes to Kafka and mirrors to Redis (both optional)."""
-
-    def __init__(self, cfg: RefindConfig, camera: CameraConfig) -> None:
-        self.camera = camera
-        self.bus: Any = None
-        if cfg.kafka.enabled:
-            from refind.streaming.bus import EventBus  # kafka-python: an optional extra
-
-            self.bus = EventBus(cfg.kafka)
-        self.redis = RedisMirror.open(cfg)
-        if self.redis is not None:
-            self.redis.camera(camera.name, camera.url)
-
-    def publish(self, event: Any) -> None:
-        """Hand an event to Kafka (the bus counts those it accepted)."""
-        if self.bus is not None:
-            self.bus.publish(event)
-
-    def delivered(self) -> tuple[int, int, int]:
-        """(published, sent, failed): events the producer accepted, those Kafka acknowledged,
-        and those given up on."""
-        if self.bus is None:
-            return 0, 0, 0
-        stats = self.bus.stats()
-        return stats.accepted, stats.sent, stats.failed
-
-    def frame(self, frame: Frame, result: FrameResult, model_id: str) -> None:
-        if self.bus is not None and self.bus.cfg.publish_detections and len(result.detections):
-            self.publish(DetectionEvent.from_detections(
-                self.camera.name, frame.index, frame.ts_ns, result.detections))
-        for span in result.started:
-            self.publish(TrackEvent.from_span(span, "start", model_id=model_id))
-            if self.redis is not None:
-                self.redis.track_seen(span)
-
-    def status(self, status: CameraStatus) -> None:
-        counters = CameraCounters(status.frames_in, status.frames_dropped, status.reconnects)
-        if self.redis is not None:
-            self.redis.camera_status(self.camera.name, self.camera.url, status.state,
-                                     status.message, counters)
-        self.publish(CameraStatusEvent(
-            camera=self.camera.name, ts_ns=time.time_ns(), state=status.state.value,
-            message=status.message[:2000], frames_in=status.frames_in,
-            frames_dropped=status.frames_dropped, reconnects=status.reconnects,
-        ))
-
-    def close(self) -> None:
-        if self.bus is not None:
-            self.bus.flush(timeout_s=30)
-            self.bus.close(timeout_s=10)
-        if self.redis is not None:
-            self.redis.close()
 
 
 @ray.remote
@@ -194,7 +137,7 @@ class CameraActor:
         )
         # a new version's pool, handed over by set_embedders and taken by the loop thread
         self._next_pool: tuple[list[ActorHandle], str, int] | None = None
-        self._out = _Events(cfg, camera)
+        self._out = CameraEvents(cfg, camera)
         self._status_at = time.monotonic()
         self._live = LiveCamera(camera, cfg.live, on_status=self._on_status)
         self._stop = threading.Event()
@@ -244,7 +187,7 @@ class CameraActor:
                 events_failed=failed, stores_in_flight=len(self._stores),
                 store_waits=self._store_waits, crops_failed=self._crops_failed,
                 pid=os.getpid(), node_id=self._node_id, detect_failed=self._detect_failed,
-                store_error=self._store_error,
+                store_error=self._store_error, corrupt_packets=s.corrupt_packets,
             )
 
     def stop(self) -> CameraReport:

@@ -31,21 +31,20 @@ from typing import Any
 import numpy as np
 import ray
 from ray.actor import ActorHandle
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from refind.actors.camera import STOP_WAIT_S, CameraActor, CameraReport
 from refind.actors.identity import IdentityActor
+from refind.actors.placement import CameraPlacement
 from refind.actors.pools import DetectorActor, EmbedderActor, Pool, PoolEmbedder
 from refind.actors.runtime import init_ray
-from refind.actors.writer import IndexWriterActor
+from refind.actors.writer import IndexWriterActor, WriterGallery
 from refind.config import RefindConfig
 from refind.indexer.gallery_store import GalleryLockedError
-from refind.indexer.metadata import TrackSummary
 from refind.indexer.search import SearchEngine
-from refind.indexer.shards import merge_recent_keys, merge_shard_hits, shard_of
+from refind.indexer.shards import shard_of
 from refind.indexer.versions import Serving, VersionError, registry_stamp, serving_version
 from refind.streaming.config import CameraConfig
-from refind.streaming.records import NO_FILTER, CropHit, ImageQuery, SearchFilter, TrackletHit
+from refind.streaming.records import ImageQuery, TrackletHit
 
 log = logging.getLogger(__name__)
 
@@ -64,37 +63,6 @@ class LiveVersion:
     root: Path
 
 
-class _WriterGallery:
-    """All index writers seen as one gallery (``refind.indexer.search.Gallery``): searches fan out
-    and merge by score."""
-
-    def __init__(self, writers: list[ActorHandle], model_id: str) -> None:
-        self._writers, self.model_id = writers, model_id
-
-    def search(
-        self, vectors: np.ndarray, k_crops: int, filt: SearchFilter = NO_FILTER
-    ) -> list[list[CropHit]]:
-        refs = [w.search.remote(vectors, k_crops, filt) for w in self._writers]
-        return merge_shard_hits(ray.get(refs), k_crops)
-
-    def count_tracks(self, limit: int, filt: SearchFilter = NO_FILTER) -> int:
-        return min(limit, sum(ray.get([w.count_tracks.remote(limit, filt)
-                                       for w in self._writers])))
-
-    def recent_track_keys(self, limit: int, filt: SearchFilter = NO_FILTER
-                          ) -> list[tuple[int, str, int]]:
-        return merge_recent_keys(
-            ray.get([w.recent_track_keys.remote(limit, filt) for w in self._writers]), limit)
-
-    def tracks(self, keys: list[tuple[str, int]]) -> dict[tuple[str, int], TrackSummary]:
-        """Summaries of the known tracks among ``keys``: one call to every writer."""
-        found: dict[tuple[str, int], TrackSummary] = {}
-        for rows in ray.get([w.tracks.remote(list(keys)) for w in self._writers]):
-            for key, summary in rows.items():
-                found.setdefault(key, summary)
-        return found
-
-
 class Supervisor:
     """Owns the actors of one refind deployment."""
 
@@ -102,7 +70,7 @@ class Supervisor:
         self.cfg = cfg
         self._cameras: dict[str, tuple[CameraConfig, ActorHandle]] = {}
         self._restarts: dict[str, int] = {}
-        self._placed: dict[str, str] = {}  # camera -> the node it was placed on
+        self._placement = CameraPlacement()
         self.detectors: list[ActorHandle] = []
         self.embedders: list[ActorHandle] = []
         self.writers: list[ActorHandle] = []
@@ -178,7 +146,7 @@ class Supervisor:
         self.live = live
         self._engine = SearchEngine(
             self.cfg.search, PoolEmbedder(Pool(self.embedders), live.model_id, live.dim),
-            _WriterGallery(self.writers, live.model_id),
+            WriterGallery(self.writers, live.model_id),
         )
 
     # -- the serving alias ------------------------------------------------------------------
@@ -326,20 +294,8 @@ class Supervisor:
         return CameraActor.options(
             num_cpus=0, max_restarts=self.cfg.ray.max_restarts, max_concurrency=4,
             name=f"camera-{cam.name}", get_if_exists=False,
-            scheduling_strategy=self._place(cam.name),
+            scheduling_strategy=self._placement.place(cam.name, set(self._cameras)),
         ).remote(self.cfg, cam, self.detectors, self.embedders, self.writers[shard], shard)
-
-    def _place(self, name: str) -> NodeAffinitySchedulingStrategy:
-        """The alive node running the fewest cameras. A camera whose node is lost cannot be
-        restarted there: its actor dies, and ``check`` places a new one on a node alive."""
-        alive = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
-        load = {node: 0 for node in alive}
-        for other, node in self._placed.items():
-            if other != name and other in self._cameras and node in load:
-                load[node] += 1
-        node = min(alive, key=lambda n: (load[n], alive.index(n)))
-        self._placed[name] = node
-        return NodeAffinitySchedulingStrategy(node_id=node, soft=False)
 
     def _stop_actors(self, actors: dict[str, ActorHandle]) -> dict[str, CameraReport | None]:
         """Stop cameras together (each stores what it holds, up to its own STOP_WAIT_S), then
@@ -391,30 +347,36 @@ class Supervisor:
         return replaced
 
     def pool_stats(self, timeout_s: float = 10.0) -> dict[str, list[dict[str, Any]]]:
-        """Each pool actor's counters; ``{"error": ...}`` for one that did not answer (Ray is
-        restarting it, say)."""
-        refs = {pool: [a.stats.remote() for a in actors] for pool, actors in (
-            ("detector", self.detectors), ("embedder", self.embedders),
-            ("writer", self.writers))}
+        """Each pool actor's counters; ``{"error": ...}`` for one that did not answer within
+        ``timeout_s`` in all (Ray is restarting it, say)."""
+        pools = (("detector", self.detectors), ("embedder", self.embedders),
+                 ("writer", self.writers))
+        refs = {pool: [a.stats.remote() for a in actors] for pool, actors in pools}
+        every = [r for pending in refs.values() for r in pending]
+        ready, _ = ray.wait(every, num_returns=len(every), timeout=timeout_s)
+        done = set(ready)
         out: dict[str, list[dict[str, Any]]] = {}
         for pool, pending in refs.items():
             out[pool] = []
             for ref in pending:
                 try:
-                    out[pool].append(ray.get(ref, timeout=timeout_s))
+                    if ref not in done:
+                        raise TimeoutError(f"no answer in {timeout_s:g} s")
+                    out[pool].append(ray.get(ref))
                 except (ray.exceptions.RayError, TimeoutError) as err:
                     out[pool].append({"error": f"{type(err).__name__}: {err}"})
         return out
 
     def identity_stats(self) -> dict[str, Any] | None:
-        """The identity actor's counters (None when identities are off)."""
+        """The identity actor's counters (None when identities are off; ``{"error": ...}``
+        when it did not answer)."""
         if self.identity is None:
             return None
         try:
             return ray.get(self.identity.stats.remote(), timeout=10)
-        except ray.exceptions.RayError as err:
+        except (ray.exceptions.RayError, TimeoutError) as err:
             log.warning("identity actor did not answer: %s", err)
-            return None
+            return {"error": f"{type(err).__name__}: {err}"}
 
     def restarts(self) -> dict[str, int]:
         return dict(self._restarts)

@@ -35,7 +35,7 @@ from refind.indexer.gallery_store import GalleryStore
 from refind.indexer.identity_service import crop_news
 from refind.indexer.metadata import TrackSummary
 from refind.indexer.reindex import EmbedCrops, embed_copies
-from refind.indexer.shards import shard_dir
+from refind.indexer.shards import merge_recent_keys, merge_shard_hits, shard_dir
 from refind.indexer.sink import open_sink
 from refind.streaming.clips import TrackClip
 from refind.streaming.records import (
@@ -213,3 +213,34 @@ class IndexWriterActor:
         """Save, flush the record's Kafka events, close; the final stats."""
         self._sink.close()
         return self.stats()
+
+
+class WriterGallery:
+    """All index writers seen as one gallery (``refind.indexer.search.Gallery``): searches fan out
+    and merge by score."""
+
+    def __init__(self, writers: list[ActorHandle], model_id: str) -> None:
+        self._writers, self.model_id = writers, model_id
+
+    def search(
+        self, vectors: np.ndarray, k_crops: int, filt: SearchFilter = NO_FILTER
+    ) -> list[list[CropHit]]:
+        refs = [w.search.remote(vectors, k_crops, filt) for w in self._writers]
+        return merge_shard_hits(ray.get(refs), k_crops)
+
+    def count_tracks(self, limit: int, filt: SearchFilter = NO_FILTER) -> int:
+        return min(limit, sum(ray.get([w.count_tracks.remote(limit, filt)
+                                       for w in self._writers])))
+
+    def recent_track_keys(self, limit: int, filt: SearchFilter = NO_FILTER
+                          ) -> list[tuple[int, str, int]]:
+        return merge_recent_keys(
+            ray.get([w.recent_track_keys.remote(limit, filt) for w in self._writers]), limit)
+
+    def tracks(self, keys: list[tuple[str, int]]) -> dict[tuple[str, int], TrackSummary]:
+        """Summaries of the known tracks among ``keys``: one call to every writer."""
+        found: dict[tuple[str, int], TrackSummary] = {}
+        for rows in ray.get([w.tracks.remote(list(keys)) for w in self._writers]):
+            for key, summary in rows.items():
+                found.setdefault(key, summary)
+        return found

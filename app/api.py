@@ -842,15 +842,17 @@ def serve_api(cfg: RefindConfig) -> None:
               f"Open http://{cfg.api.host}:{cfg.api.port}/ and enter it, or send it as the "
               "X-API-Key header. Configure api.keys to keep keys across runs.", flush=True)
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again once its
-    # own handlers are gone: these take it, so a clean stop exits with status 0
-    stopped_by: list[int] = []
+    # own handlers are gone: this takes it (or one before uvicorn started), so a clean stop
+    # exits with status 0
+    def stopped(sig: int, _frame: object) -> None:
+        print(f"refind api stopped ({signal.Signals(sig).name})", flush=True)
+        raise SystemExit(0)
+
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda n, _: stopped_by.append(n))
+            signal.signal(sig, stopped)
     uvicorn.run(app, host=cfg.api.host, port=cfg.api.port, log_level="info",
                 timeout_graceful_shutdown=5)
-    if stopped_by:
-        print(f"refind api stopped ({signal.Signals(stopped_by[0]).name})", flush=True)
 
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")

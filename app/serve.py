@@ -84,7 +84,7 @@ def render_metrics(snapshot: dict[str, Any]) -> bytes:
             m.pool_items.labels(pool=pool, actor=str(i)).inc(row["items"])
             m.pool_busy.labels(pool=pool, actor=str(i)).inc(row["busy_s"])
     identity = snapshot.get("identity")
-    if identity:
+    if identity and "error" not in identity:
         for key, counter in m.identity.items():
             counter.inc(identity.get(key, 0))
         m.identity_open.set(identity.get("open_tracks", 0))
@@ -117,8 +117,8 @@ class _Handler(BaseHTTPRequestHandler):
             version = snap.get("version", {})
             down = {f"{pool} {i}": row["error"] for pool, rows in snap.get("pools", {}).items()
                     for i, row in enumerate(rows) if "error" in row}
-            if self.server.supervisor.identity is not None and snap.get("identity") is None:
-                down["identity"] = "the identity actor did not answer"
+            if "error" in (snap.get("identity") or {}):
+                down["identity"] = snap["identity"]["error"]
             failing = {n: r.store_error for n, r in cams.items()
                        if isinstance(r, CameraReport) and r.store_error}
             bad = bool(broken or down or failing or version.get("alias_error"))
@@ -251,3 +251,5 @@ def supervise(supervisor: Supervisor, cfg: RefindConfig, stop: threading.Event) 
                 supervisor.save()
         except ray.exceptions.RayError as err:  # an actor down meanwhile: Ray restarts it
             log.warning("supervision: %s (trying again)", err)
+        except Exception:  # anything else: logged; supervision must go on
+            log.exception("supervision failed; trying again")

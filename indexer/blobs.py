@@ -148,7 +148,7 @@ class CropStore:
         except OSError as err:
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise CropStoreFull(
-                    errno.ENOSPC, f"the crop store at {self.root} is full ({err.strerror}): "
+                    err.errno, f"the crop store at {self.root} is full ({err.strerror}): "
                     "free space there or give it a bigger volume (blobs.url); crops are not "
                     "stored until then") from err
             raise

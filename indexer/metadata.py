@@ -641,27 +641,29 @@ class SqliteMetadata:
             "SELECT vector_id FROM crops WHERE model_id = ? ORDER BY vector_id", (model_id,)
         )), np.int64)
 
-    def crop_keys(self, model_id: str) -> Iterator[tuple[str, int, int]]:
-        """(camera, track id, frame index) of every row of ``model_id``, one per row."""
-        for c, t, f in self._conn.execute(
-            "SELECT camera, track_id, frame_index FROM crops WHERE model_id = ?", (model_id,)
+    def crop_keys(self, model_id: str) -> Iterator[tuple[str, int, int, int]]:
+        """(camera, track id, frame index, time ns) of every row of ``model_id``, one per
+        row."""
+        for c, t, f, ns in self._conn.execute(
+            "SELECT camera, track_id, frame_index, ts_ns FROM crops WHERE model_id = ?",
+            (model_id,),
         ):
-            yield c, int(t), int(f)
+            yield c, int(t), int(f), int(ns)
 
-    def stored_already(self, keys: Iterable[tuple[str, int, int]], model_id: str
-                       ) -> dict[tuple[str, int, int], CropRecord]:
+    def stored_already(self, keys: Iterable[tuple[str, int, int, int]], model_id: str
+                       ) -> dict[tuple[str, int, int, int], CropRecord]:
         """The rows of ``model_id`` that already hold the crops ``keys`` ((camera, track,
-        frame)), by key: a write retried after its first try was committed."""
-        frames = {(c, int(t), int(f)) for c, t, f in keys}
-        found: dict[tuple[str, int, int], CropRecord] = {}
-        for camera, track_id in sorted({(c, t) for c, t, _ in frames}):
+        frame, time)), by key: a write retried after its first try was committed."""
+        wanted = {(c, int(t), int(f), int(ns)) for c, t, f, ns in keys}
+        found: dict[tuple[str, int, int, int], CropRecord] = {}
+        for camera, track_id in sorted({(c, t) for c, t, _, _ in wanted}):
             for row in self._conn.execute(
                 f"SELECT {_CROP_COLUMNS} FROM crops WHERE camera = ? AND track_id = ? "
                 "AND model_id = ? ORDER BY vector_id", (camera, track_id, model_id),
             ):
                 rec = _record(row)
-                key = (rec.camera, int(rec.track_id), int(rec.frame_index))
-                if key in frames:
+                key = (rec.camera, int(rec.track_id), int(rec.frame_index), int(rec.ts_ns))
+                if key in wanted:
                     found.setdefault(key, rec)
         return found
 

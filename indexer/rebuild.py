@@ -146,14 +146,24 @@ def fold(events: Iterable[Event], n_shards: int) -> DurableRecord:
     """The durable record of ``events`` (in any order, duplicates allowed)."""
     record = DurableRecord()
     seen: set[str] = set()
+    # one crop recorded under two ids (its first write failed after the record, then was
+    # retried: only the retry was stored) is rebuilt once, under the later id
+    crop_ids: dict[tuple[str, int, int, int], tuple[str, int]] = {}
     for e in events:
         if e.event_id in seen:
             continue
         seen.add(e.event_id)
         if isinstance(e, CropEvent):
             shard = shard_name(shard_of(e.camera, n_shards))
-            record.crops.setdefault(shard, {}).setdefault(e.vector_id, e)
             record.max_vector_id = max(record.max_vector_id, e.vector_id)
+            key = (e.camera, e.track_id, e.frame_index, e.ts_ns)
+            if key in crop_ids:
+                other_shard, other = crop_ids[key]
+                if other >= e.vector_id:
+                    continue
+                record.crops[other_shard].pop(other, None)
+            crop_ids[key] = (shard, e.vector_id)
+            record.crops.setdefault(shard, {}).setdefault(e.vector_id, e)
         elif isinstance(e, TrackEvent) and e.phase == "end":
             key = (e.camera, e.track_id)
             motion = TrackMotion.from_dict(e.motion) if e.motion else None

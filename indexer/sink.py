@@ -63,33 +63,40 @@ class CropSink:
         records stored, in the order of ``crops`` (a forgotten track's crops are refused and
         their JPEGs deleted).
 
-        Idempotent: a crop already stored (same camera, track and frame, by this model: a write
-        retried after a writer died between its commit and its answer) is not stored again; its
-        stored record is returned."""
+        Idempotent: a crop already stored (same camera, track, frame and time, by this model: a
+        write retried after a writer died between its commit and its answer) is not stored
+        again; its stored record is returned. When a JPEG cannot be written (a full disk), the
+        batch's JPEGs written so far are deleted and nothing is recorded."""
         if len(crops) != len(embeddings):
             raise ValueError(f"{len(crops)} crops but {len(embeddings)} embeddings")
         if not crops:
             return []
-        before = self.gallery.metadata.stored_already(
-            [(c.camera, c.track_id, c.frame_index) for c in crops], embeddings.model_id)
-        new = [i for i, c in enumerate(crops)
-               if (c.camera, c.track_id, c.frame_index) not in before]
+        def key(c: Crop | CropRecord) -> tuple[str, int, int, int]:
+            return c.camera, int(c.track_id), int(c.frame_index), int(c.ts_ns)
+
+        before = self.gallery.metadata.stored_already([key(c) for c in crops],
+                                                      embeddings.model_id)
+        new = [i for i, c in enumerate(crops) if key(c) not in before]
         if before:
             log.info("shard %d: %d crops were stored already (a retried write); kept once",
                      self.shard, len(crops) - len(new))
         first_id = self.gallery.next_vector_id()
-        records = [
-            CropRecord(
-                vector_id=first_id + n, camera=c.camera, track_id=c.track_id,
-                frame_index=c.frame_index, ts_ns=c.ts_ns,
-                xyxy=tuple(float(v) for v in c.xyxy),  # type: ignore[arg-type]
-                confidence=float(c.confidence), quality=float(c.quality),
-                crop_path=self.crops.put(c.camera, c.track_id, c.frame_index, c.image, c.jpeg,
-                                         c.context_jpeg),
-                model_id=embeddings.model_id,
-            )
-            for n, c in enumerate(crops[i] for i in new)
-        ]
+        records: list[CropRecord] = []
+        try:
+            for n, c in enumerate(crops[i] for i in new):
+                path = self.crops.put(c.camera, c.track_id, c.frame_index, c.image, c.jpeg,
+                                      c.context_jpeg)
+                records.append(CropRecord(
+                    vector_id=first_id + n, camera=c.camera, track_id=c.track_id,
+                    frame_index=c.frame_index, ts_ns=c.ts_ns,
+                    xyxy=tuple(float(v) for v in c.xyxy),  # type: ignore[arg-type]
+                    confidence=float(c.confidence), quality=float(c.quality), crop_path=path,
+                    model_id=embeddings.model_id,
+                ))
+        except BaseException:  # a full disk, say: nothing of this batch was recorded
+            for r in records:
+                self.crops.delete(r.crop_path)
+            raise
         vectors = Embeddings(embeddings.vectors[new], embeddings.model_id)
         stored = self.gallery.add(records, vectors) if records else []
         if len(stored) < len(records):
@@ -100,9 +107,8 @@ class CropSink:
         self.stored += len(stored)
         if self.redis is not None:
             self._mirror(stored)
-        by_key = {(r.camera, r.track_id, r.frame_index): r for r in stored} | before
-        return [by_key[k] for k in ((c.camera, c.track_id, c.frame_index) for c in crops)
-                if k in by_key]
+        by_key = {key(r): r for r in stored} | before
+        return [by_key[key(c)] for c in crops if key(c) in by_key]
 
     def put_clip(self, clip: TrackClip) -> str | None:
         """Store an ended track's clip; a forgotten track's is refused (None)."""

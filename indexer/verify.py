@@ -3,19 +3,22 @@ stored twice, what was stored without a record.
 
 The durable record (``indexer/journal.py``) is written before the gallery commits, so after any
 crash it holds at least what the gallery holds. ``check_gallery`` compares the serving version's
-shards (SQLite, the gallery's source of truth) with the journal's crop events of the serving
-model, crop by crop, keyed by (camera, track, frame):
+shards (SQLite, the gallery's source of truth) with the journal's crop events, crop by crop,
+keyed by (camera, track, frame, time); events of any model count, since a re-index copies crops
+into a new version without recording them again:
 
-- ``missing``: recorded, not forgotten, yet in no shard (a rebuild from the record would bring
-  them back when their JPEGs exist; ``missing_jpeg`` counts those whose JPEG is gone too);
+- ``missing``: recorded, not forgotten, not expired, yet in no shard (``refind rebuild``
+  brings back those whose JPEG is there; ``missing_jpeg`` counts those whose JPEG is gone too);
+- ``expired``: recorded, older than their camera's retention and gone with their JPEG: removed
+  by ``refind retention``, which records nothing (not a problem);
 - ``duplicates``: one crop stored under two vector ids (a retried write stored twice);
 - ``unrecorded``: rows the record lacks (the record was written after the gallery: a bug);
 - ``retried``: one crop recorded under two vector ids, of which one was stored (a write that
-  failed after its record was written, then retried: the gallery is right, and so is a rebuild,
-  which stores each crop once).
+  failed after its record was written, then retried: the gallery is right, and a rebuild
+  stores the crop once).
 
-``refind check`` prints it and exits 2 when a crop is missing, duplicated or unrecorded; the fault
-suite (``tests/faults``) runs it after every fault.
+``refind check`` prints it and exits 2 when a crop is missing, duplicated or unrecorded; the
+fault suite (``tests/faults``) runs it after its faults.
 
 Example:
     >>> report = check_gallery(cfg)                                        # doctest: +SKIP
@@ -25,34 +28,38 @@ Example:
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from refind.config import RefindConfig
 from refind.indexer.blobs import CropStore
 from refind.indexer.journal import EventJournal, journal_dir
 from refind.indexer.metadata import SqliteMetadata
+from refind.indexer.retention import retention_days
 from refind.indexer.shards import existing_shards
 from refind.indexer.versions import serving_version
 from refind.streaming.events import CropEvent, ForgetEvent
 
-CropKey = tuple[str, int, int]  # (camera, track id, frame index)
+CropKey = tuple[str, int, int, int]  # (camera, track id, frame index, time ns)
 
 SHOWN = 5  # keys named per problem in the summary
+_DAY_NS = 86_400 * 10**9
 
 
-@dataclass
+@dataclass(frozen=True)
 class GalleryCheck:
-    """What ``check_gallery`` found (module docstring); keys are (camera, track, frame)."""
+    """What ``check_gallery`` found (module docstring)."""
 
     model_id: str
-    recorded: int = 0  # distinct crops the record holds for the model (forgotten ones aside)
-    stored: int = 0  # rows in the shards
-    missing: list[CropKey] = field(default_factory=list)
+    recorded: int  # distinct crops the record holds (forgotten ones aside)
+    stored: int  # rows of the serving model in the shards
+    missing: tuple[CropKey, ...] = ()
     missing_jpeg: int = 0
-    duplicates: list[CropKey] = field(default_factory=list)
-    unrecorded: list[CropKey] = field(default_factory=list)
+    expired: int = 0
+    duplicates: tuple[CropKey, ...] = ()
+    unrecorded: tuple[CropKey, ...] = ()
     retried: int = 0
 
     @property
@@ -60,15 +67,18 @@ class GalleryCheck:
         return not (self.missing or self.duplicates or self.unrecorded)
 
     def summary(self) -> str:
-        def some(keys: list[CropKey]) -> str:
-            return ", ".join(f"{c}/{t}/{f}" for c, t, f in keys[:SHOWN]) + (
+        def some(keys: tuple[CropKey, ...]) -> str:
+            return ", ".join(f"{c}/{t}/{f}" for c, t, f, _ in keys[:SHOWN]) + (
                 " ..." if len(keys) > SHOWN else "")
 
-        lines = [f"model {self.model_id}: {self.recorded} crops recorded, {self.stored} stored"]
+        lines = [f"model {self.model_id or '(none)'}: {self.recorded} crops recorded, "
+                 f"{self.stored} stored"]
         if self.missing:
             lines.append(f"{len(self.missing)} recorded crops are not in the gallery "
                          f"({self.missing_jpeg} of them without their JPEG): {some(self.missing)}"
                          " - `refind rebuild` restores the ones whose JPEG is there")
+        if self.expired:
+            lines.append(f"{self.expired} recorded crops were removed by retention")
         if self.duplicates:
             lines.append(f"{len(self.duplicates)} crops are stored twice: "
                          f"{some(self.duplicates)}")
@@ -84,21 +94,20 @@ class GalleryCheck:
     def as_dict(self) -> dict[str, object]:
         return {"model_id": self.model_id, "recorded": self.recorded, "stored": self.stored,
                 "missing": len(self.missing), "missing_jpeg": self.missing_jpeg,
-                "duplicates": len(self.duplicates), "unrecorded": len(self.unrecorded),
-                "retried": self.retried, "ok": self.ok}
+                "expired": self.expired, "duplicates": len(self.duplicates),
+                "unrecorded": len(self.unrecorded), "retried": self.retried, "ok": self.ok}
 
 
-def recorded_crops(data_dir: Path, model_id: str) -> tuple[Counter[CropKey], dict[CropKey, str]]:
-    """The record's crops of ``model_id`` with how many vector ids each was recorded under, and
-    each one's crop path; forgotten tracks are left out."""
+def recorded_crops(data_dir: Path) -> tuple[Counter[CropKey], dict[CropKey, str]]:
+    """The record's crops (of every model) with how many vector ids each was recorded under,
+    and each one's crop path; forgotten tracks are left out."""
     journal = EventJournal(journal_dir(data_dir))
     gone = {(e.camera, e.track_id) for e in journal.read("forget") if isinstance(e, ForgetEvent)}
     ids: dict[CropKey, set[int]] = {}
     paths: dict[CropKey, str] = {}
     for e in journal.read("crops"):
-        if isinstance(e, CropEvent) and e.model_id == model_id and (
-                (e.camera, e.track_id) not in gone):
-            key = (e.camera, e.track_id, e.frame_index)
+        if isinstance(e, CropEvent) and (e.camera, e.track_id) not in gone:
+            key = (e.camera, e.track_id, e.frame_index, e.ts_ns)
             ids.setdefault(key, set()).add(e.vector_id)
             paths[key] = e.crop_path
     return Counter({k: len(v) for k, v in ids.items()}), paths
@@ -113,20 +122,32 @@ def stored_crops(root: Path, model_id: str) -> Counter[CropKey]:
     return rows
 
 
-def check_gallery(cfg: RefindConfig) -> GalleryCheck:
+def check_gallery(cfg: RefindConfig, now_ns: int | None = None) -> GalleryCheck:
     """The serving version's shards against the durable record (module docstring)."""
     serving = serving_version(cfg)
     model_id = serving.model_id or _only_model(serving.root)
-    recorded, paths = recorded_crops(Path(cfg.data_dir), model_id)
+    recorded, paths = recorded_crops(Path(cfg.data_dir))
     stored = stored_crops(serving.root, model_id)
-    report = GalleryCheck(model_id, recorded=len(recorded), stored=sum(stored.values()))
-    report.missing = sorted(k for k in recorded if k not in stored)
     blobs = CropStore.from_config(cfg)
-    report.missing_jpeg = sum(not blobs.exists(paths[k]) for k in report.missing)
-    report.duplicates = sorted(k for k, n in stored.items() if n > 1)
-    report.unrecorded = sorted(k for k in stored if k not in recorded)
-    report.retried = sum(1 for k, n in recorded.items() if n > 1 and k in stored)
-    return report
+    now = time.time_ns() if now_ns is None else now_ns
+    missing, expired, without_jpeg = [], 0, 0
+    for k in sorted(k for k in recorded if k not in stored):
+        if blobs.exists(paths[k]):
+            missing.append(k)
+            continue
+        days = retention_days(cfg, k[0])
+        if days is not None and k[3] < now - int(days * _DAY_NS):
+            expired += 1
+            continue
+        missing.append(k)
+        without_jpeg += 1
+    return GalleryCheck(
+        model_id, recorded=len(recorded), stored=sum(stored.values()), missing=tuple(missing),
+        missing_jpeg=without_jpeg, expired=expired,
+        duplicates=tuple(sorted(k for k, n in stored.items() if n > 1)),
+        unrecorded=tuple(sorted(k for k in stored if k not in recorded)),
+        retried=sum(1 for k, n in recorded.items() if n > 1 and k in stored),
+    )
 
 
 def _only_model(root: Path) -> str:

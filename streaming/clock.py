@@ -6,7 +6,9 @@ date), every later frame would be clamped to just after the last one, so the sam
 them all until the clock caught up, an hour later for an hour's step; set forward, nothing
 breaks but a gap. ``SteadyWallClock`` counts from one reading of the wall clock with the
 monotonic clock, so a step back is ignored (times run on, ahead of the host's clock by the step,
-with a warning) and a step forward is followed (times jump with it).
+with a warning) and a step forward is followed (times jump with it). The clock is one per
+process: a camera actor started after a step back counts from the host's clock as it is then,
+so its frames may be timed before ones stored earlier (ids and tracks are unaffected).
 
 Example:
     >>> clock = SteadyWallClock()

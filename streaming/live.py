@@ -33,6 +33,7 @@ from typing import TypeVar
 
 import av
 
+from refind.streaming.clock import live_now_ns
 from refind.streaming.config import CameraConfig, LiveConfig, redact_credentials
 from refind.streaming.events import CameraState
 from refind.streaming.flow import AdaptiveSampler, Backoff, DropOldestQueue
@@ -64,6 +65,7 @@ class CameraStatus:
     reconnects: int
     last_frame_ts_ns: int | None
     rate_fps: float
+    corrupt_packets: int = 0  # packets the decoder could not decode (skipped), since the start
 
 
 class _Pacer:
@@ -79,13 +81,13 @@ class _Pacer:
         """Sleep until the frame at ``pts_ns`` is due; its wall-clock ts_ns, None if stopped."""
         now = time.monotonic_ns()
         if self._anchor is None:
-            self._anchor = (now, time.time_ns(), pts_ns)
+            self._anchor = (now, live_now_ns(), pts_ns)
         mono0, wall0, pts0 = self._anchor
         due = mono0 + (pts_ns - pts0)
         if due > now and self._stop.wait((due - now) / 1e9):
             return None
         if now - due > self._MAX_LAG_NS:
-            self._anchor = (now, time.time_ns(), pts_ns)
+            self._anchor = (now, live_now_ns(), pts_ns)
             return self._anchor[1]
         return wall0 + (pts_ns - pts0)
 
@@ -97,6 +99,7 @@ class _Counters:
     last_ts_ns: int | None = None
     next_index: int = 0
     gap_ns: int = 0  # last interval between frames, to continue a looped file's clock
+    corrupt_packets: int = 0  # skipped by the decoder, in openings that ended
 
 
 class LiveCamera:
@@ -137,6 +140,7 @@ class LiveCamera:
         self._state = CameraState.CONNECTING
         self._message = redact_credentials(f"not started: {cfg.url}")
         self._n = _Counters()
+        self._source: VideoSource | None = None  # the opening being read
 
     @property
     def name(self) -> str:
@@ -192,6 +196,8 @@ class LiveCamera:
                 reconnects=self._n.reconnects,
                 last_frame_ts_ns=self._n.last_ts_ns,
                 rate_fps=self._sampler.rate_fps,
+                corrupt_packets=self._n.corrupt_packets + (
+                    self._source.stats.corrupt_packets if self._source is not None else 0),
             )
 
     # The reader thread.
@@ -242,8 +248,15 @@ class LiveCamera:
                 rtsp_transport=self.cfg.rtsp_transport,
                 region=self.cfg.region,
             )
-            with closing(iter(source)) as frames:
-                self._deliver_all(frames)
+            with self._lock:
+                self._source = source
+            try:
+                with closing(iter(source)) as frames:
+                    self._deliver_all(frames)
+            finally:
+                with self._lock:
+                    self._n.corrupt_packets += source.stats.corrupt_packets
+                    self._source = None
         except (SourceError, av.error.FFmpegError, OSError) as err:
             message = str(err)
             return False, message if self.cfg.url in message else f"{self.cfg.url!r}: {message}"

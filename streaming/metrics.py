@@ -53,6 +53,8 @@ CAMERA_COUNTERS: dict[str, str] = {
     "tracks_started": "Tracks started.",
     "crops_stored": "Crops embedded and stored.",
     "crops_failed": "Crops whose store failed (logged).",
+    "detect_failed": "Frames lost because their detector died (Ray restarts it).",
+    "corrupt_packets": "Packets the decoder could not decode (skipped).",
     "store_waits": "Times the camera waited for its crop batches in flight.",
     "events_published": "Events handed to Kafka by the camera.",
     "events_sent": "Events of the camera Kafka acknowledged.",

@@ -169,7 +169,7 @@ class LiveRun:
                 f"{'; down: ' + down if down else ''}{'; store errors: ' + errors if errors else ''})")
 
     def recorded(self) -> set[CropKey]:
-        return set(recorded_crops(Path(self.cfg.data_dir), self.model_id)[0])
+        return set(recorded_crops(Path(self.cfg.data_dir))[0])
 
     def duplicates(self) -> int:
         stored = stored_crops(serving_version(self.cfg).root, self.model_id)

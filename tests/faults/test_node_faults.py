@@ -1,8 +1,9 @@
 """A Ray worker node lost mid-stream: a cluster of two nodes on this machine (`ray start --head`
 and a second `ray start --address`, each in a session of its own), `refind serve` joined to it
 with two cameras spread over the nodes, then every process of the second node killed with -9.
-The camera that ran there is restarted by Ray on the head node and resumes; every crop recorded
-before the loss is in the gallery once."""
+The camera that ran there dies with it (it is placed on that node only); the supervisor places
+a new one on the head node, which resumes; every crop recorded before the loss is in the gallery
+once."""
 
 from __future__ import annotations
 

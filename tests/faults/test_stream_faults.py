@@ -1,8 +1,9 @@
 """Bad cameras in a live `refind serve` loop: a stream with corrupt packets, one cut off
 mid-packet at every loop, one whose clock (its presentation times) jumps an hour ahead and back,
 and a camera that flaps (goes down and up every few seconds). Each is a real ffmpeg serving
-PETS09-S2L1 over HTTP MPEG-TS, its bytes relayed as they are (``-c copy``), so the damage
-reaches refind's decoder. refind must keep every other camera and every crop it accepted, and
+PETS09-S2L1 over HTTP MPEG-TS: the corrupt and clock-jumping ones through ffmpeg's relay
+(``-c copy``, so damaged payloads reach refind's decoder), the truncated one from a plain file
+server (each connection ends mid-packet). refind must keep every other camera and every crop it accepted, and
 take the camera back when it behaves."""
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from refind.indexer.verify import check_gallery
 from refind.streaming.config import CameraConfig
 from tests.actors.test_live_ingest import _config
 from tests.cameras import FFMPEG, HttpTsCamera, need_ffmpeg
-from tests.conftest import PETS_VIDEO, need_models, need_pets
+from tests.conftest import PETS_VIDEO, need_models, need_pets, serve_directory
 from tests.faults.conftest import LiveRun
 
 pytestmark = pytest.mark.slow
 
 FRAMES = 150  # of PETS09-S2L1 per prepared stream (15 s at 10 fps)
+WATCH_S = 8  # each damaged stream is watched this long once it gave crops
 
 
 class RelayCamera(HttpTsCamera):
@@ -69,12 +71,12 @@ def streams(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"corrupt": corrupt, "truncated": cut, "clock-jump": jump}
 
 
-def _frame_times(cfg, camera: str) -> list[int]:
-    """The stored crops' times of ``camera`` (from the durable record), in record order."""
+def _frame_times(cfg, camera: str) -> list[tuple[int, int, int]]:
+    """(track, frame, time) of the stored crops of ``camera`` (from the durable record)."""
     from refind.indexer.journal import EventJournal, journal_dir
 
-    return [e.ts_ns for e in EventJournal(journal_dir(cfg.data_dir)).read("crops")
-            if e.camera == camera]
+    return [(e.track_id, e.frame_index, e.ts_ns)
+            for e in EventJournal(journal_dir(cfg.data_dir)).read("crops") if e.camera == camera]
 
 
 def test_bad_streams_and_a_flapping_camera(ray_local, http_camera_factory, streams, tmp_path,
@@ -91,25 +93,34 @@ def test_bad_streams_and_a_flapping_camera(ray_local, http_camera_factory, strea
             r = sup.status(timeout_s=5).get(name)
             return None if isinstance(r, str) else r
 
-        for name, path in streams.items():
-            cam = RelayCamera(path)
-            cam.start()
-            cams.append(cam)
-            n_cam = sum(1 for k in run.recorded() if k[0] == name)
+        watched: dict[str, object] = {}
+        with serve_directory(streams["truncated"].parent) as files:
+            for name, path in streams.items():
+                if name == "truncated":  # a plain file server: the connection ends mid-packet
+                    url = f"{files}/{path.name}"
+                else:  # ffmpeg relaying the damaged bytes, paced as a camera
+                    cam = RelayCamera(path)
+                    cam.start()
+                    cams.append(cam)
+                    url = cam.url
+                n_cam = sum(1 for k in run.recorded() if k[0] == name)
 
-            def stored_from(name=name, n_cam=n_cam) -> bool:
+                def stored_from(name=name, n_cam=n_cam) -> bool:
+                    r = report(name)
+                    return (r is not None and r.error is None
+                            and sum(1 for k in run.recorded() if k[0] == name) >= n_cam + 3)
+
+                run.inject(f"{name} stream (a camera added live)", lambda name=name, url=url:
+                           sup.add_camera(CameraConfig(name=name, url=url, sample_fps=5)),
+                           stored_from, timeout_s=90)
+                time.sleep(WATCH_S)  # most of a loop of the stream (15 s)
                 r = report(name)
-                return (r is not None and r.state == "live"
-                        and sum(1 for k in run.recorded() if k[0] == name) >= n_cam + 3)
-
-            run.inject(f"{name} stream (a camera added live)", lambda cam=cam, name=name:
-                       sup.add_camera(CameraConfig(name=name, url=cam.url, sample_fps=5)),
-                       stored_from, timeout_s=90)
-            time.sleep(5)  # more of the damage (a loop of the stream is 15 s)
-            r = report(name)
-            run.faults[-1].seen += (f"; after 5 s more: state {r.state}, {r.reconnects} "
-                                    f"reconnects, error {r.error}" if r else "; no report")
-            sup.remove_camera(name)
+                watched[name] = r
+                run.faults[-1].seen += (
+                    f"; after {WATCH_S} s more: state {r.state}, {r.reconnects} reconnects, "
+                    f"{r.corrupt_packets} corrupt packets skipped, error {r.error}")
+                sup.remove_camera(name)
+        for cam in cams:
             cam.kill()
         # a camera that flaps: down and up every 2 s, five times
         flap = http_camera_factory(PETS_VIDEO)
@@ -144,9 +155,17 @@ def test_bad_streams_and_a_flapping_camera(ray_local, http_camera_factory, strea
     assert report_.ok, report_.summary()
     for row in rows:
         assert row.recovery_s is not None and row.lost == 0 and row.duplicates == 0, row
-    # the jumping clock: stored times keep to the receiving clock (no hour's jump), in order
+    # what each damage did: packets skipped, connections ended and reopened
+    assert watched["corrupt"].corrupt_packets > 0, watched["corrupt"]
+    assert watched["truncated"].reconnects >= 1, watched["truncated"]
+    # the jumping clock: stored times keep to the receiving clock (no hour's jump) and each
+    # track's crops are in the order they were seen
     times = _frame_times(run.cfg, "clock-jump")
-    assert times and max(times) - min(times) < 120e9, (min(times), max(times))
+    stamps = [ns for _, _, ns in times]
+    assert stamps and max(stamps) - min(stamps) < 120e9, (min(stamps), max(stamps))
+    for track in {t for t, _, _ in times}:
+        seq = [(f, ns) for t, f, ns in times if t == track]
+        assert sorted(seq) == sorted(seq, key=lambda x: x[1]), seq
 
 
 def test_prepared_streams_are_damaged_as_intended(streams) -> None:

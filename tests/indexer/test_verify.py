@@ -4,6 +4,7 @@ recorded but not stored, stored twice, stored without a record."""
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 
 from refind.app.cli import main
 from refind.config import RefindConfig, parse_config
+from refind.indexer.blobs import CropStore
 from refind.indexer.journal import EventJournal, journal_dir
 from refind.indexer.sink import open_sink
 from refind.indexer.verify import check_gallery
@@ -27,9 +29,9 @@ def _cfg(tmp: Path) -> RefindConfig:
     return parse_config({"data_dir": str(tmp / "data")})
 
 
-def _crops(track: int, frames: range) -> list[Crop]:
+def _crops(track: int, frames: range, t0_ns: int = 0) -> list[Crop]:
     rng = np.random.default_rng(track)
-    return [Crop("door", track, f, f * 1_000_000, (0.0, 0.0, 8.0, 16.0), 0.9, 0.5,
+    return [Crop("door", track, f, t0_ns + f * 1_000_000, (0.0, 0.0, 8.0, 16.0), 0.9, 0.5,
                  rng.integers(0, 255, (16, 8, 3), dtype=np.uint8)) for f in frames]
 
 
@@ -60,12 +62,11 @@ def test_check_names_missing_duplicated_and_unrecorded_crops(tmp_path, capsys) -
     assert check_gallery(cfg).ok
     journal = EventJournal(journal_dir(cfg.data_dir))
     # a crash after the record, before the commit: recorded under an id never stored ...
-    ghost = stored[0].__class__(**{**stored[0].__dict__, "vector_id": 99, "frame_index": 7,
-                                  "crop_path": "door/2/gone.jpg"})
+    ghost = replace(stored[0], vector_id=99, frame_index=7, ts_ns=7_000_000,
+                    crop_path="door/2/gone.jpg")
     journal.append([CropEvent.from_record(ghost)])
     # ... a write retried after it: recorded twice, stored once
-    journal.append([CropEvent.from_record(
-        stored[1].__class__(**{**stored[1].__dict__, "vector_id": 98}))])
+    journal.append([CropEvent.from_record(replace(stored[1], vector_id=98))])
     db = sqlite3.connect(cfg.data_dir / "gallery" / "metadata.sqlite3")
     with db:  # a row stored twice, and one the record never had
         db.execute("INSERT INTO crops SELECT vector_id + 100, camera, track_id, frame_index, "
@@ -77,9 +78,9 @@ def test_check_names_missing_duplicated_and_unrecorded_crops(tmp_path, capsys) -
     db.close()
     report = check_gallery(cfg)
     assert not report.ok
-    assert report.missing == [("door", 2, 7)] and report.missing_jpeg == 1
-    assert report.duplicates == [("door", 2, 2)]
-    assert report.unrecorded == [("door", 2, 40)]
+    assert report.missing == (("door", 2, 7, 7_000_000),) and report.missing_jpeg == 1
+    assert report.duplicates == (("door", 2, 2, 2_000_000),)
+    assert report.unrecorded == (("door", 2, 40, 3_000_000),)
     assert report.retried == 1 and report.recorded == 6 and report.stored == 7
     assert main(["check", "--data-dir", str(cfg.data_dir)]) == 2
     out = capsys.readouterr().out
@@ -91,3 +92,39 @@ def test_check_of_an_empty_data_dir_is_ok(tmp_path, capsys) -> None:
     cfg = _cfg(tmp_path)
     assert main(["check", "--data-dir", str(cfg.data_dir), "--json"]) == 0
     assert '"ok": true' in capsys.readouterr().out
+
+
+def test_crops_removed_by_retention_and_copies_of_a_reindex_are_not_problems(tmp_path) -> None:
+    cfg = parse_config({"data_dir": str(tmp_path / "data"), "retention": {"default_days": 1}})
+    day = 86_400 * 10**9
+    now = 1_800_000_000 * 10**9  # January 2027
+    with open_sink(cfg, MODEL, DIM) as sink:
+        old = sink.store(_crops(3, range(2), now - 10 * day), _vectors(2))  # 10 days old
+        sink.gallery.remove_before("door", now - day)  # what retention does
+    blobs = CropStore.from_config(cfg)
+    for r in old:
+        blobs.delete(r.crop_path)
+    report = check_gallery(cfg, now_ns=now)
+    assert report.ok and report.expired == 2 and report.stored == 0, report
+    # a crop recorded by one model counts for a version of another that holds its copy (as a
+    # re-index leaves it)
+    with open_sink(cfg, MODEL, DIM) as sink:
+        sink.store(_crops(4, range(1)), _vectors(1))
+    db = sqlite3.connect(cfg.data_dir / "gallery" / "metadata.sqlite3")
+    with db:
+        db.execute("UPDATE crops SET model_id = 'another@1'")
+    db.close()
+    moved = check_gallery(cfg, now_ns=now)
+    assert moved.model_id == "another@1" and moved.ok and moved.stored == 1, moved
+
+
+def test_a_rebuild_stores_a_crop_recorded_twice_once(tmp_path) -> None:
+    from refind.indexer.rebuild import fold
+
+    cfg = _cfg(tmp_path)
+    with open_sink(cfg, MODEL, DIM) as sink:
+        [first] = sink.store(_crops(5, range(1)), _vectors(1))
+    retry = CropEvent.from_record(replace(first, vector_id=first.vector_id + 7))
+    events = [*EventJournal(journal_dir(cfg.data_dir)).read("crops"), retry]
+    record = fold(events, 1)
+    assert [list(crops) for crops in record.crops.values()] == [[first.vector_id + 7]]

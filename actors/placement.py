@@ -1,0 +1,38 @@
+"""Where camera actors run: on the alive Ray node that runs the fewest cameras.
+
+Each camera actor is pinned to its node (hard node affinity): Ray restarts a crashed camera
+there. When the node itself is lost, the actor cannot be restarted anywhere and dies; the
+supervisor's ``check`` then replaces it, and the replacement is placed on a node that is alive.
+Pools and writers are left to Ray's default policy.
+
+Example:
+    >>> placement = CameraPlacement()                                       # doctest: +SKIP
+    >>> CameraActor.options(scheduling_strategy=placement.place("gate", {"door"}))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+
+class CameraPlacement:
+    """Remembers the node each camera was placed on, to balance the next placement."""
+
+    def __init__(self) -> None:
+        self._placed: dict[str, str] = {}  # camera -> node id
+
+    def place(self, name: str, running: set[str]) -> NodeAffinitySchedulingStrategy | str:
+        """The strategy for camera ``name``, given the cameras ``running`` now: the alive node
+        with the fewest of them ("DEFAULT", Ray's own choice, when no node is seen alive)."""
+        alive = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+        if not alive:  # the cluster's view catching up
+            self._placed.pop(name, None)
+            return "DEFAULT"
+        load = dict.fromkeys(alive, 0)
+        for other, node in self._placed.items():
+            if other != name and other in running and node in load:
+                load[node] += 1
+        node = min(alive, key=lambda n: (load[n], alive.index(n)))
+        self._placed[name] = node
+        return NodeAffinitySchedulingStrategy(node_id=node, soft=False)
