@@ -96,6 +96,7 @@ class CameraReport:
     detect_failed: int = 0  # frames lost because their detector died (Ray restarts it)
     store_error: str | None = None  # why the latest store failed; None once one succeeds again
     corrupt_packets: int = 0  # packets the decoder could not decode (skipped)
+    corrupt_frames: int = 0  # frames decoded with damage concealed
 
 
 @dataclass(eq=False)  # one job is itself, whatever it holds
@@ -188,6 +189,7 @@ class CameraActor:
                 store_waits=self._store_waits, crops_failed=self._crops_failed,
                 pid=os.getpid(), node_id=self._node_id, detect_failed=self._detect_failed,
                 store_error=self._store_error, corrupt_packets=s.corrupt_packets,
+                corrupt_frames=s.corrupt_frames,
             )
 
     def stop(self) -> CameraReport:

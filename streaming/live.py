@@ -66,6 +66,7 @@ class CameraStatus:
     last_frame_ts_ns: int | None
     rate_fps: float
     corrupt_packets: int = 0  # packets the decoder could not decode (skipped), since the start
+    corrupt_frames: int = 0  # frames decoded with damage concealed, since the start
 
 
 class _Pacer:
@@ -100,6 +101,7 @@ class _Counters:
     next_index: int = 0
     gap_ns: int = 0  # last interval between frames, to continue a looped file's clock
     corrupt_packets: int = 0  # skipped by the decoder, in openings that ended
+    corrupt_frames: int = 0  # decoded with damage concealed, in openings that ended
 
 
 class LiveCamera:
@@ -198,6 +200,8 @@ class LiveCamera:
                 rate_fps=self._sampler.rate_fps,
                 corrupt_packets=self._n.corrupt_packets + (
                     self._source.stats.corrupt_packets if self._source is not None else 0),
+                corrupt_frames=self._n.corrupt_frames + (
+                    self._source.stats.corrupt_frames if self._source is not None else 0),
             )
 
     # The reader thread.
@@ -256,6 +260,7 @@ class LiveCamera:
             finally:
                 with self._lock:
                     self._n.corrupt_packets += source.stats.corrupt_packets
+                    self._n.corrupt_frames += source.stats.corrupt_frames
                     self._source = None
         except (SourceError, av.error.FFmpegError, OSError) as err:
             message = str(err)

@@ -55,6 +55,7 @@ CAMERA_COUNTERS: dict[str, str] = {
     "crops_failed": "Crops whose store failed (logged).",
     "detect_failed": "Frames lost because their detector died (Ray restarts it).",
     "corrupt_packets": "Packets the decoder could not decode (skipped).",
+    "corrupt_frames": "Frames decoded with damage the decoder concealed (a bad link or stream).",
     "store_waits": "Times the camera waited for its crop batches in flight.",
     "events_published": "Events handed to Kafka by the camera.",
     "events_sent": "Events of the camera Kafka acknowledged.",

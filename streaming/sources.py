@@ -40,7 +40,8 @@ class SourceStats:
     decoded: int = 0
     yielded: int = 0
     skipped_by_sampler: int = 0
-    corrupt_packets: int = 0
+    corrupt_packets: int = 0  # packets the decoder refused (skipped)
+    corrupt_frames: int = 0  # frames decoded with damage concealed (the decoder flags them)
 
 
 def is_live_url(url: str) -> bool:
@@ -175,6 +176,7 @@ class VideoSource:
                 continue
             corrupt_run = 0
             for vf in decoded:
+                self.stats.corrupt_frames += bool(vf.is_corrupt)
                 ts_ns = self._timestamp_ns(vf)
                 index = self.stats.decoded
                 self.stats.decoded += 1

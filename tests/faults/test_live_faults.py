@@ -212,7 +212,7 @@ def test_crop_store_disk_full_then_freed(ray_local, http_camera_factory, tmp_pat
     row.recovery_s = freed.recovery_s
     row.duplicates += rows[1].duplicates
     row.seen = (f"{seen}. {lost_while_full} crops chosen while it was full were refused "
-                "(counted in refind_crops_failed, logged at ERROR)")
+                "(counted in refind_camera_crops_failed_total, logged at ERROR)")
     fault_table.add(row)
     assert "No space left on device" in full.seen, full.seen
     assert freed.recovery_s is not None, freed
