@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from refind.config import RefindConfig
-from refind.indexer.verify import CropKey, recorded_crops, stored_crops
+from refind.indexer.verify import CropKey, check_gallery, recorded_crops, stored_crops
 from refind.indexer.versions import serving_version
 from tests.conftest import http_get
 from tests.servers import free_port
@@ -224,4 +224,16 @@ class LiveRun:
             lost = sum(1 for k in f.before if k not in stored)
             rows.append(FaultRow(f.name, len(f.before), lost, dups_after - f.duplicates_before,
                                  f.recovery_s, f.seen))
+        return rows
+
+    def account(self, table: FaultTable) -> list[FaultRow]:
+        """After ``stop``: each fault's row into ``table``; then every fault recovered, lost
+        nothing and stored nothing twice, and the gallery matches its record."""
+        rows = self.rows()
+        for row in rows:
+            table.add(row)
+        report = check_gallery(self.cfg)
+        assert report.ok, report.summary()
+        for row in rows:
+            assert row.recovery_s is not None and row.lost == 0 and row.duplicates == 0, row
         return rows

@@ -141,14 +141,7 @@ def test_kill_each_actor_kind_then_restart_redis_and_kafka(
         run.stop()
         stop.set()
         reader.join(timeout=10)
-    rows = run.rows()
-    for row in rows:
-        fault_table.add(row)
-    report = check_gallery(run.cfg)
-    assert report.ok, report.summary()
-    for row in rows:
-        assert row.recovery_s is not None, row
-        assert row.lost == 0 and row.duplicates == 0, row
+    run.account(fault_table)
 
 
 def _mount_tmpfs(path, size: str) -> None:
