@@ -60,6 +60,19 @@ def is_listening(port: int) -> bool:
     return any(r.split()[1] == want and r.split()[3] == "0A" for r in rows)
 
 
+def _port_users(port: int) -> str:
+    """Sockets on ``port`` from Linux's socket table (local, remote, state), to say what holds
+    a port that a camera could not listen on."""
+    try:
+        rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return "unknown"
+    mine = f":{port:04X}"
+    found = [" ".join(r.split()[1:4]) for r in rows if r.split()[1].endswith(mine)
+             or r.split()[2].endswith(mine)]
+    return "; ".join(found) or "none"
+
+
 class HttpTsCamera:
     """A clip served as a live HTTP MPEG-TS camera that can be killed and brought back.
 
@@ -122,7 +135,11 @@ class HttpTsCamera:
         deadline = time.monotonic() + wait_s
         while not is_listening(self.port):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"ffmpeg did not listen on {self.url}; see {self.log_path}")
+                log = self.log_path.read_text(errors="replace")[-2000:] if (
+                    self.log_path.is_file()) else ""
+                raise RuntimeError(f"ffmpeg did not listen on {self.url} in {wait_s:g} s "
+                                   f"({self.restarts} restarts); its log ends:\n{log}\n"
+                                   f"port {self.port}: {_port_users(self.port)}")
             time.sleep(0.02)
 
     def kill(self, wait_s: float = 5.0) -> None:
