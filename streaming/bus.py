@@ -31,6 +31,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from refind.streaming.config import KafkaConfig, ReconnectConfig
@@ -91,6 +92,13 @@ def client_args(cfg: KafkaConfig) -> dict[str, Any]:
         "bootstrap_servers": servers, "security_protocol": cfg.security_protocol,
         "reconnect_backoff_max_ms": 1_000, "bootstrap_timeout_ms": _CONNECT_TIMEOUT_MS,
     }
+    if cfg.ssl_cafile is not None:
+        if cfg.security_protocol not in ("SSL", "SASL_SSL"):
+            raise BusError(f"kafka.ssl_cafile is set, but kafka.security_protocol is "
+                           f"{cfg.security_protocol}: use SSL or SASL_SSL")
+        if not Path(cfg.ssl_cafile).is_file():
+            raise BusError(f"kafka.ssl_cafile: no CA file at {cfg.ssl_cafile}")
+        args["ssl_cafile"] = cfg.ssl_cafile
     if cfg.sasl_mechanism is not None:
         args.update(sasl_mechanism=cfg.sasl_mechanism, sasl_plain_username=cfg.sasl_username,
                     sasl_plain_password=cfg.sasl_password)

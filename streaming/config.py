@@ -272,6 +272,10 @@ class KafkaConfig(Section):
         1, ge=1, le=16, description="Replicas of each topic the bus creates."
     )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    ssl_cafile: str | None = Field(
+        None, description="CA certificate (PEM) that signed the brokers' certificates, for SSL "
+        "and SASL_SSL with a private CA; unset: the system's CAs."
+    )
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = Field(None, json_schema_extra=SECRET,
                                       description="Use a ${ENV} placeholder.")

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from refind.streaming.bus import _CONNECT_TIMEOUT_MS, BusError, EventBus, ensure_topics
+from refind.streaming.bus import _CONNECT_TIMEOUT_MS, BusError, EventBus, client_args, ensure_topics
 from refind.streaming.config import KafkaConfig
 from refind.streaming.consumer import EventConsumer, tail_events
 from refind.streaming.events import (
@@ -233,3 +233,17 @@ def test_an_unreachable_broker_is_named(use):
         use(cfg)
     assert time.monotonic() - t0 < 10
 
+
+
+def test_a_private_ca_is_passed_on_for_tls_and_misuse_is_named(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    tls = KafkaConfig(enabled=True, bootstrap_servers="b:9093", security_protocol="SSL",
+                      ssl_cafile=str(ca))
+    assert client_args(tls)["ssl_cafile"] == str(ca)
+    assert "ssl_cafile" not in client_args(KafkaConfig(enabled=True, bootstrap_servers="b:9092"))
+    with pytest.raises(BusError, match="security_protocol is PLAINTEXT: use SSL or SASL_SSL"):
+        client_args(KafkaConfig(enabled=True, bootstrap_servers="b:9092", ssl_cafile=str(ca)))
+    with pytest.raises(BusError, match="no CA file at"):
+        client_args(KafkaConfig(enabled=True, bootstrap_servers="b:9093",
+                                security_protocol="SSL", ssl_cafile=str(tmp_path / "none.pem")))
