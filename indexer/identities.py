@@ -96,7 +96,6 @@ class IdentityChange:
     similarity: float | None = None
 
 
-
 def mean_vector(vectors: np.ndarray) -> np.ndarray:
     """The unit mean of (n, d) unit vectors: a tracklet's vector from its crops'."""
     mean = np.asarray(vectors, np.float32).reshape(len(vectors), -1).mean(axis=0)

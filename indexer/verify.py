@@ -125,7 +125,7 @@ def stored_crops(root: Path, model_id: str) -> Counter[CropKey]:
 def check_gallery(cfg: RefindConfig, now_ns: int | None = None) -> GalleryCheck:
     """The serving version's shards against the durable record (module docstring)."""
     serving = serving_version(cfg)
-    model_id = serving.model_id or _only_model(serving.root)
+    model_id = serving_model_id(cfg)
     recorded, paths = recorded_crops(Path(cfg.data_dir))
     stored = stored_crops(serving.root, model_id)
     blobs = CropStore.from_config(cfg)
@@ -150,13 +150,17 @@ def check_gallery(cfg: RefindConfig, now_ns: int | None = None) -> GalleryCheck:
     )
 
 
-def _only_model(root: Path) -> str:
-    """The one model stored under ``root`` (a data dir never re-indexed); '' when empty."""
+def serving_model_id(cfg: RefindConfig) -> str:
+    """The serving version's model: as versions.json names it, else the one model stored in a
+    data dir never re-indexed ('' when it holds none)."""
+    serving = serving_version(cfg)
+    if serving.model_id:
+        return serving.model_id
     models: set[str] = set()
-    for shard in existing_shards(root):
+    for shard in existing_shards(serving.root):
         with SqliteMetadata(shard / "metadata.sqlite3", read_only=True) as meta:
             models |= {m.model_id for m in meta.models()}
     if len(models) > 1:
-        raise ValueError(f"{root} holds crops of several models ({', '.join(sorted(models))}) "
+        raise ValueError(f"{serving.root} holds crops of several models ({', '.join(sorted(models))}) "
                          "and no versions.json names the serving one")
     return next(iter(models), "")

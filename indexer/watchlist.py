@@ -283,7 +283,6 @@ class Alert:
     thumbnail: str | None = None
 
 
-
 TextScorer = Callable[[str, Sequence[np.ndarray]], tuple[float, str]]
 """(text, a tracklet's crops) -> (probability it is the person described, why)."""
 

@@ -46,31 +46,37 @@ def need_video(video: Path) -> None:
         pytest.skip(f"test clip not found: {video.resolve()} (../shared/data)")
 
 
+def _tcp_sockets() -> list[list[str]] | None:
+    """Linux's IPv4 TCP socket table, a row of fields per socket (None where it cannot be
+    read)."""
+    try:
+        return [r.split() for r in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    except OSError:
+        return None
+
+
 def is_listening(port: int) -> bool:
     """Whether something listens on 127.0.0.1:``port``, checked without connecting.
 
     A probe connection would be taken by ffmpeg as its one client, so Linux's socket table is
     read instead.
     """
-    want = f"0100007F:{port:04X}"
-    try:
-        rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    except OSError:
+    rows = _tcp_sockets()
+    if rows is None:
         return True  # not Linux: assume it listens; clients retry anyway
-    return any(r.split()[1] == want and r.split()[3] == "0A" for r in rows)
+    want = f"0100007F:{port:04X}"
+    return any(r[1] == want and r[3] == "0A" for r in rows)
 
 
 def _port_users(port: int) -> str:
-    """Sockets on ``port`` from Linux's socket table (local, remote, state), to say what holds
-    a port that a camera could not listen on."""
-    try:
-        rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    except OSError:
+    """Sockets on ``port`` (local, remote, state), to say what holds a port that a camera could
+    not listen on."""
+    rows = _tcp_sockets()
+    if rows is None:
         return "unknown"
     mine = f":{port:04X}"
-    found = [" ".join(r.split()[1:4]) for r in rows if r.split()[1].endswith(mine)
-             or r.split()[2].endswith(mine)]
-    return "; ".join(found) or "none"
+    return "; ".join(" ".join(r[1:4]) for r in rows
+                     if r[1].endswith(mine) or r[2].endswith(mine)) or "none"
 
 
 class HttpTsCamera:

@@ -11,27 +11,16 @@ import signal
 import subprocess
 import threading
 import time
-import uuid
 
 import pytest
-import ray
 
 from refind.indexer.verify import check_gallery
-from refind.streaming.config import KafkaConfig
-from refind.streaming.consumer import EventConsumer
 from refind.streaming.events import CropEvent, topic_for
-from tests.actors.test_live_ingest import _config
+from tests.actors.test_live_ingest import _config, _consume, _pid
 from tests.conftest import PETS_VIDEO, need_models, need_pets
 from tests.faults.conftest import LiveRun
 
 pytestmark = pytest.mark.slow
-
-
-def _pid(call) -> int | None:
-    try:
-        return int(ray.get(call(), timeout=5)["pid"])
-    except (ray.exceptions.RayError, TimeoutError):
-        return None
 
 
 def _camera_pid(run: LiveRun) -> int | None:
@@ -60,18 +49,9 @@ def test_kill_each_actor_kind_then_restart_redis_and_kafka(
     cfg = _config(tmp_path, {"pets": cam.url}, tansu.bootstrap, redis_server.url)
     seen: list = []
     stop = threading.Event()
-
-    def consume() -> None:
-        consumer = EventConsumer(KafkaConfig(enabled=True, bootstrap_servers=tansu.bootstrap),
-                                 [topic_for(CropEvent)], group_id=f"faults-{uuid.uuid4().hex[:8]}")
-        try:
-            while not stop.is_set():
-                seen.extend(consumer.poll(timeout_s=0.5))
-        finally:
-            consumer.close()
-
     run = LiveRun(cfg)
-    reader = threading.Thread(target=consume)
+    reader = threading.Thread(target=_consume,
+                              args=(tansu.bootstrap, [topic_for(CropEvent)], stop, seen))
     reader.start()
     try:
         sup = run.sup
@@ -85,10 +65,10 @@ def test_kill_each_actor_kind_then_restart_redis_and_kafka(
                        lambda: pid_of() not in (None, old) and _crops_since(run, n))
 
         actor_fault("camera actor", lambda: _camera_pid(run))
-        actor_fault("detector actor", lambda: _pid(sup.detectors[0].stats.remote))
-        actor_fault("embedder actor", lambda: _pid(sup.embedders[0].stats.remote))
-        actor_fault("index writer actor", lambda: _pid(sup.writers[0].stats.remote))
-        actor_fault("identity actor", lambda: _pid(sup.identity.stats.remote))
+        actor_fault("detector actor", lambda: _pid(sup.detectors[0]))
+        actor_fault("embedder actor", lambda: _pid(sup.embedders[0]))
+        actor_fault("index writer actor", lambda: _pid(sup.writers[0]))
+        actor_fault("identity actor", lambda: _pid(sup.identity))
 
         # Redis restarted (no persistence: it comes back empty); refind writes to it again
         meta = RedisMetadata(RedisMetadataConfig(url=redis_server.url))

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from refind.config import load_config
-from refind.indexer.verify import check_gallery, recorded_crops, stored_crops
+from refind.indexer.verify import check_gallery, recorded_crops, serving_model_id, stored_crops
 from refind.indexer.versions import serving_version
 from tests.conftest import MODELS_DIR, PETS_VIDEO, http_get, need_models, need_pets
 from tests.faults.conftest import FaultRow
@@ -98,23 +98,8 @@ def _kill_group(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _model(cfg) -> str:
-    serving = serving_version(cfg)
-    if serving.model_id:
-        return serving.model_id
-    from refind.indexer.metadata import SqliteMetadata
-    from refind.indexer.shards import existing_shards
-
-    for shard in existing_shards(serving.root):
-        with SqliteMetadata(shard / "metadata.sqlite3", read_only=True) as meta:
-            models = meta.models()
-            if models:
-                return models[0].model_id
-    return ""
-
-
 def _row(name: str, serve: Serve, before: set, took: float | None, seen: str) -> FaultRow:
-    stored = stored_crops(serving_version(serve.cfg).root, _model(serve.cfg))
+    stored = stored_crops(serving_version(serve.cfg).root, serving_model_id(serve.cfg))
     return FaultRow(name, len(before), sum(1 for k in before if k not in stored),
                     sum(1 for n in stored.values() if n > 1), took, seen)
 
@@ -176,7 +161,7 @@ def test_serve_signals_and_a_hard_kill_on_the_same_data(camera_url, tmp_path,
                              f"{took:.1f} s (includes the restart)"))
         assert healthy, third.output()[-3000:]
         assert not [k for k in before if k not in stored_crops(
-            serving_version(third.cfg).root, _model(third.cfg))]
+            serving_version(third.cfg).root, serving_model_id(third.cfg))]
         _stop_cleanly(third, signal.SIGINT, True, fault_table)
     finally:
         _kill_group(third.proc)
