@@ -14,6 +14,9 @@ from refind.actors.config import RayConfig
 
 log = logging.getLogger(__name__)
 
+ACTOR_ERRORS: tuple[type[Exception], ...] = (ray.exceptions.RayError,)
+"""What a call to an actor raises while it is down or restarting (for code outside actors/)."""
+
 
 def init_ray(cfg: RayConfig) -> None:
     """Start or join Ray as the config says (idempotent)."""

@@ -26,9 +26,8 @@ from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import ray
-
 from refind.actors.camera import CameraReport
+from refind.actors.runtime import ACTOR_ERRORS
 from refind.actors.supervisor import Supervisor
 from refind.config import RefindConfig
 from refind.streaming.config import CameraConfig
@@ -249,7 +248,7 @@ def supervise(supervisor: Supervisor, cfg: RefindConfig, stop: threading.Event) 
             if now - last_save >= cfg.serve.save_interval_s:
                 last_save = time.monotonic()
                 supervisor.save()
-        except ray.exceptions.RayError as err:  # an actor down meanwhile: Ray restarts it
+        except ACTOR_ERRORS as err:  # an actor down meanwhile: Ray restarts it
             log.warning("supervision: %s (trying again)", err)
         except Exception:  # anything else: logged; supervision must go on
             log.exception("supervision failed; trying again")
