@@ -97,6 +97,7 @@ class CameraReport:
     store_error: str | None = None  # why the latest store failed; None once one succeeds again
     corrupt_packets: int = 0  # packets the decoder could not decode (skipped)
     corrupt_frames: int = 0  # frames decoded with damage concealed
+    frames_detected: int = 0  # of frames_processed: the detector ran (the rest: nothing moved)
 
 
 @dataclass(eq=False)  # one job is itself, whatever it holds
@@ -135,6 +136,7 @@ class CameraActor:
         self._pipe = CameraPipeline(
             camera.name, cfg.tracker, cfg.crops,
             embedder=PoolEmbedder(self._embedders, self._model_id, dim), id_offset=id_offset,
+            motion_gate=cfg.motion_gate,
         )
         # a new version's pool, handed over by set_embedders and taken by the loop thread
         self._next_pool: tuple[list[ActorHandle], str, int] | None = None
@@ -153,6 +155,7 @@ class CameraActor:
         self._latency: deque[float] = deque(maxlen=1000)  # receive -> tracked, last frames
         self._processed = self._crops_stored = self._crops_failed = self._store_waits = 0
         self._detect_failed = 0  # frames lost because their detector died
+        self._last_detection: ObjectRef | None = None  # reused while nothing moves
         self._node_id = ray.get_runtime_context().get_node_id()
         self._store_error: str | None = None  # the latest store failure, until a success
         self._in_flight = 0
@@ -189,7 +192,7 @@ class CameraActor:
                 store_waits=self._store_waits, crops_failed=self._crops_failed,
                 pid=os.getpid(), node_id=self._node_id, detect_failed=self._detect_failed,
                 store_error=self._store_error, corrupt_packets=s.corrupt_packets,
-                corrupt_frames=s.corrupt_frames,
+                corrupt_frames=s.corrupt_frames, frames_detected=self._pipe.frames_detected,
             )
 
     def stop(self) -> CameraReport:
@@ -214,8 +217,7 @@ class CameraActor:
                 self._take_pool()
                 frame = self._live.get(timeout=0.1)
                 if frame is not None:
-                    image_ref = ray.put(frame.image)  # put once; the detector reads it zero-copy
-                    pending.append((frame, self._detectors.pick().detect.remote(image_ref)))
+                    pending.append((frame, self._detection(frame)))
                 self._drain(pending, block=len(pending) >= self._cfg.live.max_in_flight)
                 self._in_flight = len(pending)
                 self._poll_stores()
@@ -231,6 +233,15 @@ class CameraActor:
         except Exception as err:
             log.exception("%s: storing the open tracks failed", self._cam.name)
             self._error = self._error or f"{type(err).__name__}: {err}"
+
+    def _detection(self, frame: Frame) -> ObjectRef:
+        """The detections of ``frame``: asked of the pool when something moved, else those of the
+        last detected frame (the same reference, maybe still in flight)."""
+        needed = self._pipe.needs_detection(frame)
+        if needed or self._last_detection is None:
+            image_ref = ray.put(frame.image)  # put once; the detector reads it zero-copy
+            self._last_detection = self._detectors.pick().detect.remote(image_ref)
+        return self._last_detection
 
     def _take_pool(self) -> None:
         """Switch to a pool handed over by ``set_embedders`` (on the loop thread)."""
@@ -259,6 +270,8 @@ class CameraActor:
             except ray.exceptions.RayActorError as err:  # the detector died; Ray restarts it
                 with self._lock:
                     self._detect_failed += 1
+                if ref == self._last_detection:  # the next frame asks the pool again
+                    self._last_detection = None
                 log.warning("%s: frame %d lost: its detector did not answer (%s)",
                             self._cam.name, frame.index, type(err).__name__)
                 continue

@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--gt", type=Path, required=True, help="MOTChallenge gt.txt")
     m.add_argument("--gt-scale", type=float, default=1.0, help="scale of gt boxes to the video")
     m.add_argument("--max-frames", type=int, help="evaluate only the first N frames")
+    m.add_argument("--frames", metavar="FIRST:LAST",
+                   help="score only these 1-based frames (tracked from the start of the video)")
     _add_common(m, data_dir=False)
     r = ev.add_parser("reid", help="mAP and CMC rank-1/5/10 of a ReID model")
     r.add_argument("--query", type=Path, required=True, help="folder of identity sub-folders")

@@ -305,9 +305,11 @@ def evaluate(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, object]:
         for p in (args.video, args.gt):
             if not p.is_file():
                 raise FileNotFoundError(f"not found: {p}")
+        from refind.app.identity_commands import parse_frames
+
         result = evaluate_mot(
             args.video, args.gt, args.gt_scale, cfg, progress=not args.json,
-            max_frames=args.max_frames,
+            max_frames=args.max_frames, frames=parse_frames(args.frames),
         )
         keys = ("HOTA", "IDF1", "MOTA", "IDSW", "fps")
     elif args.eval_command == "reid" and args.task is None and args.instruction is None:

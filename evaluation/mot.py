@@ -47,7 +47,7 @@ def track_video(
     source = VideoSource(video, camera=video.stem)
     pipe = CameraPipeline(
         source.camera, cfg.tracker, cfg.crops, build_detector(cfg.detector, store), embedder,
-        detector_batch=cfg.detector.batch_size, select_crops=False,
+        detector_batch=cfg.detector.batch_size, select_crops=False, motion_gate=cfg.motion_gate,
     )
     known = source.frame_count_hint()
     total = min(known, max_frames) if known and max_frames else (known or max_frames)
@@ -73,7 +73,9 @@ def track_video(
     timing = {
         "frames": n_frames,
         "fps": n_frames / max(total_s, 1e-9),
-        "detector_fps": n_frames / max(pipe.times.snapshot().get("detect", 0.0), 1e-9),
+        "detector_fps": pipe.frames_detected / max(pipe.times.snapshot().get("detect", 0.0), 1e-9),
+        "detected_fraction": pipe.frames_detected / max(n_frames, 1),
+        "motion_s": pipe.times.snapshot().get("motion", 0.0),
         "embedded_crops_per_frame": (seen.crops if seen else 0) / max(n_frames, 1),
         "embed_calls_per_frame": (seen.calls if seen else 0) / max(n_frames, 1),
     }
@@ -87,26 +89,41 @@ def evaluate_mot(
     cfg: RefindConfig,
     progress: bool = True,
     max_frames: int | None = None,
+    frames: tuple[int, int] | None = None,
 ) -> dict:
     """Detect and track ``video``, score against MOTChallenge ``gt`` (coordinates x gt_scale).
 
     Returns mot_metrics' keys plus ``frames``, ``fps`` (decode + detect + track with its lazy
     appearance, frames per second of wall time), ``detector_fps`` (detector calls only),
     ``embedded_crops_per_frame`` and ``embed_calls_per_frame`` (what the tracker asked the ReID
-    model for). With ``max_frames`` only that many frames are tracked and ground truth after them
-    is ignored.
+    model for), ``detected_fraction`` (frames the detector ran on; below 1 where the motion gate
+    found nothing moved) and ``motion_s`` (seconds of the gate). With ``max_frames`` only that many frames are tracked and ground truth after them
+    is ignored. With ``frames`` (first, last; 1-based) the video is tracked from its start to
+    ``last`` and only frames ``first`` .. ``last`` are scored: a held-out part of a clip is
+    judged with the tracks as they stand when it begins.
     """
+    if frames is not None:
+        first, last = frames
+        if not 1 <= first <= last:
+            raise ValueError(f"frames {frames}: need 1 <= first <= last")
+        max_frames = last if max_frames is None else min(max_frames, last)
     hyp, timing = track_video(Path(video), cfg, progress, max_frames)
-    truth = load_mot(gt, scale=gt_scale, drop_flag0=True).frames(1, int(timing["frames"]))
-    metrics = mot_metrics(truth, hyp, num_frames=int(timing["frames"]))
+    tracked = int(timing["frames"])
+    first, last = frames if frames is not None else (1, tracked)
+    if first > tracked:
+        raise ValueError(f"frames {first}:{last}: the video has only {tracked} frames")
+    last = min(last, tracked)
+    truth = load_mot(gt, scale=gt_scale, drop_flag0=True).window(first, last)
+    metrics = mot_metrics(truth, hyp.window(first, last), num_frames=last - first + 1)
     log.info(
-        "%s: MOTA %.3f IDF1 %.3f HOTA %.3f IDSW %d over %d frames at %.1f fps",
+        "%s: MOTA %.3f IDF1 %.3f HOTA %.3f IDSW %d over frames %d-%d at %.1f fps",
         Path(video).name,
         metrics["MOTA"],
         metrics["IDF1"],
         metrics["HOTA"],
         metrics["IDSW"],
-        timing["frames"],
+        first,
+        last,
         timing["fps"],
     )
-    return {**metrics, **timing}
+    return {**metrics, **timing, "scored_frames": [first, last]}

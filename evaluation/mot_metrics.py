@@ -64,6 +64,12 @@ class MotBoxes:
         """Rows of frames ``first`` .. ``last`` (1-based, inclusive)."""
         return self.select((self.frame >= first) & (self.frame <= last))
 
+    def window(self, first: int, last: int) -> MotBoxes:
+        """Rows of frames ``first`` .. ``last``, renumbered from 1 (a part of a sequence scored as
+        a sequence of its own)."""
+        kept = self.frames(first, last)
+        return MotBoxes(kept.frame - (first - 1), kept.track_id, kept.xyxy)
+
 
 def load_mot(path: str | Path, scale: float = 1.0, drop_flag0: bool = True) -> MotBoxes:
     """Read a MOTChallenge text file (frame, id, x, y, w, h, flag/conf, ...).

@@ -88,7 +88,7 @@ def run_camera(cam: CameraConfig, cfg: RefindConfig, detector: Detector,
     and embed its crops."""
     source = VideoSource(cam.url, cam.name, region=cam.region)
     pipe = CameraPipeline(cam.name, cfg.tracker, cfg.crops, detector, embedder,
-                          detector_batch=cfg.detector.batch_size)
+                          detector_batch=cfg.detector.batch_size, motion_gate=cfg.motion_gate)
     frames, ids, boxes = [], [], []
     first_ts: dict[int, int] = {}
     crops_of: dict[int, list[np.ndarray]] = defaultdict(list)
@@ -225,11 +225,7 @@ def check_gts(cfg: RefindConfig, gts: dict[str, Path]) -> None:
 
 
 def _window(boxes: MotBoxes, frames: tuple[int, int] | None) -> MotBoxes:
-    if frames is None:
-        return boxes
-    first, last = frames
-    kept = boxes.frames(first, last)
-    return MotBoxes(kept.frame - (first - 1), kept.track_id, kept.xyxy)
+    return boxes if frames is None else boxes.window(*frames)
 
 
 def evaluate_mtmc(cfg: RefindConfig, gts: dict[str, Path], gt_scale: float = 1.0,

@@ -48,6 +48,7 @@ class IngestReport:
 
     camera: str
     frames: int = 0
+    frames_detected: int = 0  # the detector ran (the rest reused them: nothing moved)
     detections: int = 0
     tracks: int = 0
     crops: int = 0
@@ -63,6 +64,7 @@ class IngestReport:
         return {
             "camera": self.camera,
             "frames": self.frames,
+            "frames_detected": self.frames_detected,
             "detections": self.detections,
             "tracks": self.tracks,
             "crops": self.crops,
@@ -106,6 +108,7 @@ class IngestPipeline:
         return CameraPipeline(
             camera, self.cfg.tracker, self.cfg.crops, self.detector, self.embedder,
             id_offset=id_offset, detector_batch=self.cfg.detector.batch_size,
+            motion_gate=self.cfg.motion_gate,
         )
 
     def run(
@@ -150,7 +153,8 @@ class IngestPipeline:
             self.identities.close()
         timers["store"] += time.perf_counter() - t0
         return IngestReport(
-            camera=source.camera, frames=pipe.frames, detections=pipe.detections,
+            camera=source.camera, frames=pipe.frames, frames_detected=pipe.frames_detected,
+            detections=pipe.detections,
             tracks=pipe.tracks_started, crops=sink.stored,
             seconds=time.perf_counter() - start, stage_seconds=pipe.times.snapshot() | timers,
             identity={k: self.identities.counts[k] for k in ("changes", "alerts")}

@@ -47,6 +47,7 @@ from refind.streaming.config import (
     IngestConfig,
     KafkaConfig,
     LiveConfig,
+    MotionGateConfig,
     Section,
     TrackerConfig,
 )
@@ -59,6 +60,7 @@ class RefindConfig(Section):
     models: ModelStoreConfig = ModelStoreConfig()
     detector: DetectorConfig = YoloxDetectorConfig()
     tracker: TrackerConfig = TrackerConfig()
+    motion_gate: MotionGateConfig = MotionGateConfig()
     crops: CropConfig = CropConfig()
     embedder: EmbedderConfig = OpenVinoReidConfig()
     gallery: GalleryConfig = GalleryConfig()

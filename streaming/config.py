@@ -128,6 +128,32 @@ class TrackerConfig(Section):
     )
 
 
+class MotionGateConfig(Section):
+    """Detect only when something moved (see refind.streaming.activity): a frame too like the
+    last detected one reuses its detections. The defaults were set once, before measuring, and
+    not tuned on any clip."""
+
+    enabled: bool = Field(
+        True, description="Skip the detector on frames where nothing moved since the last "
+        "detected frame (its detections are reused); false: detect every analysed frame.",
+    )
+    frame_height: int = Field(
+        120, ge=16, le=2160, description="Rows of the grey copy compared (smaller is cheaper "
+        "and ignores finer motion).",
+    )
+    pixel_threshold: int = Field(
+        20, ge=1, le=255, description="Grey levels a pixel must change by to count as moved.",
+    )
+    min_changed: float = Field(
+        0.0005, ge=0.0, le=1.0, description="Fraction of the grey copy's pixels that must have "
+        "moved for the frame to be detected (0.0005: 10 pixels of a 160x120 copy).",
+    )
+    max_skip_s: float = Field(
+        2.0, gt=0.0, le=3600.0, description="A frame is detected at least this often, moved "
+        "or not.",
+    )
+
+
 class CropConfig(Section):
     """Which crops of a track are kept (see refind.streaming.crops)."""
 

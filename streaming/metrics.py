@@ -48,7 +48,9 @@ REQUEST_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 # Per-camera counters a camera actor reports (CameraReport field -> help text).
 CAMERA_COUNTERS: dict[str, str] = {
     "frames_in": "Frames decoded from the camera.",
-    "frames_processed": "Frames detected and tracked.",
+    "frames_processed": "Frames tracked.",
+    "frames_detected": "Frames the detector ran on (the others: nothing moved since the last "
+    "detected frame, whose detections they reuse).",
     "reconnects": "Attempts to reopen the camera after it failed, stalled or ended.",
     "tracks_started": "Tracks started.",
     "crops_stored": "Crops embedded and stored.",

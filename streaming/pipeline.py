@@ -45,9 +45,10 @@ from typing import Protocol
 
 import numpy as np
 
+from refind.streaming.activity import MotionGate
 from refind.streaming.appearance import BoxEmbedder, EmbedFn
 from refind.streaming.clips import ClipRecorder, TrackClip
-from refind.streaming.config import CropConfig, TrackerConfig
+from refind.streaming.config import CropConfig, MotionGateConfig, TrackerConfig
 from refind.streaming.crops import CropSelector, as_stored
 from refind.streaming.metrics import Metrics
 from refind.streaming.motion import TrackPath
@@ -138,7 +139,9 @@ class CameraPipeline:
     ``detector`` is needed by ``run`` only (live callers detect elsewhere); ``embedder`` gives
     the tracker its appearance (None: motion only); ``select_crops=False`` skips crop selection
     (tracking evaluation); ``early_crops=False`` hands a track's crops out only when it ends;
-    ``metrics`` counts the seconds of each stage (``refind_stage_seconds``).
+    ``metrics`` counts the seconds of each stage (``refind_stage_seconds``); ``motion_gate``
+    (when given and enabled) skips the detector on frames where nothing moved
+    (``needs_detection``; ``run`` then reuses the last detections, live callers do the same).
 
     Example:
         >>> from refind.streaming.config import CropConfig, TrackerConfig
@@ -165,6 +168,7 @@ class CameraPipeline:
         early_crops: bool = True,
         stages: Sequence[TrackStage] = (),
         metrics: Metrics | None = None,
+        motion_gate: MotionGateConfig | None = None,
     ) -> None:
         if id_offset < 0:
             raise ValueError(f"id_offset must be >= 0, got {id_offset}")
@@ -183,6 +187,7 @@ class CameraPipeline:
         self._stages = tuple(stages)
         self._open: dict[int, _OpenTrack] = {}
         self._boxes: BoxEmbedder | None = None
+        self.gate = MotionGate(motion_gate) if motion_gate and motion_gate.enabled else None
         self.frames = 0
         self.detections = 0
         self.tracks_started = 0
@@ -211,6 +216,21 @@ class CameraPipeline:
         return len(self._open)
 
     # -- the stage loop -------------------------------------------------------------------------
+
+    def needs_detection(self, frame: Frame) -> bool:
+        """Whether ``frame`` must be detected: always without a motion gate; with one, only when
+        something moved since the last detected frame (else its detections are reused)."""
+        if self.gate is None:
+            return True
+        t0 = time.perf_counter()
+        needed = self.gate.needs_detection(frame.image, frame.ts_ns)
+        self.times.add("motion", time.perf_counter() - t0)
+        return needed
+
+    @property
+    def frames_detected(self) -> int:
+        """Frames the detector ran on (every frame without a motion gate)."""
+        return self.gate.detected if self.gate is not None else self.frames
 
     def process(self, frame: Frame, detections: Detections) -> FrameResult:
         """Track one analysed frame (frames in time order) and choose its crops."""
@@ -261,16 +281,23 @@ class CameraPipeline:
                            clips)
 
     def run(self, frames: Iterable[Frame], prefetch_batches: int = 4) -> Iterator[FrameResult]:
-        """Offline: decode ahead in a thread, detect in batches, one result per frame, then the
+        """Offline: decode ahead in a thread, detect in batches (the frames the motion gate lets
+        through; the others reuse the last detections), one result per frame, then the
         end-of-stream result (``finish``)."""
         if self.detector is None:
             raise ValueError("CameraPipeline.run needs a detector")
+        last = Detections.empty()
         for batch in prefetch(frames, self.detector_batch, prefetch_batches):
-            t0 = time.perf_counter()
-            found = self.detector([f.image for f in batch])
-            self.times.add("detect", time.perf_counter() - t0)
-            for frame, dets in zip(batch, found, strict=True):
-                yield self.process(frame, dets)
+            needed = [f for f in batch if self.needs_detection(f)]
+            found: list[Detections] = []
+            if needed:
+                t0 = time.perf_counter()
+                found = self.detector([f.image for f in needed])
+                self.times.add("detect", time.perf_counter() - t0)
+            by_frame = dict(zip((id(f) for f in needed), found, strict=True))
+            for frame in batch:
+                last = by_frame.get(id(frame), last)
+                yield self.process(frame, last)
         yield self.finish()
 
     # -- track spans ----------------------------------------------------------------------------

@@ -230,6 +230,44 @@ def test_camera_killed_and_brought_back_resumes(
         sup.stop()
 
 
+def _still_clip(tmp: Path, frame: np.ndarray, seconds: int = 10) -> Path:
+    """A clip of one real frame held still (people standing, nobody moving)."""
+    import subprocess
+
+    import cv2
+
+    png, clip = tmp / "still.png", tmp / "still.mp4"
+    cv2.imwrite(str(png), frame)
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-loop", "1", "-i",
+                    str(png), "-t", str(seconds), "-r", "10", "-pix_fmt", "yuv420p", str(clip)],
+                   check=True)
+    return clip
+
+
+def test_a_still_camera_is_tracked_without_the_detector(
+    ray_local, models_and_data, http_camera_factory, tmp_path
+) -> None:
+    """The motion gate, live: a camera whose view does not change asks the detector about once
+    per max_skip_s and keeps its standing people tracked; a camera where people walk asks it for
+    (nearly) every frame."""
+    still = http_camera_factory(_still_clip(tmp_path, _pets_frame(30)))
+    moving = http_camera_factory(PETS_VIDEO)
+    sup = Supervisor(_config(tmp_path, {"still": still.url, "moving": moving.url}, None, None))
+    sup.start()
+    try:
+        assert wait_until(lambda: len(_reports(sup)) == 2 and all(
+            r.frames_processed >= 40 for r in _reports(sup).values()), 90), _reports(sup)
+        reports = _reports(sup)
+        s, m = reports["still"], reports["moving"]
+        # 5 frames/s analysed and max_skip_s 2: about one frame in ten; a new client's first
+        # frames and reconnections may add a few
+        assert 1 <= s.frames_detected <= s.frames_processed / 5 + 3, s
+        assert m.frames_detected >= 0.8 * m.frames_processed, m
+        assert s.tracks_started >= 3 and s.crops_stored >= 1, s  # the people in the frame
+    finally:
+        sup.stop()
+
+
 def test_kafka_restart_during_ingest_loses_no_accepted_event(
     ray_local, models_and_data, http_camera_factory, tansu, tmp_path
 ) -> None:
