@@ -76,6 +76,7 @@ def track_video(
         "detector_fps": pipe.frames_detected / max(pipe.times.snapshot().get("detect", 0.0), 1e-9),
         "detected_fraction": pipe.frames_detected / max(n_frames, 1),
         "motion_s": pipe.times.snapshot().get("motion", 0.0),
+        "appearance_asked": pipe.appearance_asked,
         "embedded_crops_per_frame": (seen.crops if seen else 0) / max(n_frames, 1),
         "embed_calls_per_frame": (seen.calls if seen else 0) / max(n_frames, 1),
     }

@@ -55,6 +55,7 @@ class IngestReport:
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
     identity: dict[str, int] = field(default_factory=dict)  # global id changes and alerts
+    appearance_asked: dict[str, int] = field(default_factory=dict)  # the tracker's ReID crops
 
     @property
     def fps(self) -> float:
@@ -72,6 +73,7 @@ class IngestReport:
             "fps": round(self.fps, 2),
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
             "identity": self.identity,
+            "appearance_asked": self.appearance_asked,
         }
 
 
@@ -157,6 +159,7 @@ class IngestPipeline:
             detections=pipe.detections,
             tracks=pipe.tracks_started, crops=sink.stored,
             seconds=time.perf_counter() - start, stage_seconds=pipe.times.snapshot() | timers,
+            appearance_asked=pipe.appearance_asked,
             identity={k: self.identities.counts[k] for k in ("changes", "alerts")}
             if self.identities is not None else {},
         )

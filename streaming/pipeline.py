@@ -212,6 +212,13 @@ class CameraPipeline:
         return self._boxes
 
     @property
+    def appearance_asked(self) -> dict[str, int]:
+        """Detections the tracker had embedded, by why: ``ambiguous`` (two or more candidates
+        in the motion gate), ``refresh`` (a sure match whose track's appearance was stale),
+        ``reid`` (a detection no track claims, within reach of a track motion lost)."""
+        return dict(self._tracker.asked)
+
+    @property
     def open_tracks(self) -> int:
         return len(self._open)
 

@@ -129,6 +129,8 @@ class ByteTracker:
         self._next_id = 1
         self._ended: list[int] = []
         self._last_ts_ns: int | None = None
+        # detections embedded, by why (a detection asked for two reasons counts under the first)
+        self.asked = {"ambiguous": 0, "refresh": 0, "reid": 0}
 
     def update(
         self,
@@ -216,7 +218,9 @@ class ByteTracker:
             [t.embedding is None or frame.ts_ns - t.embedding_ns >= refresh_ns for t in confirmed],
             dtype=bool,
         )
-        need = ambiguous.any(axis=0) | (sure & stale[:, None]).any(axis=0)  # (D,)
+        ambiguous_det = ambiguous.any(axis=0)  # (D,)
+        refresh_det = (sure & stale[:, None]).any(axis=0) & ~ambiguous_det
+        need = ambiguous_det | refresh_det
         surely_matched = sure.any(axis=1)  # (T,)
         unsure = [
             t
@@ -224,9 +228,13 @@ class ByteTracker:
             if t.embedding is not None and not matched
         ]
         unclaimed = per_det == 0
+        reid = np.zeros_like(need)
         if unsure and unclaimed.any():
-            need[unclaimed] |= self._within_reach(unsure, frame, high[unclaimed]).any(axis=0)
-        return high[need]
+            reid[unclaimed] = self._within_reach(unsure, frame, high[unclaimed]).any(axis=0)
+        self.asked["ambiguous"] += int(ambiguous_det.sum())
+        self.asked["refresh"] += int(refresh_det.sum())
+        self.asked["reid"] += int(reid.sum())
+        return high[need | reid]
 
     def _embed(self, frame: _Input, rows: np.ndarray, appearance: Appearance) -> _Input:
         """``frame`` with the embeddings of detections ``rows`` (one call, none if no rows)."""

@@ -205,20 +205,27 @@ SIDE_BY_SIDE = [steady(100, 12), steady(112, 12)]  # each box is a candidate of 
 
 
 @pytest.mark.parametrize(
-    ("paths", "refresh_s", "asked", "why"),
+    ("paths", "refresh_s", "asked", "reasons", "why"),
     [
-        (ALONE, 3600.0, {2: [0]}, "learned once, on the first match after confirmation"),
-        (ALONE, 1.0, {2: [0], 12: [0], 22: [0]}, "refreshed every 1 s (10 frames at 10 fps)"),
-        (FAR_APART, 3600.0, {2: [0, 1]}, "each learned once, both in one call"),
-        (SIDE_BY_SIDE, 3600.0, {k: [0, 1] for k in range(2, 12)}, "ambiguous in every frame"),
+        (ALONE, 3600.0, {2: [0]}, (0, 1, 0), "learned once, on the first match after "
+         "confirmation"),
+        (ALONE, 1.0, {2: [0], 12: [0], 22: [0]}, (0, 3, 0), "refreshed every 1 s (10 frames "
+         "at 10 fps)"),
+        (FAR_APART, 3600.0, {2: [0, 1]}, (0, 2, 0), "each learned once, both in one call"),
+        (SIDE_BY_SIDE, 3600.0, {k: [0, 1] for k in range(2, 12)}, (20, 0, 0),
+         "ambiguous in every frame"),
     ],
 )
 def test_appearance_is_asked_only_for_the_detections_that_need_it(
-    paths: list[list[float | None]], refresh_s: float, asked: dict[int, list[int]], why: str
+    paths: list[list[float | None]], refresh_s: float, asked: dict[int, list[int]],
+    reasons: tuple[int, int, int], why: str
 ) -> None:
     frames, looks = walk(paths, [RED, BLUE][: len(paths)])
-    run(ByteTracker(TrackerConfig(appearance_refresh_s=refresh_s), "cam"), frames, looks=looks)
+    tracker = ByteTracker(TrackerConfig(appearance_refresh_s=refresh_s), "cam")
+    run(tracker, frames, looks=looks)
     assert looks.asked == asked, why
+    # and the tracker says why it asked, detection by detection
+    assert tuple(tracker.asked[k] for k in ("ambiguous", "refresh", "reid")) == reasons, why
 
 
 def test_forget_appearance_makes_tracks_learn_it_again() -> None:
@@ -273,10 +280,12 @@ def test_appearance_re_identifies_a_lost_person_motion_cannot_find(
     cfg = TrackerConfig(appearance_weight=appearance_weight)
     path: list[float | None] = [*steady(100, 10), *[None] * 5, *steady(85, 5)]
     frames, looks = walk([path], [RED])
-    out = run(ByteTracker(cfg, "cam"), frames, looks=looks)
+    tracker = ByteTracker(cfg, "cam")
+    out = run(tracker, frames, looks=looks)
     assert (ids_of(out) == {1}) is same_id
     if appearance_weight:
         assert looks.asked == {2: [0], 15: [0]}  # learned, then asked when it reappears
+        assert tracker.asked == {"ambiguous": 0, "refresh": 1, "reid": 1}
     else:
         assert looks.asked == {}
 
