@@ -3,7 +3,13 @@
 Each camera actor is pinned to its node (hard node affinity): Ray restarts a crashed camera
 there. When the node itself is lost, the actor cannot be restarted anywhere and dies; the
 supervisor's ``check`` then replaces it, and the replacement is placed on a node that is alive.
-Pools and writers are left to Ray's default policy.
+
+Pool actors (detectors, embedders) and index writers go round the alive nodes in turn
+(``spread``: the i-th of a kind on the (i mod n)-th node), with soft affinity: when their node
+is lost Ray restarts them on another (a writer's shard is on storage every node sees, as the Helm
+chart mounts it). Ray honours a soft node preference only for an actor that asks for some
+resource (zero-CPU actors went wherever Ray liked, and so did its SPREAD strategy), so such actors
+ask for at least ``MIN_PLACED_CPUS``.
 
 Example:
     >>> placement = CameraPlacement()                                       # doctest: +SKIP
@@ -14,6 +20,9 @@ from __future__ import annotations
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+MIN_PLACED_CPUS = 0.01
+"""The least CPU a spread actor asks for: enough for Ray to honour its node, 100 of them a core."""
 
 
 class CameraPlacement:
@@ -36,3 +45,12 @@ class CameraPlacement:
         node = min(alive, key=lambda n: (load[n], alive.index(n)))
         self._placed[name] = node
         return NodeAffinitySchedulingStrategy(node_id=node, soft=False)
+
+
+def spread(index: int) -> NodeAffinitySchedulingStrategy | str:
+    """The strategy for the ``index``-th actor of a pool: the alive nodes in turn, soft (Ray
+    moves it when its node is lost); "DEFAULT" when no node is seen alive."""
+    alive = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+    if not alive:
+        return "DEFAULT"
+    return NodeAffinitySchedulingStrategy(node_id=alive[index % len(alive)], soft=True)

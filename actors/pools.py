@@ -91,7 +91,7 @@ class DetectorActor:
         return await self._batcher.submit(image)
 
     async def stats(self) -> dict[str, float]:
-        return self._batcher.stats() | {"pid": os.getpid()}
+        return self._batcher.stats() | {"pid": os.getpid(), "node_id": _node_id()}
 
 
 @ray.remote
@@ -123,7 +123,12 @@ class EmbedderActor:
         return self.model_id, self.dim
 
     async def stats(self) -> dict[str, float]:
-        return self._batcher.stats() | {"pid": os.getpid()}
+        return self._batcher.stats() | {"pid": os.getpid(), "node_id": _node_id()}
+
+
+def _node_id() -> str:
+    """The Ray node this actor runs on."""
+    return ray.get_runtime_context().get_node_id()
 
 
 RESTART_WAIT_S = 60.0  # longest a call waits for a pool actor that Ray is restarting

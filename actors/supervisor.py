@@ -34,7 +34,7 @@ from ray.actor import ActorHandle
 
 from refind.actors.camera import STOP_WAIT_S, CameraActor, CameraReport
 from refind.actors.identity import IdentityActor
-from refind.actors.placement import CameraPlacement
+from refind.actors.placement import MIN_PLACED_CPUS, CameraPlacement, spread
 from refind.actors.pools import DetectorActor, EmbedderActor, Pool, PoolEmbedder
 from refind.actors.runtime import init_ray
 from refind.actors.writer import IndexWriterActor, WriterGallery
@@ -96,16 +96,18 @@ class Supervisor:
         serving = serving_version(self.cfg)
         self.detectors = [
             DetectorActor.options(
-                num_cpus=rc.detector_num_cpus, num_gpus=rc.detector_num_gpus, **self._opts()
+                num_cpus=max(rc.detector_num_cpus, MIN_PLACED_CPUS),
+                num_gpus=rc.detector_num_gpus, **self._opts(spread_index=i),
             ).remote(self.cfg)
-            for _ in range(rc.detector_actors)
+            for i in range(rc.detector_actors)
         ]
         self.embedders, model_id, dim = self._start_embedders(serving)
         if self.cfg.identities.enabled:
             self.identity = IdentityActor.options(num_cpus=0, **self._opts()).remote(self.cfg)
         self.writers = [
-            IndexWriterActor.options(num_cpus=0, **self._opts()).remote(
-                self.cfg, i, str(serving.root), model_id, dim, self.identity)
+            IndexWriterActor.options(
+                num_cpus=MIN_PLACED_CPUS, **self._opts(spread_index=i)
+            ).remote(self.cfg, i, str(serving.root), model_id, dim, self.identity)
             for i in range(rc.index_writers)
         ]
         ray.get([w.stats.remote() for w in self.writers])  # fail now if a shard cannot open
@@ -115,17 +117,23 @@ class Supervisor:
         log.info("refind started: %d cameras, version %s in %s", len(self._cameras), model_id,
                  serving.root)
 
-    def _opts(self) -> dict[str, Any]:
-        return {"max_restarts": self.cfg.ray.max_restarts, "max_task_retries": 0}
+    def _opts(self, spread_index: int | None = None) -> dict[str, Any]:
+        """Actor options; with ``spread_index`` (pools and writers) the actor goes round the
+        nodes (``placement.spread``)."""
+        opts: dict[str, Any] = {"max_restarts": self.cfg.ray.max_restarts, "max_task_retries": 0}
+        if spread_index is not None:
+            opts["scheduling_strategy"] = spread(spread_index)
+        return opts
 
     def _start_embedders(self, serving: Serving) -> tuple[list[ActorHandle], str, int]:
         """A pool of the serving version's embedder, loaded; (actors, model_id, dim)."""
         rc = self.cfg.ray
         actors = [
             EmbedderActor.options(
-                num_cpus=rc.embedder_num_cpus, num_gpus=rc.embedder_num_gpus, **self._opts()
+                num_cpus=max(rc.embedder_num_cpus, MIN_PLACED_CPUS),
+                num_gpus=rc.embedder_num_gpus, **self._opts(spread_index=i),
             ).remote(serving.cfg)
-            for _ in range(rc.embedder_actors)
+            for i in range(rc.embedder_actors)
         ]
         try:
             infos = ray.get([a.info.remote() for a in actors])

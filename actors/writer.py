@@ -207,7 +207,7 @@ class IndexWriterActor:
                 "ended": self._ended, "caught_up": self._caught_up,
                 "events_published": bus.accepted if bus else 0,
                 "events_sent": bus.sent if bus else 0, "events_failed": bus.failed if bus else 0,
-                "pid": os.getpid()}
+                "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
 
     def close(self) -> dict[str, Any]:
         """Save, flush the record's Kafka events, close; the final stats."""

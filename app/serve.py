@@ -129,6 +129,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(503 if bad else 200, body)
         elif self.path == "/metrics":
             self._send(200, render_metrics(snap), CONTENT_TYPE)
+        elif self.path == "/actors":  # where each pool actor and writer runs, and its counters
+            self._json(200, {"pools": snap.get("pools", {}), "identity": snap.get("identity")})
         elif self.path == "/cameras":
             rows = {n: (asdict(r) if isinstance(r, CameraReport) else {"error": r})
                     for n, r in cams.items()}

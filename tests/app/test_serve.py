@@ -9,6 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import ray
 
 from refind.actors.supervisor import Supervisor, wait_until
 from refind.app.serve import start_http
@@ -51,6 +52,14 @@ def test_health_metrics_and_cameras_at_run_time(ray_local, tiny_video: Path, tmp
         assert 'refind_writer_vectors{shard="0"}' in text
         assert 'refind_frame_latency_seconds{camera="a",quantile="0.95"}' in text
         assert 'refind_queue_depth{camera="a",stage="camera_queue"}' in text
+        assert 'refind_camera_frames_detected_total{camera="a"}' in text
+        # where each pool actor and writer runs: this one node
+        code, body = http_get(f"{base}/actors")
+        pools = json.loads(body)["pools"]
+        assert code == 200 and sorted(pools) == ["detector", "embedder", "writer"]
+        node = ray.get_runtime_context().get_node_id()
+        assert all(row["node_id"] == node and row["pid"] > 0
+                   for rows in pools.values() for row in rows), pools
         # add a camera at run time, refuse a bad one, remove one
         assert _send(f"{base}/cameras", "POST", camera | {"name": "b"})[0] == 201
         code, err = _send(f"{base}/cameras", "POST", camera | {"name": "b"})
@@ -62,8 +71,6 @@ def test_health_metrics_and_cameras_at_run_time(ray_local, tiny_video: Path, tmp
         assert _send(f"{base}/cameras/a", "DELETE")[0] == 404
         assert sorted(json.loads(http_get(f"{base}/cameras")[1])) == ["b"]
         # a camera actor that dies is replaced by the supervisor's check
-        import ray
-
         _, actor = sup._cameras["b"]
         ray.kill(actor, no_restart=True)
         assert wait_until(lambda: isinstance(sup.status(timeout_s=2)["b"], str), 30)

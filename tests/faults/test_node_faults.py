@@ -1,9 +1,10 @@
 """A Ray worker node lost mid-stream: a cluster of two nodes on this machine (`ray start --head`
 and a second `ray start --address`, each in a session of its own), `refind serve` joined to it
-with two cameras spread over the nodes, then every process of the second node killed with -9.
-The camera that ran there dies with it (it is placed on that node only); the supervisor places
-a new one on the head node, which resumes; every crop recorded before the loss is in the gallery
-once."""
+with two cameras, two detectors, two embedders and two index writers spread over the nodes, then
+every process of the second node killed with -9. The camera that ran there dies with it (it is
+placed on that node only); the supervisor places a new one on the head node, which resumes; Ray
+restarts the pool actors and the writer of the lost node on the head node (their files are on
+storage both nodes see); every crop recorded before the loss is in the gallery once."""
 
 from __future__ import annotations
 
@@ -61,6 +62,16 @@ def _head_node(address: str) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
+def _pool_nodes(port: int) -> dict[str, list[str | None]]:
+    """The node of each pool actor and writer, from `refind serve`'s /actors (None: down)."""
+    try:
+        _, body = http_get(f"http://127.0.0.1:{port}/actors")
+    except OSError:
+        return {}
+    pools = json.loads(body).get("pools", {})
+    return {pool: [row.get("node_id") for row in rows] for pool, rows in pools.items()}
+
+
 def _cameras(port: int) -> dict:
     try:
         code, body = http_get(f"http://127.0.0.1:{port}/cameras")
@@ -99,7 +110,8 @@ def test_a_worker_node_lost_mid_stream(http_camera_factory, tmp_path, fault_tabl
             "cameras": [{"name": "pets", "url": pets.url, "sample_fps": 5},
                         {"name": "intel", "url": intel.url, "sample_fps": 5}],
             "crops": {"early_after_s": 0.5},
-            "ray": {"address": address, "detector_num_cpus": 0, "embedder_num_cpus": 0},
+            "ray": {"address": address, "detector_num_cpus": 0, "embedder_num_cpus": 0,
+                    "detector_actors": 2, "embedder_actors": 2, "index_writers": 2},
             "serve": {"host": "127.0.0.1", "port": port, "save_interval_s": 1.0},
             "identities": {"enabled": False},
             "live": {"reconnect": {"initial_backoff_s": 0.2, "max_backoff_s": 1.0}},
@@ -111,6 +123,9 @@ def test_a_worker_node_lost_mid_stream(http_camera_factory, tmp_path, fault_tabl
         assert len(nodes) == 2, f"the cameras did not spread over the two nodes: {cams}"
         head_node = _head_node(address)
         assert head_node in nodes, (head_node, nodes)
+        pools = _pool_nodes(port)
+        for pool in ("detector", "embedder", "writer"):
+            assert set(pools[pool]) == nodes, f"the {pool}s did not spread: {pools}"
         lost = {name for name, c in cams.items() if c["node_id"] != head_node}
         before = serve.recorded()
         t0 = time.monotonic()
@@ -131,6 +146,13 @@ def test_a_worker_node_lost_mid_stream(http_camera_factory, tmp_path, fault_tabl
                 took = time.monotonic() - t0
                 break
             time.sleep(0.5)
+        # the pool actors and the writer of the lost node answer again, from the head node
+        pools_deadline = time.monotonic() + 60
+        while time.monotonic() < pools_deadline:
+            pools = _pool_nodes(port)
+            if pools and all(n == head_node for rows in pools.values() for n in rows):
+                break
+            time.sleep(0.5)
         serve.signal(signal.SIGTERM)
         code = serve.wait(120)
     finally:
@@ -144,6 +166,7 @@ def test_a_worker_node_lost_mid_stream(http_camera_factory, tmp_path, fault_tabl
                + f"; moved to the head node; serve's exit status {code}")
     fault_table.add(row)
     assert took is not None, seen
+    assert all(n == head_node for rows in pools.values() for n in rows), pools
     assert code == 0, serve.output()[-3000:]
     assert row.lost == 0 and row.duplicates == 0, row
     report = check_gallery(serve.cfg)
