@@ -1,14 +1,18 @@
 """Benchmark: how many live 720p cameras at 5 frames/s this machine sustains without drops.
 
-Each camera is a 1280x720 H.264 clip (PETS09-S2L1 scaled up with Debian's ffmpeg) played in real
-time and looped, so every camera costs a real camera's decode; encoding, which a real camera does
+Each camera is a 1280x720 H.264 clip (PETS09-S2L1 by default, or ``--video intel``: the Intel
+one-by-one clip, a door where people come one at a time; scaled with Debian's ffmpeg) played in
+real time and looped, so every camera costs a real camera's decode; encoding, which a real camera does
 itself, is not charged to refind. For N = 1, 2, ... cameras the whole Ray pipeline runs (decode,
 sample 5 fps, detect, track, crops, embed, index); after a warm-up, a window is measured.
 N is sustained when no frame was dropped in the window and every camera was analysed at >= 95 %
 of 5 fps. Prints JSON: per N the analysed rate, drops, freshness p50/p95 (a frame's capture to
-its tracklet being searchable, first crop of each track) and per-stage utilisation.
+its tracklet being searchable, first crop of each track), the share of analysed frames the
+detector ran on (the motion gate skips frames where nothing moved) and per-stage utilisation.
+Writes ``live_streams-<date>[-intel].json`` under bench/results.
 
-    python bench/live_streams.py [--max-cameras 8] [--window 30] [--warmup 15]
+    python bench/live_streams.py [--video pets|intel] [--min-cameras 1] [--max-cameras 8]
+                                 [--window 30] [--warmup 15]
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from report import code_version  # noqa: E402  (bench/report.py)
+from report import code_version, write_result  # noqa: E402  (bench/report.py)
 
 from refind.actors.config import RayConfig  # noqa: E402
 from refind.actors.runtime import init_ray, shutdown_ray  # noqa: E402
@@ -38,13 +42,15 @@ from refind.actors.supervisor import Supervisor  # noqa: E402
 from refind.config import parse_config  # noqa: E402
 
 PETS = REPO / "../shared/data/pets09-s2l1/vtest.avi"
+VIDEOS = {"pets": PETS, "intel": REPO / "../shared/data/intel-sample-videos/"
+          "one-by-one-person-detection.mp4"}
 
 
-def make_720p_clip(out_dir: Path) -> Path:
-    clip = out_dir / "pets-720p.mp4"
+def make_720p_clip(out_dir: Path, video: Path = PETS) -> Path:
+    clip = out_dir / f"{video.stem}-720p.mp4"
     if not clip.exists():
         subprocess.run(
-            ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(PETS), "-vf",
+            ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(video), "-vf",
              "scale=1280:720", "-c:v", "libx264", "-preset", "veryfast", "-g", "10",
              "-pix_fmt", "yuv420p", str(clip)],
             check=True,
@@ -81,8 +87,10 @@ def run_n(n: int, clip: Path, data_dir: Path, warmup: float, window: float, fps:
     for name in b:
         processed = b[name].frames_processed - a[name].frames_processed
         dropped = b[name].frames_dropped - a[name].frames_dropped
+        detected = b[name].frames_detected - a[name].frames_detected
         cams[name] = {"analysed_fps": round(processed / wall, 2), "dropped": dropped,
-                      "rate_fps": round(b[name].rate_fps, 2)}
+                      "rate_fps": round(b[name].rate_fps, 2),
+                      "detected_fraction": round(detected / max(processed, 1), 3)}
         new = min(b[name].freshness.n - a[name].freshness.n, len(b[name].freshness_s))
         fresh += b[name].freshness_s[len(b[name].freshness_s) - new:]  # the window's tracks
     util = {
@@ -99,6 +107,7 @@ def run_n(n: int, clip: Path, data_dir: Path, warmup: float, window: float, fps:
         "sustained": sustained,
         "analysed_fps_per_camera": [c["analysed_fps"] for c in cams.values()],
         "dropped_in_window": sum(c["dropped"] for c in cams.values()),
+        "detected_fraction_per_camera": [c["detected_fraction"] for c in cams.values()],
         "freshness_s": {
             "n": len(fresh),
             "p50": round(float(np.quantile(fresh, 0.5)), 3) if fresh else None,
@@ -111,18 +120,21 @@ def run_n(n: int, clip: Path, data_dir: Path, warmup: float, window: float, fps:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--video", choices=sorted(VIDEOS), default="pets")
+    parser.add_argument("--min-cameras", type=int, default=1)
     parser.add_argument("--max-cameras", type=int, default=8)
     parser.add_argument("--fps", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=15.0)
     parser.add_argument("--window", type=float, default=30.0)
     args = parser.parse_args()
-    if not PETS.is_file():
-        raise SystemExit(f"PETS clip not found: {PETS}")
+    video = VIDEOS[args.video]
+    if not video.is_file():
+        raise SystemExit(f"clip not found: {video}")
     init_ray(RayConfig(num_cpus=os.cpu_count()))
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        clip = make_720p_clip(Path(tmp))
-        for n in range(1, args.max_cameras + 1):
+        clip = make_720p_clip(Path(tmp), video)
+        for n in range(args.min_cameras, args.max_cameras + 1):
             r = run_n(n, clip, Path(tmp), args.warmup, args.window, args.fps)
             results.append(r)
             print(json.dumps(r), file=sys.stderr, flush=True)  # progress
@@ -131,8 +143,9 @@ def main() -> None:
     ok = [r["cameras"] for r in results if r["sustained"]]
     best = max(ok) if ok else 0
     at_best = next((r for r in results if r["cameras"] == best), None)
-    print(json.dumps({
+    write_result(REPO / "bench/results", "live_streams", {
         "benchmark": "live_streams",
+        "video": video.name,
         "stream": f"1280x720 H.264, 10 fps source, analysed at {args.fps:g} fps",
         "max_sustained_cameras": best,
         "target_cameras": 4,
@@ -142,7 +155,7 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
         "commit": code_version(),
-    }, indent=2))
+    }, suffix="" if args.video == "pets" else f"-{args.video}")
     shutdown_ray()
 
 
