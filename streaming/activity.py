@@ -10,8 +10,9 @@ The comparison is against the last *detected* frame, not the previous one, so sl
 up until it is seen; and a frame is detected at least every ``max_skip_s`` seconds whatever
 happens (light drifting below the threshold, a person who walks in very slowly).
 
-On a 576p frame scaled to 120 rows the test costs well under a millisecond, against 5-15 ms of a
-detector call. Frigate gates its detector the same way (a motion mask on a downscaled frame).
+The frame is first thinned to every k-th pixel (to about twice the rows compared), then made
+grey and scaled down: 0.6-0.9 ms a frame from 576p to 1080p on this project's machine (4 ms at
+1080p without the thinning), against 5-15 ms of a detector call. Frigate gates its detector the same way (a motion mask on a downscaled frame).
 
 Example:
     >>> gate = MotionGate(MotionGateConfig())
@@ -73,6 +74,9 @@ class MotionGate:
         h, w = image.shape[:2]
         rows = min(self.cfg.frame_height, h)
         cols = max(1, round(w * rows / h))
+        step = h // (2 * rows)  # every step-th pixel first: 2.5 times cheaper at 720p
+        if step > 1:
+            image = np.ascontiguousarray(image[::step, ::step])
         grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         small = cv2.resize(grey, (cols, rows), interpolation=cv2.INTER_AREA)
         return cv2.GaussianBlur(small, (3, 3), 0)  # sensor and compression noise
