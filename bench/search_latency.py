@@ -730,9 +730,13 @@ def time_cold(fn: Callable[[int], object], forget: Callable[[], None], n: int,
 def measure_rerank(
     root: Path, syn: Synthetic, pools: dict[str, PoolReranker],
     text_embed: Callable[[int], object] | None, n_time: int,
+    image_embed: Callable[[], object] | None = None,
 ) -> dict:
     """Per re-ranker: the top ``rerank_top`` tracklets of each query re-ranked against a text,
-    with warm and cold caches; and the text path (text embed + search + re-rank)."""
+    with warm and cold caches; and the text path (text embed + search + re-rank). Beside them,
+    in the same run: the search alone and the photo path (the query photo embedded by the
+    gallery's model, then the search; a photo query is not re-ranked by default,
+    ``search.image_rerank: none``)."""
     factory = chosen_index(len(syn.vectors))
     store, _ = open_index(root, GalleryConfig(index_factory=factory), syn.vectors.shape[1])
     try:
@@ -767,6 +771,12 @@ def measure_rerank(
                     time_cold(text_path, pool.forget, n_time, f"{kind} text cold"))
             out[kind] = row
         out["search_top_ms"] = percentiles(time_each(search, n_time, "search top"))
+        if image_embed is not None:
+            def photo_path(i: int) -> list[TrackletHit]:
+                image_embed()  # type: ignore[misc]
+                return search(i)
+
+            out["photo_path_ms"] = percentiles(time_each(photo_path, n_time, "photo path"))
         out["load_avg_after"] = load_avg()
         return out
     finally:
@@ -816,7 +826,9 @@ def run_sections(args: argparse.Namespace) -> dict:
     out: dict = {}
     pools: dict[str, PoolReranker] = {}
     text_embed, text_info = None, {}
+    image_embed = None
     if "rerank" in args.only:
+        image_embed, image_info = image_embedder()
         pools = {kind: build_pool_reranker(kind, args.cache) for kind in args.rerank
                  if kind != "none"}
         try:
@@ -826,7 +838,8 @@ def run_sections(args: argparse.Namespace) -> dict:
         out["rerank"] = {"kinds": list(pools), "texts": list(TEXTS), "crop_pool": {
             "n": POOL_SIZE, "source": "PETS09-S2L1 vtest.avi, gt.txt boxes x0.625, every 10th "
             "frame, >= 48 px high; round-robin over the synthetic tracks"},
-            "text_encoder": text_info, "queries": args.rerank_queries, "sizes": {}}
+            "text_encoder": text_info, "image_embedder": image_info,
+            "queries": args.rerank_queries, "sizes": {}}
     if "min_track" in args.only:
         out["min_track_filter"] = {"queries": args.queries, "sizes": {}}
     for name in args.sizes:
@@ -839,7 +852,7 @@ def run_sections(args: argparse.Namespace) -> dict:
         if "rerank" in args.only:
             log.info("%s: rerank", name)
             out["rerank"]["sizes"][name] = measure_rerank(
-                root, syn, pools, text_embed, args.rerank_queries)
+                root, syn, pools, text_embed, args.rerank_queries, image_embed)
     return out
 
 
