@@ -1,7 +1,8 @@
 """Camera actor: moves one live camera's data between Ray and the plain ``CameraPipeline``.
 
-Per camera: ``LiveCamera`` (decode, sample, drop-oldest queue, reconnect) -> the detector pool
-(batched across cameras; at most ``live.max_in_flight`` frames in flight, bounded with
+Per camera: ``LiveCamera`` (decode, sample, drop-oldest queue, reconnect) -> the motion gate (a
+frame where nothing moved since the last detected one reuses that frame's detections, the same
+object reference) -> the detector pool (batched across cameras; at most ``live.max_in_flight`` frames in flight, bounded with
 ``ray.wait``) -> ``CameraPipeline.process`` (track, per-track stages, crop selection: the same
 stage loop as ``refind ingest``) -> the embedder pool -> the camera's index writer, whose
 ``CropSink`` stores the crops and records them (journal, and Kafka when on) as ingest does.

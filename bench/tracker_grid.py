@@ -117,7 +117,7 @@ def settings(base: TrackerConfig) -> list[TrackerConfig]:
     for values in itertools.product(*(GRID[k] for k in keys)):
         p = dict(zip(keys, values, strict=True))
         high = p.pop("high_threshold")
-        new = min(high + p.pop("new_track_offset"), 0.95)
+        new = round(min(high + p.pop("new_track_offset"), 0.95), 2)
         out.append(base.model_copy(update={"high_threshold": high, "new_track_threshold": new,
                                            **p}))
     return out

@@ -98,10 +98,11 @@ def evaluate_mot(
     appearance, frames per second of wall time), ``detector_fps`` (detector calls only),
     ``embedded_crops_per_frame`` and ``embed_calls_per_frame`` (what the tracker asked the ReID
     model for), ``detected_fraction`` (frames the detector ran on; below 1 where the motion gate
-    found nothing moved) and ``motion_s`` (seconds of the gate). With ``max_frames`` only that many frames are tracked and ground truth after them
-    is ignored. With ``frames`` (first, last; 1-based) the video is tracked from its start to
-    ``last`` and only frames ``first`` .. ``last`` are scored: a held-out part of a clip is
-    judged with the tracks as they stand when it begins.
+    found nothing moved), ``motion_s`` (seconds of the gate) and ``appearance_asked`` (the
+    tracker's embedded detections by why). With ``max_frames`` only that many frames are tracked
+    and ground truth after them is ignored. With ``frames`` (first, last; 1-based) the video is
+    tracked from its start to ``last`` and only frames ``first`` .. ``last`` are scored: a
+    held-out part of a clip is judged with the tracks as they stand when it begins.
     """
     if frames is not None:
         first, last = frames

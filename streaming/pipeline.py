@@ -25,7 +25,9 @@ when and where the tracker saw them), the crops ready to embed, what the stages 
 ended tracks, and their clips. Embedding and storing are the caller's: offline they are calls,
 live they are actor calls in flight. ``run`` is the offline driver: it decodes in a prefetch
 thread, detects in batches of ``detector_batch`` frames, and yields one result per frame and a
-last one from ``finish`` (every track still open ends there).
+last one from ``finish`` (every track still open ends there). Before detection, the motion gate
+(``needs_detection``, ``refind.streaming.activity``) lets a frame where nothing moved since the
+last detected one reuse that frame's detections; ``run`` and the live camera actor both ask it.
 
 Example:
     >>> pipe = CameraPipeline("gate", cfg.tracker, cfg.crops, detector, embedder)  # doctest: +SKIP
