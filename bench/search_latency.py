@@ -730,15 +730,19 @@ def time_cold(fn: Callable[[int], object], forget: Callable[[], None], n: int,
 def measure_rerank(
     root: Path, syn: Synthetic, pools: dict[str, PoolReranker],
     text_embed: Callable[[int], object] | None, n_time: int,
-    image_embed: Callable[[], object] | None = None,
+    image_embed: Callable[[], object] | None = None, nprobe: int | None = None,
 ) -> dict:
     """Per re-ranker: the top ``rerank_top`` tracklets of each query re-ranked against a text,
     with warm and cold caches; and the text path (text embed + search + re-rank). Beside them,
     in the same run: the search alone and the photo path (the query photo embedded by the
     gallery's model, then the search; a photo query is not re-ranked by default,
-    ``search.image_rerank: none``)."""
+    ``search.image_rerank: none``). ``nprobe``: IVF lists visited (default: the gallery
+    config's)."""
     factory = chosen_index(len(syn.vectors))
-    store, _ = open_index(root, GalleryConfig(index_factory=factory), syn.vectors.shape[1])
+    gallery = GalleryConfig(index_factory=factory)
+    if nprobe is not None:
+        gallery = gallery.model_copy(update={"nprobe": nprobe})
+    store, _ = open_index(root, gallery, syn.vectors.shape[1])
     try:
         cfg = SearchConfig()
         engine = SearchEngine(cfg, _VectorOnly(MODEL), store)
@@ -749,7 +753,8 @@ def measure_rerank(
             return engine.search_vector(syn.queries[i : i + 1], query, top)
 
         candidates = [search(i) for i in range(n_time)]
-        out: dict = {"index": factory, "rerank_top": top, "load_avg_before": load_avg(),
+        out: dict = {"index": factory, "nprobe": gallery.nprobe, "rerank_top": top,
+                     "load_avg_before": load_avg(),
                      "candidates_mean": round(float(np.mean([len(c) for c in candidates])), 1)}
         for kind, pool in pools.items():
             def rerank(i: int, p: PoolReranker = pool) -> list[TrackletHit]:
@@ -852,7 +857,7 @@ def run_sections(args: argparse.Namespace) -> dict:
         if "rerank" in args.only:
             log.info("%s: rerank", name)
             out["rerank"]["sizes"][name] = measure_rerank(
-                root, syn, pools, text_embed, args.rerank_queries, image_embed)
+                root, syn, pools, text_embed, args.rerank_queries, image_embed, args.nprobe)
     return out
 
 
@@ -908,6 +913,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", default="", help="comma list of sections measured alone and merged "
                    f"into the day's file: {', '.join(SECTIONS)}")
     p.add_argument("--text-encoder", default="minilm", choices=("minilm", "irm"))
+    p.add_argument("--nprobe", type=int, help="--only rerank: IVF lists visited (default: the "
+                   "gallery config's; configs/large-gallery.yaml uses 128 at 1M)")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="built galleries")
     p.add_argument("--rebuild", action="store_true", help="rebuild cached galleries")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
