@@ -4,6 +4,13 @@ Each actor holds one plain model runner (``models/``) and gathers concurrent req
 cameras into one batch (up to the model's batch size, waiting at most ``max_wait_ms`` for more),
 so N cameras cost fewer model calls than N separate ones. The model call runs in a thread, so
 the actor keeps accepting requests meanwhile.
+
+An embedder serves two kinds of request: ones a caller waits on (``embed``: a camera's tracker
+asking for the appearance of a few boxes before it can associate the frame, or a search's query
+photo) and bulk ones (``embed_crops``: crops on their way to the gallery, which nothing waits
+on). Waited-on crops go first into the next model call, and a call holding only bulk crops takes
+at most ``BULK_BATCH`` of them, so a tracker waits for at most one short call, not for a full
+batch of gallery crops (which stalled cameras' loops and made them drop frames).
 """
 
 from __future__ import annotations
@@ -26,25 +33,39 @@ from refind.streaming.records import Crop, Detections, Embeddings
 log = logging.getLogger(__name__)
 
 
-class _Batcher:
-    """Collects single requests into batches for ``run`` (a blocking batch function)."""
+BULK_BATCH = 8
+"""Most bulk crops in one embedder call: about 50 ms of 0277 on a CPU core, the longest a
+waited-on request can queue behind (a full batch of 32 took ~200 ms, for 3 % more throughput)."""
 
-    def __init__(self, run: Callable[[list[Any]], list[Any]], batch_size: int, max_wait_ms: float):
+_URGENT, _BULK = 0, 1
+
+
+class _Batcher:
+    """Collects single requests into batches for ``run`` (a blocking batch function); urgent
+    requests first, and a batch of bulk requests only holds ``bulk_batch`` of them."""
+
+    def __init__(self, run: Callable[[list[Any]], list[Any]], batch_size: int, max_wait_ms: float,
+                 bulk_batch: int | None = None):
         self._run = run
         self._batch_size = batch_size
+        self._bulk_batch = min(bulk_batch or batch_size, batch_size)
         self._max_wait_s = max_wait_ms / 1000
-        self._queue: asyncio.Queue[tuple[Any, asyncio.Future]] | None = None
+        self._queue: asyncio.PriorityQueue[tuple[int, int, Any, asyncio.Future]] | None = None
+        self._order = itertools.count()  # first come, first served within a priority
         self.batches = 0
         self.items = 0
         self.busy_s = 0.0
 
-    async def submit(self, item: Any) -> Any:
+    async def submit(self, item: Any, urgent: bool = True) -> Any:
         if self._queue is None:
-            self._queue = asyncio.Queue()
+            self._queue = asyncio.PriorityQueue()
             asyncio.get_running_loop().create_task(self._loop())
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put((item, future))
+        await self._queue.put((_URGENT if urgent else _BULK, next(self._order), item, future))
         return await future
+
+    def _limit(self, batch: list[tuple[int, int, Any, asyncio.Future]]) -> int:
+        return self._batch_size if any(b[0] == _URGENT for b in batch) else self._bulk_batch
 
     async def _loop(self) -> None:
         assert self._queue is not None
@@ -52,7 +73,7 @@ class _Batcher:
         while True:
             batch = [await self._queue.get()]
             deadline = loop.time() + self._max_wait_s
-            while len(batch) < self._batch_size:
+            while len(batch) < self._limit(batch):
                 remaining = deadline - loop.time()
                 try:
                     batch.append(await asyncio.wait_for(self._queue.get(), max(remaining, 0)))
@@ -60,16 +81,16 @@ class _Batcher:
                     break
             t0 = time.perf_counter()
             try:
-                results = await loop.run_in_executor(None, self._run, [b[0] for b in batch])
+                results = await loop.run_in_executor(None, self._run, [b[2] for b in batch])
             except Exception as err:  # every waiter gets the error, the loop goes on
-                for _, fut in batch:
+                for *_, fut in batch:
                     if not fut.done():
                         fut.set_exception(err)
                 continue
             self.busy_s += time.perf_counter() - t0
             self.batches += 1
             self.items += len(batch)
-            for (_, fut), result in zip(batch, results, strict=True):
+            for (*_, fut), result in zip(batch, results, strict=True):
                 if not fut.done():
                     fut.set_result(result)
 
@@ -104,20 +125,23 @@ class EmbedderActor:
         self._embedder = build_embedder(cfg.embedder, ModelStore.from_config(cfg.models))
         self.model_id = self._embedder.model_id
         self.dim = self._embedder.dim
-        self._batcher = _Batcher(self._embed_one_each, cfg.embedder.batch_size, max_wait_ms)
+        self._batcher = _Batcher(self._embed_one_each, cfg.embedder.batch_size, max_wait_ms,
+                                 bulk_batch=BULK_BATCH)
 
     def _embed_one_each(self, crops: list[np.ndarray]) -> list[np.ndarray]:
         return list(self._embedder(crops).vectors)
 
-    async def embed(self, crops: Sequence[np.ndarray]) -> Embeddings:
-        vectors = await asyncio.gather(*(self._batcher.submit(c) for c in crops))
+    async def embed(self, crops: Sequence[np.ndarray], urgent: bool = True) -> Embeddings:
+        """Embeddings of ``crops``; ``urgent``: a caller waits on them (see the module
+        docstring)."""
+        vectors = await asyncio.gather(*(self._batcher.submit(c, urgent) for c in crops))
         stacked = np.stack(vectors) if vectors else np.zeros((0, self.dim), np.float32)
         return Embeddings(stacked, self.model_id)
 
     async def embed_crops(self, crops: Sequence[Crop]) -> Embeddings:
-        """``embed`` of the crops' images (a camera puts its crops once, for this and the
-        index writer)."""
-        return await self.embed([c.image for c in crops])
+        """``embed`` of the crops' images, as bulk (a camera puts its crops once, for this and
+        the index writer, and goes on without waiting)."""
+        return await self.embed([c.image for c in crops], urgent=False)
 
     async def info(self) -> tuple[str, int]:
         return self.model_id, self.dim
