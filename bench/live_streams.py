@@ -62,7 +62,8 @@ def totals(sup: Supervisor) -> dict[str, dict]:
     return {n: r for n, r in sup.status().items() if not isinstance(r, str)}
 
 
-def run_n(n: int, clip: Path, data_dir: Path, warmup: float, window: float, fps: float) -> dict:
+def run_n(n: int, clip: Path, data_dir: Path, warmup: float, window: float, fps: float,
+          detectors: int = 1) -> dict:
     cfg = parse_config({
         "data_dir": str(data_dir / f"n{n}"),
         "cameras": [
@@ -70,7 +71,8 @@ def run_n(n: int, clip: Path, data_dir: Path, warmup: float, window: float, fps:
              "loop": True}
             for i in range(n)
         ],
-        "ray": {"num_cpus": os.cpu_count(), "detector_num_cpus": 0, "embedder_num_cpus": 0},
+        "ray": {"num_cpus": os.cpu_count(), "detector_num_cpus": 0, "embedder_num_cpus": 0,
+                "detector_actors": detectors},
     })
     sup = Supervisor(cfg)
     sup.start()
@@ -124,6 +126,7 @@ def main() -> None:
     parser.add_argument("--min-cameras", type=int, default=1)
     parser.add_argument("--max-cameras", type=int, default=8)
     parser.add_argument("--fps", type=float, default=5.0)
+    parser.add_argument("--detectors", type=int, default=1, help="detector actors")
     parser.add_argument("--warmup", type=float, default=15.0)
     parser.add_argument("--window", type=float, default=30.0)
     args = parser.parse_args()
@@ -135,7 +138,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         clip = make_720p_clip(Path(tmp), video)
         for n in range(args.min_cameras, args.max_cameras + 1):
-            r = run_n(n, clip, Path(tmp), args.warmup, args.window, args.fps)
+            r = run_n(n, clip, Path(tmp), args.warmup, args.window, args.fps, args.detectors)
             results.append(r)
             print(json.dumps(r), file=sys.stderr, flush=True)  # progress
             if not r["sustained"]:
@@ -146,6 +149,7 @@ def main() -> None:
     write_result(REPO / "bench/results", "live_streams", {
         "benchmark": "live_streams",
         "video": video.name,
+        "detector_actors": args.detectors,
         "stream": f"1280x720 H.264, 10 fps source, analysed at {args.fps:g} fps",
         "max_sustained_cameras": best,
         "target_cameras": 4,
