@@ -63,7 +63,7 @@ def totals(sup: Supervisor) -> dict[str, dict]:
 
 
 def run_n(n: int, clip: Path, data_dir: Path, warmup: float, window: float, fps: float,
-          detectors: int = 1) -> dict:
+          detectors: int = 1, max_in_flight: int | None = None) -> dict:
     cfg = parse_config({
         "data_dir": str(data_dir / f"n{n}"),
         "cameras": [
@@ -73,6 +73,7 @@ def run_n(n: int, clip: Path, data_dir: Path, warmup: float, window: float, fps:
         ],
         "ray": {"num_cpus": os.cpu_count(), "detector_num_cpus": 0, "embedder_num_cpus": 0,
                 "detector_actors": detectors},
+        "live": {} if max_in_flight is None else {"max_in_flight": max_in_flight},
     })
     sup = Supervisor(cfg)
     sup.start()
@@ -127,6 +128,8 @@ def main() -> None:
     parser.add_argument("--max-cameras", type=int, default=8)
     parser.add_argument("--fps", type=float, default=5.0)
     parser.add_argument("--detectors", type=int, default=1, help="detector actors")
+    parser.add_argument("--max-in-flight", type=int, help="live.max_in_flight (default: the "
+                        "config's)")
     parser.add_argument("--warmup", type=float, default=15.0)
     parser.add_argument("--window", type=float, default=30.0)
     args = parser.parse_args()
@@ -138,7 +141,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         clip = make_720p_clip(Path(tmp), video)
         for n in range(args.min_cameras, args.max_cameras + 1):
-            r = run_n(n, clip, Path(tmp), args.warmup, args.window, args.fps, args.detectors)
+            r = run_n(n, clip, Path(tmp), args.warmup, args.window, args.fps, args.detectors,
+                      args.max_in_flight)
             results.append(r)
             print(json.dumps(r), file=sys.stderr, flush=True)  # progress
             if not r["sustained"]:
@@ -150,6 +154,7 @@ def main() -> None:
         "benchmark": "live_streams",
         "video": video.name,
         "detector_actors": args.detectors,
+        "max_in_flight": args.max_in_flight,
         "stream": f"1280x720 H.264, 10 fps source, analysed at {args.fps:g} fps",
         "max_sustained_cameras": best,
         "target_cameras": 4,
