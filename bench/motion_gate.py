@@ -8,7 +8,11 @@ other). On PETS09-S2L1 both runs are also scored against the ground truth, on th
 on frames 401-795 (held out from every tuned choice). The Intel clip has people entering one at a
 time and an empty view between them.
 
-    python bench/motion_gate.py [--out DIR]
+    python bench/motion_gate.py [--out DIR] [--plot PNG]
+
+``--plot PNG`` draws the gate's view of the Intel clip instead (per frame, the share of the
+picture that changed since the last detected frame, the threshold, and the frames sent to the
+detector; `docs/images/motion-gate-intel.png`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from report import code_version, write_result  # noqa: E402  (bench/report.py)
 from refind.config import RefindConfig  # noqa: E402
 from refind.evaluation.mot import track_video  # noqa: E402
 from refind.evaluation.mot_metrics import load_mot, mot_metrics  # noqa: E402
+from refind.streaming.activity import MotionGate  # noqa: E402
+from refind.streaming.sources import VideoSource  # noqa: E402
 
 DATA = REPO / "../shared/data"
 PETS = DATA / "pets09-s2l1"
@@ -63,10 +69,45 @@ def clip(video: Path, gt: Path | None = None, gt_scale: float = 1.0) -> dict:
     return out
 
 
+def plot_timeline(video: Path, path: Path) -> None:
+    """The gate's decision on every frame of ``video``, drawn to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfg = RefindConfig().motion_gate
+    gate = MotionGate(cfg)
+    seconds, changed, detected = [], [], []
+    for frame in VideoSource(video, camera="door"):
+        small = gate._small(frame.image)
+        changed.append(gate.changed_fraction(small) if gate._reference is not None else 1.0)
+        detected.append(gate.needs_detection(frame.image, frame.ts_ns))
+        seconds.append(frame.ts_ns / 1e9)
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    ax.semilogy(seconds, [max(c, 1e-5) for c in changed], lw=0.8, color="#333",
+                label="share of the picture changed since the last detected frame")
+    ax.axhline(cfg.min_changed, color="#c33", ls="--", lw=1,
+               label=f"threshold ({cfg.min_changed:g})")
+    ax.vlines([t for t, d in zip(seconds, detected, strict=True) if d], 1e-5, 2e-5,
+              color="#27a", lw=0.6, label="detected frames")
+    share = sum(detected) / len(detected)
+    ax.set(xlabel="seconds", ylim=(8e-6, 1.5), title=f"Motion gate on {video.name}: "
+           f"{share:.0%} of {len(detected)} frames sent to the detector")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "bench/results")
+    parser.add_argument("--plot", type=Path, help="draw the gate on the Intel clip here instead")
     args = parser.parse_args()
+    if args.plot:
+        plot_timeline(INTEL, args.plot)
+        print(f"wrote {args.plot}")
+        return
     result = {
         "benchmark": "motion_gate",
         "motion_gate": RefindConfig().motion_gate.model_dump(),
