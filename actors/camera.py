@@ -273,6 +273,8 @@ class CameraActor:
                     self._detect_failed += 1
                 if ref == self._last_detection:  # the next frame asks the pool again
                     self._last_detection = None
+                    if self._pipe.gate is not None:  # and is the gate's new reference
+                        self._pipe.gate.reset()
                 log.warning("%s: frame %d lost: its detector did not answer (%s)",
                             self._cam.name, frame.index, type(err).__name__)
                 continue

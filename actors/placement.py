@@ -4,8 +4,8 @@ Each camera actor is pinned to its node (hard node affinity): Ray restarts a cra
 there. When the node itself is lost, the actor cannot be restarted anywhere and dies; the
 supervisor's ``check`` then replaces it, and the replacement is placed on a node that is alive.
 
-Pool actors (detectors, embedders) and index writers go round the alive nodes in turn
-(``spread``: the i-th of a kind on the (i mod n)-th node), with soft affinity: when their node
+Pool actors (detectors, embedders) and index writers go round the alive nodes that can hold
+them in turn (``spread``: the i-th of a kind on the (i mod n)-th such node), with soft affinity: when their node
 is lost Ray restarts them on another (a writer's shard is on storage every node sees, as the Helm
 chart mounts it). Ray honours a soft node preference only for an actor that asks for some
 resource (zero-CPU actors went wherever Ray liked, and so did its SPREAD strategy), so such actors
@@ -47,10 +47,14 @@ class CameraPlacement:
         return NodeAffinitySchedulingStrategy(node_id=node, soft=False)
 
 
-def spread(index: int) -> NodeAffinitySchedulingStrategy | str:
-    """The strategy for the ``index``-th actor of a pool: the alive nodes in turn, soft (Ray
-    moves it when its node is lost); "DEFAULT" when no node is seen alive."""
-    alive = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
-    if not alive:
+def spread(index: int, num_cpus: float = 0.0, num_gpus: float = 0.0
+           ) -> NodeAffinitySchedulingStrategy | str:
+    """The strategy for the ``index``-th actor of a pool: the alive nodes that have the CPUs and
+    GPUs it asks for, in turn, soft (Ray moves it when its node is lost); "DEFAULT" when no
+    such node is seen (a KubeRay head with no CPUs is skipped, GPU actors go to GPU nodes)."""
+    fit = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive")
+                 and n.get("Resources", {}).get("CPU", 0.0) >= num_cpus
+                 and n.get("Resources", {}).get("GPU", 0.0) >= num_gpus)
+    if not fit:
         return "DEFAULT"
-    return NodeAffinitySchedulingStrategy(node_id=alive[index % len(alive)], soft=True)
+    return NodeAffinitySchedulingStrategy(node_id=fit[index % len(fit)], soft=True)

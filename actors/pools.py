@@ -8,9 +8,10 @@ the actor keeps accepting requests meanwhile.
 An embedder serves two kinds of request: ones a caller waits on (``embed``: a camera's tracker
 asking for the appearance of a few boxes before it can associate the frame, or a search's query
 photo) and bulk ones (``embed_crops``: crops on their way to the gallery, which nothing waits
-on). Waited-on crops go first into the next model call, and a call holding only bulk crops takes
-at most ``BULK_BATCH`` of them, so a tracker waits for at most one short call, not for a full
-batch of gallery crops (which stalled cameras' loops and made them drop frames).
+on). Waited-on crops go first into the next model call, and any call takes at most
+``BULK_BATCH`` bulk crops, so a tracker waits for at most one short call and then its own (its
+boxes and up to ``BULK_BATCH`` gallery crops), not behind a full batch of gallery crops (which
+stalled cameras' loops and made them drop frames).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ _URGENT, _BULK = 0, 1
 
 class _Batcher:
     """Collects single requests into batches for ``run`` (a blocking batch function); urgent
-    requests first, and a batch of bulk requests only holds ``bulk_batch`` of them."""
+    requests first, and a batch holds at most ``bulk_batch`` bulk requests."""
 
     def __init__(self, run: Callable[[list[Any]], list[Any]], batch_size: int, max_wait_ms: float,
                  bulk_batch: int | None = None):
@@ -65,7 +66,10 @@ class _Batcher:
         return await future
 
     def _limit(self, batch: list[tuple[int, int, Any, asyncio.Future]]) -> int:
-        return self._batch_size if any(b[0] == _URGENT for b in batch) else self._bulk_batch
+        """Every urgent request (up to the batch size) and at most ``bulk_batch`` bulk ones: a
+        call someone waits on stays short too."""
+        urgent = sum(1 for b in batch if b[0] == _URGENT)
+        return min(self._batch_size, urgent + self._bulk_batch)
 
     async def _loop(self) -> None:
         assert self._queue is not None

@@ -97,7 +97,9 @@ class Supervisor:
         self.detectors = [
             DetectorActor.options(
                 num_cpus=max(rc.detector_num_cpus, MIN_PLACED_CPUS),
-                num_gpus=rc.detector_num_gpus, **self._opts(spread_index=i),
+                num_gpus=rc.detector_num_gpus,
+                **self._opts(spread(i, max(rc.detector_num_cpus, MIN_PLACED_CPUS),
+                                    rc.detector_num_gpus)),
             ).remote(self.cfg)
             for i in range(rc.detector_actors)
         ]
@@ -106,7 +108,7 @@ class Supervisor:
             self.identity = IdentityActor.options(num_cpus=0, **self._opts()).remote(self.cfg)
         self.writers = [
             IndexWriterActor.options(
-                num_cpus=MIN_PLACED_CPUS, **self._opts(spread_index=i)
+                num_cpus=MIN_PLACED_CPUS, **self._opts(spread(i, MIN_PLACED_CPUS))
             ).remote(self.cfg, i, str(serving.root), model_id, dim, self.identity)
             for i in range(rc.index_writers)
         ]
@@ -117,12 +119,12 @@ class Supervisor:
         log.info("refind started: %d cameras, version %s in %s", len(self._cameras), model_id,
                  serving.root)
 
-    def _opts(self, spread_index: int | None = None) -> dict[str, Any]:
-        """Actor options; with ``spread_index`` (pools and writers) the actor goes round the
-        nodes (``placement.spread``)."""
+    def _opts(self, strategy: Any = None) -> dict[str, Any]:
+        """Actor options; ``strategy``: where it runs (pools and writers go round the nodes,
+        ``placement.spread``)."""
         opts: dict[str, Any] = {"max_restarts": self.cfg.ray.max_restarts, "max_task_retries": 0}
-        if spread_index is not None:
-            opts["scheduling_strategy"] = spread(spread_index)
+        if strategy is not None:
+            opts["scheduling_strategy"] = strategy
         return opts
 
     def _start_embedders(self, serving: Serving) -> tuple[list[ActorHandle], str, int]:
@@ -131,7 +133,9 @@ class Supervisor:
         actors = [
             EmbedderActor.options(
                 num_cpus=max(rc.embedder_num_cpus, MIN_PLACED_CPUS),
-                num_gpus=rc.embedder_num_gpus, **self._opts(spread_index=i),
+                num_gpus=rc.embedder_num_gpus,
+                **self._opts(spread(i, max(rc.embedder_num_cpus, MIN_PLACED_CPUS),
+                                    rc.embedder_num_gpus)),
             ).remote(serving.cfg)
             for i in range(rc.embedder_actors)
         ]

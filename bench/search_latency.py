@@ -870,7 +870,10 @@ def merge_sections(path: Path, new: dict, machine_info: dict) -> dict:
         old = result.get(section, {})
         if "sizes" not in old:  # the full run's {"kind": ...} of its re-rank stage, or nothing
             old = {"full_run_stage": old} if section == "rerank" else {}
-        result[section] = old | value | {"sizes": old.get("sizes", {}) | value["sizes"],
+        # each size keeps the run that measured it (commit, load): a later run of another
+        # size replaces the section's "machine", not the provenance of sizes it did not run
+        sizes = {name: row | {"machine": machine_info} for name, row in value["sizes"].items()}
+        result[section] = old | value | {"sizes": old.get("sizes", {}) | sizes,
                                          "machine": machine_info}
     return result
 

@@ -108,6 +108,9 @@ def evaluate_mot(
         first, last = frames
         if not 1 <= first <= last:
             raise ValueError(f"frames {frames}: need 1 <= first <= last")
+        if max_frames is not None and max_frames < first:
+            raise ValueError(f"max_frames {max_frames} stops before the first scored frame "
+                             f"{first}: leave max_frames out, or score earlier frames")
         max_frames = last if max_frames is None else min(max_frames, last)
     hyp, timing = track_video(Path(video), cfg, progress, max_frames)
     tracked = int(timing["frames"])

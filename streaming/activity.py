@@ -67,7 +67,7 @@ class MotionGate:
         return float(np.count_nonzero(diff > self.cfg.pixel_threshold)) / diff.size
 
     def reset(self) -> None:
-        """Forget the reference (the stream was reopened): the next frame is detected."""
+        """Forget the reference (its detections were lost): the next frame is detected."""
         self._reference = None
 
     def _small(self, image: np.ndarray) -> np.ndarray:

@@ -50,11 +50,11 @@ def test_waited_on_requests_go_first_and_bulk_calls_stay_short() -> None:
     assert all(results[name] == f"{name}!" for name in results)
     assert model.batches[0] == ["gallery-0"]
     # the tracker's boxes are in the very next call, ahead of the gallery crops queued before
-    # them; that call may fill up with gallery crops, since the model runs anyway
-    assert model.batches[1][:2] == ["box-0", "box-1"]
-    # calls of gallery crops alone hold at most BULK_BATCH
-    for batch in model.batches[2:]:
-        assert all(x.startswith("gallery") for x in batch) and len(batch) <= BULK_BATCH
+    # them; the call takes at most BULK_BATCH gallery crops with them, so it stays short
+    assert model.batches[1] == ["box-0", "box-1", *(f"gallery-{i}" for i in range(1, 9))]
+    # the rest: calls of gallery crops alone, at most BULK_BATCH each, in order
+    assert model.batches[2:] == [[f"gallery-{i}" for i in range(9, 17)],
+                                 [f"gallery-{i}" for i in range(17, 21)]]
     served = [x for batch in model.batches for x in batch]
     assert sorted(served) == sorted(results)  # each once
 

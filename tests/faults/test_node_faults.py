@@ -166,7 +166,8 @@ def test_a_worker_node_lost_mid_stream(http_camera_factory, tmp_path, fault_tabl
                + f"; moved to the head node; serve's exit status {code}")
     fault_table.add(row)
     assert took is not None, seen
-    assert all(n == head_node for rows in pools.values() for n in rows), pools
+    assert pools and all(rows and all(n == head_node for n in rows)
+                         for rows in pools.values()), pools
     assert code == 0, serve.output()[-3000:]
     assert row.lost == 0 and row.duplicates == 0, row
     report = check_gallery(serve.cfg)
