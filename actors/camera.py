@@ -44,6 +44,7 @@ from ray.actor import ActorHandle
 
 from refind.actors.camera_events import CameraEvents
 from refind.actors.pools import Pool, PoolEmbedder
+from refind.actors.runtime import node_id
 from refind.actors.writer import StaleModelError
 from refind.config import RefindConfig
 from refind.streaming.clock import live_now_ns
@@ -157,7 +158,7 @@ class CameraActor:
         self._processed = self._crops_stored = self._crops_failed = self._store_waits = 0
         self._detect_failed = 0  # frames lost because their detector died
         self._last_detection: ObjectRef | None = None  # reused while nothing moves
-        self._node_id = ray.get_runtime_context().get_node_id()
+        self._node_id = node_id()
         self._store_error: str | None = None  # the latest store failure, until a success
         self._in_flight = 0
         self._error: str | None = None
@@ -238,10 +239,10 @@ class CameraActor:
     def _detection(self, frame: Frame) -> ObjectRef:
         """The detections of ``frame``: asked of the pool when something moved, else those of the
         last detected frame (the same reference, maybe still in flight)."""
-        needed = self._pipe.needs_detection(frame)
-        if needed or self._last_detection is None:
+        if self._pipe.needs_detection(frame):  # always, while no detection stands
             image_ref = ray.put(frame.image)  # put once; the detector reads it zero-copy
             self._last_detection = self._detectors.pick().detect.remote(image_ref)
+        assert self._last_detection is not None
         return self._last_detection
 
     def _take_pool(self) -> None:

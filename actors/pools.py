@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from refind.actors.runtime import node_id
 from refind.config import RefindConfig
 from refind.models.store import ModelStore
 from refind.streaming.records import Crop, Detections, Embeddings
@@ -116,7 +117,7 @@ class DetectorActor:
         return await self._batcher.submit(image)
 
     async def stats(self) -> dict[str, float]:
-        return self._batcher.stats() | {"pid": os.getpid(), "node_id": _node_id()}
+        return self._batcher.stats() | {"pid": os.getpid(), "node_id": node_id()}
 
 
 @ray.remote
@@ -151,12 +152,7 @@ class EmbedderActor:
         return self.model_id, self.dim
 
     async def stats(self) -> dict[str, float]:
-        return self._batcher.stats() | {"pid": os.getpid(), "node_id": _node_id()}
-
-
-def _node_id() -> str:
-    """The Ray node this actor runs on."""
-    return ray.get_runtime_context().get_node_id()
+        return self._batcher.stats() | {"pid": os.getpid(), "node_id": node_id()}
 
 
 RESTART_WAIT_S = 60.0  # longest a call waits for a pool actor that Ray is restarting

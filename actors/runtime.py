@@ -18,6 +18,11 @@ ACTOR_ERRORS: tuple[type[Exception], ...] = (ray.exceptions.RayError,)
 """What a call to an actor raises while it is down or restarting (for code outside actors/)."""
 
 
+def node_id() -> str:
+    """The Ray node the calling actor runs on."""
+    return ray.get_runtime_context().get_node_id()
+
+
 def init_ray(cfg: RayConfig) -> None:
     """Start or join Ray as the config says (idempotent)."""
     if ray.is_initialized():

@@ -96,10 +96,7 @@ class Supervisor:
         serving = serving_version(self.cfg)
         self.detectors = [
             DetectorActor.options(
-                num_cpus=max(rc.detector_num_cpus, MIN_PLACED_CPUS),
-                num_gpus=rc.detector_num_gpus,
-                **self._opts(spread(i, max(rc.detector_num_cpus, MIN_PLACED_CPUS),
-                                    rc.detector_num_gpus)),
+                **self._spread(i, rc.detector_num_cpus, rc.detector_num_gpus)
             ).remote(self.cfg)
             for i in range(rc.detector_actors)
         ]
@@ -107,9 +104,8 @@ class Supervisor:
         if self.cfg.identities.enabled:
             self.identity = IdentityActor.options(num_cpus=0, **self._opts()).remote(self.cfg)
         self.writers = [
-            IndexWriterActor.options(
-                num_cpus=MIN_PLACED_CPUS, **self._opts(spread(i, MIN_PLACED_CPUS))
-            ).remote(self.cfg, i, str(serving.root), model_id, dim, self.identity)
+            IndexWriterActor.options(**self._spread(i)).remote(
+                self.cfg, i, str(serving.root), model_id, dim, self.identity)
             for i in range(rc.index_writers)
         ]
         ray.get([w.stats.remote() for w in self.writers])  # fail now if a shard cannot open
@@ -119,23 +115,22 @@ class Supervisor:
         log.info("refind started: %d cameras, version %s in %s", len(self._cameras), model_id,
                  serving.root)
 
-    def _opts(self, strategy: Any = None) -> dict[str, Any]:
-        """Actor options; ``strategy``: where it runs (pools and writers go round the nodes,
-        ``placement.spread``)."""
-        opts: dict[str, Any] = {"max_restarts": self.cfg.ray.max_restarts, "max_task_retries": 0}
-        if strategy is not None:
-            opts["scheduling_strategy"] = strategy
-        return opts
+    def _opts(self) -> dict[str, Any]:
+        return {"max_restarts": self.cfg.ray.max_restarts, "max_task_retries": 0}
+
+    def _spread(self, index: int, num_cpus: float = 0.0, num_gpus: float = 0.0) -> dict[str, Any]:
+        """Options of the ``index``-th pool actor or writer: its resources (at least
+        ``MIN_PLACED_CPUS``) and its node in turn (``placement.spread``)."""
+        cpus = max(num_cpus, MIN_PLACED_CPUS)
+        return self._opts() | {"num_cpus": cpus, "num_gpus": num_gpus,
+                               "scheduling_strategy": spread(index, cpus, num_gpus)}
 
     def _start_embedders(self, serving: Serving) -> tuple[list[ActorHandle], str, int]:
         """A pool of the serving version's embedder, loaded; (actors, model_id, dim)."""
         rc = self.cfg.ray
         actors = [
             EmbedderActor.options(
-                num_cpus=max(rc.embedder_num_cpus, MIN_PLACED_CPUS),
-                num_gpus=rc.embedder_num_gpus,
-                **self._opts(spread(i, max(rc.embedder_num_cpus, MIN_PLACED_CPUS),
-                                    rc.embedder_num_gpus)),
+                **self._spread(i, rc.embedder_num_cpus, rc.embedder_num_gpus)
             ).remote(serving.cfg)
             for i in range(rc.embedder_actors)
         ]

@@ -30,6 +30,7 @@ import ray
 from ray.actor import ActorHandle
 
 from refind.actors.pools import Pool, PoolEmbedder
+from refind.actors.runtime import node_id
 from refind.config import RefindConfig
 from refind.indexer.gallery_store import GalleryStore
 from refind.indexer.identity_service import crop_news
@@ -207,7 +208,7 @@ class IndexWriterActor:
                 "ended": self._ended, "caught_up": self._caught_up,
                 "events_published": bus.accepted if bus else 0,
                 "events_sent": bus.sent if bus else 0, "events_failed": bus.failed if bus else 0,
-                "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
+                "pid": os.getpid(), "node_id": node_id()}
 
     def close(self) -> dict[str, Any]:
         """Save, flush the record's Kafka events, close; the final stats."""

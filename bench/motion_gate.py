@@ -80,8 +80,7 @@ def plot_timeline(video: Path, path: Path) -> None:
     gate = MotionGate(cfg)
     seconds, changed, detected = [], [], []
     for frame in VideoSource(video, camera="door"):
-        small = gate._small(frame.image)
-        changed.append(gate.changed_fraction(small) if gate._reference is not None else 1.0)
+        changed.append(gate.change(frame.image))
         detected.append(gate.needs_detection(frame.image, frame.ts_ns))
         seconds.append(frame.ts_ns / 1e9)
     fig, ax = plt.subplots(figsize=(10, 3.6))

@@ -47,22 +47,24 @@ class MotionGate:
         is the first, or when ``max_skip_s`` has passed; it then becomes the reference."""
         small = self._small(image)
         due = (
-            self._reference is None
-            or image.shape != self._shape  # another resolution: boxes would not fit
-            or ts_ns - self._reference_ns >= self.cfg.max_skip_s * 1e9
+            ts_ns - self._reference_ns >= self.cfg.max_skip_s * 1e9
             or ts_ns < self._reference_ns  # time went back: a new stream
         )
-        if not due and self.changed_fraction(small) < self.cfg.min_changed:
+        if not due and self._change(small, image.shape) < self.cfg.min_changed:
             self.skipped += 1
             return False
         self._reference, self._reference_ns, self._shape = small, ts_ns, image.shape
         self.detected += 1
         return True
 
-    def changed_fraction(self, small: np.ndarray) -> float:
-        """Fraction of the reference's pixels that differ from ``small`` by more than the
-        threshold."""
-        assert self._reference is not None
+    def change(self, image: np.ndarray) -> float:
+        """Fraction of the picture that moved since the last detected frame (1.0 with none,
+        or at another resolution); what ``needs_detection`` compares with ``min_changed``."""
+        return self._change(self._small(image), image.shape)
+
+    def _change(self, small: np.ndarray, shape: tuple[int, ...]) -> float:
+        if self._reference is None or shape != self._shape:  # boxes would not fit
+            return 1.0
         diff = cv2.absdiff(small, self._reference)
         return float(np.count_nonzero(diff > self.cfg.pixel_threshold)) / diff.size
 

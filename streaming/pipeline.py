@@ -297,15 +297,15 @@ class CameraPipeline:
             raise ValueError("CameraPipeline.run needs a detector")
         last = Detections.empty()
         for batch in prefetch(frames, self.detector_batch, prefetch_batches):
-            needed = [f for f in batch if self.needs_detection(f)]
-            found: list[Detections] = []
-            if needed:
+            fresh = [self.needs_detection(f) for f in batch]
+            found: Iterator[Detections] = iter(())
+            if any(fresh):
                 t0 = time.perf_counter()
-                found = self.detector([f.image for f in needed])
+                images = [f.image for f, new in zip(batch, fresh, strict=True) if new]
+                found = iter(self.detector(images))
                 self.times.add("detect", time.perf_counter() - t0)
-            by_frame = dict(zip((id(f) for f in needed), found, strict=True))
-            for frame in batch:
-                last = by_frame.get(id(frame), last)
+            for frame, new in zip(batch, fresh, strict=True):
+                last = next(found) if new else last
                 yield self.process(frame, last)
         yield self.finish()
 
