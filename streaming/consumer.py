@@ -2,8 +2,11 @@
 
 ``EventConsumer`` reads decoded events for tools such as ``refind events tail``. A broker that
 loses its log (a restart without durable storage) recreates the topic with a new topic id and
-offsets from 0: the consumer notices the new id and reads the topic again from its beginning, so
-it misses nothing and may see events twice (de-duplicate by ``event_id``).
+offsets from 0. The consumer notices either sign of that, the new id or a read position beyond
+the partition's end, and reads the topic again from its beginning: it misses nothing and may see
+events twice (de-duplicate by ``event_id``). Apache Kafka reports a position beyond the end as
+OffsetOutOfRange; some brokers (Tansu with memory storage) answer such a fetch with nothing, which
+would leave the consumer waiting for an offset the new log may take minutes to reach.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ class EventConsumer:
                     self.undecodable += 1
                     log.warning("skipping %s[%d]@%d: %s", tp.topic, tp.partition, rec.offset, err)
         self._rewind_recreated()
+        self._rewind_past_end()
         return events
 
     def __iter__(self) -> Iterator[Event]:
@@ -95,6 +99,25 @@ class EventConsumer:
             if parts:  # else wait for the group to assign them
                 self._consumer.seek_to_beginning(*parts)
                 self._rewind.discard(topic)
+
+    def _rewind_past_end(self) -> None:
+        """Read a partition again from its beginning when the position is beyond its end (the
+        high watermark of the last fetch): the log the position came from is gone."""
+        from kafka.errors import KafkaError
+
+        for tp in self._consumer.assignment():
+            end = self._consumer.highwater(tp)
+            if end is None:
+                continue  # nothing fetched from it yet
+            try:
+                position = self._consumer.position(tp, timeout_ms=0)
+            except KafkaError:  # no position yet: it is being reset
+                continue
+            if position is not None and position > end:
+                log.warning("%s[%d]: read position %d is beyond the log's end %d (the broker "
+                            "lost its log): reading it from the beginning", tp.topic,
+                            tp.partition, position, end)
+                self._consumer.seek_to_beginning(tp)
 
     def close(self) -> None:
         self._consumer.close()

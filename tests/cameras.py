@@ -68,6 +68,19 @@ def is_listening(port: int) -> bool:
     return any(r[1] == want and r[3] == "0A" for r in rows)
 
 
+def is_serving(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:``port`` or holds a client connected to it.
+
+    ffmpeg's ``-listen 1`` closes its listening socket once it accepts its one client; a client
+    that keeps retrying (a camera actor) can connect between two looks at the socket table.
+    """
+    rows = _tcp_sockets()
+    if rows is None:
+        return True
+    want = f"0100007F:{port:04X}"
+    return any(r[1] == want and r[3] in ("0A", "01") for r in rows)  # LISTEN, ESTABLISHED
+
+
 def _port_users(port: int) -> str:
     """Sockets on ``port`` (local, remote, state), to say what holds a port that a camera could
     not listen on."""
@@ -139,7 +152,7 @@ class HttpTsCamera:
         )
         self._supervisor.start()
         deadline = time.monotonic() + wait_s
-        while not is_listening(self.port):
+        while not is_serving(self.port):  # listening, or already serving its client
             if time.monotonic() > deadline:
                 log = self.log_path.read_text(errors="replace")[-2000:] if (
                     self.log_path.is_file()) else ""

@@ -119,7 +119,9 @@ def test_kill_each_actor_kind_then_restart_redis_and_kafka(
 
         deadline = time.monotonic() + 60
         while since - consumed():
-            assert time.monotonic() < deadline, f"{len(since - consumed())} crop events unseen"
+            assert time.monotonic() < deadline, (
+                f"{len(since - consumed())} crop events unseen; writers: "
+                f"{[{k: v for k, v in w.items() if k.startswith('events')} for w in sup.pool_stats()['writer']]}")
             time.sleep(0.5)
     finally:
         run.stop()

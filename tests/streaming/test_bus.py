@@ -136,6 +136,33 @@ def test_broker_restart_loses_no_accepted_event(tansu, group):
     assert (stats.accepted, stats.sent, stats.failed) == (250, 250, 0)
 
 
+@pytest.mark.parametrize("group", [None, "group"])
+def test_a_position_beyond_the_new_log_reads_it_from_the_beginning(tansu, group, monkeypatch):
+    """Tansu answers a fetch beyond a partition's end with nothing (Apache Kafka says
+    OffsetOutOfRange): a consumer that did not see the topic's new id would wait at its old
+    offset until the new log grew past it. The read position alone must bring it back."""
+    monkeypatch.setattr(EventConsumer, "_rewind_recreated", lambda self: None)  # the other sign
+    cfg = _cfg(tansu.bootstrap, topic_partitions=1)
+    bus = EventBus(cfg)
+    assert bus.wait_connected(10)
+    reader = Reader(cfg, group and f"g-{uuid.uuid4().hex}")
+    try:
+        before = [_detection("gate", i) for i in range(60)]
+        assert all(bus.publish(e) for e in before)
+        assert reader.wait_for({e.event_id for e in before}, timeout_s=20)
+        tansu.stop()
+        tansu.start()
+        ensure_topics(cfg)
+        after = [_detection("gate", 100 + i) for i in range(10)]  # far fewer than before
+        assert all(bus.publish(e) for e in after)
+        assert bus.flush(30), bus.stats()
+        want = {e.event_id for e in after}
+        assert reader.wait_for(want, timeout_s=30), f"{len(want - reader.ids())} of 10 unseen"
+    finally:
+        reader.close()
+        bus.close()
+
+
 def test_bus_starts_while_broker_is_down(tansu):
     tansu.stop()
     cfg = _cfg(tansu.bootstrap)
