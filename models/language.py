@@ -239,7 +239,10 @@ def parse_query(text: str, concepts: ConceptMap | None = None) -> ReferQuery:
     reader.take(*(i for i, w in enumerate(words) if w in NUMBERS or w in PLURAL_WORDS))
     unknown = [i for i, w in enumerate(words)
                if not reader.used[i] and not known(w) and len(w) > 1]
-    ignored = tuple(dict.fromkeys(words[i] for i in unknown))
+    # a garment named without a colour ("in a suit", "in shorts") is known but says nothing
+    # refind can check: it is reported, not dropped silently
+    unread = [i for i, w in enumerate(words) if not reader.used[i] and w in GARMENT_PART]
+    ignored = tuple(dict.fromkeys(words[i] for i in sorted(unknown + unread)))
     required = tuple(dict.fromkeys(words[i] for i in unknown if _required(words, i)))
     reader.terms += [Term("unknown", w, words=w) for w in required]
     # duplicates (the last word wins for the same kind, value, part and superlative)
@@ -330,10 +333,26 @@ class _Reader:
             read = " ".join([w, words[end - 1]]) if end > i + 1 else w
             self.terms.append(Term("colour", colour, part, shade, negated=self.negated_at(i),
                                    words=read))
+            if end > i + 1:
+                self._coloured_thing(i, end - 1)
             # the colour word, its shade, and the garment; a colour between them is read in turn
             self.take(i, *([i - 1] if shade and i > 0 and words[i - 1] in SHADES else []))
             if end > i + 1:
                 self.take(end - 1, *(j for j in range(i + 1, end - 1) if words[j] in ("and", "-")))
+
+    def _coloured_thing(self, i: int, noun: int) -> None:
+        """A coloured bag, backpack or hat is first of all a bag, backpack or hat: "a white bag"
+        asks for the thing (an attribute model sees it) as well as its colour. Not when negated
+        ("without a black bag" allows a red one), nor for a carrier bag: it is held, not worn,
+        and its colour alone is read."""
+        name, value = ATTRIBUTE_WORDS.get(self.words[noun], ("", False))
+        if name not in ("has_bag", "has_backpack", "has_hat") or self.negated_at(i) or any(
+                w in ("carrier", "plastic", "shopping") for w in self.words[i:noun]):
+            return
+        if any(t.kind == "attribute" and t.value in ("has_bag", "has_backpack")
+               for t in self.terms):
+            return  # "a dark bag on their back" is the backpack already read
+        self.terms.append(Term("attribute", name, words=self.words[noun], negated=not value))
 
     def _hair(self, i: int, colour: str, shade: str, end: int) -> None:
         """"dark hair" / "long blonde hair": a hair shade (and length) rather than a colour."""
@@ -420,20 +439,31 @@ def _shade_before(words: list[str], i: int) -> str:
     return ""
 
 
+_GARMENT_REACH = 6  # words after a colour that may still name what it colours
+_COLOUR_STOPS = ("or", "who", "on", "at", "near", "by", ",")
+
+
 def _coloured_part(words: list[str], start: int) -> tuple[str | None, int]:
-    """The part the colour at ``start - 1`` colours, and the index after the words read."""
-    for j in range(start, min(start + 4, len(words))):
+    """The part the colour at ``start - 1`` colours, and the index after the words read.
+
+    The garment may come a few words on, past other colours joined by "and" and adjectives ("red
+    and navy two-tone padded jacket"); a verb ("in red carrying a black bag", "in black wearing a
+    red cap"), a clause word or another colour of its own ends the search: the colour is then the
+    outfit's (or what is held, see ``_Reader.colours``)."""
+    for j in range(start, min(start + _GARMENT_REACH, len(words))):
         w = words[j]
         if w in GARMENT_PART:
             return GARMENT_PART[w], j + 1
         if w in CARRIED_WORDS:
             return "carried", j + 1
-        if w in ("with", "or", "who", "walking", "standing", "on", "in", "at", "near", "by",
-                 ","):
+        if w in _COLOUR_STOPS or w in HAVING or w in MOTION_VERBS or w in STILL_WORDS:
             return None, start
         if w == "and" and j + 1 < len(words) and _colour_word(words[j + 1]) is None \
                 and words[j + 1] not in SHADES:
             return None, start
+        if j > start and _colour_word(w) is not None and words[j - 1] not in ("and", "-", "or") \
+                and words[j - 1] not in SHADES:
+            return None, start  # "blue ... white hat": the garment is the other colour's
     return None, start
 
 
@@ -464,7 +494,11 @@ def _motion_terms(words: list[str], used: list[bool], negated_at: Callable[[int]
                 # "to the left" after a verb is a direction; "on the left" a position
                 if words[j - 1] in ("on",) or (j >= 2 and words[j - 2] == "on"):
                     break
-                terms.append(Term("motion", w, negated=negated_at(v), words=f"{words[v]} {w}"))
+                # "walks from the right (side)" names where the walk began: it goes the other way
+                origin = "from" in words[v + 1 : j]
+                way = {"left": "right", "right": "left"}[w] if origin else w
+                terms.append(Term("motion", way, negated=negated_at(v),
+                                  words=" ".join(words[v : j + 1]) if origin else f"{words[v]} {w}"))
                 used[j] = used[v] = found = True
                 break
             way = "towards" if w in TOWARDS_WORDS else "away" if w in AWAY_WORDS else None

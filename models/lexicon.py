@@ -26,7 +26,9 @@ GARMENT_PART: dict[str, str] = {
     **dict.fromkeys(("hat", "cap", "beanie", "helmet", "headscarf", "hijab"), "head"),
 }
 CARRIED_WORDS = ("paper", "papers", "sheet", "folder", "bag", "bags", "carrier", "box", "package",
-                 "parcel", "file", "document", "documents", "envelope", "cup", "bottle", "phone")
+                 "parcel", "file", "document", "documents", "envelope", "cup", "bottle", "phone",
+                 "handbag", "purse", "briefcase", "satchel", "tote", "shoulderbag", "backpack",
+                 "backpacks", "rucksack", "knapsack")
 # word -> (attribute, value)
 ATTRIBUTE_WORDS: dict[str, tuple[str, bool]] = {
     **dict.fromkeys(("man", "male", "guy", "gentleman", "men", "he", "his", "him", "bloke",

@@ -45,6 +45,21 @@ def _terms(text: str) -> set[str]:
         ("walks from right to left and leaves at the left edge",
          {"walking left", "leaving at the left"}),
         ("the man walking out on the right", {"man", "leaving at the right"}),
+        # where a walk began is not where it goes
+        ("someone who walks from the right side all the way across", {"walking left"}),
+        ("a man coming from the left", {"man", "walking right"}),
+        # a coloured bag is a bag too; a carrier bag is held, not worn; a negated one only
+        # rules out its colour
+        ("person carrying a small beige bag", {"carried brown", "bag"}),
+        ("woman with a red handbag", {"woman", "carried red", "bag"}),
+        ("a red backpack", {"carried red", "backpack"}),
+        ("person carrying a white plastic carrier bag", {"carried white"}),
+        ("someone without a black bag", {"not carried black"}),
+        # a colour's garment may come a few words on, but not past a verb or another colour
+        ("someone in a red and navy two-tone padded jacket", {"top red", "top dark blue"}),
+        ("a man in red carrying a black bag", {"man", "outfit red", "carried black", "bag"}),
+        ("the man in black wearing a red cap", {"man", "outfit black", "head red", "hat"}),
+        ("a person in blue and a white hat", {"outfit blue", "head white", "hat"}),
     ],
 )
 def test_terms(text: str, expected: set[str]) -> None:
@@ -77,6 +92,8 @@ def test_count(text: str, count: int | None, plural: bool) -> None:
         ("the woman on the grass", ("grass",), set()),
         ("a white plastic bag", ("plastic",), set()),  # describes a known thing
         ("the man smiling", ("smiling",), set()),
+        ("a man in a suit", ("suit",), set()),  # a garment without a colour says nothing checkable
+        ("person in shorts", ("shorts",), set()),
     ],
 )
 def test_unknown_words_are_reported(text: str, ignored: tuple[str, ...],
