@@ -63,6 +63,7 @@ from refind.models.lexicon import (
     PHRASE_ATTRIBUTES,
     PLACES,
     PLURAL_WORDS,
+    SCENE_WORDS,
     SHADES,
     STILL_WORDS,
     TOGETHER_WORDS,
@@ -408,8 +409,11 @@ def _required(words: list[str], i: int) -> bool:
     """Does the unknown word at ``i`` name something the person must be or have? Yes for what
     the person is ("a child", "a police officer": unknown words before any known content, after
     the opening article) and what they hold or use ("walking a dog", "in a wheelchair"), unless
-    a place word comes first ("near the cones" describes a landmark, not the person) or a known
-    thing follows (then it says what that thing is like: "plastic bag", "knee-length coat")."""
+    a place word comes first ("near the cones" describes a landmark, not the person), it names a
+    part of the scene ("walking on the grass") or a known thing follows (then it says what that
+    thing is like: "plastic bag", "knee-length coat")."""
+    if words[i] in SCENE_WORDS:
+        return False  # a place in the scene, not something the person is or has
     if any(w in GARMENT_PART or w in CARRIED_WORDS or w in ATTRIBUTE_WORDS
            for w in words[i + 1 : i + 4]):
         return False
@@ -439,6 +443,7 @@ def _shade_before(words: list[str], i: int) -> str:
     return ""
 
 
+_OWNERS = ("whose", "his", "her", "their", "its", "the", "a", "my", "your")
 _GARMENT_REACH = 6  # words after a colour that may still name what it colours
 _COLOUR_STOPS = ("or", "who", "on", "at", "near", "by", ",")
 
@@ -478,7 +483,8 @@ def _motion_terms(words: list[str], used: list[bool], negated_at: Callable[[int]
             used[i + 1] = used[i + 3] = True
     terms += _enter_exit_terms(words, used, negated_at)
     verb_at = [i for i, w in enumerate(words)
-               if (w in MOTION_VERBS or w in STILL_WORDS) and not used[i]]
+               if (w in MOTION_VERBS or w in STILL_WORDS) and not used[i]
+               and not (w in ("head", "heads") and i and words[i - 1] in _OWNERS)]  # "whose head"
     for i, w in enumerate(words):
         if w in STILL_WORDS and not used[i]:
             terms.append(Term("motion", "still", negated=negated_at(i), words=w))

@@ -124,6 +124,16 @@ HAVING = {"with", "carrying", "holding", "walking", "pushing", "pulling", "ridin
            "wearing", "using", "leading", "has", "having", "carries", "holds", "rides",
            "pushes", "sitting", "lying", "kneeling", "playing", "eating", "drinking",
            "smoking"}
+# parts of a scene, not of a person: a text may place someone by them ("walking on the grass",
+# "behind the lamp post"); refind has no model of the scene, so they are reported as ignored
+# and never required of the person
+SCENE_WORDS = {"grass", "lawn", "road", "street", "pavement", "sidewalk", "path", "pathway",
+               "footpath", "crossing", "crosswalk", "kerb", "curb", "sign", "signpost", "lamp",
+               "lamppost", "post", "pole", "cone", "cones", "van", "vans", "car", "cars",
+               "building", "buildings", "door", "doorway", "gate", "entrance", "fence", "wall",
+               "tree", "trees", "bench", "bush", "bushes", "hedge", "parking",
+               "corner", "square", "steps", "stairs", "bridge", "field", "park", "shop",
+               "window", "platform", "lane"}
 PLACES = {"near", "behind", "beside", "of", "at", "by", "around", "along", "past", "across",
            "next", "front", "between", "towards", "toward", "from", "to", "under", "above",
            "below", "over", "against", "into", "onto", "than", "up", "down", "through"}

@@ -60,6 +60,8 @@ def _terms(text: str) -> set[str]:
         ("a man in red carrying a black bag", {"man", "outfit red", "carried black", "bag"}),
         ("the man in black wearing a red cap", {"man", "outfit black", "head red", "hat"}),
         ("a person in blue and a white hat", {"outfit blue", "head white", "hat"}),
+        ("the one whose head is hidden", set()),  # a head, not "to head" somewhere
+        ("people who head towards the camera", {"coming closer"}),
     ],
 )
 def test_terms(text: str, expected: set[str]) -> None:
@@ -93,6 +95,8 @@ def test_count(text: str, count: int | None, plural: bool) -> None:
         ("a white plastic bag", ("plastic",), set()),  # describes a known thing
         ("the man smiling", ("smiling",), set()),
         ("a man in a suit", ("suit",), set()),  # a garment without a colour says nothing checkable
+        ("the person walking on the grass", ("grass",), set()),  # a part of the scene
+        ("the one whose head is hidden behind the sign", ("hidden", "sign"), set()),
         ("person in shorts", ("shorts",), set()),
     ],
 )
