@@ -19,7 +19,8 @@ from the evidence that bears on it:
 - motion: the candidate's ``TrackMotion`` (``refind.streaming.motion``): ``left`` is
   ``sigmoid((-vx - 0.15) / 0.08)`` in heights per second, ``still`` and ``fast`` from the
   speed, entering and leaving from the frame edges the track began and ended at. A candidate
-  whose motion is unknown is not judged on it (weight 0, "unknown");
+  whose motion is unknown is not judged on it (weight 0, "unknown"; with nothing else to judge
+  it on, it scores 0.5, below the selection threshold);
 - a thing the person must be or have that no model here sees ("a child"): ``UNKNOWN_P``.
 
 A negated term uses ``1 - p``. The composed score is the weighted geometric mean of the terms'
@@ -363,9 +364,13 @@ def _tail(query: ReferQuery) -> str:
 
 
 def _combine(scored: Sequence[Scored]) -> float:
+    """The weighted geometric mean of the terms' probabilities. Where no term could be judged
+    (every one unknown for this candidate, such as motion without a track), the candidate gets
+    the terms' neutral probabilities, never a perfect score: a candidate nothing is known of
+    must not outrank one whose evidence fits."""
     total = sum(s.weight for s in scored)
     if total <= 0:
-        return 1.0
+        return float(np.mean([s.p for s in scored])) if scored else 1.0
     return float(math.exp(sum(s.weight * math.log(max(s.p, P_MIN)) for s in scored) / total))
 
 

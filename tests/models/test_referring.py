@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -121,6 +122,17 @@ def test_unknown_motion_is_neither_evidence_for_nor_against() -> None:
     result = _referrer()("people in black trousers walking to the left", unknown)
     assert list(np.nonzero(result.selected)[0]) == [1, 2]  # judged on the trousers alone
     assert "walking left unknown" in result.reasons[0]
+
+
+def test_a_candidate_whose_motion_is_unknown_does_not_outrank_one_that_fits() -> None:
+    """A text about motion alone: the candidate without a track scores neutrally (not a
+    perfect match by default) and is not selected; the ones that walk are."""
+    regions = [PEOPLE[0], replace(PEOPLE[1], motion=None), PEOPLE[2]]
+    result = _referrer()("people walking", regions)
+    assert list(np.nonzero(result.selected)[0]) == [0, 2]
+    assert result.scores[1] < min(result.scores[0], result.scores[2])
+    single = _referrer()("the person walking to the left", regions)
+    assert list(np.nonzero(single.selected)[0]) == [0]
 
 
 def test_part_colours_count_only_the_mask_and_the_part() -> None:
