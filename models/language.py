@@ -63,6 +63,7 @@ from refind.models.lexicon import (
     PHRASE_ATTRIBUTES,
     PLACES,
     PLURAL_WORDS,
+    POSTURE_WORDS,
     SCENE_WORDS,
     SHADES,
     STILL_WORDS,
@@ -240,9 +241,10 @@ def parse_query(text: str, concepts: ConceptMap | None = None) -> ReferQuery:
     reader.take(*(i for i, w in enumerate(words) if w in NUMBERS or w in PLURAL_WORDS))
     unknown = [i for i, w in enumerate(words)
                if not reader.used[i] and not known(w) and len(w) > 1]
-    # a garment named without a colour ("in a suit", "in shorts") is known but says nothing
-    # refind can check: it is reported, not dropped silently
-    unread = [i for i, w in enumerate(words) if not reader.used[i] and w in GARMENT_PART]
+    # a garment or a held thing named without a colour ("in a suit", "on his phone") is known
+    # but says nothing refind can check: it is reported, not dropped silently
+    unread = [i for i, w in enumerate(words)
+              if not reader.used[i] and (w in GARMENT_PART or w in CARRIED_WORDS)]
     ignored = tuple(dict.fromkeys(words[i] for i in sorted(unknown + unread)))
     required = tuple(dict.fromkeys(words[i] for i in unknown if _required(words, i)))
     reader.terms += [Term("unknown", w, words=w) for w in required]
@@ -411,7 +413,10 @@ def _required(words: list[str], i: int) -> bool:
     the opening article) and what they hold or use ("walking a dog", "in a wheelchair"), unless
     a place word comes first ("near the cones" describes a landmark, not the person), it names a
     part of the scene ("walking on the grass") or a known thing follows (then it says what that
-    thing is like: "plastic bag", "knee-length coat")."""
+    thing is like: "plastic bag", "knee-length coat"). What the person is doing that no model
+    sees ("sitting", "cycling") is required."""
+    if words[i] in POSTURE_WORDS:
+        return True  # what the person is doing ("sitting", "cycling")
     if words[i] in SCENE_WORDS:
         return False  # a place in the scene, not something the person is or has
     if any(w in GARMENT_PART or w in CARRIED_WORDS or w in ATTRIBUTE_WORDS

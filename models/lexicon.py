@@ -120,7 +120,7 @@ PART_OF_THING = {"backpack": "top", "rucksack": "top", "knapsack": "top", "bag":
                   "handbag": "top", "purse": "top", "satchel": "top", "briefcase": "top",
                   "hat": "head", "cap": "head", "beanie": "head", "helmet": "head"}
 
-HAVING = {"with", "carrying", "holding", "walking", "pushing", "pulling", "riding", "in",
+HAVING = {"with", "carrying", "holding", "walking", "pushing", "pulling", "riding", "in", "on",
            "wearing", "using", "leading", "has", "having", "carries", "holds", "rides",
            "pushes", "sitting", "lying", "kneeling", "playing", "eating", "drinking",
            "smoking"}
@@ -133,7 +133,14 @@ SCENE_WORDS = {"grass", "lawn", "road", "street", "pavement", "sidewalk", "path"
                "building", "buildings", "door", "doorway", "gate", "entrance", "fence", "wall",
                "tree", "trees", "bench", "bush", "bushes", "hedge", "parking",
                "corner", "square", "steps", "stairs", "bridge", "field", "park", "shop",
-               "window", "platform", "lane"}
+               "window", "platform", "lane", "ground", "floor"}
+# what a person may be doing that no model here sees: a text that asks for it is asked of
+# everyone as unknown (a prior), never ignored into a match on the rest
+POSTURE_WORDS = {"sitting", "seated", "sits", "lying", "lies", "laying", "kneeling", "kneels",
+                 "crouching", "crouched", "squatting", "crawling", "cycling", "biking",
+                 "skating", "skateboarding", "dancing", "fighting", "falling", "fallen",
+                 "climbing", "jumping", "sleeping", "begging", "smoking", "eating",
+                 "drinking", "phoning", "texting"}
 PLACES = {"near", "behind", "beside", "of", "at", "by", "around", "along", "past", "across",
            "next", "front", "between", "towards", "toward", "from", "to", "under", "above",
            "below", "over", "against", "into", "onto", "than", "up", "down", "through"}

@@ -96,6 +96,9 @@ def test_count(text: str, count: int | None, plural: bool) -> None:
         ("the man smiling", ("smiling",), set()),
         ("a man in a suit", ("suit",), set()),  # a garment without a colour says nothing checkable
         ("the person walking on the grass", ("grass",), set()),  # a part of the scene
+        ("a man sitting on the bench", ("sitting", "bench"), {"sitting"}),  # what they do
+        ("someone on a bicycle", ("bicycle",), {"bicycle"}),
+        ("a man on his phone", ("phone",), set()),
         ("the one whose head is hidden behind the sign", ("hidden", "sign"), set()),
         ("person in shorts", ("shorts",), set()),
     ],
