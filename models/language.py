@@ -244,9 +244,13 @@ def parse_query(text: str, concepts: ConceptMap | None = None) -> ReferQuery:
     # a garment or a held thing named without a colour ("in a suit", "on his phone") is known
     # but says nothing refind can check: it is reported, not dropped silently
     unread = [i for i, w in enumerate(words)
-              if not reader.used[i] and (w in GARMENT_PART or w in CARRIED_WORDS)]
+              if not reader.used[i] and (w in GARMENT_PART or w in CARRIED_WORDS
+                                         or _colour_word(w) is not None)
+              and w not in ("haired", "upper", "lower")]
     ignored = tuple(dict.fromkeys(words[i] for i in sorted(unknown + unread)))
-    required = tuple(dict.fromkeys(words[i] for i in unknown if _required(words, i)))
+    # "not a child", "not sitting": nothing here can check it either way; reported, not asked
+    required = tuple(dict.fromkeys(words[i] for i in unknown
+                                   if _required(words, i) and not reader.negated_at(i)))
     reader.terms += [Term("unknown", w, words=w) for w in required]
     # duplicates (the last word wins for the same kind, value, part and superlative)
     seen: dict[tuple[str, str, str, bool], Term] = {}
@@ -326,6 +330,8 @@ class _Reader:
             if colour is None:
                 continue
             part, end = _coloured_part(words, i + 1)
+            if part == "scene":
+                continue  # left unread: reported with the answer
             if part == "hair":
                 self._hair(i, colour, shade, end)
                 continue
@@ -352,9 +358,9 @@ class _Reader:
         if name not in ("has_bag", "has_backpack", "has_hat") or self.negated_at(i) or any(
                 w in ("carrier", "plastic", "shopping") for w in self.words[i:noun]):
             return
-        if any(t.kind == "attribute" and t.value in ("has_bag", "has_backpack")
-               for t in self.terms):
-            return  # "a dark bag on their back" is the backpack already read
+        if name == "has_bag" and any(t.kind == "attribute" and t.value == "has_backpack"
+                                     and t.words.startswith("on ") for t in self.terms):
+            return  # "a dark bag on their back" is the backpack that phrase read
         self.terms.append(Term("attribute", name, words=self.words[noun], negated=not value))
 
     def _hair(self, i: int, colour: str, shade: str, end: int) -> None:
@@ -450,7 +456,8 @@ def _shade_before(words: list[str], i: int) -> str:
 
 _OWNERS = ("whose", "his", "her", "their", "its", "the", "a", "my", "your")
 _GARMENT_REACH = 6  # words after a colour that may still name what it colours
-_COLOUR_STOPS = ("or", "who", "on", "at", "near", "by", ",")
+_COLOUR_STOPS = ("or", "who", "whose", "which", "is", "are", "was", "on", "at", "near", "by",
+                 ",")
 
 
 def _coloured_part(words: list[str], start: int) -> tuple[str | None, int]:
@@ -458,15 +465,19 @@ def _coloured_part(words: list[str], start: int) -> tuple[str | None, int]:
 
     The garment may come a few words on, past other colours joined by "and" and adjectives ("red
     and navy two-tone padded jacket"); a verb ("in red carrying a black bag", "in black wearing a
-    red cap"), a clause word or another colour of its own ends the search: the colour is then the
-    outfit's (or what is held, see ``_Reader.colours``)."""
+    red cap"), a place or clause word ("in blue next to a bag") or another colour of its own ends
+    the search: the colour is then the outfit's (or what is held, see ``_Reader.colours``). A
+    part of the scene ("a red bench") takes the colour away from the person: ``"scene"``."""
     for j in range(start, min(start + _GARMENT_REACH, len(words))):
         w = words[j]
         if w in GARMENT_PART:
             return GARMENT_PART[w], j + 1
         if w in CARRIED_WORDS:
             return "carried", j + 1
-        if w in _COLOUR_STOPS or w in HAVING or w in MOTION_VERBS or w in STILL_WORDS:
+        if w in SCENE_WORDS:
+            return "scene", j + 1  # "a red bench": the scene's colour, not the person's
+        if (w in _COLOUR_STOPS or w in HAVING or w in PLACES or w in MOTION_VERBS
+                or w in STILL_WORDS):
             return None, start
         if w == "and" and j + 1 < len(words) and _colour_word(words[j + 1]) is None \
                 and words[j + 1] not in SHADES:
@@ -506,10 +517,15 @@ def _motion_terms(words: list[str], used: list[bool], negated_at: Callable[[int]
                 if words[j - 1] in ("on",) or (j >= 2 and words[j - 2] == "on"):
                     break
                 # "walks from the right (side)" names where the walk began: it goes the other way
-                origin = "from" in words[v + 1 : j]
+                origin = words[j - 1] == "from" or words[j - 2 : j] == ["from", "the"]
                 way = {"left": "right", "right": "left"}[w] if origin else w
                 terms.append(Term("motion", way, negated=negated_at(v),
                                   words=" ".join(words[v : j + 1]) if origin else f"{words[v]} {w}"))
+                if origin:  # "... to the left": the same walk's end, not a position
+                    for k in range(j + 1, min(j + 4, len(words))):
+                        if words[k] == way and words[j + 1] in ("to", "towards", "toward"):
+                            used[k] = True
+                            break
                 used[j] = used[v] = found = True
                 break
             way = "towards" if w in TOWARDS_WORDS else "away" if w in AWAY_WORDS else None

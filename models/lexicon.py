@@ -120,7 +120,7 @@ PART_OF_THING = {"backpack": "top", "rucksack": "top", "knapsack": "top", "bag":
                   "handbag": "top", "purse": "top", "satchel": "top", "briefcase": "top",
                   "hat": "head", "cap": "head", "beanie": "head", "helmet": "head"}
 
-HAVING = {"with", "carrying", "holding", "walking", "pushing", "pulling", "riding", "in", "on",
+HAVING = {"with", "carrying", "holding", "walking", "pushing", "pulling", "riding", "in",
            "wearing", "using", "leading", "has", "having", "carries", "holds", "rides",
            "pushes", "sitting", "lying", "kneeling", "playing", "eating", "drinking",
            "smoking"}

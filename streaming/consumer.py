@@ -23,6 +23,8 @@ from refind.streaming.events import Event, EventDecodeError, decode, encode, res
 
 log = logging.getLogger(__name__)
 
+PAST_END_S = 3.0  # a position beyond its partition's end this long means the log was lost
+
 
 class EventConsumer:
     """Decoded refind events from Kafka topics, oldest first unless ``from_beginning`` is False.
@@ -59,6 +61,7 @@ class EventConsumer:
         self.undecodable = 0
         self._topic_ids: dict[str, object] = {}
         self._rewind: set[str] = set()
+        self._beyond: dict[object, float] = {}  # partition -> when its position passed its end
 
     def poll(self, timeout_s: float = 1.0, max_events: int | None = None) -> list[Event]:
         """Events that arrived, waiting up to ``timeout_s`` for the first; [] if none."""
@@ -101,23 +104,31 @@ class EventConsumer:
                 self._rewind.discard(topic)
 
     def _rewind_past_end(self) -> None:
-        """Read a partition again from its beginning when the position is beyond its end (the
-        high watermark of the last fetch): the log the position came from is gone."""
+        """Read a partition again from its beginning when the position has stayed beyond its
+        end (the high watermark of the last fetch) for ``PAST_END_S``: the log the position came
+        from is gone. A new leader's high watermark can lag for a moment in a healthy cluster:
+        that passes well within the wait."""
         from kafka.errors import KafkaError
 
-        for tp in self._consumer.assignment():
-            end = self._consumer.highwater(tp)
-            if end is None:
-                continue  # nothing fetched from it yet
-            try:
-                position = self._consumer.position(tp, timeout_ms=0)
-            except KafkaError:  # no position yet: it is being reset
-                continue
-            if position is not None and position > end:
-                log.warning("%s[%d]: read position %d is beyond the log's end %d (the broker "
-                            "lost its log): reading it from the beginning", tp.topic,
-                            tp.partition, position, end)
+        now = time.monotonic()
+        beyond: dict[object, float] = {}
+        for tp in list(self._consumer.assignment()):
+            try:  # the library may reassign partitions on its network thread meanwhile
+                end = self._consumer.highwater(tp)
+                position = self._consumer.position(tp, timeout_ms=0) if end is not None else None
+                if position is None or end is None or position <= end:
+                    continue
+                since = beyond[tp] = self._beyond.get(tp, now)
+                if now - since < PAST_END_S:
+                    continue
+                log.warning("%s[%d]: read position %d has been beyond the log's end %d for %.0f "
+                            "s (the broker lost its log): reading it from the beginning",
+                            tp.topic, tp.partition, position, end, now - since)
                 self._consumer.seek_to_beginning(tp)
+                del beyond[tp]
+            except (KafkaError, ValueError) as err:  # not assigned any more, or being reset
+                log.debug("%s: %r", tp, err)
+        self._beyond = beyond
 
     def close(self) -> None:
         self._consumer.close()

@@ -61,6 +61,10 @@ def _terms(text: str) -> set[str]:
         ("the man in black wearing a red cap", {"man", "outfit black", "head red", "hat"}),
         ("a person in blue and a white hat", {"outfit blue", "head white", "hat"}),
         ("the one whose head is hidden", set()),  # a head, not "to head" somewhere
+        ("a man walking from us to the left", {"man", "walking left"}),
+        ("walking from the right to the left", {"walking left"}),
+        ("a man with a black bag and a red backpack",
+         {"man", "carried black", "bag", "carried red", "backpack"}),
         ("people who head towards the camera", {"coming closer"}),
     ],
 )
@@ -97,7 +101,10 @@ def test_count(text: str, count: int | None, plural: bool) -> None:
         ("a man in a suit", ("suit",), set()),  # a garment without a colour says nothing checkable
         ("the person walking on the grass", ("grass",), set()),  # a part of the scene
         ("a man sitting on the bench", ("sitting", "bench"), {"sitting"}),  # what they do
-        ("someone on a bicycle", ("bicycle",), {"bicycle"}),
+        ("a man who is not sitting", ("sitting",), set()),  # negated: nothing to ask
+        ("a woman sitting on a red bench", ("sitting", "red", "bench"), {"sitting"}),
+        ("a blonde haired woman", (), set()),
+        ("a bag on her shoulder", ("shoulder",), set()),
         ("a man on his phone", ("phone",), set()),
         ("the one whose head is hidden behind the sign", ("hidden", "sign"), set()),
         ("person in shorts", ("shorts",), set()),
@@ -132,3 +139,8 @@ def test_any_text_parses_and_names_nothing_it_does_not_say() -> None:
         q = parse_query(text)
         assert q.terms == () and q.count is None and not q.plural, text
     assert parse_query("RED").as_dict()["terms"] == ["outfit red"]  # case does not matter
+
+
+def test_a_colour_does_not_reach_past_a_place_word() -> None:
+    terms = _terms("a man in blue next to a bag")
+    assert "outfit blue" in terms and "carried blue" not in terms
