@@ -246,7 +246,7 @@ def parse_query(text: str, concepts: ConceptMap | None = None) -> ReferQuery:
     unread = [i for i, w in enumerate(words)
               if not reader.used[i] and (w in GARMENT_PART or w in CARRIED_WORDS
                                          or _colour_word(w) is not None)
-              and w not in ("haired", "upper", "lower")]
+              and w not in _PART_GLUE]
     ignored = tuple(dict.fromkeys(words[i] for i in sorted(unknown + unread)))
     # "not a child", "not sitting": nothing here can check it either way; reported, not asked
     required = tuple(dict.fromkeys(words[i] for i in unknown
@@ -342,11 +342,10 @@ class _Reader:
             read = " ".join([w, words[end - 1]]) if end > i + 1 else w
             self.terms.append(Term("colour", colour, part, shade, negated=self.negated_at(i),
                                    words=read))
-            if end > i + 1:
-                self._coloured_thing(i, end - 1)
             # the colour word, its shade, and the garment; a colour between them is read in turn
             self.take(i, *([i - 1] if shade and i > 0 and words[i - 1] in SHADES else []))
             if end > i + 1:
+                self._coloured_thing(i, end - 1)
                 self.take(end - 1, *(j for j in range(i + 1, end - 1) if words[j] in ("and", "-")))
 
     def _coloured_thing(self, i: int, noun: int) -> None:
@@ -408,7 +407,7 @@ def _part_asked(words: list[str]) -> str | None:
             return None
         if w in PART_OF_THING:
             return PART_OF_THING[w]
-        if w in GARMENT_PART and w not in ("haired", "upper", "lower"):
+        if w in GARMENT_PART and w not in _PART_GLUE:
             return GARMENT_PART[w]
     return None
 
@@ -454,6 +453,7 @@ def _shade_before(words: list[str], i: int) -> str:
     return ""
 
 
+_PART_GLUE = ("haired", "upper", "lower")  # name a part only with another word ("upper body")
 _OWNERS = ("whose", "his", "her", "their", "its", "the", "a", "my", "your")
 _GARMENT_REACH = 6  # words after a colour that may still name what it colours
 _COLOUR_STOPS = ("or", "who", "whose", "which", "is", "are", "was", "on", "at", "near", "by",

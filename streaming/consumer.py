@@ -114,9 +114,11 @@ class EventConsumer:
         beyond: dict[object, float] = {}
         for tp in list(self._consumer.assignment()):
             try:  # the library may reassign partitions on its network thread meanwhile
-                end = self._consumer.highwater(tp)
-                position = self._consumer.position(tp, timeout_ms=0) if end is not None else None
-                if position is None or end is None or position <= end:
+                end = self._consumer.highwater(tp)  # None until a fetch from it answered
+                if end is None:
+                    continue
+                position = self._consumer.position(tp, timeout_ms=0)
+                if position is None or position <= end:
                     continue
                 since = beyond[tp] = self._beyond.get(tp, now)
                 if now - since < PAST_END_S:

@@ -55,30 +55,23 @@ def _tcp_sockets() -> list[list[str]] | None:
         return None
 
 
-def is_listening(port: int) -> bool:
-    """Whether something listens on 127.0.0.1:``port``, checked without connecting.
+_LISTEN, _ESTABLISHED = "0A", "01"  # states in /proc/net/tcp
+
+
+def is_listening(port: int, or_serving: bool = False) -> bool:
+    """Whether something listens on 127.0.0.1:``port``, checked without connecting; with
+    ``or_serving``, or holds a client connected to it.
 
     A probe connection would be taken by ffmpeg as its one client, so Linux's socket table is
-    read instead.
+    read instead. ffmpeg's ``-listen 1`` closes its listening socket once it accepts that
+    client, and a client that keeps retrying (a camera actor) can connect between two looks.
     """
     rows = _tcp_sockets()
     if rows is None:
         return True  # not Linux: assume it listens; clients retry anyway
     want = f"0100007F:{port:04X}"
-    return any(r[1] == want and r[3] == "0A" for r in rows)
-
-
-def is_serving(port: int) -> bool:
-    """Whether something listens on 127.0.0.1:``port`` or holds a client connected to it.
-
-    ffmpeg's ``-listen 1`` closes its listening socket once it accepts its one client; a client
-    that keeps retrying (a camera actor) can connect between two looks at the socket table.
-    """
-    rows = _tcp_sockets()
-    if rows is None:
-        return True
-    want = f"0100007F:{port:04X}"
-    return any(r[1] == want and r[3] in ("0A", "01") for r in rows)  # LISTEN, ESTABLISHED
+    states = (_LISTEN, _ESTABLISHED) if or_serving else (_LISTEN,)
+    return any(r[1] == want and r[3] in states for r in rows)
 
 
 def _port_users(port: int) -> str:
@@ -152,7 +145,7 @@ class HttpTsCamera:
         )
         self._supervisor.start()
         deadline = time.monotonic() + wait_s
-        while not is_serving(self.port):  # listening, or already serving its client
+        while not is_listening(self.port, or_serving=True):
             if time.monotonic() > deadline:
                 log = self.log_path.read_text(errors="replace")[-2000:] if (
                     self.log_path.is_file()) else ""

@@ -33,6 +33,12 @@ def _kill(pid: int | None) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
+def _event_counts(sup) -> list[dict]:
+    """Each writer's event counters (published, sent, failed), to say where events stopped."""
+    return [{k: v for k, v in w.items() if k.startswith("events")}
+            for w in sup.pool_stats()["writer"]]
+
+
 def _crops_since(run: LiveRun, n: int) -> bool:
     return len(run.recorded()) > n
 
@@ -120,8 +126,7 @@ def test_kill_each_actor_kind_then_restart_redis_and_kafka(
         deadline = time.monotonic() + 60
         while since - consumed():
             assert time.monotonic() < deadline, (
-                f"{len(since - consumed())} crop events unseen; writers: "
-                f"{[{k: v for k, v in w.items() if k.startswith('events')} for w in sup.pool_stats()['writer']]}")
+                f"{len(since - consumed())} crop events unseen; writers: {_event_counts(sup)}")
             time.sleep(0.5)
     finally:
         run.stop()
