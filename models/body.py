@@ -45,8 +45,9 @@ class Body:
     """One person's pose in a crop of (h, w) pixels.
 
     keypoints: (33, 2) float32 x, y in crop pixels; visibility: (33,) float32 in 0..1; mask:
-    (h, w) bool person pixels; presence: BlazePose's confidence that a person is there;
-    from_pose: False when the mask is a stand-in (no person found).
+    (h, w) bool person pixels; presence: BlazePose's confidence (0..1) that a whole person is
+    there: it drops towards 0 for a person partly hidden (behind a sign, by another person);
+    from_pose: False when the mask is a stand-in (no person's outline found).
     """
 
     keypoints: np.ndarray = field(repr=False)
@@ -110,12 +111,13 @@ class Body:
         return out
 
 
-def stand_in(crop: np.ndarray) -> Body:
-    """A body for a crop where no person was found: the middle 60 % of its width."""
+def stand_in(crop: np.ndarray, presence: float = 0.0) -> Body:
+    """A body for a crop where no person's outline was found: the middle 60 % of its width
+    (``presence``: BlazePose's, when it ran)."""
     h, w = crop.shape[:2]
     mask = np.zeros((h, w), bool)
     mask[:, int(0.2 * w) : max(int(0.8 * w), int(0.2 * w) + 1)] = True
-    return Body(np.zeros((33, 2), np.float32), np.zeros(33, np.float32), mask, 0.0, False)
+    return Body(np.zeros((33, 2), np.float32), np.zeros(33, np.float32), mask, presence, False)
 
 
 def part_colours(crop: np.ndarray, body: Body) -> dict[str, np.ndarray]:
@@ -136,7 +138,7 @@ class PoseModel:
         >>> bodies = PoseModel(store)([crop_a, crop_b])                   # doctest: +SKIP
     """
 
-    def __init__(self, store: object, model: str = MODEL_NAME, min_presence: float = 0.5) -> None:
+    def __init__(self, store: object, model: str = MODEL_NAME, min_presence: float = 0.0) -> None:
         import openvino as ov
 
         resolved = store.resolve(model)  # type: ignore[attr-defined]
@@ -164,16 +166,17 @@ class PoseModel:
                                 borderMode=cv2.BORDER_CONSTANT)
         x = cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB)[None].astype(np.float32) / 255.0  # (1,S,S,3)
         out = self._model([x])
-        presence = float(_sigmoid(np.asarray(out[self._presence]).reshape(-1)[0]))
+        # the presence flag is a probability already (MediaPipe thresholds it at 0.5 as it is)
+        presence = float(np.clip(np.asarray(out[self._presence]).reshape(-1)[0], 0.0, 1.0))
         if presence < self.min_presence:
-            return stand_in(crop)
+            return stand_in(crop, presence)
         marks = np.asarray(out[self._landmarks], np.float32).reshape(39, 5)[:33]  # (33, 5)
         keypoints = (marks[:, :2] - affine[:, 2]) / scale  # canvas -> crop pixels
         logits = np.asarray(out[self._mask], np.float32).reshape(SIZE, SIZE)
         back = cv2.invertAffineTransform(affine)
         mask = cv2.warpAffine(logits, back, (w, h), flags=cv2.INTER_LINEAR) > 0.0  # (h, w)
         if mask.mean() < 0.05:  # a sliver is not a person's outline
-            return stand_in(crop)
+            return stand_in(crop, presence)
         return Body(keypoints.astype(np.float32), _sigmoid(marks[:, 3]).astype(np.float32), mask,
                     presence)
 

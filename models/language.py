@@ -53,12 +53,14 @@ from refind.models.lexicon import (
     GARMENT_PART,
     GLUE,
     HAVING,
+    HIDDEN_WORDS,
     IN_OUT,
     INTENSIFIED,
     MOTION_VERBS,
     NEGATIONS,
     NUMBERS,
     PART_OF_THING,
+    PARTLY,
     PERSON_WORDS,
     PHRASE_ATTRIBUTES,
     PLACES,
@@ -69,6 +71,7 @@ from refind.models.lexicon import (
     STILL_WORDS,
     TOGETHER_WORDS,
     TOWARDS_WORDS,
+    WHOLLY,
     known,
 )
 
@@ -119,7 +122,7 @@ MOTION_LABELS = {"left": "walking left", "right": "walking right", "towards": "c
                   "moving": "moving"}
 _POSITIONS = {"left": "on the left", "right": "on the right", "top": "up the frame",
               "bottom": "low in the frame", "near": "near the camera", "far": "far away",
-              "middle": "in the middle", "together": "with others"}
+              "middle": "in the middle", "together": "with others", "hidden": "partly hidden"}
 _SUPERLATIVES = {"left": "leftmost", "right": "rightmost", "top": "highest", "bottom": "lowest",
                  "near": "closest", "far": "furthest", "middle": "most central"}
 ATTRIBUTE_LABELS = {"is_male": "man", "has_bag": "bag", "has_backpack": "backpack",
@@ -290,9 +293,11 @@ class _Reader:
         """Is the word at ``i`` negated: "not" up to four words before ("not the one in
         black"), or another negation up to three before ("without a bag")?"""
         window = self.words[max(0, i - 4) : i]
+        if "," in window:  # a negation does not reach past a clause break ("not hidden, in red")
+            window = window[len(window) - window[::-1].index(","):]
         if "not" in window and "only" not in window:
             return True
-        return any(w in NEGATIONS for w in self.words[max(0, i - 3) : i])
+        return any(w in NEGATIONS for w in window[-3:])
 
     def take(self, *idx: int) -> None:
         for j in idx:
@@ -583,6 +588,16 @@ def _take_camera(words: list[str], used: list[bool], j: int) -> None:
             used[k] = True
 
 
+def _scene_after(words: list[str], i: int) -> bool:
+    """Does a part of the scene follow ``i`` ("behind the lamp post", "behind a parked van")?"""
+    for w in words[i + 1 : i + 4]:
+        if w in SCENE_WORDS:
+            return True
+        if w in PERSON_WORDS or w == ",":
+            return False
+    return False
+
+
 def _near_camera(words: list[str], i: int) -> bool:
     """"near the camera", "close to the camera" at ``i``."""
     return (words[i] in ("near", "close") and words[i + 1 : i + 2] in (["to"], ["the"])
@@ -621,6 +636,17 @@ def _position_terms(words: list[str], used: list[bool], negated_at: Callable[[in
             sup = "group" in words[i : i + 5] or nxt == "of"
         elif w in ("top", "bottom") and any(x in words[i : i + 4] for x in FRAME_WORDS):
             value = w
+        elif w in HIDDEN_WORDS or (w == "behind" and _scene_after(words, i)):
+            if not any(t.value == "hidden" for t in terms):
+                terms.append(Term("position", "hidden", negated=negated_at(i), words=w))
+            used[i] = True
+            continue
+        elif w == "visible" and prev in PARTLY | WHOLLY:  # "partly visible" is hidden
+            if not any(t.value == "hidden" for t in terms):
+                terms.append(Term("position", "hidden", words=f"{prev} {w}".strip(),
+                                  negated=(prev not in PARTLY) != negated_at(i)))
+            used[i] = True
+            continue
         elif w in TOGETHER_WORDS or (w == "each" and nxt == "other"):
             if not any(t.value == "together" for t in terms):
                 terms.append(Term("position", "together", negated=negated_at(i), words=w))

@@ -98,6 +98,9 @@ CALIBRATION = (0.5487, -1.5285)
 LIGHT = ("white", "grey", "yellow", "orange", "pink")  # hair shades read as light
 WEIGHTS = {"colour": 1.0, "position": 1.0, "motion": 1.0, "hair": 0.75}
 DESCRIBE_MIN_FRACTION = 0.25  # a part's main colour is named when it covers this much of it
+# "hidden behind the sign": BlazePose's presence of a whole person, low for a partly hidden one
+HIDDEN_MID, HIDDEN_SCALE = 0.5, 0.12
+EVIDENCE_VERSION = "e2"  # e2: BlazePose's presence read as the probability it is (was squashed)
 P_MIN = 0.02  # a term's probability is floored here, so one term cannot zero a candidate
 
 
@@ -114,6 +117,7 @@ class Evidence:
     attrs: np.ndarray  # (8,) float32 0230 probabilities
     region: Region
     outlines: dict = field(default_factory=dict)  # part -> (box, polygon) in its crop's pixels
+    presence: float | None = None  # BlazePose's presence, mean over the crops; None: unknown
 
     def part_region(self, part: str) -> PartRegion | None:
         """Where ``part`` is in the frame: its box and outline mapped from the crop."""
@@ -146,11 +150,13 @@ class Scored:
 class CropEvidence:
     """What the referrer reads from one crop: colour fractions per part (``part_colours`` plus
     ``outfit`` and ``carried``), each part's box and outline (crop pixels), the 0230
-    attribute probabilities ((8,) float32). Serialised by ``to_bytes`` for an evidence store."""
+    attribute probabilities ((8,) float32) and BlazePose's presence (how much of a whole person
+    is seen; None when no pose model ran). Serialised by ``to_bytes`` for an evidence store."""
 
     colours: dict[str, np.ndarray]
     outlines: dict
     attrs: np.ndarray
+    presence: float | None = None
 
     def to_bytes(self) -> bytes:
         return json.dumps({
@@ -158,6 +164,7 @@ class CropEvidence:
             "outlines": {k: [list(box), [list(pt) for pt in poly]]
                          for k, (box, poly) in self.outlines.items()},
             "attrs": [round(float(x), 5) for x in self.attrs],
+            "presence": None if self.presence is None else round(float(self.presence), 5),
         }, separators=(",", ":")).encode()
 
     @classmethod
@@ -166,7 +173,7 @@ class CropEvidence:
         return cls({k: np.asarray(v, np.float32) for k, v in d["colours"].items()},
                    {k: (tuple(box), tuple(tuple(pt) for pt in poly))
                     for k, (box, poly) in d["outlines"].items()},
-                   np.asarray(d["attrs"], np.float32))
+                   np.asarray(d["attrs"], np.float32), d.get("presence"))
 
 
 class EvidenceCache(Protocol):
@@ -203,7 +210,8 @@ class ComposingReferrer:
         self.cache_size = cache_size
         self.store = store
         self._kept: Kept[bytes, CropEvidence] = Kept(cache_size)  # by key_of
-        models = f"{getattr(pose, 'model_id', 'no-pose')}|{attributes.model_id}"
+        # EVIDENCE_VERSION: evidence stored by an earlier reading of the same models is not reused
+        models = f"{getattr(pose, 'model_id', 'no-pose')}|{attributes.model_id}|{EVIDENCE_VERSION}"
         self._models = models.encode()
 
     @classmethod
@@ -246,7 +254,8 @@ class ComposingReferrer:
                               else [stand_in(c) for c in crops])
         attrs: PersonAttributes = self.attributes(crops)
         return [CropEvidence(_with_outfit(part_colours(c, body)), body.part_outlines(),
-                             attrs.probs[i].astype(np.float32))
+                             attrs.probs[i].astype(np.float32),
+                             body.presence if self.pose is not None else None)
                 for i, (c, body) in enumerate(zip(crops, bodies, strict=True))]
 
     def describe(self, crops: Sequence[np.ndarray],
@@ -289,7 +298,9 @@ class ComposingReferrer:
             colours = {part: np.mean([per_crop[j].colours[part] for j in mine], axis=0)
                        for part in per_crop[mine[0]].colours}
             attrs = np.mean([per_crop[j].attrs for j in mine], axis=0)
-            out.append(Evidence(colours, attrs, region, per_crop[mine[0]].outlines))
+            seen = [per_crop[j].presence for j in mine if per_crop[j].presence is not None]
+            out.append(Evidence(colours, attrs, region, per_crop[mine[0]].outlines,
+                                float(np.mean(seen)) if seen else None))
         return out
 
     # --- scoring ---------------------------------------------------------------------------
@@ -479,6 +490,9 @@ def _score_term(term: Term, e: Evidence, evidence: Sequence[Evidence]) -> Scored
     weight = WEIGHTS.get(term.kind, 1.0)
     if term.kind == "colour":
         p = _colour_p(term, e.colours)
+    elif term.kind == "position" and term.value == "hidden":
+        p, weight = (0.5, 0.0) if e.presence is None else (  # unknown: not judged
+            _sigmoid((HIDDEN_MID - e.presence) / HIDDEN_SCALE), weight)
     elif term.kind == "position":
         p = _position_p(term, e, evidence)
     elif term.kind == "motion":

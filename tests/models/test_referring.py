@@ -135,6 +135,41 @@ def test_a_candidate_whose_motion_is_unknown_does_not_outrank_one_that_fits() ->
     assert list(np.nonzero(single.selected)[0]) == [0]
 
 
+class _HiddenPose(_BoxPose):
+    """``_BoxPose``, with BlazePose's presence low for the person in green (partly hidden)."""
+
+    def __call__(self, crops):
+        green = np.array(BGR["green"], np.uint8)
+        return [replace(b, presence=0.1 if (c == green).all(axis=2).any() else 0.95)
+                for c, b in zip(crops, super().__call__(crops), strict=True)]
+
+
+def test_a_partly_hidden_person_is_told_by_the_pose_models_presence() -> None:
+    referrer = ComposingReferrer(_Attributes(), _HiddenPose())  # type: ignore[arg-type]
+    hidden = referrer("the person half hidden behind the lamp post", PEOPLE)
+    assert list(np.nonzero(hidden.selected)[0]) == [2], hidden.reasons
+    assert hidden.reasons[2].startswith("partly hidden 0.9")
+    assert "ignored: 'lamp', 'post'" in hidden.reasons[2]
+    seen = referrer("people in black trousers, fully visible", PEOPLE)
+    assert list(np.nonzero(seen.selected)[0]) == [1], seen.reasons
+    # no pose model: nothing tells who is hidden, so nobody is picked for it
+    blind = ComposingReferrer(_Attributes(), None)  # type: ignore[arg-type]
+    unknown = blind("the person half hidden behind the lamp post", PEOPLE)
+    assert not unknown.selected.any() and "partly hidden unknown" in unknown.reasons[0]
+
+
+def test_crop_evidence_keeps_the_presence_and_reads_rows_stored_without_it() -> None:
+    from refind.models.referring import CropEvidence
+
+    ev = _referrer().crop_evidence([PEOPLE[0].crop])[0]
+    assert ev.presence == 1.0
+    again = CropEvidence.from_bytes(ev.to_bytes())
+    assert again.presence == 1.0 and again.attrs.tolist() == ev.attrs.tolist()
+    older = json.loads(ev.to_bytes())
+    del older["presence"]
+    assert CropEvidence.from_bytes(json.dumps(older).encode()).presence is None
+
+
 def test_part_colours_count_only_the_mask_and_the_part() -> None:
     crop = _person("red", "blue")
     body = _BoxPose()([crop])[0]
@@ -180,6 +215,30 @@ def test_real_models_on_pets_frame(model_store) -> None:
     assert all(b.from_pose for b in bodies)
     boxes = bodies[3].part_boxes()
     assert boxes["top"][1] < boxes["bottom"][1] < boxes["shoes"][3]
+
+
+@pytest.mark.slow
+def test_real_pose_model_tells_the_person_hidden_behind_the_sign(model_store) -> None:
+    """PETS, a hand-written line: BlazePose's presence is low only for the person the lamp
+    post's sign hides, and the text finds that person."""
+    need_models()
+    human = SHARED / "data" / "refer-human" / "s2l1_human.jsonl"
+    if not human.is_file():
+        pytest.skip(f"hand-written expressions not found: {human}")
+    text = "the person mostly hidden behind the lamp post and its sign"
+    line = next(json.loads(x) for x in human.read_text().splitlines()
+                if json.loads(x)["expression"] == text)
+    image = cv2.imread(str(human.parent / line["image"]))
+    h, w = image.shape[:2]
+    regions = [Region(image[round(b[1]):round(b[3]), round(b[0]):round(b[2])], tuple(b), (w, h), 0)
+               for b in line["boxes"]]
+    referrer = ComposingReferrer.from_store(model_store)
+    presence = [b.presence for b in referrer.pose([r.crop for r in regions])]  # type: ignore[union-attr]
+    hidden = line["targets"][0]
+    assert all(0.0 <= p <= 1.0 for p in presence)
+    assert presence[hidden] < 0.3 < min(p for i, p in enumerate(presence) if i != hidden), presence
+    result = referrer(text, regions)
+    assert list(np.nonzero(result.selected)[0]) == line["targets"], result.reasons
 
 
 @pytest.mark.parametrize(("text", "part"), [
