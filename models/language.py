@@ -629,7 +629,7 @@ def _position_terms(words: list[str], used: list[bool], negated_at: Callable[[in
         elif w in ("furthest", "farthest") and nxt not in ("left", "right"):
             value, sup = "far", True
         elif w in ("distance", "distant", "background") or (
-                w == "far" and nxt not in ("left", "right", "side")):
+                w == "far" and nxt not in ("left", "right")):  # "the far side": away from us
             value = "far"
         elif w in ("middle", "centre", "center", "central"):
             value = "middle"

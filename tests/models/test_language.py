@@ -38,6 +38,8 @@ def _terms(text: str) -> set[str]:
         ("the person on the right", {"on the right"}),
         ("closest person to the camera", {"closest"}),
         ("the one furthest away", {"furthest"}),
+        ("people on the far side of the road", {"far away"}),
+        ("the person on the far right side", {"rightmost"}),
         ("the two people right next to each other", {"with others"}),
         ("not the one in black", {"not outfit black"}),
         ("a woman entering from the left", {"woman", "entering from the left"}),
