@@ -134,6 +134,11 @@ def part_colours(crop: np.ndarray, body: Body) -> dict[str, np.ndarray]:
 class PoseModel:
     """BlazePose GHUM full on OpenVINO's CPU runner; one call = a list of crops.
 
+    A crop whose presence is under ``min_presence`` gets the stand-in mask. It is 0 by default:
+    the mask of a partly hidden person (presence near 0) still outlines what is seen of them,
+    and colours read inside it did better on the development expressions (per-frame DensityF1
+    0.788, against 0.755 with the stand-in under 0.5).
+
     Example:
         >>> bodies = PoseModel(store)([crop_a, crop_b])                   # doctest: +SKIP
     """
