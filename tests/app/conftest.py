@@ -15,18 +15,29 @@ if TYPE_CHECKING:
 # ---- the API tests' gallery and server (one of each per test module) -----------------------
 
 
-@pytest.fixture(scope="module")
-def gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data directory with the first 150 PETS09-S2L1 frames ingested as camera "pets"."""
+@pytest.fixture(scope="session")
+def _pets150(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 150 PETS09-S2L1 frames ingested as camera "pets", once: never changed, only
+    copied (a gallery holds no absolute path, so a copy is a gallery of its own)."""
     from refind.app.cli import main
     from tests.conftest import PETS_VIDEO, need_models, need_pets
 
     need_models()
     need_pets()
-    data = tmp_path_factory.mktemp("api-gallery")
+    data = tmp_path_factory.mktemp("pets150") / "data"
     argv = ["ingest", str(PETS_VIDEO), "--camera", "pets", "--data-dir", str(data),
             "--max-frames", "150", "--json"]
     assert main(argv) == 0
+    return data
+
+
+@pytest.fixture(scope="module")
+def gallery(_pets150: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory of its own per test module: a copy of ``_pets150``."""
+    import shutil
+
+    data = tmp_path_factory.mktemp("api-gallery") / "data"
+    shutil.copytree(_pets150, data)
     return data
 
 
