@@ -10,8 +10,9 @@ four kinds, each a thing the evidence of a person can confirm or refute:
 - ``attribute``: an attribute of the 0230 model (man/woman, bag, backpack, hat, long hair, long
   sleeves), or ``light_hair`` / ``dark_hair`` / ``bald``;
 - ``position``: where the person is in the frame (``left``, ``right``, ``top``, ``bottom``,
-  ``near``, ``far``, ``middle``; ``superlative`` for "leftmost", "the closest"), or ``together``
-  for people walking side by side or in a group;
+  ``near``, ``far``, ``middle``; ``superlative`` for "leftmost", "the closest"), ``together``
+  for people walking side by side or in a group, or ``hidden`` for a person partly out of sight
+  ("hidden behind the sign", "behind the lamp post", "partly visible");
 - ``motion``: how the person moves over their tracklet (``left``, ``right``, ``towards``,
   ``away``, ``still``, ``fast``, ``moving``).
 
@@ -293,8 +294,10 @@ class _Reader:
         """Is the word at ``i`` negated: "not" up to four words before ("not the one in
         black"), or another negation up to three before ("without a bag")?"""
         window = self.words[max(0, i - 4) : i]
-        if "," in window:  # a negation does not reach past a clause break ("not hidden, in red")
-            window = window[len(window) - window[::-1].index(","):]
+        if "," in window:  # a negation ends where a new clause begins ("not hidden, in red"),
+            cut = len(window) - window[::-1].index(",")  # not in a list ("no hat, bag or coat")
+            if cut < len(window) and window[cut] in _CLAUSE_STARTS:
+                window = window[cut:]
         if "not" in window and "only" not in window:
             return True
         return any(w in NEGATIONS for w in window[-3:])
@@ -402,6 +405,10 @@ class _Reader:
                 continue
             self.terms.append(Term("attribute", name, words=w,
                                    negated=self.negated_at(i) != (not value)))
+
+
+# words that begin a new clause after a comma, where a negation before the comma ends
+_CLAUSE_STARTS = HAVING | PLACES | MOTION_VERBS | STILL_WORDS | HIDDEN_WORDS | PERSON_WORDS
 
 
 def _part_asked(words: list[str]) -> str | None:
@@ -589,12 +596,13 @@ def _take_camera(words: list[str], used: list[bool], j: int) -> None:
 
 
 def _scene_after(words: list[str], i: int) -> bool:
-    """Does a part of the scene follow ``i`` ("behind the lamp post", "behind a parked van")?"""
+    """Does a part of the scene follow ``i`` ("behind the lamp post", "behind a parked van"),
+    not a person, a verb or another place ("walking behind, crossing the road")?"""
     for w in words[i + 1 : i + 4]:
+        if w in PERSON_WORDS or w in MOTION_VERBS or w in PLACES or w in ("on", "in", ","):
+            return False
         if w in SCENE_WORDS:
             return True
-        if w in PERSON_WORDS or w == ",":
-            return False
     return False
 
 
@@ -643,9 +651,9 @@ def _position_terms(words: list[str], used: list[bool], negated_at: Callable[[in
             continue
         elif w == "visible" and prev in PARTLY | WHOLLY:  # "partly visible" is hidden
             if not any(t.value == "hidden" for t in terms):
-                terms.append(Term("position", "hidden", words=f"{prev} {w}".strip(),
+                terms.append(Term("position", "hidden", words=f"{prev} {w}",
                                   negated=(prev not in PARTLY) != negated_at(i)))
-            used[i] = True
+            used[i - 1] = used[i] = True
             continue
         elif w in TOGETHER_WORDS or (w == "each" and nxt == "other"):
             if not any(t.value == "together" for t in terms):

@@ -108,10 +108,9 @@ POSITION_WORDS = {"left", "right", "leftmost", "rightmost", "middle", "centre", 
                    "foreground", "behind"}
 # a person partly out of sight: "hidden behind the sign", "half obscured"; "behind" a part of the
 # scene says the same ("passing behind the lamp post": the post hides part of them)
-HIDDEN_WORDS = {"hidden", "obscured", "occluded", "blocked", "concealed", "obstructed",
-                "half-hidden", "partly-hidden"}
-# "fully visible" is not hidden; "partly visible" is
-PARTLY = {"partly", "partially", "half", "barely", "hardly", "mostly", "largely"}
+HIDDEN_WORDS = {"hidden", "obscured", "occluded", "blocked", "concealed", "obstructed"}
+# "fully visible" is not hidden; "partly visible" is (read only before "visible")
+PARTLY = {"partly", "partially", "half", "barely", "hardly"}
 WHOLLY = {"fully", "clearly", "completely", "entirely", "wholly"}
 INTENSIFIED = {"next", "behind", "beside", "by", "in", "at", "there", "past", "up", "under",
                 "above", "below", "near"}
@@ -160,7 +159,7 @@ def known(word: str) -> bool:
             or word in FAST_WORDS or word in NUMBERS or word in NEGATIONS or word in SHADES
             or word in PLURAL_WORDS or word in TOGETHER_WORDS or word in POSITION_WORDS
             or word in CAMERA_WORDS or canonical_colour(word) is not None
-            or word in HIDDEN_WORDS or word in PARTLY or word in WHOLLY
+            or word in HIDDEN_WORDS
             or word in GLUE)
 
 

@@ -16,6 +16,8 @@ from the evidence that bears on it:
 - position: where the box stands in its frame (``left``: ``sigmoid((0.4 - cx / W) / 0.08)``);
   superlatives against the other candidates of the same frame (1 for the extreme one, falling
   with the gap); ``together`` from the distance to the nearest other person, in heights;
+  ``hidden`` from BlazePose's presence (how sure it is a whole person is in the crop, mean over
+  the crops), ``sigmoid((0.5 - presence) / 0.12)``, unknown without a pose model;
 - motion: the candidate's ``TrackMotion`` (``refind.streaming.motion``): ``left`` is
   ``sigmoid((-vx - 0.15) / 0.08)`` in heights per second, ``still`` and ``fast`` from the
   speed, entering and leaving from the frame edges the track began and ended at. A candidate

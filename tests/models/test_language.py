@@ -71,8 +71,12 @@ def _terms(text: str) -> set[str]:
         ("a partly visible person on the right", {"partly hidden", "on the right"}),
         ("a fully visible man", {"man", "not partly hidden"}),
         ("the person visible on the left", {"on the left"}),
-        # a negation does not reach past a clause break
+        ("the man walking behind, crossing the road", {"man", "moving"}),
+        # a negation ends where a new clause begins, not in a list
         ("not hidden, in red", {"not partly hidden", "outfit red"}),
+        ("no hat, no bag", {"not hat", "not bag"}),
+        ("no hat, bag", {"not hat", "not bag"}),
+        ("not in black, red", {"not outfit black", "not outfit red"}),
         ("a man walking from us to the left", {"man", "walking left"}),
         ("walking from the right to the left", {"walking left"}),
         ("a man with a black bag and a red backpack",
@@ -119,6 +123,7 @@ def test_count(text: str, count: int | None, plural: bool) -> None:
         ("a bag on her shoulder", ("shoulder",), set()),
         ("a man on his phone", ("phone",), set()),
         ("the one whose head is hidden behind the sign", ("sign",), set()),
+        ("a man barely moving", ("barely",), set()),  # read only before "visible"
         ("person in shorts", ("shorts",), set()),
     ],
 )
