@@ -236,7 +236,10 @@ def test_real_pose_model_tells_the_person_hidden_behind_the_sign(model_store) ->
     presence = [b.presence for b in referrer.pose([r.crop for r in regions])]  # type: ignore[union-attr]
     hidden = line["targets"][0]
     assert all(0.0 <= p <= 1.0 for p in presence)
-    assert presence[hidden] < 0.3 < min(p for i, p in enumerate(presence) if i != hidden), presence
+    # presence moves with the crop for some people (0.3-0.7 for the man walking past); the
+    # hidden one stays near 0, clearly under everyone else
+    assert presence[hidden] < 0.1, presence
+    assert min(p for i, p in enumerate(presence) if i != hidden) > presence[hidden] + 0.2, presence
     result = referrer(text, regions)
     assert list(np.nonzero(result.selected)[0]) == line["targets"], result.reasons
 
