@@ -595,6 +595,13 @@ def _take_camera(words: list[str], used: list[bool], j: int) -> None:
             used[k] = True
 
 
+def _once(terms: list[Term], term: Term) -> None:
+    """Add ``term`` unless one of the same value was read first ("hidden ... behind the sign"
+    is one thing asked)."""
+    if not any(t.value == term.value for t in terms):
+        terms.append(term)
+
+
 def _scene_after(words: list[str], i: int) -> bool:
     """Does a part of the scene follow ``i`` ("behind the lamp post", "behind a parked van"),
     not a person, a verb or another place ("walking behind, crossing the road")?"""
@@ -645,19 +652,16 @@ def _position_terms(words: list[str], used: list[bool], negated_at: Callable[[in
         elif w in ("top", "bottom") and any(x in words[i : i + 4] for x in FRAME_WORDS):
             value = w
         elif w in HIDDEN_WORDS or (w == "behind" and _scene_after(words, i)):
-            if not any(t.value == "hidden" for t in terms):
-                terms.append(Term("position", "hidden", negated=negated_at(i), words=w))
+            _once(terms, Term("position", "hidden", negated=negated_at(i), words=w))
             used[i] = True
             continue
         elif w == "visible" and prev in PARTLY | WHOLLY:  # "partly visible" is hidden
-            if not any(t.value == "hidden" for t in terms):
-                terms.append(Term("position", "hidden", words=f"{prev} {w}",
-                                  negated=(prev not in PARTLY) != negated_at(i)))
+            _once(terms, Term("position", "hidden", words=f"{prev} {w}",
+                              negated=(prev not in PARTLY) != negated_at(i)))
             used[i - 1] = used[i] = True
             continue
         elif w in TOGETHER_WORDS or (w == "each" and nxt == "other"):
-            if not any(t.value == "together" for t in terms):
-                terms.append(Term("position", "together", negated=negated_at(i), words=w))
+            _once(terms, Term("position", "together", negated=negated_at(i), words=w))
             used[i] = True
             continue
         if value is None:
