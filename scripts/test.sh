@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
-exec .venv/bin/python -m pytest -q --durations=30 tests "$@"
+# two workers (pytest-xdist): each module on one, the modules that start Ray on the same one
+exec .venv/bin/python -m pytest -q -n 2 --durations=30 tests "$@"

@@ -139,6 +139,38 @@ def ray_local() -> Iterator[None]:
     ray.shutdown()
 
 
+# The whole suite runs on two pytest-xdist workers (scripts/test.sh: `-n 2`). Each module stays
+# on one worker, so its module fixtures are built once. The modules that start Ray (a fixture's
+# cluster, `refind serve` or `refind reindex`, `ray start`) carry this mark and share one
+# worker, one after another: two Ray clusters starting at once on two cores can miss Ray's
+# fixed 30 s wait for its raylet. (`--dist loadgroup` would read the mark itself, but
+# pytest-xdist 3.8 cannot rename tests under pytest 9.2, so the scheduler below does it.)
+STARTS_RAY = pytest.mark.xdist_group("ray")
+
+
+def _starts_ray(module: Path) -> bool:
+    return any(line.startswith("pytestmark") and "STARTS_RAY" in line
+               for line in module.read_text().splitlines())
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook, unknown without it
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """pytest-xdist's per-file scheduling, with every module marked ``STARTS_RAY`` in one scope."""
+    from functools import cache
+
+    from xdist.scheduler import LoadScopeScheduling
+
+    starts_ray = cache(_starts_ray)
+
+    class ByModuleRayTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "ray" if starts_ray(config.rootpath / module) else module
+
+    config.option.loadscopereorder = False  # in collection order: Ray's long unit starts first
+    return ByModuleRayTogether(config, log)
+
+
 # Fixtures that start a server, Ray or a camera, and fixtures that bring real weights or footage.
 INTEGRATION_FIXTURES = frozenset({
     "ray_local", "tansu", "redis_server", "rtsp_camera_factory", "http_camera_factory",
@@ -181,3 +213,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
         if not any(item.get_closest_marker(k) for k in ("integration", "slow")):
             item.add_marker(pytest.mark.unit)
+        if "ray_local" in names and not item.get_closest_marker("xdist_group"):
+            raise pytest.UsageError(f"{item.nodeid} starts Ray: mark its module with STARTS_RAY")

@@ -33,9 +33,9 @@ from refind.streaming.events import (
     topic_for,
 )
 from tests.cameras import INTEL_VIDEO as INTEL
-from tests.conftest import PETS_VIDEO, need_models, need_pets, pets_gt_boxes
+from tests.conftest import PETS_VIDEO, STARTS_RAY, need_models, need_pets, pets_gt_boxes
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, STARTS_RAY]
 
 
 def _config(tmp: Path, cameras: dict[str, str], kafka: str | None, redis: str | None, **live):

@@ -28,10 +28,10 @@ from refind.indexer.metadata import SqliteMetadata
 from refind.indexer.versions import read_registry, serving_version
 from refind.indexer.watchlist import WatchStore
 from refind.streaming.records import ImageQuery
-from tests.conftest import REPO
+from tests.conftest import REPO, STARTS_RAY
 from tests.indexer.test_reindex import M0288, copy_gallery, ingest_small_gallery
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, STARTS_RAY]
 
 
 @pytest.fixture(scope="module")

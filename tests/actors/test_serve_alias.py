@@ -26,10 +26,10 @@ from refind.models.registry import build_embedder
 from refind.models.store import ModelStore
 from refind.streaming.records import CropRecord, Embeddings
 from tests.actors.test_reindex import Searcher
-from tests.conftest import PETS_VIDEO, http_get, need_models, need_pets
+from tests.conftest import PETS_VIDEO, STARTS_RAY, http_get, need_models, need_pets
 from tests.indexer.test_reindex import M0288, batches
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, STARTS_RAY]
 
 
 def _config(data_dir: Path, url: str) -> RefindConfig:

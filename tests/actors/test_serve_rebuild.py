@@ -22,9 +22,9 @@ from refind.indexer.journal import journal_dir
 from refind.indexer.metadata import SqliteMetadata
 from refind.indexer.shards import existing_shards
 from refind.indexer.versions import serving_version
-from tests.conftest import MODELS_DIR, PETS_VIDEO, need_models, need_pets
+from tests.conftest import MODELS_DIR, PETS_VIDEO, STARTS_RAY, need_models, need_pets
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, STARTS_RAY]
 
 FRAMES = 200
 

@@ -14,9 +14,9 @@ import ray
 from refind.actors.supervisor import Supervisor, wait_until
 from refind.app.serve import start_http
 from refind.config import parse_config
-from tests.conftest import http_get, need_models
+from tests.conftest import STARTS_RAY, http_get, need_models
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, STARTS_RAY]
 
 
 def _send(url: str, method: str, body: dict | None = None) -> tuple[int, dict]:

@@ -17,10 +17,10 @@ import pytest
 from refind.indexer.verify import check_gallery
 from refind.streaming.events import CropEvent, topic_for
 from tests.actors.test_live_ingest import _config, _consume, _pid
-from tests.conftest import PETS_VIDEO, need_models, need_pets
+from tests.conftest import PETS_VIDEO, STARTS_RAY, need_models, need_pets
 from tests.faults.conftest import LiveRun
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, STARTS_RAY]
 
 
 def _camera_pid(run: LiveRun) -> int | None:

@@ -23,11 +23,11 @@ import yaml
 
 from refind.indexer.verify import check_gallery
 from tests.cameras import INTEL_VIDEO
-from tests.conftest import MODELS_DIR, PETS_VIDEO, http_get, need_models, need_pets
+from tests.conftest import MODELS_DIR, PETS_VIDEO, STARTS_RAY, http_get, need_models, need_pets
 from tests.faults.test_process_faults import Serve, _kill_group, _row
 from tests.servers import free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, STARTS_RAY]
 
 RAY = Path(sys.executable).with_name("ray")
 

@@ -19,11 +19,11 @@ import yaml
 from refind.config import load_config
 from refind.indexer.verify import check_gallery, recorded_crops, serving_model_id, stored_crops
 from refind.indexer.versions import serving_version
-from tests.conftest import MODELS_DIR, PETS_VIDEO, http_get, need_models, need_pets
+from tests.conftest import MODELS_DIR, PETS_VIDEO, STARTS_RAY, http_get, need_models, need_pets
 from tests.faults.conftest import FaultRow
 from tests.servers import free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, STARTS_RAY]
 
 DUMPS = ("SIGTERM received", "SIGINT received", "Traceback", "Fatal Python error")
 

@@ -20,11 +20,11 @@ from refind.config import load_config
 from refind.indexer.config import RedisMetadataConfig
 from refind.indexer.redis_meta import MetadataUnavailable, RedisMetadata
 from refind.indexer.verify import check_gallery
-from tests.conftest import MODELS_DIR, PETS_VIDEO, need_models, need_pets
+from tests.conftest import MODELS_DIR, PETS_VIDEO, STARTS_RAY, need_models, need_pets
 from tests.faults.conftest import LiveRun
 from tests.servers import RedisServer, _redis_bin, free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, STARTS_RAY]
 
 
 def _certificate(tmp: Path) -> tuple[Path, Path]:

@@ -16,13 +16,14 @@ import av
 import numpy as np
 import pytest
 
+from refind.actors.supervisor import wait_until
 from refind.streaming.config import CameraConfig
 from tests.actors.test_live_ingest import _config
 from tests.cameras import FFMPEG, HttpTsCamera, need_ffmpeg
-from tests.conftest import PETS_VIDEO, need_models, need_pets, serve_directory
+from tests.conftest import PETS_VIDEO, STARTS_RAY, need_models, need_pets, serve_directory
 from tests.faults.conftest import LiveRun
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, STARTS_RAY]
 
 FRAMES = 150  # of PETS09-S2L1 per prepared stream (15 s at 10 fps)
 WATCH_S = 8  # each damaged stream is watched this long once it gave crops
@@ -92,6 +93,10 @@ def test_bad_streams_and_a_flapping_camera(ray_local, http_camera_factory, strea
             r = sup.status(timeout_s=5).get(name)
             return None if isinstance(r, str) else r
 
+        def steady_crops() -> int:
+            return sum(1 for k in run.recorded() if k[0] == "steady")
+
+        steady_at_start = steady_crops()
         watched: dict[str, object] = {}
         with serve_directory(streams["truncated"].parent) as files:
             for name, path in streams.items():
@@ -140,9 +145,11 @@ def test_bad_streams_and_a_flapping_camera(ray_local, http_camera_factory, strea
                              and report("flappy").state == "live", timeout_s=120)
         r = report("flappy")
         flapped.seen += f"; {r.reconnects} reconnects, error {r.error}"
-        # the steady camera went on all along
-        steady_report = report("steady")
-        assert steady_report.state == "live" and steady_report.error is None
+        # the steady camera went on all along: it stored crops through the faults and is live
+        # with no error (on a loaded machine its own looping camera may lag and be reopened)
+        assert steady_crops() > steady_at_start + 3, (steady_at_start, steady_crops())
+        assert wait_until(lambda: (r := report("steady")) is not None and r.state == "live"
+                          and r.error is None, 60), report("steady")
     finally:
         run.stop()
         for cam in cams:
