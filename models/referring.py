@@ -36,7 +36,9 @@ every candidate above it when the text speaks of several people, the best one wh
 of one, the best ``count`` when it names a number ("the two ...") as long as each reaches
 ``count_floor``. Across frames or tracklets (in search each tracklet is its own group), a text
 about one person keeps the candidates within ``singular_margin`` of the best: one person seen as
-several tracklets scores alike, a weaker match is someone else. Nobody is selected when no
+several tracklets scores alike, a weaker match is someone else; a number holds across them as
+well ("the two people" keeps the best two tracklets, even when two are one person's: refind's
+global ids are not known here). Nobody is selected when no
 candidate passes, or when the text holds nothing checkable, only words it could not read.
 Reasons read ``top red 0.82, backpack 0.71, walking left 0.90``; a term under 0.5 is marked ✗,
 and the words not understood end the reason ("ignored: 'umbrella'").
@@ -357,6 +359,11 @@ class ComposingReferrer:
         if not query.plural and query.count is None and selected.any():
             # one person, possibly seen as several tracklets: those about as good as the best
             selected &= scores >= scores[selected].max() - self.singular_margin
+        if query.count is not None and selected.sum() > query.count:
+            # "the two people" across frames or tracklets: still two, the best two
+            best = np.nonzero(selected)[0]
+            selected[:] = False
+            selected[best[np.argsort(-scores[best], kind="stable")[: query.count]]] = True
         return selected
 
 

@@ -117,6 +117,18 @@ def test_groups_are_judged_apart() -> None:
     assert list(np.nonzero(result.selected)[0]) == [0, 3]
 
 
+def test_a_count_holds_across_groups() -> None:
+    """Tracklets in search are groups of one: "the two people in black trousers" still keeps
+    two, the best two, not every tracklet that passes on its own."""
+    regions = [replace(r, group=k) for k, r in enumerate([*PEOPLE, PEOPLE[1]])]
+    regions[3] = replace(regions[3], crop=_person("black", "black", w=40))  # a little apart
+    one_each = _referrer()("people in black trousers", regions)
+    assert list(np.nonzero(one_each.selected)[0]) == [1, 2, 3]
+    two = _referrer()("the two people in black trousers", regions)
+    assert two.selected.sum() == 2
+    assert set(np.nonzero(two.selected)[0]) == set(np.argsort(-two.scores)[:2])
+
+
 def test_unknown_motion_is_neither_evidence_for_nor_against() -> None:
     unknown = [Region(r.crop, r.xyxy, r.frame_wh, 0, None) for r in PEOPLE]
     result = _referrer()("people in black trousers walking to the left", unknown)
