@@ -14,7 +14,7 @@ GARMENT_PART: dict[str, str] = {
         "top", "shirt", "t-shirt", "tshirt", "tee", "jacket", "coat", "sweater", "jumper",
         "hoodie", "blouse", "pullover", "cardigan", "vest", "sweatshirt", "parka", "anorak",
         "fleece", "raincoat", "overcoat", "gilet", "windbreaker", "suit", "uniform", "dress",
-        "tunic", "hood", "upper", "tank", "polo", "mac", "trenchcoat", "blazer", "puffer",
+        "tunic", "upper", "tank", "polo", "mac", "trenchcoat", "blazer", "puffer",
     ), "top"),
     **dict.fromkeys((
         "trousers", "pants", "jeans", "shorts", "skirt", "bottoms", "leggings", "slacks", "chinos",
@@ -23,7 +23,7 @@ GARMENT_PART: dict[str, str] = {
     **dict.fromkeys(("shoes", "trainers", "sneakers", "boots", "shoe", "footwear", "sandals"),
                     "shoes"),
     **dict.fromkeys(("hair", "haired"), "hair"),
-    **dict.fromkeys(("hat", "cap", "beanie", "helmet", "headscarf", "hijab"), "head"),
+    **dict.fromkeys(("hat", "cap", "beanie", "helmet", "headscarf", "hijab", "hood"), "head"),
 }
 CARRIED_WORDS = ("paper", "papers", "sheet", "folder", "bag", "bags", "carrier", "box", "package",
                  "parcel", "file", "document", "documents", "envelope", "cup", "bottle", "phone",

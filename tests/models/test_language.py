@@ -23,6 +23,9 @@ def _terms(text: str) -> set[str]:
         ("the guy in jeans", {"man", "bottom blue"}),
         ("a person in burgundy trousers", {"bottom red"}),
         ("person dressed completely in black", {"outfit black"}),
+        # a hood is worn over the head; a hoodie is a top
+        ("a light blue jacket with a white hood up", {"top light blue", "head white"}),
+        ("a person in a white hoodie", {"top white"}),
         ("woman with long dark hair", {"woman", "dark hair", "long hair"}),
         ("light-haired person", {"light hair"}),
         ("light haired person", {"light hair"}),
