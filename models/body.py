@@ -131,6 +131,19 @@ def part_colours(crop: np.ndarray, body: Body) -> dict[str, np.ndarray]:
     return out
 
 
+GROUND_BAND = 0.15  # the bottom of a crop, around the feet, where the ground shows
+
+
+def ground_colours(crop: np.ndarray, body: Body) -> np.ndarray:
+    """(len(COLOUR_NAMES),) float32 fractions of the ground's pixels named each colour: the
+    bottom ``GROUND_BAND`` of the crop, outside the person's mask (all zero when the person
+    fills it)."""
+    top = max(min(round(crop.shape[0] * (1.0 - GROUND_BAND)), crop.shape[0] - 1), 0)
+    names = name_colours(crop[top:][~body.mask[top:]])  # (k,)
+    counts = np.bincount(names, minlength=len(COLOUR_NAMES)).astype(np.float32)
+    return counts / max(len(names), 1)
+
+
 class PoseModel:
     """BlazePose GHUM full on OpenVINO's CPU runner; one call = a list of crops.
 

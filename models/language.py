@@ -53,6 +53,7 @@ from refind.models.lexicon import (
     FRAME_WORDS,
     GARMENT_PART,
     GLUE,
+    GROUND_COLOUR,
     HAVING,
     HIDDEN_WORDS,
     IN_OUT,
@@ -60,6 +61,7 @@ from refind.models.lexicon import (
     MOTION_VERBS,
     NEGATIONS,
     NUMBERS,
+    ON_GROUND,
     PART_OF_THING,
     PARTLY,
     PERSON_WORDS,
@@ -101,6 +103,8 @@ class Term:
     def label(self) -> str:
         """Short words for reasons: "top red", "no bag", "walking left", "leftmost"."""
         neg = "not " if self.negated else ""
+        if self.kind == "colour" and self.part == "ground":
+            return f"{neg}on {self.value} ground"
         if self.kind == "colour":
             return f"{neg}{self.part} {(self.shade + ' ') if self.shade else ''}{self.value}"
         if self.kind == "motion":
@@ -613,6 +617,14 @@ def _scene_after(words: list[str], i: int) -> bool:
     return False
 
 
+def _on_ground(words: list[str], i: int) -> bool:
+    """Is the ground word at ``i`` what someone stands on ("on the grass", "across the road"),
+    not a thing named ("the road sign", "to the road")?"""
+    before = words[max(0, i - 2) : i]
+    return bool(before) and (before[-1] in ON_GROUND
+                             or (before[-1] in ("the", "a", "an") and before[0] in ON_GROUND))
+
+
 def _near_camera(words: list[str], i: int) -> bool:
     """"near the camera", "close to the camera" at ``i``."""
     return (words[i] in ("near", "close") and words[i + 1 : i + 2] in (["to"], ["the"])
@@ -659,6 +671,12 @@ def _position_terms(words: list[str], used: list[bool], negated_at: Callable[[in
             _once(terms, Term("position", "hidden", words=f"{prev} {w}",
                               negated=(prev not in PARTLY) != negated_at(i)))
             used[i - 1] = used[i] = True
+            continue
+        elif w in GROUND_COLOUR and _on_ground(words, i):  # "walking on the grass"
+            ground = Term("colour", GROUND_COLOUR[w], "ground", negated=negated_at(i), words=w)
+            if ground not in terms:
+                terms.append(ground)
+            used[i] = True
             continue
         elif w in TOGETHER_WORDS or (w == "each" and nxt == "other"):
             _once(terms, Term("position", "together", negated=negated_at(i), words=w))

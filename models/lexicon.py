@@ -140,6 +140,11 @@ SCENE_WORDS = {"grass", "lawn", "road", "street", "pavement", "sidewalk", "path"
                "tree", "trees", "bench", "bush", "bushes", "hedge", "parking",
                "corner", "square", "steps", "stairs", "bridge", "field", "park", "shop",
                "window", "platform", "lane", "ground", "floor"}
+# the ground a person stands on, by its colour: "walking on the grass" is read from the pixels
+# around their feet that are not theirs (``refind.models.body.ground_colours``)
+GROUND_COLOUR = {**dict.fromkeys(("grass", "lawn", "field", "meadow", "turf"), "green"),
+                 **dict.fromkeys(("road", "street", "tarmac", "asphalt"), "grey")}
+ON_GROUND = {"on", "onto", "across", "over", "along", "crossing", "crosses", "cross"}
 # what a person may be doing that no model here sees: a text that asks for it is asked of
 # everyone as unknown (a prior), never ignored into a match on the rest
 POSTURE_WORDS = {"sitting", "seated", "sits", "lying", "lies", "laying", "kneeling", "kneels",

@@ -11,6 +11,10 @@ from the evidence that bears on it:
   whole ("in red") and 0.04 (scale 0.015) for a carried thing ("holding something white"),
   which covers little of a person; black, grey and white must dominate (``mid`` 0.6), since
   shadows, dim light and the road give them everywhere;
+- the ground someone stands on ("on the grass", "crossing the road"): the colour of the pixels
+  in the bottom 15 % of the crop, around the feet, outside the person's mask
+  (``refind.models.body.ground_colours``), scored as a garment's colour is (green grass, grey
+  road); unknown where no ground shows or the evidence was stored before it was read;
 - attributes: the 0230 model's probability, weighted by how far it can be trusted
   (``refind.models.attribute_verifier.ATTRIBUTE_WEIGHTS``); hair shade from the hair pixels;
 - position: where the box stands in its frame (``left``: ``sigmoid((0.4 - cx / W) / 0.08)``);
@@ -70,7 +74,7 @@ from refind.models.base import (
     RerankResult,
     crop_key,
 )
-from refind.models.body import Body, PoseModel, part_colours, stand_in
+from refind.models.body import Body, PoseModel, ground_colours, part_colours, stand_in
 from refind.models.colours import COLOUR_NAMES, colour_match
 from refind.models.language import (
     ATTRIBUTE_LABELS,
@@ -104,7 +108,7 @@ WEIGHTS = {"colour": 1.0, "position": 1.0, "motion": 1.0, "hair": 0.75}
 DESCRIBE_MIN_FRACTION = 0.25  # a part's main colour is named when it covers this much of it
 # "hidden behind the sign": BlazePose's presence of a whole person, low for a partly hidden one
 HIDDEN_MID, HIDDEN_SCALE = 0.5, 0.12
-EVIDENCE_VERSION = "e2"  # e2: BlazePose's presence read as the probability it is (was squashed)
+EVIDENCE_VERSION = "e3"  # e2: BlazePose's presence unsquashed; e3: the ground's colours
 P_MIN = 0.02  # a term's probability is floored here, so one term cannot zero a candidate
 
 
@@ -257,7 +261,8 @@ class ComposingReferrer:
         bodies: list[Body] = (self.pose(crops) if self.pose is not None
                               else [stand_in(c) for c in crops])
         attrs: PersonAttributes = self.attributes(crops)
-        return [CropEvidence(_with_outfit(part_colours(c, body)), body.part_outlines(),
+        return [CropEvidence(_with_outfit(part_colours(c, body))
+                             | {"ground": ground_colours(c, body)}, body.part_outlines(),
                              attrs.probs[i].astype(np.float32),
                              body.presence if self.pose is not None else None)
                 for i, (c, body) in enumerate(zip(crops, bodies, strict=True))]
@@ -497,7 +502,10 @@ def describe_motion(m: TrackMotion) -> list[str]:
 
 def _score_term(term: Term, e: Evidence, evidence: Sequence[Evidence]) -> Scored:
     weight = WEIGHTS.get(term.kind, 1.0)
-    if term.kind == "colour":
+    if term.kind == "colour" and term.part == "ground" and e.colours.get(
+            "ground", np.zeros(1)).sum() <= 0:  # read before the ground was, or none shows
+        p, weight = 0.5, 0.0  # not judged
+    elif term.kind == "colour":
         p = _colour_p(term, e.colours)
     elif term.kind == "position" and term.value == "hidden":
         p, weight = (0.5, 0.0) if e.presence is None else (  # unknown: not judged

@@ -23,6 +23,11 @@ def _terms(text: str) -> set[str]:
         ("the guy in jeans", {"man", "bottom blue"}),
         ("a person in burgundy trousers", {"bottom red"}),
         ("person dressed completely in black", {"outfit black"}),
+        # the ground someone stands on is read from its colour; a thing named is not
+        ("the only person on the grass", {"on green ground"}),
+        ("someone crossing the road", {"moving", "on grey ground"}),
+        ("a woman not on the lawn", {"woman", "not on green ground"}),
+        ("the man by the road sign", {"man"}),
         # a hood is worn over the head; a hoodie is a top
         ("a light blue jacket with a white hood up", {"top light blue", "head white"}),
         ("a person in a white hoodie", {"top white"}),
@@ -74,7 +79,7 @@ def _terms(text: str) -> set[str]:
         ("a partly visible person on the right", {"partly hidden", "on the right"}),
         ("a fully visible man", {"man", "not partly hidden"}),
         ("the person visible on the left", {"on the left"}),
-        ("the man walking behind, crossing the road", {"man", "moving"}),
+        ("the man walking behind, crossing the road", {"man", "moving", "on grey ground"}),
         # a negation ends where a new clause begins, not in a list
         ("not hidden, in red", {"not partly hidden", "outfit red"}),
         ("no hat, no bag", {"not hat", "not bag"}),
@@ -114,11 +119,11 @@ def test_count(text: str, count: int | None, plural: bool) -> None:
         ("someone walking a dog", ("dog",), {"dog"}),
         ("a person in a wheelchair", ("wheelchair",), {"wheelchair"}),
         ("the man near the cones", ("cones",), set()),  # a landmark: reported, not required
-        ("the woman on the grass", ("grass",), set()),
+        ("the woman on the grass", (), set()),  # the ground: read from its colour
         ("a white plastic bag", ("plastic",), set()),  # describes a known thing
         ("the man smiling", ("smiling",), set()),
         ("a man in a suit", ("suit",), set()),  # a garment without a colour says nothing checkable
-        ("the person walking on the grass", ("grass",), set()),  # a part of the scene
+        ("the man near the lamp post by the grass", ("lamp", "post", "grass"), set()),  # the scene
         ("a man sitting on the bench", ("sitting", "bench"), {"sitting"}),  # what they do
         ("a man who is not sitting", ("sitting",), set()),  # negated: nothing to ask
         ("a woman sitting on a red bench", ("sitting", "red", "bench"), {"sitting"}),

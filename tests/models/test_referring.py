@@ -170,6 +170,49 @@ def test_a_partly_hidden_person_is_told_by_the_pose_models_presence() -> None:
     assert not unknown.selected.any() and "partly hidden unknown" in unknown.reasons[0]
 
 
+GRASS = (50, 150, 60)
+
+
+class _GroundPose(_BoxPose):
+    """``_BoxPose`` on a road or on grass: the person is what is neither."""
+
+    def __call__(self, crops):
+        out = []
+        for c in crops:
+            person = np.ones(c.shape[:2], bool)
+            for ground in (ROAD, GRASS):
+                person &= np.abs(c.astype(int) - ground).sum(axis=2) > 30
+            out.append(Body(np.zeros((33, 2), np.float32), np.zeros(33, np.float32), person,
+                            1.0, from_pose=False))
+        return out
+
+
+def _on_grass(crop: np.ndarray) -> np.ndarray:
+    out = crop.copy()
+    out[np.abs(out.astype(int) - ROAD).sum(axis=2) <= 30] = GRASS
+    return out
+
+
+def test_the_ground_around_the_feet_places_a_person_on_the_grass_or_the_road() -> None:
+    regions = [replace(PEOPLE[0], crop=_on_grass(PEOPLE[0].crop)), PEOPLE[1], PEOPLE[2]]
+    referrer = ComposingReferrer(_Attributes(), _GroundPose())  # type: ignore[arg-type]
+    grass = referrer("the person walking on the grass", regions)
+    assert list(np.nonzero(grass.selected)[0]) == [0], grass.reasons
+    assert "on green ground" in grass.reasons[0] and "✗" in grass.reasons[1]
+    road = referrer("people on the road", regions)
+    assert list(np.nonzero(road.selected)[0]) == [1, 2], road.reasons
+    # without the ground's colours (evidence stored before they were read), it is not judged
+    ev = referrer.crop_evidence([regions[0].crop])[0]
+    assert ev.colours["ground"][COLOUR_NAMES.index("green")] > 0.9
+    from refind.models.language import parse_query
+    from refind.models.referring import Evidence, _score_term
+
+    term = parse_query("on the grass").terms[0]
+    older = Evidence({k: v for k, v in ev.colours.items() if k != "ground"}, ev.attrs,
+                     regions[0], ev.outlines, ev.presence)
+    assert _score_term(term, older, [older]).weight == 0.0
+
+
 def test_crop_evidence_keeps_the_presence_and_reads_rows_stored_without_it() -> None:
     from refind.models.referring import CropEvidence
 
