@@ -123,12 +123,13 @@ def stand_in(crop: np.ndarray, presence: float = 0.0) -> Body:
 def part_colours(crop: np.ndarray, body: Body) -> dict[str, np.ndarray]:
     """Per part, (len(COLOUR_NAMES),) float32 fractions of its pixels named each colour (all
     zero for an empty part)."""
-    out = {}
-    for part, m in body.part_masks().items():
-        names = name_colours(crop[m])  # (k,)
-        counts = np.bincount(names, minlength=len(COLOUR_NAMES)).astype(np.float32)
-        out[part] = counts / max(len(names), 1)
-    return out
+    return {part: _name_shares(crop[m]) for part, m in body.part_masks().items()}
+
+
+def _name_shares(pixels: np.ndarray) -> np.ndarray:
+    """(len(COLOUR_NAMES),) float32 fractions of (k, 3) BGR pixels named each colour."""
+    counts = np.bincount(name_colours(pixels), minlength=len(COLOUR_NAMES)).astype(np.float32)
+    return counts / max(len(pixels), 1)
 
 
 GROUND_BAND = 0.15  # the bottom of a crop, around the feet, where the ground shows
@@ -139,9 +140,7 @@ def ground_colours(crop: np.ndarray, body: Body) -> np.ndarray:
     bottom ``GROUND_BAND`` of the crop, outside the person's mask (all zero when the person
     fills it)."""
     top = max(min(round(crop.shape[0] * (1.0 - GROUND_BAND)), crop.shape[0] - 1), 0)
-    names = name_colours(crop[top:][~body.mask[top:]])  # (k,)
-    counts = np.bincount(names, minlength=len(COLOUR_NAMES)).astype(np.float32)
-    return counts / max(len(names), 1)
+    return _name_shares(crop[top:][~body.mask[top:]])
 
 
 class PoseModel:

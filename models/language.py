@@ -600,9 +600,9 @@ def _take_camera(words: list[str], used: list[bool], j: int) -> None:
 
 
 def _once(terms: list[Term], term: Term) -> None:
-    """Add ``term`` unless one of the same value was read first ("hidden ... behind the sign"
-    is one thing asked)."""
-    if not any(t.value == term.value for t in terms):
+    """Add ``term`` unless one asking the same thing was read first ("hidden ... behind the
+    sign", "on the grass ... across the lawn" are each one thing asked)."""
+    if not any((t.kind, t.part, t.value) == (term.kind, term.part, term.value) for t in terms):
         terms.append(term)
 
 
@@ -673,9 +673,7 @@ def _position_terms(words: list[str], used: list[bool], negated_at: Callable[[in
             used[i - 1] = used[i] = True
             continue
         elif w in GROUND_COLOUR and _on_ground(words, i):  # "walking on the grass"
-            ground = Term("colour", GROUND_COLOUR[w], "ground", negated=negated_at(i), words=w)
-            if ground not in terms:
-                terms.append(ground)
+            _once(terms, Term("colour", GROUND_COLOUR[w], "ground", negated=negated_at(i), words=w))
             used[i] = True
             continue
         elif w in TOGETHER_WORDS or (w == "each" and nxt == "other"):

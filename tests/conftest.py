@@ -149,6 +149,8 @@ STARTS_RAY = pytest.mark.xdist_group("ray")
 
 
 def _starts_ray(module: Path) -> bool:
+    """Does ``module`` set ``pytestmark`` with ``STARTS_RAY`` on one line? (The scheduler runs
+    before any test is collected, so it reads the mark from the source.)"""
     return any(line.startswith("pytestmark") and "STARTS_RAY" in line
                for line in module.read_text().splitlines())
 
@@ -213,5 +215,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
         if not any(item.get_closest_marker(k) for k in ("integration", "slow")):
             item.add_marker(pytest.mark.unit)
-        if "ray_local" in names and not item.get_closest_marker("xdist_group"):
+        if "ray_local" in names and not _starts_ray(item.path):  # what the scheduler reads
             raise pytest.UsageError(f"{item.nodeid} starts Ray: mark its module with STARTS_RAY")
