@@ -6,10 +6,15 @@ gives the detector's frames/s); then every combination of the grid below tracks 
 with the same ``CameraPipeline`` as ingest and `refind eval mot` (lazy appearance on; a crop is
 embedded once and remembered, which changes no result, only the time). The combination with the
 highest MOTA + IDF1 on frames 1-400 is kept; it then tracks the whole clip, scored on 401-795
-(held out: never used to choose) and on 1-795. The settings tuned for YOLOX (the config's
-defaults) are scored the same way beside it.
+(held out: never used to choose) and on 1-795. The config's defaults are scored the same way
+beside it.
 
-    python bench/tracker_grid.py [--detectors yolox_nano person-detection-0202 ...] [--out DIR]
+``--stage appearance`` searches the tracker's appearance settings instead (how much the ReID
+distance weighs in association, how far a lost track may be re-identified, how long it is kept),
+with ByteTrack's thresholds at the config's defaults, chosen and judged the same way.
+
+    python bench/tracker_grid.py [--stage bytetrack|appearance]
+                                 [--detectors yolox_nano person-detection-0202 ...] [--out DIR]
 
 Writes ``tracker_grid-<date>.json`` under ``--out`` (default bench/results) and prints it.
 """
@@ -53,6 +58,11 @@ GRID = {
     "low_threshold": (0.1, 0.2),
     "min_hits": (2, 3),
     "match_iou": (0.2, 0.3),
+}
+APPEARANCE_GRID = {
+    "appearance_weight": (0.5, 0.75, 0.9, 1.0),
+    "reid_max_distance": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+    "max_lost_s": (3.0, 5.0),
 }
 
 
@@ -111,20 +121,23 @@ def score(truth: MotBoxes, hyp: MotBoxes, window: tuple[int, int]) -> dict[str, 
     return {k: round(float(m[k]), 4) for k in ("HOTA", "MOTA", "IDF1", "IDSW")}
 
 
-def settings(base: TrackerConfig) -> list[TrackerConfig]:
+def settings(base: TrackerConfig, grid: dict[str, tuple[float, ...]]) -> list[TrackerConfig]:
+    """Every combination of ``grid`` over ``base`` (ByteTrack's grid gives the new-track
+    threshold as an offset from the high one)."""
     out = []
-    keys = list(GRID)
-    for values in itertools.product(*(GRID[k] for k in keys)):
+    keys = list(grid)
+    for values in itertools.product(*(grid[k] for k in keys)):
         p = dict(zip(keys, values, strict=True))
-        high = p.pop("high_threshold")
-        new = round(min(high + p.pop("new_track_offset"), 0.95), 2)
-        out.append(base.model_copy(update={"high_threshold": high, "new_track_threshold": new,
-                                           **p}))
+        if "new_track_offset" in p:
+            high = p["high_threshold"]
+            p["new_track_threshold"] = round(min(high + p.pop("new_track_offset"), 0.95), 2)
+        out.append(base.model_copy(update=p))
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", choices=("bytetrack", "appearance"), default="bytetrack")
     parser.add_argument("--detectors", nargs="+", default=list(DETECTORS))
     parser.add_argument("--video", type=Path, default=DATA / "vtest.avi")
     parser.add_argument("--gt", type=Path, default=DATA / "gt.txt")
@@ -136,10 +149,14 @@ def main() -> None:
     frames = list(VideoSource(args.video, camera="pets"))
     truth = load_mot(args.gt, scale=args.gt_scale, drop_flag0=True).frames(1, len(frames))
     embedder = RememberingEmbedder(build_embedder(cfg.embedder, store))
-    grid = settings(cfg.tracker)
-    result: dict[str, object] = {"benchmark": "tracker_grid", "video": str(args.video),
-                                 "tune_frames": TUNE, "held_out_frames": HELD_OUT,
-                                 "grid": {k: list(v) for k, v in GRID.items()}, "detectors": {}}
+    space = GRID if args.stage == "bytetrack" else APPEARANCE_GRID
+    grid = settings(cfg.tracker, space)
+    shown = ("high_threshold", "new_track_threshold", "low_threshold", "min_hits", "match_iou",
+             *APPEARANCE_GRID)
+    result: dict[str, object] = {"benchmark": "tracker_grid", "stage": args.stage,
+                                 "video": str(args.video), "tune_frames": TUNE,
+                                 "held_out_frames": HELD_OUT,
+                                 "grid": {k: list(v) for k, v in space.items()}, "detectors": {}}
     batch = cfg.detector.batch_size
     for name in args.detectors:
         detector = build_detector(detector_config(name, batch), store)
@@ -154,9 +171,7 @@ def main() -> None:
         for label, tracker in (("defaults", cfg.tracker), ("tuned", best)):
             hyp = track(frames, dets, tracker, cfg, embedder, len(frames))
             entry[label] = {
-                "tracker": {k: getattr(tracker, k) for k in
-                            ("high_threshold", "new_track_threshold", "low_threshold",
-                             "min_hits", "match_iou")},
+                "tracker": {k: getattr(tracker, k) for k in shown},
                 "frames_1_400": score(truth, hyp, TUNE),
                 "frames_401_795": score(truth, hyp, HELD_OUT),
                 "frames_1_795": score(truth, hyp, WHOLE),
@@ -166,7 +181,8 @@ def main() -> None:
         print(name, entry, flush=True)
     result |= {"cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
                "commit": code_version()}
-    write_result(args.out, "tracker_grid", result)
+    write_result(args.out, "tracker_grid" if args.stage == "bytetrack" else "tracker_appearance",
+                 result)
 
 
 if __name__ == "__main__":

@@ -176,7 +176,7 @@ def load_tracklet_crops(
     from refind.config import RefindConfig
     from refind.models.config import OpenVinoReidConfig
     from refind.models.openvino_reid import OpenVinoReidEmbedder
-    from refind.models.yolox import YoloxDetector
+    from refind.models.registry import build_detector
     from refind.streaming.boxes import box_pixels
     from refind.streaming.pipeline import CameraPipeline
     from refind.streaming.sources import VideoSource
@@ -184,7 +184,7 @@ def load_tracklet_crops(
     cfg = RefindConfig()
     camera = Path(video).stem
     pipe = CameraPipeline(  # the ingest stage loop; the tracker's ReID is 0277 whatever is set
-        camera, cfg.tracker, cfg.crops, YoloxDetector(cfg.detector, store),
+        camera, cfg.tracker, cfg.crops, build_detector(cfg.detector, store),
         OpenVinoReidEmbedder(OpenVinoReidConfig(), store),
         detector_batch=cfg.detector.batch_size, select_crops=False,
     )

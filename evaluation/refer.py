@@ -17,7 +17,7 @@ Hugging Face; "Referring to Any Person", Jiang et al., arXiv 2503.08507):
   fraction of them for which nothing at all is predicted.
 
 Candidate boxes are the annotation's boxes (``boxes="gt"``: a chosen box has IoU 1 with its
-target, so the IoU sweep changes nothing) or YOLOX person detections (``boxes="detector"``: the
+target, so the IoU sweep changes nothing) or the configured detector's person boxes (``boxes="detector"``: the
 realistic setting, where targets are matched by IoU).
 
 Example:
@@ -323,7 +323,7 @@ def fit_platt(labelled: Sequence[tuple[float, int]]) -> tuple[float, float]:
 
 def detector_candidates(detector: object, min_conf: float = 0.3,
                         ) -> Callable[[np.ndarray, ReferItem], np.ndarray]:
-    """YOLOX person boxes at ``min_conf`` as candidates, cached per image."""
+    """The detector's person boxes at ``min_conf`` as candidates, cached per image."""
     cache: dict[Path, np.ndarray] = {}
 
     def run(image: np.ndarray, item: ReferItem) -> np.ndarray:

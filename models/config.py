@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import (
+    Discriminator,
     Field,
     Tag,
 )
@@ -60,11 +61,22 @@ class OmzPersonDetectorConfig(Section):
     threads: int = Field(0, ge=0, le=256, description="OpenVINO inference threads; 0 = auto.")
 
 
+def _detector_type(value: object) -> str:
+    """The detector section's ``type``; left out, it follows the model named (a YOLOX model
+    is ``yolox``), else the embedded default's (``omz_person``, person-detection-0202, chosen
+    by tracking quality: docs/benchmarks.md#detectors)."""
+    if isinstance(value, dict):
+        if "type" in value:
+            return str(value["type"])
+        return "yolox" if str(value.get("model", "")).startswith("yolox") else "omz_person"
+    return str(getattr(value, "type", "omz_person"))
+
+
 # Plugin sections: unions discriminated on `type:` (the embedded default's type when left out).
 DetectorConfig = Annotated[
     Annotated[YoloxDetectorConfig, Tag("yolox")]
     | Annotated[OmzPersonDetectorConfig, Tag("omz_person")],
-    type_tag("yolox"),
+    Discriminator(_detector_type),
 ]
 
 

@@ -40,12 +40,12 @@ def calibration_crops(
     """Up to ``n`` person crops (BGR) from ``video``: refind's default detector on every
     ``every_n_frames``-th frame, people at least ``MIN_CROP_HEIGHT`` px tall."""
     from refind.config import RefindConfig
-    from refind.models.yolox import YoloxDetector
+    from refind.models.registry import build_detector
     from refind.streaming.boxes import box_pixels
     from refind.streaming.sources import VideoSource
 
     cfg = RefindConfig()
-    detector = YoloxDetector(cfg.detector, store)  # type: ignore[arg-type]
+    detector = build_detector(cfg.detector, store)  # type: ignore[arg-type]
     crops: list[np.ndarray] = []
     bar = tqdm(total=n, desc="calibration crops", unit="crop", disable=not progress)
     for frame in VideoSource(Path(video), camera=Path(video).stem):

@@ -31,6 +31,20 @@ def test_default_yaml_equals_embedded_defaults() -> None:
 
 
 @pytest.mark.parametrize(
+    ("section", "kind", "model"),
+    [
+        ({}, "omz_person", "person-detection-0202"),
+        ({"model": "yolox_nano"}, "yolox", "yolox_nano"),
+        ({"model": "person-detection-0200"}, "omz_person", "person-detection-0200"),
+        ({"type": "yolox"}, "yolox", "yolox_nano"),
+    ],
+)
+def test_a_detector_without_type_follows_its_model(section: dict, kind: str, model: str) -> None:
+    detector = parse_config({"detector": section}).detector
+    assert (detector.type, detector.model) == (kind, model)
+
+
+@pytest.mark.parametrize(
     ("data", "message"),
     [
         ({"detector": {"conf_treshold": 0.3}}, "detector.conf_treshold"),

@@ -267,11 +267,11 @@ def test_the_real_detector_through_the_pipeline_on_pets(model_store, pets_video)
     """Offline ingest's stage loop on 120 real frames: person tracks with spans that cover
     their crops, and crops inside the frame."""
     from refind.config import RefindConfig
-    from refind.models.yolox import YoloxDetector
+    from refind.models.registry import build_detector
     from refind.streaming.sources import VideoSource
 
     cfg = RefindConfig()
-    pipe = CameraPipeline("pets", MOTION_ONLY, cfg.crops, YoloxDetector(cfg.detector, model_store),
+    pipe = CameraPipeline("pets", MOTION_ONLY, cfg.crops, build_detector(cfg.detector, model_store),
                           id_offset=100)
     results = list(pipe.run(itertools.islice(iter(VideoSource(pets_video, camera="pets")), 120)))
     spans = {s.track_id: s for s in _all(results, "ended")}
