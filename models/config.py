@@ -57,19 +57,23 @@ class OmzPersonDetectorConfig(Section):
         0.1, ge=0.0, le=1.0, description="Lowest score kept (the tracker uses low boxes too)."
     )
     nms_iou: float = Field(0.45, gt=0.0, le=1.0, description="IoU above which NMS suppresses.")
+    letterbox: bool = Field(
+        False, description="Fit the frame into the network's input keeping its aspect (padded) "
+        "instead of stretching it to the input's shape.",
+    )
     batch_size: int = Field(4, ge=1, le=64, description="Frames per inference call.")
     threads: int = Field(0, ge=0, le=256, description="OpenVINO inference threads; 0 = auto.")
 
 
 def _detector_type(value: object) -> str:
-    """The detector section's ``type``; left out, it follows the model named (a YOLOX model
-    is ``yolox``), else the embedded default's (``omz_person``, person-detection-0202, chosen
-    by tracking quality: docs/benchmarks.md#detectors)."""
+    """The detector section's ``type``; left out, it follows the model named (an OMZ
+    ``person-detection-*`` model is ``omz_person``), else the embedded default's (``yolox``)."""
     if isinstance(value, dict):
         if "type" in value:
             return str(value["type"])
-        return "yolox" if str(value.get("model", "")).startswith("yolox") else "omz_person"
-    return str(getattr(value, "type", "omz_person"))
+        omz = str(value.get("model", "")).startswith("person-detection")
+        return "omz_person" if omz else "yolox"
+    return str(getattr(value, "type", "yolox"))
 
 
 # Plugin sections: unions discriminated on `type:` (the embedded default's type when left out).

@@ -49,3 +49,25 @@ def test_finds_the_people_of_the_ground_truth(name: str, frames, model_store) ->
             hits += int((iou_matrix(gt, sure).max(axis=1) >= 0.5).sum())
     recall, precision = hits / n_gt, hits / max(n_det, 1)
     assert recall >= 0.7 and precision >= 0.7, (name, recall, precision)
+
+
+def test_letterbox_finds_the_people_of_a_narrow_view_in_its_pixels(frames, model_store) -> None:
+    """A camera cut to the left 47 % of PETS (a portrait view): with ``letterbox`` the frame keeps
+    its aspect inside the 512x512 input, and the boxes come back in the cut's own pixels."""
+    need_models()
+    cfg = parse_config({"detector": {"type": "omz_person", "letterbox": True}})
+    detector = build_detector(cfg.detector, model_store)
+    cut_w = int(frames[0].shape[1] * 0.47)
+    views = [np.ascontiguousarray(f[:, :cut_w]) for f in frames]
+    hits = n_gt = n_det = 0
+    for n, view, dets in zip(FRAMES, views, detector(views), strict=True):
+        h, w = view.shape[:2]
+        assert (dets.xyxy >= 0).all()
+        assert (dets.xyxy[:, [0, 2]] <= w).all() and (dets.xyxy[:, [1, 3]] <= h).all()
+        sure = dets.xyxy[dets.confidence >= 0.3]
+        gt = np.array([b for b in pets_gt_boxes(n).values() if b[2] <= cut_w])  # wholly inside
+        n_gt, n_det = n_gt + len(gt), n_det + len(sure)
+        if len(gt) and len(sure):
+            hits += int((iou_matrix(gt, sure).max(axis=1) >= 0.5).sum())
+    assert n_gt >= 5
+    assert hits / n_gt >= 0.7 and hits / max(n_det, 1) >= 0.6, (hits, n_gt, n_det)

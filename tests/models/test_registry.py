@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from refind.config import RefindConfig
-from refind.models.config import OpenVinoReidConfig, YoloxDetectorConfig
+from refind.models.config import OpenVinoReidConfig
 from refind.models.registry import (
     DETECTORS,
     EMBEDDERS,
@@ -67,9 +67,7 @@ def test_choosing_the_default_models_loads_neither_torch_nor_transformers():
 @pytest.mark.slow
 def test_the_default_sections_build_real_models(model_store):
     detector = build_detector(RefindConfig().detector, model_store)
-    yolox = build_detector(YoloxDetectorConfig(), model_store)
     embedder = build_embedder(OpenVinoReidConfig(), model_store)
-    assert detector.model_id.startswith("person-detection-0202@")
-    assert yolox.model_id.startswith("yolox_nano@")
+    assert detector.model_id.startswith("yolox_nano@")
     assert embedder.model_id.startswith("person-reidentification-retail-0277@")
     assert embedder.dim == 256

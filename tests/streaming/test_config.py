@@ -33,10 +33,9 @@ def test_default_yaml_equals_embedded_defaults() -> None:
 @pytest.mark.parametrize(
     ("section", "kind", "model"),
     [
-        ({}, "omz_person", "person-detection-0202"),
-        ({"model": "yolox_nano"}, "yolox", "yolox_nano"),
+        ({}, "yolox", "yolox_nano"),
         ({"model": "person-detection-0200"}, "omz_person", "person-detection-0200"),
-        ({"type": "yolox"}, "yolox", "yolox_nano"),
+        ({"type": "omz_person"}, "omz_person", "person-detection-0202"),
     ],
 )
 def test_a_detector_without_type_follows_its_model(section: dict, kind: str, model: str) -> None:
