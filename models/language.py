@@ -514,6 +514,7 @@ def _motion_terms(words: list[str], used: list[bool], negated_at: Callable[[int]
             terms.append(Term("motion", words[i + 3], words=" ".join(words[i : i + 4])))
             used[i + 1] = used[i + 3] = True
     terms += _enter_exit_terms(words, used, negated_at)
+    terms += _facing_terms(words, used, negated_at)
     verb_at = [i for i, w in enumerate(words)
                if (w in MOTION_VERBS or w in STILL_WORDS) and not used[i]
                and not (w in ("head", "heads") and i and words[i - 1] in _OWNERS)]  # "whose head"
@@ -564,6 +565,42 @@ def _motion_terms(words: list[str], used: list[bool], negated_at: Callable[[int]
             used[v] = True
     if any(t.value in ("left", "right", "towards", "away", "fast") for t in terms):
         terms = [t for t in terms if t.value != "moving"]  # a direction says it moves
+    return terms
+
+
+_FACING_AWAY = {"away": "away", "us": "towards", "me": "towards", "camera": "towards",
+                "viewer": "towards", "forward": "towards", "forwards": "towards"}
+
+
+def _facing_terms(words: list[str], used: list[bool], negated_at: Callable[[int], bool],
+                  ) -> list[Term]:
+    """Which way a person faces, read as which way they walk (people face where they go; a
+    still person's direction is unknown): "with his back to us / the camera", "back turned",
+    "facing / turned / looking away" -> going away; "facing us / the camera" -> coming closer."""
+    terms: list[Term] = []
+    for i, w in enumerate(words):
+        if used[i]:
+            continue
+        end, way = i, None
+        if w == "back" and i + 1 < len(words):
+            nxt = words[i + 1 : i + 4]
+            if nxt[:1] == ["turned"]:
+                end, way = i + 1, "away"
+            elif nxt[:1] == ["to"] and len(nxt) > 1 and (
+                    nxt[1] in CAMERA_WORDS or nxt[1:3] in (["the", "camera"], ["the", "viewer"])):
+                end, way = i + (2 if nxt[1] in CAMERA_WORDS else 3), "away"
+        elif w in ("facing", "faces", "turned", "looking") and i + 1 < len(words):
+            nxt = words[i + 1]
+            nxt = words[i + 2] if nxt == "the" and i + 2 < len(words) else nxt
+            if nxt in _FACING_AWAY and (w == "facing" or w == "faces" or nxt == "away"):
+                end = i + 1 if words[i + 1] != "the" else i + 2
+                way = _FACING_AWAY[nxt]
+        if way is None:
+            continue
+        terms.append(Term("motion", way, negated=negated_at(i),
+                          words=" ".join(words[i : end + 1])))
+        for k in range(i, end + 1):
+            used[k] = True
     return terms
 
 

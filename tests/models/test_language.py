@@ -90,6 +90,12 @@ def _terms(text: str) -> set[str]:
         ("a man with a black bag and a red backpack",
          {"man", "carried black", "bag", "carried red", "backpack"}),
         ("people who head towards the camera", {"coming closer"}),
+        # which way someone faces is read as which way they walk
+        ("the bald guy with his back to us", {"bald", "man", "going away"}),
+        ("a woman with her back to the camera", {"woman", "going away"}),
+        ("someone facing the camera", {"coming closer"}),
+        ("a man turned away, in black", {"man", "going away", "outfit black"}),
+        ("a man with a bag on his back", {"man", "bag", "backpack"}),
     ],
 )
 def test_terms(text: str, expected: set[str]) -> None:
