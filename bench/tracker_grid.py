@@ -16,7 +16,8 @@ with ByteTrack's thresholds at the config's defaults, chosen and judged the same
     python bench/tracker_grid.py [--stage bytetrack|appearance]
                                  [--detectors yolox_nano person-detection-0202 ...] [--out DIR]
 
-Writes ``tracker_grid-<date>.json`` under ``--out`` (default bench/results) and prints it.
+Writes ``tracker_grid-<date>.json`` (``tracker_appearance-<date>.json`` for the appearance stage)
+under ``--out`` (default bench/results) and prints it.
 """
 
 from __future__ import annotations

@@ -568,10 +568,6 @@ def _motion_terms(words: list[str], used: list[bool], negated_at: Callable[[int]
     return terms
 
 
-_FACING_AWAY = {"away": "away", "us": "towards", "me": "towards", "camera": "towards",
-                "viewer": "towards", "forward": "towards", "forwards": "towards"}
-
-
 def _facing_terms(words: list[str], used: list[bool], negated_at: Callable[[int], bool],
                   ) -> list[Term]:
     """Which way a person faces, read as which way they walk (people face where they go; a
@@ -579,29 +575,29 @@ def _facing_terms(words: list[str], used: list[bool], negated_at: Callable[[int]
     "facing / turned / looking away" -> going away; "facing us / the camera" -> coming closer."""
     terms: list[Term] = []
     for i, w in enumerate(words):
-        if used[i]:
+        rest = words[i + 1 : i + 4]
+        if used[i] or not rest:
             continue
-        end, way = i, None
-        if w == "back" and i + 1 < len(words):
-            nxt = words[i + 1 : i + 4]
-            if nxt[:1] == ["turned"]:
-                end, way = i + 1, "away"
-            elif nxt[:1] == ["to"] and len(nxt) > 1 and (
-                    nxt[1] in CAMERA_WORDS or nxt[1:3] in (["the", "camera"], ["the", "viewer"])):
-                end, way = i + (2 if nxt[1] in CAMERA_WORDS else 3), "away"
-        elif w in ("facing", "faces", "turned", "looking") and i + 1 < len(words):
-            nxt = words[i + 1]
-            nxt = words[i + 2] if nxt == "the" and i + 2 < len(words) else nxt
-            if nxt in _FACING_AWAY and (w == "facing" or w == "faces" or nxt == "away"):
-                end = i + 1 if words[i + 1] != "the" else i + 2
-                way = _FACING_AWAY[nxt]
-        if way is None:
+        if w == "back" and rest[0] == "turned":
+            n, way = 2, "away"
+        elif w == "back" and rest[0] == "to" and _camera_named(rest[1:]):
+            n, way = 2 + _camera_named(rest[1:]), "away"
+        elif w in ("facing", "faces", "turned", "looking") and rest[0] == "away":
+            n, way = 2, "away"
+        elif w in ("facing", "faces") and _camera_named(rest):
+            n, way = 1 + _camera_named(rest), "towards"
+        else:
             continue
-        terms.append(Term("motion", way, negated=negated_at(i),
-                          words=" ".join(words[i : end + 1])))
-        for k in range(i, end + 1):
-            used[k] = True
+        terms.append(Term("motion", way, negated=negated_at(i), words=" ".join(words[i : i + n])))
+        used[i : i + n] = [True] * n
     return terms
+
+
+def _camera_named(words: list[str]) -> int:
+    """How many leading ``words`` name the camera ("us", "the camera"); 0 if they do not."""
+    if words[:1] and words[0] in CAMERA_WORDS:
+        return 1
+    return 2 if words[:1] == ["the"] and words[1:2] and words[1] in CAMERA_WORDS else 0
 
 
 def _enter_exit_terms(words: list[str], used: list[bool], negated_at: Callable[[int], bool],
