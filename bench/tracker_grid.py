@@ -15,6 +15,7 @@ with ByteTrack's thresholds at the config's defaults, chosen and judged the same
 
     python bench/tracker_grid.py [--stage bytetrack|appearance]
                                  [--detectors yolox_nano person-detection-0202 ...] [--out DIR]
+    python bench/tracker_grid.py --plot RESULT.json PNG   # an appearance stage's IDF1 curves
 
 Writes ``tracker_grid-<date>.json`` (``tracker_appearance-<date>.json`` for the appearance stage)
 under ``--out`` (default bench/results) and prints it.
@@ -136,6 +137,37 @@ def settings(base: TrackerConfig, grid: dict[str, tuple[float, ...]]) -> list[Tr
     return out
 
 
+def plot(result_json: Path, png: Path) -> None:
+    """IDF1 on the tuning frames against ``reid_max_distance``, one line per detector and
+    appearance weight (``max_lost_s`` 3), from an appearance stage's result file."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    result = json.loads(result_json.read_text())
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    for (name, entry), colour in zip(result["detectors"].items(), ("C0", "C1", "C2", "C3"),
+                                     strict=False):
+        for weight, style in ((0.75, "-"), (1.0, ":")):
+            rows = sorted((r["reid_max_distance"], r["IDF1"]) for r in entry["tried_on_1_400"]
+                          if r["appearance_weight"] == weight and r["max_lost_s"] == 3.0)
+            if rows:
+                x, y = zip(*rows, strict=True)
+                ax.plot(x, y, style, color=colour, marker="o", ms=3,
+                        label=f"{name}, appearance weight {weight}")
+    ax.set_xlabel("reid_max_distance (cosine distance a lost track is re-identified within)")
+    ax.set_ylabel("IDF1, PETS09-S2L1 frames 1-400")
+    ax.set_title("Tracker appearance settings per detector (tuning frames only)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png)
+    print(png)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage", choices=("bytetrack", "appearance"), default="bytetrack")
@@ -144,7 +176,12 @@ def main() -> None:
     parser.add_argument("--gt", type=Path, default=DATA / "gt.txt")
     parser.add_argument("--gt-scale", type=float, default=0.625)
     parser.add_argument("--out", type=Path, default=REPO / "bench/results")
+    parser.add_argument("--plot", nargs=2, type=Path, metavar=("RESULT_JSON", "PNG"),
+                        help="draw an appearance stage's result instead of running one")
     args = parser.parse_args()
+    if args.plot:
+        plot(*args.plot)
+        return
     cfg = RefindConfig()
     store = ModelStore.from_config(cfg.models)
     frames = list(VideoSource(args.video, camera="pets"))
@@ -178,6 +215,7 @@ def main() -> None:
                 "frames_1_795": score(truth, hyp, WHOLE),
             }
         entry["tuned_on_1_400"] = best_score
+        entry["tried_on_1_400"] = [{**{k: getattr(t, k) for k in shown}, **s} for s, t in tried]
         result["detectors"][name] = entry  # type: ignore[index]
         print(name, entry, flush=True)
     result |= {"cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
