@@ -137,6 +137,34 @@ def settings(base: TrackerConfig, grid: dict[str, tuple[float, ...]]) -> list[Tr
     return out
 
 
+SHOWN = ("high_threshold", "new_track_threshold", "low_threshold", "min_hits", "match_iou",
+         *APPEARANCE_GRID)  # the tracker settings a result names
+
+
+def choose(frames: list[Frame], dets: list[Detections], truth: MotBoxes,
+           grid: list[TrackerConfig], cfg: RefindConfig, embedder: RememberingEmbedder,
+           name: str) -> dict[str, object]:
+    """Every setting of ``grid`` scored on the tuning frames, the best (MOTA + IDF1) kept, and it
+    and the config's defaults scored on every window."""
+    tried = []
+    for tracker in tqdm(grid, desc=name, unit="setting"):
+        hyp = track(frames, dets, tracker, cfg, embedder, TUNE[1])
+        tried.append((score(truth, hyp, TUNE), tracker))
+    best_score, best = max(tried, key=lambda t: (t[0]["MOTA"] + t[0]["IDF1"], t[0]["HOTA"]))
+    entry: dict[str, object] = {}
+    for label, tracker in (("defaults", cfg.tracker), ("tuned", best)):
+        hyp = track(frames, dets, tracker, cfg, embedder, len(frames))
+        entry[label] = {
+            "tracker": {k: getattr(tracker, k) for k in SHOWN},
+            "frames_1_400": score(truth, hyp, TUNE),
+            "frames_401_795": score(truth, hyp, HELD_OUT),
+            "frames_1_795": score(truth, hyp, WHOLE),
+        }
+    entry["tuned_on_1_400"] = best_score
+    entry["tried_on_1_400"] = [{**{k: getattr(t, k) for k in SHOWN}, **s} for s, t in tried]
+    return entry
+
+
 def plot(result_json: Path, png: Path) -> None:
     """IDF1 on the tuning frames against ``reid_max_distance``, one line per detector and
     appearance weight (``max_lost_s`` 3), from an appearance stage's result file."""
@@ -189,8 +217,6 @@ def main() -> None:
     embedder = RememberingEmbedder(build_embedder(cfg.embedder, store))
     space = GRID if args.stage == "bytetrack" else APPEARANCE_GRID
     grid = settings(cfg.tracker, space)
-    shown = ("high_threshold", "new_track_threshold", "low_threshold", "min_hits", "match_iou",
-             *APPEARANCE_GRID)
     result: dict[str, object] = {"benchmark": "tracker_grid", "stage": args.stage,
                                  "video": str(args.video), "tune_frames": TUNE,
                                  "held_out_frames": HELD_OUT,
@@ -200,22 +226,8 @@ def main() -> None:
         detector = build_detector(detector_config(name, batch), store)
         dets, fps = detect_all(detector, [f.image for f in frames], batch)
         dets = [d.select(d.confidence >= 0.1) for d in dets]  # the lowest low_threshold
-        tried = []
-        for tracker in tqdm(grid, desc=name, unit="setting"):
-            hyp = track(frames, dets, tracker, cfg, embedder, TUNE[1])
-            tried.append((score(truth, hyp, TUNE), tracker))
-        best_score, best = max(tried, key=lambda t: (t[0]["MOTA"] + t[0]["IDF1"], t[0]["HOTA"]))
-        entry: dict[str, object] = {"detector_fps": round(fps, 1)}
-        for label, tracker in (("defaults", cfg.tracker), ("tuned", best)):
-            hyp = track(frames, dets, tracker, cfg, embedder, len(frames))
-            entry[label] = {
-                "tracker": {k: getattr(tracker, k) for k in shown},
-                "frames_1_400": score(truth, hyp, TUNE),
-                "frames_401_795": score(truth, hyp, HELD_OUT),
-                "frames_1_795": score(truth, hyp, WHOLE),
-            }
-        entry["tuned_on_1_400"] = best_score
-        entry["tried_on_1_400"] = [{**{k: getattr(t, k) for k in shown}, **s} for s, t in tried]
+        entry = {"detector_fps": round(fps, 1),
+                 **choose(frames, dets, truth, grid, cfg, embedder, name)}
         result["detectors"][name] = entry  # type: ignore[index]
         print(name, entry, flush=True)
     result |= {"cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
