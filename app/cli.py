@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one re-ranker (default: none, attributes, refer, and mllm with a dir)")
     x.add_argument("--mllm-dir", type=Path, help="local Qwen2.5-VL model directory")
     x.add_argument("--boxes", choices=("gt", "detector"), default="gt",
-                   help="candidates: the annotation's boxes or the configured detector's person boxes")
+                   help="candidates: the annotation's boxes or the configured detector's "
+                        "person boxes")
     x.add_argument("--video", type=Path,
                    help="the clip the frames come from: candidates get their motion from "
                         "refind's own tracks of it (lines need a 1-based 'frame')")

@@ -17,8 +17,8 @@ Hugging Face; "Referring to Any Person", Jiang et al., arXiv 2503.08507):
   fraction of them for which nothing at all is predicted.
 
 Candidate boxes are the annotation's boxes (``boxes="gt"``: a chosen box has IoU 1 with its
-target, so the IoU sweep changes nothing) or the configured detector's person boxes (``boxes="detector"``: the
-realistic setting, where targets are matched by IoU).
+target, so the IoU sweep changes nothing) or the configured detector's person boxes
+(``boxes="detector"``: the realistic setting, where targets are matched by IoU).
 
 Example:
     >>> expression_metrics([[0, 0, 10, 10]], [[0, 0, 10, 10]])               # doctest: +SKIP

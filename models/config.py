@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import (
-    Discriminator,
     Field,
     Tag,
 )
@@ -65,22 +64,12 @@ class OmzPersonDetectorConfig(Section):
     threads: int = Field(0, ge=0, le=256, description="OpenVINO inference threads; 0 = auto.")
 
 
-def _detector_type(value: object) -> str:
-    """The detector section's ``type``; left out, it follows the model named (an OMZ
-    ``person-detection-*`` model is ``omz_person``), else the embedded default's (``yolox``)."""
-    if isinstance(value, dict):
-        if "type" in value:
-            return str(value["type"])
-        omz = str(value.get("model", "")).startswith("person-detection")
-        return "omz_person" if omz else "yolox"
-    return str(getattr(value, "type", "yolox"))
-
-
-# Plugin sections: unions discriminated on `type:` (the embedded default's type when left out).
+# Plugin sections: unions discriminated on `type:` (the embedded default's type when left out;
+# a detector's follows its model's name: an OMZ person-detection-* model is omz_person).
 DetectorConfig = Annotated[
     Annotated[YoloxDetectorConfig, Tag("yolox")]
     | Annotated[OmzPersonDetectorConfig, Tag("omz_person")],
-    Discriminator(_detector_type),
+    type_tag("yolox", by_model={"person-detection": "omz_person"}),
 ]
 
 

@@ -10,6 +10,7 @@ own section.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import (
@@ -55,12 +56,16 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def type_tag(default: str):
-    """Discriminator for a `type:`-keyed plugin section whose `type` may be left out."""
+def type_tag(default: str, by_model: Mapping[str, str] | None = None):
+    """Discriminator for a `type:`-keyed plugin section whose `type` may be left out: then the
+    type ``by_model`` gives the prefix of the section's `model` name, else ``default``."""
 
     def tag(value: object) -> str:
         if isinstance(value, dict):
-            return str(value.get("type", default))
+            if "type" in value:
+                return str(value["type"])
+            model = str(value.get("model", ""))
+            return next((t for p, t in (by_model or {}).items() if model.startswith(p)), default)
         return str(getattr(value, "type", default))
 
     return Discriminator(tag)
