@@ -153,7 +153,7 @@ class Supervisor:
         self.live = live
         self._engine = SearchEngine(
             self.cfg.search, PoolEmbedder(Pool(self.embedders), live.model_id, live.dim),
-            WriterGallery(self.writers, live.model_id),
+            WriterGallery(self.writers, live.model_id), places=self.cfg.places(),
         )
 
     # -- the serving alias ------------------------------------------------------------------

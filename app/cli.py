@@ -146,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--calibrate", action="store_true",
                    help="fit the composing referrer's Platt scaling on these expressions "
                         "(its uncalibrated scores) and print it with the calibration error")
+    x.add_argument("--camera", help="the camera of --config the frames come from: words about "
+                   "its named places ('left of the lamp post') are judged by them")
     _add_common(x, data_dir=False)
     x = ev.add_parser("mtmc", help="global person ids over several cameras: joint IDF1/IDP/IDR "
                       "(AI City), ids mixing people, people split, false merges")

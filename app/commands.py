@@ -219,7 +219,8 @@ def search(args: argparse.Namespace, cfg: RefindConfig) -> list[dict[str, object
         engine = SearchEngine(cfg.search, embedder, gallery, crops,
                               RerankerPool(store, cfg.search.match_threshold,
                                            cfg.search.mllm_dir,
-                                           EvidenceStore.in_data_dir(cfg.data_dir)))
+                                           EvidenceStore.in_data_dir(cfg.data_dir)),
+                              places=cfg.places())
         if query is not None:
             ranked = engine.rank_image(query)
         else:
@@ -638,13 +639,25 @@ def evaluate_refer(args: argparse.Namespace, cfg: RefindConfig) -> dict[str, obj
     if args.video is not None:
         motions = eval_refer.track_motions(args.video, cfg, progress=not args.json)
     results = eval_refer.evaluate_refer(items, rerankers, candidates, progress=not args.json,
-                                        motions=motions)
+                                        motions=motions, places=camera_places(cfg, args.camera))
     if not args.json:
         print(f"{args.annotations} ({args.split}): {len(items)} expressions, candidates = "
               f"{args.boxes} boxes, motion {'from ' + str(args.video) if motions else 'unknown'}")
         print(eval_refer.format_table(results))
     return {"boxes": args.boxes, "split": args.split, "n_expressions": len(items),
             "motion": motions is not None, "results": results}
+
+
+def camera_places(cfg: RefindConfig, camera: str | None) -> tuple:
+    """The named places of ``camera`` in ``cfg`` (none without a camera); a camera the config
+    lacks is a ValueError listing the ones it has."""
+    if camera is None:
+        return ()
+    found = {c.name: c for c in cfg.cameras}
+    if camera not in found:
+        raise ValueError(f"--camera {camera!r} is not a camera of the config; it has "
+                         f"{', '.join(sorted(found)) or 'none (add a cameras: section)'}")
+    return found[camera].places
 
 
 def _calibrate_compose(args: argparse.Namespace, cfg: RefindConfig,
@@ -661,7 +674,8 @@ def _calibrate_compose(args: argparse.Namespace, cfg: RefindConfig,
                if args.video is not None else None)
     labelled: dict[str, list[tuple[float, int]]] = {}
     eval_refer.evaluate_refer(items, {"compose": raw}, None, progress=not args.json,
-                              motions=motions, scores_out=labelled)
+                              motions=motions, scores_out=labelled,
+                              places=camera_places(cfg, args.camera))
     pairs = labelled["compose"]
     a, b = eval_refer.fit_platt(pairs)
     probs = platt(np.array([x for x, _ in pairs]), (a, b))
@@ -723,7 +737,8 @@ def _search_clip(args: argparse.Namespace, cfg: RefindConfig, camera: str,
     with ShardedGallery.open(serving.root, cfg.gallery, embedder.model_id, embedder.dim) as gallery:
         engine = SearchEngine(cfg.search, embedder, gallery, crops,
                               RerankerPool(store, cfg.search.match_threshold, cfg.search.mllm_dir,
-                                           EvidenceStore.in_data_dir(cfg.data_dir)))
+                                           EvidenceStore.in_data_dir(cfg.data_dir)),
+                              places=cfg.places())
         for q in tqdm(queries, desc="eval search", unit="query", disable=args.json,
                       file=sys.stderr):
             plan = plan_query(q.text, now=datetime.now(tz), known_cameras=[camera], tz=tz,

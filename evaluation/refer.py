@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -38,6 +38,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from refind.models.base import Region, Reranker, RerankResult
+from refind.streaming.config import PlaceConfig
 from refind.streaming.matching import iou_matrix
 from refind.streaming.motion import TrackMotion, track_motion
 
@@ -156,7 +157,8 @@ class KeepAll:
 # --- running an option over the annotations ---------------------------------------------------
 
 def _regions(image: np.ndarray, boxes: np.ndarray,
-             motions: Sequence[TrackMotion | None] | None = None) -> list[Region]:
+             motions: Sequence[TrackMotion | None] | None = None,
+             places: tuple[PlaceConfig, ...] = ()) -> list[Region]:
     h, w = image.shape[:2]
     out = []
     for k, b in enumerate(boxes):
@@ -165,7 +167,7 @@ def _regions(image: np.ndarray, boxes: np.ndarray,
         x2, y2 = max(x2, x1 + 2), max(y2, y1 + 2)
         box = (float(b[0]), float(b[1]), float(b[2]), float(b[3]))
         out.append(Region(image[y1:y2, x1:x2], box, (w, h), 0,
-                          motions[k] if motions is not None else None))
+                          motions[k] if motions is not None else None, places=places))
     return out
 
 
@@ -193,7 +195,9 @@ def track_motions(video: Path, cfg: object, window_s: float = 1.2, progress: boo
     from refind.streaming.sources import VideoSource
 
     hyp, _ = track_video(video, cfg, progress=progress)  # type: ignore[arg-type]
-    fps = VideoSource(video, camera=video.stem).frame_rate()
+    source = VideoSource(video, camera=video.stem)
+    fps = source.frame_rate()
+    frame_wh = source.frame_size()
     if not fps:
         raise ValueError(f"{video}: its header gives no frame rate, so motion cannot be timed")
     half = max(round(window_s * fps), 2)
@@ -213,7 +217,10 @@ def track_motions(video: Path, cfg: object, window_s: float = 1.2, progress: boo
                 continue
             near = (hyp.track_id == ids[j]) & (np.abs(hyp.frame - frame) <= half)
             order = np.argsort(hyp.frame[near])
-            out.append(track_motion(hyp.frame[near][order] / fps, hyp.xyxy[near][order]))
+            m = track_motion(hyp.frame[near][order] / fps, hyp.xyxy[near][order])
+            # the frame's size for where the window began and ended, not for the edges: a
+            # window's ends are not where the track entered or left the view
+            out.append(m if m is None else replace(m, frame_wh=frame_wh))
         return out
 
     return run
@@ -226,13 +233,15 @@ def evaluate_refer(
     progress: bool = False,
     motions: Callable[[ReferItem, np.ndarray], list[TrackMotion | None]] | None = None,
     scores_out: dict[str, list[tuple[float, int]]] | None = None,
+    places: tuple[PlaceConfig, ...] = (),
 ) -> dict[str, dict[str, object]]:
     """HumanRef metrics per re-ranker; ``candidates(image, item)`` gives the (m, 4) boxes to choose
     from (default: the annotation's boxes), ``motions(item, boxes)`` their tracks' motion
     (``track_motions``; default: unknown). Where a re-ranker located the part an expression is
     about, ``parts`` lists it per line for the selected candidates. ``ece`` is the expected
     calibration error of the scores as probabilities that a candidate is a target;
-    ``scores_out``, when given, receives every (score, is target) pair per re-ranker."""
+    ``scores_out``, when given, receives every (score, is target) pair per re-ranker;
+    ``places``: the named places of the camera the frames come from."""
     from tqdm import tqdm
 
     images: dict[Path, np.ndarray] = {}
@@ -250,7 +259,7 @@ def evaluate_refer(
             images[item.image] = img
         image = images[item.image]
         boxes = item.boxes if candidates is None else candidates(image, item)
-        regions = _regions(image, boxes, motions(item, boxes) if motions else None)
+        regions = _regions(image, boxes, motions(item, boxes) if motions else None, places)
         target_boxes = item.boxes[list(item.targets)]
         for name, rr in rerankers.items():
             result = rr(item.expression, regions) if regions else None

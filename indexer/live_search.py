@@ -204,7 +204,8 @@ class LiveSearch:
                                            self.search_cfg.match_threshold,
                                            self.search_cfg.mllm_dir,
                                            EvidenceStore.in_data_dir(self._cfg.data_dir))
-        return SearchEngine(self.search_cfg, self.embedder, gallery, self._crops, self._rerankers)
+        return SearchEngine(self.search_cfg, self.embedder, gallery, self._crops, self._rerankers,
+                            self._cfg.places() if self._cfg is not None else None)
 
     def search_text(self, query: TextQuery) -> SearchResult:
         """Rank tracklets of the person ``query.text`` describes, within its filters (the

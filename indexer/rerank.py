@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +32,7 @@ from refind.models.base import (
     model_name,
 )
 from refind.models.registry import build_reranker
+from refind.streaming.config import PlaceConfig
 from refind.streaming.records import TrackletHit
 
 if TYPE_CHECKING:  # torch comes with it: imported only when a probe is used
@@ -104,8 +105,11 @@ class Reranked:
     best: TrackletHit | None = None  # with no hits: the candidate the message names
 
 
-def _regions(hits: Sequence[TrackletHit], crops: CropStore) -> tuple[list[Region], list[int]]:
-    """Regions of the hits whose crop can be read, and their positions in ``hits``."""
+def _regions(hits: Sequence[TrackletHit], crops: CropStore,
+             places: Mapping[str, tuple[PlaceConfig, ...]] | None = None,
+             ) -> tuple[list[Region], list[int]]:
+    """Regions of the hits whose crop can be read, with their cameras' named ``places``, and
+    their positions in ``hits``."""
     # The gallery keeps boxes, not frame sizes: a camera's frame is at least as large as the
     # union of its candidates' boxes, which is what position cues are judged against.
     extent: dict[str, tuple[float, float]] = {}
@@ -128,10 +132,13 @@ def _regions(hits: Sequence[TrackletHit], crops: CropStore) -> tuple[list[Region
             except CropStoreError:
                 continue
         w, ht = extent[h.camera]
+        # the track's motion knows its frame's size when it was stored with it
+        frame_wh = h.motion.frame_wh if h.motion is not None and h.motion.frame_wh else (
+            math.ceil(w), math.ceil(ht))
         group = groups.setdefault((h.camera, h.best_frame_index), len(groups))
-        regions.append(Region(crop=image, xyxy=h.best_xyxy,
-                              frame_wh=(math.ceil(w), math.ceil(ht)), group=group,
-                              motion=h.motion, views=tuple(views), paths=tuple(paths)))
+        regions.append(Region(crop=image, xyxy=h.best_xyxy, frame_wh=frame_wh, group=group,
+                              motion=h.motion, views=tuple(views), paths=tuple(paths),
+                              places=(places or {}).get(h.camera, ())))
         kept.append(i)
     return regions, kept
 
@@ -144,6 +151,7 @@ def rerank_hits(
     *,
     weight: float,
     with_retrieval: bool,
+    places: Mapping[str, tuple[PlaceConfig, ...]] | None = None,
 ) -> Reranked:
     """Re-score ``hits`` with ``reranker`` against ``expression``; keep the selected ones.
 
@@ -152,7 +160,7 @@ def rerank_hits(
     """
     if not hits:
         return Reranked([])
-    regions, kept = _regions(hits, crops)
+    regions, kept = _regions(hits, crops, places)
     if not regions:
         return Reranked([], "no candidate crop could be read for re-ranking", len(hits))
     result = reranker(expression, regions)

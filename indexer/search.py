@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -40,6 +40,7 @@ from refind.indexer.rerank import RerankerPool, rerank_hits
 from refind.models.attribute_verifier import checkable
 from refind.models.base import TASKS, InstructableEmbedder, ReidEmbedder
 from refind.models.text_attributes import parse_attributes
+from refind.streaming.config import PlaceConfig
 from refind.streaming.records import CropHit, ImageQuery, SearchFilter, TextQuery, TrackletHit
 
 if TYPE_CHECKING:  # the composing referrer (cv2, OpenVINO) is loaded only when chosen
@@ -207,6 +208,7 @@ class SearchEngine:
         gallery: Gallery,
         crops: CropStore | None = None,
         rerankers: RerankerPool | None = None,
+        places: Mapping[str, tuple[PlaceConfig, ...]] | None = None,
     ) -> None:
         if embedder.model_id != gallery.model_id:
             raise QueryError(
@@ -217,6 +219,7 @@ class SearchEngine:
         self.gallery = gallery
         self.crops = crops  # re-rankers read candidates' crops from it
         self.rerankers = rerankers
+        self.places = places or {}  # each camera's named places, for "next to the lamp post"
 
     def search_image(self, query: ImageQuery) -> list[TrackletHit]:
         return self.rank_image(query).hits
@@ -314,7 +317,8 @@ class SearchEngine:
         reranker = self.rerankers.get(name)
         if reranker is None:
             return Ranked(hits[:k])
-        done = rerank_hits(reranker, text, hits, self.crops, weight=self.cfg.rerank_weight,
+        done = rerank_hits(reranker, text, hits, self.crops, places=self.places,
+                           weight=self.cfg.rerank_weight,
                            with_retrieval=with_retrieval)
         read = getattr(reranker, "read", None)  # a referrer that says how it read the words
         understood = read(text).as_dict() if callable(read) else None

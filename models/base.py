@@ -21,6 +21,7 @@ from typing import Generic, Literal, Protocol, TypeVar, runtime_checkable
 import cv2
 import numpy as np
 
+from refind.streaming.config import PlaceConfig
 from refind.streaming.motion import TrackMotion
 from refind.streaming.records import Detections, Embeddings
 
@@ -221,7 +222,8 @@ class Region:
     positions ("leftmost", "near the edge") can be judged; group: regions with the same group
     come from the same frame (relations such as "next to" hold only within a group); motion:
     how the person's track moves around that moment (None when unknown); views: other crops of
-    the same tracklet, so evidence can be read over its time (position comes from ``xyxy``).
+    the same tracklet, so evidence can be read over its time (position comes from ``xyxy``);
+    places: the named places of its camera's view ("next to the lamp post").
     """
 
     crop: np.ndarray = field(repr=False)
@@ -231,6 +233,7 @@ class Region:
     motion: TrackMotion | None = None
     views: tuple[np.ndarray, ...] = field(default=(), repr=False)
     paths: tuple[str, ...] = ()  # where crop and views are stored, when they are
+    places: tuple[PlaceConfig, ...] = ()  # the named places of the camera that saw it
 
 
 @dataclass(frozen=True)

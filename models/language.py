@@ -2,7 +2,7 @@
 
 ``parse_query`` reads English descriptions of people ("the two men in black walking towards the
 camera", "woman with long dark hair in a bright red top", "not the one in black") into terms of
-four kinds, each a thing the evidence of a person can confirm or refute:
+five kinds, each a thing the evidence of a person can confirm or refute:
 
 - ``colour``: a colour on a part of the person (``top``, ``bottom``, ``shoes``, ``hair``,
   ``head``), on the clothing as a whole (``outfit``: "in black", "dressed in red"), or on
@@ -14,7 +14,9 @@ four kinds, each a thing the evidence of a person can confirm or refute:
   for people walking side by side or in a group, or ``hidden`` for a person partly out of sight
   ("hidden behind the sign", "behind the lamp post", "partly visible");
 - ``motion``: how the person moves over their tracklet (``left``, ``right``, ``towards``,
-  ``away``, ``still``, ``fast``, ``moving``).
+  ``away``, ``still``, ``fast``, ``moving``);
+- ``place``: where the person is or goes by a named place of the view (``refind.models.places``:
+  "just left of the lamp post", "walking towards the gate"); ``part`` holds the place's names.
 
 It also reads how many people are meant (``count``: "the two" -> 2; ``plural`` for "people",
 "everyone", "all three") and negation ("without a bag", "not the one in black" flip a term).
@@ -29,7 +31,7 @@ reported in ``mapped``.
 Example:
     >>> q = parse_query("a woman without a bag in a red top, walking left near the fountain")
     >>> [t.label() for t in q.terms], q.ignored
-    (['top red', 'woman', 'not bag', 'walking left'], ('fountain',))
+    (['top red', 'woman', 'not bag', 'next to the fountain', 'walking left'], ())
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ from refind.models.lexicon import (
     WHOLLY,
     known,
 )
+from refind.models.places import LABELS as PLACE_LABELS
+from refind.models.places import read_places
 
 # --- what a text asks for -----------------------------------------------------------------------
 
@@ -106,7 +110,8 @@ class Term:
         if self.kind == "colour" and self.part == "ground":
             return f"{neg}on {self.value} ground"
         if self.kind == "colour":
-            return f"{neg}{self.part} {(self.shade + ' ') if self.shade else ''}{self.value}"
+            value = self.value.replace("|", "-")  # a blend: "grey-brown"
+            return f"{neg}{self.part} {(self.shade + ' ') if self.shade else ''}{value}"
         if self.kind == "motion":
             side = f" {self.part}" if self.part else ""
             return f"{neg}{MOTION_LABELS.get(self.value, self.value)}{side}"
@@ -116,6 +121,9 @@ class Term:
             return f"{neg}{label}"
         if self.kind == "unknown":
             return f"{neg}{self.value} (no model sees it)"
+        if self.kind == "place":
+            closest = "closest to" if self.superlative else PLACE_LABELS[self.value]
+            return f"{neg}{closest} the {self.words}"
         if self.value == "is_male":
             return "woman" if self.negated else "man"
         return f"{neg}{ATTRIBUTE_LABELS.get(self.value, self.value)}"
@@ -224,6 +232,8 @@ def _tokens(text: str) -> list[str]:
     for w in re.findall(r"[a-z]+(?:['-][a-z]+)*|[,.;:!?]", text.lower()):
         if w in ",.;:!?":
             out.append(",")  # a clause boundary: colours do not reach across it
+        elif _blend(w) is not None:
+            out.append(w)  # "grey-brown": one colour between two names, kept as one word
         elif "-" in w and not (w in GARMENT_PART or w in ATTRIBUTE_WORDS or w in GLUE):
             out += w.split("-")
         else:
@@ -241,6 +251,9 @@ def parse_query(text: str, concepts: ConceptMap | None = None) -> ReferQuery:
     reader.colours()
     reader.garments_alone()
     reader.attributes()
+    reader.terms += [Term("place", p.relation, "|".join(p.names), superlative=p.superlative,
+                          negated=p.negated, words=p.place)
+                     for p in read_places(words, reader.used, reader.negated_at)]
     reader.terms += _motion_terms(words, reader.used, reader.negated_at)
     reader.terms += _position_terms(words, reader.used, reader.negated_at)
     count = next((NUMBERS[w] for i, w in enumerate(words)
@@ -276,7 +289,7 @@ def _mapped(raw: list[str], concepts: ConceptMap | None,
     mapped: list[tuple[str, str]] = []
     for w in raw:
         base = w.split("'")[0]
-        if not known(base) and concepts is not None and len(base) > 2:
+        if not known(base) and _blend(base) is None and concepts is not None and len(base) > 2:
             m = concepts(base)
             if m is not None and m != base:
                 mapped.append((base, m))
@@ -456,9 +469,22 @@ def _required(words: list[str], i: int) -> bool:
 
 
 def _colour_word(w: str) -> str | None:
+    """The colour ``w`` names: a colour name, ``"a|b"`` for a blend ("grey-brown"), or None."""
     if w == "dark":
         return None
-    return canonical_colour(w)
+    return _blend(w) or canonical_colour(w)
+
+
+def _blend(w: str) -> str | None:
+    """"grey-brown", "blue-green": a colour between two names, as ``"grey|brown"`` (either
+    name's pixels count for it); None for anything else ("red-and-blue" names two colours)."""
+    parts = w.split("-")
+    if len(parts) != 2:
+        return None
+    names = [canonical_colour(p) for p in parts]
+    if None in names or names[0] == names[1]:
+        return None
+    return "|".join(names)  # type: ignore[arg-type]
 
 
 def _shade_before(words: list[str], i: int) -> str:

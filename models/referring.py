@@ -58,7 +58,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -84,6 +84,8 @@ from refind.models.language import (
     Term,
     parse_query,
 )
+from refind.models.places import find_places, place_distance, place_probability
+from refind.streaming.config import PlaceConfig
 from refind.streaming.motion import TrackMotion
 
 COLOUR_MID = {"top": 0.25, "bottom": 0.25, "shoes": 0.25, "head": 0.25, "outfit": 0.35,
@@ -110,6 +112,7 @@ DESCRIBE_MIN_FRACTION = 0.25  # a part's main colour is named when it covers thi
 HIDDEN_MID, HIDDEN_SCALE = 0.5, 0.12
 EVIDENCE_VERSION = "e3"  # e2: BlazePose's presence unsquashed; e3: the ground's colours
 P_MIN = 0.02  # a term's probability is floored here, so one term cannot zero a candidate
+PLACE_SIMILARITY = 0.6  # MiniLM cosine at which a word names a place of another name
 
 
 def _sigmoid(x: float) -> float:
@@ -141,17 +144,18 @@ class Evidence:
 
 @dataclass(frozen=True)
 class Scored:
-    """One term's probability for one candidate."""
+    """One term's probability for one candidate; ``why`` says why it is unknown, if it is."""
 
     term: Term
     p: float
     weight: float
+    why: str = ""
 
     def text(self) -> str:
         if self.weight == 0.0:
-            return f"{self.term.label()} unknown"
+            return f"{self.term.label()} unknown" + (f" ({self.why})" if self.why else "")
         mark = f" {MISS}" if self.p < 0.5 else ""
-        return f"{self.term.label()} {self.p:.2f}{mark}"
+        return f"{self.term.label()} {self.p:.2f}{mark}" + (f" ({self.why})" if self.why else "")
 
 
 @dataclass(frozen=True)
@@ -218,6 +222,7 @@ class ComposingReferrer:
         self.cache_size = cache_size
         self.store = store
         self._kept: Kept[bytes, CropEvidence] = Kept(cache_size)  # by key_of
+        self._similar_seen: dict[tuple[str, tuple[str, ...]], int | None] = {}
         # EVIDENCE_VERSION: evidence stored by an earlier reading of the same models is not reused
         models = f"{getattr(pose, 'model_id', 'no-pose')}|{attributes.model_id}|{EVIDENCE_VERSION}"
         self._models = models.encode()
@@ -332,18 +337,55 @@ class ComposingReferrer:
                                 np.full(n, keep, bool), (why,) * n)
         evidence = self.evidence(regions)
         plain = [t for t in query.terms if not t.superlative]
-        scored = [[_score_term(t, e, evidence) for t in plain] for e in evidence]
+        scored = [[self._place(t, e) if t.kind == "place" else _score_term(t, e, evidence)
+                   for t in plain] for e in evidence]
         base = np.array([_combine(s) for s in scored], np.float32)
         for t in (t for t in query.terms if t.superlative):
-            ps = _superlative(t, evidence, base, self.threshold)
+            found = [self._places_of(t, e) for e in evidence] if t.kind == "place" else None
+            ps = _superlative(t, evidence, base, self.threshold, found)
             for i in range(n):
-                scored[i].append(Scored(t, ps[i], WEIGHTS["position"]))
+                scored[i].append(Scored(t, ps[i], WEIGHTS["position"]) if found is None or found[i]
+                                 else _no_place(t))
         scores = np.array([_combine(s) for s in scored], np.float32)
         selected = self._select(query, scores, [r.group for r in regions])
         reasons = tuple(", ".join([*(s.text() for s in row), *([tail] if tail else [])])
                         for row in scored)
         parts = tuple(e.part_region(query.part) for e in evidence) if query.part else ()
         return RerankResult(self._calibrated(scores), selected, reasons, parts)
+
+    def _places_of(self, term: Term, e: Evidence) -> list[PlaceConfig]:
+        """The places of the candidate's camera that a place term names."""
+        return find_places(term.part.split("|"), e.region.places, term.words, self._similar)
+
+    def _place(self, term: Term, e: Evidence) -> Scored:
+        """A place term's probability; unknown where the camera has no such place, or the
+        track does not tell (going towards it without the track's ends)."""
+        places = self._places_of(term, e)
+        if not places and term.value == "behind" and e.presence is not None:
+            # behind a thing this camera has not named: most likely partly hidden by it
+            p = _sigmoid((HIDDEN_MID - e.presence) / HIDDEN_SCALE)
+            return Scored(term, 1.0 - p if term.negated else p, WEIGHTS["position"],
+                          "no such place: judged as partly hidden")
+        if not places:
+            return _no_place(term)
+        p = place_probability(term.value, places, e.region.xyxy, e.region.frame_wh,
+                              e.region.motion)
+        if p is None:
+            return Scored(term, 0.5, 0.0, "the track's path is not known")
+        return Scored(term, 1.0 - p if term.negated else p, WEIGHTS["position"])
+
+    def _similar(self, written: str, names: Sequence[str]) -> int | None:
+        """The index of the place name nearest in meaning to ``written`` (MiniLM cosine >=
+        ``PLACE_SIMILARITY``), None without the encoder or when none is near."""
+        if self.concepts is None:
+            return None
+        key = (written, tuple(names))
+        if key not in self._similar_seen:
+            vecs = self.concepts.embed([written, *names])  # (1 + k, d) unit vectors
+            sims = vecs[1:] @ vecs[0]
+            best = int(np.argmax(sims))
+            self._similar_seen[key] = best if sims[best] >= PLACE_SIMILARITY else None
+        return self._similar_seen[key]
 
     def _calibrated(self, scores: np.ndarray) -> np.ndarray:
         """Composed scores as match probabilities (``CALIBRATION``; unchanged without one)."""
@@ -420,7 +462,9 @@ def _credit(term: Term, seen: str) -> float:
 
 def _colour_p(term: Term, colours: dict[str, np.ndarray]) -> float:
     fractions = colours.get(term.part, colours["person"])
-    f = sum(float(fractions[i]) * _credit(term, name) for i, name in enumerate(COLOUR_NAMES))
+    names = [replace(term, value=v) for v in term.value.split("|")]  # a blend: either name
+    f = sum(float(fractions[i]) * max(_credit(t, name) for t in names)
+            for i, name in enumerate(COLOUR_NAMES))
     mid = COLOUR_MID.get(term.part, 0.25)
     if term.value in ACHROMATIC and term.part != "carried":
         mid = max(mid, ACHROMATIC_MID)
@@ -500,6 +544,10 @@ def describe_motion(m: TrackMotion) -> list[str]:
     return words
 
 
+def _no_place(term: Term) -> Scored:
+    return Scored(term, 0.5, 0.0, f"no place called '{term.words}' on this camera")
+
+
 def _score_term(term: Term, e: Evidence, evidence: Sequence[Evidence]) -> Scored:
     weight = WEIGHTS.get(term.kind, 1.0)
     if term.kind == "colour" and term.part == "ground" and e.colours.get(
@@ -526,11 +574,17 @@ def _score_term(term: Term, e: Evidence, evidence: Sequence[Evidence]) -> Scored
 
 
 def _superlative(term: Term, evidence: Sequence[Evidence], base: np.ndarray,
-                 threshold: float) -> list[float]:
+                 threshold: float, places: Sequence[list[PlaceConfig]] | None = None,
+                 ) -> list[float]:
     """Superlative position per candidate, against the others of its frame that match the
     rest of the text (all of them when none does): 1 for the extreme one, falling with the gap
-    (in fractions of the frame, scale 0.06)."""
-    def key(e: Evidence) -> float:
+    (in fractions of the frame, scale 0.06; "closest to the bench": ``places`` per candidate,
+    in person heights, scale 0.5)."""
+    def key(i: int) -> float:
+        e = evidence[i]
+        if places is not None:  # a candidate without the place is never the closest to it
+            return (-place_distance(places[i], e.region.xyxy, e.region.frame_wh) * 0.12
+                    if places[i] else -1e6)
         x1, _, x2, y2 = e.region.xyxy
         w, h = e.region.frame_wh
         cx = (x1 + x2) / 2 / max(w, 1)
@@ -546,7 +600,7 @@ def _superlative(term: Term, evidence: Sequence[Evidence], base: np.ndarray,
             values = {i: -abs(sum(evidence[i].region.xyxy[0::2]) / 2 - mean)
                       / max(evidence[i].region.frame_wh[0], 1) for i in idx}
         else:
-            values = {i: key(evidence[i]) for i in idx}
+            values = {i: key(i) for i in idx}
         best = max(values[i] for i in pool)
         for i in idx:
             p = math.exp(-max(best - values[i], 0.0) / 0.06)

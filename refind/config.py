@@ -48,6 +48,7 @@ from refind.streaming.config import (
     KafkaConfig,
     LiveConfig,
     MotionGateConfig,
+    PlaceConfig,
     Section,
     TrackerConfig,
 )
@@ -76,6 +77,10 @@ class RefindConfig(Section):
     retention: RetentionConfig = RetentionConfig()
     api: ApiConfig = ApiConfig()
     identities: IdentityConfig = IdentityConfig()
+
+    def places(self) -> dict[str, tuple[PlaceConfig, ...]]:
+        """Each camera's named places (``CameraConfig.places``), by camera name."""
+        return {c.name: c.places for c in self.cameras if c.places}
 
     @model_validator(mode="after")
     def _unique_camera_names(self) -> RefindConfig:

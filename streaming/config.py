@@ -215,6 +215,60 @@ class IngestConfig(Section):
     )
 
 
+class PlaceConfig(Section):
+    """A named place in a camera's view (a lamp post, a gate, a bench), drawn by the operator,
+    so a text can say where a person is or goes by it: "just left of the lamp post", "walking
+    towards the gate" (``refind.models.places``). Coordinates are fractions of the camera's
+    analysed frame (after ``region``), so they hold at any resolution."""
+
+    name: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9' -]+$",
+                      description="What operators call it, in words: 'lamp post', 'gate'.")
+    also: tuple[str, ...] = Field(
+        (), max_length=16, description="Other names for it: ['lamppost', 'street light']."
+    )
+    box: tuple[float, float, float, float] = Field(
+        ..., description="Where it is: x1, y1, x2, y2 as fractions of the frame's width and "
+        "height; for an area (a crossing, a doorway), the area.",
+    )
+    ground: tuple[float, float] | None = Field(
+        None, description="Where it stands on the ground (x, y fractions), for a thing raised "
+        "off it such as a sign on a post; None: the bottom centre of the box.",
+    )
+
+    @field_validator("box")
+    @classmethod
+    def _box_inside_frame(cls, box: tuple[float, float, float, float]):
+        from refind.streaming.boxes import check_region
+
+        return check_region(box)
+
+    @field_validator("ground")
+    @classmethod
+    def _ground_inside_frame(cls, ground: tuple[float, float] | None):
+        if ground is not None and not all(0.0 <= v <= 1.0 for v in ground):
+            raise ValueError(f"ground {tuple(ground)} must be x, y fractions of the frame, "
+                             "each in [0, 1]")
+        return ground
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name it answers to, as ``place_key`` reads them."""
+        return tuple(dict.fromkeys(place_key(n) for n in (self.name, *self.also)))
+
+    @property
+    def ground_xy(self) -> tuple[float, float]:
+        """Where it stands on the ground, in fractions of the frame."""
+        x1, _, x2, y2 = self.box
+        return self.ground if self.ground is not None else ((x1 + x2) / 2, y2)
+
+
+def place_key(name: str) -> str:
+    """A place's name as matched against a text's words: lower case, letters only, a plural
+    's' cut ("Lamp posts" and "lamppost" -> "lamppost")."""
+    key = re.sub(r"[^a-z]", "", name.lower())
+    return key[:-1] if len(key) > 3 and key.endswith("s") and not key.endswith("ss") else key
+
+
 class CameraConfig(Section):
     """One camera (or a file played as one)."""
 
@@ -240,12 +294,29 @@ class CameraConfig(Section):
         "split into several cameras. None: the whole frame.",
     )
 
+    places: tuple[PlaceConfig, ...] = Field(
+        (), max_length=256, description="Named places in the view, which text queries may "
+        "name ('left of the lamp post'); see PlaceConfig.",
+    )
+
     @field_validator("region")
     @classmethod
     def _region_inside_frame(cls, region: tuple[float, float, float, float] | None):
         from refind.streaming.boxes import check_region
 
         return None if region is None else check_region(region)
+
+    @field_validator("places")
+    @classmethod
+    def _names_unique(cls, places: tuple[PlaceConfig, ...]):
+        seen: dict[str, str] = {}
+        for p in places:
+            for key in p.names:
+                if key in seen and seen[key] != p.name:
+                    raise ValueError(f"place name {key!r} is given to both {seen[key]!r} and "
+                                     f"{p.name!r}; a name must say which place it is")
+                seen[key] = p.name
+        return places
 
 
 class ReconnectConfig(Section):

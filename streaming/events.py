@@ -164,7 +164,9 @@ class TrackEvent(BaseEvent):
         "+x right, +y down), growth (d ln height / dt), speed, still (share of time standing), "
         "duration_s, height_px, and enter / exit (left, right, top, bottom: the frame edge the "
         "track began or ended at; empty when inside the frame, absent when the frame size was "
-        "not known); absent when too short to tell.")
+        "not known), frame_w, frame_h (that size, pixels) and path (where the feet, the box's "
+        "bottom centre, were at up to 8 times over the track, first and last box included: "
+        "'x,y x,y ...' in pixels); absent when too short to tell.")
 
     @classmethod
     def from_span(cls, span: TrackSpan, phase: TrackPhase, **fields: Any) -> TrackEvent:

@@ -34,7 +34,10 @@ class TrackMotion:
     ``SPEED_WINDOW_S`` windows, heights per second; still: fraction of those windows slower
     than ``STILL_SPEED``; height_px: the median box height the units are based on; enter,
     exit: the edge of the frame the track began or ended at (``SIDES``), "" when it began or
-    ended inside the frame, None when the frame's size was not known.
+    ended inside the frame, None when the frame's size was not known; frame_wh: that size;
+    path: where the feet (the box's bottom centre) were, in frame pixels, at up to
+    ``PATH_POINTS`` times spread evenly over the track, its first and last box included (to
+    tell whether it went to a place); empty when not kept.
     """
 
     vx: float
@@ -46,6 +49,8 @@ class TrackMotion:
     height_px: float
     enter: str | None = None
     exit: str | None = None
+    frame_wh: tuple[int, int] | None = None
+    path: tuple[tuple[float, float], ...] = ()
 
     @property
     def towards(self) -> float:
@@ -53,15 +58,24 @@ class TrackMotion:
         return self.vy + 2.0 * self.growth
 
     def as_dict(self) -> dict[str, float | str]:
+        """Plain numbers and words (the ``motion`` of a track event): the frame's size as
+        ``frame_w``, ``frame_h``, the path as ``"x,y x,y ..."``."""
         out: dict[str, float | str] = {k: round(float(getattr(self, k)), 4) for k in _FIELDS}
-        return out | {k: getattr(self, k) for k in _SIDE_FIELDS if getattr(self, k) is not None}
+        out |= {k: getattr(self, k) for k in _SIDE_FIELDS if getattr(self, k) is not None}
+        if self.frame_wh is not None:
+            out["frame_w"], out["frame_h"] = float(self.frame_wh[0]), float(self.frame_wh[1])
+        if self.path:
+            out["path"] = " ".join(f"{x:.1f},{y:.1f}" for x, y in self.path)
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, float | str]) -> TrackMotion:
-        """The motion ``as_dict`` wrote (``enter`` and ``exit`` may be absent, as in motion
-        stored before they were kept); a missing or unknown key is a ValueError naming it."""
+        """The motion ``as_dict`` wrote (``enter``, ``exit``, the frame's size and the path may
+        be absent, as in motion stored before they were kept); a missing or unknown key is a
+        ValueError naming it."""
         missing = [k for k in _FIELDS if k not in d]
-        extra = [k for k in d if k not in _FIELDS and k not in _SIDE_FIELDS]
+        extra = [k for k in d if k not in _FIELDS and k not in _SIDE_FIELDS
+                 and k not in _EXTRA_FIELDS]
         if missing or extra:
             raise ValueError(f"track motion needs {', '.join(_FIELDS)}; missing {missing}, "
                              f"unknown {extra}")
@@ -69,11 +83,28 @@ class TrackMotion:
         bad = [v for v in sides.values() if v and v not in SIDES]
         if bad:
             raise ValueError(f"track motion sides must be one of {', '.join(SIDES)}, got {bad}")
-        return cls(**{k: float(d[k]) for k in _FIELDS}, **sides)  # type: ignore[arg-type]
+        if ("frame_w" in d) != ("frame_h" in d):
+            raise ValueError("track motion has one of frame_w, frame_h without the other")
+        frame_wh = (int(float(d["frame_w"])), int(float(d["frame_h"]))) if "frame_w" in d \
+            else None
+        return cls(**{k: float(d[k]) for k in _FIELDS}, **sides,  # type: ignore[arg-type]
+                   frame_wh=frame_wh, path=_read_path(str(d.get("path", ""))))
+
+
+def _read_path(text: str) -> tuple[tuple[float, float], ...]:
+    """``"x,y x,y ..."`` -> points; a malformed path is a ValueError quoting it."""
+    try:
+        points = tuple((float(x), float(y)) for x, y in (p.split(",") for p in text.split()))
+    except ValueError:
+        raise ValueError(f"track motion path must read 'x,y x,y ...', got {text[:80]!r}") \
+            from None
+    return points
 
 
 _FIELDS = ("vx", "vy", "growth", "speed", "still", "duration_s", "height_px")
 _SIDE_FIELDS = ("enter", "exit")
+_EXTRA_FIELDS = ("frame_w", "frame_h", "path")
+PATH_POINTS = 8
 SIDES = ("left", "right", "top", "bottom")
 EDGE = 0.03  # a box this close to an edge (fraction of the frame) touches it
 
@@ -168,4 +199,12 @@ def track_motion(times_s: ArrayLike, xyxy: ArrayLike,
     leave = edge_of(b[-1], frame_wh) if frame_wh else None
     return TrackMotion(vx=vx, vy=vy, growth=growth, speed=float(np.median(step)),
                        still=float(np.mean(step < STILL_SPEED)),
-                       duration_s=float(t[-1] - t[0]), height_px=h, enter=enter, exit=leave)
+                       duration_s=float(t[-1] - t[0]), height_px=h, enter=enter, exit=leave,
+                       frame_wh=(int(frame_wh[0]), int(frame_wh[1])) if frame_wh else None,
+                       path=_path(cx, b[:, 3]))
+
+
+def _path(x: np.ndarray, y: np.ndarray) -> tuple[tuple[float, float], ...]:
+    """Up to ``PATH_POINTS`` of the feet's (x, y), evenly spread, first and last included."""
+    pick = np.unique(np.linspace(0, len(x) - 1, min(PATH_POINTS, len(x))).round().astype(int))
+    return tuple((float(x[i]), float(y[i])) for i in pick)

@@ -137,6 +137,11 @@ class VideoSource:
         rate = self._header("average_rate")
         return float(rate) if rate else None
 
+    def frame_size(self) -> tuple[int, int] | None:
+        """Width and height of a file's frames as its header says; None when it does not."""
+        w, h = self._header("width"), self._header("height")
+        return (int(w), int(h)) if w and h else None  # type: ignore[call-overload]
+
     def _header(self, field: str) -> object:
         """One field of the video stream's header (None when the file cannot be read)."""
         try:

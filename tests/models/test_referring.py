@@ -112,7 +112,9 @@ def test_reasons_name_the_evidence_and_the_words_not_read() -> None:
     result = _referrer()("a man in a red top walking left near the fountain", PEOPLE)
     assert result.selected.tolist() == [True, False, False]
     assert result.reasons[0].startswith("top red 1.00")
-    assert "walking left" in result.reasons[0] and "ignored: 'fountain'" in result.reasons[0]
+    assert "walking left" in result.reasons[0]
+    # a place this camera has not named is said to be unknown, not dropped
+    assert "next to the fountain unknown (no place called 'fountain'" in result.reasons[0]
     assert "✗" in result.reasons[1]  # what the middle person lacked
 
 
@@ -166,8 +168,10 @@ def test_a_partly_hidden_person_is_told_by_the_pose_models_presence() -> None:
     referrer = ComposingReferrer(_Attributes(), _HiddenPose())  # type: ignore[arg-type]
     hidden = referrer("the person half hidden behind the lamp post", PEOPLE)
     assert list(np.nonzero(hidden.selected)[0]) == [2], hidden.reasons
-    assert hidden.reasons[2].startswith("partly hidden 0.9")
-    assert "ignored: 'lamp', 'post'" in hidden.reasons[2]
+    assert "partly hidden 0.9" in hidden.reasons[2]
+    # behind a place this camera has not named: judged as partly hidden by it
+    assert "behind the lamp post 0.9" in hidden.reasons[2]
+    assert "judged as partly hidden" in hidden.reasons[2]
     seen = referrer("people in black trousers, fully visible", PEOPLE)
     assert list(np.nonzero(seen.selected)[0]) == [1], seen.reasons
     # no pose model: nothing tells who is hidden, so nobody is picked for it
