@@ -166,19 +166,23 @@ def _place_name(words: Sequence[str], start: int, used: Sequence[bool], strict: 
             j += 1
             continue
         break
-    nouns = [w for w in taken if w not in SHADES and canonical_colour(w) is None]
-    head = taken[-1] if taken else ""
-    if not nouns or not (head in SCENE_WORDS or (not strict and not known(head))) \
+    # a shade or colour says what the place is like ("the white van"), unless it ends the name
+    # ("the street light")
+    nouns = [w for k, w in enumerate(taken) if k == len(taken) - 1
+             or (w not in SHADES and canonical_colour(w) is None)]
+    head = nouns[-1] if nouns else ""
+    if not nouns or not (head in SCENE_WORDS or (not strict and not known(head))
+                         or (len(nouns) > 1 and nouns[-2] in SCENE_WORDS)) \
             or head in GROUND_COLOUR:
         return (), start, ""
-    names = [place_key("".join(nouns)), place_key(nouns[-1])]
+    names = [place_key("".join(taken)), place_key("".join(nouns)), place_key(nouns[-1])]
     # "the sign on the lamp post": the place may be named by either
     if j + 1 < len(words) and words[j] in ("on", "of", "at", "by"):
         more, after, _ = _place_name(words, j + 1, used)
         if more:
             names += list(more)
             j = after
-    return tuple(dict.fromkeys(names)), j, " ".join(nouns)
+    return tuple(dict.fromkeys(names)), j, " ".join(taken)
 
 
 def find_places(names: Sequence[str], places: Sequence[PlaceConfig], written: str = "",
