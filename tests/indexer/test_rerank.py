@@ -193,3 +193,40 @@ def test_pool_builds_each_reranker_once(model_store) -> None:
     first = pool.get("attributes")
     assert isinstance(first, AttributeVerifier) and first.threshold == 0.7
     assert pool.get("attributes") is first and pool.get("none") is None
+
+
+class _Recording:
+    """A re-ranker that keeps the regions it was given and selects everyone."""
+
+    name = "recording"
+
+    def __call__(self, expression: str, regions):
+        from refind.models.base import RerankResult
+
+        self.regions = list(regions)
+        n = len(regions)
+        return RerankResult(np.ones(n, np.float32), np.ones(n, bool), ("kept",) * n)
+
+
+def test_regions_carry_their_cameras_places_and_the_frame_size_of_their_motion(
+        tmp_path: Path) -> None:
+    from refind.streaming.config import PlaceConfig
+    from refind.streaming.motion import track_motion
+
+    store = CropStore(tmp_path / "crops")
+    crop = np.full((60, 20, 3), 128, np.uint8)
+    t = np.linspace(0.0, 2.0, 10)
+    boxes = np.stack([t * 10, t * 0 + 100, t * 10 + 20, t * 0 + 160], axis=1)
+    moved = track_motion(t, boxes, (640, 480))
+    hits = [TrackletHit(camera=cam, track_id=1, score=0.9, start_ts_ns=0, end_ts_ns=1,
+                        n_crops=1, best_frame_index=5, best_xyxy=(10.0, 100.0, 30.0, 160.0),
+                        thumbnail=store.put(cam, 1, 5, crop), motion=motion)
+            for cam, motion in (("gate", moved), ("hall", None))]
+    post = PlaceConfig(name="lamp post", box=(0.5, 0.1, 0.52, 0.7))
+    recording = _Recording()
+    rerank_hits(recording, "next to the lamp post", hits, store, weight=0.5,
+                with_retrieval=False, places={"gate": (post,)})
+    gate, hall = recording.regions
+    assert gate.places == (post,) and hall.places == ()
+    # the frame's size from the track's motion; without it, the extent of the boxes seen
+    assert gate.frame_wh == (640, 480) and hall.frame_wh == (30, 160)

@@ -197,3 +197,15 @@ def test_one_name_for_two_different_places_is_refused() -> None:
     # several boxes of one name are one kind of place, seen several times
     cam = CameraConfig(name="cam", url="a.mp4", places=[c.model_dump() for c in CONES])
     assert [p.name for p in cam.places] == ["cone", "cone"]
+
+
+def test_eval_refer_takes_the_places_of_a_camera_of_the_config() -> None:
+    from refind.app.commands import camera_places
+    from refind.config import RefindConfig
+
+    cfg = RefindConfig(cameras=[CameraConfig(name="gate", url="a.mp4", places=[POST])])
+    assert camera_places(cfg, "gate") == (POST,)
+    assert camera_places(cfg, None) == ()
+    with pytest.raises(ValueError, match="--camera 'hall' is not a camera of the config; it has "
+                       "gate"):
+        camera_places(cfg, "hall")
