@@ -8,9 +8,10 @@ from the evidence that bears on it:
   ``refind.models.body``) named that colour, a neighbouring name counting half (a chromatic
   name next to an achromatic one, 0.15; black for a "dark" or "navy" colour, half), through
   ``p = sigmoid((f - mid) / 0.07)``. ``mid`` is 0.25 for a garment, 0.35 for the outfit as a
-  whole ("in red") and 0.04 (scale 0.015) for a carried thing ("holding something white"),
-  which covers little of a person; black, grey and white must dominate (``mid`` 0.6), since
-  shadows, dim light and the road give them everywhere;
+  whole ("in black": the mean of top and bottom) and 0.04 (scale 0.015) for a carried thing
+  ("holding something white"), which covers little of a person; black, grey and white must
+  dominate (``mid`` 0.6), since shadows, dim light and the road give them everywhere; "in red",
+  a chromatic colour, is named by the garment that shows it: the better of top and bottom;
 - the ground someone stands on ("on the grass", "crossing the road"): the colour of the pixels
   in the bottom 15 % of the crop, around the feet, outside the person's mask
   (``refind.models.body.ground_colours``), scored as a garment's colour is (green grass, grey
@@ -461,6 +462,11 @@ def _credit(term: Term, seen: str) -> float:
 
 
 def _colour_p(term: Term, colours: dict[str, np.ndarray]) -> float:
+    if term.part == "outfit" and not set(term.value.split("|")) & set(ACHROMATIC) \
+            and "top" in colours and "bottom" in colours:
+        # "in red": a chromatic colour is named by the garment that shows it, top or bottom;
+        # black, grey and white by the outfit as a whole (they are everywhere)
+        return max(_colour_p(replace(term, part=part), colours) for part in ("top", "bottom"))
     fractions = colours.get(term.part, colours["person"])
     names = [replace(term, value=v) for v in term.value.split("|")]  # a blend: either name
     f = sum(float(fractions[i]) * max(_credit(t, name) for t in names)

@@ -342,3 +342,16 @@ def test_a_track_is_described_by_the_rules_a_query_is_checked_with() -> None:
     standing = TrackMotion(vx=0.0, vy=0.0, growth=0.0, speed=0.02, still=0.9, duration_s=8.0,
                            height_px=100.0)
     assert describe_motion(standing) == ["standing still"]
+
+
+def test_in_a_chromatic_colour_is_the_garment_that_shows_it() -> None:
+    """"in red" of a red-and-black jacket over blue jeans: the red shows on the top, though
+    the outfit as a whole is a quarter red; "in black" still needs black to dominate."""
+    two_tone = _person("red", "blue")
+    h, w = two_tone.shape[:2]
+    two_tone[int(0.2 * h) : int(0.52 * h), w // 2 : -8] = BGR["black"]
+    people = [replace(PEOPLE[0], crop=two_tone), PEOPLE[1]]
+    result = _referrer()("the person in red", people)
+    assert list(np.nonzero(result.selected)[0]) == [0], result.reasons
+    black = _referrer()("people in black", people)
+    assert list(np.nonzero(black.selected)[0]) == [1], black.reasons
