@@ -90,7 +90,8 @@ class PlacePhrase:
 def read_places(words: Sequence[str], used: list[bool] | None = None,
                 negated_at: Callable[[int], bool] | None = None) -> list[PlacePhrase]:
     """Every relation to a named place in ``words`` (lower-case tokens); marks the words read
-    in ``used`` (the relation, the place's name and a motion verb it belongs to)."""
+    in ``used`` (the relation and the place's name; a verb before it is left to the motion
+    reader: "walks from the building towards the camera" also comes closer)."""
     used = used if used is not None else [False] * len(words)
     out: list[PlacePhrase] = []
     i = 0
