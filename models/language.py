@@ -2,7 +2,7 @@
 
 ``parse_query`` reads English descriptions of people ("the two men in black walking towards the
 camera", "woman with long dark hair in a bright red top", "not the one in black") into terms of
-five kinds, each a thing the evidence of a person can confirm or refute:
+six kinds, each a thing the evidence of a person can confirm or refute:
 
 - ``colour``: a colour on a part of the person (``top``, ``bottom``, ``shoes``, ``hair``,
   ``head``), on the clothing as a whole (``outfit``: "in black", "dressed in red"), or on
@@ -16,7 +16,9 @@ five kinds, each a thing the evidence of a person can confirm or refute:
 - ``motion``: how the person moves over their tracklet (``left``, ``right``, ``towards``,
   ``away``, ``still``, ``fast``, ``moving``);
 - ``place``: where the person is or goes by a named place of the view (``refind.models.places``:
-  "just left of the lamp post", "walking towards the gate"); ``part`` holds the place's names.
+  "just left of the lamp post", "walking towards the gate"); ``part`` holds the place's names;
+- ``person``: where the person is by another person ("the man next to the woman in red",
+  ``refind.models.relations``): the other person's words are read apart, as ``anchor``.
 
 It also reads how many people are meant (``count``: "the two" -> 2; ``plural`` for "people",
 "everyone", "all three") and negation ("without a bag", "not the one in black" flip a term).
@@ -38,7 +40,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -81,6 +83,8 @@ from refind.models.lexicon import (
 )
 from refind.models.places import LABELS as PLACE_LABELS
 from refind.models.places import read_places
+from refind.models.relations import LABELS as PERSON_LABELS
+from refind.models.relations import split_relation
 
 # --- what a text asks for -----------------------------------------------------------------------
 
@@ -121,6 +125,8 @@ class Term:
             return f"{neg}{label}"
         if self.kind == "unknown":
             return f"{neg}{self.value} (no model sees it)"
+        if self.kind == "person":
+            return f"{neg}{PERSON_LABELS[self.value]} {self.words}"
         if self.kind == "place":
             closest = "closest to" if self.superlative else PLACE_LABELS[self.value]
             return f"{neg}{closest} the {self.words}"
@@ -158,6 +164,7 @@ class ReferQuery:
     ignored: tuple[str, ...] = ()
     mapped: tuple[tuple[str, str], ...] = ()
     part: str | None = None  # the text is about this part of a person ("her trousers")
+    anchor: ReferQuery | None = None  # the other person a "person" term relates this one to
 
     @property
     def checkable(self) -> bool:
@@ -167,6 +174,7 @@ class ReferQuery:
         return {
             "terms": [t.label() for t in self.terms], "count": self.count, "plural": self.plural,
             "ignored": list(self.ignored), "mapped": dict(self.mapped), "part": self.part,
+            **({"anchor": self.anchor.as_dict()} if self.anchor is not None else {}),
         }  # fmt: skip
 
 
@@ -246,6 +254,14 @@ def parse_query(text: str, concepts: ConceptMap | None = None) -> ReferQuery:
     know: they end in ``ignored`` (after ``concepts`` had a chance to map them)."""
     raw = _tokens(text)
     words, mapped = _mapped(raw, concepts)
+    related = split_relation(words)
+    if related is not None:  # "the man next to the woman in red": two people, read apart
+        mine, relation, theirs = related
+        target, anchor = parse_query(" ".join(mine)), parse_query(" ".join(theirs))
+        term = Term("person", relation, words=" ".join(theirs))
+        return replace(target, text=text, terms=(*target.terms, term),
+                       ignored=tuple(dict.fromkeys(target.ignored + anchor.ignored)),
+                       mapped=tuple(mapped), anchor=anchor)
     reader = _Reader(words)
     reader.phrases()
     reader.colours()

@@ -86,6 +86,7 @@ from refind.models.language import (
     parse_query,
 )
 from refind.models.places import find_places, place_distance, place_probability
+from refind.models.relations import relation_probability
 from refind.streaming.config import PlaceConfig
 from refind.streaming.motion import TrackMotion
 
@@ -337,22 +338,52 @@ class ComposingReferrer:
             return RerankResult(self._calibrated(np.full(n, 1.0 if keep else 0.0, np.float32)),
                                 np.full(n, keep, bool), (why,) * n)
         evidence = self.evidence(regions)
-        plain = [t for t in query.terms if not t.superlative]
-        scored = [[self._place(t, e) if t.kind == "place" else _score_term(t, e, evidence)
-                   for t in plain] for e in evidence]
-        base = np.array([_combine(s) for s in scored], np.float32)
-        for t in (t for t in query.terms if t.superlative):
-            found = [self._places_of(t, e) for e in evidence] if t.kind == "place" else None
-            ps = _superlative(t, evidence, base, self.threshold, found)
-            for i in range(n):
-                scored[i].append(Scored(t, ps[i], WEIGHTS["position"]) if found is None or found[i]
-                                 else _no_place(t))
+        scored = self._scored(query, evidence)
         scores = np.array([_combine(s) for s in scored], np.float32)
         selected = self._select(query, scores, [r.group for r in regions])
         reasons = tuple(", ".join([*(s.text() for s in row), *([tail] if tail else [])])
                         for row in scored)
         parts = tuple(e.part_region(query.part) for e in evidence) if query.part else ()
         return RerankResult(self._calibrated(scores), selected, reasons, parts)
+
+    def _scored(self, query: ReferQuery, evidence: Sequence[Evidence]) -> list[list[Scored]]:
+        """Each candidate's scored terms: the plain ones, then those judged against the other
+        candidates of its frame (another person the text names, superlatives)."""
+        plain = [t for t in query.terms if not t.superlative and t.kind != "person"]
+        scored = [[self._place(t, e) if t.kind == "place" else _score_term(t, e, evidence)
+                   for t in plain] for e in evidence]
+        for t in (t for t in query.terms if t.kind == "person"):
+            fits = (np.array([_combine(row) for row in self._scored(query.anchor, evidence)])
+                    if query.anchor is not None and query.anchor.terms
+                    else np.full(len(evidence), 0.5))
+            for row, s in zip(scored, self._beside(t, fits, evidence), strict=True):
+                row.append(s)
+        base = np.array([_combine(s) for s in scored], np.float32)
+        for t in (t for t in query.terms if t.superlative):
+            found = [self._places_of(t, e) for e in evidence] if t.kind == "place" else None
+            ps = _superlative(t, evidence, base, self.threshold, found)
+            for i in range(len(evidence)):
+                scored[i].append(Scored(t, ps[i], WEIGHTS["position"]) if found is None or found[i]
+                                 else _no_place(t))
+        return scored
+
+    def _beside(self, term: Term, fits: np.ndarray,
+                evidence: Sequence[Evidence]) -> list[Scored]:
+        """"next to the woman in red": per candidate, the best over the others of its frame of
+        how well they fit the other person's words (``fits``, per candidate) times the
+        relation between the two."""
+        out = []
+        for i, e in enumerate(evidence):
+            others = [j for j, o in enumerate(evidence) if j != i and o.region.group ==
+                      e.region.group]
+            if not others:  # judged alone (a tracklet in search): it cannot be told
+                out.append(Scored(term, 0.5, 0.0, "nobody else in view to judge it by"))
+                continue
+            p = max(float(fits[j]) * relation_probability(term.value, e.region.xyxy,
+                                                          evidence[j].region.xyxy)
+                    for j in others)
+            out.append(Scored(term, 1.0 - p if term.negated else p, WEIGHTS["position"]))
+        return out
 
     def _places_of(self, term: Term, e: Evidence) -> list[PlaceConfig]:
         """The places of the candidate's camera that a place term names."""

@@ -76,7 +76,7 @@ def _terms(text: str) -> set[str]:
         ("the man in black, half obscured by a parked van", {"man", "outfit black",
                                                              "partly hidden",
                                                              "behind the parked van"}),
-        ("the person behind the woman in red", {"woman", "outfit red"}),
+        ("the person behind the woman in red", {"behind the woman in red"}),  # another person
         ("a partly visible person on the right", {"partly hidden", "on the right"}),
         ("a fully visible man", {"man", "not partly hidden"}),
         ("the person visible on the left", {"on the left"}),

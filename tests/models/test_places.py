@@ -209,3 +209,50 @@ def test_eval_refer_takes_the_places_of_a_camera_of_the_config() -> None:
     with pytest.raises(ValueError, match="--camera 'hall' is not a camera of the config; it has "
                        "gate"):
         camera_places(cfg, "hall")
+
+
+@pytest.mark.parametrize(
+    ("text", "target", "relation", "anchor"),
+    [
+        ("the man next to the woman in red", {"man"}, "next to the woman in red",
+         {"woman", "outfit red"}),
+        ("a woman walking behind a man in a blue jacket", {"woman", "moving"},
+         "behind a man in a blue jacket", {"man", "top blue"}),
+        ("the guy to the left of the woman with the backpack", {"man"},
+         "left of the woman with the backpack", {"woman", "backpack"}),
+        ("the man next to the woman in red, carrying a bag", {"man", "bag"},
+         "next to the woman in red", {"woman", "outfit red"}),
+    ],
+)
+def test_another_person_named_is_read_apart(text: str, target: set, relation: str,
+                                            anchor: set) -> None:
+    q = parse_query(text)
+    assert {t.label() for t in q.terms if t.kind != "person"} == target
+    assert [t.label() for t in q.terms if t.kind == "person"] == [relation]
+    assert q.anchor is not None and {t.label() for t in q.anchor.terms} == anchor
+
+
+@pytest.mark.parametrize("text", ["two people next to each other", "a woman with long hair",
+                                  "the man in black next to the lamp post", "a man with a bag",
+                                  "a woman walking together with a man in a blue jacket"])
+def test_no_other_person_no_split(text: str) -> None:
+    assert parse_query(text).anchor is None
+
+
+def test_the_referrer_finds_a_person_by_the_one_beside_them() -> None:
+    """Red at the left, black just beside red, green further right: "next to the person in a
+    red top" is black, though red is the one the words describe."""
+    boxes = [(40.0, 100.0, 76.0, 190.0), (82.0, 100.0, 118.0, 190.0), (300.0, 100.0, 336.0, 190.0)]
+    people = [replace(r, xyxy=b) for r, b in zip(PEOPLE, boxes, strict=True)]
+    referrer = ComposingReferrer(_Attributes(), _BoxPose())  # type: ignore[arg-type]
+    result = referrer("the person next to the person in a red top", people)
+    assert list(np.nonzero(result.selected)[0]) == [1], result.reasons
+    assert "next to the person in a red top 0.9" in result.reasons[1]
+    behind = referrer("the man behind the person in a green top",
+                      [*people[:2], replace(people[2], xyxy=(300.0, 140.0, 336.0, 230.0)),
+                       replace(people[1], xyxy=(296.0, 60.0, 326.0, 135.0))])
+    assert list(np.nonzero(behind.selected)[0]) == [3], behind.reasons
+    # judged alone, as a tracklet in search is: unknown, not false
+    alone = referrer("the person next to the person in a red top", people[1:2])
+    assert "unknown (nobody else in view to judge it by)" in alone.reasons[0]
+
