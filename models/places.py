@@ -50,11 +50,10 @@ from refind.models.lexicon import (
     SHADES,
     known,
 )
+from refind.streaming.boxes import box_gaps
 from refind.streaming.config import PlaceConfig, place_key
 from refind.streaming.motion import TrackMotion
 
-RELATIONS = ("near", "left", "right", "behind", "front", "inside", "towards", "away")
-MOTION_RELATIONS = ("towards", "away")
 LABELS = {"near": "next to", "left": "left of", "right": "right of", "behind": "behind",
           "front": "in front of", "inside": "in", "towards": "going towards",
           "away": "going away from"}
@@ -74,7 +73,7 @@ _NOT_PLACES = ("each", "other", "one", "ones", "someone", "somebody", "everyone"
 
 @dataclass(frozen=True)
 class PlacePhrase:
-    """Words relating a person to a place: the relation (``RELATIONS``), the place's names to
+    """Words relating a person to a place: the relation (a key of ``LABELS``), the place's names to
     look up (``place_key`` form, most specific first: "lamppost", then "post"), the place as
     written ("lamp post"), the words read, and whether it is negated or a superlative ("the
     closest to the bench")."""
@@ -232,7 +231,7 @@ def _one(relation: str, place: PlaceConfig, xyxy: Sequence[float], frame_wh: tup
     cx = (x1 + x2) / 2
     gap = _gap(box, xyxy)
     loose = _sigmoid((LOOSE_HEIGHTS - gap) / LOOSE_SCALE)
-    across = max(bx1 - x2, x1 - bx2, 0.0) / h  # gap between the boxes across the image
+    across = box_gaps(box, xyxy)[0] / h  # gap between the boxes across the image
     if relation == "near":
         return _sigmoid((NEAR_HEIGHTS - gap) / NEAR_SCALE)
     if relation == "left":
@@ -271,10 +270,7 @@ def _pixels(place: PlaceConfig, frame_wh: tuple[int, int],
 def _gap(box: tuple[float, float, float, float], xyxy: Sequence[float]) -> float:
     """The distance between a place's box and a person's in the image (0 where they overlap),
     in the person's heights."""
-    bx1, by1, bx2, by2 = box
-    x1, y1, x2, y2 = (float(v) for v in xyxy)
-    across, down = max(bx1 - x2, x1 - bx2, 0.0), max(by1 - y2, y1 - by2, 0.0)
-    return math.hypot(across, down) / max(y2 - y1, 1.0)
+    return math.hypot(*box_gaps(box, xyxy)) / max(float(xyxy[3]) - float(xyxy[1]), 1.0)
 
 
 def _sigmoid(x: float) -> float:

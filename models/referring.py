@@ -395,7 +395,7 @@ class ComposingReferrer:
         places = self._places_of(term, e)
         if not places and term.value == "behind" and e.presence is not None:
             # behind a thing this camera has not named: most likely partly hidden by it
-            p = _sigmoid((HIDDEN_MID - e.presence) / HIDDEN_SCALE)
+            p = _hidden_p(e.presence)
             return Scored(term, 1.0 - p if term.negated else p, WEIGHTS["position"],
                           "no such place: judged as partly hidden")
         if not places:
@@ -581,6 +581,11 @@ def describe_motion(m: TrackMotion) -> list[str]:
     return words
 
 
+def _hidden_p(presence: float) -> float:
+    """How likely a person is partly hidden, from BlazePose's presence of a whole person."""
+    return _sigmoid((HIDDEN_MID - presence) / HIDDEN_SCALE)
+
+
 def _no_place(term: Term) -> Scored:
     return Scored(term, 0.5, 0.0, f"no place called '{term.words}' on this camera")
 
@@ -594,7 +599,7 @@ def _score_term(term: Term, e: Evidence, evidence: Sequence[Evidence]) -> Scored
         p = _colour_p(term, e.colours)
     elif term.kind == "position" and term.value == "hidden":
         p, weight = (0.5, 0.0) if e.presence is None else (  # unknown: not judged
-            _sigmoid((HIDDEN_MID - e.presence) / HIDDEN_SCALE), weight)
+            _hidden_p(e.presence), weight)
     elif term.kind == "position":
         p = _position_p(term, e, evidence)
     elif term.kind == "motion":

@@ -31,6 +31,7 @@ import math
 from collections.abc import Sequence
 
 from refind.models.lexicon import PERSON_WORDS
+from refind.streaming.boxes import box_gaps
 
 LABELS = {"near": "next to", "behind": "behind", "front": "in front of", "left": "left of",
           "right": "right of"}
@@ -98,7 +99,7 @@ def relation_probability(relation: str, target: Sequence[float],
     tx1, ty1, tx2, ty2 = (float(v) for v in target)
     ax1, ay1, ax2, ay2 = (float(v) for v in anchor)
     h = max(((ty2 - ty1) + (ay2 - ay1)) / 2, 1.0)
-    across = max(ax1 - tx2, tx1 - ax2, 0.0) / h
+    across = box_gaps(target, anchor)[0] / h
     d = math.hypot(across, 2.0 * (ty2 - ay2) / h)
     if relation == "near":
         return _sigmoid((0.75 - d) / 0.25)

@@ -48,6 +48,18 @@ def crop_box(image: np.ndarray, xyxy: Sequence[float]) -> np.ndarray:
     return np.ascontiguousarray(image[y1:y2, x1:x2])
 
 
+def box_gaps(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """How far apart two boxes are across and down the image (pixels; 0 where they overlap).
+
+    Example:
+        >>> box_gaps((0, 0, 10, 10), (15, 5, 20, 30))
+        (5.0, 0.0)
+    """
+    ax1, ay1, ax2, ay2 = (float(v) for v in a)
+    bx1, by1, bx2, by2 = (float(v) for v in b)
+    return max(bx1 - ax2, ax1 - bx2, 0.0), max(by1 - ay2, ay1 - by2, 0.0)
+
+
 Region = tuple[float, float, float, float]
 """Part of a source's frame as fractions of its width and height: x1, y1, x2, y2 in [0, 1]."""
 
