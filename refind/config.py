@@ -37,8 +37,8 @@ from refind.models.config import (
     DetectorConfig,
     EmbedderConfig,
     ModelStoreConfig,
+    OmzPersonDetectorConfig,
     OpenVinoReidConfig,
-    YoloxDetectorConfig,
 )
 from refind.streaming.config import (
     CameraConfig,
@@ -59,7 +59,7 @@ class RefindConfig(Section):
         Path(".refind"), description="Where the gallery, metadata and crops are stored."
     )
     models: ModelStoreConfig = ModelStoreConfig()
-    detector: DetectorConfig = YoloxDetectorConfig()
+    detector: DetectorConfig = OmzPersonDetectorConfig()
     tracker: TrackerConfig = TrackerConfig()
     motion_gate: MotionGateConfig = MotionGateConfig()
     crops: CropConfig = CropConfig()

@@ -74,8 +74,10 @@ def type_tag(default: str, by_model: Mapping[str, str] | None = None):
 class TrackerConfig(Section):
     """ByteTrack settings. Thresholds are the ByteTrack paper's (high 0.6, low 0.1, new track
     0.7; IoU gates 0.2 / 0.5 / 0.3 of its code); times are in seconds, not frames. The
-    appearance settings were chosen on PETS09-S2L1 frames 1-400 with the default detector,
-    YOLOX-Nano (see evaluation/mot.py; configs/person-detection-0202.yaml has that one's)."""
+    appearance settings were chosen with the default detector, person-detection-0202 fitted to
+    each frame's aspect: on PETS09-S2L1 frames 1-400, and on the narrow views cut from them
+    (configs/mtmc-pets.yaml) between settings that tie there (docs/benchmarks.md#detectors;
+    configs/yolox.yaml has YOLOX-Nano's)."""
 
     type: Literal["bytetrack"] = "bytetrack"
     high_threshold: float = Field(
@@ -112,7 +114,7 @@ class TrackerConfig(Section):
         "confirmed, given an id and reported."
     )
     reid_max_distance: float = Field(
-        0.4, ge=0.0, le=2.0, description="With appearance: a lost track missed by motion is "
+        0.6, ge=0.0, le=2.0, description="With appearance: a lost track missed by motion is "
         "re-identified by a high-score detection at most this cosine distance from its "
         "appearance (and within reach, see max_speed_hps)."
     )

@@ -33,14 +33,38 @@ def test_default_yaml_equals_embedded_defaults() -> None:
 @pytest.mark.parametrize(
     ("section", "kind", "model"),
     [
-        ({}, "yolox", "yolox_nano"),
+        ({}, "omz_person", "person-detection-0202"),
         ({"model": "person-detection-0200"}, "omz_person", "person-detection-0200"),
-        ({"type": "omz_person"}, "omz_person", "person-detection-0202"),
+        ({"model": "yolox_nano"}, "yolox", "yolox_nano"),
+        ({"type": "yolox"}, "yolox", "yolox_nano"),
     ],
 )
 def test_a_detector_without_type_follows_its_model(section: dict, kind: str, model: str) -> None:
     detector = parse_config({"detector": section}).detector
     assert (detector.type, detector.model) == (kind, model)
+
+
+@pytest.mark.parametrize(
+    ("section", "fit"),
+    [({}, "aspect"), ({"model": "person-detection-0200"}, "stretch"),
+     ({"letterbox": True}, "letterbox"), ({"letterbox": False}, "stretch"),
+     ({"fit": "stretch"}, "stretch")],
+)
+def test_an_omz_detector_fits_frames_as_measured_best_unless_told(section: dict, fit: str) -> None:
+    """Left out, ``fit`` is the model's best on PETS; ``letterbox: true|false`` was the setting
+    before ``fit`` and keeps its meaning."""
+    assert parse_config({"detector": section}).detector.fit == fit
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [({"letterbox": True, "fit": "aspect"}, "give `fit` alone"),
+     ({"letterbox": "yes"}, "letterbox must be true or false"),
+     ({"fit": "crop"}, "detector.fit: Input should be .aspect.")],
+)
+def test_a_wrong_fit_is_named(section: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"detector": section})
 
 
 @pytest.mark.parametrize(
