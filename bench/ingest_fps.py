@@ -6,7 +6,7 @@ embeds and writes the gallery. It runs twice: with the default tracker (lazy app
 ReID model is also called for ambiguous detections) and motion only (`appearance_weight: 0`),
 so the cost of each part is visible. Prints one JSON object and writes it under bench/results;
 `ratio` = ingest fps / detector fps. ``--config`` measures another setting
-(configs/person-detection-0202.yaml: the OMZ detector) the same way.
+(configs/yolox.yaml: YOLOX-Nano) the same way.
 
     python bench/ingest_fps.py [--video V] [--repeats 2] [--config CONFIG.yaml]
 """

@@ -143,9 +143,9 @@ def test_eval_mot_scores_only_the_frames_asked_for() -> None:
 
 @pytest.mark.slow
 def test_pets_tracking_quality() -> None:
-    """IDF1 meets the issue's bar (0.75; 0.834 measured). MOTA measured 0.784 against a target
-    of 0.80: short by the detector (recall 0.89, loose boxes on small people) and by 161 boxes
-    on real people that MOT15 marks "not considered". This guards the measured level."""
+    """The default (person-detection-0202 fitted to the frame's aspect) meets issue 19's MOTA
+    0.80 on the whole clip (0.822 measured on 2026-12-07; IDF1 0.861 against its 0.85). This
+    guards the measured level, with IDF1's margin for the 0.03 it moves between CPUs."""
     if not (PETS / "vtest.avi").is_file() or not (PETS / "gt.txt").is_file():
         pytest.skip(f"PETS09-S2L1 data not found at {PETS.resolve()} (see ../shared/data/README)")
     from refind.config import RefindConfig
@@ -159,6 +159,6 @@ def test_pets_tracking_quality() -> None:
     except ModelStoreError as err:  # model files absent and no download possible
         pytest.skip(f"models unavailable: {err}")
     assert result["frames"] == 795
-    assert result["IDF1"] >= 0.75, result
-    assert result["MOTA"] >= 0.77, result
-    assert result["IDSW"] <= 40, result
+    assert result["IDF1"] >= 0.82, result
+    assert result["MOTA"] >= 0.80, result
+    assert result["IDSW"] <= 30, result

@@ -68,6 +68,6 @@ def test_choosing_the_default_models_loads_neither_torch_nor_transformers():
 def test_the_default_sections_build_real_models(model_store):
     detector = build_detector(RefindConfig().detector, model_store)
     embedder = build_embedder(OpenVinoReidConfig(), model_store)
-    assert detector.model_id.startswith("yolox_nano@")
+    assert detector.model_id.startswith("person-detection-0202@")
     assert embedder.model_id.startswith("person-reidentification-retail-0277@")
     assert embedder.dim == 256
