@@ -92,7 +92,7 @@ class OmzPersonDetectorConfig(Section):
 
 
 # Plugin sections: unions discriminated on `type:` (the embedded default's type when left out;
-# a detector's follows its model's name: an OMZ person-detection-* model is omz_person).
+# a detector's follows its model's name: a yolox* model is yolox, any other omz_person).
 DetectorConfig = Annotated[
     Annotated[YoloxDetectorConfig, Tag("yolox")]
     | Annotated[OmzPersonDetectorConfig, Tag("omz_person")],
