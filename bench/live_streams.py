@@ -12,7 +12,10 @@ detector ran on (the motion gate skips frames where nothing moved) and per-stage
 Writes ``live_streams-<date>[-intel].json`` under bench/results.
 
     python bench/live_streams.py [--video pets|intel] [--min-cameras 1] [--max-cameras 8]
-                                 [--window 30] [--warmup 15]
+                                 [--window 30] [--warmup 15] [--config configs/yolox.yaml]
+
+``--config`` takes the detector and tracker sections of another config (the file's name is
+added to the result's name).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from report import code_version, write_result  # noqa: E402  (bench/report.py)
 from refind.actors.config import RayConfig  # noqa: E402
 from refind.actors.runtime import init_ray, shutdown_ray  # noqa: E402
 from refind.actors.supervisor import Supervisor  # noqa: E402
-from refind.config import parse_config  # noqa: E402
+from refind.config import load_config, parse_config  # noqa: E402
 
 PETS = REPO / "../shared/data/pets09-s2l1/vtest.avi"
 VIDEOS = {"pets": PETS, "intel": REPO / "../shared/data/intel-sample-videos/"
@@ -63,8 +66,10 @@ def totals(sup: Supervisor) -> dict[str, dict]:
 
 
 def run_n(n: int, clip: Path, data_dir: Path, warmup: float, window: float, fps: float,
-          detectors: int = 1, max_in_flight: int | None = None) -> dict:
+          detectors: int = 1, max_in_flight: int | None = None,
+          sections: dict | None = None) -> dict:
     cfg = parse_config({
+        **(sections or {}),
         "data_dir": str(data_dir / f"n{n}"),
         "cameras": [
             {"name": f"cam{i}", "url": str(clip), "sample_fps": fps, "realtime": True,
@@ -132,7 +137,13 @@ def main() -> None:
                         "config's)")
     parser.add_argument("--warmup", type=float, default=15.0)
     parser.add_argument("--window", type=float, default=30.0)
+    parser.add_argument("--config", type=Path, help="YAML config whose detector and tracker "
+                        "sections are used (default: the embedded defaults)")
     args = parser.parse_args()
+    sections = None
+    if args.config:
+        other = load_config(args.config)
+        sections = {"detector": other.detector.model_dump(), "tracker": other.tracker.model_dump()}
     video = VIDEOS[args.video]
     if not video.is_file():
         raise SystemExit(f"clip not found: {video}")
@@ -142,7 +153,7 @@ def main() -> None:
         clip = make_720p_clip(Path(tmp), video)
         for n in range(args.min_cameras, args.max_cameras + 1):
             r = run_n(n, clip, Path(tmp), args.warmup, args.window, args.fps, args.detectors,
-                      args.max_in_flight)
+                      args.max_in_flight, sections)
             results.append(r)
             print(json.dumps(r), file=sys.stderr, flush=True)  # progress
             if not r["sustained"]:
@@ -153,6 +164,7 @@ def main() -> None:
     write_result(REPO / "bench/results", "live_streams", {
         "benchmark": "live_streams",
         "video": video.name,
+        "config": str(args.config) if args.config else "embedded defaults",
         "detector_actors": args.detectors,
         "max_in_flight": args.max_in_flight,
         "stream": f"1280x720 H.264, 10 fps source, analysed at {args.fps:g} fps",
@@ -164,7 +176,8 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
         "commit": code_version(),
-    }, suffix="" if args.video == "pets" else f"-{args.video}")
+    }, suffix=("" if args.video == "pets" else f"-{args.video}")
+       + (f"-{args.config.stem}" if args.config else ""))
     shutdown_ray()
 
 

@@ -4,7 +4,8 @@
 loses its log (a restart without durable storage) recreates the topic with a new topic id and
 offsets from 0. The consumer notices either sign of that, the new id or a read position beyond
 the partition's end, and reads the topic again from its beginning: it misses nothing and may see
-events twice (de-duplicate by ``event_id``). Apache Kafka reports a position beyond the end as
+events twice (de-duplicate by ``event_id``). The restarted broker has also forgotten the
+consumer's group: an offset commit then fails, and the consumer rejoins instead of stopping. Apache Kafka reports a position beyond the end as
 OffsetOutOfRange; some brokers (Tansu with memory storage) answer such a fetch with nothing, which
 would leave the consumer waiting for an offset the new log may take minutes to reach.
 """
@@ -59,13 +60,25 @@ class EventConsumer:
         except Exception as err:
             raise BusError(f"cannot reach Kafka at {cfg.bootstrap_servers}: {err!r}") from err
         self.undecodable = 0
+        self.commit_failures = 0
         self._topic_ids: dict[str, object] = {}
         self._rewind: set[str] = set()
         self._beyond: dict[object, float] = {}  # partition -> when its position passed its end
 
     def poll(self, timeout_s: float = 1.0, max_events: int | None = None) -> list[Event]:
         """Events that arrived, waiting up to ``timeout_s`` for the first; [] if none."""
-        batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_events)
+        from kafka.errors import CommitFailedError
+
+        try:
+            batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000),
+                                          max_records=max_events)
+        except CommitFailedError as err:
+            # the group forgot this member (a broker restart, or a rebalance while it was slow):
+            # what was read since the last commit may come again; the next poll rejoins
+            self.commit_failures += 1
+            log.warning("offsets not committed (%s): the group is rejoined on the next poll; "
+                        "events read since the last commit may arrive again", err)
+            return []
         events: list[Event] = []
         for tp, records in batches.items():
             for rec in records:

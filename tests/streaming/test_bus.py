@@ -136,6 +136,37 @@ def test_broker_restart_loses_no_accepted_event(tansu, group):
     assert (stats.accepted, stats.sent, stats.failed) == (250, 250, 0)
 
 
+def test_a_failed_offset_commit_does_not_stop_the_consumer(tansu):
+    """After a broker restart the group may have forgotten the consumer when its automatic
+    offset commit runs inside a poll: kafka-python raises CommitFailedError there (seen in a CI
+    run of the live fault test, whose reader thread died of it). The fault is injected once at
+    the library's poll, on a real broker and group; the consumer goes on reading."""
+    from kafka.errors import CommitFailedError
+
+    cfg = _cfg(tansu.bootstrap)
+    with EventBus(cfg) as bus:
+        assert bus.wait_connected(10)
+        reader = Reader(cfg, f"g-{uuid.uuid4().hex}")
+        try:
+            first = [_detection("gate", i) for i in range(20)]
+            assert all(bus.publish(e) for e in first) and bus.flush(10)
+            assert reader.wait_for({e.event_id for e in first}, timeout_s=30)
+            library = reader.consumer._consumer
+            real_poll = library.poll
+
+            def failing_once(*args, **kwargs):
+                library.poll = real_poll
+                raise CommitFailedError("UnknownMemberIdError (injected)")
+
+            library.poll = failing_once
+            then = [_detection("gate", i) for i in range(20, 40)]
+            assert all(bus.publish(e) for e in then) and bus.flush(10)
+            assert reader.wait_for({e.event_id for e in then}, timeout_s=30)
+            assert reader.consumer.commit_failures == 1
+        finally:
+            reader.close()
+
+
 def test_a_position_beyond_the_new_log_reads_it_from_the_beginning(tansu, monkeypatch):
     """Tansu answers a fetch beyond a partition's end with nothing (Apache Kafka says
     OffsetOutOfRange): a consumer that did not see the topic's new id would wait at its old
