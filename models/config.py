@@ -44,6 +44,11 @@ class YoloxDetectorConfig(Section):
     threads: int = Field(0, ge=0, le=256, description="onnxruntime intra-op threads; 0 = auto.")
 
 
+# `fit` left out: the models whose best on PETS09-S2L1 was not `stretch` (figures in `fit`'s
+# description and docs/benchmarks.md#detectors)
+_BEST_FIT = {"person-detection-0202": "aspect"}
+
+
 class OmzPersonDetectorConfig(Section):
     """An Open Model Zoo person detector (SSD-style, person only) on OpenVINO's CPU runner:
     person-detection-0200 (256x256), -0202 (512x512) or person-detection-retail-0013."""
@@ -87,7 +92,7 @@ class OmzPersonDetectorConfig(Section):
             data["fit"] = "letterbox" if flag else "stretch"
         if data.get("fit") is None:
             model = data.get("model", cls.model_fields["model"].default)
-            data["fit"] = "aspect" if model == "person-detection-0202" else "stretch"
+            data["fit"] = _BEST_FIT.get(model, "stretch")
         return data
 
 
