@@ -70,6 +70,7 @@ class Supervisor:
         self.cfg = cfg
         self._cameras: dict[str, tuple[CameraConfig, ActorHandle]] = {}
         self._restarts: dict[str, int] = {}
+        self._answered: dict[str, float] = {}  # camera -> when its actor last answered (or began)
         self._placement = CameraPlacement()
         self.detectors: list[ActorHandle] = []
         self.embedders: list[ActorHandle] = []
@@ -297,6 +298,7 @@ class Supervisor:
         return sorted(self._cameras)
 
     def _spawn(self, cam: CameraConfig) -> ActorHandle:
+        self._answered[cam.name] = time.monotonic()  # its grace to start counts from now
         shard = shard_of(cam.name, len(self.writers))
         return CameraActor.options(
             num_cpus=0, max_restarts=self.cfg.ray.max_restarts, max_concurrency=4,
@@ -324,14 +326,35 @@ class Supervisor:
 
     def status(self, timeout_s: float = 10.0) -> dict[str, CameraReport | str]:
         """Each camera's report, or the error that kept it from answering."""
-        out: dict[str, CameraReport | str] = {}
+        return {name: r if isinstance(r, CameraReport) else f"{type(r).__name__}: {r}"
+                for name, r in self._reports(timeout_s).items()}
+
+    def _reports(self, timeout_s: float = 10.0) -> dict[str, CameraReport | Exception]:
+        """Each camera's report, or the error that kept it from answering; notes who answered."""
+        out: dict[str, CameraReport | Exception] = {}
         refs = {name: actor.status.remote() for name, (_, actor) in list(self._cameras.items())}
         for name, ref in refs.items():
             try:
                 out[name] = ray.get(ref, timeout=timeout_s)
+                self._answered[name] = time.monotonic()
             except (ray.exceptions.RayError, TimeoutError) as err:
-                out[name] = f"{type(err).__name__}: {err}"
+                out[name] = err
         return out
+
+    def _why_replace(self, name: str, report: CameraReport | Exception) -> str | None:
+        """Why camera ``name``'s actor must be replaced, or None. A loop that failed or an
+        actor dead for good: at once. No answer (a new actor still importing and loading on a
+        busy machine, or one Ray is restarting): only after ``live.unresponsive_s`` without
+        one, so that a slow start is not killed and started again for ever."""
+        if isinstance(report, CameraReport):
+            return None if report.error is None else f"its loop failed: {report.error}"
+        if isinstance(report, (ray.exceptions.GetTimeoutError, TimeoutError,
+                               ray.exceptions.ActorUnavailableError)):
+            silent = time.monotonic() - self._answered.get(name, time.monotonic())
+            if silent < self.cfg.live.unresponsive_s:
+                return None
+            return f"no answer for {silent:.0f} s ({type(report).__name__})"
+        return f"{type(report).__name__}: {report}"
 
     def check(self) -> list[str]:
         """Replace cameras whose actor is gone or whose loop failed; returns their names."""
@@ -341,12 +364,12 @@ class Supervisor:
             except _SWITCH_ERRORS as err:
                 log.warning("index writers: %s", err)
         replaced = []
-        for name, report in self.status().items():
-            failed = isinstance(report, str) or report.error is not None
+        for name, report in self._reports().items():
+            why = self._why_replace(name, report)
             with self._lock:
-                if failed and name in self._cameras:
+                if why is not None and name in self._cameras:
                     cam, actor = self._cameras[name]
-                    log.warning("camera %s failed (%s); replacing its actor", name, report)
+                    log.warning("camera %s: %s; replacing its actor", name, why)
                     ray.kill(actor)
                     self._cameras[name] = (cam, self._spawn(cam))
                     self._restarts[name] = self._restarts.get(name, 0) + 1

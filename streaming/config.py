@@ -347,6 +347,11 @@ class LiveConfig(Section):
         4, ge=1, le=256, description="Crop batches being embedded and written per camera; "
         "when this many are in flight the camera waits for the oldest (counted as store_waits)."
     )
+    unresponsive_s: float = Field(
+        60.0, gt=0.0, le=3600.0, description="A camera actor that answers no status call for "
+        "this long (starting, or Ray restarting it) is replaced; one whose loop failed or that "
+        "died for good is replaced at once.",
+    )
     reconnect: ReconnectConfig = ReconnectConfig()
 
 

@@ -181,8 +181,20 @@ class LiveRun:
         deadline = time.monotonic() + timeout_s
         while len(self.recorded()) < target:
             self.alive()
-            assert time.monotonic() < deadline, f"fewer than {more} new crops in {timeout_s} s"
+            assert time.monotonic() < deadline, (
+                f"fewer than {more} new crops in {timeout_s} s; {self.where()}")
             time.sleep(0.5)
+
+    def where(self) -> str:
+        """Where the pipeline stands: health, the camera's counters, the faults so far (what a
+        failed wait reports, to tell a stalled camera from a stalled writer)."""
+        fields = ("state", "message", "frames_in", "frames_processed", "reconnects",
+                  "tracks_started", "crops_stored", "crops_failed", "stores_in_flight",
+                  "detect_failed", "error")
+        cams = {name: r if isinstance(r, str) else {f: getattr(r, f) for f in fields}
+                for name, r in self.sup.status(timeout_s=5).items()}
+        faults = [(f.name, f.recovery_s, f.seen) for f in self.faults]
+        return f"health {self.health()}; cameras {cams}; faults {faults}"
 
     def inject(self, name: str, fault: Callable[[], None], recovered: Callable[[], bool],
                timeout_s: float = 120) -> Injected:

@@ -1,0 +1,52 @@
+"""When the supervisor replaces a camera actor: at once when its loop failed or it died for
+good; only after ``live.unresponsive_s`` of silence when it merely does not answer (a new actor
+still loading on a busy machine, or one Ray is restarting). On a loaded CI machine a 10 s status
+timeout once replaced a starting camera every 11 s for minutes, so it never started."""
+
+from __future__ import annotations
+
+import time
+
+import ray
+
+from refind.actors.camera import CameraReport
+from refind.actors.supervisor import Supervisor
+from refind.config import parse_config
+
+
+def _supervisor(unresponsive_s: float) -> Supervisor:
+    sup = Supervisor(parse_config({"live": {"unresponsive_s": unresponsive_s}}))
+    sup._answered["pets"] = time.monotonic()  # as _spawn notes it
+    return sup
+
+
+def _report(error: str | None) -> CameraReport:
+    return CameraReport(camera="pets", state="live", message="", frames_in=1, frames_dropped=0,
+                        frames_processed=1, reconnects=0, rate_fps=5.0, tracks_started=0,
+                        crops_stored=0, events_published=0, freshness=None, freshness_s=[],
+                        stage_seconds={}, error=error)
+
+
+def test_a_silent_camera_keeps_its_grace_then_is_replaced() -> None:
+    sup = _supervisor(unresponsive_s=0.3)
+    silent = ray.exceptions.GetTimeoutError("Get timed out: some object(s) not ready.")
+    assert sup._why_replace("pets", silent) is None
+    time.sleep(0.4)
+    why = sup._why_replace("pets", silent)
+    assert why is not None and why.startswith("no answer for") and "GetTimeoutError" in why
+
+
+def test_an_answer_restarts_the_grace() -> None:
+    sup = _supervisor(unresponsive_s=0.3)
+    time.sleep(0.4)
+    sup._answered["pets"] = time.monotonic()  # what a report that came back notes
+    assert sup._why_replace("pets", ray.exceptions.GetTimeoutError("late")) is None
+
+
+def test_a_failed_loop_or_a_dead_actor_is_replaced_at_once() -> None:
+    sup = _supervisor(unresponsive_s=3600)
+    assert sup._why_replace("pets", _report(None)) is None
+    why = sup._why_replace("pets", _report("RuntimeError: decoder gone"))
+    assert why == "its loop failed: RuntimeError: decoder gone"
+    dead = ray.exceptions.ActorDiedError()
+    assert sup._why_replace("pets", dead).startswith("ActorDiedError")
