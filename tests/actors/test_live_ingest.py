@@ -33,7 +33,14 @@ from refind.streaming.events import (
     topic_for,
 )
 from tests.cameras import INTEL_VIDEO as INTEL
-from tests.conftest import PETS_VIDEO, STARTS_RAY, need_models, need_pets, pets_gt_boxes
+from tests.conftest import (
+    LIGHT_DETECTOR,
+    PETS_VIDEO,
+    STARTS_RAY,
+    need_models,
+    need_pets,
+    pets_gt_boxes,
+)
 
 pytestmark = [pytest.mark.slow, STARTS_RAY]
 
@@ -47,6 +54,7 @@ def _config(tmp: Path, cameras: dict[str, str], kafka: str | None, redis: str | 
         "crops": {"early_after_s": 0.5},
         "ray": {"embedder_num_cpus": 0, "detector_num_cpus": 0},
         "serve": {"save_interval_s": 1.0},
+        "detector": LIGHT_DETECTOR,
     }
     if kafka:
         data["kafka"] = {"enabled": True, "bootstrap_servers": kafka, "linger_ms": 5,

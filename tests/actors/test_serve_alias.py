@@ -26,7 +26,7 @@ from refind.models.registry import build_embedder
 from refind.models.store import ModelStore
 from refind.streaming.records import CropRecord, Embeddings
 from tests.actors.test_reindex import Searcher
-from tests.conftest import PETS_VIDEO, STARTS_RAY, http_get, need_models, need_pets
+from tests.conftest import LIGHT_DETECTOR, PETS_VIDEO, STARTS_RAY, http_get, need_models, need_pets
 from tests.indexer.test_reindex import M0288, batches
 
 pytestmark = [pytest.mark.slow, STARTS_RAY]
@@ -41,6 +41,7 @@ def _config(data_dir: Path, url: str) -> RefindConfig:
         "crops": {"early_after_s": 0.5},
         "ray": {"embedder_num_cpus": 0, "detector_num_cpus": 0},
         "serve": {"save_interval_s": 1.0},
+        "detector": LIGHT_DETECTOR,
     })
 
 

@@ -22,7 +22,14 @@ from refind.indexer.journal import journal_dir
 from refind.indexer.metadata import SqliteMetadata
 from refind.indexer.shards import existing_shards
 from refind.indexer.versions import serving_version
-from tests.conftest import MODELS_DIR, PETS_VIDEO, STARTS_RAY, need_models, need_pets
+from tests.conftest import (
+    LIGHT_DETECTOR,
+    MODELS_DIR,
+    PETS_VIDEO,
+    STARTS_RAY,
+    need_models,
+    need_pets,
+)
 
 pytestmark = [pytest.mark.slow, STARTS_RAY]
 
@@ -122,6 +129,7 @@ def _config(tmp: Path, clip: Path, extra: dict) -> Path:
         "cameras": [{"name": "pets", "url": str(clip), "realtime": False}],
         "ray": {"num_cpus": 2, "detector_num_cpus": 0, "embedder_num_cpus": 0},
         "serve": {"port": 0, "save_interval_s": 1.0},
+        "detector": LIGHT_DETECTOR,
         **extra,
     }
     path = tmp / "serve.yaml"

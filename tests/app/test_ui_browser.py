@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.app.api_server import sha
-from tests.conftest import MODELS_DIR, PETS_VIDEO, http_get, need_models, need_pets
+from tests.conftest import LIGHT_DETECTOR, MODELS_DIR, PETS_VIDEO, http_get, need_models, need_pets
 from tests.servers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -49,6 +49,7 @@ def ui_gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _config(data: Path) -> Path:
     cfg = yaml.safe_load((REPO / "configs" / "irm.yaml").read_text())
     cfg |= {"data_dir": str(data), "models": {"dir": str(MODELS_DIR), "allow_download": False},
+            "detector": LIGHT_DETECTOR,
             "api": {"host": "127.0.0.1", "port": 0, "key_failures_per_min": 0, "keys": [
                 {"name": "desk", "key_sha256": sha(KEY), "forget": True},
                 {"name": "other-desk", "key_sha256": sha(SCOPED_KEY), "cameras": ["gate"]},

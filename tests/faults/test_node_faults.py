@@ -23,7 +23,15 @@ import yaml
 
 from refind.indexer.verify import check_gallery
 from tests.cameras import INTEL_VIDEO
-from tests.conftest import MODELS_DIR, PETS_VIDEO, STARTS_RAY, http_get, need_models, need_pets
+from tests.conftest import (
+    LIGHT_DETECTOR,
+    MODELS_DIR,
+    PETS_VIDEO,
+    STARTS_RAY,
+    http_get,
+    need_models,
+    need_pets,
+)
 from tests.faults.test_process_faults import Serve, _kill_group, _row
 from tests.servers import free_port
 
@@ -114,6 +122,7 @@ def test_a_worker_node_lost_mid_stream(http_camera_factory, tmp_path, fault_tabl
                     "detector_actors": 2, "embedder_actors": 2, "index_writers": 2},
             "serve": {"host": "127.0.0.1", "port": port, "save_interval_s": 1.0},
             "identities": {"enabled": False},
+            "detector": LIGHT_DETECTOR,
             "live": {"reconnect": {"initial_backoff_s": 0.2, "max_backoff_s": 1.0}},
         }))
         serve = Serve(config, tmp_path / "serve.log", env=_cluster_env())

@@ -19,7 +19,15 @@ import yaml
 from refind.config import load_config
 from refind.indexer.verify import check_gallery, recorded_crops, serving_model_id, stored_crops
 from refind.indexer.versions import serving_version
-from tests.conftest import MODELS_DIR, PETS_VIDEO, STARTS_RAY, http_get, need_models, need_pets
+from tests.conftest import (
+    LIGHT_DETECTOR,
+    MODELS_DIR,
+    PETS_VIDEO,
+    STARTS_RAY,
+    http_get,
+    need_models,
+    need_pets,
+)
 from tests.faults.conftest import FaultRow
 from tests.servers import free_port
 
@@ -42,6 +50,7 @@ def _config(tmp: Path, url: str, port: int) -> Path:
         "ray": {"num_cpus": 2, "detector_num_cpus": 0, "embedder_num_cpus": 0},
         "serve": {"host": "127.0.0.1", "port": port, "save_interval_s": 1.0},
         "identities": {"enabled": False},
+        "detector": LIGHT_DETECTOR,
     }
     path = tmp / "serve.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -20,7 +20,14 @@ from refind.config import load_config
 from refind.indexer.config import RedisMetadataConfig
 from refind.indexer.redis_meta import MetadataUnavailable, RedisMetadata
 from refind.indexer.verify import check_gallery
-from tests.conftest import MODELS_DIR, PETS_VIDEO, STARTS_RAY, need_models, need_pets
+from tests.conftest import (
+    LIGHT_DETECTOR,
+    MODELS_DIR,
+    PETS_VIDEO,
+    STARTS_RAY,
+    need_models,
+    need_pets,
+)
 from tests.faults.conftest import LiveRun
 from tests.servers import RedisServer, _redis_bin, free_port
 
@@ -67,6 +74,7 @@ def test_redis_with_a_password_over_tls_and_no_secret_in_any_log(
         "cameras": [{"name": "pets", "url": cam.url, "sample_fps": 5}],
         "crops": {"early_after_s": 0.5},
         "ray": {"embedder_num_cpus": 0, "detector_num_cpus": 0},
+        "detector": LIGHT_DETECTOR,
         "metadata": {"type": "redis", "url": "rediss://:${REFIND_TEST_REDIS_PASSWORD}@"
                      f"127.0.0.1:{port}/0?ssl_ca_certs={cert}"},
         "live": {"reconnect": {"initial_backoff_s": 0.2, "max_backoff_s": 1.0}},

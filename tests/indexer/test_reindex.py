@@ -29,13 +29,14 @@ from refind.indexer.versions import (
 from refind.models.registry import build_embedder
 from refind.models.store import ModelStore
 from refind.streaming.records import CropRecord, Embeddings
-from tests.conftest import MODELS_DIR, PETS_VIDEO, need_models, need_pets
+from tests.conftest import LIGHT_DETECTOR, MODELS_DIR, PETS_VIDEO, need_models, need_pets
 
 M0288 = "person-reidentification-retail-0288"
 GALLERY_YAML = """
 crops: {max_per_track: 40, min_gap_s: 0.1}
 tracker: {appearance_weight: 0}
 models: {dir: %s, allow_download: false}
+detector: %s
 """
 
 
@@ -44,7 +45,7 @@ def ingest_small_gallery(root: Path, frames: int = 150) -> Path:
     need_models()
     need_pets()
     config = root / "refind.yaml"
-    config.write_text(GALLERY_YAML % MODELS_DIR)
+    config.write_text(GALLERY_YAML % (MODELS_DIR, json.dumps(LIGHT_DETECTOR)))
     argv = ["ingest", str(PETS_VIDEO), "--camera", "pets", "--max-frames", str(frames),
             "--data-dir", str(root / "data"), "--config", str(config), "--json"]
     assert main(argv) == 0
