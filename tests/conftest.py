@@ -39,8 +39,10 @@ PETS_GT_SCALE = 480 / 768
 # but do not measure how well: the default's OpenVINO runner with person-detection-0200
 # (256x256). On this 2-core machine its whole ingest of PETS09-S2L1 ran at 26.8 frames/s against
 # the default person-detection-0202's 18.7 (bench/ingest_fps.py, 2026-12-07), and a live camera
-# costs its neighbours less CPU. Detection and tracking quality, the demo and the plain CLI run
-# keep the default (tests/evaluation, tests/app/test_demo.py, tests/app/test_cli_end_to_end.py).
+# costs its neighbours less CPU. The tests that guard tracking quality, the demo and the plain
+# CLI run keep the default (tests/evaluation/test_mot.py, tests/app/test_demo.py,
+# tests/app/test_cli_end_to_end.py); the evaluation commands' own tests check their plumbing
+# and loose bounds only, on this detector.
 LIGHT_DETECTOR = {"model": "person-detection-0200"}
 
 

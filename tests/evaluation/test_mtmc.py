@@ -12,7 +12,7 @@ from refind.app.cli import main
 from refind.app.identity_commands import parse_frames, parse_gts
 from refind.evaluation.mot_metrics import MotBoxes
 from refind.evaluation.mtmc import region_truth
-from tests.conftest import PETS_GT, PETS_VIDEO, need_pets
+from tests.conftest import LIGHT_DETECTOR, PETS_GT, PETS_VIDEO, need_pets
 
 INTEL = Path(PETS_VIDEO).parents[1] / "intel-sample-videos" / "one-by-one-person-detection.mp4"
 
@@ -58,6 +58,7 @@ def test_eval_mtmc_and_watch_on_real_cameras(tmp_path: Path, capsys) -> None:
     cfg = tmp_path / "cams.yaml"
     cfg.write_text(f"""
 ingest: {{max_frames: 250}}
+detector: {json.dumps(LIGHT_DETECTOR)}
 cameras:
   - {{name: left, url: "{PETS_VIDEO}", region: [0.0, 0.0, 0.47, 1.0], sample_fps: null}}
   - {{name: right, url: "{PETS_VIDEO}", region: [0.53, 0.0, 1.0, 1.0], sample_fps: null}}
