@@ -72,8 +72,21 @@ class OmzPersonDetectorConfig(Section):
         "person-detection-0202 (precision 0.85 -> 0.92 at recall 0.91), `stretch` for 0200 "
         "(recall 0.89 against 0.85) and retail-0013 (precision 0.92 against 0.74).",
     )
+    input_area: float = Field(
+        1.0, gt=0.05, le=4.0, description="With `fit: aspect`: the input's pixel count as a "
+        "share of the network's own. The detector's time goes with it; below 1 it sees small "
+        "(far) people at fewer pixels. The other fits keep the network's own input.",
+    )
     batch_size: int = Field(4, ge=1, le=64, description="Frames per inference call.")
     threads: int = Field(0, ge=0, le=256, description="OpenVINO inference threads; 0 = auto.")
+
+    @model_validator(mode="after")
+    def _area_needs_aspect(self) -> OmzPersonDetectorConfig:
+        if self.input_area != 1.0 and self.fit != "aspect":
+            raise ValueError(f"input_area reshapes the network's input, which only "
+                             f"`fit: aspect` does; set `fit: aspect` or leave input_area out "
+                             f"(fit is {self.fit})")
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -36,15 +36,18 @@ from refind.streaming.records import Detections
 _SHAPES_KEPT = 8  # compiled networks for fit: aspect, one per frame shape, least recent dropped
 
 
-def frame_input_hw(frame_hw: tuple[int, int], network_hw: tuple[int, int]) -> tuple[int, int]:
-    """The network input (h, w) of a frame's aspect with about the network's pixel count, each
-    side a multiple of 32 (the SSDs' largest stride).
+def frame_input_hw(frame_hw: tuple[int, int], network_hw: tuple[int, int],
+                   area_share: float = 1.0) -> tuple[int, int]:
+    """The network input (h, w) of a frame's aspect with about ``area_share`` of the network's
+    pixel count, each side a multiple of 32 (the SSDs' largest stride).
 
     Example:
         >>> frame_input_hw((576, 768), (512, 512))
         (448, 576)
+        >>> frame_input_hw((720, 1280), (512, 512), area_share=0.5)
+        (256, 480)
     """
-    (h, w), area = frame_hw, network_hw[0] * network_hw[1]
+    (h, w), area = frame_hw, network_hw[0] * network_hw[1] * area_share
     side = [max(32, round(math.sqrt(area * a) / 32) * 32) for a in (h / w, w / h)]
     return side[0], side[1]
 
@@ -97,7 +100,7 @@ class OmzPersonDetector:
         h, w = image.shape[:2]
         run = self._run_model
         if self.cfg.fit == "aspect":
-            in_h, in_w = frame_input_hw((h, w), (self._h, self._w))
+            in_h, in_w = frame_input_hw((h, w), (self._h, self._w), self.cfg.input_area)
             run = self._shaped((in_h, in_w))
             resized = cv2.resize(image, (in_w, in_h), interpolation=cv2.INTER_AREA)
             span = np.array([w, h, w, h], dtype=np.float32)

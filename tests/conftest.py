@@ -166,6 +166,19 @@ def _starts_ray(module: Path) -> bool:
 
 
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook, unknown without it
+def pytest_configure(config: pytest.Config) -> None:
+    """On a pytest-xdist worker: torch's CPU threads are the cores over the workers (one each
+    on this 2-core machine). Torch's threads spin while they wait, so a worker whose torch ran
+    on both cores beside another busy worker ran ~3x slower: the IRM training test took 90 s
+    against 27 s with one thread, beside one busy process (2026-12-07). A single-process run
+    keeps torch's default; subprocesses and Ray actors keep theirs."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     """pytest-xdist's per-file scheduling, with every module marked ``STARTS_RAY`` in one scope."""
     from functools import cache

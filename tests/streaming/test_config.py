@@ -60,7 +60,10 @@ def test_an_omz_detector_fits_frames_as_measured_best_unless_told(section: dict,
     ("section", "message"),
     [({"letterbox": True, "fit": "aspect"}, "give `fit` alone"),
      ({"letterbox": "yes"}, "letterbox must be true or false"),
-     ({"fit": "crop"}, "detector.fit: Input should be .aspect.")],
+     ({"fit": "crop"}, "detector.fit: Input should be .aspect."),
+     ({"fit": "stretch", "input_area": 0.5}, "only `fit: aspect` does"),
+     ({"model": "person-detection-0200", "input_area": 0.5}, r"\(fit is stretch\)"),
+     ({"input_area": 0.0}, "detector.input_area")],
 )
 def test_a_wrong_fit_is_named(section: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
