@@ -13,6 +13,7 @@ Every test is one of three kinds (README, "Tests"), marked here when it is colle
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import threading
 import urllib.error
@@ -44,6 +45,13 @@ PETS_GT_SCALE = 480 / 768
 # tests/app/test_cli_end_to_end.py); the evaluation commands' own tests check their plumbing
 # and loose bounds only, on this detector.
 LIGHT_DETECTOR = {"model": "person-detection-0200"}
+
+
+def light_config(folder: Path) -> Path:
+    """A config file in ``folder`` that sets only ``LIGHT_DETECTOR`` (for a CLI's --config)."""
+    path = folder / "light.yaml"
+    path.write_text(f"detector: {json.dumps(LIGHT_DETECTOR)}\n")
+    return path
 
 
 def need_models() -> None:

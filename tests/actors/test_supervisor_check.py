@@ -14,9 +14,10 @@ from refind.actors.supervisor import Supervisor
 from refind.config import parse_config
 
 
-def _supervisor(unresponsive_s: float) -> Supervisor:
+def _supervisor(unresponsive_s: float, silent_s: float = 0.0) -> Supervisor:
+    """A supervisor whose camera "pets" last answered (or was spawned) ``silent_s`` ago."""
     sup = Supervisor(parse_config({"live": {"unresponsive_s": unresponsive_s}}))
-    sup._answered["pets"] = time.monotonic()  # as _spawn notes it
+    sup._answered["pets"] = time.monotonic() - silent_s  # as _spawn and _reports note it
     return sup
 
 
@@ -28,17 +29,14 @@ def _report(error: str | None) -> CameraReport:
 
 
 def test_a_silent_camera_keeps_its_grace_then_is_replaced() -> None:
-    sup = _supervisor(unresponsive_s=0.3)
     silent = ray.exceptions.GetTimeoutError("Get timed out: some object(s) not ready.")
-    assert sup._why_replace("pets", silent) is None
-    time.sleep(0.4)
-    why = sup._why_replace("pets", silent)
+    assert _supervisor(unresponsive_s=60, silent_s=10)._why_replace("pets", silent) is None
+    why = _supervisor(unresponsive_s=60, silent_s=70)._why_replace("pets", silent)
     assert why is not None and why.startswith("no answer for") and "GetTimeoutError" in why
 
 
 def test_an_answer_restarts_the_grace() -> None:
-    sup = _supervisor(unresponsive_s=0.3)
-    time.sleep(0.4)
+    sup = _supervisor(unresponsive_s=60, silent_s=70)
     sup._answered["pets"] = time.monotonic()  # what a report that came back notes
     assert sup._why_replace("pets", ray.exceptions.GetTimeoutError("late")) is None
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from refind.app.cli import main
-from tests.conftest import LIGHT_DETECTOR, REPO, need_models, need_pets, pets_gt_boxes
+from tests.conftest import REPO, light_config, need_models, need_pets, pets_gt_boxes
 
 pytestmark = pytest.mark.slow
 
@@ -141,9 +141,8 @@ def test_kill_during_ingest_leaves_a_usable_gallery(
     data = tmp_path / "g"
     video = str(REPO / "../shared/data/pets09-s2l1/vtest.avi")
     base = ["--data-dir", str(data), "--json"]
-    light = tmp_path / "light.yaml"  # durability, not detection: the tests' lighter detector
-    light.write_text(f"detector: {json.dumps(LIGHT_DETECTOR)}\n")
-    ingest = ["--config", str(light), *base]
+    # durability, not detection: the tests' lighter detector
+    ingest = ["--config", str(light_config(tmp_path)), *base]
     assert main(["ingest", video, "--camera", "a", "--max-frames", "200", *ingest]) == 0
     before = _vector_rows(data)
     assert before > 0

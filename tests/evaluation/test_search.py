@@ -81,7 +81,7 @@ def test_bad_query_lines_name_the_line(tmp_path, line, error) -> None:
 def test_eval_search_on_pets(tmp_path, pets_video, capsys) -> None:
     """The real command: ingest PETS09-S2L1, search four hand-written clip queries, judge."""
     from refind.app.cli import main
-    from tests.conftest import LIGHT_DETECTOR, PETS_GT, PETS_GT_SCALE, SHARED
+    from tests.conftest import PETS_GT, PETS_GT_SCALE, SHARED, light_config
 
     tracks = SHARED / "data" / "refer-human" / "s2l1_tracks.jsonl"
     if not tracks.is_file():
@@ -92,8 +92,7 @@ def test_eval_search_on_pets(tmp_path, pets_video, capsys) -> None:
         q for q in lines if q["kind"] == "motion"][:1]
     queries = tmp_path / "q.jsonl"
     queries.write_text("".join(json.dumps(q) + "\n" for q in picked))
-    config = tmp_path / "light.yaml"
-    config.write_text(f"detector: {json.dumps(LIGHT_DETECTOR)}\n")
+    config = light_config(tmp_path)
     code = main(["eval", "search", "--video", str(pets_video), "--gt", str(PETS_GT),
                  "--gt-scale", str(PETS_GT_SCALE), "--queries", str(queries),
                  "--data-dir", str(tmp_path / "data"), "--config", str(config), "--json"])
