@@ -348,8 +348,7 @@ class Supervisor:
         one, so that a slow start is not killed and started again for ever."""
         if isinstance(report, CameraReport):
             return None if report.error is None else f"its loop failed: {report.error}"
-        if isinstance(report, (ray.exceptions.GetTimeoutError, TimeoutError,
-                               ray.exceptions.ActorUnavailableError)):
+        if isinstance(report, (TimeoutError, ray.exceptions.ActorUnavailableError)):
             silent = time.monotonic() - self._answered.get(name, time.monotonic())
             if silent < self.cfg.live.unresponsive_s:
                 return None
