@@ -82,6 +82,14 @@ def http_get(url: str) -> tuple[int, bytes]:
         return err.code, err.read()
 
 
+def camera_count(sup: object, camera: str, counter: str) -> int:
+    """A counter of ``camera``'s report from a live ``Supervisor``, or -1 while the camera does
+    not answer (``status`` gives a string then: a camera starting or switching on a busy
+    machine), so a ``wait_until`` predicate waits instead of failing."""
+    report = sup.status()[camera]  # type: ignore[attr-defined]
+    return -1 if isinstance(report, str) else int(getattr(report, counter))
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """For tests of tiny tensors: torch's worker threads only spin on a shared, busy CPU (a

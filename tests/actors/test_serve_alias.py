@@ -26,7 +26,15 @@ from refind.models.registry import build_embedder
 from refind.models.store import ModelStore
 from refind.streaming.records import CropRecord, Embeddings
 from tests.actors.test_reindex import Searcher
-from tests.conftest import LIGHT_DETECTOR, PETS_VIDEO, STARTS_RAY, http_get, need_models, need_pets
+from tests.conftest import (
+    LIGHT_DETECTOR,
+    PETS_VIDEO,
+    STARTS_RAY,
+    camera_count,
+    http_get,
+    need_models,
+    need_pets,
+)
 from tests.indexer.test_reindex import M0288, batches
 
 pytestmark = [pytest.mark.slow, STARTS_RAY]
@@ -89,7 +97,8 @@ def test_live_ingestion_follows_the_alias_to_a_new_version(
     live = searcher = None
     try:
         old_model = sup.live.model_id
-        assert wait_until(lambda: sup.status()["pets"].crops_stored >= 5, 60), sup.status()
+        assert wait_until(lambda: camera_count(sup, "pets", "crops_stored") >= 5, 60), (
+            sup.status())
         _, records = _rows(cfg.data_dir / "gallery")
         photo = cv2.imread(str(cfg.data_dir / "crops" / max(records, key=lambda r: r.quality)
                                .crop_path))
@@ -100,8 +109,15 @@ def test_live_ingestion_follows_the_alias_to_a_new_version(
         new_model = _reindex(cfg)  # the camera keeps storing into A meanwhile
         assert serving_version(cfg).model_id == new_model != old_model
         assert wait_until(lambda: sup.alias_switches == 1, 60), sup.version_info()
-        switched_at = sup.status()["pets"].crops_stored
-        assert wait_until(lambda: sup.status()["pets"].crops_stored >= switched_at + 3, 60)
+        counts = [-1]  # crops stored when the camera first answers after the switch
+        assert wait_until(lambda: counts.append(camera_count(sup, "pets", "crops_stored"))
+                          or counts[-1] >= 0, 60), sup.status()
+        switched_at = counts[-1]
+        # CI (2026-12-07, beside the other worker) twice stored fewer than 3 in the next 60 s;
+        # alone this takes seconds: the wait is for a loaded machine
+        assert wait_until(
+            lambda: camera_count(sup, "pets", "crops_stored") >= switched_at + 3, 150), (
+            sup.status(), sup.version_info())
         report = sup.status()["pets"]
         assert report.model_id == new_model and report.error is None
         assert report.crops_failed == 0  # no batch was lost to the switch
