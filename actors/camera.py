@@ -1,8 +1,9 @@
 """Camera actor: moves one live camera's data between Ray and the plain ``CameraPipeline``.
 
-Per camera: ``LiveCamera`` (decode, sample, drop-oldest queue, reconnect) -> the motion gate (a
-frame where nothing moved since the last detected one reuses that frame's detections, the same
-object reference) -> the detector pool (batched across cameras; at most ``live.max_in_flight`` frames in flight, bounded with
+Per camera: ``LiveCamera`` (decode, sample, drop-oldest queue, reconnect) -> with
+``tracker.detect_every`` n > 1, the frames between every n-th one skip detection (the tracker
+predicts their boxes) -> the motion gate (a frame where nothing moved since the last detected
+one reuses that frame's detections, the same object reference) -> the detector pool (batched across cameras; at most ``live.max_in_flight`` frames in flight, bounded with
 ``ray.wait``) -> ``CameraPipeline.process`` (track, per-track stages, crop selection: the same
 stage loop as ``refind ingest``) -> the embedder pool -> the camera's index writer, whose
 ``CropSink`` stores the crops and records them (journal, and Kafka when on) as ingest does.
@@ -213,7 +214,7 @@ class CameraActor:
     # -- the loop ---------------------------------------------------------------------------
 
     def _run(self) -> None:
-        pending: deque[tuple[Frame, ObjectRef]] = deque()
+        pending: deque[tuple[Frame, ObjectRef | None]] = deque()
         try:
             while not self._stop.is_set() and not (self._live.done and not pending):
                 self._take_pool()
@@ -236,9 +237,12 @@ class CameraActor:
             log.exception("%s: storing the open tracks failed", self._cam.name)
             self._error = self._error or f"{type(err).__name__}: {err}"
 
-    def _detection(self, frame: Frame) -> ObjectRef:
-        """The detections of ``frame``: asked of the pool when something moved, else those of the
+    def _detection(self, frame: Frame) -> ObjectRef | None:
+        """The detections of ``frame``: None for a frame between detected ones
+        (``tracker.detect_every``), asked of the pool when something moved, else those of the
         last detected frame (the same reference, maybe still in flight)."""
+        if self._pipe.coasts(frame):
+            return None
         if self._pipe.needs_detection(frame):  # always, while no detection stands
             image_ref = ray.put(frame.image)  # put once; the detector reads it zero-copy
             self._last_detection = self._detectors.pick().detect.remote(image_ref)
@@ -259,10 +263,15 @@ class CameraActor:
         self._model_id = model_id
         log.info("%s: embedding with %s now", self._cam.name, model_id)
 
-    def _drain(self, pending: deque[tuple[Frame, ObjectRef]], block: bool, everything: bool = False):
+    def _drain(self, pending: deque[tuple[Frame, ObjectRef | None]], block: bool,
+               everything: bool = False):
         """Process finished detections in frame order; wait for the oldest when ``block``."""
         while pending:
             frame, ref = pending[0]
+            if ref is None:  # a frame between detected ones: the tracker predicts its boxes
+                pending.popleft()
+                self._process(frame, None)
+                continue
             ready, _ = ray.wait([ref], timeout=None if (block or everything) else 0)
             if not ready:
                 return
@@ -282,7 +291,10 @@ class CameraActor:
             self._process(frame, dets)
             block = False
 
-    def _process(self, frame: Frame, dets: Detections) -> None:
+    def _process(self, frame: Frame, dets: Detections | None) -> None:
+        # a pool handed over is taken before every frame, not only between the loop's turns: one
+        # turn may process many frames, and the old pool is retired soon after a switch
+        self._take_pool()
         result = self._pipe.process(frame, dets)
         self._out.frame(frame, result, self._model_id)
         self._received[frame.index] = frame.received_ns
