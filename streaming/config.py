@@ -128,6 +128,12 @@ class TrackerConfig(Section):
         "track and the detection both have an appearance; 0 = motion only (the appearance "
         "callback is then never called).",
     )
+    detect_every: int = Field(
+        1, ge=1, le=30, description="Run the detector on every n-th analysed frame; on the "
+        "frames between, each track's box is predicted by its motion model (Kalman) and no "
+        "crop is taken. 1: detect every analysed frame. 2 halves the detector's cost, at the "
+        "tracking cost measured in docs/benchmarks.md#detect-every-n-th-frame.",
+    )
     appearance_refresh_s: float = Field(
         1.0, gt=0.0, le=3600.0,
         description="With appearance: a confirmed track's appearance is re-learned from its "

@@ -25,9 +25,12 @@ when and where the tracker saw them), the crops ready to embed, what the stages 
 ended tracks, and their clips. Embedding and storing are the caller's: offline they are calls,
 live they are actor calls in flight. ``run`` is the offline driver: it decodes in a prefetch
 thread, detects in batches of ``detector_batch`` frames, and yields one result per frame and a
-last one from ``finish`` (every track still open ends there). Before detection, the motion gate
-(``needs_detection``, ``refind.streaming.activity``) lets a frame where nothing moved since the
-last detected one reuse that frame's detections; ``run`` and the live camera actor both ask it.
+last one from ``finish`` (every track still open ends there). Before detection, two choices,
+which ``run`` and the live camera actor both ask for: with ``tracker.detect_every`` n > 1, the
+frames between every n-th one ``coasts``: they are not detected, the tracker predicts their
+boxes, and no crop is taken from them; and the motion gate (``needs_detection``,
+``refind.streaming.activity``) lets a frame where nothing moved since the last detected one
+reuse that frame's detections.
 
 Example:
     >>> pipe = CameraPipeline("gate", cfg.tracker, cfg.crops, detector, embedder)  # doctest: +SKIP
@@ -191,6 +194,8 @@ class CameraPipeline:
         self._boxes: BoxEmbedder | None = None
         self.gate = MotionGate(motion_gate) if motion_gate and motion_gate.enabled else None
         self.frames = 0
+        self.frames_coasted = 0  # frames between detections (tracker.detect_every)
+        self._planned = 0  # frames asked of ``coasts``
         self.detections = 0
         self.tracks_started = 0
         self.set_embedder(embedder)
@@ -226,6 +231,13 @@ class CameraPipeline:
 
     # -- the stage loop -------------------------------------------------------------------------
 
+    def coasts(self, frame: Frame) -> bool:
+        """Whether ``frame`` falls between detected frames (``tracker.detect_every``): it is
+        then processed without detections (``process(frame, None)``) and the tracker predicts
+        its boxes. Ask once per analysed frame, in order, before ``needs_detection``."""
+        self._planned += 1
+        return (self._planned - 1) % self._tracker_cfg.detect_every != 0
+
     def needs_detection(self, frame: Frame) -> bool:
         """Whether ``frame`` must be detected: always without a motion gate; with one, only when
         something moved since the last detected frame (else its detections are reused)."""
@@ -238,19 +250,26 @@ class CameraPipeline:
 
     @property
     def frames_detected(self) -> int:
-        """Frames the detector ran on (every frame without a motion gate)."""
-        return self.gate.detected if self.gate is not None else self.frames
+        """Frames the detector ran on (every frame not coasted, without a motion gate)."""
+        return self.gate.detected if self.gate is not None else self.frames - self.frames_coasted
 
-    def process(self, frame: Frame, detections: Detections) -> FrameResult:
-        """Track one analysed frame (frames in time order) and choose its crops."""
+    def process(self, frame: Frame, detections: Detections | None) -> FrameResult:
+        """Track one analysed frame (frames in time order) and choose its crops; ``None``: a
+        frame that ``coasts`` (the tracker predicts its boxes; no crop is taken from them)."""
         if frame.camera != self.camera:
             raise ValueError(f"pipeline of camera {self.camera!r} given a frame of {frame.camera!r}")
         t0 = time.perf_counter()
-        dets = detections.select(detections.confidence >= self._tracker_cfg.low_threshold)
+        coasted = detections is None
+        dets = (Detections.empty() if detections is None else
+                detections.select(detections.confidence >= self._tracker_cfg.low_threshold))
         boxes = self._boxes
         before = boxes.seconds if boxes is not None else 0.0
-        appearance = boxes.callback(frame.image, dets) if boxes is not None else None
-        raw = self._tracker.update(frame.index, frame.ts_ns, dets, appearance)
+        if coasted:
+            raw = self._tracker.coast(frame.index, frame.ts_ns)
+            self.frames_coasted += 1
+        else:
+            appearance = boxes.callback(frame.image, dets) if boxes is not None else None
+            raw = self._tracker.update(frame.index, frame.ts_ns, dets, appearance)
         tracks = replace(raw, track_id=raw.track_id + self.id_offset) if self.id_offset else raw
         t1 = time.perf_counter()
         spent = boxes.seconds - before if boxes is not None else 0.0
@@ -265,7 +284,8 @@ class CameraPipeline:
         t2 = time.perf_counter()
         crops: list[Crop] = []
         if self._selector is not None:
-            self._selector.update(frame, tracks)
+            if not coasted:  # crops only from boxes a detector found
+                self._selector.update(frame, tracks)
             if self._early:
                 crops += self._selector.early(frame.ts_ns, self._crop_cfg.early_after_s)
             crops += self._selector.finish(ended)
@@ -290,23 +310,24 @@ class CameraPipeline:
                            clips)
 
     def run(self, frames: Iterable[Frame], prefetch_batches: int = 4) -> Iterator[FrameResult]:
-        """Offline: decode ahead in a thread, detect in batches (the frames the motion gate lets
-        through; the others reuse the last detections), one result per frame, then the
-        end-of-stream result (``finish``)."""
+        """Offline: decode ahead in a thread, detect in batches (the frames that do not coast
+        and that the motion gate lets through; the gate's others reuse the last detections),
+        one result per frame, then the end-of-stream result (``finish``)."""
         if self.detector is None:
             raise ValueError("CameraPipeline.run needs a detector")
         last = Detections.empty()
         for batch in prefetch(frames, self.detector_batch, prefetch_batches):
-            fresh = [self.needs_detection(f) for f in batch]
+            coast = [self.coasts(f) for f in batch]
+            fresh = [not c and self.needs_detection(f) for f, c in zip(batch, coast, strict=True)]
             found: Iterator[Detections] = iter(())
             if any(fresh):
                 t0 = time.perf_counter()
                 images = [f.image for f, new in zip(batch, fresh, strict=True) if new]
                 found = iter(self.detector(images))
                 self.times.add("detect", time.perf_counter() - t0)
-            for frame, new in zip(batch, fresh, strict=True):
+            for frame, new, c in zip(batch, fresh, coast, strict=True):
                 last = next(found) if new else last
-                yield self.process(frame, last)
+                yield self.process(frame, None if c else last)
         yield self.finish()
 
     # -- track spans ----------------------------------------------------------------------------

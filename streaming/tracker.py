@@ -168,6 +168,27 @@ class ByteTracker:
         self._expire(ts_ns)
         return self._report(frame_index, ts_ns, [t for t in matched if t.confirmed])
 
+    def coast(self, frame_index: int, ts_ns: int) -> Tracks:
+        """Advance to a frame that was not detected (``TrackerConfig.detect_every``): every
+        track's box is predicted to ``ts_ns`` and nothing is matched, so no track is confirmed,
+        lost or re-identified here. Returns the confirmed tracks being tracked, each with its
+        predicted box and its last detection's score; lost tracks past ``max_lost_s`` end, by
+        time, as in ``update``."""
+        self._check_time(ts_ns)
+        self._predict(ts_ns)
+        self._expire(ts_ns)
+        live = sorted((t for t in self._tracks if t.confirmed and t.state is _State.TRACKED),
+                      key=lambda t: t.track_id)
+        boxes = xyah_to_xyxy(np.stack([t.mean for t in live])) if live else np.zeros((0, 4))
+        return Tracks(
+            camera=self.camera,
+            frame_index=frame_index,
+            ts_ns=ts_ns,
+            track_id=np.array([t.track_id for t in live], dtype=np.int64),
+            xyxy=np.asarray(boxes, np.float32).reshape(-1, 4),
+            confidence=np.array([t.score for t in live], dtype=np.float32),
+        )
+
     def pop_ended(self) -> list[int]:
         """Ids of confirmed tracks that ended since the last call, in the order they ended."""
         ended, self._ended = self._ended, []

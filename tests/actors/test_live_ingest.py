@@ -255,12 +255,15 @@ def _still_clip(tmp: Path, frame: np.ndarray, seconds: int = 10) -> Path:
 def test_a_still_camera_is_tracked_without_the_detector(
     ray_local, models_and_data, http_camera_factory, tmp_path
 ) -> None:
-    """The motion gate, live: a camera whose view does not change asks the detector about once
-    per max_skip_s and keeps its standing people tracked; a camera where people walk asks it for
-    (nearly) every frame."""
+    """The detector's schedule, live, with ``tracker.detect_every: 2``: a camera whose view does
+    not change asks the detector about once per max_skip_s (the motion gate) and keeps its
+    standing people tracked; a camera where people walk asks it for every 2nd frame, and the
+    tracker predicts the frames between."""
     still = http_camera_factory(_still_clip(tmp_path, _pets_frame(30)))
     moving = http_camera_factory(PETS_VIDEO)
-    sup = Supervisor(_config(tmp_path, {"still": still.url, "moving": moving.url}, None, None))
+    cfg = _config(tmp_path, {"still": still.url, "moving": moving.url}, None, None)
+    sup = Supervisor(cfg.model_copy(update={"tracker": cfg.tracker.model_copy(
+        update={"detect_every": 2})}))
     t0 = time.monotonic()
     sup.start()
     try:
@@ -273,8 +276,9 @@ def test_a_still_camera_is_tracked_without_the_detector(
         # client's first frames and reconnections; at 5 frames/s that is about one in ten
         assert 1 <= s.frames_detected <= elapsed / 2 + 3, (s, elapsed)
         assert s.frames_detected < s.frames_processed / 2, s
-        assert m.frames_detected >= 0.8 * m.frames_processed, m
+        assert 0.4 * m.frames_processed <= m.frames_detected <= 0.6 * m.frames_processed, m
         assert s.tracks_started >= 3 and s.crops_stored >= 1, s  # the people in the frame
+        assert m.tracks_started >= 3 and m.crops_stored >= 1 and m.error is None, m
     finally:
         sup.stop()
 

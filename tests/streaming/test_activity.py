@@ -105,10 +105,12 @@ def _story(n_empty: int = 20, n_walk: int = 20, n_stand: int = 30) -> list[Frame
     return [Frame("door", i, i * STEP_NS, _noisy(img, rng)) for i, img in enumerate(images)]
 
 
-def _run(gate: MotionGateConfig | None) -> tuple[CameraPipeline, BrightBoxDetector, list]:
+def _run(gate: MotionGateConfig | None, detect_every: int = 1
+         ) -> tuple[CameraPipeline, BrightBoxDetector, list]:
     detector = BrightBoxDetector()
-    pipe = CameraPipeline("door", TrackerConfig(appearance_weight=0.0), CropConfig(), detector,
-                          detector_batch=4, select_crops=False, motion_gate=gate)
+    pipe = CameraPipeline("door", TrackerConfig(appearance_weight=0.0, detect_every=detect_every),
+                          CropConfig(), detector, detector_batch=4, select_crops=False,
+                          motion_gate=gate)
     tracked = [(r.frame.index, r.tracks.track_id.tolist(), r.tracks.xyxy.round().tolist())
                for r in pipe.run(iter(_story())) if r.frame is not None]
     return pipe, detector, tracked
@@ -131,6 +133,30 @@ def test_the_pipeline_detects_what_moved_and_tracks_the_same():
 def test_disabled_gate_detects_every_frame():
     pipe, detector, _ = _run(MotionGateConfig(enabled=False))
     assert pipe.gate is None and detector.frames == pipe.frames_detected == 70
+
+
+def test_detecting_every_second_frame_predicts_the_walk_between():
+    pipe, detector, tracked = _run(None, detect_every=2)
+    assert detector.frames == pipe.frames_detected == 35 and pipe.frames_coasted == 35
+    # the walker (4 px a frame from x 40, frames 20-39), under one id; on the frames between
+    # detections the box is where the tracker predicts: as the motion model learns the pace,
+    # within a pixel of the truth (the last detection's box would be 4 px behind)
+    walking = {f: xyxy for f, ids, xyxy in tracked if 23 <= f < 40}
+    assert {tuple(ids) for f, ids, _ in tracked if f >= 22} == {(1,)}
+    for f in range(27, 40, 2):  # coasted frames
+        assert abs(walking[f][0][0] - (40 + 4 * (f - 20))) <= 1, (f, walking[f])
+    # with the motion gate as well, the still view is detected no more often than before
+    gated, gated_detector, gated_tracks = _run(GATE, detect_every=2)
+    assert gated_detector.frames == gated.frames_detected <= 2 + 10 + 2
+    assert {tuple(ids) for f, ids, _ in gated_tracks if f >= 40} == {(1,)}
+
+
+def test_crops_come_only_from_detected_frames():
+    detector = BrightBoxDetector()
+    pipe = CameraPipeline("door", TrackerConfig(appearance_weight=0.0, detect_every=3),
+                          CropConfig(early_after_s=0.3), detector, detector_batch=4)
+    crops = [c for r in pipe.run(iter(_story())) for c in r.crops]
+    assert crops and all(c.frame_index % 3 == 0 for c in crops)
 
 
 @pytest.mark.parametrize("field,value", [("pixel_threshold", 0), ("min_changed", 1.5),

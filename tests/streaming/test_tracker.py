@@ -121,6 +121,39 @@ def test_two_people_crossing_keep_their_ids() -> None:
         assert all(direction * (b - a) > 0 for a, b in itertools.pairwise(xs))
 
 
+def test_coasted_frames_report_predicted_boxes_and_keep_the_crossing_ids() -> None:
+    """Detecting every 2nd frame (``detect_every``): between, the tracker moves each box by
+    its motion; two people crossing keep their ids, as when every frame is detected."""
+    tracker = ByteTracker(motion_only(), "cam")
+    out = []
+    for i in range(80):
+        ts = round(i * 1e9 / FPS)
+        if i % 2:
+            out.append(tracker.coast(i, ts))
+        else:
+            out.append(tracker.update(i, ts, dets([box(60 + 3 * i, 100), box(300 - 3 * i, 112)])))
+    assert ids_of(out) == {1, 2}
+    for k in range(9, 79, 2):  # coasted: predicted where the person is (3 px a frame)
+        coasted = out[k]
+        assert len(coasted) == 2 and coasted.frame_index == k
+        left = float(coasted.xyxy[coasted.track_id == 1, 0][0]) + 10  # the box's centre
+        assert abs(left - (60 + 3 * k)) < 2, (k, left)
+    for tid, direction in ((1, 1), (2, -1)):
+        xs = [float(t.xyxy[t.track_id == tid, 0][0]) for t in out if tid in t.track_id]
+        assert all(direction * (b - a) > 0 for a, b in itertools.pairwise(xs))
+
+
+def test_coasting_neither_confirms_nor_keeps_a_track_past_max_lost() -> None:
+    tracker = ByteTracker(motion_only(min_hits=2, max_lost_s=1.0), "cam")
+    tracker.update(0, 0, dets([box(100, 100)]))
+    assert len(tracker.coast(1, 100_000_000)) == 0  # one hit: not confirmed by a prediction
+    tracker.update(2, 200_000_000, dets([box(104, 100)]))
+    assert len(tracker.update(3, 300_000_000, dets([]))) == 0  # confirmed, then lost
+    assert len(tracker.coast(4, 400_000_000)) == 0  # a lost track is not reported
+    tracker.coast(5, 1_500_000_000)
+    assert tracker.pop_ended() == [1]  # lost for longer than max_lost_s, by time
+
+
 @pytest.mark.parametrize(("gap_frames", "same_id"), [(10, True), (25, True), (40, False)])
 def test_occlusion_shorter_than_max_lost_keeps_the_id(gap_frames: int, same_id: bool) -> None:
     cfg = motion_only(max_lost_s=3.0)
