@@ -40,7 +40,7 @@ INTEL = DATA / "intel-sample-videos/one-by-one-person-detection.mp4"
 KEYS = ("IDF1", "MOTA", "HOTA")
 
 
-def _scores(truth, hyp, first: int, last: int) -> dict[str, float]:
+def scores(truth, hyp, first: int, last: int) -> dict[str, float]:
     m = mot_metrics(truth.window(first, last), hyp.window(first, last),
                     num_frames=last - first + 1)
     return {k: round(float(m[k]), 4) for k in KEYS}
@@ -59,13 +59,13 @@ def clip(video: Path, gt: Path | None = None, gt_scale: float = 1.0) -> dict:
         "fps_gated": round(t_gated["fps"], 1),
         "fps_every_frame": round(t_every["fps"], 1),
         "gate_ms_per_frame": round(1000 * t_gated["motion_s"] / n, 3),
-        "gated_vs_every_frame": _scores(every, gated, 1, n),
+        "gated_vs_every_frame": scores(every, gated, 1, n),
     }
     if gt is not None:
         truth = load_mot(gt, scale=gt_scale, drop_flag0=True).frames(1, n)
         for name, hyp in (("every_frame", every), ("gated", gated)):
-            out[f"{name}_vs_gt"] = {"frames_1_795": _scores(truth, hyp, 1, n),
-                                    "frames_401_795": _scores(truth, hyp, 401, n)}
+            out[f"{name}_vs_gt"] = {"frames_1_795": scores(truth, hyp, 1, n),
+                                    "frames_401_795": scores(truth, hyp, 401, n)}
     return out
 
 
