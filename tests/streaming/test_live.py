@@ -355,8 +355,9 @@ def test_url_that_never_answers(cameras: Callable[..., LiveCamera], server: str)
         cam.stop(timeout=0.5)
         assert time.monotonic() - t0 < 1.0
         assert cam.status().state is CameraState.STOPPED
-    # closing the listener resets the silent connection: a reader still opening it ends
-    assert cam.stop(timeout=2.0)
+    # closing the listener resets the silent connection: a reader still opening it ends (CI,
+    # beside the other worker, once needed more than 2 s for that)
+    assert cam.stop(timeout=15.0)
 
 
 def test_dead_camera_does_not_hold_up_others(cameras: Callable[..., LiveCamera]) -> None:
