@@ -177,17 +177,8 @@ class ByteTracker:
         self._check_time(ts_ns)
         self._predict(ts_ns)
         self._expire(ts_ns)
-        live = sorted((t for t in self._tracks if t.confirmed and t.state is _State.TRACKED),
-                      key=lambda t: t.track_id)
-        boxes = xyah_to_xyxy(np.stack([t.mean for t in live])) if live else np.zeros((0, 4))
-        return Tracks(
-            camera=self.camera,
-            frame_index=frame_index,
-            ts_ns=ts_ns,
-            track_id=np.array([t.track_id for t in live], dtype=np.int64),
-            xyxy=np.asarray(boxes, np.float32).reshape(-1, 4),
-            confidence=np.array([t.score for t in live], dtype=np.float32),
-        )
+        live = [t for t in self._tracks if t.confirmed and t.state is _State.TRACKED]
+        return self._report(frame_index, ts_ns, live, predicted=True)
 
     def pop_ended(self) -> list[int]:
         """Ids of confirmed tracks that ended since the last call, in the order they ended."""
@@ -460,14 +451,21 @@ class ByteTracker:
                 keep.append(t)
         self._tracks = keep
 
-    def _report(self, frame_index: int, ts_ns: int, tracks: list[_Track]) -> Tracks:
+    def _report(self, frame_index: int, ts_ns: int, tracks: list[_Track],
+                predicted: bool = False) -> Tracks:
+        """``tracks`` by id, each with its last matched box, or with its Kalman state's box
+        when ``predicted`` (a coasted frame)."""
         tracks = sorted(tracks, key=lambda t: t.track_id)
+        if predicted and tracks:
+            boxes = xyah_to_xyxy(np.stack([t.mean for t in tracks]))
+        else:
+            boxes = np.array([t.xyxy for t in tracks])
         return Tracks(
             camera=self.camera,
             frame_index=frame_index,
             ts_ns=ts_ns,
             track_id=np.array([t.track_id for t in tracks], dtype=np.int64),
-            xyxy=np.array([t.xyxy for t in tracks], dtype=np.float32).reshape(-1, 4),
+            xyxy=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
             confidence=np.array([t.score for t in tracks], dtype=np.float32),
         )
 

@@ -16,6 +16,7 @@ import http.server
 import json
 import os
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -88,6 +89,15 @@ def camera_count(sup: object, camera: str, counter: str) -> int:
     machine), so a ``wait_until`` predicate waits instead of failing."""
     report = sup.status()[camera]  # type: ignore[attr-defined]
     return -1 if isinstance(report, str) else int(getattr(report, counter))
+
+
+def answered_count(sup: object, camera: str, counter: str, timeout_s: float = 60.0) -> int:
+    """``camera_count`` once the camera answers; fails with the status after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while (n := camera_count(sup, camera, counter)) < 0:
+        assert time.monotonic() < deadline, sup.status()  # type: ignore[attr-defined]
+        time.sleep(0.5)
+    return n
 
 
 @pytest.fixture(scope="module")
