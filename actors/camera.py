@@ -3,7 +3,8 @@
 Per camera: ``LiveCamera`` (decode, sample, drop-oldest queue, reconnect) -> with
 ``tracker.detect_every`` n > 1, the frames between every n-th one skip detection (the tracker
 predicts their boxes) -> the motion gate (a frame where nothing moved since the last detected
-one reuses that frame's detections, the same object reference) -> the detector pool (batched across cameras; at most ``live.max_in_flight`` frames in flight, bounded with
+one reuses that frame's detections, the same object reference) -> the detector pool (batched
+across cameras; at most ``live.max_in_flight`` frames in flight, bounded with
 ``ray.wait``) -> ``CameraPipeline.process`` (track, per-track stages, crop selection: the same
 stage loop as ``refind ingest``) -> the embedder pool -> the camera's index writer, whose
 ``CropSink`` stores the crops and records them (journal, and Kafka when on) as ingest does.
@@ -44,7 +45,7 @@ from ray import ObjectRef
 from ray.actor import ActorHandle
 
 from refind.actors.camera_events import CameraEvents
-from refind.actors.pools import Pool, PoolEmbedder
+from refind.actors.pools import Pool, PoolEmbedder, actor_ids
 from refind.actors.runtime import node_id
 from refind.actors.writer import StaleModelError
 from refind.config import RefindConfig
@@ -173,6 +174,12 @@ class CameraActor:
         """Embed with this pool (model ``model_id``) from the next frame on."""
         with self._lock:
             self._next_pool = (list(embedders), model_id, dim)
+
+    def embedder_ids(self) -> set[str]:
+        """The ids of the embedder actors the loop calls now. A pool handed over is taken
+        between frames, so once this names the new pool no call of the loop's is left on the
+        old one (a store batch on it is sent again when its actor is gone)."""
+        return actor_ids(self._embedders.actors)
 
     def status(self) -> CameraReport:
         s = self._live.status()

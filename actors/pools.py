@@ -159,6 +159,11 @@ RESTART_WAIT_S = 60.0  # longest a call waits for a pool actor that Ray is resta
 RETRY_EVERY_S = 0.2
 
 
+def actor_ids(actors: Sequence[Any]) -> set[str]:
+    """The Ray ids (hex) of ``actors``: what tells one pool from another across processes."""
+    return {a._actor_id.hex() for a in actors}
+
+
 class Pool:
     """Round-robin over a list of actor handles (the pools above)."""
 

@@ -35,7 +35,7 @@ from ray.actor import ActorHandle
 from refind.actors.camera import STOP_WAIT_S, CameraActor, CameraReport
 from refind.actors.identity import IdentityActor
 from refind.actors.placement import MIN_PLACED_CPUS, CameraPlacement, spread
-from refind.actors.pools import DetectorActor, EmbedderActor, Pool, PoolEmbedder
+from refind.actors.pools import DetectorActor, EmbedderActor, Pool, PoolEmbedder, actor_ids
 from refind.actors.runtime import init_ray
 from refind.actors.writer import IndexWriterActor, WriterGallery
 from refind.config import RefindConfig
@@ -49,6 +49,7 @@ from refind.streaming.records import ImageQuery, TrackletHit
 log = logging.getLogger(__name__)
 
 RETIRE_AFTER_S = 10.0  # an old embedder pool outlives a switch by this much (calls in flight)
+RETIRE_AT_MOST_S = 300.0  # ... and goes this long after that even while a camera still holds it
 RETRY_AFTER_S = 5.0  # a switch that failed is tried again after this long
 
 _SWITCH_ERRORS = (ray.exceptions.RayError, VersionError, GalleryLockedError, OSError, ValueError)
@@ -261,15 +262,38 @@ class Supervisor:
         ray.get(switches)
 
     def _retire_due(self, everything: bool = False) -> None:
+        """End the old pools whose time has come and that no camera embeds with any more
+        (every pool, when ``everything``). A camera takes a new pool between frames, and one
+        frame on a loaded machine can outlast RETIRE_AFTER_S: ending a pool under it failed
+        that camera's loop."""
         now = time.monotonic()
-        keep = []
-        for at, actors in self._retiring:
-            if everything or at <= now:
+        due = [(at, actors) for at, actors in self._retiring if everything or at <= now]
+        if not due:
+            return
+        keep = [(at, actors) for at, actors in self._retiring if not everything and at > now]
+        held = {} if everything else self._embedders_held()
+        for at, actors in due:
+            if everything or may_retire(actor_ids(actors), held, now - at):
                 for a in actors:
                     ray.kill(a)
             else:
                 keep.append((at, actors))
         self._retiring = keep
+
+    def _embedders_held(self, timeout_s: float = 5.0) -> dict[str, set[str]] | None:
+        """Each camera's embedder actors (``CameraActor.embedder_ids``); None unless every
+        camera answered within ``timeout_s``."""
+        refs = {name: actor.embedder_ids.remote()
+                for name, (_, actor) in list(self._cameras.items())}
+        if not refs:
+            return {}
+        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+        if len(ready) < len(refs):
+            return None
+        try:
+            return {name: ray.get(ref) for name, ref in refs.items()}
+        except ray.exceptions.RayError:
+            return None
 
     def version_info(self) -> dict[str, Any]:
         """What live ingestion writes, for /healthz and /metrics."""
@@ -448,6 +472,22 @@ class Supervisor:
             self.detectors, self.embedders, self.writers = [], [], []
             self._next_pool = None
         return finals
+
+
+def may_retire(pool: set[str], held: dict[str, set[str]] | None, overdue_s: float) -> bool:
+    """May a pool (its actor ids) whose retirement was due ``overdue_s`` ago end now? Yes once
+    no camera embeds with it (``held``: each camera's actor ids; None when a camera did not
+    answer), or RETIRE_AT_MOST_S after it was due whatever the cameras say."""
+    if overdue_s >= RETIRE_AT_MOST_S:
+        return True
+    if held is None:
+        log.info("an old embedder pool waits: not every camera said which pool it uses")
+        return False
+    holding = sorted(name for name, ids in held.items() if ids & pool)
+    if holding:
+        log.info("an old embedder pool waits for camera(s) %s to take the new one",
+                 ", ".join(holding))
+    return not holding
 
 
 def wait_until(predicate: Any, timeout_s: float, every_s: float = 0.5) -> bool:

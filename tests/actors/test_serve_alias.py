@@ -13,8 +13,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import ray
 
-from refind.actors.supervisor import Supervisor, wait_until
+from refind.actors.pools import actor_ids
+from refind.actors.supervisor import RETIRE_AFTER_S, Supervisor, wait_until
 from refind.app.serve import start_http, supervise
 from refind.config import RefindConfig, parse_config
 from refind.indexer.gallery_store import GalleryStore
@@ -98,6 +100,7 @@ def test_live_ingestion_follows_the_alias_to_a_new_version(
     live = searcher = None
     try:
         old_model = sup.live.model_id
+        old_pool = list(sup.embedders)
         assert wait_until(lambda: camera_count(sup, "pets", "crops_stored") >= 5, 60), (
             sup.status())
         _, records = _rows(cfg.data_dir / "gallery")
@@ -119,6 +122,12 @@ def test_live_ingestion_follows_the_alias_to_a_new_version(
         report = sup.status()["pets"]
         assert report.model_id == new_model and report.error is None
         assert report.crops_failed == 0  # no batch was lost to the switch
+        # the old pool ends once the camera embeds with the new one (RETIRE_AFTER_S after)
+        _, camera = sup._cameras["pets"]
+        assert ray.get(camera.embedder_ids.remote(), timeout=30) == actor_ids(sup.embedders)
+        assert wait_until(lambda: not sup._retiring, RETIRE_AFTER_S + 60), sup._retiring
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(old_pool[0].info.remote(), timeout=30)
 
         code, body = http_get(f"{base}/metrics")
         text = body.decode()

@@ -10,7 +10,7 @@ import time
 import ray
 
 from refind.actors.camera import CameraReport
-from refind.actors.supervisor import Supervisor
+from refind.actors.supervisor import RETIRE_AT_MOST_S, Supervisor, may_retire
 from refind.config import parse_config
 
 
@@ -48,3 +48,17 @@ def test_a_failed_loop_or_a_dead_actor_is_replaced_at_once() -> None:
     assert why == "its loop failed: RuntimeError: decoder gone"
     dead = ray.exceptions.ActorDiedError()
     assert sup._why_replace("pets", dead).startswith("ActorDiedError")
+
+
+def test_an_old_pool_ends_only_once_no_camera_embeds_with_it() -> None:
+    """A switch's old embedder pool ends when no camera holds it; a camera that did not say
+    which pool it uses keeps it; past RETIRE_AT_MOST_S it ends whatever the cameras say. (A
+    camera mid-frame on a loaded machine held its old pool past the 10 s the supervisor gave
+    it, and its loop failed when the pool was killed under it.)"""
+    old, new = {"a1", "a2"}, {"b1"}
+    assert may_retire(old, {"pets": new, "door": new}, overdue_s=0.0)
+    assert may_retire(old, {}, overdue_s=0.0)  # no camera at all
+    assert not may_retire(old, {"pets": new, "door": {"a2"}}, overdue_s=0.0)
+    assert not may_retire(old, None, overdue_s=0.0)
+    assert may_retire(old, {"door": old}, overdue_s=RETIRE_AT_MOST_S)
+    assert may_retire(old, None, overdue_s=RETIRE_AT_MOST_S)

@@ -4,6 +4,7 @@ added and removed at run time over HTTP, and a crashed camera actor replaced by 
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -70,6 +71,13 @@ def test_health_metrics_and_cameras_at_run_time(ray_local, tiny_video: Path, tmp
         assert _send(f"{base}/cameras/a", "DELETE")[0] == 200
         assert _send(f"{base}/cameras/a", "DELETE")[0] == 404
         assert sorted(json.loads(http_get(f"{base}/cameras")[1])) == ["b"]
+        # a pool whose retirement is due stays while a camera still embeds with it
+        live_pool, due = list(sup.embedders), time.monotonic()
+        sup._retiring.append((due, live_pool))
+        sup._retire_due()
+        assert sup._retiring == [(due, live_pool)]
+        assert ray.get(live_pool[0].info.remote(), timeout=30)[0] == sup.live.model_id
+        sup._retiring.clear()
         # a camera actor that dies is replaced by the supervisor's check
         _, actor = sup._cameras["b"]
         ray.kill(actor, no_restart=True)
