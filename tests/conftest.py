@@ -12,14 +12,16 @@ Every test is one of three kinds (README, "Tests"), marked here when it is colle
 
 from __future__ import annotations
 
+import fcntl
 import http.server
 import json
 import os
+import shutil
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -175,6 +177,25 @@ def ray_local() -> Iterator[None]:
     ray.shutdown()
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str,
+               build: Callable[[Path], object]) -> Path:
+    """A folder that ``build(folder)`` fills once per test run, whichever pytest-xdist worker
+    asks first; the others wait for it and get the same folder. Read it, or copy it before
+    changing it. (Three modules ingested the same 150 PETS frames, ~35 s each.)"""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's own
+    folder = root / f"built-{name}"
+    with (root / f"built-{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a build that failed half way
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
+
+
 # The whole suite runs on two pytest-xdist workers (scripts/test.sh: `-n 2`). Each module stays
 # on one worker, so its module fixtures are built once. The modules that start Ray (a fixture's
 # cluster, `refind serve` or `refind reindex`, `ray start`) carry this mark and share one
@@ -232,7 +253,8 @@ SLOW_FIXTURES = frozenset({"model_store", "pets_video"})
 
 # What a test (or a fixture it uses) calls when it needs ../shared's weights or footage, or a
 # server of its own.
-SLOW_CALLS = ("need_models(", "need_pets(", "PETS_VIDEO", "INTEL_VIDEO", "ingest_small_gallery(")
+SLOW_CALLS = ("need_models(", "need_pets(", "PETS_VIDEO", "INTEL_VIDEO", "ingest_small_gallery(",
+              "shared_small_gallery(")
 INTEGRATION_CALLS = ("ffmpeg", "serve_directory(", "rtsp_server")
 
 

@@ -29,14 +29,14 @@ from refind.indexer.versions import read_registry, serving_version
 from refind.indexer.watchlist import WatchStore
 from refind.streaming.records import ImageQuery
 from tests.conftest import REPO, STARTS_RAY
-from tests.indexer.test_reindex import M0288, copy_gallery, ingest_small_gallery
+from tests.indexer.test_reindex import M0288, copy_gallery, shared_small_gallery
 
 pytestmark = [pytest.mark.slow, STARTS_RAY]
 
 
 @pytest.fixture(scope="module")
 def small_gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return ingest_small_gallery(tmp_path_factory.mktemp("reindex-ray"))
+    return shared_small_gallery(tmp_path_factory)
 
 
 def _source(cfg: RefindConfig) -> tuple[np.ndarray, list]:

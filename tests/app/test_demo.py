@@ -116,10 +116,13 @@ def test_the_demo_finds_its_query_and_its_next_commands_work(tmp_path, capsys, p
         if command == photo:  # the printed photo search answers as the demo did
             assert [(h["track_id"], h["score"]) for h in hits] == [
                 (h["track_id"], h["score"]) for h in result["hits"]]
-    # a second demo replaces the first one's gallery instead of adding to it
-    assert main(["demo", "--json"]) == 0
+    assert result["ingest"]["gallery_vectors"] == result["ingest"]["crops"]
+    # a second demo replaces the first one's gallery instead of adding to it (the clip's first
+    # 200 frames, through a config of the user's: a whole second run took 70 s)
+    short = Path("short.yaml")
+    short.write_text("ingest: {max_frames: 200}\n")
+    assert main(["demo", "--config", str(short), "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
-    assert again["ingest"]["crops"] == result["ingest"]["crops"]
-    assert again["ingest"]["gallery_vectors"] == result["ingest"]["gallery_vectors"] == (
-        result["ingest"]["crops"])  # the gallery holds this run's crops, not both runs'
-    assert again["hits"][0]["track_id"] == first["track_id"]
+    assert again["ingest"]["frames"] == 200 and again["gallery"] == str(out)
+    assert 0 < again["ingest"]["crops"] < result["ingest"]["crops"]
+    assert again["ingest"]["gallery_vectors"] == again["ingest"]["crops"]  # not both runs'

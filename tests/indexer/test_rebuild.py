@@ -24,7 +24,7 @@ from refind.models.registry import build_embedder
 from refind.models.store import ModelStore
 from refind.streaming.bus import EventBus
 from refind.streaming.config import KafkaConfig
-from tests.indexer.test_reindex import M0288, copy_gallery, ingest_small_gallery
+from tests.indexer.test_reindex import M0288, copy_gallery, shared_small_gallery
 
 ROW_FIELDS = ("vector_id", "camera", "track_id", "frame_index", "ts_ns", "xyxy", "quality",
               "crop_path")
@@ -32,7 +32,7 @@ ROW_FIELDS = ("vector_id", "camera", "track_id", "frame_index", "ts_ns", "xyxy",
 
 @pytest.fixture(scope="module")
 def small_gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return ingest_small_gallery(tmp_path_factory.mktemp("rebuild"))
+    return shared_small_gallery(tmp_path_factory)
 
 
 def rows(cfg: RefindConfig) -> tuple[list[tuple], list[tuple]]:

@@ -29,7 +29,14 @@ from refind.indexer.versions import (
 from refind.models.registry import build_embedder
 from refind.models.store import ModelStore
 from refind.streaming.records import CropRecord, Embeddings
-from tests.conftest import LIGHT_DETECTOR, MODELS_DIR, PETS_VIDEO, need_models, need_pets
+from tests.conftest import (
+    LIGHT_DETECTOR,
+    MODELS_DIR,
+    PETS_VIDEO,
+    built_once,
+    need_models,
+    need_pets,
+)
 
 M0288 = "person-reidentification-retail-0288"
 GALLERY_YAML = """
@@ -52,9 +59,15 @@ def ingest_small_gallery(root: Path, frames: int = 150) -> Path:
     return config
 
 
+def shared_small_gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The config of ``ingest_small_gallery``'s gallery, built once for the modules that use
+    it (each test works on a ``copy_gallery``)."""
+    return built_once(tmp_path_factory, "small-gallery", ingest_small_gallery) / "refind.yaml"
+
+
 @pytest.fixture(scope="module")
 def small_gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return ingest_small_gallery(tmp_path_factory.mktemp("reindex"))
+    return shared_small_gallery(tmp_path_factory)
 
 
 def copy_gallery(config: Path, dest: Path) -> RefindConfig:
