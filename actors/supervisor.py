@@ -280,9 +280,10 @@ class Supervisor:
                 keep.append((at, actors))
         self._retiring = keep
 
-    def _embedders_held(self, timeout_s: float = 5.0) -> dict[str, set[str]] | None:
+    def _embedders_held(self, timeout_s: float = 2.0) -> dict[str, set[str]] | None:
         """Each camera's embedder actors (``CameraActor.embedder_ids``); None unless every
-        camera answered within ``timeout_s``."""
+        camera answered within ``timeout_s`` (short: asked under the graph's lock, about once a
+        second while an old pool waits; a late camera is asked again next time)."""
         refs = {name: actor.embedder_ids.remote()
                 for name, (_, actor) in list(self._cameras.items())}
         if not refs:
