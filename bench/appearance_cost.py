@@ -12,7 +12,10 @@ PETS09-S2L1, the clip detected once and tracked again per setting (as `bench/tra
 
 Quality on frames 1-400 (where the tracker's settings were chosen) and 401-795 (held out).
 
-    python bench/appearance_cost.py [--out DIR]
+    python bench/appearance_cost.py [--out DIR] [--models NAME ...] [--no-refresh]
+
+``--models`` names the tracker's models to compare (an INT8 copy made by ``refind quantize`` is
+``person-reidentification-retail-0277-int8``); ``--no-refresh`` skips the refresh settings.
 """
 
 from __future__ import annotations
@@ -74,6 +77,10 @@ def tracked(frames, dets, tracker, cfg, embedder) -> tuple[MotBoxes, dict[str, i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "bench/results")
+    parser.add_argument("--models", nargs="+", default=list(REID_MODELS),
+                        help="the tracker's ReID models to compare (default: the four OMZ ones)")
+    parser.add_argument("--no-refresh", action="store_true",
+                        help="skip tracking with the appearance refreshed every 1, 2 and 3 s")
     args = parser.parse_args()
     cfg = RefindConfig()
     store = ModelStore.from_config(cfg.models)
@@ -97,15 +104,16 @@ def main() -> None:
     }
     remembered = RememberingEmbedder(gallery)
     refresh = {}
-    for seconds in (1.0, 2.0, 3.0):
+    for seconds in () if args.no_refresh else (1.0, 2.0, 3.0):
         tracker = cfg.tracker.model_copy(update={"appearance_refresh_s": seconds})
         hyp, asked = tracked(frames, dets, tracker, cfg, remembered)
         refresh[str(seconds)] = {"asked": asked, "crops_per_frame": round(
             sum(asked.values()) / len(frames), 3)} | quality(hyp)
         print("refresh", seconds, refresh[str(seconds)], flush=True)
-    result["refresh_s"] = refresh
+    if refresh:
+        result["refresh_s"] = refresh
     models = {}
-    for name in REID_MODELS:
+    for name in args.models:
         embedder = build_embedder(OpenVinoReidConfig(model=name), store)
         hyp, _ = tracked(frames, dets, cfg.tracker, cfg, RememberingEmbedder(embedder))
         models[name] = {"ms_per_crop_single": ms_per_crop(embedder, crops, 1)} | quality(hyp)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -91,17 +92,35 @@ def test_first_big_batches_of_several_threads_share_one_pool(monkeypatch) -> Non
     base._pools[(os.getpid(), 3)].shutdown()
 
 
+# Run in a fresh interpreter: forking a pytest-xdist worker that started Ray (whose threads submit
+# to thread pools all the time) can copy CPython's concurrent.futures shutdown lock while it is
+# held, and the child then never exits. That hung CI for 13 min on 2026-12-07, in CPython, not
+# in refind: here the parent holds only refind's own resize pool, which is what is tested.
+FORKED_CHILD = """
+import multiprocessing, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from tests.models.test_crops_to_batch import THREE, varied_crops
+from refind.models.base import PARALLEL_RESIZE_MIN, crops_to_batch
+crops = varied_crops(PARALLEL_RESIZE_MIN)
+want = crops_to_batch(crops, (256, 128), "crop", resize_threads=THREE)  # the parent's pool
+with multiprocessing.get_context("fork").Pool(1) as pool:
+    got = pool.apply_async(crops_to_batch, (crops, (256, 128), "crop"),
+                           {"resize_threads": THREE}).get(timeout=60)
+np.testing.assert_array_equal(got, want)
+print("same batch in the child")
+"""
+
+
 def test_a_forked_child_resizes_big_batches_too() -> None:
     """The parent's pool threads do not exist in a fork: the child must not wait on them."""
-    import multiprocessing
+    import subprocess
+    import sys
 
-    crops = varied_crops(PARALLEL_RESIZE_MIN)
-    want = crops_to_batch(crops, (256, 128), "crop", resize_threads=THREE)  # the parent's pool
-    ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(1) as pool:
-        got = pool.apply_async(crops_to_batch, (crops, (256, 128), "crop"),
-                               {"resize_threads": THREE}).get(timeout=60)
-    np.testing.assert_array_equal(got, want)
+    repo = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run([sys.executable, "-c", FORKED_CHILD, repo], capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 0 and "same batch in the child" in done.stdout, done.stderr[-3000:]
 
 
 @pytest.mark.parametrize(("setting", "cpus", "expected"), [
