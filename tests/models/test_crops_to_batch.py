@@ -92,10 +92,10 @@ def test_first_big_batches_of_several_threads_share_one_pool(monkeypatch) -> Non
     base._pools[(os.getpid(), 3)].shutdown()
 
 
-# Run in a fresh interpreter: forking a pytest-xdist worker that started Ray (whose threads submit
-# to thread pools all the time) can copy CPython's concurrent.futures shutdown lock while it is
-# held, and the child then never exits. That hung CI for 13 min on 2026-12-07, in CPython, not
-# in refind: here the parent holds only refind's own resize pool, which is what is tested.
+# Run in a fresh interpreter: forked from a pytest-xdist worker that had started Ray, the child
+# never exited and hung CI for 13 min on 2026-12-07 (py-spy: in CPython's concurrent.futures
+# exit hook; most likely a pool lock one of Ray's threads held at the fork). Here the parent
+# holds only refind's own resize pool, which is what is tested.
 FORKED_CHILD = """
 import multiprocessing, sys
 import numpy as np
